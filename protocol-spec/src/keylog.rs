@@ -1,0 +1,588 @@
+//! Per-handle key logs (SPEC.md section 8, LOG-1..12).
+//!
+//! A key log is a hash chain of signed entries: `register` first, then `rotate`, `revoke`,
+//! `recover` and `move`. Anyone can check a log from its first entry without trusting the relay
+//! that served it ([`KeyLog::verify`]), and then ask which key was valid at a given time
+//! ([`KeyLog::key_at`]). Relays use [`KeyLog::append`] to accept one more entry; a second valid
+//! entry at a position already taken is a fork, which relays keep as evidence.
+
+use crate::canon;
+use crate::error::ErrorCode;
+use crate::handle::Handle;
+use crate::hex;
+use crate::json::{self, JsonError, JsonLimits, Object, Value, INT_ABS_MAX};
+use crate::keys::{Domain, KeyError, KeyId, PublicKey, SecretKey, Signature};
+use crate::schema::{Fields, SchemaError};
+use std::fmt;
+
+/// Largest number of entries a key log may hold (LOG-11). A key rotated every day for a decade
+/// stays well below it; the bound keeps a served log, and the work to check it, small.
+pub const KEYLOG_ENTRIES_MAX: usize = 4096;
+
+/// The hash of a key log entry: BLAKE3 of its signing input (LOG-4).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryHash(pub [u8; 32]);
+
+impl EntryHash {
+    pub fn parse_hex(s: &str) -> Option<EntryHash> {
+        hex::decode_array::<32>(s).map(EntryHash)
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+}
+
+impl fmt::Debug for EntryHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntryHash({})", self.to_hex())
+    }
+}
+
+/// What an entry does (LOG-5..9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOp {
+    /// Creates the log: `key` becomes the current key; `recovery`, if given, may later revoke
+    /// and recover. Signed by `key`.
+    Register {
+        key: PublicKey,
+        recovery: Option<PublicKey>,
+    },
+    /// Replaces the current key. Signed by the current key.
+    Rotate { key: PublicKey },
+    /// Ends the current key; the handle has no valid key until `recover`. Signed by the current
+    /// key or the recovery key.
+    Revoke,
+    /// Installs a new current key (and optionally a new recovery key). Signed by the recovery key.
+    Recover {
+        key: PublicKey,
+        recovery: Option<PublicKey>,
+    },
+    /// Closes the log: the agent now lives at `to`. Signed by the current key.
+    Move { to: Handle },
+}
+
+impl KeyOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyOp::Register { .. } => "register",
+            KeyOp::Rotate { .. } => "rotate",
+            KeyOp::Revoke => "revoke",
+            KeyOp::Recover { .. } => "recover",
+            KeyOp::Move { .. } => "move",
+        }
+    }
+}
+
+/// The content of an entry, without its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLogEntry {
+    pub handle: Handle,
+    pub seq: i64,
+    pub prev: Option<EntryHash>,
+    pub ts: i64,
+    pub op: KeyOp,
+    pub signer: KeyId,
+}
+
+/// Why a key log or entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyLogError {
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("unsupported protocol version {got}")]
+    UnsupportedVersion { got: i64 },
+    #[error("entry {seq}: {reason}")]
+    BrokenChain { seq: i64, reason: &'static str },
+    #[error("entry {seq} is for {got}, the log is for {want}")]
+    HandleMismatch { seq: i64, got: String, want: String },
+    #[error("entry {seq}: timestamp {ts} is not after the previous entry's {prev_ts}")]
+    TimeOrder { seq: i64, ts: i64, prev_ts: i64 },
+    #[error("entry {seq}: the log was closed by a move")]
+    Closed { seq: i64 },
+    #[error("entry {seq}: {op} may not be signed by key {signer}")]
+    UnauthorizedSigner {
+        seq: i64,
+        op: &'static str,
+        signer: KeyId,
+    },
+    #[error("entry {seq}: signature does not verify")]
+    BadSignature { seq: i64 },
+    #[error("entry {seq}: a key that this log has used before may not be introduced again")]
+    KeyReused { seq: i64 },
+    #[error("a key log holds at most {max} entries")]
+    TooLong { max: usize },
+}
+
+impl KeyLogError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            KeyLogError::Json(e) => e.code(),
+            KeyLogError::Schema(e) => e.code(),
+            KeyLogError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            KeyLogError::BrokenChain { .. } => ErrorCode::KeylogBrokenChain,
+            KeyLogError::HandleMismatch { .. } => ErrorCode::KeylogHandleMismatch,
+            KeyLogError::TimeOrder { .. } => ErrorCode::KeylogTimeOrder,
+            KeyLogError::Closed { .. } => ErrorCode::KeylogClosed,
+            KeyLogError::UnauthorizedSigner { .. } => ErrorCode::KeylogUnauthorizedSigner,
+            KeyLogError::BadSignature { .. } => ErrorCode::BadSignature,
+            KeyLogError::KeyReused { .. } => ErrorCode::KeylogKeyReused,
+            KeyLogError::TooLong { .. } => ErrorCode::TooLarge,
+        }
+    }
+}
+
+impl KeyLogEntry {
+    /// The entry as a JSON object, without `sig`.
+    pub fn to_value(&self) -> Value {
+        let mut o = Object::new();
+        o.insert("v", Value::Int(crate::envelope::PROTOCOL_VERSION));
+        o.insert("handle", self.handle.as_str().into());
+        o.insert("seq", Value::Int(self.seq));
+        if let Some(p) = &self.prev {
+            o.insert("prev", p.to_hex().into());
+        }
+        o.insert("ts", Value::Int(self.ts));
+        o.insert("op", self.op.name().into());
+        match &self.op {
+            KeyOp::Register { key, recovery } | KeyOp::Recover { key, recovery } => {
+                o.insert("key", key.to_hex().into());
+                if let Some(r) = recovery {
+                    o.insert("recovery", r.to_hex().into());
+                }
+            }
+            KeyOp::Rotate { key } => {
+                o.insert("key", key.to_hex().into());
+            }
+            KeyOp::Revoke => {}
+            KeyOp::Move { to } => {
+                o.insert("to", to.as_str().into());
+            }
+        }
+        o.insert("signer", self.signer.to_hex().into());
+        Value::Object(o)
+    }
+
+    fn from_value(v: &Value) -> Result<(KeyLogEntry, Signature), KeyLogError> {
+        let mut f = Fields::new(v, "")?;
+        let version = f.req_int("v", 0, INT_ABS_MAX)?;
+        if version != crate::envelope::PROTOCOL_VERSION {
+            return Err(KeyLogError::UnsupportedVersion { got: version });
+        }
+        let handle = f.req_handle("handle")?;
+        let seq = f.req_int("seq", 0, KEYLOG_ENTRIES_MAX as i64 - 1)?;
+        let prev = match f.opt_str("prev")? {
+            None => None,
+            Some(s) => Some(EntryHash::parse_hex(s).ok_or_else(|| {
+                SchemaError::invalid("prev", "expected 64 lower-case hex characters")
+            })?),
+        };
+        if (seq == 0) != prev.is_none() {
+            return Err(KeyLogError::BrokenChain {
+                seq,
+                reason: "`prev` is absent exactly on the first entry (seq 0)",
+            });
+        }
+        let ts = f.req_int("ts", 0, INT_ABS_MAX)?;
+        let op_name = f.req_str("op")?;
+        let op = match op_name {
+            "register" => KeyOp::Register {
+                key: f.req_key("key")?,
+                recovery: f.opt_key("recovery")?,
+            },
+            "rotate" => KeyOp::Rotate {
+                key: f.req_key("key")?,
+            },
+            "revoke" => KeyOp::Revoke,
+            "recover" => KeyOp::Recover {
+                key: f.req_key("key")?,
+                recovery: f.opt_key("recovery")?,
+            },
+            "move" => KeyOp::Move {
+                to: f.req_handle("to")?,
+            },
+            _ => {
+                return Err(SchemaError::invalid(
+                    "op",
+                    "expected one of register, rotate, revoke, recover, move",
+                )
+                .into())
+            }
+        };
+        let signer = f.req_key_id("signer")?;
+        let sig = f.req_sig("sig")?;
+        f.finish()?;
+        Ok((
+            KeyLogEntry {
+                handle,
+                seq,
+                prev,
+                ts,
+                op,
+                signer,
+            },
+            sig,
+        ))
+    }
+
+    /// Signs the entry. The key must be the one `self.signer` names.
+    pub fn sign(&self, sk: &SecretKey) -> SignedKeyLogEntry {
+        let mut v = self.to_value();
+        let input = Domain::KeyLog.input(&canon::canonicalize(&v));
+        let sig = sk.sign_input(&input);
+        if let Value::Object(o) = &mut v {
+            o.insert("sig", sig.to_hex().into());
+        }
+        SignedKeyLogEntry {
+            entry: self.clone(),
+            sig,
+            hash: EntryHash(*blake3::hash(&input).as_bytes()),
+            signing_input: input,
+            value: v,
+        }
+    }
+}
+
+/// A parsed entry with its signature and hash; not yet checked against any log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedKeyLogEntry {
+    entry: KeyLogEntry,
+    sig: Signature,
+    hash: EntryHash,
+    signing_input: Vec<u8>,
+    value: Value,
+}
+
+impl SignedKeyLogEntry {
+    /// Parses one entry under the strict profile.
+    pub fn parse(bytes: &[u8], limits: JsonLimits) -> Result<SignedKeyLogEntry, KeyLogError> {
+        SignedKeyLogEntry::from_value(json::parse(bytes, limits)?)
+    }
+
+    /// Reads one entry from a strict-JSON value.
+    pub fn from_value(v: Value) -> Result<SignedKeyLogEntry, KeyLogError> {
+        let (entry, sig) = KeyLogEntry::from_value(&v)?;
+        let mut input = Domain::KeyLog.tag().to_vec();
+        if let Value::Object(o) = &v {
+            canon::write_object(o, Some(&["sig"]), &mut input);
+        }
+        Ok(SignedKeyLogEntry {
+            entry,
+            sig,
+            hash: EntryHash(*blake3::hash(&input).as_bytes()),
+            signing_input: input,
+            value: v,
+        })
+    }
+
+    pub fn entry(&self) -> &KeyLogEntry {
+        &self.entry
+    }
+    pub fn hash(&self) -> EntryHash {
+        self.hash
+    }
+    pub fn signing_input(&self) -> &[u8] {
+        &self.signing_input
+    }
+    pub fn signature(&self) -> &Signature {
+        &self.sig
+    }
+    /// The entry with `sig`, as a value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+    pub fn wire_bytes(&self) -> Vec<u8> {
+        canon::canonicalize(&self.value)
+    }
+}
+
+/// One key's validity period, `[from, until)` in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPeriod {
+    pub key: PublicKey,
+    pub from: i64,
+    pub until: Option<i64>,
+}
+
+/// Why [`KeyLog::key_at`] found no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyLookupError {
+    #[error("key {0} is not a signing key of this handle")]
+    Unknown(KeyId),
+    #[error("key {kid} was not valid at {ts} (valid from {from} until {until:?})")]
+    NotValid {
+        kid: KeyId,
+        ts: i64,
+        from: i64,
+        until: Option<i64>,
+    },
+}
+
+impl KeyLookupError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            KeyLookupError::Unknown(_) => ErrorCode::UnknownKey,
+            KeyLookupError::NotValid { .. } => ErrorCode::KeyNotValid,
+        }
+    }
+}
+
+/// A key log that has been checked from its first entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLog {
+    handle: Handle,
+    entries: Vec<SignedKeyLogEntry>,
+    current: Option<PublicKey>,
+    recovery: Option<PublicKey>,
+    periods: Vec<KeyPeriod>,
+    used: Vec<[u8; 32]>,
+    moved_to: Option<Handle>,
+}
+
+impl KeyLog {
+    /// LOG-10: checks a whole log from its first entry.
+    pub fn verify(
+        entries: impl IntoIterator<Item = SignedKeyLogEntry>,
+    ) -> Result<KeyLog, KeyLogError> {
+        let mut it = entries.into_iter();
+        let first = it.next().ok_or(KeyLogError::BrokenChain {
+            seq: 0,
+            reason: "a key log has at least one entry",
+        })?;
+        let mut log = KeyLog::start(first)?;
+        for e in it {
+            log.append(e)?;
+        }
+        Ok(log)
+    }
+
+    /// Starts a log from its `register` entry.
+    pub fn start(first: SignedKeyLogEntry) -> Result<KeyLog, KeyLogError> {
+        let e = &first.entry;
+        if e.seq != 0 || e.prev.is_some() {
+            return Err(KeyLogError::BrokenChain {
+                seq: e.seq,
+                reason: "the first entry has seq 0 and no prev",
+            });
+        }
+        let KeyOp::Register { key, recovery } = &e.op else {
+            return Err(KeyLogError::BrokenChain {
+                seq: 0,
+                reason: "the first entry must be a register",
+            });
+        };
+        if e.signer != key.key_id() {
+            return Err(KeyLogError::UnauthorizedSigner {
+                seq: 0,
+                op: "register",
+                signer: e.signer,
+            });
+        }
+        key.verify_input(&first.signing_input, &first.sig)
+            .map_err(|_: KeyError| KeyLogError::BadSignature { seq: 0 })?;
+        if recovery.is_some_and(|r| r == *key) {
+            return Err(KeyLogError::KeyReused { seq: 0 });
+        }
+        let mut used = vec![key.to_bytes()];
+        used.extend(recovery.map(|r| r.to_bytes()));
+        Ok(KeyLog {
+            handle: e.handle.clone(),
+            current: Some(*key),
+            recovery: *recovery,
+            periods: vec![KeyPeriod {
+                key: *key,
+                from: e.ts,
+                until: None,
+            }],
+            used,
+            moved_to: None,
+            entries: vec![first],
+        })
+    }
+
+    /// LOG-10 steps 2-8: checks `next` against the head of this log and applies it. On error
+    /// the log is unchanged.
+    pub fn append(&mut self, next: SignedKeyLogEntry) -> Result<(), KeyLogError> {
+        let e = &next.entry;
+        let seq = e.seq;
+        if self.entries.len() >= KEYLOG_ENTRIES_MAX {
+            return Err(KeyLogError::TooLong {
+                max: KEYLOG_ENTRIES_MAX,
+            });
+        }
+        if e.handle != self.handle {
+            return Err(KeyLogError::HandleMismatch {
+                seq,
+                got: e.handle.to_string(),
+                want: self.handle.to_string(),
+            });
+        }
+        // The log is never empty: `start` makes it with one entry and nothing removes entries.
+        let Some(head) = self.entries.last() else {
+            return Err(KeyLogError::BrokenChain {
+                seq,
+                reason: "empty log",
+            });
+        };
+        if self.moved_to.is_some() {
+            return Err(KeyLogError::Closed { seq });
+        }
+        if seq != head.entry.seq + 1 {
+            return Err(KeyLogError::BrokenChain {
+                seq,
+                reason: "seq is not one more than the head's",
+            });
+        }
+        if e.prev != Some(head.hash) {
+            return Err(KeyLogError::BrokenChain {
+                seq,
+                reason: "prev is not the hash of the head entry",
+            });
+        }
+        if e.ts <= head.entry.ts {
+            return Err(KeyLogError::TimeOrder {
+                seq,
+                ts: e.ts,
+                prev_ts: head.entry.ts,
+            });
+        }
+        let current_id = self.current.map(|k| k.key_id());
+        let recovery_id = self.recovery.map(|k| k.key_id());
+        let signer_key = match &e.op {
+            KeyOp::Register { .. } => None,
+            KeyOp::Rotate { .. } | KeyOp::Move { .. } => {
+                self.current.filter(|_| current_id == Some(e.signer))
+            }
+            KeyOp::Revoke => {
+                if current_id.is_none() {
+                    None // nothing left to revoke
+                } else if current_id == Some(e.signer) {
+                    self.current
+                } else if recovery_id == Some(e.signer) {
+                    self.recovery
+                } else {
+                    None
+                }
+            }
+            KeyOp::Recover { .. } => self.recovery.filter(|_| recovery_id == Some(e.signer)),
+        };
+        let Some(signer_key) = signer_key else {
+            return Err(KeyLogError::UnauthorizedSigner {
+                seq,
+                op: e.op.name(),
+                signer: e.signer,
+            });
+        };
+        signer_key
+            .verify_input(&next.signing_input, &next.sig)
+            .map_err(|_: KeyError| KeyLogError::BadSignature { seq })?;
+        let new_keys: Vec<PublicKey> = match &e.op {
+            KeyOp::Rotate { key } => vec![*key],
+            KeyOp::Recover { key, recovery } => std::iter::once(*key).chain(*recovery).collect(),
+            _ => vec![],
+        };
+        for (i, k) in new_keys.iter().enumerate() {
+            if self.used.contains(&k.to_bytes()) || new_keys[..i].contains(k) {
+                return Err(KeyLogError::KeyReused { seq });
+            }
+        }
+
+        // Checked: apply.
+        let ts = e.ts;
+        let end_current = |periods: &mut Vec<KeyPeriod>| {
+            if let Some(p) = periods.last_mut() {
+                if p.until.is_none() {
+                    p.until = Some(ts);
+                }
+            }
+        };
+        match &e.op {
+            KeyOp::Register { .. } => {}
+            KeyOp::Rotate { key } => {
+                end_current(&mut self.periods);
+                self.periods.push(KeyPeriod {
+                    key: *key,
+                    from: ts,
+                    until: None,
+                });
+                self.current = Some(*key);
+            }
+            KeyOp::Revoke => {
+                end_current(&mut self.periods);
+                self.current = None;
+            }
+            KeyOp::Recover { key, recovery } => {
+                end_current(&mut self.periods);
+                self.periods.push(KeyPeriod {
+                    key: *key,
+                    from: ts,
+                    until: None,
+                });
+                self.current = Some(*key);
+                if let Some(r) = recovery {
+                    self.recovery = Some(*r);
+                }
+            }
+            KeyOp::Move { to } => {
+                end_current(&mut self.periods);
+                self.moved_to = Some(to.clone());
+            }
+        }
+        self.used.extend(new_keys.iter().map(PublicKey::to_bytes));
+        self.entries.push(next);
+        Ok(())
+    }
+
+    /// LOG-12: the key with id `kid` if it was the handle's valid signing key at `ts`.
+    pub fn key_at(&self, kid: &KeyId, ts: i64) -> Result<&PublicKey, KeyLookupError> {
+        let p = self
+            .periods
+            .iter()
+            .find(|p| p.key.key_id() == *kid)
+            .ok_or(KeyLookupError::Unknown(*kid))?;
+        if ts >= p.from && p.until.is_none_or(|u| ts < u) {
+            Ok(&p.key)
+        } else {
+            Err(KeyLookupError::NotValid {
+                kid: *kid,
+                ts,
+                from: p.from,
+                until: p.until,
+            })
+        }
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+    pub fn entries(&self) -> &[SignedKeyLogEntry] {
+        &self.entries
+    }
+    /// The key valid now, if any (none after a revoke or a move).
+    pub fn current_key(&self) -> Option<&PublicKey> {
+        if self.moved_to.is_some() {
+            None
+        } else {
+            self.current.as_ref()
+        }
+    }
+    pub fn recovery_key(&self) -> Option<&PublicKey> {
+        self.recovery.as_ref()
+    }
+    pub fn periods(&self) -> &[KeyPeriod] {
+        &self.periods
+    }
+    pub fn moved_to(&self) -> Option<&Handle> {
+        self.moved_to.as_ref()
+    }
+    pub fn head(&self) -> &SignedKeyLogEntry {
+        // Never empty, see `append`.
+        &self.entries[self.entries.len() - 1]
+    }
+    /// The `seq` and `prev` that the next entry must carry.
+    pub fn next_position(&self) -> (i64, EntryHash) {
+        let head = self.head();
+        (head.entry.seq + 1, head.hash)
+    }
+}

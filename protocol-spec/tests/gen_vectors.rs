@@ -1,0 +1,1692 @@
+//! Generates the language-neutral vector files under `protocol-spec/vectors/` and checks that the
+//! committed files are current.
+//!
+//! The case lists below are the source: each invalid case names the error code the spec requires
+//! and the generator refuses to write a file if the crate disagrees. Valid signing vectors use
+//! fixed seeds so every output is deterministic.
+//!
+//! Regenerate after changing a case: `UPDATE_VECTORS=1 cargo test -p formica-protocol --test gen_vectors`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{arr, i, obj, s};
+use formica_protocol::auth::{Nonce, RelayAuth, RequestAuth, RequestTarget};
+use formica_protocol::canon::{canonicalize, to_pretty};
+use formica_protocol::envelope::*;
+use formica_protocol::hex;
+use formica_protocol::json::{self, JsonLimits, Object, Value};
+use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
+use formica_protocol::keys::{Domain, PublicKey, SecretKey};
+use formica_protocol::pow;
+use formica_protocol::{ErrorCode, Handle, RelayHost};
+use std::collections::BTreeMap;
+
+const T0: i64 = 1_764_000_000_000;
+
+fn seed(start: u8) -> [u8; 32] {
+    std::array::from_fn(|k| start.wrapping_add(k as u8))
+}
+fn sk(start: u8) -> SecretKey {
+    SecretKey::from_seed(&seed(start))
+}
+fn h(x: &str) -> Handle {
+    Handle::parse(x).unwrap()
+}
+
+/// Signs an arbitrary object (valid or not) under `domain`, adding `sig`.
+fn sign_raw(domain: Domain, mut v: Value, key: &SecretKey) -> Value {
+    let sig = key.sign(domain, &canonicalize(&v));
+    if let Value::Object(o) = &mut v {
+        o.insert("sig", sig.to_hex().into());
+    }
+    v
+}
+
+fn with(v: &Value, k: &str, x: Value) -> Value {
+    let mut v = v.clone();
+    if let Value::Object(o) = &mut v {
+        o.insert(k, x);
+    }
+    v
+}
+fn without(v: &Value, k: &str) -> Value {
+    let mut v = v.clone();
+    if let Value::Object(o) = &mut v {
+        o.remove(k);
+    }
+    v
+}
+fn text(v: &Value) -> String {
+    String::from_utf8(canonicalize(v)).unwrap()
+}
+
+// ---------------------------------------------------------------- canon.json
+
+enum Input {
+    Text(String),
+    Hex(&'static str),
+}
+
+fn canon_cases() -> Vec<(&'static str, Input, Result<&'static str, ErrorCode>)> {
+    use ErrorCode::*;
+    use Input::{Hex, Text};
+    let t = |x: &str| Text(x.to_owned());
+    let deep = |n: usize| Text(format!("{}{}", "[".repeat(n), "]".repeat(n)));
+    vec![
+        ("members are sorted by key", t(r#"{"b":1,"a":2}"#), Ok(r#"{"a":2,"b":1}"#)),
+        ("insignificant whitespace is removed", t(" {\n\t\"a\" : [ 1 , 2 ] ,\r\n\"b\":{ } } "), Ok(r#"{"a":[1,2],"b":{}}"#)),
+        ("nested objects are sorted too; arrays keep their order", t(r#"{"z":{"y":1,"x":[3,1,2]},"a":null}"#), Ok(r#"{"a":null,"z":{"x":[3,1,2],"y":1}}"#)),
+        ("keys sort by UTF-16 code units: U+1F600 (D83D DE00) sorts before U+E000, unlike UTF-8 byte order", t("{\"\u{e000}\":1,\"\u{1f600}\":2}"), Ok("{\"\u{1f600}\":2,\"\u{e000}\":1}")),
+        ("keys sort by code units, so upper case sorts before lower case and shorter prefixes first", t(r#"{"b":1,"a":1,"B":1,"aa":1,"":1}"#), Ok(r#"{"":1,"B":1,"a":1,"aa":1,"b":1}"#)),
+        ("escaped ASCII is written literally", t(r#""\u0041\/\u0062""#), Ok(r#""A/b""#)),
+        ("the five short escapes are used for their control characters", t(r#""\u0008\u0009\u000a\u000c\u000d""#), Ok(r#""\b\t\n\f\r""#)),
+        ("other control characters use lower-case \\u00xx", t(r#""\u0000\u001F\u000B""#), Ok(r#""\u0000\u001f\u000b""#)),
+        ("quote and backslash are escaped", t(r#""a\"b\\c""#), Ok(r#""a\"b\\c""#)),
+        ("DEL, U+2028 and non-ASCII are written as UTF-8, not escaped", t(r#""\u007f\u2028\u00e9""#), Ok("\"\u{7f}\u{2028}\u{e9}\"")),
+        ("an escaped surrogate pair becomes the UTF-8 of one character", t(r#""\ud83d\ude00""#), Ok("\"\u{1f600}\"")),
+        ("no Unicode normalization: A + combining ring stays two characters", t("\"A\u{30a}\""), Ok("\"A\u{30a}\"")),
+        ("integers at the edge of the safe range", t("[0,-1,9007199254740991,-9007199254740991]"), Ok("[0,-1,9007199254740991,-9007199254740991]")),
+        ("literals", t("[true,false,null]"), Ok("[true,false,null]")),
+        ("a bare scalar is a document", t(" 42 "), Ok("42")),
+        ("32 levels of nesting is the default limit and is accepted", deep(32), Ok(Box::leak(format!("{}{}", "[".repeat(32), "]".repeat(32)).into_boxed_str()))),
+        ("duplicate key", t(r#"{"a":1,"a":2}"#), Err(DuplicateKey)),
+        ("duplicate key after unescaping", t(r#"{"a":1,"\u0061":2}"#), Err(DuplicateKey)),
+        ("duplicate key in a nested object", t(r#"{"x":{"k":1,"k":1}}"#), Err(DuplicateKey)),
+        ("fraction, even when integral", t("1.0"), Err(FloatNotAllowed)),
+        ("fraction", t(r#"{"a":0.5}"#), Err(FloatNotAllowed)),
+        ("exponent", t("1e2"), Err(FloatNotAllowed)),
+        ("upper-case exponent", t("1E2"), Err(FloatNotAllowed)),
+        ("negative fraction", t("-1.5"), Err(FloatNotAllowed)),
+        ("2^53 is beyond the safe range", t("9007199254740992"), Err(IntegerOutOfRange)),
+        ("-2^53 is beyond the safe range", t("-9007199254740992"), Err(IntegerOutOfRange)),
+        ("a 30-digit integer", t("123456789012345678901234567890"), Err(IntegerOutOfRange)),
+        ("negative zero", t("-0"), Err(MalformedJson)),
+        ("leading zero", t("01"), Err(MalformedJson)),
+        ("plus sign", t("+1"), Err(MalformedJson)),
+        ("NaN", t("NaN"), Err(MalformedJson)),
+        ("Infinity", t("[Infinity]"), Err(MalformedJson)),
+        ("-Infinity", t("-Infinity"), Err(MalformedJson)),
+        ("trailing comma in an object", t(r#"{"a":1,}"#), Err(MalformedJson)),
+        ("trailing comma in an array", t("[1,]"), Err(MalformedJson)),
+        ("line comment", t("// c\n{}"), Err(MalformedJson)),
+        ("block comment", t("{/* c */}"), Err(MalformedJson)),
+        ("trailing garbage", t(r#"{"a":1} x"#), Err(MalformedJson)),
+        ("two documents", t("{}{}"), Err(MalformedJson)),
+        ("single quotes", t("'a'"), Err(MalformedJson)),
+        ("unquoted key", t("{a:1}"), Err(MalformedJson)),
+        ("empty input", t(""), Err(MalformedJson)),
+        ("only whitespace", t("  "), Err(MalformedJson)),
+        ("invalid escape", t(r#""\x41""#), Err(MalformedJson)),
+        ("unterminated string", t(r#""abc"#), Err(MalformedJson)),
+        ("raw tab inside a string", Hex("2261096222"), Err(MalformedJson)),
+        ("byte-order mark", Hex("efbbbf7b7d"), Err(MalformedJson)),
+        ("lone high surrogate", t(r#""\ud800""#), Err(LoneSurrogate)),
+        ("lone low surrogate", t(r#""\udc00""#), Err(LoneSurrogate)),
+        ("high surrogate followed by a non-surrogate escape", t(r#""\ud800\u0041""#), Err(LoneSurrogate)),
+        ("high surrogate followed by a plain character", t(r#""\ud83dx""#), Err(LoneSurrogate)),
+        ("reversed surrogate pair", t(r#""\ude00\ud83d""#), Err(LoneSurrogate)),
+        ("lone surrogate in a key", t(r#"{"\ud800":1}"#), Err(LoneSurrogate)),
+        ("invalid UTF-8 byte 0xFF in a string", Hex("22ff22"), Err(InvalidUtf8)),
+        ("overlong UTF-8 encoding of '/'", Hex("22c0af22"), Err(InvalidUtf8)),
+        ("UTF-8-encoded surrogate U+D800 (CESU-8)", Hex("22eda08022"), Err(InvalidUtf8)),
+        ("truncated UTF-8 sequence", Hex("22e282"), Err(InvalidUtf8)),
+        ("33 levels of nesting exceed the default limit of 32", deep(33), Err(TooDeep)),
+        ("10,000 levels of nesting", deep(10_000), Err(TooDeep)),
+    ]
+}
+
+fn gen_canon() -> Value {
+    let mut cases = Vec::new();
+    for (comment, input, expected) in canon_cases() {
+        let bytes: Vec<u8> = match &input {
+            Input::Text(t) => t.as_bytes().to_vec(),
+            Input::Hex(x) => hex::decode(x).unwrap(),
+        };
+        let got = json::parse(&bytes, JsonLimits::default()).map(|v| canonicalize(&v));
+        let mut case = obj(&[("comment", s(comment))]);
+        case = match &input {
+            Input::Text(t) => with(&case, "input", s(t)),
+            Input::Hex(x) => with(&case, "input_hex", s(x)),
+        };
+        match (expected, got) {
+            (Ok(want), Ok(got)) => {
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    want,
+                    "canon case {comment:?}"
+                );
+                case = with(&case, "canonical", s(want));
+            }
+            (Err(code), Err(e)) => {
+                assert_eq!(e.code(), code, "canon case {comment:?}: {e}");
+                case = with(&case, "error", s(code.as_str()));
+            }
+            (want, got) => panic!("canon case {comment:?}: want {want:?}, got {got:?}"),
+        }
+        cases.push(case);
+    }
+    obj(&[
+        ("comment", s("Strict JSON profile and RFC 8785 canonical form (SPEC.md section 4). Parse `input` (UTF-8 text) or `input_hex` (raw bytes) with the default limits (65536 bytes, depth 32); expect `canonical` (UTF-8 text) or a rejection with `error`.")),
+        ("cases", arr(cases)),
+    ])
+}
+
+// ---------------------------------------------------------------- handles.json
+
+fn gen_handles() -> Value {
+    let valid = [
+        ("@kevin@relay-a.example", "local name and DNS host"),
+        ("@a@b", "one-character name and host"),
+        ("@0@x.example", "a name may start with a digit"),
+        ("@kevin-2@127.0.0.1:7070", "IPv4 host with port"),
+        ("@k_v@localhost:1", "underscore separator, lowest port"),
+        ("@nova@relay-b.example:65535", "highest port"),
+        (
+            "@abcdefghijklmnopqrstuvwxyz012345@h",
+            "32-character name, the longest",
+        ),
+        (
+            "@relay@relay-a.example",
+            "reserved: the relay's own address",
+        ),
+        ("@admin@relay-a.example", "reserved"),
+        ("@postmaster@relay-a.example", "reserved"),
+    ];
+    let invalid = [
+        ("@Kevin@relay-a.example", "upper case in the name"),
+        ("@k\u{e9}vin@relay-a.example", "non-ASCII letter"),
+        ("@k\u{435}vin@relay-a.example", "Cyrillic look-alike letter"),
+        ("@\u{ff4b}evin@relay-a.example", "fullwidth letter"),
+        ("@kevin", "local form where the global form is required"),
+        ("kevin@relay-a.example", "missing leading @"),
+        ("@-kevin@relay-a.example", "starts with a separator"),
+        ("@kevin-@relay-a.example", "ends with a separator"),
+        ("@ke--vin@relay-a.example", "doubled separator"),
+        ("@ke_-vin@relay-a.example", "adjacent separators"),
+        ("@ke.vin@relay-a.example", "dot in the name"),
+        ("@abcdefghijklmnopqrstuvwxyz0123456@h", "33-character name"),
+        ("@@relay-a.example", "empty name"),
+        ("@kevin@", "empty host"),
+        ("@kevin@Relay-a.example", "upper case in the host"),
+        ("@kevin@relay_a.example", "underscore in the host"),
+        ("@kevin@-relay.example", "host label starts with '-'"),
+        ("@kevin@relay..example", "empty host label"),
+        ("@kevin@relay.example.", "trailing dot"),
+        ("@kevin@relay.example:0", "port 0"),
+        ("@kevin@relay.example:65536", "port above 65535"),
+        ("@kevin@relay.example:080", "port with a leading zero"),
+        ("@kevin@relay.example:", "empty port"),
+        ("@kevin@1.2.3", "numeric host that is not a dotted quad"),
+        ("@kevin@256.1.1.1", "IPv4 octet above 255"),
+        ("@kevin@01.2.3.4", "IPv4 octet with a leading zero"),
+        ("@kevin@a@b", "two hosts"),
+        ("@kevin @relay-a.example", "space"),
+        ("", "empty string"),
+    ];
+    let mut v = Vec::new();
+    for (x, comment) in valid {
+        let hd = Handle::parse(x).unwrap_or_else(|e| panic!("{x}: {e}"));
+        v.push(obj(&[
+            ("handle", s(x)),
+            ("reserved", Value::Bool(hd.name().is_reserved())),
+            ("comment", s(comment)),
+        ]));
+    }
+    let mut bad = Vec::new();
+    for (x, comment) in invalid {
+        let e = Handle::parse(x).expect_err(x);
+        bad.push(obj(&[
+            ("handle", s(x)),
+            ("error", s(e.code().as_str())),
+            ("comment", s(&format!("{comment} ({})", e.reason))),
+        ]));
+    }
+    obj(&[
+        ("comment", s("Handles in global form (SPEC.md section 3). `valid` must parse; `reserved` says whether registration must refuse the name with handle_reserved. `invalid` must be refused with `error`.")),
+        ("valid", arr(v)),
+        ("invalid", arr(bad)),
+    ])
+}
+
+// ---------------------------------------------------------------- envelopes
+
+fn alice() -> Handle {
+    h("@alice@relay-a.example")
+}
+fn bob() -> Handle {
+    h("@bob@relay-b.example")
+}
+
+fn base_env(from: &Handle, key: &SecretKey, ty: MessageType, payload: Payload) -> Envelope {
+    Envelope {
+        msg_type: ty,
+        type_version: 1,
+        from: from.clone(),
+        key: key.public().key_id(),
+        to: vec![bob()],
+        ts: T0,
+        corr: None,
+        ack_by: None,
+        payload,
+    }
+}
+
+fn valid_envelopes() -> Vec<(&'static str, u8, Envelope)> {
+    let a = sk(1);
+    let relay = sk(0x41);
+    let id_x = MessageId([0xab; 32]);
+    let mut v = Vec::new();
+    let msg = |t: &str| Payload::Message {
+        text: t.to_owned(),
+        data: None,
+    };
+    v.push((
+        "a plain message",
+        1,
+        base_env(&alice(), &a, MessageType::Message, msg("hello, bob")),
+    ));
+    let mut e = base_env(
+        &alice(),
+        &a,
+        MessageType::Message,
+        Payload::Message {
+            text: "caf\u{e9} \u{1f600} \"quoted\" \\ tab\there".into(),
+            data: Some(obj(&[
+                ("z", i(-5)),
+                ("\u{e000}", s("pua")),
+                ("\u{1f600}", arr(vec![Value::Null, Value::Bool(true)])),
+                ("a", obj(&[])),
+            ])),
+        },
+    );
+    e.corr = Some("conv-42".into());
+    e.ack_by = Some(T0 + 30_000);
+    e.to = vec![bob(), h("@carol@relay-a.example")];
+    v.push(("message with structured data whose keys need UTF-16 ordering, escapes, a correlation id, an ack deadline and two recipients", 1, e));
+    let mut e = base_env(
+        &alice(),
+        &a,
+        MessageType::TaskRequest,
+        Payload::TaskRequest {
+            task: "summarize".into(),
+            input: Some(obj(&[
+                ("url", s("https://example.org/a")),
+                ("max_words", i(100)),
+            ])),
+        },
+    );
+    e.ack_by = Some(T0 + 600_000);
+    v.push(("task_request with an ack deadline", 1, e));
+    let mut e = base_env(
+        &bob(),
+        &sk(0x21),
+        MessageType::TaskResult,
+        Payload::TaskResult {
+            status: TaskStatus::Ok,
+            output: Some(obj(&[("summary", s("short"))])),
+            error: None,
+        },
+    );
+    e.to = vec![alice()];
+    e.corr = Some(id_x.to_hex());
+    v.push((
+        "task_result answering a task_request (corr is its id)",
+        0x21,
+        e,
+    ));
+    let mut e = base_env(
+        &bob(),
+        &sk(0x21),
+        MessageType::TaskResult,
+        Payload::TaskResult {
+            status: TaskStatus::Error,
+            output: None,
+            error: Some("input too long".into()),
+        },
+    );
+    e.to = vec![alice()];
+    e.corr = Some(id_x.to_hex());
+    v.push(("task_result reporting an error", 0x21, e));
+    let mut e = base_env(
+        &bob(),
+        &sk(0x21),
+        MessageType::Ack,
+        Payload::Ack {
+            msg: id_x,
+            status: AckStatus::Processed,
+            reason: None,
+        },
+    );
+    e.to = vec![alice()];
+    v.push(("ack (processed) of a message", 0x21, e));
+    v.push((
+        "contact_request asking for the task level",
+        1,
+        base_env(
+            &alice(),
+            &a,
+            MessageType::ContactRequest,
+            Payload::ContactRequest {
+                level: ContactLevel::Task,
+                note: Some("hi, I'm alice's scheduler".into()),
+            },
+        ),
+    ));
+    let mut e = base_env(
+        &alice(),
+        &a,
+        MessageType::Vouch,
+        Payload::Vouch {
+            subject: bob(),
+            action: VouchAction::Grant,
+        },
+    );
+    e.to = vec![h("@relay@relay-b.example")];
+    v.push(("vouch, addressed to the subject's relay", 1, e));
+    let mut e = base_env(
+        &alice(),
+        &a,
+        MessageType::Report,
+        Payload::Report {
+            subject: bob(),
+            reason: ReportReason::Spam,
+            msg: Some(id_x),
+            note: None,
+        },
+    );
+    e.to = vec![h("@relay@relay-b.example")];
+    v.push(("report, addressed to the subject's relay", 1, e));
+    let mut ext = Object::new();
+    ext.insert("anything", arr(vec![i(1), s("two")]));
+    v.push((
+        "extension type x-demo.ping with type_version 3 and an opaque payload",
+        1,
+        Envelope {
+            type_version: 3,
+            ..base_env(
+                &alice(),
+                &a,
+                MessageType::Extension("x-demo.ping".into()),
+                Payload::Extension(ext),
+            )
+        },
+    ));
+    let mut e = base_env(
+        &h("@relay@relay-a.example"),
+        &relay,
+        MessageType::Receipt,
+        Payload::Receipt {
+            msg: id_x,
+            recipient: bob(),
+            status: DeliveryState::Acked,
+            ack: Some(MessageId([0xcd; 32])),
+            ack_status: Some(AckStatus::Processed),
+            reason: None,
+        },
+    );
+    e.to = vec![alice()];
+    v.push((
+        "receipt from relay-a to alice, signed by the relay key under the receipt tag",
+        0x41,
+        e,
+    ));
+    let mut e = base_env(
+        &h("@relay@relay-a.example"),
+        &relay,
+        MessageType::Receipt,
+        Payload::Receipt {
+            msg: id_x,
+            recipient: bob(),
+            status: DeliveryState::TimedOut,
+            ack: None,
+            ack_status: None,
+            reason: None,
+        },
+    );
+    e.to = vec![alice()];
+    e.ts = T0 + 30_001;
+    v.push(("timed_out receipt", 0x41, e));
+    v
+}
+
+fn gen_envelopes_valid() -> Value {
+    let mut cases = Vec::new();
+    for (comment, seed_start, env) in valid_envelopes() {
+        let key = sk(seed_start);
+        let signed = env.sign(&key).unwrap();
+        // The vector must survive the same path a relay takes.
+        let reparsed =
+            SignedEnvelope::parse(&signed.wire_bytes(), &EnvelopeLimits::default()).unwrap();
+        let verified = reparsed.verify(&key.public()).unwrap();
+        assert_eq!(verified.id(), signed.id());
+        cases.push(obj(&[
+            ("comment", s(comment)),
+            ("seed_hex", s(&hex::encode(&seed(seed_start)))),
+            ("public_key", s(&key.public().to_hex())),
+            ("key_id", s(&key.public().key_id().to_hex())),
+            (
+                "domain",
+                s(std::str::from_utf8(env.domain().tag())
+                    .unwrap()
+                    .trim_end_matches('\0')),
+            ),
+            ("envelope", env.to_value()),
+            ("signing_input_hex", s(&hex::encode(signed.signing_input()))),
+            ("id", s(&signed.id().to_hex())),
+            ("sig", s(&signed.signature().to_hex())),
+            ("wire", s(&String::from_utf8(signed.wire_bytes()).unwrap())),
+        ]));
+    }
+    obj(&[
+        ("comment", s("Valid envelopes (SPEC.md sections 6-7). For each case: the public key and key id follow from seed_hex (RFC 8032); signing_input = domain tag bytes, one 0x00 byte, then the RFC 8785 form of `envelope`; id = BLAKE3(signing_input); sig = Ed25519(seed, signing_input); `wire` is the canonical form of the envelope with `id` and `sig` added, which must parse and verify with public_key.")),
+        ("cases", arr(cases)),
+    ])
+}
+
+fn gen_envelopes_invalid() -> Value {
+    use ErrorCode::*;
+    let a = sk(1);
+    let b = sk(0x21);
+    let good = base_env(
+        &alice(),
+        &a,
+        MessageType::Message,
+        Payload::Message {
+            text: "hi".into(),
+            data: None,
+        },
+    );
+    let good_v = good.to_value(); // without id and sig
+    let signed = |v: &Value| sign_raw(Domain::Envelope, v.clone(), &a);
+    let sgood = signed(&good_v);
+    let mut cases: Vec<(String, Value, ErrorCode, Option<PublicKey>)> = Vec::new();
+    let mut add = |c: &str, v: Value, code: ErrorCode, k: Option<PublicKey>| {
+        cases.push((c.to_owned(), v, code, k))
+    };
+    let payload = |p: Value| with(&good_v, "payload", p);
+
+    add("not an object", arr(vec![]), InvalidField, None);
+    add(
+        "protocol version 2",
+        signed(&with(&good_v, "v", i(2))),
+        UnsupportedVersion,
+        None,
+    );
+    add(
+        "protocol version missing",
+        signed(&without(&good_v, "v")),
+        MissingField,
+        None,
+    );
+    add(
+        "unregistered type without the x- prefix",
+        signed(&with(&good_v, "type", s("chat"))),
+        UnknownType,
+        None,
+    );
+    add(
+        "type names are case-sensitive",
+        signed(&with(&good_v, "type", s("Message"))),
+        UnknownType,
+        None,
+    );
+    add(
+        "x- alone is not an extension name",
+        signed(&with(&good_v, "type", s("x-"))),
+        UnknownType,
+        None,
+    );
+    add(
+        "type_version 2 of message is not defined in v1",
+        signed(&with(&good_v, "type_version", i(2))),
+        UnsupportedTypeVersion,
+        None,
+    );
+    add(
+        "type_version 0",
+        signed(&with(&good_v, "type_version", i(0))),
+        InvalidField,
+        None,
+    );
+    add(
+        "unknown top-level field",
+        signed(&with(&good_v, "priority", i(1))),
+        UnknownField,
+        None,
+    );
+    add(
+        "unknown payload field",
+        signed(&payload(obj(&[("text", s("hi")), ("font", s("serif"))]))),
+        UnknownField,
+        None,
+    );
+    add(
+        "missing payload.text",
+        signed(&payload(obj(&[]))),
+        MissingField,
+        None,
+    );
+    add(
+        "payload.text is not a string",
+        signed(&payload(obj(&[("text", i(5))]))),
+        InvalidField,
+        None,
+    );
+    add(
+        "payload is not an object",
+        signed(&payload(s("hi"))),
+        InvalidField,
+        None,
+    );
+    add(
+        "sender in local form",
+        signed(&with(&good_v, "from", s("@alice"))),
+        InvalidHandle,
+        None,
+    );
+    add(
+        "sender with upper case",
+        signed(&with(&good_v, "from", s("@Alice@relay-a.example"))),
+        InvalidHandle,
+        None,
+    );
+    add(
+        "no recipients",
+        signed(&with(&good_v, "to", arr(vec![]))),
+        InvalidField,
+        None,
+    );
+    add(
+        "recipient listed twice",
+        signed(&with(
+            &good_v,
+            "to",
+            arr(vec![s(bob().as_str()), s(bob().as_str())]),
+        )),
+        InvalidField,
+        None,
+    );
+    let many: Vec<Value> = (0..17)
+        .map(|n| s(&format!("@r{n}@relay-b.example")))
+        .collect();
+    add(
+        "17 recipients, more than the default limit of 16",
+        signed(&with(&good_v, "to", arr(many))),
+        TooManyRecipients,
+        None,
+    );
+    add(
+        "recipients not an array",
+        signed(&with(&good_v, "to", s(bob().as_str()))),
+        InvalidField,
+        None,
+    );
+    add("timestamp as a float", Value::Null, FloatNotAllowed, None); // replaced below by raw text
+    add(
+        "negative timestamp",
+        signed(&with(&good_v, "ts", i(-1))),
+        InvalidField,
+        None,
+    );
+    add(
+        "timestamp as a string",
+        signed(&with(&good_v, "ts", s("1764000000000"))),
+        InvalidField,
+        None,
+    );
+    add(
+        "ack_by equal to ts",
+        signed(&with(&good_v, "ack_by", i(T0))),
+        InvalidField,
+        None,
+    );
+    add(
+        "ack_by more than 7 days after ts",
+        signed(&with(&good_v, "ack_by", i(T0 + 7 * 24 * 3600 * 1000 + 1))),
+        InvalidField,
+        None,
+    );
+    add(
+        "corr with a space",
+        signed(&with(&good_v, "corr", s("a b"))),
+        InvalidField,
+        None,
+    );
+    add(
+        "empty corr",
+        signed(&with(&good_v, "corr", s(""))),
+        InvalidField,
+        None,
+    );
+    add(
+        "corr of 129 bytes",
+        signed(&with(&good_v, "corr", s(&"c".repeat(129)))),
+        InvalidField,
+        None,
+    );
+    add(
+        "payload of 32769 canonical bytes, over the default limit of 32768",
+        signed(&payload(obj(&[("text", s(&"x".repeat(32769 - 11)))]))),
+        PayloadTooLarge,
+        None,
+    );
+    add(
+        "key id in upper case",
+        signed(&with(&good_v, "key", s(&good.key.to_hex().to_uppercase()))),
+        InvalidField,
+        None,
+    );
+    add("signature missing", good_v.clone(), MissingField, None);
+    add(
+        "signature too short",
+        with(&sgood, "sig", s("abcd")),
+        InvalidField,
+        None,
+    );
+    add(
+        "signature in upper case hex",
+        with(
+            &sgood,
+            "sig",
+            s(&sgood
+                .as_object()
+                .unwrap()
+                .get("sig")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_uppercase()),
+        ),
+        InvalidField,
+        None,
+    );
+    add(
+        "id that is not the id of the signing input",
+        with(&sgood, "id", s(&"0".repeat(64))),
+        IdMismatch,
+        None,
+    );
+    // Signature failures: structurally valid, checked with the named key.
+    let mut flipped = hex::decode(
+        sgood
+            .as_object()
+            .unwrap()
+            .get("sig")
+            .unwrap()
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    flipped[0] ^= 0x01;
+    add(
+        "one bit of the signature flipped",
+        with(&sgood, "sig", s(&hex::encode(&flipped))),
+        BadSignature,
+        Some(a.public()),
+    );
+    add(
+        "payload changed after signing (no id given, so the id is recomputed)",
+        with(&sgood, "payload", obj(&[("text", s("hI"))])),
+        BadSignature,
+        Some(a.public()),
+    );
+    add(
+        "signed by a different key than the one named",
+        sign_raw(Domain::Envelope, good_v.clone(), &b),
+        BadSignature,
+        Some(a.public()),
+    );
+    add(
+        "verified with a key other than the one the envelope names",
+        sgood.clone(),
+        UnknownKey,
+        Some(b.public()),
+    );
+    add(
+        "signed under the receipt tag instead of the envelope tag",
+        sign_raw(Domain::Receipt, good_v.clone(), &a),
+        BadSignature,
+        Some(a.public()),
+    );
+    add(
+        "signed under the key-log tag instead of the envelope tag",
+        sign_raw(Domain::KeyLog, good_v.clone(), &a),
+        BadSignature,
+        Some(a.public()),
+    );
+    // Non-canonical S: S + l verifies under lax rules but not under verify_strict.
+    let sig_hex = sgood
+        .as_object()
+        .unwrap()
+        .get("sig")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut sig_b = hex::decode(&sig_hex).unwrap();
+    add_scalar_l(&mut sig_b[32..]);
+    add(
+        "signature with S + l (non-canonical scalar)",
+        with(&sgood, "sig", s(&hex::encode(&sig_b))),
+        BadSignature,
+        Some(a.public()),
+    );
+    // Type rules.
+    let receipt_payload = obj(&[
+        ("msg", s(&"ab".repeat(32))),
+        ("recipient", s(bob().as_str())),
+        ("status", s("delivered")),
+    ]);
+    add(
+        "receipt from an agent",
+        signed(&with(
+            &with(&good_v, "type", s("receipt")),
+            "payload",
+            receipt_payload,
+        )),
+        TypeReserved,
+        None,
+    );
+    add(
+        "message from a relay address",
+        signed(&with(&good_v, "from", s("@relay@relay-a.example"))),
+        TypeReserved,
+        None,
+    );
+    let ack_v = with(
+        &with(&good_v, "type", s("ack")),
+        "payload",
+        obj(&[("msg", s(&"ab".repeat(32))), ("status", s("received"))]),
+    );
+    add(
+        "ack with two recipients",
+        signed(&with(
+            &ack_v,
+            "to",
+            arr(vec![s(bob().as_str()), s("@carol@relay-a.example")]),
+        )),
+        InvalidField,
+        None,
+    );
+    add(
+        "ack that asks for an ack",
+        signed(&with(&ack_v, "ack_by", i(T0 + 1000))),
+        InvalidField,
+        None,
+    );
+    add(
+        "ack with an unknown status",
+        signed(&with(
+            &ack_v,
+            "payload",
+            obj(&[("msg", s(&"ab".repeat(32))), ("status", s("done"))]),
+        )),
+        InvalidField,
+        None,
+    );
+    let tr_v = with(
+        &with(&good_v, "type", s("task_result")),
+        "payload",
+        obj(&[("status", s("ok"))]),
+    );
+    add(
+        "task_result without corr",
+        signed(&tr_v),
+        MissingField,
+        None,
+    );
+    add(
+        "task_result with status ok and an error text",
+        signed(&with(
+            &with(&tr_v, "corr", s("x")),
+            "payload",
+            obj(&[("status", s("ok")), ("error", s("e"))]),
+        )),
+        InvalidField,
+        None,
+    );
+    let vouch_v = with(
+        &with(&good_v, "type", s("vouch")),
+        "payload",
+        obj(&[("subject", s(bob().as_str())), ("action", s("grant"))]),
+    );
+    add(
+        "vouch addressed to the subject instead of the subject's relay",
+        signed(&vouch_v),
+        InvalidField,
+        None,
+    );
+    add(
+        "vouch addressed to the wrong relay",
+        signed(&with(
+            &vouch_v,
+            "to",
+            arr(vec![s("@relay@relay-a.example")]),
+        )),
+        InvalidField,
+        None,
+    );
+    add(
+        "contact_request with an unknown level",
+        signed(&with(
+            &with(&good_v, "type", s("contact_request")),
+            "payload",
+            obj(&[("level", s("admin"))]),
+        )),
+        InvalidField,
+        None,
+    );
+    add(
+        "note longer than 280 characters",
+        signed(&with(
+            &with(&good_v, "type", s("contact_request")),
+            "payload",
+            obj(&[("level", s("message")), ("note", s(&"\u{e9}".repeat(281)))]),
+        )),
+        InvalidField,
+        None,
+    );
+    add(
+        "task name with upper case",
+        signed(&with(
+            &with(&good_v, "type", s("task_request")),
+            "payload",
+            obj(&[("task", s("Summarize"))]),
+        )),
+        InvalidField,
+        None,
+    );
+
+    let mut out = Vec::new();
+    for (comment, v, code, key) in cases {
+        let input = if comment == "timestamp as a float" {
+            text(&sgood).replace(&format!("\"ts\":{T0}"), &format!("\"ts\":{T0}.0"))
+        } else {
+            text(&v)
+        };
+        let res =
+            SignedEnvelope::parse(input.as_bytes(), &EnvelopeLimits::default()).and_then(|se| {
+                match &key {
+                    Some(k) => se.verify(k).map(|_| ()),
+                    None => Ok(()),
+                }
+            });
+        match res {
+            Err(e) => assert_eq!(e.code(), code, "envelope case {comment:?}: {e}"),
+            Ok(()) => panic!("envelope case {comment:?} was accepted"),
+        }
+        let mut case = obj(&[
+            ("comment", s(&comment)),
+            ("input", s(&input)),
+            ("error", s(code.as_str())),
+        ]);
+        if let Some(k) = key {
+            case = with(&case, "public_key", s(&k.to_hex()));
+        }
+        out.push(case);
+    }
+    // Raw byte cases.
+    obj(&[
+        ("comment", s("Envelopes that must be refused (SPEC.md sections 4-7) with `error`, parsing with the default limits (16 recipients, 32768 payload bytes). Where `public_key` is present the envelope is structurally valid and the error comes from verifying it with that key; without it the error comes before verification. Unsigned fields other than the one under test are valid.")),
+        ("cases", arr(out)),
+    ])
+}
+
+/// Adds the group order l to a little-endian 32-byte scalar in place (wrapping at 2^256).
+fn add_scalar_l(s: &mut [u8]) {
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut carry = 0u16;
+    for k in 0..32 {
+        let t = u16::from(s[k]) + u16::from(L[k]) + carry;
+        s[k] = t as u8;
+        carry = t >> 8;
+    }
+}
+
+// ---------------------------------------------------------------- keylogs.json
+
+struct LogBuilder {
+    handle: Handle,
+    entries: Vec<Value>,
+    head: Option<String>,
+    ts: i64,
+}
+
+impl LogBuilder {
+    fn new(handle: &Handle) -> LogBuilder {
+        LogBuilder {
+            handle: handle.clone(),
+            entries: vec![],
+            head: None,
+            ts: T0,
+        }
+    }
+    /// Appends an entry built from `op` fields, signed by `signer`, and returns its value.
+    fn push(&mut self, op: &str, fields: &[(&str, Value)], signer: &SecretKey) -> Value {
+        let mut o = vec![
+            ("v", i(1)),
+            ("handle", s(self.handle.as_str())),
+            ("seq", i(self.entries.len() as i64)),
+        ];
+        if let Some(p) = &self.head {
+            o.push(("prev", s(p)));
+        }
+        o.push(("ts", i(self.ts)));
+        o.push(("op", s(op)));
+        o.extend(fields.iter().cloned());
+        o.push(("signer", s(&signer.public().key_id().to_hex())));
+        let unsigned = obj(&o);
+        let hash = blake3::hash(&Domain::KeyLog.input(&canonicalize(&unsigned)));
+        let v = sign_raw(Domain::KeyLog, unsigned, signer);
+        self.head = Some(hex::encode(hash.as_bytes()));
+        self.entries.push(v.clone());
+        self.ts += 60_000;
+        v
+    }
+}
+
+fn kh(k: &SecretKey) -> Value {
+    s(&k.public().to_hex())
+}
+
+fn check_log(entries: &[Value]) -> Result<KeyLog, ErrorCode> {
+    let parsed: Result<Vec<_>, _> = entries
+        .iter()
+        .map(|e| SignedKeyLogEntry::from_value(e.clone()))
+        .collect();
+    let parsed = parsed.map_err(|e| e.code())?;
+    KeyLog::verify(parsed).map_err(|e| e.code())
+}
+
+fn gen_keylogs() -> Value {
+    use ErrorCode::*;
+    let kev = h("@kevin@relay-a.example");
+    let (k1, k2, k3, k4, r1, r2) = (sk(1), sk(0x21), sk(0x31), sk(0x51), sk(0x61), sk(0x71));
+    let kid = |k: &SecretKey| k.public().key_id().to_hex();
+    let mut valid = Vec::new();
+    let mut push_valid = |comment: &str, lb: &LogBuilder, queries: Vec<(String, i64, &str)>| {
+        let log = check_log(&lb.entries).unwrap_or_else(|c| panic!("{comment}: {c}"));
+        let mut qs = Vec::new();
+        for (kid_hex, ts, want) in queries {
+            let got = match log.key_at(&formica_protocol::KeyId::parse_hex(&kid_hex).unwrap(), ts) {
+                Ok(k) => k.to_hex(),
+                Err(e) => e.code().as_str().to_owned(),
+            };
+            if want == "key" {
+                assert_eq!(got.len(), 64, "{comment}: query {kid_hex}@{ts} gave {got}");
+            } else {
+                assert_eq!(got, want, "{comment}: query {kid_hex}@{ts}");
+            }
+            qs.push(obj(&[
+                ("key_id", s(&kid_hex)),
+                ("ts", i(ts)),
+                ("result", s(&got)),
+            ]));
+        }
+        valid.push(obj(&[
+            ("comment", s(comment)),
+            ("entries", arr(lb.entries.clone())),
+            ("head", s(lb.head.as_deref().unwrap())),
+            (
+                "current_key",
+                log.current_key()
+                    .map(|k| s(&k.to_hex()))
+                    .unwrap_or(Value::Null),
+            ),
+            ("queries", arr(qs)),
+        ]));
+    };
+
+    let mut lb = LogBuilder::new(&kev);
+    lb.push("register", &[("key", kh(&k1)), ("recovery", kh(&r1))], &k1);
+    push_valid(
+        "register with a recovery key",
+        &lb,
+        vec![
+            (kid(&k1), T0, "key"),
+            (kid(&k1), T0 - 1, "key_not_valid"),
+            (kid(&r1), T0 + 1, "unknown_key"),
+        ],
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    lb.push("register", &[("key", kh(&k1))], &k1);
+    lb.push("rotate", &[("key", kh(&k2))], &k1);
+    lb.push("rotate", &[("key", kh(&k3))], &k2);
+    push_valid(
+        "two rotations: each key is valid from its entry until the next",
+        &lb,
+        vec![
+            (kid(&k1), T0 + 59_999, "key"),
+            (kid(&k1), T0 + 60_000, "key_not_valid"),
+            (kid(&k2), T0 + 60_000, "key"),
+            (kid(&k2), T0 + 120_000, "key_not_valid"),
+            (kid(&k3), T0 + 120_000, "key"),
+            (kid(&k3), T0 + 10_000_000, "key"),
+            (kid(&k4), T0 + 120_000, "unknown_key"),
+        ],
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    lb.push("register", &[("key", kh(&k1)), ("recovery", kh(&r1))], &k1);
+    lb.push("revoke", &[], &r1);
+    lb.push("recover", &[("key", kh(&k2)), ("recovery", kh(&r2))], &r1);
+    lb.push("rotate", &[("key", kh(&k3))], &k2);
+    lb.push("revoke", &[], &k3);
+    lb.push("recover", &[("key", kh(&k4))], &r2);
+    push_valid("revoke by the recovery key, recover with a new recovery key, rotate, revoke by the current key, recover again", &lb, vec![
+        (kid(&k1), T0 + 30_000, "key"),
+        (kid(&k1), T0 + 60_000, "key_not_valid"),
+        (kid(&k2), T0 + 90_000, "key_not_valid"),
+        (kid(&k2), T0 + 120_000, "key"),
+        (kid(&k3), T0 + 240_000, "key_not_valid"),
+        (kid(&k4), T0 + 300_000, "key"),
+    ]);
+
+    let mut lb = LogBuilder::new(&kev);
+    lb.push("register", &[("key", kh(&k1))], &k1);
+    lb.push("move", &[("to", s("@kevin@relay-b.example"))], &k1);
+    push_valid(
+        "move closes the log; the key is valid until the move",
+        &lb,
+        vec![
+            (kid(&k1), T0, "key"),
+            (kid(&k1), T0 + 60_000, "key_not_valid"),
+        ],
+    );
+
+    // Invalid logs: each built on a valid prefix.
+    let mut invalid = Vec::new();
+    let mut push_invalid = |comment: &str, entries: Vec<Value>, code: ErrorCode| {
+        match check_log(&entries) {
+            Err(c) => assert_eq!(c, code, "keylog case {comment:?}"),
+            Ok(_) => panic!("keylog case {comment:?} was accepted"),
+        }
+        invalid.push(obj(&[
+            ("comment", s(comment)),
+            ("entries", arr(entries)),
+            ("error", s(code.as_str())),
+        ]));
+    };
+    let reg =
+        |lb: &mut LogBuilder| lb.push("register", &[("key", kh(&k1)), ("recovery", kh(&r1))], &k1);
+
+    let mut lb = LogBuilder::new(&kev);
+    lb.push("rotate", &[("key", kh(&k1))], &k1);
+    push_invalid(
+        "first entry is not a register",
+        lb.entries.clone(),
+        KeylogBrokenChain,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    let mut e = lb.entries[0].clone();
+    e = with(&e, "prev", s(&"00".repeat(32)));
+    e = sign_raw(Domain::KeyLog, without(&e, "sig"), &k1);
+    push_invalid("first entry with a prev", vec![e], KeylogBrokenChain);
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.entries.push(Value::Null);
+    lb.push("rotate", &[("key", kh(&k2))], &k1);
+    lb.entries.remove(1);
+    push_invalid("seq skips a number", lb.entries.clone(), KeylogBrokenChain);
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.head = Some("11".repeat(32));
+    lb.push("rotate", &[("key", kh(&k2))], &k1);
+    push_invalid(
+        "prev is not the hash of the previous entry",
+        lb.entries.clone(),
+        KeylogBrokenChain,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.ts = T0;
+    lb.push("rotate", &[("key", kh(&k2))], &k1);
+    push_invalid(
+        "timestamp equal to the previous entry's",
+        lb.entries.clone(),
+        KeylogTimeOrder,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.push("rotate", &[("key", kh(&k2))], &r1);
+    push_invalid(
+        "rotate signed by the recovery key",
+        lb.entries.clone(),
+        KeylogUnauthorizedSigner,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.push("recover", &[("key", kh(&k2))], &k1);
+    push_invalid(
+        "recover signed by the current key",
+        lb.entries.clone(),
+        KeylogUnauthorizedSigner,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    lb.push("register", &[("key", kh(&k1))], &k1);
+    lb.push("revoke", &[], &k1);
+    lb.push("recover", &[("key", kh(&k2))], &k1);
+    push_invalid(
+        "recover in a log without a recovery key",
+        lb.entries.clone(),
+        KeylogUnauthorizedSigner,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.push("revoke", &[], &k1);
+    lb.push("revoke", &[], &r1);
+    push_invalid(
+        "revoke when no key is current",
+        lb.entries.clone(),
+        KeylogUnauthorizedSigner,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    lb.push("register", &[("key", kh(&k1))], &k2);
+    push_invalid(
+        "register signed by a key other than the one it registers",
+        lb.entries.clone(),
+        KeylogUnauthorizedSigner,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    let rot = lb.push("rotate", &[("key", kh(&k2))], &k1);
+    let sig = rot
+        .as_object()
+        .unwrap()
+        .get("sig")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut sb = hex::decode(&sig).unwrap();
+    sb[10] ^= 0x80;
+    lb.entries[1] = with(&rot, "sig", s(&hex::encode(&sb)));
+    push_invalid(
+        "rotate with a corrupted signature",
+        lb.entries.clone(),
+        BadSignature,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.push("rotate", &[("key", kh(&k2))], &k1);
+    lb.push("rotate", &[("key", kh(&k1))], &k2);
+    push_invalid(
+        "rotate back to a key used before",
+        lb.entries.clone(),
+        KeylogKeyReused,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    lb.push("register", &[("key", kh(&k1)), ("recovery", kh(&k1))], &k1);
+    push_invalid(
+        "recovery key equal to the signing key",
+        lb.entries.clone(),
+        KeylogKeyReused,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.push("move", &[("to", s("@kevin@relay-b.example"))], &k1);
+    lb.push("rotate", &[("key", kh(&k2))], &k1);
+    push_invalid("entry after a move", lb.entries.clone(), KeylogClosed);
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.handle = h("@kevin@relay-b.example");
+    lb.push("rotate", &[("key", kh(&k2))], &k1);
+    push_invalid(
+        "entry for another handle",
+        lb.entries.clone(),
+        KeylogHandleMismatch,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    // The identity point (small order): a weak key.
+    let weak = format!("01{}", "00".repeat(31));
+    lb.push("rotate", &[("key", s(&weak))], &k1);
+    push_invalid(
+        "rotate to a small-order (weak) key",
+        lb.entries.clone(),
+        WeakKey,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.push("rotate", &[("key", kh(&k2)), ("recovery", kh(&r2))], &k1);
+    push_invalid(
+        "rotate may not change the recovery key (unknown field)",
+        lb.entries.clone(),
+        UnknownField,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    lb.push("register", &[("key", kh(&k1))], &k1);
+    let e0 = lb.entries[0].clone();
+    push_invalid("an empty log", vec![], KeylogBrokenChain);
+    push_invalid(
+        "register entry without a key",
+        vec![sign_raw(
+            Domain::KeyLog,
+            without(&without(&e0, "sig"), "key"),
+            &k1,
+        )],
+        MissingField,
+    );
+
+    obj(&[
+        ("comment", s("Key logs (SPEC.md section 8). `valid` logs verify from the first entry; each query asks which key was valid for `key_id` at `ts` and gives the public key or the error code. `invalid` logs must be refused with `error`, reported for the first entry that breaks a rule.")),
+        ("valid", arr(valid)),
+        ("invalid", arr(invalid)),
+    ])
+}
+
+// ---------------------------------------------------------------- pow.json
+
+fn gen_pow() -> Value {
+    let relay = RelayHost::parse("relay-a.example").unwrap();
+    let handle = h("@kevin@relay-a.example");
+    let key = sk(1).public();
+    let ch = pow::Challenge(std::array::from_fn(|k| k as u8));
+    let mut cases = Vec::new();
+    let mut add = |comment: &str, committed: u32, nonce: u64, required: u32| {
+        let prefix = pow::preimage_prefix(&relay, &handle, &key, &ch, committed);
+        let hash = pow::pow_hash(&prefix, nonce);
+        let proof = pow::PowProof {
+            challenge: ch,
+            difficulty: committed,
+            nonce,
+        };
+        let result = match pow::check(&prefix, &proof, required) {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.code().as_str().to_owned(),
+        };
+        cases.push(obj(&[
+            ("comment", s(comment)),
+            ("relay", s(relay.as_str())),
+            ("handle", s(handle.as_str())),
+            ("key", s(&key.to_hex())),
+            ("challenge", s(&ch.to_hex())),
+            ("difficulty", i(i64::from(committed))),
+            ("prefix_hex", s(&hex::encode(&prefix))),
+            ("nonce", i(nonce as i64)),
+            ("hash_hex", s(&hex::encode(&hash))),
+            ("zero_bits", i(i64::from(pow::leading_zero_bits(&hash)))),
+            ("required", i(i64::from(required))),
+            ("result", s(&result)),
+        ]));
+    };
+    let mine = |d: u32| {
+        let prefix = pow::preimage_prefix(&relay, &handle, &key, &ch, d);
+        pow::mine(&prefix, d, 0, 1, 1 << 30).unwrap()
+    };
+    let n8 = mine(8);
+    let n16 = mine(16);
+    add("difficulty 0 is met by any nonce", 0, 0, 0);
+    add("the first nonce from 0 that meets difficulty 8", 8, n8, 8);
+    add(
+        "the first nonce from 0 that meets difficulty 16",
+        16,
+        n16,
+        16,
+    );
+    add("a proof may commit to more than required", 16, n16, 12);
+    add("committed difficulty below the required one", 8, n8, 12);
+    let mut bad = n16 + 1;
+    while pow::leading_zero_bits(&pow::pow_hash(
+        &pow::preimage_prefix(&relay, &handle, &key, &ch, 16),
+        bad,
+    )) >= 16
+    {
+        bad += 1;
+    }
+    add(
+        "a nonce whose hash does not meet the committed difficulty",
+        16,
+        bad,
+        16,
+    );
+    // The committed difficulty is inside the preimage, so re-labelling a proof changes its hash.
+    add("the difficulty-8 nonce relabelled as difficulty 4: the hash changes and the check is redone", 4, n8, 4);
+    obj(&[
+        ("comment", s("Proof-of-work (SPEC.md section 9). prefix = tag `formica/v1/pow` + 0x00 + RFC 8785 form of {challenge, difficulty, handle, key, relay}; hash = BLAKE3(prefix || nonce as 8 bytes little-endian); zero_bits counts leading zero bits from the most significant bit of the first byte. `result` is ok or the error code for a relay that requires `required`.")),
+        ("cases", arr(cases)),
+    ])
+}
+
+// ---------------------------------------------------------------- auth.json
+
+fn gen_auth() -> Value {
+    let k = sk(1);
+    let other = sk(0x21);
+    let handle = h("@alice@relay-a.example");
+    let aud = RelayHost::parse("relay-a.example").unwrap();
+    let nonce = Nonce(std::array::from_fn(|n| 0xa0 + n as u8));
+    let ts = T0;
+    let mut valid = Vec::new();
+    let reqs: [(&str, &str, &str, &[u8]); 3] = [
+        (
+            "read the inbox after cursor 17",
+            "GET",
+            "/v1/inbox?after=17&limit=50",
+            b"",
+        ),
+        (
+            "add a contact (body is covered by its BLAKE3 digest)",
+            "PUT",
+            "/v1/contacts/@bob@relay-b.example",
+            br#"{"level":"message"}"#,
+        ),
+        (
+            "query a message's status",
+            "GET",
+            "/v1/messages/abababababababababababababababababababababababababababababababab",
+            b"",
+        ),
+    ];
+    for (comment, method, path, body) in reqs {
+        let target = RequestTarget { method, path, body };
+        let header = RequestAuth::sign(&k, &handle, ts, nonce, &target, &aud);
+        let parsed = RequestAuth::parse(&header).unwrap();
+        parsed.verify(&k.public(), &target, &aud).unwrap();
+        valid.push(obj(&[
+            ("comment", s(comment)),
+            ("seed_hex", s(&hex::encode(&seed(1)))),
+            ("public_key", s(&k.public().to_hex())),
+            ("handle", s(handle.as_str())),
+            ("aud", s(aud.as_str())),
+            ("method", s(method)),
+            ("path", s(path)),
+            ("body", s(std::str::from_utf8(body).unwrap())),
+            ("body_digest", s(&formica_protocol::auth::body_digest(body))),
+            ("ts", i(ts)),
+            ("nonce", s(&nonce.to_hex())),
+            (
+                "signing_input_hex",
+                s(&hex::encode(&parsed.signing_input(&target, &aud))),
+            ),
+            ("header", s(&header)),
+        ]));
+    }
+    let target = RequestTarget {
+        method: "GET",
+        path: "/v1/inbox",
+        body: b"",
+    };
+    let good = RequestAuth::sign(&k, &handle, ts, nonce, &target, &aud);
+    let mut invalid = Vec::new();
+    let mut add =
+        |comment: &str, header: String, method: &str, path: &str, aud_s: &str, code: ErrorCode| {
+            let t = RequestTarget {
+                method,
+                path,
+                body: b"",
+            };
+            let aud_h = RelayHost::parse(aud_s).unwrap();
+            let got = RequestAuth::parse(&header).and_then(|p| p.verify(&k.public(), &t, &aud_h));
+            match got {
+                Err(e) => assert_eq!(e.code(), code, "auth case {comment:?}: {e}"),
+                Ok(()) => panic!("auth case {comment:?} accepted"),
+            }
+            invalid.push(obj(&[
+                ("comment", s(comment)),
+                ("header", s(&header)),
+                ("public_key", s(&k.public().to_hex())),
+                ("method", s(method)),
+                ("path", s(path)),
+                ("body", s("")),
+                ("aud", s(aud_s)),
+                ("error", s(code.as_str())),
+            ]));
+        };
+    use ErrorCode::*;
+    add(
+        "wrong scheme",
+        good.replacen("Formica ", "Bearer ", 1),
+        "GET",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "missing nonce",
+        good.split(",nonce=").next().unwrap().to_owned()
+            + &format!(",sig={}", good.split(",sig=").nth(1).unwrap()),
+        "GET",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "repeated parameter",
+        format!("{good},ts={ts}"),
+        "GET",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "unknown parameter",
+        format!("{good},x=1"),
+        "GET",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "space after a comma",
+        good.replacen(",key=", ", key=", 1),
+        "GET",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "ts with a leading zero",
+        good.replacen(&format!("ts={ts}"), &format!("ts=0{ts}"), 1),
+        "GET",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "upper-case hex in the signature",
+        {
+            let (head, sig) = good.split_once(",sig=").unwrap();
+            format!("{head},sig={}", sig.to_uppercase())
+        },
+        "GET",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "signed for GET, sent as POST",
+        good.clone(),
+        "POST",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "signed for /v1/inbox, sent to /v1/inbox?after=1",
+        good.clone(),
+        "GET",
+        "/v1/inbox?after=1",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "signed by another key than the one named",
+        RequestAuth::sign(&other, &handle, ts, nonce, &target, &aud).replacen(
+            &other.public().key_id().to_hex(),
+            &k.public().key_id().to_hex(),
+            1,
+        ),
+        "GET",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
+    add(
+        "handle homed on another relay than the one receiving the request",
+        good.clone(),
+        "GET",
+        "/v1/inbox",
+        "relay-b.example",
+        WrongRelay,
+    );
+
+    // Relay-to-relay request (draft, SPEC.md section 16).
+    let relay_key = sk(0x41);
+    let origin = RelayHost::parse("relay-a.example").unwrap();
+    let dest = RelayHost::parse("relay-b.example").unwrap();
+    let body = br#"{"envelopes":[],"txn":"t1"}"#;
+    let t = RequestTarget {
+        method: "POST",
+        path: "/v1/federation/transfer",
+        body,
+    };
+    let header = RelayAuth::sign(&relay_key, &origin, &dest, ts, nonce, &t);
+    let parsed = RelayAuth::parse(&header).unwrap();
+    parsed.verify(&relay_key.public(), &t, &dest).unwrap();
+    let relay_valid = vec![obj(&[
+        (
+            "comment",
+            s("relay-a forwards a transfer to relay-b (draft)"),
+        ),
+        ("seed_hex", s(&hex::encode(&seed(0x41)))),
+        ("public_key", s(&relay_key.public().to_hex())),
+        ("origin", s(origin.as_str())),
+        ("dest", s(dest.as_str())),
+        ("method", s("POST")),
+        ("path", s("/v1/federation/transfer")),
+        ("body", s(std::str::from_utf8(body).unwrap())),
+        ("ts", i(ts)),
+        ("nonce", s(&nonce.to_hex())),
+        (
+            "signing_input_hex",
+            s(&hex::encode(&parsed.signing_input(&t))),
+        ),
+        ("header", s(&header)),
+    ])];
+    obj(&[
+        ("comment", s("Authenticated requests (SPEC.md section 11; relay requests: section 16, draft). `valid`: the header made from the inputs, and the exact signing input. `invalid`: a header presented with the given method, path, empty body and receiving relay `aud`, checked with public_key; freshness and nonce memory are not part of these cases.")),
+        ("valid", arr(valid)),
+        ("invalid", arr(invalid)),
+        ("relay_valid", arr(relay_valid)),
+    ])
+}
+
+// ---------------------------------------------------------------- ed25519.json
+
+fn gen_ed25519() -> Value {
+    let ext = std::fs::read_to_string(
+        common::vectors_dir().join("external/ed25519-speccheck/cases.json"),
+    )
+    .unwrap();
+    let cases = json::parse(
+        ext.as_bytes(),
+        JsonLimits {
+            bytes_max: 1 << 20,
+            depth_max: 8,
+        },
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for (n, c) in cases.as_array().unwrap().iter().enumerate() {
+        let o = c.as_object().unwrap();
+        let msg = hex::decode(o.get("message").unwrap().as_str().unwrap()).unwrap();
+        let pk_hex = o.get("pub_key").unwrap().as_str().unwrap();
+        let sig_hex = o.get("signature").unwrap().as_str().unwrap();
+        let key = PublicKey::parse_hex(pk_hex);
+        let sig = formica_protocol::Signature::parse_hex(sig_hex);
+        let accept = match (&key, &sig) {
+            (Ok(k), Ok(sg)) => k.verify_input(&msg, sg).is_ok(),
+            _ => false,
+        };
+        let key_result = match &key {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.code().as_str().to_owned(),
+        };
+        // The accept set of the bare strict verifier, without refusing weak keys at parse time.
+        let dalek_strict = {
+            let pkb: [u8; 32] = hex::decode_array(pk_hex).unwrap();
+            let sgb: [u8; 64] = hex::decode_array(sig_hex).unwrap();
+            ed25519_dalek::VerifyingKey::from_bytes(&pkb)
+                .map(|vk| {
+                    vk.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sgb))
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        };
+        assert_eq!(accept, dalek_strict && key.is_ok(), "case {n}");
+        out.push(obj(&[
+            ("index", i(n as i64)),
+            ("message", s(o.get("message").unwrap().as_str().unwrap())),
+            ("pub_key", s(pk_hex)),
+            ("signature", s(sig_hex)),
+            ("key_result", s(&key_result)),
+            ("strict_accept", Value::Bool(dalek_strict)),
+            ("accept", Value::Bool(accept)),
+        ]));
+    }
+    obj(&[
+        ("comment", s("Ed25519 edge cases from 'Taming the many EdDSAs' (ed25519-speccheck, cases 0-11; see external/ed25519-speccheck). `key_result`: parsing pub_key as a Formica public key (ok, invalid_key or weak_key). `strict_accept`: RFC 8032 verification with the strict rules of SPEC.md SIG-3 (canonical S, canonical and non-small-order R and A). `accept`: the full Formica rule, key parse and strict verification; it is the set a conforming implementation accepts.")),
+        ("cases", arr(out)),
+    ])
+}
+
+fn generate() -> BTreeMap<&'static str, String> {
+    let mut files = BTreeMap::new();
+    let mut put = |name: &'static str, v: Value| {
+        files.insert(name, to_pretty(&v) + "\n");
+    };
+    put("canon.json", gen_canon());
+    put("handles.json", gen_handles());
+    put("envelopes_valid.json", gen_envelopes_valid());
+    put("envelopes_invalid.json", gen_envelopes_invalid());
+    put("keylogs.json", gen_keylogs());
+    put("pow.json", gen_pow());
+    put("auth.json", gen_auth());
+    put("ed25519.json", gen_ed25519());
+    files
+}
+
+#[test]
+fn vector_files_are_current() {
+    let update = std::env::var_os("UPDATE_VECTORS").is_some();
+    let mut stale = Vec::new();
+    for (name, content) in generate() {
+        let path = common::vectors_dir().join(name);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        if on_disk != content {
+            if update {
+                std::fs::write(&path, content).unwrap();
+            } else {
+                stale.push(name);
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "vector files differ from the generator: {stale:?}; run UPDATE_VECTORS=1 cargo test -p formica-protocol --test gen_vectors and review the diff"
+    );
+}
