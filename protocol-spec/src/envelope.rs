@@ -637,10 +637,13 @@ impl Envelope {
                 )
                 .into());
             }
-            if matches!(msg_type, MessageType::Ack | MessageType::Receipt) {
+            if matches!(
+                msg_type,
+                MessageType::Ack | MessageType::Receipt | MessageType::Vouch | MessageType::Report
+            ) {
                 return Err(SchemaError::invalid(
                     "ack_by",
-                    "acks and receipts cannot themselves ask for an ack",
+                    "acks, receipts, vouches and reports cannot ask for an ack",
                 )
                 .into());
             }

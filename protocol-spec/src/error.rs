@@ -125,7 +125,7 @@ registry! {
     LevelInsufficient = "level_insufficient", 403, No, "The sender's contact level is below what this message type needs.";
     TierForbidden = "tier_forbidden", 403, No, "The sender's trust tier does not permit this.";
     RateLimited = "rate_limited", 429, Later, "A rate limit was hit; wait for `Retry-After` seconds.";
-    InboxFull = "inbox_full", 429, Later, "The recipient has too many unacknowledged messages from senders like this one.";
+    InboxFull = "inbox_full", 429, Later, "The recipient has too many unread items or pending contact requests; nothing is evicted to make room.";
     VouchLimit = "vouch_limit", 403, No, "The voucher has no vouches left at its tier.";
     // Delivery and acknowledgement
     CursorTooOld = "cursor_too_old", 410, AfterFix, "The cursor points before the oldest retained entry; restart from the given oldest cursor.";

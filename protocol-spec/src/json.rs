@@ -164,12 +164,13 @@ impl Value {
             Value::Object(_) => "object",
         }
     }
-    /// Depth of this value (scalars are 1, `[]` is 1, `[[]]` is 2).
+    /// Nesting depth as the parser counts it (JSON-8): containers only, so a scalar is 0, `[]`
+    /// and `[1]` are 1, `[[]]` is 2.
     pub fn depth(&self) -> usize {
         match self {
             Value::Array(a) => 1 + a.iter().map(Value::depth).max().unwrap_or(0),
             Value::Object(o) => 1 + o.iter().map(|(_, v)| v.depth()).max().unwrap_or(0),
-            _ => 1,
+            _ => 0,
         }
     }
 }

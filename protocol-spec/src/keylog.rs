@@ -171,7 +171,7 @@ impl KeyLogEntry {
             return Err(KeyLogError::UnsupportedVersion { got: version });
         }
         let handle = f.req_handle("handle")?;
-        let seq = f.req_int("seq", 0, KEYLOG_ENTRIES_MAX as i64 - 1)?;
+        let seq = f.req_int("seq", 0, INT_ABS_MAX)?;
         let prev = match f.opt_str("prev")? {
             None => None,
             Some(s) => Some(EntryHash::parse_hex(s).ok_or_else(|| {
@@ -450,7 +450,18 @@ impl KeyLog {
         let current_id = self.current.map(|k| k.key_id());
         let recovery_id = self.recovery.map(|k| k.key_id());
         let signer_key = match &e.op {
-            KeyOp::Register { .. } => None,
+            KeyOp::Register { .. } => {
+                return Err(KeyLogError::BrokenChain {
+                    seq,
+                    reason: "register is only the first entry",
+                })
+            }
+            KeyOp::Move { to } if *to == self.handle => {
+                return Err(KeyLogError::Schema(SchemaError::invalid(
+                    "to",
+                    "a move names another handle than the log's own",
+                )))
+            }
             KeyOp::Rotate { .. } | KeyOp::Move { .. } => {
                 self.current.filter(|_| current_id == Some(e.signer))
             }

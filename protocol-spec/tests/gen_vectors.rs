@@ -858,6 +858,16 @@ fn gen_envelopes_invalid() -> Value {
         None,
     );
     add(
+        "vouch that asks for an ack",
+        signed(&with(
+            &with(&vouch_v, "to", arr(vec![s("@relay@relay-b.example")])),
+            "ack_by",
+            i(T0 + 1000),
+        )),
+        InvalidField,
+        None,
+    );
+    add(
         "vouch addressed to the wrong relay",
         signed(&with(
             &vouch_v,
@@ -1275,6 +1285,24 @@ fn gen_keylogs() -> Value {
         "rotate may not change the recovery key (unknown field)",
         lb.entries.clone(),
         UnknownField,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.push("register", &[("key", kh(&k2))], &k1);
+    push_invalid(
+        "a second register entry",
+        lb.entries.clone(),
+        KeylogBrokenChain,
+    );
+
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    lb.push("move", &[("to", s(kev.as_str()))], &k1);
+    push_invalid(
+        "move to the log's own handle",
+        lb.entries.clone(),
+        InvalidField,
     );
 
     let mut lb = LogBuilder::new(&kev);

@@ -16,23 +16,37 @@ fn value() -> impl Strategy<Value = Value> {
         (-INT_ABS_MAX..=INT_ABS_MAX).prop_map(Value::Int),
         prop_oneof![Just(INT_ABS_MAX), Just(-INT_ABS_MAX), Just(0i64)].prop_map(Value::Int),
         any::<String>().prop_map(Value::String),
-        "[\\x00-\\x1f\"\\\\\u{7f}\u{2028}\u{e000}-\u{e0ff}\u{1f600}-\u{1f60f}a-c]{0,6}".prop_map(Value::String),
+        "[\\x00-\\x1f\"\\\\\u{7f}\u{2028}\u{e000}-\u{e0ff}\u{1f600}-\u{1f60f}a-c]{0,6}"
+            .prop_map(Value::String),
     ];
     leaf.prop_recursive(6, 64, 8, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec(("[a-c\u{e000}\u{1f600}\u{7f}\\x00-\\x02]{0,3}", inner), 0..6)
-                .prop_map(|members| Value::Object(members.into_iter().collect::<Object>())),
+            prop::collection::vec(
+                ("[a-c\u{e000}\u{1f600}\u{7f}\\x00-\\x02]{0,3}", inner),
+                0..6
+            )
+            .prop_map(|members| Value::Object(members.into_iter().collect::<Object>())),
         ]
     })
 }
 
 fn limits() -> JsonLimits {
-    JsonLimits { bytes_max: 1 << 20, depth_max: 32 }
+    JsonLimits {
+        bytes_max: 1 << 20,
+        depth_max: 32,
+    }
 }
 
 fn handle() -> impl Strategy<Value = Handle> {
-    ("[a-z0-9]{1,8}", prop_oneof![Just("relay-a.example"), Just("127.0.0.1:7070"), Just("b.example")])
+    (
+        "[a-z0-9]{1,8}",
+        prop_oneof![
+            Just("relay-a.example"),
+            Just("127.0.0.1:7070"),
+            Just("b.example")
+        ],
+    )
         .prop_map(|(n, h)| Handle::parse(&format!("@{n}@{h}")).unwrap())
         .prop_filter("not the relay address", |h| !h.is_relay())
 }
