@@ -1,0 +1,937 @@
+//! The client HTTP API (SPEC.md section 15): routing, request parsing at the edge, and answers.
+//!
+//! Handlers turn bytes into typed, verified values and hand them to the single writer; they
+//! never change state themselves. Every error answer goes through [`ApiError`].
+
+use crate::decide::{Command, Outcome};
+use crate::error::{json_response, ApiError};
+use crate::limits::{Buckets, ChallengeState, Challenges, Nonces};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::state::State;
+use crate::writer::{Clock, Notifier, Writer};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Request, State as AxState};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use formica_protocol::auth::{RequestAuth, RequestTarget};
+use formica_protocol::envelope::{ContactLevel, EnvelopeLimits, MessageId, SignedEnvelope};
+use formica_protocol::json::{self, JsonLimits};
+use formica_protocol::keylog::{KeyLog, KeyOp, SignedKeyLogEntry};
+use formica_protocol::pow::{self, Challenge, PowProof};
+use formica_protocol::schema::Fields;
+use formica_protocol::{canon, ErrorCode, Handle, KeyId, Object, RelayHost, SecretKey, Value};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Everything the handlers share.
+pub struct App {
+    pub host: RelayHost,
+    pub policy: Arc<Policy>,
+    pub state: Arc<RwLock<State>>,
+    pub writer: Writer,
+    pub notifier: Arc<Notifier>,
+    pub relay_key: SecretKey,
+    pub clock: Clock,
+    pub challenges: Mutex<Challenges>,
+    pub nonces: Mutex<Nonces>,
+    pub key_buckets: Mutex<Buckets<KeyId>>,
+    pub ip_buckets: Mutex<Buckets<IpAddr>>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    pub metrics: Metrics,
+    pub ready: AtomicBool,
+    /// Becomes true when shutdown starts; open streams end so the drain can finish.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "App({})", self.host)
+    }
+}
+
+pub type Shared = Arc<App>;
+
+impl App {
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn json_limits(&self, bytes_max: usize) -> JsonLimits {
+        JsonLimits {
+            bytes_max,
+            depth_max: self.policy.limits.json_depth_max,
+        }
+    }
+    fn envelope_limits(&self) -> EnvelopeLimits {
+        EnvelopeLimits {
+            json: self.json_limits(self.policy.limits.envelope_bytes_max),
+            recipients_max: self.policy.limits.recipients_max,
+            payload_bytes_max: self.policy.limits.envelope_bytes_max,
+        }
+    }
+}
+
+/// The router with every endpoint.
+pub fn router(app: Shared) -> Router {
+    Router::new()
+        .route("/.well-known/formica", get(descriptor))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/challenges", post(challenge))
+        .route("/v1/register", post(register))
+        .route("/v1/keys/{handle}", get(get_keys).post(post_key_entry))
+        .route("/v1/envelopes", post(post_envelope))
+        .route("/v1/envelopes/batch", post(post_batch))
+        .route("/v1/inbox", get(crate::stream::inbox))
+        .route("/v1/inbox/stream", get(crate::stream::sse))
+        .route("/v1/inbox/ws", get(crate::stream::ws))
+        .route("/v1/messages/{id}", get(message_status))
+        .route("/v1/contacts", get(list_contacts))
+        .route(
+            "/v1/contacts/{handle}",
+            axum::routing::put(put_contact).delete(delete_contact),
+        )
+        .route("/v1/contact-requests", get(list_requests))
+        .route("/v1/contact-requests/{id}/accept", post(accept_request))
+        .route("/v1/contact-requests/{id}/reject", post(reject_request))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this endpoint does not accept that method",
+    )
+}
+
+pub fn ok(status: u16, v: Value) -> Response {
+    json_response(status, &v)
+}
+
+fn obj(members: Vec<(&str, Value)>) -> Value {
+    let mut o = Object::new();
+    for (k, v) in members {
+        o.insert(k, v);
+    }
+    Value::Object(o)
+}
+
+/// Reads a body of at most `max` bytes; a larger one is `too_large` (also when chunked).
+pub async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("the body is larger than {max} bytes"),
+        )
+    })
+}
+
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the last
+/// `X-Forwarded-For` hop (the address that proxy saw; earlier hops are whatever the client
+/// wrote and are not believed). A header from an untrusted peer is ignored.
+pub fn client_ip(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = peer?.ip();
+    if app.trusted_proxies.contains(&peer) {
+        if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            if let Some(ip) = xff
+                .split(',')
+                .next_back()
+                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+            {
+                return Some(ip);
+            }
+        }
+    }
+    Some(peer)
+}
+
+fn ip_limit(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ip) = client_ip(app, peer, headers) else {
+        return Ok(());
+    };
+    let per_min = app.policy.limits.ip_requests_per_min;
+    let mut b = app.ip_buckets.lock().unwrap_or_else(|p| p.into_inner());
+    b.take(&ip, per_min, per_min.max(1), app.now())
+        .map_err(|wait| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!("{per_min} requests per minute from one address"),
+            )
+            .with("retry_after_s", Value::Int(wait))
+        })
+}
+
+/// AUTH-1..6: checks an `Authorization: Formica` header and returns the agent it proves.
+pub fn authenticate(
+    app: &App,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Handle, ApiError> {
+    let value = headers
+        .get("authorization")
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "this endpoint needs an Authorization: Formica header",
+            )
+        })?
+        .to_str()
+        .map_err(|_| ApiError::new(ErrorCode::Unauthorized, "Authorization header is not ASCII"))?;
+    let auth = RequestAuth::parse(value).map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    if auth.handle.host() != &app.host {
+        return Err(ApiError::new(
+            ErrorCode::WrongRelay,
+            format!(
+                "the request is signed for {}, this relay is {}",
+                auth.handle.host(),
+                app.host
+            ),
+        ));
+    }
+    let now = app.now();
+    app.policy.time.check(auth.ts, now)?;
+    let key = {
+        let st = app.read();
+        let agent = st.agents.get(&auth.handle).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                format!("{} is not registered here", auth.handle),
+            )
+        })?;
+        *agent
+            .keylog
+            .key_at(&auth.key, auth.ts)
+            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))?
+    };
+    let target = RequestTarget {
+        method: method.as_str(),
+        path,
+        body,
+    };
+    auth.verify(&key, &target, &app.host)
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    let fresh = app.nonces.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        &auth.handle,
+        auth.nonce,
+        now,
+        app.policy.time.retention_ms(),
+    );
+    if !fresh {
+        return Err(ApiError::new(
+            ErrorCode::NonceReused,
+            "this request nonce was already used",
+        ));
+    }
+    Ok(auth.handle)
+}
+
+/// Splits a request into what authentication needs.
+pub async fn auth_request(
+    app: &App,
+    req: Request,
+    body_max: usize,
+) -> Result<(Handle, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| parts.uri.path().to_owned());
+    let body = read_body(body, body_max).await?;
+    let h = authenticate(app, &parts.method, &path, &parts.headers, &body)?;
+    Ok((h, body))
+}
+
+fn parse_handle(app: &App, s: &str) -> Result<Handle, ApiError> {
+    Handle::parse_with_home(s, &app.host).map_err(|e| ApiError::new(e.code(), e.to_string()))
+}
+
+// ---------------------------------------------------------------- descriptor and health
+
+/// The signed relay descriptor (SPEC.md 15.1).
+pub fn descriptor_value(app: &App) -> Value {
+    let mut o = Object::new();
+    o.insert("v", Value::Int(1));
+    o.insert("relay", app.host.as_str().into());
+    o.insert("key", app.relay_key.public().to_hex().into());
+    o.insert("key_id", app.relay_key.public().key_id().to_hex().into());
+    o.insert("versions", Value::Array(vec![Value::Int(1)]));
+    o.insert(
+        "software",
+        concat!("formica-relay/", env!("CARGO_PKG_VERSION")).into(),
+    );
+    o.insert("ts", Value::Int(app.now()));
+    app.policy.descriptor_members(&mut o);
+    let sig = app.relay_key.sign(
+        formica_protocol::Domain::Descriptor,
+        &canon::canonicalize(&Value::Object(o.clone())),
+    );
+    o.insert("sig", sig.to_hex().into());
+    Value::Object(o)
+}
+
+async fn descriptor(AxState(app): AxState<Shared>) -> Response {
+    ok(200, descriptor_value(&app))
+}
+
+async fn health() -> Response {
+    ok(200, obj(vec![("status", "ok".into())]))
+}
+
+async fn ready(AxState(app): AxState<Shared>) -> Response {
+    if app.ready.load(Ordering::Relaxed) {
+        ok(200, obj(vec![("status", "ready".into())]))
+    } else {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the relay is starting or shutting down",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(AxState(app): AxState<Shared>) -> Response {
+    let text = app.metrics.render(&app);
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn openapi() -> Response {
+    ([("content-type", "application/json")], crate::OPENAPI_JSON).into_response()
+}
+
+// ---------------------------------------------------------------- registration
+
+fn peer(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+async fn challenge(AxState(app): AxState<Shared>, req: Request) -> Response {
+    if let Err(e) = ip_limit(&app, peer(&req), req.headers()) {
+        return e.into_response();
+    }
+    let mut c = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut c);
+    let c = Challenge(c);
+    let expires = app.now() + app.policy.limits.challenge_ttl_ms;
+    let difficulty = app.policy.pow_difficulty;
+    app.challenges
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .issue(c, expires, difficulty);
+    ok(
+        201,
+        obj(vec![
+            ("challenge", c.to_hex().into()),
+            ("difficulty", Value::Int(i64::from(difficulty))),
+            ("expires", Value::Int(expires)),
+            ("relay", app.host.as_str().into()),
+        ]),
+    )
+}
+
+async fn register(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        ip_limit(&app, peer(&req), req.headers())?;
+        let body = read_body(req.into_body(), app.policy.limits.body_bytes_max).await?;
+        let v = json::parse(&body, app.json_limits(app.policy.limits.body_bytes_max))?;
+        let mut f = Fields::new(&v, "")?;
+        let entry_v = f.req("entry")?.clone();
+        let pow_v = f.opt("pow").cloned();
+        f.finish()?;
+        let entry = SignedKeyLogEntry::from_value(entry_v)?;
+        let e = entry.entry();
+        if e.handle.host() != &app.host {
+            return Err(ApiError::new(
+                ErrorCode::WrongRelay,
+                format!("{} is homed on {}, this relay is {}", e.handle, e.handle.host(), app.host),
+            ));
+        }
+        if e.handle.name().is_reserved() {
+            return Err(ApiError::new(ErrorCode::HandleReserved, format!("{} is a reserved name", e.handle.local())));
+        }
+        if !matches!(e.op, KeyOp::Register { .. }) || e.seq != 0 {
+            return Err(ApiError::new(ErrorCode::InvalidField, "registration takes a register entry with seq 0").with("field", "entry.op".into()));
+        }
+        let now = app.now();
+        app.policy.time.check(e.ts, now)?;
+        // Signature and key checks: the entry must start a valid log.
+        let log = KeyLog::start(entry.clone())?;
+        let key = *log.current_key().ok_or_else(|| ApiError::internal("register without key"))?;
+        let pow_v = pow_v.ok_or_else(|| ApiError::new(ErrorCode::PowMissing, "registration needs a proof-of-work (`pow`)"))?;
+        let proof = PowProof::from_value(&pow_v, "pow")?;
+        let difficulty = match app.challenges.lock().unwrap_or_else(|p| p.into_inner()).check(&proof.challenge, now) {
+            ChallengeState::Open { difficulty } => difficulty,
+            ChallengeState::Expired => return Err(ApiError::new(ErrorCode::ChallengeExpired, "the challenge expired; fetch a new one")),
+            ChallengeState::Unknown => {
+                let used = app.read().challenges_used.contains(&proof.challenge);
+                return Err(if used {
+                    ApiError::new(ErrorCode::ChallengeUsed, "this challenge was already used; fetch a new one")
+                } else {
+                    ApiError::new(ErrorCode::ChallengeUnknown, "this relay did not issue that challenge (or has restarted); fetch a new one")
+                });
+            }
+        };
+        let prefix = pow::preimage_prefix(&app.host, &e.handle, &key, &proof.challenge, proof.difficulty);
+        pow::check(&prefix, &proof, difficulty).map_err(|err| ApiError::new(err.code(), err.to_string()))?;
+        let out = app.writer.submit(Command::Register { entry, challenge: proof.challenge }).await?;
+        app.challenges.lock().unwrap_or_else(|p| p.into_inner()).consume(&proof.challenge);
+        match out {
+            Outcome::Registered { handle, key_id, head } => {
+                app.metrics.registrations.fetch_add(1, Ordering::Relaxed);
+                Ok(ok(201, obj(vec![("handle", handle.as_str().into()), ("key_id", key_id.into()), ("head", head.into())])))
+            }
+            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+    .await;
+    res.unwrap_or_else(IntoResponse::into_response)
+}
+
+// ---------------------------------------------------------------- key logs
+
+fn keylog_value(app: &App, st: &State, a: &crate::state::Agent) -> Value {
+    let log = &a.keylog;
+    let tier = st.tier_of(&a.handle, app.now(), &app.policy);
+    obj(vec![
+        ("handle", a.handle.as_str().into()),
+        (
+            "entries",
+            Value::Array(log.entries().iter().map(|e| e.value().clone()).collect()),
+        ),
+        ("head", log.head().hash().to_hex().into()),
+        (
+            "current_key",
+            log.current_key()
+                .map(|k| Value::from(k.to_hex()))
+                .unwrap_or(Value::Null),
+        ),
+        (
+            "recovery_key",
+            log.recovery_key()
+                .map(|k| Value::from(k.to_hex()))
+                .unwrap_or(Value::Null),
+        ),
+        (
+            "moved_to",
+            log.moved_to()
+                .map(|h| Value::from(h.as_str()))
+                .unwrap_or(Value::Null),
+        ),
+        (
+            "tier",
+            app.policy
+                .tiers
+                .get(tier)
+                .map(|t| Value::from(t.name.as_str()))
+                .unwrap_or(Value::Null),
+        ),
+        ("registered", Value::Int(a.registered_at)),
+        (
+            "conflicts",
+            Value::Array(a.conflicts.iter().map(|e| e.value().clone()).collect()),
+        ),
+    ])
+}
+
+async fn get_keys(AxState(app): AxState<Shared>, Path(handle): Path<String>) -> Response {
+    let res = (|| {
+        let h = parse_handle(&app, &handle)?;
+        let st = app.read();
+        let a = st.agents.get(&h).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("{h} is not registered here"))
+        })?;
+        Ok::<_, ApiError>(ok(200, keylog_value(&app, &st, a)))
+    })();
+    res.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn post_key_entry(
+    AxState(app): AxState<Shared>,
+    Path(handle): Path<String>,
+    req: Request,
+) -> Response {
+    let res = async {
+        let h = parse_handle(&app, &handle)?;
+        let body = read_body(req.into_body(), app.policy.limits.body_bytes_max).await?;
+        let entry =
+            SignedKeyLogEntry::parse(&body, app.json_limits(app.policy.limits.body_bytes_max))?;
+        if entry.entry().handle != h {
+            return Err(ApiError::new(
+                ErrorCode::KeylogHandleMismatch,
+                format!(
+                    "the entry is for {}, the path names {h}",
+                    entry.entry().handle
+                ),
+            ));
+        }
+        if matches!(entry.entry().op, KeyOp::Register { .. }) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                "register entries go to /v1/register",
+            )
+            .with("field", "op".into()));
+        }
+        app.policy.time.check(entry.entry().ts, app.now())?;
+        match app.writer.submit(Command::KeyLog { entry }).await? {
+            Outcome::KeyLogAppended { seq, head } => Ok(ok(
+                201,
+                obj(vec![("seq", Value::Int(seq)), ("head", head.into())]),
+            )),
+            Outcome::KeyLogDuplicate => Ok(ok(200, obj(vec![("result", "duplicate".into())]))),
+            Outcome::KeyLogForked => Err(ApiError::new(
+                ErrorCode::KeylogFork,
+                "a different valid entry already holds this position; this one is kept as evidence",
+            )),
+            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+    .await;
+    res.unwrap_or_else(IntoResponse::into_response)
+}
+
+// ---------------------------------------------------------------- envelopes
+
+/// Steps 1-9 of the ingest pipeline (SPEC.md 15.9); the writer does 7-13 against the state.
+///
+/// 1. size limit (done by the caller when reading the body)
+/// 2. to 5. strict parse, version and type, schema, canonical signing input and id (done by
+///    `SignedEnvelope::parse` before this is called)
+/// 6. freshness and skew
+/// 7. dedup (a cheap early answer; the writer checks again)
+/// 8. sender homed here, key valid at the envelope's time
+/// 9. strict signature check
+/// 10. per-key rate limit (the writer applies the rest of the policy)
+pub fn verify_envelope(
+    app: &App,
+    se: SignedEnvelope,
+) -> Result<Result<formica_protocol::VerifiedEnvelope, MessageId>, ApiError> {
+    let env = se.envelope();
+    // 6. Freshness (the error carries the relay's time).
+    app.policy.time.check(env.ts, app.now())?;
+    if env.from.is_relay() {
+        return Err(ApiError::new(
+            ErrorCode::TypeReserved,
+            "only relays send as @relay, and not through this endpoint",
+        ));
+    }
+    // 8. Sender and key.
+    let key = {
+        let st = app.read();
+        // 7. Dedup before the key lookup, so a replay after a rotation is still `duplicate`.
+        if st.seen.contains(&se.id()) {
+            return Ok(Err(se.id()));
+        }
+        if env.from.host() != &app.host {
+            return Err(ApiError::new(
+                ErrorCode::UnknownSender,
+                format!("{} is not homed on this relay", env.from),
+            ));
+        }
+        let a = st.agents.get(&env.from).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::UnknownSender,
+                format!("{} is not registered here", env.from),
+            )
+        })?;
+        *a.keylog
+            .key_at(&env.key, env.ts)
+            .map_err(|e| ApiError::new(e.code(), e.to_string()))?
+    };
+    // 9. Strict signature.
+    let verified = se.verify(&key)?;
+    // 10 (first part). Per-key rate limit by tier.
+    let (per_min, tier_name) = {
+        let st = app.read();
+        let t = st.tier_of(&verified.envelope().from, app.now(), &app.policy);
+        let tier = &app.policy.tiers[t.min(app.policy.tiers.len() - 1)];
+        (tier.rate_per_min, tier.name.clone())
+    };
+    let burst = (per_min / 4).max(10);
+    app.key_buckets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(&verified.envelope().key, per_min, burst, app.now())
+        .map_err(|wait| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!("tier {tier_name} allows {per_min} envelopes per minute"),
+            )
+            .with("retry_after_s", Value::Int(wait))
+        })?;
+    Ok(Ok(verified))
+}
+
+fn accepted_value(out: &Outcome) -> Result<(u16, Value), ApiError> {
+    match out {
+        Outcome::Accepted { id } => Ok((
+            201,
+            obj(vec![
+                ("id", id.to_hex().into()),
+                ("result", "accepted".into()),
+            ]),
+        )),
+        Outcome::Duplicate { id } => Ok((
+            200,
+            obj(vec![
+                ("id", id.to_hex().into()),
+                ("result", "duplicate".into()),
+            ]),
+        )),
+        other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+async fn ingest(app: &App, se: SignedEnvelope) -> Result<Outcome, ApiError> {
+    match verify_envelope(app, se)? {
+        Err(id) => Ok(Outcome::Duplicate { id }),
+        Ok(v) => app.writer.submit(Command::Envelope { env: v }).await,
+    }
+}
+
+async fn post_envelope(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        let body = read_body(req.into_body(), app.policy.limits.envelope_bytes_max).await?;
+        let se = SignedEnvelope::parse(&body, &app.envelope_limits())?;
+        let out = ingest(&app, se).await?;
+        app.metrics.count(&out);
+        let (status, v) = accepted_value(&out)?;
+        Ok(ok(status, v))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| {
+        app.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        e.into_response()
+    })
+}
+
+async fn post_batch(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        let l = &app.policy.limits;
+        let body = read_body(req.into_body(), l.batch_bytes_max).await?;
+        // The batch adds two levels (object, array) above each envelope.
+        let v = json::parse(
+            &body,
+            JsonLimits {
+                bytes_max: l.batch_bytes_max,
+                depth_max: l.json_depth_max + 2,
+            },
+        )?;
+        let mut f = Fields::new(&v, "")?;
+        let items = f
+            .req("envelopes")?
+            .as_array()
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidField, "`envelopes` is an array")
+                    .with("field", "envelopes".into())
+            })?
+            .to_vec();
+        f.finish()?;
+        if items.len() > l.batch_envelopes_max {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{} envelopes; a batch holds at most {}",
+                    items.len(),
+                    l.batch_envelopes_max
+                ),
+            ));
+        }
+        // Verify all, then submit all at once so they share the writer's batch.
+        let mut pending = Vec::with_capacity(items.len());
+        for item in items {
+            let size = canon::canonicalize(&item).len();
+            let r = if size > l.envelope_bytes_max {
+                Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "envelope is {size} bytes, more than {}",
+                        l.envelope_bytes_max
+                    ),
+                ))
+            } else {
+                SignedEnvelope::from_value(item, &app.envelope_limits())
+                    .map_err(ApiError::from)
+                    .and_then(|se| verify_envelope(&app, se))
+            };
+            pending.push(r);
+        }
+        let futs = pending.into_iter().map(|r| {
+            let app = &app;
+            async move {
+                match r {
+                    Err(e) => Err(e),
+                    Ok(Err(id)) => Ok(Outcome::Duplicate { id }),
+                    Ok(Ok(v)) => app.writer.submit(Command::Envelope { env: v }).await,
+                }
+            }
+        });
+        let results = futures_util::future::join_all(futs).await;
+        let mut out = Vec::with_capacity(results.len());
+        for (i, r) in results.into_iter().enumerate() {
+            let mut item = Object::new();
+            item.insert("index", Value::Int(i as i64));
+            match r.and_then(|o| {
+                app.metrics.count(&o);
+                accepted_value(&o)
+            }) {
+                Ok((_, Value::Object(o))) => {
+                    for (k, v) in o.iter() {
+                        item.insert(k, v.clone());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    app.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                    if let Value::Object(b) = e.body() {
+                        if let Some(err) = b.get("error") {
+                            item.insert("error", err.clone());
+                        }
+                    }
+                }
+            }
+            out.push(Value::Object(item));
+        }
+        Ok(ok(200, obj(vec![("results", Value::Array(out))])))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+// ---------------------------------------------------------------- status and contacts
+
+async fn message_status(
+    AxState(app): AxState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let res = async {
+        let (me, _) = auth_request(&app, req, 0).await?;
+        let nf = || ApiError::new(ErrorCode::NotFound, format!("no message {id} sent by you"));
+        let mid = MessageId::parse_hex(&id).ok_or_else(nf)?;
+        let st = app.read();
+        let m = st
+            .messages
+            .get(&mid)
+            .filter(|m| m.sender == me)
+            .ok_or_else(nf)?;
+        let recipients = m
+            .recipients
+            .iter()
+            .map(|r| {
+                let mut o = Object::new();
+                o.insert("handle", r.handle.as_str().into());
+                o.insert("status", r.state.as_str().into());
+                o.insert("updated", Value::Int(r.updated));
+                if let Some((ack, s)) = r.ack {
+                    o.insert("ack", ack.to_hex().into());
+                    o.insert("ack_status", s.as_str().into());
+                }
+                Value::Object(o)
+            })
+            .collect();
+        Ok(ok(
+            200,
+            obj(vec![
+                ("id", mid.to_hex().into()),
+                ("type", m.msg_type.as_str().into()),
+                ("ts", Value::Int(m.ts)),
+                ("ack_by", m.ack_by.map(Value::Int).unwrap_or(Value::Null)),
+                ("recipients", Value::Array(recipients)),
+            ]),
+        ))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+async fn list_contacts(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        let (me, _) = auth_request(&app, req, 0).await?;
+        let st = app.read();
+        let a = st
+            .agents
+            .get(&me)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "not registered"))?;
+        let list = a
+            .contacts
+            .iter()
+            .map(|(h, (l, since))| {
+                obj(vec![
+                    ("handle", h.as_str().into()),
+                    ("level", l.as_str().into()),
+                    ("since", Value::Int(*since)),
+                ])
+            })
+            .collect();
+        Ok(ok(200, obj(vec![("contacts", Value::Array(list))])))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+fn parse_level(body: &[u8], app: &App, required: bool) -> Result<Option<ContactLevel>, ApiError> {
+    if body.is_empty() && !required {
+        return Ok(None);
+    }
+    let v = json::parse(body, app.json_limits(app.policy.limits.body_bytes_max))?;
+    let mut f = Fields::new(&v, "")?;
+    let level = if required {
+        Some(f.req_word("level", ContactLevel::WORDS)?)
+    } else {
+        match f.opt_str("level")? {
+            None => None,
+            Some(s) => Some(f.word("level", s, ContactLevel::WORDS)?),
+        }
+    };
+    f.finish()?;
+    Ok(level)
+}
+
+async fn put_contact(
+    AxState(app): AxState<Shared>,
+    Path(handle): Path<String>,
+    req: Request,
+) -> Response {
+    let res = async {
+        let (me, body) = auth_request(&app, req, app.policy.limits.body_bytes_max).await?;
+        let contact = parse_handle(&app, &handle)?;
+        let level = parse_level(&body, &app, true)?
+            .ok_or_else(|| ApiError::new(ErrorCode::MissingField, "level"))?;
+        match app
+            .writer
+            .submit(Command::ContactSet {
+                owner: me,
+                contact,
+                level,
+            })
+            .await?
+        {
+            Outcome::Done(v) => Ok(ok(200, v)),
+            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+async fn delete_contact(
+    AxState(app): AxState<Shared>,
+    Path(handle): Path<String>,
+    req: Request,
+) -> Response {
+    let res = async {
+        let (me, _) = auth_request(&app, req, 0).await?;
+        let contact = parse_handle(&app, &handle)?;
+        match app
+            .writer
+            .submit(Command::ContactRemove { owner: me, contact })
+            .await?
+        {
+            Outcome::Done(v) => Ok(ok(200, v)),
+            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+async fn list_requests(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        let (me, _) = auth_request(&app, req, 0).await?;
+        let st = app.read();
+        let a = st
+            .agents
+            .get(&me)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "not registered"))?;
+        let list = a
+            .requests
+            .iter()
+            .map(|(id, r)| {
+                let mut o = Object::new();
+                o.insert("id", id.to_hex().into());
+                o.insert("from", r.from.as_str().into());
+                o.insert("level", r.level.as_str().into());
+                o.insert(
+                    "note",
+                    r.note.clone().map(Value::from).unwrap_or(Value::Null),
+                );
+                o.insert("ts", Value::Int(r.ts));
+                Value::Object(o)
+            })
+            .collect();
+        Ok(ok(200, obj(vec![("requests", Value::Array(list))])))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+async fn answer_request(app: Shared, id: String, req: Request, accept: bool) -> Response {
+    let res = async {
+        let (me, body) = auth_request(&app, req, app.policy.limits.body_bytes_max).await?;
+        let request = MessageId::parse_hex(&id).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("no pending contact request {id}"),
+            )
+        })?;
+        let accept = if accept {
+            Some(parse_level(&body, &app, false)?)
+        } else {
+            None
+        };
+        match app
+            .writer
+            .submit(Command::AnswerRequest {
+                owner: me,
+                request,
+                accept,
+            })
+            .await?
+        {
+            Outcome::Done(v) => Ok(ok(200, v)),
+            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+async fn accept_request(
+    AxState(app): AxState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    answer_request(app, id, req, true).await
+}
+
+async fn reject_request(
+    AxState(app): AxState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    answer_request(app, id, req, false).await
+}
+
+/// Status code helper for tests.
+pub fn status_of(r: &Response) -> StatusCode {
+    r.status()
+}

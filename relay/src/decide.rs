@@ -1,0 +1,664 @@
+//! Decisions that depend on relay state: the pure half of the single writer.
+//!
+//! Handlers do the stateless work (size, strict parse, schema, freshness, signature) in
+//! parallel. The writer then calls [`decide`] for each command in a batch, against the state
+//! as it stands after the commands before it, applies the resulting events and appends them
+//! with one fsync. `decide` reads no clock and does no I/O: the time and the relay key come in
+//! through [`Ctx`], so the same inputs always give the same events.
+
+use crate::error::ApiError;
+use crate::events::Event;
+use crate::policy::Policy;
+use crate::state::State;
+use formica_protocol::envelope::{
+    AckStatus, ContactLevel, DeliveryState, Envelope, MessageId, MessageType, Payload,
+    SignedEnvelope, VerifiedEnvelope, VouchAction,
+};
+use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
+use formica_protocol::pow::Challenge;
+use formica_protocol::{ErrorCode, Handle, Object, SecretKey, Value};
+
+/// What a command may change.
+#[derive(Debug)]
+pub enum Command {
+    /// A registration whose entry, proof-of-work and challenge freshness were checked.
+    Register {
+        entry: SignedKeyLogEntry,
+        challenge: Challenge,
+    },
+    /// A key log entry for an existing handle (signature checked here, against the log).
+    KeyLog {
+        entry: SignedKeyLogEntry,
+    },
+    /// An agent's envelope whose signature was verified.
+    Envelope {
+        env: VerifiedEnvelope,
+    },
+    /// The agent was handed its inbox up to `upto`.
+    Read {
+        handle: Handle,
+        upto: u64,
+    },
+    ContactSet {
+        owner: Handle,
+        contact: Handle,
+        level: ContactLevel,
+    },
+    ContactRemove {
+        owner: Handle,
+        contact: Handle,
+    },
+    /// `accept`: `None` rejects; `Some(level)` accepts at `level` (or at the requested level).
+    AnswerRequest {
+        owner: Handle,
+        request: MessageId,
+        accept: Option<Option<ContactLevel>>,
+    },
+    /// Time passed: produce timed_out receipts for deadlines before `ctx.now`.
+    Tick,
+}
+
+/// What a command did, for the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Registered {
+        handle: Handle,
+        key_id: String,
+        head: String,
+    },
+    KeyLogAppended {
+        seq: i64,
+        head: String,
+    },
+    KeyLogDuplicate,
+    /// A valid conflicting entry was stored as evidence; the answer is keylog_fork.
+    KeyLogForked,
+    Accepted {
+        id: MessageId,
+    },
+    Duplicate {
+        id: MessageId,
+    },
+    Done(Value),
+    Ticked {
+        timed_out: usize,
+    },
+}
+
+/// Inputs besides state and command.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    pub now: i64,
+    pub relay_key: &'a SecretKey,
+    pub policy: &'a Policy,
+}
+
+/// Most timed_out receipts one tick produces; the rest follow in the next tick.
+pub const TICK_RECEIPTS_MAX: usize = 1000;
+
+pub type Decision = Result<(Vec<Event>, Outcome), ApiError>;
+
+pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
+    match cmd {
+        Command::Register { entry, challenge } => register(st, ctx, entry, challenge),
+        Command::KeyLog { entry } => keylog(st, ctx, entry),
+        Command::Envelope { env } => envelope(st, ctx, env),
+        Command::Read { handle, upto } => read(st, ctx, handle, upto),
+        Command::ContactSet {
+            owner,
+            contact,
+            level,
+        } => {
+            agent(st, &owner)?;
+            let mut o = Object::new();
+            o.insert("handle", contact.as_str().into());
+            o.insert("level", level.as_str().into());
+            Ok((
+                vec![Event::ContactSet {
+                    at: ctx.now,
+                    owner,
+                    contact,
+                    level,
+                }],
+                Outcome::Done(Value::Object(o)),
+            ))
+        }
+        Command::ContactRemove { owner, contact } => {
+            let a = agent(st, &owner)?;
+            if !a.contacts.contains_key(&contact) {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("{contact} is not a contact"),
+                ));
+            }
+            let mut o = Object::new();
+            o.insert("handle", contact.as_str().into());
+            o.insert("removed", Value::Bool(true));
+            Ok((
+                vec![Event::ContactRemoved {
+                    at: ctx.now,
+                    owner,
+                    contact,
+                }],
+                Outcome::Done(Value::Object(o)),
+            ))
+        }
+        Command::AnswerRequest {
+            owner,
+            request,
+            accept,
+        } => {
+            let a = agent(st, &owner)?;
+            let req = a.requests.get(&request).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no pending contact request {request}"),
+                )
+            })?;
+            let mut o = Object::new();
+            let level = match accept {
+                None => {
+                    o.insert("id", request.to_hex().into());
+                    o.insert("rejected", Value::Bool(true));
+                    None
+                }
+                Some(l) => {
+                    let level = l.unwrap_or(req.level);
+                    if level > req.level {
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidField,
+                            format!("the request asked for {}, accept at most that", req.level),
+                        )
+                        .with("field", "level".into()));
+                    }
+                    o.insert("handle", req.from.as_str().into());
+                    o.insert("level", level.as_str().into());
+                    Some(level)
+                }
+            };
+            Ok((
+                vec![Event::RequestAnswered {
+                    at: ctx.now,
+                    owner,
+                    request,
+                    level,
+                }],
+                Outcome::Done(Value::Object(o)),
+            ))
+        }
+        Command::Tick => tick(st, ctx),
+    }
+}
+
+fn agent<'s>(st: &'s State, h: &Handle) -> Result<&'s crate::state::Agent, ApiError> {
+    st.agents
+        .get(h)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{h} is not registered here")))
+}
+
+fn register(st: &State, ctx: &Ctx<'_>, entry: SignedKeyLogEntry, challenge: Challenge) -> Decision {
+    let handle = entry.entry().handle.clone();
+    if st.agents.contains_key(&handle) {
+        return Err(ApiError::new(
+            ErrorCode::HandleTaken,
+            format!("{handle} is already registered"),
+        ));
+    }
+    if st.challenges_used.contains(&challenge) {
+        return Err(ApiError::new(
+            ErrorCode::ChallengeUsed,
+            "this challenge was already used; fetch a new one",
+        ));
+    }
+    let log = KeyLog::start(entry.clone())?;
+    let key_id = log
+        .current_key()
+        .map(|k| k.key_id().to_hex())
+        .unwrap_or_default();
+    let head = entry.hash().to_hex();
+    Ok((
+        vec![Event::Registered {
+            at: ctx.now,
+            entry,
+            challenge,
+        }],
+        Outcome::Registered {
+            handle,
+            key_id,
+            head,
+        },
+    ))
+}
+
+fn keylog(st: &State, ctx: &Ctx<'_>, entry: SignedKeyLogEntry) -> Decision {
+    let handle = entry.entry().handle.clone();
+    let a = agent(st, &handle)?;
+    let seq = entry.entry().seq;
+    let entries = a.keylog.entries();
+    if let Some(existing) = usize::try_from(seq).ok().and_then(|s| entries.get(s)) {
+        if existing.hash() == entry.hash() {
+            return Ok((vec![], Outcome::KeyLogDuplicate));
+        }
+        // A different entry at a taken position: if it is valid against the log before it, it
+        // is evidence of a fork (two valid histories), kept and reported.
+        if a.conflicts.iter().any(|c| c.hash() == entry.hash()) {
+            return Ok((vec![], Outcome::KeyLogForked));
+        }
+        let prefix = entries[..seq as usize].to_vec();
+        let valid = if prefix.is_empty() {
+            KeyLog::start(entry.clone()).is_ok()
+        } else {
+            KeyLog::verify(prefix)
+                .and_then(|mut l| l.append(entry.clone()))
+                .is_ok()
+        };
+        if valid {
+            return Ok((
+                vec![Event::KeyLogConflict { at: ctx.now, entry }],
+                Outcome::KeyLogForked,
+            ));
+        }
+    }
+    let mut log = a.keylog.clone();
+    log.append(entry.clone())?;
+    Ok((
+        vec![Event::KeyLogAppended {
+            at: ctx.now,
+            entry: entry.clone(),
+        }],
+        Outcome::KeyLogAppended {
+            seq,
+            head: entry.hash().to_hex(),
+        },
+    ))
+}
+
+/// Makes a relay-signed receipt for `sender` about `msg` to `recipient`.
+pub fn receipt(
+    st: &State,
+    ctx: &Ctx<'_>,
+    msg: MessageId,
+    sender: &Handle,
+    recipient: &Handle,
+    status: DeliveryState,
+    ack: Option<(MessageId, AckStatus)>,
+) -> Result<SignedEnvelope, ApiError> {
+    let env = Envelope {
+        msg_type: MessageType::Receipt,
+        type_version: 1,
+        from: Handle::relay(&st.host),
+        key: ctx.relay_key.public().key_id(),
+        to: vec![sender.clone()],
+        ts: ctx.now,
+        corr: None,
+        ack_by: None,
+        payload: Payload::Receipt {
+            msg,
+            recipient: recipient.clone(),
+            status,
+            ack: ack.map(|a| a.0),
+            ack_status: ack.map(|a| a.1),
+            reason: None,
+        },
+    };
+    env.sign(ctx.relay_key).map_err(ApiError::internal)
+}
+
+/// Steps 7-10 of the ingest pipeline (SPEC.md section 15.9) for a verified envelope.
+fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope) -> Decision {
+    let id = v.id();
+    let env = v.envelope();
+    // 7. Dedup: an exact replay is a success that says so, and stores nothing.
+    if st.seen.contains(&id) {
+        return Ok((vec![], Outcome::Duplicate { id }));
+    }
+    // 8. Sender homed here with a key valid at the envelope's time (checked again here, since
+    //    the log may have changed since the handler looked).
+    let sender = st.agents.get(&env.from).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownSender,
+            format!("{} is not registered here", env.from),
+        )
+    })?;
+    sender
+        .keylog
+        .key_at(&env.key, env.ts)
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    // 10. Policy.
+    let tier_i = st.tier_of(&env.from, ctx.now, ctx.policy);
+    let tier = ctx
+        .policy
+        .tiers
+        .get(tier_i)
+        .ok_or_else(|| ApiError::internal("tier index out of range"))?;
+    if !tier.may_send(&env.msg_type) {
+        return Err(ApiError::new(
+            ErrorCode::TierForbidden,
+            format!("agents at tier {} may not send {}", tier.name, env.msg_type),
+        ));
+    }
+    // The payload as received (its canonical form is what was signed).
+    let payload_len = match v
+        .signed()
+        .value()
+        .as_object()
+        .and_then(|o| o.get("payload"))
+    {
+        Some(p) => formica_protocol::canon::canonicalize(p).len(),
+        None => formica_protocol::canon::canonicalize(&env.payload.to_value()).len(),
+    };
+    if payload_len > tier.payload_bytes_max {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "payload is {payload_len} bytes; tier {} allows {}",
+                tier.name, tier.payload_bytes_max
+            ),
+        ));
+    }
+    if env.to.len() > tier.recipients_max {
+        return Err(ApiError::new(
+            ErrorCode::TooManyRecipients,
+            format!(
+                "{} recipients; tier {} allows {}",
+                env.to.len(),
+                tier.name,
+                tier.recipients_max
+            ),
+        ));
+    }
+    for to in &env.to {
+        if to.host() != &st.host {
+            return Err(ApiError::new(
+                ErrorCode::UnknownRecipient,
+                format!(
+                    "{to} is homed on {}, and this relay does not federate yet",
+                    to.host()
+                ),
+            ));
+        }
+        if to.is_relay() {
+            if !matches!(env.payload, Payload::Vouch { .. } | Payload::Report { .. }) {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownRecipient,
+                    "the relay address accepts only vouch and report",
+                ));
+            }
+        } else if !st.agents.contains_key(to) {
+            return Err(ApiError::new(
+                ErrorCode::UnknownRecipient,
+                format!("{to} is not registered"),
+            ));
+        }
+    }
+    let mut events = vec![Event::Envelope {
+        at: ctx.now,
+        envelope: v.signed().clone(),
+    }];
+    match &env.payload {
+        Payload::Ack { msg, status, .. } => {
+            // ACK-3: bound to a message the acker received, not yet settled, sent back to its sender.
+            let rec = st.messages.get(msg).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::AckForbidden,
+                    format!("no message {msg} was delivered to {}", env.from),
+                )
+            })?;
+            let r = rec
+                .recipients
+                .iter()
+                .find(|r| r.handle == env.from)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::AckForbidden,
+                        format!("{} is not a recipient of {msg}", env.from),
+                    )
+                })?;
+            if env.to[0] != rec.sender {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidField,
+                    "an ack goes to the message's sender",
+                )
+                .with("field", "to".into()));
+            }
+            if r.state.is_terminal() {
+                return Err(ApiError::new(
+                    ErrorCode::AckSettled,
+                    format!("delivery of {msg} to {} is already {}", env.from, r.state),
+                ));
+            }
+            if st.agents.contains_key(&rec.sender) {
+                let rc = receipt(
+                    st,
+                    ctx,
+                    *msg,
+                    &rec.sender,
+                    &env.from,
+                    DeliveryState::Acked,
+                    Some((id, *status)),
+                )?;
+                events.push(Event::Envelope {
+                    at: ctx.now,
+                    envelope: rc,
+                });
+            }
+        }
+        Payload::ContactRequest { .. } => {
+            let hour_ago = ctx.now - 3600 * 1000;
+            let sent = sender
+                .requests_sent
+                .iter()
+                .filter(|t| **t > hour_ago)
+                .count();
+            if sent >= tier.contact_requests_per_hour as usize {
+                return Err(ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "tier {} allows {} contact requests per hour",
+                        tier.name, tier.contact_requests_per_hour
+                    ),
+                )
+                .with("retry_after_s", Value::Int(60)));
+            }
+            for to in &env.to {
+                let Some(r) = st.agents.get(to) else { continue };
+                if r.requests.values().any(|p| p.from == env.from) {
+                    return Err(ApiError::new(
+                        ErrorCode::RateLimited,
+                        format!("a contact request to {to} is already pending"),
+                    )
+                    .with("retry_after_s", Value::Int(3600)));
+                }
+                if r.requests.len() >= ctx.policy.limits.contact_requests_pending_max {
+                    return Err(ApiError::new(
+                        ErrorCode::InboxFull,
+                        format!("{to} has too many pending contact requests"),
+                    )
+                    .with("retry_after_s", Value::Int(3600)));
+                }
+            }
+        }
+        Payload::Vouch { subject, action } => {
+            if !st.agents.contains_key(subject) {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownRecipient,
+                    format!("{subject} is not registered"),
+                ));
+            }
+            let exists = st
+                .vouches
+                .contains_key(&(env.from.clone(), subject.clone()));
+            match action {
+                VouchAction::Grant
+                    if !exists
+                        && st.vouches_given(&env.from, ctx.now, ctx.policy)
+                            >= tier.vouches_max as usize =>
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::VouchLimit,
+                        format!(
+                            "tier {} allows {} active vouches",
+                            tier.name, tier.vouches_max
+                        ),
+                    ))
+                }
+                VouchAction::Revoke if !exists => {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("no vouch for {subject} to revoke"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Payload::Report { subject, .. } => {
+            if !st.agents.contains_key(subject) {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownRecipient,
+                    format!("{subject} is not registered"),
+                ));
+            }
+            let day_ago = ctx.now - 24 * 3600 * 1000;
+            if sender.reports_sent.iter().filter(|t| **t > day_ago).count()
+                >= tier.reports_per_day as usize
+            {
+                return Err(ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "tier {} allows {} reports per day",
+                        tier.name, tier.reports_per_day
+                    ),
+                )
+                .with("retry_after_s", Value::Int(3600)));
+            }
+        }
+        _ => {
+            // CONTACT-4/6: the recipient must have granted the sender the level this type needs,
+            // unless the envelope answers a task the recipient sent the sender.
+            let needed = env.msg_type.required_level();
+            for to in &env.to {
+                if to == &env.from {
+                    continue;
+                }
+                let Some(r) = st.agents.get(to) else { continue };
+                let is_reply = matches!(env.payload, Payload::TaskResult { .. })
+                    && env
+                        .corr
+                        .as_deref()
+                        .and_then(MessageId::parse_hex)
+                        .and_then(|c| st.messages.get(&c))
+                        .is_some_and(|m| {
+                            m.sender == *to
+                                && m.msg_type == MessageType::TaskRequest
+                                && m.recipients.iter().any(|x| x.handle == env.from)
+                        });
+                if let (Some(needed), false) = (needed, is_reply) {
+                    match r.contacts.get(&env.from) {
+                        None => {
+                            return Err(ApiError::new(
+                                ErrorCode::NotContact,
+                                format!("{to} does not accept messages from {}; send a contact_request first", env.from),
+                            ))
+                        }
+                        Some((level, _)) if *level < needed => {
+                            return Err(ApiError::new(
+                                ErrorCode::LevelInsufficient,
+                                format!("{to} granted {} level {level}; {} needs {needed}", env.from, env.msg_type),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    // Per-recipient cap: unread items are never evicted, new ones are refused.
+    for to in &env.to {
+        if let Some(r) = st.agents.get(to) {
+            if r.unread() >= ctx.policy.limits.inbox_pending_max {
+                return Err(ApiError::new(
+                    ErrorCode::InboxFull,
+                    format!("{to} has {} unread items", r.unread()),
+                )
+                .with("retry_after_s", Value::Int(60)));
+            }
+        }
+    }
+    Ok((events, Outcome::Accepted { id }))
+}
+
+fn read(st: &State, ctx: &Ctx<'_>, handle: Handle, upto: u64) -> Decision {
+    let a = agent(st, &handle)?;
+    if upto <= a.read_upto {
+        return Ok((vec![], Outcome::Done(Value::Null)));
+    }
+    let mut events = vec![Event::Read {
+        at: ctx.now,
+        handle: handle.clone(),
+        upto,
+    }];
+    // A message that asked for an ack tells its sender when it is delivered.
+    for item in a
+        .inbox
+        .iter()
+        .filter(|i| i.cursor > a.read_upto && i.cursor <= upto)
+    {
+        let Some(m) = st.messages.get(&item.id) else {
+            continue;
+        };
+        if m.ack_by.is_none() || !st.agents.contains_key(&m.sender) {
+            continue;
+        }
+        let pending = m.recipients.iter().any(|r| {
+            r.handle == handle
+                && matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded)
+        });
+        if pending {
+            let rc = receipt(
+                st,
+                ctx,
+                item.id,
+                &m.sender,
+                &handle,
+                DeliveryState::Delivered,
+                None,
+            )?;
+            events.push(Event::Envelope {
+                at: ctx.now,
+                envelope: rc,
+            });
+        }
+    }
+    Ok((events, Outcome::Done(Value::Null)))
+}
+
+fn tick(st: &State, ctx: &Ctx<'_>) -> Decision {
+    let mut events = Vec::new();
+    for (by, id) in st.deadlines.iter() {
+        if *by >= ctx.now || events.len() >= TICK_RECEIPTS_MAX {
+            break;
+        }
+        let Some(m) = st.messages.get(id) else {
+            continue;
+        };
+        for r in m.recipients.iter().filter(|r| !r.state.is_terminal()) {
+            if st.agents.contains_key(&m.sender) {
+                let rc = receipt(
+                    st,
+                    ctx,
+                    *id,
+                    &m.sender,
+                    &r.handle,
+                    DeliveryState::TimedOut,
+                    None,
+                )?;
+                events.push(Event::Envelope {
+                    at: ctx.now,
+                    envelope: rc,
+                });
+            }
+        }
+    }
+    let n = events.len();
+    Ok((events, Outcome::Ticked { timed_out: n }))
+}

@@ -1,0 +1,140 @@
+//! The relay's one error type and its HTTP rendering. The status of every answer comes from
+//! `ErrorCode::http_status` in the protocol crate; nothing else in the relay picks a status for
+//! an error.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use formica_protocol::{canon, ErrorCode, Object, Value};
+
+/// An error answer: a stable code, a message safe to show the client, and extra members
+/// (`server_time`, `oldest`, `field`, `retry_after_s`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub extra: Vec<(&'static str, Value)>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, k: &'static str, v: Value) -> ApiError {
+        self.extra.push((k, v));
+        self
+    }
+
+    /// The `{"error": {...}}` body.
+    pub fn body(&self) -> Value {
+        let mut e = Object::new();
+        e.insert("code", self.code.as_str().into());
+        e.insert("message", self.message.clone().into());
+        e.insert("retry", self.code.retry().as_str().into());
+        for (k, v) in &self.extra {
+            e.insert(*k, v.clone());
+        }
+        let mut o = Object::new();
+        o.insert("error", Value::Object(e));
+        Value::Object(o)
+    }
+
+    pub fn internal(what: impl std::fmt::Display) -> ApiError {
+        // The detail goes to the log, not to the client.
+        tracing::error!(error = %what, "internal error");
+        ApiError::new(ErrorCode::Internal, "internal error; nothing was accepted")
+    }
+}
+
+impl From<formica_protocol::EnvelopeError> for ApiError {
+    fn from(e: formica_protocol::EnvelopeError) -> Self {
+        let mut a = ApiError::new(e.code(), e.to_string());
+        if let formica_protocol::EnvelopeError::Schema(s) = &e {
+            a = a.with("field", schema_field(s).into());
+        }
+        a
+    }
+}
+
+impl From<formica_protocol::KeyLogError> for ApiError {
+    fn from(e: formica_protocol::KeyLogError) -> Self {
+        let mut a = ApiError::new(e.code(), e.to_string());
+        if let formica_protocol::KeyLogError::Schema(s) = &e {
+            a = a.with("field", schema_field(s).into());
+        }
+        a
+    }
+}
+
+impl From<formica_protocol::JsonError> for ApiError {
+    fn from(e: formica_protocol::JsonError) -> Self {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<formica_protocol::schema::SchemaError> for ApiError {
+    fn from(e: formica_protocol::schema::SchemaError) -> Self {
+        ApiError::new(e.code(), e.to_string()).with("field", schema_field(&e).into())
+    }
+}
+
+impl From<formica_protocol::time::TimeError> for ApiError {
+    fn from(e: formica_protocol::time::TimeError) -> Self {
+        ApiError::new(e.code(), e.to_string()).with("server_time", Value::Int(e.server_time()))
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Full(_) => {
+                tracing::error!(error = %e, "storage full");
+                ApiError::new(
+                    ErrorCode::StorageFull,
+                    "the relay cannot store more data; nothing was accepted",
+                )
+                .with("retry_after_s", Value::Int(60))
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+fn schema_field(e: &formica_protocol::schema::SchemaError) -> String {
+    use formica_protocol::schema::SchemaError::*;
+    match e {
+        UnknownField { path }
+        | MissingField { path }
+        | InvalidField { path, .. }
+        | InvalidHandle { path, .. }
+        | InvalidKey { path, .. } => path.clone(),
+    }
+}
+
+/// A JSON answer with a status.
+pub fn json_response(status: u16, v: &Value) -> Response {
+    let mut r = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        canon::canonicalize(v),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = json_response(self.code.http_status(), &self.body());
+        if let Some((_, Value::Int(s))) = self.extra.iter().find(|(k, _)| *k == "retry_after_s") {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                r.headers_mut().insert("retry-after", v);
+            }
+        }
+        r
+    }
+}

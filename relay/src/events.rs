@@ -1,0 +1,214 @@
+//! The relay's event log entries. Every state change is one of these, encoded as RFC 8785
+//! JSON; projections (`state.rs`) are a pure function of the sequence.
+
+use formica_protocol::envelope::{ContactLevel, EnvelopeLimits, MessageId, SignedEnvelope};
+use formica_protocol::json::{self, JsonLimits};
+use formica_protocol::keylog::SignedKeyLogEntry;
+use formica_protocol::pow::Challenge;
+use formica_protocol::schema::Fields;
+use formica_protocol::{canon, Handle, Object, Value};
+
+/// One state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A handle was registered; `challenge` is consumed.
+    Registered {
+        at: i64,
+        entry: SignedKeyLogEntry,
+        challenge: Challenge,
+    },
+    /// A key log grew by one entry.
+    KeyLogAppended { at: i64, entry: SignedKeyLogEntry },
+    /// A valid entry that conflicts with the log was received and is kept as evidence.
+    KeyLogConflict { at: i64, entry: SignedKeyLogEntry },
+    /// An envelope was accepted: an agent's (already verified) or a receipt this relay made.
+    Envelope { at: i64, envelope: SignedEnvelope },
+    /// `handle` was handed its inbox up to `upto` (items become `delivered`).
+    Read { at: i64, handle: Handle, upto: u64 },
+    /// `owner` allows `contact` to send at `level`.
+    ContactSet {
+        at: i64,
+        owner: Handle,
+        contact: Handle,
+        level: ContactLevel,
+    },
+    ContactRemoved {
+        at: i64,
+        owner: Handle,
+        contact: Handle,
+    },
+    /// `owner` answered contact request `request` (accepting at `level`, or rejecting).
+    RequestAnswered {
+        at: i64,
+        owner: Handle,
+        request: MessageId,
+        level: Option<ContactLevel>,
+    },
+}
+
+/// Limits for reading back what the relay itself wrote: generous, since the input was checked
+/// against the published limits before it was logged.
+fn log_limits() -> JsonLimits {
+    JsonLimits {
+        bytes_max: 16 << 20,
+        depth_max: 64,
+    }
+}
+
+impl Event {
+    pub fn at(&self) -> i64 {
+        match self {
+            Event::Registered { at, .. }
+            | Event::KeyLogAppended { at, .. }
+            | Event::KeyLogConflict { at, .. }
+            | Event::Envelope { at, .. }
+            | Event::Read { at, .. }
+            | Event::ContactSet { at, .. }
+            | Event::ContactRemoved { at, .. }
+            | Event::RequestAnswered { at, .. } => *at,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut o = Object::new();
+        o.insert("at", Value::Int(self.at()));
+        let h = |h: &Handle| Value::from(h.as_str());
+        match self {
+            Event::Registered {
+                entry, challenge, ..
+            } => {
+                o.insert("t", "registered".into());
+                o.insert("entry", entry.value().clone());
+                o.insert("challenge", challenge.to_hex().into());
+            }
+            Event::KeyLogAppended { entry, .. } => {
+                o.insert("t", "keylog".into());
+                o.insert("entry", entry.value().clone());
+            }
+            Event::KeyLogConflict { entry, .. } => {
+                o.insert("t", "keylog_conflict".into());
+                o.insert("entry", entry.value().clone());
+            }
+            Event::Envelope { envelope, .. } => {
+                o.insert("t", "envelope".into());
+                o.insert("envelope", envelope.value().clone());
+            }
+            Event::Read { handle, upto, .. } => {
+                o.insert("t", "read".into());
+                o.insert("handle", h(handle));
+                o.insert("upto", Value::Int(*upto as i64));
+            }
+            Event::ContactSet {
+                owner,
+                contact,
+                level,
+                ..
+            } => {
+                o.insert("t", "contact_set".into());
+                o.insert("owner", h(owner));
+                o.insert("contact", h(contact));
+                o.insert("level", level.as_str().into());
+            }
+            Event::ContactRemoved { owner, contact, .. } => {
+                o.insert("t", "contact_removed".into());
+                o.insert("owner", h(owner));
+                o.insert("contact", h(contact));
+            }
+            Event::RequestAnswered {
+                owner,
+                request,
+                level,
+                ..
+            } => {
+                o.insert("t", "request_answered".into());
+                o.insert("owner", h(owner));
+                o.insert("request", request.to_hex().into());
+                o.insert(
+                    "level",
+                    level
+                        .map(|l| Value::from(l.as_str()))
+                        .unwrap_or(Value::Null),
+                );
+            }
+        }
+        canon::canonicalize(&Value::Object(o))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Event, String> {
+        let v = json::parse(bytes, log_limits()).map_err(|e| e.to_string())?;
+        let mut f = Fields::new(&v, "").map_err(|e| e.to_string())?;
+        let e = |x: formica_protocol::schema::SchemaError| x.to_string();
+        let at = f
+            .req_int("at", 0, formica_protocol::json::INT_ABS_MAX)
+            .map_err(e)?;
+        let t = f.req_str("t").map_err(e)?;
+        let entry = |f: &mut Fields<'_>| -> Result<SignedKeyLogEntry, String> {
+            SignedKeyLogEntry::from_value(f.req("entry").map_err(e)?.clone())
+                .map_err(|x| x.to_string())
+        };
+        let msg_id = |f: &mut Fields<'_>, k: &str| -> Result<MessageId, String> {
+            MessageId::parse_hex(f.req_str(k).map_err(e)?).ok_or_else(|| format!("bad {k}"))
+        };
+        let level = |s: &str| ContactLevel::parse(s).ok_or_else(|| format!("bad level {s}"));
+        let ev = match t {
+            "registered" => Event::Registered {
+                at,
+                entry: entry(&mut f)?,
+                challenge: Challenge::parse_hex(f.req_str("challenge").map_err(e)?)
+                    .ok_or("bad challenge")?,
+            },
+            "keylog" => Event::KeyLogAppended {
+                at,
+                entry: entry(&mut f)?,
+            },
+            "keylog_conflict" => Event::KeyLogConflict {
+                at,
+                entry: entry(&mut f)?,
+            },
+            "envelope" => {
+                let limits = EnvelopeLimits {
+                    json: log_limits(),
+                    recipients_max: usize::MAX,
+                    payload_bytes_max: usize::MAX,
+                };
+                let env = f.req("envelope").map_err(e)?.clone();
+                Event::Envelope {
+                    at,
+                    envelope: SignedEnvelope::from_value(env, &limits)
+                        .map_err(|x| x.to_string())?,
+                }
+            }
+            "read" => Event::Read {
+                at,
+                handle: f.req_handle("handle").map_err(e)?,
+                upto: f
+                    .req_int("upto", 0, formica_protocol::json::INT_ABS_MAX)
+                    .map_err(e)? as u64,
+            },
+            "contact_set" => Event::ContactSet {
+                at,
+                owner: f.req_handle("owner").map_err(e)?,
+                contact: f.req_handle("contact").map_err(e)?,
+                level: level(f.req_str("level").map_err(e)?)?,
+            },
+            "contact_removed" => Event::ContactRemoved {
+                at,
+                owner: f.req_handle("owner").map_err(e)?,
+                contact: f.req_handle("contact").map_err(e)?,
+            },
+            "request_answered" => Event::RequestAnswered {
+                at,
+                owner: f.req_handle("owner").map_err(e)?,
+                request: msg_id(&mut f, "request")?,
+                level: match f.req("level").map_err(e)? {
+                    Value::Null => None,
+                    Value::String(s) => Some(level(s)?),
+                    _ => return Err("bad level".into()),
+                },
+            },
+            other => return Err(format!("unknown event type {other:?}")),
+        };
+        f.finish().map_err(e)?;
+        Ok(ev)
+    }
+}

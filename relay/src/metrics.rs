@@ -1,0 +1,96 @@
+//! `/metrics` in the Prometheus text format: counters kept with atomics, gauges read from state.
+
+use crate::api::App;
+use crate::decide::Outcome;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    pub registrations: AtomicU64,
+    pub streams: AtomicI64,
+}
+
+impl Metrics {
+    pub fn count(&self, o: &Outcome) {
+        match o {
+            Outcome::Accepted { .. } => self.accepted.fetch_add(1, Ordering::Relaxed),
+            Outcome::Duplicate { .. } => self.duplicates.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+
+    pub fn render(&self, app: &App) -> String {
+        let (agents, events, messages, deadlines) = {
+            let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+            (
+                st.agents.len(),
+                st.events,
+                st.messages.len(),
+                st.deadlines.len(),
+            )
+        };
+        let mut s = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, v: i64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        line(
+            "formica_envelopes_accepted_total",
+            "counter",
+            "Envelopes accepted and stored.",
+            self.accepted.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_envelopes_duplicate_total",
+            "counter",
+            "Exact replays answered as duplicate.",
+            self.duplicates.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_envelopes_rejected_total",
+            "counter",
+            "Envelopes refused with an error code.",
+            self.rejected.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_registrations_total",
+            "counter",
+            "Handles registered since start.",
+            self.registrations.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_streams_open",
+            "gauge",
+            "Open SSE and WebSocket inbox streams.",
+            self.streams.load(Ordering::Relaxed),
+        );
+        line(
+            "formica_agents",
+            "gauge",
+            "Agents homed on this relay.",
+            agents as i64,
+        );
+        line(
+            "formica_log_events",
+            "gauge",
+            "Events in the durable log.",
+            events as i64,
+        );
+        line(
+            "formica_messages",
+            "gauge",
+            "Messages with delivery status.",
+            messages as i64,
+        );
+        line(
+            "formica_deadlines_pending",
+            "gauge",
+            "Messages waiting for an ack before a deadline.",
+            deadlines as i64,
+        );
+        s
+    }
+}

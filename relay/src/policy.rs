@@ -1,0 +1,332 @@
+//! Relay policy: every limit, the trust tiers and their thresholds. Each value here is named with
+//! its unit last, documented with why it has its default, settable from the configuration file,
+//! and published in the relay descriptor (SPEC.md section 15.1).
+
+use formica_protocol::time::TimeWindow;
+use formica_protocol::{MessageType, Object, Value};
+use serde::Deserialize;
+
+/// Size and count limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest body of any request except batches: 64 KiB, one envelope with room to spare.
+    pub body_bytes_max: usize,
+    /// Largest single envelope: 64 KiB. Payloads are capped lower per tier.
+    pub envelope_bytes_max: usize,
+    /// Largest batch body: 1 MiB, so a batch is verified in well under a second.
+    pub batch_bytes_max: usize,
+    /// Most envelopes in one batch: 100.
+    pub batch_envelopes_max: usize,
+    /// Deepest JSON nesting accepted: 32 (envelopes need 4 levels plus their payload).
+    pub json_depth_max: usize,
+    /// Most recipients of one envelope at any tier: 16.
+    pub recipients_max: usize,
+    /// Most items in one inbox page, and the most a stream sends before re-reading the inbox.
+    pub inbox_page_max: usize,
+    /// Most unread inbox items an agent may have; further senders get inbox_full (never an
+    /// eviction of what is there).
+    pub inbox_pending_max: usize,
+    /// Most pending contact requests an agent may have: a flood from many new keys stops here.
+    pub contact_requests_pending_max: usize,
+    /// Most simultaneous connections; more are refused at accept time.
+    pub connections_max: usize,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout_ms: u64,
+    /// Unauthenticated requests (challenges, registrations) per client IP per minute.
+    pub ip_requests_per_min: u32,
+    /// Lifetime of a proof-of-work challenge: 10 minutes, ample for difficulty 24 on one core.
+    pub challenge_ttl_ms: i64,
+    /// How often deadlines are checked; a timed_out receipt follows a deadline within this.
+    pub deadline_check_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 64 * 1024,
+            envelope_bytes_max: 64 * 1024,
+            batch_bytes_max: 1024 * 1024,
+            batch_envelopes_max: 100,
+            json_depth_max: 32,
+            recipients_max: 16,
+            inbox_page_max: 100,
+            inbox_pending_max: 10_000,
+            contact_requests_pending_max: 100,
+            connections_max: 4096,
+            header_read_timeout_ms: 10_000,
+            ip_requests_per_min: 60,
+            challenge_ttl_ms: 10 * 60 * 1000,
+            deadline_check_ms: 250,
+        }
+    }
+}
+
+/// One trust tier. An agent is at the highest tier whose thresholds it meets, lowered by reports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    pub name: String,
+    /// Time since registration.
+    pub min_age_ms: i64,
+    /// The agent's sent messages that recipients acked (received or processed).
+    pub min_acked: u64,
+    /// Active vouches from agents at `vouch_min_tier` or above.
+    pub min_vouches: u64,
+    /// Envelopes per minute per key (token bucket, burst of a quarter minute, at least 10).
+    pub rate_per_min: u32,
+    /// Largest payload in canonical bytes.
+    pub payload_bytes_max: usize,
+    /// Most recipients per envelope.
+    pub recipients_max: usize,
+    /// Contact requests per hour.
+    pub contact_requests_per_hour: u32,
+    /// Active vouches the agent may give.
+    pub vouches_max: u32,
+    /// Reports the agent may file per day.
+    pub reports_per_day: u32,
+    /// Message types the agent may send (`x-*` stands for every extension type).
+    pub may_send: Vec<String>,
+}
+
+/// How vouches and reports move tiers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustPolicy {
+    /// Vouches lapse after 90 days unless given again.
+    pub vouch_ttl_ms: i64,
+    /// Reports lapse after 30 days.
+    pub report_ttl_ms: i64,
+    /// Active reports from distinct reporters that lower an agent one tier.
+    pub reports_per_demotion: u64,
+    /// Lowest tier (index) whose reports count.
+    pub report_min_tier: usize,
+    /// Lowest tier (index) whose vouches count.
+    pub vouch_min_tier: usize,
+}
+
+impl Default for TrustPolicy {
+    fn default() -> Self {
+        TrustPolicy {
+            vouch_ttl_ms: 90 * 24 * 3600 * 1000,
+            report_ttl_ms: 30 * 24 * 3600 * 1000,
+            reports_per_demotion: 3,
+            report_min_tier: 1,
+            vouch_min_tier: 1,
+        }
+    }
+}
+
+fn all_types() -> Vec<String> {
+    [
+        "message",
+        "task_request",
+        "task_result",
+        "ack",
+        "contact_request",
+        "vouch",
+        "report",
+        "x-*",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// The default tiers: `new` can talk to contacts and ask strangers for contact at a low rate;
+/// `member` (a day old, 10 acked messages) gets normal limits and may vouch; `trusted` (a week,
+/// 100 acked, 2 vouches) gets more.
+pub fn default_tiers() -> Vec<Tier> {
+    vec![
+        Tier {
+            name: "new".into(),
+            min_age_ms: 0,
+            min_acked: 0,
+            min_vouches: 0,
+            rate_per_min: 60,
+            payload_bytes_max: 8 * 1024,
+            recipients_max: 4,
+            contact_requests_per_hour: 10,
+            vouches_max: 0,
+            reports_per_day: 5,
+            may_send: all_types().into_iter().filter(|t| t != "vouch").collect(),
+        },
+        Tier {
+            name: "member".into(),
+            min_age_ms: 24 * 3600 * 1000,
+            min_acked: 10,
+            min_vouches: 0,
+            rate_per_min: 600,
+            payload_bytes_max: 32 * 1024,
+            recipients_max: 16,
+            contact_requests_per_hour: 60,
+            vouches_max: 3,
+            reports_per_day: 20,
+            may_send: all_types(),
+        },
+        Tier {
+            name: "trusted".into(),
+            min_age_ms: 7 * 24 * 3600 * 1000,
+            min_acked: 100,
+            min_vouches: 2,
+            rate_per_min: 3000,
+            payload_bytes_max: 32 * 1024,
+            recipients_max: 16,
+            contact_requests_per_hour: 120,
+            vouches_max: 10,
+            reports_per_day: 50,
+            may_send: all_types(),
+        },
+    ]
+}
+
+/// Everything the relay enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub limits: Limits,
+    pub time: TimeWindow,
+    pub pow_difficulty: u32,
+    pub tiers: Vec<Tier>,
+    pub trust: TrustPolicy,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            limits: Limits::default(),
+            time: TimeWindow::default(),
+            pow_difficulty: 20,
+            tiers: default_tiers(),
+            trust: TrustPolicy::default(),
+        }
+    }
+}
+
+impl Tier {
+    pub fn may_send(&self, t: &MessageType) -> bool {
+        match t {
+            MessageType::Extension(_) => self.may_send.iter().any(|s| s == "x-*"),
+            other => self.may_send.iter().any(|s| s == other.as_str()),
+        }
+    }
+
+    fn to_value(&self, level: usize) -> Value {
+        let mut o = Object::new();
+        let int = |n: i64| Value::Int(n);
+        o.insert("name", self.name.clone().into());
+        o.insert("level", int(level as i64));
+        let mut th = Object::new();
+        th.insert("min_age_ms", int(self.min_age_ms));
+        th.insert("min_acked", int(self.min_acked as i64));
+        th.insert("min_vouches", int(self.min_vouches as i64));
+        o.insert("thresholds", Value::Object(th));
+        o.insert("rate_per_min", int(i64::from(self.rate_per_min)));
+        o.insert("payload_bytes_max", int(self.payload_bytes_max as i64));
+        o.insert("recipients_max", int(self.recipients_max as i64));
+        o.insert(
+            "contact_requests_per_hour",
+            int(i64::from(self.contact_requests_per_hour)),
+        );
+        o.insert("vouches_max", int(i64::from(self.vouches_max)));
+        o.insert("reports_per_day", int(i64::from(self.reports_per_day)));
+        o.insert(
+            "may_send",
+            Value::Array(self.may_send.iter().map(|s| s.clone().into()).collect()),
+        );
+        Value::Object(o)
+    }
+}
+
+impl Policy {
+    /// Checks the policy is usable; a bad configuration is refused at start.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tiers.is_empty() {
+            return Err("at least one tier is required".into());
+        }
+        if self.pow_difficulty > 40 {
+            return Err(format!(
+                "pow_difficulty {} is above 40 (years of work per registration)",
+                self.pow_difficulty
+            ));
+        }
+        for t in &self.tiers {
+            if t.recipients_max > self.limits.recipients_max {
+                return Err(format!(
+                    "tier {}: recipients_max above limits.recipients_max",
+                    t.name
+                ));
+            }
+            if t.payload_bytes_max > self.limits.envelope_bytes_max {
+                return Err(format!(
+                    "tier {}: payload_bytes_max above limits.envelope_bytes_max",
+                    t.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `limits`, `time`, `pow`, `ack`, `tiers` and `trust` members of the descriptor.
+    pub fn descriptor_members(&self, o: &mut Object) {
+        let l = &self.limits;
+        let int = |n: i64| Value::Int(n);
+        let mut lim = Object::new();
+        lim.insert("body_bytes_max", int(l.body_bytes_max as i64));
+        lim.insert("envelope_bytes_max", int(l.envelope_bytes_max as i64));
+        lim.insert("batch_bytes_max", int(l.batch_bytes_max as i64));
+        lim.insert("batch_envelopes_max", int(l.batch_envelopes_max as i64));
+        lim.insert("json_depth_max", int(l.json_depth_max as i64));
+        lim.insert("recipients_max", int(l.recipients_max as i64));
+        lim.insert("inbox_page_max", int(l.inbox_page_max as i64));
+        lim.insert("inbox_pending_max", int(l.inbox_pending_max as i64));
+        lim.insert(
+            "contact_requests_pending_max",
+            int(l.contact_requests_pending_max as i64),
+        );
+        lim.insert("connections_max", int(l.connections_max as i64));
+        lim.insert(
+            "header_read_timeout_ms",
+            int(l.header_read_timeout_ms as i64),
+        );
+        lim.insert("ip_requests_per_min", int(i64::from(l.ip_requests_per_min)));
+        o.insert("limits", Value::Object(lim));
+        let mut t = Object::new();
+        t.insert("window_ms", int(self.time.window_ms));
+        t.insert("skew_ms", int(self.time.skew_ms));
+        t.insert("retention_ms", int(self.time.retention_ms()));
+        o.insert("time", Value::Object(t));
+        let mut p = Object::new();
+        p.insert("difficulty", int(i64::from(self.pow_difficulty)));
+        p.insert("challenge_ttl_ms", int(l.challenge_ttl_ms));
+        o.insert("pow", Value::Object(p));
+        let mut a = Object::new();
+        a.insert(
+            "window_ms_max",
+            int(formica_protocol::envelope::ACK_WINDOW_MS_MAX),
+        );
+        a.insert("deadline_check_ms", int(l.deadline_check_ms as i64));
+        o.insert("ack", Value::Object(a));
+        o.insert(
+            "tiers",
+            Value::Array(
+                self.tiers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| t.to_value(i))
+                    .collect(),
+            ),
+        );
+        let tr = &self.trust;
+        let mut tv = Object::new();
+        tv.insert("vouch_ttl_ms", int(tr.vouch_ttl_ms));
+        tv.insert("report_ttl_ms", int(tr.report_ttl_ms));
+        tv.insert("reports_per_demotion", int(tr.reports_per_demotion as i64));
+        tv.insert("report_min_tier", int(tr.report_min_tier as i64));
+        tv.insert("vouch_min_tier", int(tr.vouch_min_tier as i64));
+        o.insert("trust", Value::Object(tv));
+        let mut fed = Object::new();
+        fed.insert("enabled", Value::Bool(false));
+        fed.insert("peering", "none".into());
+        o.insert("federation", Value::Object(fed));
+    }
+}

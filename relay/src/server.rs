@@ -1,0 +1,94 @@
+//! The HTTP server loop: accepts connections up to `connections_max` (further ones are closed at
+//! once), gives each client `header_read_timeout_ms` to send its request headers, serves HTTP/1.1
+//! with upgrades (WebSocket), and on shutdown stops accepting and drains open connections for
+//! at most a bounded time.
+
+use crate::api::Shared;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// Longest time open connections get to finish after a shutdown signal.
+pub const DRAIN_MS_MAX: u64 = 10_000;
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    app: Shared,
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let limits = app.policy.limits.clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    tokio::pin!(shutdown);
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the connection limit: close at once; the client may retry.
+            drop(sock);
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let router = router.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(req)
+        });
+        let conn = http
+            .serve_connection(TokioIo::new(sock), svc)
+            .with_upgrades();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopped(&mut stop) => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    app.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    app.stopping.send_replace(true);
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(limits.connections_max).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = permits.acquire_many(all) => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(Duration::from_millis(DRAIN_MS_MAX)) => tracing::warn!("drain time over; closing the remaining connections"),
+    }
+}
+
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

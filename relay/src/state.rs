@@ -1,0 +1,457 @@
+//! Projections of the event log: agents and their key logs, inboxes, contacts, pending contact
+//! requests, message delivery status, deadlines, vouches and reports.
+//!
+//! [`State::apply`] is the only function that changes a `State`, and it is pure: the same events
+//! in the same order give the same state, which is how the relay starts (replaying its log) and
+//! what the rebuild test checks. Nothing here does I/O or reads a clock.
+
+use crate::events::Event;
+use crate::policy::Policy;
+use formica_protocol::envelope::{
+    AckStatus, ContactLevel, DeliveryState, MessageId, MessageType, Payload, SignedEnvelope,
+};
+use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
+use formica_protocol::pow::Challenge;
+use formica_protocol::{Handle, RelayHost};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// One inbox item: the canonical wire bytes of an envelope or receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxItem {
+    pub cursor: u64,
+    pub id: MessageId,
+    pub wire: Arc<Vec<u8>>,
+}
+
+/// A contact request waiting for an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRequest {
+    pub from: Handle,
+    pub level: ContactLevel,
+    pub note: Option<String>,
+    pub ts: i64,
+}
+
+/// An agent homed on this relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub handle: Handle,
+    pub keylog: KeyLog,
+    pub registered_at: i64,
+    /// Valid entries that conflicted with the log (evidence of a fork).
+    pub conflicts: Vec<SignedKeyLogEntry>,
+    /// Who may send to this agent, at which level, since when.
+    pub contacts: BTreeMap<Handle, (ContactLevel, i64)>,
+    pub requests: BTreeMap<MessageId, PendingRequest>,
+    pub inbox: Vec<InboxItem>,
+    /// Highest cursor handed to the agent.
+    pub read_upto: u64,
+    /// Messages this agent sent that a recipient acked with received or processed.
+    pub acked_sent: u64,
+    /// Times of the contact requests this agent sent (the last hour matters).
+    pub requests_sent: VecDeque<i64>,
+    /// Times of the reports this agent filed (the last day matters).
+    pub reports_sent: VecDeque<i64>,
+}
+
+impl Agent {
+    pub fn next_cursor(&self) -> u64 {
+        self.inbox.last().map(|i| i.cursor + 1).unwrap_or(1)
+    }
+    /// Items not yet handed out. Cursors are consecutive, so this is a subtraction.
+    pub fn unread(&self) -> usize {
+        (self.next_cursor() - 1).saturating_sub(self.read_upto) as usize
+    }
+    /// Items with a cursor above `after`, at most `max`.
+    pub fn items_after(&self, after: u64, max: usize) -> &[InboxItem] {
+        let start = self.inbox.partition_point(|i| i.cursor <= after);
+        let end = (start + max).min(self.inbox.len());
+        &self.inbox[start..end]
+    }
+}
+
+/// Delivery of one message to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientStatus {
+    pub handle: Handle,
+    pub state: DeliveryState,
+    pub updated: i64,
+    pub ack: Option<(MessageId, AckStatus)>,
+}
+
+/// What the relay keeps about a message it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub sender: Handle,
+    pub msg_type: MessageType,
+    pub ts: i64,
+    pub ack_by: Option<i64>,
+    pub recipients: Vec<RecipientStatus>,
+}
+
+/// All projections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub host: RelayHost,
+    pub agents: BTreeMap<Handle, Agent>,
+    pub messages: HashMap<MessageId, MessageRecord>,
+    /// Ids of every envelope in the log (dedup).
+    pub seen: HashSet<MessageId>,
+    /// (ack_by, message) for messages with a deadline and a recipient not yet settled.
+    pub deadlines: BTreeSet<(i64, MessageId)>,
+    pub challenges_used: HashSet<Challenge>,
+    /// (voucher, subject) -> time of the vouch.
+    pub vouches: BTreeMap<(Handle, Handle), i64>,
+    /// (subject, reporter) -> time of the latest report.
+    pub reports: BTreeMap<(Handle, Handle), i64>,
+    pub events: u64,
+}
+
+impl State {
+    pub fn new(host: RelayHost) -> State {
+        State {
+            host,
+            agents: BTreeMap::new(),
+            messages: HashMap::new(),
+            seen: HashSet::new(),
+            deadlines: BTreeSet::new(),
+            challenges_used: HashSet::new(),
+            vouches: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            events: 0,
+        }
+    }
+
+    pub fn is_local(&self, h: &Handle) -> bool {
+        h.host() == &self.host && !h.is_relay()
+    }
+
+    fn push_inbox(&mut self, to: &Handle, id: MessageId, wire: &Arc<Vec<u8>>) {
+        if let Some(a) = self.agents.get_mut(to) {
+            let cursor = a.next_cursor();
+            a.inbox.push(InboxItem {
+                cursor,
+                id,
+                wire: wire.clone(),
+            });
+        }
+    }
+
+    fn settle_deadline(&mut self, id: &MessageId) {
+        if let Some(m) = self.messages.get(id) {
+            if let Some(by) = m.ack_by {
+                if m.recipients.iter().all(|r| r.state.is_terminal()) {
+                    self.deadlines.remove(&(by, *id));
+                }
+            }
+        }
+    }
+
+    fn set_status(
+        &mut self,
+        id: &MessageId,
+        recipient: &Handle,
+        at: i64,
+        f: impl FnOnce(&mut RecipientStatus),
+    ) {
+        if let Some(m) = self.messages.get_mut(id) {
+            if let Some(r) = m.recipients.iter_mut().find(|r| &r.handle == recipient) {
+                f(r);
+                r.updated = at;
+            }
+        }
+        self.settle_deadline(id);
+    }
+
+    /// Applies one event. Events come from the writer (already decided valid) or from the log
+    /// (already on disk); either way applying cannot fail: an event that refers to something
+    /// unknown changes nothing.
+    pub fn apply(&mut self, ev: &Event) {
+        self.events += 1;
+        match ev {
+            Event::Registered {
+                at,
+                entry,
+                challenge,
+            } => {
+                self.challenges_used.insert(*challenge);
+                if let Ok(log) = KeyLog::start(entry.clone()) {
+                    let handle = log.handle().clone();
+                    self.agents.insert(
+                        handle.clone(),
+                        Agent {
+                            handle,
+                            keylog: log,
+                            registered_at: *at,
+                            conflicts: Vec::new(),
+                            contacts: BTreeMap::new(),
+                            requests: BTreeMap::new(),
+                            inbox: Vec::new(),
+                            read_upto: 0,
+                            acked_sent: 0,
+                            requests_sent: VecDeque::new(),
+                            reports_sent: VecDeque::new(),
+                        },
+                    );
+                }
+            }
+            Event::KeyLogAppended { entry, .. } => {
+                if let Some(a) = self.agents.get_mut(&entry.entry().handle) {
+                    let _ = a.keylog.append(entry.clone());
+                }
+            }
+            Event::KeyLogConflict { entry, .. } => {
+                if let Some(a) = self.agents.get_mut(&entry.entry().handle) {
+                    a.conflicts.push(entry.clone());
+                }
+            }
+            Event::Envelope { at, envelope } => self.apply_envelope(*at, envelope),
+            Event::Read { at, handle, upto } => {
+                let Some(a) = self.agents.get_mut(handle) else {
+                    return;
+                };
+                let from = a.read_upto;
+                if *upto <= from {
+                    return;
+                }
+                a.read_upto = *upto;
+                let ids: Vec<MessageId> = a
+                    .inbox
+                    .iter()
+                    .filter(|i| i.cursor > from && i.cursor <= *upto)
+                    .map(|i| i.id)
+                    .collect();
+                for id in ids {
+                    self.set_status(&id, handle, *at, |r| {
+                        if matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded) {
+                            r.state = DeliveryState::Delivered;
+                        }
+                    });
+                }
+            }
+            Event::ContactSet {
+                at,
+                owner,
+                contact,
+                level,
+            } => {
+                if let Some(a) = self.agents.get_mut(owner) {
+                    let since = a.contacts.get(contact).map(|(_, s)| *s).unwrap_or(*at);
+                    a.contacts.insert(contact.clone(), (*level, since));
+                    // A grant answers any pending request from the same agent.
+                    a.requests.retain(|_, r| &r.from != contact);
+                }
+            }
+            Event::ContactRemoved { owner, contact, .. } => {
+                if let Some(a) = self.agents.get_mut(owner) {
+                    a.contacts.remove(contact);
+                }
+            }
+            Event::RequestAnswered {
+                at,
+                owner,
+                request,
+                level,
+            } => {
+                if let Some(a) = self.agents.get_mut(owner) {
+                    if let Some(r) = a.requests.remove(request) {
+                        if let Some(l) = level {
+                            let since = a.contacts.get(&r.from).map(|(_, s)| *s).unwrap_or(*at);
+                            a.contacts.insert(r.from.clone(), (*l, since));
+                            a.requests.retain(|_, x| x.from != r.from);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_envelope(&mut self, at: i64, se: &SignedEnvelope) {
+        let env = se.envelope();
+        let id = se.id();
+        self.seen.insert(id);
+        let wire = Arc::new(se.wire_bytes());
+        match &env.payload {
+            Payload::Ack { msg, status, .. } => {
+                let acker = env.from.clone();
+                let mut sender_acked = false;
+                self.set_status(msg, &acker, at, |r| {
+                    if !r.state.is_terminal() {
+                        r.state = DeliveryState::Acked;
+                        r.ack = Some((id, *status));
+                        sender_acked = *status != AckStatus::Rejected;
+                    }
+                });
+                if sender_acked {
+                    if let Some(sender) = self.messages.get(msg).map(|m| m.sender.clone()) {
+                        if let Some(a) = self.agents.get_mut(&sender) {
+                            a.acked_sent += 1;
+                        }
+                    }
+                }
+                for to in &env.to {
+                    self.push_inbox(to, id, &wire);
+                }
+            }
+            Payload::Receipt {
+                msg,
+                recipient,
+                status,
+                ..
+            } => {
+                if *status == DeliveryState::TimedOut || *status == DeliveryState::DeadLettered {
+                    let s = *status;
+                    self.set_status(msg, recipient, at, |r| {
+                        if !r.state.is_terminal() {
+                            r.state = s;
+                        }
+                    });
+                }
+                for to in &env.to {
+                    self.push_inbox(to, id, &wire);
+                }
+            }
+            Payload::Vouch { subject, action } => {
+                let key = (env.from.clone(), subject.clone());
+                match action {
+                    formica_protocol::envelope::VouchAction::Grant => {
+                        self.vouches.insert(key, env.ts);
+                    }
+                    formica_protocol::envelope::VouchAction::Revoke => {
+                        self.vouches.remove(&key);
+                    }
+                }
+            }
+            Payload::Report { subject, .. } => {
+                self.reports
+                    .insert((subject.clone(), env.from.clone()), env.ts);
+                if let Some(a) = self.agents.get_mut(&env.from) {
+                    a.reports_sent.push_back(env.ts);
+                    while a.reports_sent.len() > 1024 {
+                        a.reports_sent.pop_front();
+                    }
+                }
+            }
+            _ => {
+                let recipients: Vec<RecipientStatus> = env
+                    .to
+                    .iter()
+                    .map(|h| RecipientStatus {
+                        handle: h.clone(),
+                        state: DeliveryState::Accepted,
+                        updated: at,
+                        ack: None,
+                    })
+                    .collect();
+                self.messages.insert(
+                    id,
+                    MessageRecord {
+                        sender: env.from.clone(),
+                        msg_type: env.msg_type.clone(),
+                        ts: env.ts,
+                        ack_by: env.ack_by,
+                        recipients,
+                    },
+                );
+                if let Some(by) = env.ack_by {
+                    self.deadlines.insert((by, id));
+                }
+                if let Payload::ContactRequest { level, note } = &env.payload {
+                    if let Some(a) = self.agents.get_mut(&env.from) {
+                        a.requests_sent.push_back(env.ts);
+                        while a.requests_sent.len() > 1024 {
+                            a.requests_sent.pop_front();
+                        }
+                    }
+                    for to in &env.to {
+                        if let Some(a) = self.agents.get_mut(to) {
+                            a.requests.insert(
+                                id,
+                                PendingRequest {
+                                    from: env.from.clone(),
+                                    level: *level,
+                                    note: note.clone(),
+                                    ts: env.ts,
+                                },
+                            );
+                        }
+                    }
+                }
+                for to in &env.to {
+                    self.push_inbox(to, id, &wire);
+                }
+            }
+        }
+    }
+
+    /// The agent's tier index at `now` (TRUST-1..5): the highest tier whose thresholds hold,
+    /// lowered one step per `reports_per_demotion` active reports from reporters at
+    /// `report_min_tier` or above (computed without demotion, so reports cannot cascade).
+    pub fn tier_of(&self, handle: &Handle, now: i64, policy: &Policy) -> usize {
+        let base = self.base_tier(handle, now, policy);
+        let tr = &policy.trust;
+        let reports = self
+            .reports
+            .iter()
+            .filter(|((s, reporter), at)| {
+                s == handle
+                    && now - **at < tr.report_ttl_ms
+                    && self.base_tier(reporter, now, policy) >= tr.report_min_tier
+            })
+            .count() as u64;
+        let demotion = reports.checked_div(tr.reports_per_demotion).unwrap_or(0) as usize;
+        base.saturating_sub(demotion)
+    }
+
+    fn base_tier(&self, handle: &Handle, now: i64, policy: &Policy) -> usize {
+        let Some(a) = self.agents.get(handle) else {
+            return 0;
+        };
+        let age = now - a.registered_at;
+        let vouches = self
+            .vouches
+            .iter()
+            .filter(|((voucher, subject), at)| {
+                subject == handle
+                    && now - **at < policy.trust.vouch_ttl_ms
+                    // A voucher's own tier is judged by age and acks alone, so vouches cannot
+                    // bootstrap each other in a cycle.
+                    && self.tier_without_vouches(voucher, now, policy) >= policy.trust.vouch_min_tier
+            })
+            .count() as u64;
+        policy
+            .tiers
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, t)| {
+                age >= t.min_age_ms && a.acked_sent >= t.min_acked && vouches >= t.min_vouches
+            })
+            .map(|(i, _)| i)
+            .unwrap_or(0)
+    }
+
+    fn tier_without_vouches(&self, handle: &Handle, now: i64, policy: &Policy) -> usize {
+        let Some(a) = self.agents.get(handle) else {
+            return 0;
+        };
+        let age = now - a.registered_at;
+        policy
+            .tiers
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, t)| age >= t.min_age_ms && a.acked_sent >= t.min_acked && t.min_vouches == 0)
+            .map(|(i, _)| i)
+            .unwrap_or(0)
+    }
+
+    /// Active vouches given by `voucher`.
+    pub fn vouches_given(&self, voucher: &Handle, now: i64, policy: &Policy) -> usize {
+        self.vouches
+            .iter()
+            .filter(|((v, _), at)| v == voucher && now - **at < policy.trust.vouch_ttl_ms)
+            .count()
+    }
+}

@@ -1,0 +1,343 @@
+//! Reading the inbox: a page with a cursor (`GET /v1/inbox`), Server-Sent Events with
+//! `Last-Event-ID` resume, and WebSocket. All three read from the inbox projection after a
+//! cursor, so a reconnect resumes exactly where the client's last cursor points.
+//!
+//! Streams are pull-based: a consumer is sent at most one page at a time and the next page is
+//! read only when the previous one has been written to the socket, so a slow consumer holds at
+//! most one page (`inbox_page_max` items) in memory and its items simply stay in its inbox.
+
+use crate::api::{auth_request, authenticate, ok, Shared};
+use crate::decide::Command;
+use crate::error::ApiError;
+use crate::state::InboxItem;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Request, State as AxState};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use formica_protocol::{ErrorCode, Handle, Object, Value};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Interval of SSE keep-alive comments and WebSocket pings.
+pub const KEEPALIVE_MS: u64 = 15_000;
+
+fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
+    uri.query()?.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    })
+}
+
+fn parse_cursor(s: &str) -> Result<u64, ApiError> {
+    let ok = !s.is_empty()
+        && s.len() <= 16
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    if !ok {
+        return Err(ApiError::new(
+            ErrorCode::InvalidCursor,
+            format!("{s:?} is not a cursor this relay issued"),
+        ));
+    }
+    s.parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidCursor, "cursor out of range"))
+}
+
+/// Checks a resume cursor against the inbox: beyond the newest item is invalid; before the
+/// oldest retained item is `cursor_too_old` (this relay retains every item, so that cannot
+/// happen yet, but the check is where retention will need it).
+fn check_cursor(app: &Shared, me: &Handle, after: u64) -> Result<(), ApiError> {
+    let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+    let a = st
+        .agents
+        .get(me)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "not registered"))?;
+    let newest = a.next_cursor() - 1;
+    if after > newest {
+        return Err(ApiError::new(
+            ErrorCode::InvalidCursor,
+            format!("cursor {after} is beyond the newest item {newest}"),
+        ));
+    }
+    let oldest = a.inbox.first().map(|i| i.cursor).unwrap_or(1);
+    if after + 1 < oldest {
+        return Err(ApiError::new(
+            ErrorCode::CursorTooOld,
+            format!("items before {oldest} are no longer kept"),
+        )
+        .with("oldest", Value::String(oldest.to_string())));
+    }
+    Ok(())
+}
+
+/// Where reading starts when the client gives no cursor: before the oldest retained item.
+fn start_of(app: &Shared, me: &Handle) -> u64 {
+    let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+    st.agents
+        .get(me)
+        .and_then(|a| a.inbox.first())
+        .map(|i| i.cursor - 1)
+        .unwrap_or(0)
+}
+
+fn page(app: &Shared, me: &Handle, after: u64, max: usize) -> Vec<InboxItem> {
+    let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+    st.agents
+        .get(me)
+        .map(|a| a.items_after(after, max).to_vec())
+        .unwrap_or_default()
+}
+
+/// Records that items up to `upto` were handed out (they become `delivered`). Not awaited: if
+/// the relay stops first, the next read records it.
+fn mark_read(app: &Shared, me: &Handle, upto: u64) {
+    let app = app.clone();
+    let me = me.clone();
+    tokio::spawn(async move {
+        if let Err(e) = app.writer.submit(Command::Read { handle: me, upto }).await {
+            tracing::warn!(code = %e.code, "could not record a read: {}", e.message);
+        }
+    });
+}
+
+fn item_value(item: &InboxItem) -> Result<Value, ApiError> {
+    let env = formica_protocol::json::parse(
+        &item.wire,
+        formica_protocol::JsonLimits {
+            bytes_max: usize::MAX,
+            depth_max: 64,
+        },
+    )
+    .map_err(ApiError::internal)?;
+    let mut o = Object::new();
+    o.insert("cursor", Value::String(item.cursor.to_string()));
+    o.insert("envelope", env);
+    Ok(Value::Object(o))
+}
+
+/// `GET /v1/inbox?after=CURSOR&limit=N`.
+pub async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        let uri = req.uri().clone();
+        let (me, _) = auth_request(&app, req, 0).await?;
+        let after = match query_param(&uri, "after") {
+            Some(c) => parse_cursor(c)?,
+            None => start_of(&app, &me),
+        };
+        let max = app.policy.limits.inbox_page_max;
+        let limit = match query_param(&uri, "limit") {
+            None => max,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidField,
+                        format!("limit is 1..={max}"),
+                    )
+                    .with("field", "limit".into()))
+                }
+            },
+        };
+        check_cursor(&app, &me, after)?;
+        let items = page(&app, &me, after, limit);
+        let next = items.last().map(|i| i.cursor).unwrap_or(after);
+        if let Some(last) = items.last() {
+            mark_read(&app, &me, last.cursor);
+        }
+        let oldest = {
+            let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+            st.agents
+                .get(&me)
+                .and_then(|a| a.inbox.first().map(|i| i.cursor))
+                .unwrap_or(1)
+        };
+        let list = items
+            .iter()
+            .map(item_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut o = Object::new();
+        o.insert("items", Value::Array(list));
+        o.insert("next", Value::String(next.to_string()));
+        o.insert("oldest", Value::String(oldest.to_string()));
+        Ok(ok(200, Value::Object(o)))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+/// The resume point of a stream: `Last-Event-ID`, else `?after=`, else the oldest item.
+fn resume_cursor(
+    app: &Shared,
+    me: &Handle,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<u64, ApiError> {
+    if let Some(v) = headers.get("last-event-id") {
+        let s = v
+            .to_str()
+            .map_err(|_| ApiError::new(ErrorCode::InvalidCursor, "Last-Event-ID is not ASCII"))?;
+        return parse_cursor(s);
+    }
+    match query_param(uri, "after") {
+        Some(c) => parse_cursor(c),
+        None => Ok(start_of(app, me)),
+    }
+}
+
+/// `GET /v1/inbox/stream`: Server-Sent Events.
+pub async fn sse(
+    AxState(app): AxState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let me = match authenticate(&app, &method, &path, &headers, b"") {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    let cursor = match resume_cursor(&app, &me, &headers, &uri)
+        .and_then(|c| check_cursor(&app, &me, c).map(|_| c))
+    {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let rx = app.notifier.subscribe(&me);
+    app.metrics
+        .streams
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let guard = StreamGuard(app.clone());
+    let stop = app.stopping.subscribe();
+    let init = (
+        app,
+        me,
+        cursor,
+        rx,
+        VecDeque::<InboxItem>::new(),
+        guard,
+        stop,
+    );
+    let stream = futures_util::stream::unfold(
+        init,
+        |(app, me, mut cursor, mut rx, mut buf, guard, mut stop)| async move {
+            loop {
+                if let Some(item) = buf.pop_front() {
+                    let data = String::from_utf8_lossy(&item.wire).into_owned();
+                    let ev = SseEvent::default()
+                        .event("envelope")
+                        .id(item.cursor.to_string())
+                        .data(data);
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (app, me, cursor, rx, buf, guard, stop),
+                    ));
+                }
+                let items = page(&app, &me, cursor, app.policy.limits.inbox_page_max);
+                if let Some(last) = items.last() {
+                    cursor = last.cursor;
+                    mark_read(&app, &me, cursor);
+                    buf.extend(items);
+                    continue;
+                }
+                // Shutdown ends the stream cleanly; the client resumes from its last event id.
+                if *stop.borrow_and_update() {
+                    return None;
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return None },
+                    _ = stop.changed() => return None,
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_millis(KEEPALIVE_MS))
+                .text("keep-alive"),
+        )
+        .into_response()
+}
+
+/// Counts open streams for `/metrics`.
+struct StreamGuard(Shared);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `GET /v1/inbox/ws?after=CURSOR`: WebSocket.
+pub async fn ws(
+    AxState(app): AxState<Shared>,
+    upgrade: WebSocketUpgrade,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let me = match authenticate(&app, &method, &path, &headers, b"") {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    let cursor = match resume_cursor(&app, &me, &headers, &uri)
+        .and_then(|c| check_cursor(&app, &me, c).map(|_| c))
+    {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    upgrade.on_upgrade(move |socket| ws_loop(app, me, cursor, socket))
+}
+
+async fn ws_loop(app: Shared, me: Handle, mut cursor: u64, mut socket: WebSocket) {
+    app.metrics
+        .streams
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _guard = StreamGuard(app.clone());
+    let mut rx = app.notifier.subscribe(&me);
+    let mut stop = app.stopping.subscribe();
+    let mut ping = tokio::time::interval(Duration::from_millis(KEEPALIVE_MS));
+    loop {
+        let items = page(&app, &me, cursor, app.policy.limits.inbox_page_max);
+        if let Some(last) = items.last() {
+            for item in &items {
+                let frame = match item_value(item) {
+                    Ok(v) => String::from_utf8_lossy(&formica_protocol::canon::canonicalize(&v))
+                        .into_owned(),
+                    Err(_) => return,
+                };
+                if socket.send(Message::Text(frame.into())).await.is_err() {
+                    return;
+                }
+            }
+            cursor = last.cursor;
+            mark_read(&app, &me, cursor);
+            continue;
+        }
+        if *stop.borrow_and_update() {
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.changed() => {},
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => if socket.send(Message::Ping(Vec::new().into())).await.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Streaming the inbox from a relay process: SSE resumes with `Last-Event-ID` without gaps or
+//! repeats, refuses a cursor it never issued, and WebSocket delivers the same items.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/process.rs"]
+mod process;
+
+use process::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Reads SSE events (id, data) from a chunked HTTP response until `n` envelopes arrived.
+struct Sse {
+    reader: BufReader<TcpStream>,
+    buf: String,
+}
+
+impl Sse {
+    fn open(r: &RelayProc, peer: &Peer, last_event_id: Option<&str>) -> Result<Sse, (u16, String)> {
+        let path = "/v1/inbox/stream";
+        let (k, v) = peer.auth("GET", path, b"");
+        let mut s = TcpStream::connect(&r.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{k}: {v}\r\nAccept: text/event-stream\r\nConnection: close\r\n", r.addr);
+        if let Some(id) = last_event_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut reader = BufReader::new(s);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).unwrap();
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut chunked = false;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line
+                .to_ascii_lowercase()
+                .starts_with("transfer-encoding: chunked")
+            {
+                chunked = true;
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        if status != 200 {
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+            return Err((status, String::from_utf8_lossy(&rest).into_owned()));
+        }
+        assert!(chunked, "an event stream is chunked");
+        Ok(Sse {
+            reader,
+            buf: String::new(),
+        })
+    }
+
+    /// Reads until the server ends the chunked body; true if it ended with the terminating
+    /// zero-length chunk (a clean end), false if the connection was cut.
+    fn ends_cleanly(&mut self) -> bool {
+        loop {
+            let mut size = String::new();
+            match self.reader.read_line(&mut size) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                return false;
+            };
+            if n == 0 {
+                return true;
+            }
+            let mut data = vec![0u8; n + 2];
+            if self.reader.read_exact(&mut data).is_err() {
+                return false;
+            }
+        }
+    }
+
+    fn next_chunk(&mut self) {
+        let mut size = String::new();
+        self.reader.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut data = vec![0u8; n + 2];
+        self.reader.read_exact(&mut data).unwrap();
+        self.buf.push_str(&String::from_utf8_lossy(&data[..n]));
+    }
+
+    /// The next `envelope` event: (id, data).
+    fn next_event(&mut self) -> (String, String) {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut id = None;
+                let mut data = None;
+                let mut event = None;
+                for line in block.lines() {
+                    if let Some(x) = line
+                        .strip_prefix("id: ")
+                        .or_else(|| line.strip_prefix("id:"))
+                    {
+                        id = Some(x.to_owned());
+                    } else if let Some(x) = line
+                        .strip_prefix("data: ")
+                        .or_else(|| line.strip_prefix("data:"))
+                    {
+                        data = Some(x.to_owned());
+                    } else if let Some(x) = line
+                        .strip_prefix("event: ")
+                        .or_else(|| line.strip_prefix("event:"))
+                    {
+                        event = Some(x.to_owned());
+                    }
+                }
+                if event.as_deref() == Some("envelope") {
+                    return (id.unwrap(), data.unwrap());
+                }
+                continue; // keep-alive comment
+            }
+            self.next_chunk();
+        }
+    }
+}
+
+fn setup(name: &str) -> (std::path::PathBuf, RelayProc, Peer, Peer) {
+    let dir = std::env::temp_dir().join(format!(
+        "formica-{name}-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir);
+    let r = RelayProc::start(&dir.join("data"), &config);
+    let a = Peer::register(&r, "alice", 1);
+    let b = Peer::register(&r, "bob", 2);
+    b.allow(&r, &a.handle);
+    (dir, r, a, b)
+}
+
+fn send(r: &RelayProc, a: &Peer, b: &Peer, text: &str) -> String {
+    let m = a.message(&b.handle, text);
+    let (st, v) = post_envelope(r, &m).unwrap();
+    assert_eq!(st, 201, "{v:?}");
+    m.id().to_hex()
+}
+
+fn id_of(data: &str) -> String {
+    let v = formica_protocol::json::parse(data.as_bytes(), formica_protocol::JsonLimits::default())
+        .unwrap();
+    v.as_object()
+        .unwrap()
+        .get("id")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn sse_streams_live_and_resumes_from_last_event_id_without_gaps_or_repeats() {
+    let (dir, r, a, b) = setup("sse");
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(send(&r, &a, &b, &format!("before {n}")));
+    }
+    let mut s = Sse::open(&r, &b, None).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(s.next_event());
+    }
+    for n in 0..2 {
+        sent.push(send(&r, &a, &b, &format!("live {n}")));
+    }
+    for _ in 0..2 {
+        got.push(s.next_event());
+    }
+    drop(s); // disconnect
+    sent.push(send(&r, &a, &b, "while away"));
+    let last = got.last().unwrap().0.clone();
+    assert_eq!(last, "5");
+    let mut s2 = Sse::open(&r, &b, Some(&last)).unwrap();
+    got.push(s2.next_event());
+    let ids: Vec<String> = got.iter().map(|(_, d)| id_of(d)).collect();
+    assert_eq!(ids, sent, "every envelope once, in order");
+    let cursors: Vec<&str> = got.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(cursors, vec!["1", "2", "3", "4", "5", "6"]);
+    // A cursor the relay never issued is an explicit error, not an empty stream.
+    let err = Sse::open(&r, &b, Some("99")).err().unwrap();
+    assert_eq!(err.0, 400);
+    assert!(err.1.contains("invalid_cursor"), "{}", err.1);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn websocket_delivers_backlog_and_live_items() {
+    let (dir, r, a, b) = setup("ws");
+    let first = send(&r, &a, &b, "backlog");
+    let path = "/v1/inbox/ws?after=0";
+    let (k, v) = b.auth("GET", path, b"");
+    let req = tungstenite::http::Request::builder()
+        .uri(format!("ws://{}{path}", r.addr))
+        .header("Host", r.addr.clone())
+        .header(k, v)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header(
+            "Sec-WebSocket-Key",
+            tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    let stream = TcpStream::connect(&r.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (mut ws, resp) = tungstenite::client::client(req, stream).unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    let mut frames = Vec::new();
+    let mut live_sent = None;
+    while frames.len() < 2 {
+        match ws.read().unwrap() {
+            tungstenite::Message::Text(t) => {
+                frames.push(t.to_string());
+                if live_sent.is_none() {
+                    live_sent = Some(send(&r, &a, &b, "live"));
+                }
+            }
+            _ => continue,
+        }
+    }
+    let ids: Vec<String> = frames
+        .iter()
+        .map(|f| {
+            let v = formica_protocol::json::parse(
+                f.as_bytes(),
+                formica_protocol::JsonLimits::default(),
+            )
+            .unwrap();
+            let env = v.as_object().unwrap().get("envelope").unwrap().clone();
+            env.as_object()
+                .unwrap()
+                .get("id")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids, vec![first, live_sent.unwrap()]);
+    let _ = ws.close(None);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn shutdown_ends_open_streams_cleanly() {
+    let (dir, mut r, a, b) = setup("sse-stop");
+    send(&r, &a, &b, "one");
+    let mut s = Sse::open(&r, &b, None).unwrap();
+    s.next_event();
+    let pid = r.child.as_ref().unwrap().id();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(s.ends_cleanly(), "the stream was cut instead of ended");
+    assert_eq!(r.terminate(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
