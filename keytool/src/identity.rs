@@ -1,0 +1,349 @@
+//! Identities on disk: one key file per identity in a private directory.
+//!
+//! Layout: `<home>/identities/<name>.json` (the signing key and what the relay said at
+//! registration) and `<name>.recovery.json` (the optional recovery key). Directories are created
+//! 0700 and files 0600; a key file or directory that group or others can read is refused, with
+//! the command that fixes it, as ssh does.
+//!
+//! A key change (rotate, recover) never leaves the handle without a stored key: the new key is
+//! first written to `<name>.json.new-<keyid>`, the relay is told, and only then is the old file
+//! kept as `<name>.json.old-<keyid>` and the new one renamed into place.
+
+use crate::output::{Exit, Fail};
+use formica_protocol::json::{self, JsonLimits};
+use formica_protocol::{canon, hex, KeyId, Object, SecretKey, Value};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The default home: `$XDG_CONFIG_HOME/formica`, else `$HOME/.config/formica`.
+pub fn default_home() -> Result<PathBuf, Fail> {
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("formica"));
+    }
+    match std::env::var_os("HOME").filter(|x| !x.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".config").join("formica")),
+        None => Err(
+            Fail::new(Exit::Storage, "neither XDG_CONFIG_HOME nor HOME is set")
+                .hint("pass --home DIR or set FORMICA_HOME"),
+        ),
+    }
+}
+
+/// A stored identity.
+#[derive(Debug)]
+pub struct Identity {
+    pub name: String,
+    pub key: SecretKey,
+    pub handle: Option<String>,
+    pub relay: Option<String>,
+}
+
+fn check_name(name: &str) -> Result<(), Fail> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            Fail::new(Exit::Input, format!("invalid identity name {name:?}"))
+                .hint("use 1-64 characters of a-z, 0-9, '-' and '_'"),
+        )
+    }
+}
+
+fn dir(home: &Path) -> PathBuf {
+    home.join("identities")
+}
+
+pub fn key_path(home: &Path, name: &str) -> PathBuf {
+    dir(home).join(format!("{name}.json"))
+}
+
+pub fn recovery_path(home: &Path, name: &str) -> PathBuf {
+    dir(home).join(format!("{name}.recovery.json"))
+}
+
+/// Refuses a path that group or others may access.
+fn check_private(path: &Path, want: u32) -> Result<(), Fail> {
+    let meta = fs::metadata(path)
+        .map_err(|e| Fail::new(Exit::Storage, format!("{}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Fail::new(
+            Exit::Storage,
+            format!("{} has permissions {mode:04o}: a private key must not be readable by group or others", path.display()),
+        )
+        .hint(format!("chmod {want:o} {}", path.display())));
+    }
+    Ok(())
+}
+
+fn ensure_dir(home: &Path) -> Result<PathBuf, Fail> {
+    let d = dir(home);
+    let storage = |e: std::io::Error| Fail::new(Exit::Storage, format!("{}: {e}", d.display()));
+    if !d.exists() {
+        fs::create_dir_all(&d).map_err(storage)?;
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(storage)?;
+    }
+    check_private(&d, 0o700)?;
+    Ok(d)
+}
+
+fn write_private(path: &Path, v: &Value, force: bool) -> Result<(), Fail> {
+    let storage = |e: std::io::Error| Fail::new(Exit::Storage, format!("{}: {e}", path.display()));
+    if path.exists() && !force {
+        return Err(
+            Fail::new(Exit::Conflict, format!("{} already exists", path.display()))
+                .hint("choose another --name, or pass --force to replace it (the old key is lost)"),
+        );
+    }
+    // Write a new file beside it, fsync, then rename: a crash never leaves half a key.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(storage)?;
+    let mut bytes = canon::to_pretty(v).into_bytes();
+    bytes.push(b'\n');
+    f.write_all(&bytes).map_err(storage)?;
+    f.sync_all().map_err(storage)?;
+    fs::rename(&tmp, path).map_err(storage)?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// Makes a rename or link in `path`'s directory durable (best effort: not every file system
+/// lets a directory be opened for sync).
+fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+fn key_value(name: &str, key: &SecretKey, handle: Option<&str>, relay: Option<&str>) -> Value {
+    let mut o = Object::new();
+    o.insert("v", Value::Int(1));
+    o.insert("name", name.into());
+    o.insert("public_key", key.public().to_hex().into());
+    o.insert("key_id", key.public().key_id().to_hex().into());
+    o.insert("seed", hex::encode(&key.seed()).into());
+    o.insert("handle", handle.map(Value::from).unwrap_or(Value::Null));
+    o.insert("relay", relay.map(Value::from).unwrap_or(Value::Null));
+    Value::Object(o)
+}
+
+/// Stores a new identity (and optionally its recovery key).
+pub fn create(
+    home: &Path,
+    name: &str,
+    key: &SecretKey,
+    recovery: Option<&SecretKey>,
+    force: bool,
+) -> Result<(), Fail> {
+    check_name(name)?;
+    ensure_dir(home)?;
+    write_private(
+        &key_path(home, name),
+        &key_value(name, key, None, None),
+        force,
+    )?;
+    if let Some(r) = recovery {
+        write_private(
+            &recovery_path(home, name),
+            &key_value(name, r, None, None),
+            force,
+        )?;
+    }
+    Ok(())
+}
+
+fn read_key_file(path: &Path) -> Result<(SecretKey, Option<String>, Option<String>), Fail> {
+    check_private(path, 0o600)?;
+    let bytes =
+        fs::read(path).map_err(|e| Fail::new(Exit::Storage, format!("{}: {e}", path.display())))?;
+    let bad = |why: &str| {
+        Fail::new(
+            Exit::Storage,
+            format!("{} is not a valid key file: {why}", path.display()),
+        )
+    };
+    let v = json::parse(&bytes, JsonLimits::default()).map_err(|e| bad(&e.to_string()))?;
+    let o = v.as_object().ok_or_else(|| bad("not an object"))?;
+    let seed = o
+        .get("seed")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("no seed"))?;
+    let seed: [u8; 32] =
+        hex::decode_array(seed).ok_or_else(|| bad("seed is not 64 hex characters"))?;
+    let key = SecretKey::from_seed(&seed);
+    if let Some(pk) = o.get("public_key").and_then(Value::as_str) {
+        if pk != key.public().to_hex() {
+            return Err(bad("public_key does not match the seed"));
+        }
+    }
+    let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_owned);
+    Ok((key, s("handle"), s("relay")))
+}
+
+/// Loads an identity, refusing unsafe permissions.
+pub fn load(home: &Path, name: &str) -> Result<Identity, Fail> {
+    check_name(name)?;
+    let d = dir(home);
+    let path = key_path(home, name);
+    if !path.exists() {
+        return Err(Fail::new(
+            Exit::Storage,
+            format!("no identity named {name:?} in {}", d.display()),
+        )
+        .hint(format!(
+            "create one with: keytool keygen --name {name} (or keytool register @handle --identity {name})"
+        )));
+    }
+    check_private(&d, 0o700)?;
+    let (key, handle, relay) = read_key_file(&path)?;
+    Ok(Identity {
+        name: name.to_owned(),
+        key,
+        handle,
+        relay,
+    })
+}
+
+/// Whether an identity of that name has a key file.
+pub fn exists(home: &Path, name: &str) -> bool {
+    key_path(home, name).exists()
+}
+
+/// Loads an identity's recovery key, if it has one. `handle` and `relay` are those recorded at
+/// registration, so that `recover` works from this file alone.
+pub fn load_recovery(home: &Path, name: &str) -> Result<Option<Identity>, Fail> {
+    check_name(name)?;
+    let path = recovery_path(home, name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    check_private(&dir(home), 0o700)?;
+    let (key, handle, relay) = read_key_file(&path)?;
+    Ok(Some(Identity {
+        name: name.to_owned(),
+        key,
+        handle,
+        relay,
+    }))
+}
+
+/// Stores a recovery key for an identity that has none yet.
+pub fn create_recovery(home: &Path, name: &str, key: &SecretKey) -> Result<(), Fail> {
+    check_name(name)?;
+    ensure_dir(home)?;
+    write_private(
+        &recovery_path(home, name),
+        &key_value(name, key, None, None),
+        false,
+    )
+}
+
+/// Records the registered handle and the relay URL in the identity's key file and, if there
+/// is one, its recovery file. Each file is rewritten atomically and stays 0600.
+pub fn update(home: &Path, name: &str, handle: &str, relay: &str) -> Result<(), Fail> {
+    check_name(name)?;
+    check_private(&dir(home), 0o700)?;
+    for path in [key_path(home, name), recovery_path(home, name)] {
+        if !path.exists() {
+            continue;
+        }
+        let (key, _, _) = read_key_file(&path)?;
+        write_private(
+            &path,
+            &key_value(name, &key, Some(handle), Some(relay)),
+            true,
+        )?;
+    }
+    Ok(())
+}
+
+/// Which of an identity's two files a staged key replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Signing,
+    Recovery,
+}
+
+/// A new key written beside the file it will replace, not yet in force locally.
+#[derive(Debug)]
+#[must_use = "a staged key must be committed or discarded"]
+pub struct Staged {
+    pending: PathBuf,
+    target: PathBuf,
+}
+
+impl Staged {
+    /// Where the new key waits until the relay has accepted it.
+    pub fn pending(&self) -> &Path {
+        &self.pending
+    }
+
+    /// Puts the new key in force: the current file (if any) stays as `<file>.old-<old key id>`
+    /// (a hard link, so it keeps mode 0600), then the new file is renamed over it. The target
+    /// path holds a complete key file at every moment.
+    pub fn commit(self, old: Option<KeyId>) -> Result<Option<PathBuf>, Fail> {
+        let storage =
+            |p: &Path, e: std::io::Error| Fail::new(Exit::Storage, format!("{}: {e}", p.display()));
+        let mut kept = None;
+        if let (Some(old), true) = (old, self.target.exists()) {
+            let mut o = self.target.as_os_str().to_owned();
+            o.push(format!(".old-{}", old.to_hex()));
+            let o = PathBuf::from(o);
+            let _ = fs::remove_file(&o);
+            fs::hard_link(&self.target, &o).map_err(|e| storage(&o, e))?;
+            kept = Some(o);
+        }
+        fs::rename(&self.pending, &self.target).map_err(|e| storage(&self.target, e))?;
+        sync_parent(&self.target);
+        Ok(kept)
+    }
+
+    /// Drops a staged key the relay refused.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.pending);
+    }
+}
+
+/// Writes a new key for `slot` to `<file>.new-<key id>` (0600), ready to [`Staged::commit`].
+pub fn stage(
+    home: &Path,
+    name: &str,
+    slot: Slot,
+    key: &SecretKey,
+    handle: &str,
+    relay: &str,
+) -> Result<Staged, Fail> {
+    check_name(name)?;
+    ensure_dir(home)?;
+    let target = match slot {
+        Slot::Signing => key_path(home, name),
+        Slot::Recovery => recovery_path(home, name),
+    };
+    let mut p = target.as_os_str().to_owned();
+    p.push(format!(".new-{}", key.public().key_id().to_hex()));
+    let pending = PathBuf::from(p);
+    write_private(
+        &pending,
+        &key_value(name, key, Some(handle), Some(relay)),
+        true,
+    )?;
+    Ok(Staged { pending, target })
+}

@@ -1,0 +1,494 @@
+//! `keytool`: the agent's command line. This file is glue: argument parsing, output and exit
+//! codes. Wire-format work is done by `formica-protocol`; key storage by `identity`; the relay's
+//! HTTP API by `client`; the commands by `offline`, `online`, `watch` and `keyops`.
+
+mod client;
+mod identity;
+mod keyops;
+mod mine;
+mod offline;
+mod online;
+mod output;
+mod watch;
+
+use clap::{Args, Parser, Subcommand};
+use formica_protocol::envelope::ReportReason;
+use formica_protocol::{AckStatus, ContactLevel};
+use output::{Fail, Out};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Formica agent tool: keys, registration, signed messages, inbox, acks and contacts.
+///
+/// Exit codes: 0 ok (also `watch` ending at --count or --timeout); 1 unexpected failure;
+/// 2 usage error; 3 input refused (bad JSON or schema, policy refusals such as not_contact,
+/// with the protocol's error code); 4 signature or authentication failure (also a relay
+/// document that does not verify); 5 rate limited or proof-of-work refused; 6 network error
+/// (relay unreachable, with the URL); 7 not found; 8 conflict (for example, handle taken);
+/// 9 local key storage problem (missing identity, unsafe permissions).
+///
+/// This program is Formica's `keytool`, not the JDK's: if `keytool --version` does not say
+/// "formica", put `~/.cargo/bin` (or the directory you installed it to) before the JDK in PATH,
+/// or run it by full path.
+#[derive(Debug, Parser)]
+#[command(name = "keytool", version = concat!(env!("CARGO_PKG_VERSION"), " (formica)"))]
+struct Cli {
+    /// Directory that holds identities (key files). Default: $XDG_CONFIG_HOME/formica, else
+    /// ~/.config/formica.
+    #[arg(long, global = true, env = "FORMICA_HOME")]
+    home: Option<PathBuf>,
+
+    /// Print JSON Lines instead of readable text; failures print {"ok":false,"error":{...}}.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Relay base URL, e.g. http://127.0.0.1:7070 or https://relay-a.example. Default: the
+    /// relay the identity registered on, else http://127.0.0.1:7070.
+    #[arg(long, global = true, env = "FORMICA_RELAY")]
+    relay: Option<String>,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create a new Ed25519 key and store it as a named identity (file mode 0600 in a 0700
+    /// directory).
+    Keygen {
+        /// Identity name (a local file name, not the handle).
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Also create a recovery key, kept in a separate file, to name at registration.
+        #[arg(long)]
+        recovery: bool,
+        /// Replace an existing identity of that name.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show an identity: public key, key id, handle if registered.
+    Whoami {
+        #[arg(long, default_value = "default", env = "FORMICA_IDENTITY")]
+        identity: String,
+    },
+    /// Print the exact signing input of a JSON document: domain tag, NUL, then the RFC 8785
+    /// form without `id` and `sig`.
+    Canon {
+        /// File to read; `-` or nothing for standard input.
+        file: Option<PathBuf>,
+        /// Domain: envelope, receipt, keylog, descriptor, or auto (envelope or receipt by the
+        /// `type` member, keylog if there is an `op` member).
+        #[arg(long, default_value = "auto")]
+        domain: String,
+        /// Print the plain RFC 8785 form of the whole document (no tag, nothing removed).
+        #[arg(long, conflicts_with = "domain")]
+        jcs: bool,
+        /// With --jcs: read one document per line and print one canonical form per line, or
+        /// `!code` for a document the strict profile refuses.
+        #[arg(long, requires = "jcs")]
+        lines: bool,
+        /// Print hex instead of raw bytes (the default when standard output is a terminal).
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Print the id of an envelope (BLAKE3 of its signing input).
+    Id { file: Option<PathBuf> },
+    /// Sign an envelope: reads it without `sig` (and without `id`), sets `key` to the
+    /// identity's key id, and prints the signed envelope.
+    Sign {
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "default", env = "FORMICA_IDENTITY")]
+        identity: String,
+        /// Set `ts` to the current time before signing.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Verify an envelope's signature with a public key (hex) or an identity's key.
+    Verify {
+        file: Option<PathBuf>,
+        /// Public key, 64 lower-case hex characters.
+        #[arg(long, conflicts_with = "identity")]
+        key: Option<String>,
+        #[arg(long, env = "FORMICA_IDENTITY")]
+        identity: Option<String>,
+    },
+    /// Register a handle: `@name` becomes `@name@<relay host>`. Creates the identity if it does
+    /// not exist yet, mines the relay's proof-of-work on all cores, and stores the handle and
+    /// relay URL in the identity file.
+    Register {
+        /// The handle, `@name` (or `@name@host`, where host must be the relay's).
+        handle: String,
+        #[command(flatten)]
+        id: IdentityArg,
+        /// Name a recovery key in the register entry (created, and kept in
+        /// `<identity>.recovery.json`, if the identity has none).
+        #[arg(long)]
+        recovery: bool,
+    },
+    /// Look a handle up: fetch its key log, verify it from the first entry and print the
+    /// current key (never trusting the relay's summary).
+    Resolve {
+        /// `@name` (on your relay) or `@name@host`.
+        handle: String,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Send a signed envelope: `keytool send @nova "hello" [@more ...]`.
+    Send {
+        /// First recipient, `@name` (on your relay) or `@name@host`.
+        to: String,
+        /// The message text, then more recipients. With --payload: only more recipients.
+        rest: Vec<String>,
+        /// Message type (message, task_request, task_result, x-...). Types other than
+        /// `message` need --payload.
+        #[arg(long = "type", value_name = "TYPE")]
+        msg_type: Option<String>,
+        /// Read the payload as JSON from FILE (`-` for standard input).
+        #[arg(long, value_name = "FILE|-")]
+        payload: Option<PathBuf>,
+        /// Ask the recipients to ack within this time (500ms, 30s, 5m, 1h, 2d; at most 7d).
+        #[arg(long, value_name = "DURATION", value_parser = online::parse_duration)]
+        ack_deadline: Option<Duration>,
+        /// Correlation id (1-128 printable ASCII characters, no spaces).
+        #[arg(long, value_name = "ID")]
+        corr: Option<String>,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Read one page of the inbox. With --json: one line {"cursor","envelope"} per item.
+    Inbox {
+        /// Start after this cursor (as printed by inbox or watch); default: the oldest item.
+        #[arg(long)]
+        after: Option<String>,
+        /// Items per page (1 to the relay's inbox_page_max; default: the relay's maximum).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Follow the inbox live (Server-Sent Events), printing one JSON line {"cursor","envelope"}
+    /// per item, with or without --json. Reconnects with backoff and resumes after the last
+    /// printed cursor.
+    Watch {
+        /// Start after this cursor; default: the oldest item.
+        #[arg(long)]
+        after: Option<String>,
+        /// Stop (exit 0) after printing N items.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop (exit 0) after this long without a new item (500ms, 30s, 5m, ...).
+        #[arg(long, value_name = "DURATION", value_parser = online::parse_duration)]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Acknowledge a message you received: sends an `ack` envelope to its sender.
+    Ack {
+        /// The message id (64 hex, as shown by inbox or watch).
+        msg: String,
+        #[arg(long, default_value = "received", value_parser = ack_status)]
+        status: AckStatus,
+        /// Why (at most 280 characters), e.g. for `rejected`.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The message's sender. Without it the inbox is read from the start to find the
+        /// message (reading marks the items read as delivered, as any inbox read does).
+        #[arg(long, value_name = "HANDLE")]
+        from: Option<String>,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Show the delivery status of a message you sent, per recipient.
+    Status {
+        /// The message id printed by send.
+        msg: String,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Manage who may send to you, and at which level.
+    #[command(subcommand)]
+    Contacts(ContactsCmd),
+    /// Answer contact requests from agents who are not your contacts yet.
+    #[command(subcommand)]
+    Requests(RequestsCmd),
+    /// Ask an agent to add you as a contact (the only envelope a stranger may send).
+    ContactRequest {
+        handle: String,
+        /// The level you ask for: read, message or task.
+        #[arg(long, value_parser = contact_level)]
+        level: ContactLevel,
+        /// A short note for them (at most 280 characters).
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Vouch for an agent (raises its trust tier), or take a vouch back with --revoke.
+    Vouch {
+        handle: String,
+        #[arg(long)]
+        revoke: bool,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Report an agent to its relay.
+    Report {
+        handle: String,
+        /// spam, abuse, impersonation, malware or other.
+        #[arg(long, value_parser = report_reason)]
+        reason: ReportReason,
+        /// Id of the offending message.
+        #[arg(long, value_name = "ID")]
+        msg: Option<String>,
+        /// A short note (at most 280 characters).
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Replace the signing key: the new key is signed in by the current one. The old key file
+    /// is kept as `<identity>.json.old-<key id>`.
+    Rotate {
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Revoke the current key: the handle can send nothing until `recover`.
+    Revoke {
+        /// Sign with the recovery key (when the signing key is lost or stolen).
+        #[arg(long)]
+        with_recovery: bool,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Install a new signing key, signed by the recovery key (`<identity>.recovery.json`).
+    Recover {
+        /// Also replace the recovery key (the old file is kept as `.old-<key id>`).
+        #[arg(long)]
+        new_recovery: bool,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+}
+
+/// The identity a command acts as.
+#[derive(Debug, Args)]
+struct IdentityArg {
+    /// Identity name (a local key file), not the handle.
+    #[arg(long, default_value = "default", env = "FORMICA_IDENTITY")]
+    identity: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCmd {
+    /// Allow an agent to send to you at a level (read, message or task).
+    Add {
+        handle: String,
+        #[arg(long, value_parser = contact_level)]
+        level: ContactLevel,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Withdraw an agent's grant.
+    Remove {
+        handle: String,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// List your grants. With --json: one line per contact.
+    List {
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestsCmd {
+    /// List pending contact requests. With --json: one line per request.
+    List {
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Accept a request: the requester becomes a contact.
+    Accept {
+        /// The request id (from requests list).
+        request: String,
+        /// Grant less than was asked for (default: the requested level).
+        #[arg(long, value_parser = contact_level)]
+        level: Option<ContactLevel>,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Reject a request (the requester is not told).
+    Reject {
+        request: String,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+}
+
+fn words<T: Copy>(s: &str, words: &[(&str, T)]) -> Result<T, String> {
+    words
+        .iter()
+        .find(|(w, _)| *w == s)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let all: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+            format!("expected one of {}", all.join(", "))
+        })
+}
+fn contact_level(s: &str) -> Result<ContactLevel, String> {
+    words(s, ContactLevel::WORDS)
+}
+fn ack_status(s: &str) -> Result<AckStatus, String> {
+    words(s, AckStatus::WORDS)
+}
+fn report_reason(s: &str) -> Result<ReportReason, String> {
+    words(s, ReportReason::WORDS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Out::new(cli.json);
+    let home = match cli
+        .home
+        .clone()
+        .map(Ok)
+        .unwrap_or_else(identity::default_home)
+    {
+        Ok(h) => h,
+        Err(f) => return out.fail(f),
+    };
+    let res: Result<(), Fail> = match cli.cmd {
+        Cmd::Keygen {
+            name,
+            recovery,
+            force,
+        } => offline::keygen(&out, &home, &name, recovery, force),
+        Cmd::Whoami { identity } => offline::whoami(&out, &home, &identity),
+        Cmd::Canon {
+            file,
+            domain,
+            jcs,
+            lines,
+            hex,
+        } => offline::canon(&out, file.as_deref(), &domain, jcs, lines, hex),
+        Cmd::Id { file } => offline::id(&out, file.as_deref()),
+        Cmd::Sign {
+            file,
+            identity,
+            now,
+        } => offline::sign(&out, &home, file.as_deref(), &identity, now),
+        Cmd::Verify {
+            file,
+            key,
+            identity,
+        } => offline::verify(
+            &out,
+            &home,
+            file.as_deref(),
+            key.as_deref(),
+            identity.as_deref(),
+        ),
+        online_cmd => {
+            let ctx = online::Ctx {
+                out: &out,
+                home: &home,
+                relay: cli.relay.as_deref(),
+            };
+            run_online(&ctx, online_cmd)
+        }
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => out.fail(f),
+    }
+}
+
+fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
+    match cmd {
+        Cmd::Register {
+            handle,
+            id,
+            recovery,
+        } => online::register(ctx, &handle, &id.identity, recovery),
+        Cmd::Resolve { handle, id } => online::resolve(ctx, &handle, &id.identity),
+        Cmd::Send {
+            to,
+            rest,
+            msg_type,
+            payload,
+            ack_deadline,
+            corr,
+            id,
+        } => online::send(
+            ctx,
+            &id.identity,
+            online::SendArgs {
+                to,
+                rest,
+                msg_type,
+                payload,
+                ack_deadline,
+                corr,
+            },
+        ),
+        Cmd::Inbox { after, limit, id } => {
+            online::inbox(ctx, &id.identity, after.as_deref(), limit)
+        }
+        Cmd::Watch {
+            after,
+            count,
+            timeout,
+            id,
+        } => watch::watch(ctx, &id.identity, after, count, timeout),
+        Cmd::Ack {
+            msg,
+            status,
+            reason,
+            from,
+            id,
+        } => online::ack(ctx, &id.identity, &msg, status, reason, from.as_deref()),
+        Cmd::Status { msg, id } => online::status(ctx, &id.identity, &msg),
+        Cmd::Contacts(ContactsCmd::Add { handle, level, id }) => {
+            online::contacts_add(ctx, &id.identity, &handle, level)
+        }
+        Cmd::Contacts(ContactsCmd::Remove { handle, id }) => {
+            online::contacts_remove(ctx, &id.identity, &handle)
+        }
+        Cmd::Contacts(ContactsCmd::List { id }) => online::contacts_list(ctx, &id.identity),
+        Cmd::Requests(RequestsCmd::List { id }) => online::requests_list(ctx, &id.identity),
+        Cmd::Requests(RequestsCmd::Accept { request, level, id }) => {
+            online::requests_answer(ctx, &id.identity, &request, Some(level))
+        }
+        Cmd::Requests(RequestsCmd::Reject { request, id }) => {
+            online::requests_answer(ctx, &id.identity, &request, None)
+        }
+        Cmd::ContactRequest {
+            handle,
+            level,
+            note,
+            id,
+        } => online::contact_request(ctx, &id.identity, &handle, level, note),
+        Cmd::Vouch { handle, revoke, id } => online::vouch(ctx, &id.identity, &handle, revoke),
+        Cmd::Report {
+            handle,
+            reason,
+            msg,
+            note,
+            id,
+        } => online::report(ctx, &id.identity, &handle, reason, msg.as_deref(), note),
+        Cmd::Rotate { id } => keyops::rotate(ctx, &id.identity),
+        Cmd::Revoke { with_recovery, id } => keyops::revoke(ctx, &id.identity, with_recovery),
+        Cmd::Recover { new_recovery, id } => keyops::recover(ctx, &id.identity, new_recovery),
+        Cmd::Keygen { .. }
+        | Cmd::Whoami { .. }
+        | Cmd::Canon { .. }
+        | Cmd::Id { .. }
+        | Cmd::Sign { .. }
+        | Cmd::Verify { .. } => Err(Fail::new(
+            output::Exit::Failure,
+            "an offline command reached the online dispatcher",
+        )),
+    }
+}

@@ -1,0 +1,162 @@
+//! Output and exit codes: readable text by default, JSON Lines with `--json`, and one mapping
+//! from failure kinds to the documented exit codes.
+
+use formica_protocol::{canon, ErrorCode, Object, Value};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// The documented exit codes (see `keytool --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Failure = 1,
+    Input = 3,
+    Auth = 4,
+    Limited = 5,
+    Network = 6,
+    NotFound = 7,
+    Conflict = 8,
+    Storage = 9,
+}
+
+impl Exit {
+    /// The exit code for a protocol error code.
+    pub fn for_code(code: ErrorCode) -> Exit {
+        use ErrorCode::*;
+        match code {
+            BadSignature | Unauthorized | NonceReused | UnknownKey | KeyNotValid | Forbidden => {
+                Exit::Auth
+            }
+            RateLimited | InboxFull | PowMissing | PowInsufficient | ChallengeExpired
+            | ChallengeUnknown | ChallengeUsed => Exit::Limited,
+            NotFound | UnknownRecipient | UnknownSender => Exit::NotFound,
+            HandleTaken | KeylogFork | KeylogClosed | AckSettled => Exit::Conflict,
+            PeerUnavailable | Unavailable => Exit::Network,
+            _ => Exit::Input,
+        }
+    }
+}
+
+/// A failure to report: exit code, optional protocol error code, message and a hint.
+#[derive(Debug)]
+pub struct Fail {
+    pub exit: Exit,
+    pub code: Option<ErrorCode>,
+    pub message: String,
+    pub hint: Option<String>,
+    /// Seconds the relay asked us to wait (`retry_after_s`), for callers that retry.
+    pub retry_after_s: Option<u64>,
+}
+
+impl Fail {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Fail {
+        Fail {
+            exit,
+            code: None,
+            message: message.into(),
+            hint: None,
+            retry_after_s: None,
+        }
+    }
+    /// A failure carrying a protocol error code.
+    pub fn code(code: ErrorCode, message: impl Into<String>) -> Fail {
+        Fail {
+            exit: Exit::for_code(code),
+            code: Some(code),
+            message: message.into(),
+            hint: None,
+            retry_after_s: None,
+        }
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Fail {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Where results go.
+#[derive(Debug)]
+pub struct Out {
+    pub json: bool,
+}
+
+impl Out {
+    pub fn new(json: bool) -> Out {
+        Out { json }
+    }
+
+    /// Prints a result: `text` for people, `value` as one JSON line with `--json`.
+    pub fn emit(&self, text: &str, value: Value) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = if self.json {
+            let mut line = canon::canonicalize(&value);
+            line.push(b'\n');
+            stdout.write_all(&line)
+        } else {
+            writeln!(stdout, "{text}")
+        };
+    }
+
+    pub fn fail(&self, f: Fail) -> ExitCode {
+        if self.json {
+            let mut err = Object::new();
+            if let Some(c) = f.code {
+                err.insert("code", c.as_str().into());
+            }
+            err.insert("message", f.message.clone().into());
+            if let Some(h) = &f.hint {
+                err.insert("hint", h.clone().into());
+            }
+            let mut o = Object::new();
+            o.insert("ok", Value::Bool(false));
+            o.insert("exit", Value::Int(f.exit as i64));
+            o.insert("error", Value::Object(err));
+            let mut line = canon::canonicalize(&Value::Object(o));
+            line.push(b'\n');
+            let _ = std::io::stdout().write_all(&line);
+        } else {
+            match f.code {
+                Some(c) => eprintln!("keytool: error [{c}]: {}", f.message),
+                None => eprintln!("keytool: error: {}", f.message),
+            }
+            if let Some(h) = &f.hint {
+                eprintln!("  hint: {h}");
+            }
+        }
+        ExitCode::from(f.exit as u8)
+    }
+}
+
+/// A timestamp in milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS.mmmZ` (UTC), for
+/// people; JSON output keeps the integer.
+pub fn fmt_ms(ms: i64) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_ms;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(fmt_ms(0), "1970-01-01 00:00:00.000Z");
+        assert_eq!(fmt_ms(951_782_400_123), "2000-02-29 00:00:00.123Z");
+        assert_eq!(fmt_ms(1_700_000_000_000), "2023-11-14 22:13:20.000Z");
+    }
+}
