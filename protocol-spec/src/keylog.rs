@@ -310,7 +310,7 @@ pub struct KeyPeriod {
 pub enum KeyLookupError {
     #[error("key {0} is not a signing key of this handle")]
     Unknown(KeyId),
-    #[error("key {kid} was not valid at {ts} (valid from {from} until {until:?})")]
+    #[error("key {kid} was not valid at {ts} (valid from {from}{})", until.map(|u| format!(" until {u}")).unwrap_or_default())]
     NotValid {
         kid: KeyId,
         ts: i64,

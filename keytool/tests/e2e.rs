@@ -1,0 +1,235 @@
+//! End-to-end: the real `keytool` binary against a real relay process on loopback. Two agents
+//! register, one asks the other for contact, the other accepts; a message with an ack deadline
+//! is received through `watch`, acked, and `status` shows it acked; a second message is left
+//! unacked and `status` shows it timed out; `--json` output is parsed throughout; a key file
+//! with mode 0644 is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use formica_protocol::json::{self, JsonLimits};
+use formica_protocol::Value;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The relay binary sits next to keytool's in the target directory (`cargo test --workspace`
+/// builds it for the relay's own process tests).
+fn relay_bin() -> PathBuf {
+    let kt = PathBuf::from(env!("CARGO_BIN_EXE_keytool"));
+    let p = kt.with_file_name("relay");
+    assert!(
+        p.exists(),
+        "{} not found: build it with `cargo build -p relay` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+struct Relay {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_relay(dir: &Path) -> Relay {
+    let mut child = Command::new(relay_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pow-difficulty",
+            "8",
+            "--data-dir",
+        ])
+        .arg(dir.join("relay-data"))
+        .env("FORMICA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("relay prints its URL")
+        .to_owned();
+    Relay { child, url }
+}
+
+struct Kt<'a> {
+    home: PathBuf,
+    relay: &'a Relay,
+}
+
+impl Kt<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_keytool"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(["--relay", &self.relay.url])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs with --json and returns every line parsed; asserts exit 0.
+    fn json(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "keytool {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines(&out.stdout)
+    }
+}
+
+fn lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            json::parse(
+                l.as_bytes(),
+                JsonLimits {
+                    bytes_max: 1 << 20,
+                    depth_max: 64,
+                },
+            )
+            .unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))
+        })
+        .collect()
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    let mut cur = v;
+    for k in path {
+        cur = cur
+            .as_object()
+            .and_then(|o| o.get(k))
+            .unwrap_or_else(|| panic!("no {k} in {v:?}"));
+    }
+    cur
+}
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    get(v, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("{path:?} is not a string in {v:?}"))
+}
+
+/// The delivery status of `id` for its single recipient.
+fn status_of(kt: &Kt<'_>, id: &str) -> String {
+    let out = kt.json(&["status", id]);
+    let recipients = get(&out[0], &["recipients"]).as_array().unwrap();
+    s(&recipients[0], &["status"]).to_owned()
+}
+
+#[test]
+fn two_agents_make_contact_exchange_an_acked_message_and_see_a_timeout() {
+    let dir = std::env::temp_dir().join(format!("formica-kt-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let relay = start_relay(&dir);
+    let alice = Kt {
+        home: dir.join("alice"),
+        relay: &relay,
+    };
+    let bob = Kt {
+        home: dir.join("bob"),
+        relay: &relay,
+    };
+
+    let reg = alice.json(&["register", "@alice"]);
+    let alice_handle = s(&reg[0], &["handle"]).to_owned();
+    assert!(alice_handle.starts_with("@alice@127.0.0.1:"));
+    bob.json(&["register", "@bob"]);
+
+    // A stranger cannot message bob: exit 3 with the protocol's code in the JSON error.
+    let out = alice.run(&["--json", "send", "@bob", "too early"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(s(&lines(&out.stdout)[0], &["error", "code"]), "not_contact");
+
+    alice.json(&[
+        "contact-request",
+        "@bob",
+        "--level",
+        "message",
+        "--note",
+        "hi",
+    ]);
+    let reqs = bob.json(&["requests", "list"]);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(s(&reqs[0], &["from"]), alice_handle);
+    let req_id = s(&reqs[0], &["id"]).to_owned();
+    bob.json(&["requests", "accept", &req_id]);
+
+    let sent = alice.json(&["send", "@bob", "please ack", "--ack-deadline", "60s"]);
+    let msg_id = s(&sent[0], &["id"]).to_owned();
+    assert_eq!(s(&sent[0], &["result"]), "accepted");
+
+    // watch prints one JSON line per item: the contact request, then the message.
+    let watched = bob.json(&["watch", "--count", "2", "--timeout", "30s"]);
+    assert_eq!(watched.len(), 2);
+    assert_eq!(s(&watched[0], &["cursor"]), "1");
+    assert_eq!(s(&watched[1], &["envelope", "id"]), msg_id);
+    assert_eq!(
+        s(&watched[1], &["envelope", "payload", "text"]),
+        "please ack"
+    );
+
+    bob.json(&["ack", &msg_id, "--status", "processed"]);
+    assert_eq!(status_of(&alice, &msg_id), "acked");
+
+    // A message nobody acks times out; the deadline check runs every 250 ms.
+    let sent2 = alice.json(&["send", "@bob", "no ack for this", "--ack-deadline", "1s"]);
+    let id2 = s(&sent2[0], &["id"]).to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = status_of(&alice, &id2);
+        if st == "timed_out" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {st} long after the deadline"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Alice's inbox has bob's ack and the relay's receipts, including timed_out.
+    let inbox = alice.json(&["inbox"]);
+    let statuses: Vec<String> = inbox
+        .iter()
+        .filter(|i| s(i, &["envelope", "type"]) == "receipt")
+        .map(|i| s(i, &["envelope", "payload", "status"]).to_owned())
+        .collect();
+    assert!(
+        statuses.contains(&"acked".to_owned()) && statuses.contains(&"timed_out".to_owned()),
+        "{statuses:?}"
+    );
+    assert!(inbox.iter().any(|i| s(i, &["envelope", "type"]) == "ack"));
+
+    // A key file that others can read is refused, with the fix in the message.
+    let key_file = alice.home.join("identities").join("default.json");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = alice.run(&["whoami"]);
+    assert_eq!(out.status.code(), Some(9));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(alice.run(&["whoami"]).status.success());
+
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
