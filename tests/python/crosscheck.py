@@ -1,0 +1,606 @@
+#!/usr/bin/env python3
+"""Independent cross-check of Formica's canonical bytes and signing inputs.
+
+What it checks
+--------------
+a. Canonicalization. Documents from protocol-spec/vectors/canon.json (cases with a
+   "canonical" answer), the RFC 8785 reference inputs in protocol-spec/vectors/external/jcs,
+   and several thousand random documents from a seeded RNG (deep nesting, integers at the edges
+   of +/-(2^53-1), control characters, U+2028/U+2029, Latin-1, private use, astral characters,
+   keys whose UTF-16 order differs from their code-point order) are piped in one run through
+   `keytool canon --jcs --lines`; every output line must equal, byte for byte,
+   rfc8785.dumps(json.loads(line)). Reference inputs with floats must be refused with
+   `!float_not_allowed` (the strict profile has no floats) and nothing else may be refused;
+   a few documents the strict profile must refuse are checked for their error codes.
+b. Envelopes (vectors/envelopes_valid.json): signing input = domain tag, 0x00, RFC 8785 form;
+   id = BLAKE3 of it; public key and key id from the seed; the signature verifies; the wire form
+   without id and sig canonicalizes to the same bytes; keytool prints the same input and id.
+c. Key logs (vectors/keylogs.json, valid logs): entry hashes, the prev chain, the head,
+   every entry signature under the key its signer names, and keytool's keylog signing input.
+d. Proof-of-work (vectors/pow.json): prefix, hash, leading zero bits, and the ok/refused result.
+e. Authenticated requests (vectors/auth.json valid and relay_valid): signing inputs rebuilt
+   from the case fields, header fields, and signatures.
+
+Why it is independent
+---------------------
+Nothing here is shared with the project's Rust code: JSON parsing is Python's json module, the
+RFC 8785 form comes from Trail of Bits' `rfc8785` package (pure Python), Ed25519 from
+`cryptography` (OpenSSL), BLAKE3 from the `blake3` package (the BLAKE3 authors' bindings; they
+compile the upstream BLAKE3 implementation, which is independent of this project's code but is
+the same upstream the Rust side depends on). Signing inputs, ids, key ids and hashes are rebuilt
+here from the specification's description, never taken from Rust output. The only contact with
+the Rust code is the keytool binary, treated as a black box whose answers are compared with ours.
+
+Usage (from the repository root):
+    python3 tests/python/crosscheck.py --keytool target/debug/keytool [--seed N] [--count N]
+The keytool path may also come from the environment variable KEYTOOL. The last line printed
+is `N passed, M failed`; the exit status is 1 if anything failed or if fewer than
+MIN_CANON_COMPARISONS canonicalization comparisons ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import blake3
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+REPO = Path(__file__).resolve().parents[2]
+VECTORS = REPO / "protocol-spec" / "vectors"
+JCS = VECTORS / "external" / "jcs"
+
+DEFAULT_SEED = 20251124
+DEFAULT_COUNT = 4000
+MIN_CANON_COMPARISONS = 3000
+MAX_DEPTH = 6
+SAFE_MAX = 2**53 - 1
+MAX_LINE_BYTES = 60000  # below the strict profile's default 65536-byte limit
+
+TAG_KEY_ID = b"formica/v1/key-id\x00"
+TAG_KEYLOG = b"formica/v1/keylog\x00"
+TAG_POW = b"formica/v1/pow\x00"
+TAG_REQUEST = b"formica/v1/request\x00"
+TAG_RELAY_REQUEST = b"formica/v1/relay-request\x00"
+
+
+# --------------------------------------------------------------------------------------------
+# Bookkeeping
+
+
+class Results:
+    """Counts passes and failures; keeps each failure's one-line reason and its details."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failures: list[tuple[str, str]] = []
+        self.canon_comparisons = 0
+
+    def check(self, ok: bool, reason: str, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+        else:
+            self.failures.append((reason, detail))
+        return ok
+
+    def equal(self, what: str, got, want) -> bool:
+        return self.check(got == want, f"{what}: mismatch", f"  got:  {got!r}\n  want: {want!r}")
+
+    def report(self) -> None:
+        for i, (reason, detail) in enumerate(self.failures):
+            if i < 10:
+                print(f"FAIL {reason}")
+                if detail:
+                    print(detail)
+            elif i < 60:
+                print(f"FAIL {reason}"[:200])
+            else:
+                print(f"... and {len(self.failures) - i} more failures")
+                break
+
+
+def hexs(b: bytes) -> str:
+    return b.hex()
+
+
+def jcs(value) -> bytes:
+    return rfc8785.dumps(value)
+
+
+def key_id(public_key: bytes) -> str:
+    """Key id: the first 16 bytes of BLAKE3("formica/v1/key-id" 0x00 || public key), in hex."""
+    return blake3.blake3(TAG_KEY_ID + public_key).digest()[:16].hex()
+
+
+def public_from_seed(seed_hex: str) -> bytes:
+    private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed_hex))
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def verifies(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def load(name: str) -> dict:
+    with open(VECTORS / name, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_keytool(keytool: str, args: list[str], stdin: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([keytool, *args], input=stdin, capture_output=True, timeout=300, check=False)
+
+
+def keytool_text(keytool: str, args: list[str], stdin: bytes) -> str:
+    """keytool's standard output, stripped; on failure, its exit status and standard error."""
+    p = run_keytool(keytool, args, stdin)
+    if p.returncode != 0:
+        return f"<keytool {' '.join(args)} exited {p.returncode}: {p.stderr.decode('utf-8', 'replace').strip()}>"
+    return p.stdout.decode("utf-8", "replace").strip()
+
+
+# --------------------------------------------------------------------------------------------
+# a. Canonicalization
+
+
+def has_fraction_or_exponent(text: str) -> bool:
+    """True if a number token outside strings contains '.', 'e' or 'E'."""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+        elif c == "-" or c.isdigit():
+            j = i
+            while j < n and text[j] in "0123456789+-.eE":
+                j += 1
+            if any(ch in text[i:j] for ch in ".eE"):
+                return True
+            i = j
+        else:
+            i += 1
+    return False
+
+
+def one_line(text: str) -> str:
+    """JSON text on one line. Raw CR/LF cannot occur inside a valid JSON string, so in valid
+    JSON they are insignificant whitespace and replacing them with spaces changes nothing."""
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+# Characters for random strings, by class: (weight, generator). Never a surrogate code point.
+def _char_classes():
+    def span(lo, hi):
+        return lambda rng: chr(rng.randint(lo, hi))
+
+    def pick(*cps):
+        return lambda rng: chr(rng.choice(cps))
+
+    return [
+        (30, span(0x20, 0x7E)),  # printable ASCII, incl. '"', '\\' and '/'
+        (6, pick(0x22, 0x5C, 0x2F)),  # the characters that need escaping (and '/', which must not)
+        (8, span(0x00, 0x1F)),  # C0 controls
+        (2, pick(0x7F)),  # DEL
+        (3, pick(0x2028, 0x2029)),  # line and paragraph separators
+        (8, span(0x80, 0xFF)),  # Latin-1 supplement, incl. C1 controls
+        (6, span(0xE000, 0xF8FF)),  # BMP private use
+        (4, span(0xF900, 0xFFFF)),  # the top of the BMP, above the surrogates
+        (6, span(0x1F300, 0x1FAFF)),  # emoji
+        (4, span(0x10000, 0x10FFFF)),  # any astral code point
+        (2, pick(0x10000, 0x10FFFF, 0xFFFF, 0xFFFD, 0xD7FF, 0xE000)),  # edges
+    ]
+
+
+CHAR_CLASSES = _char_classes()
+CHAR_WEIGHTS = [w for w, _ in CHAR_CLASSES]
+
+
+def rand_string(rng: random.Random, max_len: int = 10) -> str:
+    n = rng.choice([0, 1, 1, 2, 3]) if rng.random() < 0.3 else rng.randint(0, max_len)
+    gens = rng.choices(CHAR_CLASSES, weights=CHAR_WEIGHTS, k=n)
+    return "".join(g(rng) for _, g in gens)
+
+
+def rand_int(rng: random.Random) -> int:
+    r = rng.random()
+    if r < 0.35:
+        return rng.randint(-SAFE_MAX, SAFE_MAX)
+    if r < 0.55:
+        return rng.choice([SAFE_MAX, -SAFE_MAX, SAFE_MAX - 1, -SAFE_MAX + 1, 0, 1, -1,
+                           2**52, -(2**52), 2**31 - 1, -(2**31), 2**32, 10**15, -(10**15) - 1])
+    if r < 0.75:
+        return rng.choice([1, -1]) * (SAFE_MAX - rng.randint(0, 10**6))
+    return rng.randint(-1000, 1000)
+
+
+def rand_keys(rng: random.Random, n: int) -> list[str]:
+    """n distinct keys. Some objects deliberately mix keys starting in U+E000-U+FFFF with keys
+    starting with an astral character: UTF-16 order puts the astral ones (surrogates D800-DFFF)
+    first, code-point and UTF-8 order put them last. Some keys extend others (prefix order)."""
+    keys: list[str] = []
+    mixed = rng.random() < 0.35
+    tries = 0
+    while len(keys) < n and tries < 10 * n + 10:
+        tries += 1
+        r = rng.random()
+        if mixed and r < 0.4:
+            k = chr(rng.randint(0xE000, 0xFFFF)) + rand_string(rng, 3)
+        elif mixed and r < 0.8:
+            k = chr(rng.choice([0x10000, 0x10FFFF, rng.randint(0x10000, 0x10FFFF),
+                                rng.randint(0x1F300, 0x1FAFF)])) + rand_string(rng, 3)
+        elif keys and r < 0.9:
+            k = rng.choice(keys) + rand_string(rng, 2)
+        else:
+            k = rand_string(rng, 8)
+        if k not in keys:
+            keys.append(k)
+    return keys
+
+
+def rand_value(rng: random.Random, depth: int, budget: list[int], stats: dict) -> object:
+    """A random JSON value; containers count as one nesting level each, up to MAX_DEPTH."""
+    stats["max_depth"] = max(stats["max_depth"], depth)
+    budget[0] -= 1
+    container_p = 0.55 if depth < 2 else 0.4
+    if depth < MAX_DEPTH and budget[0] > 0 and rng.random() < container_p:
+        n = rng.randint(0, 6)
+        if rng.random() < 0.5:
+            return {k: rand_value(rng, depth + 1, budget, stats) for k in rand_keys(rng, n)}
+        return [rand_value(rng, depth + 1, budget, stats) for _ in range(n)]
+    r = rng.random()
+    if r < 0.35:
+        return rand_int(rng)
+    if r < 0.75:
+        return rand_string(rng, 12)
+    if r < 0.9:
+        return rng.choice([True, False])
+    return None
+
+
+def deep_value(rng: random.Random, stats: dict) -> object:
+    """A value that reaches exactly MAX_DEPTH levels of nesting."""
+    stats["max_depth"] = max(stats["max_depth"], MAX_DEPTH)
+    v: object = rand_value(rng, MAX_DEPTH, [1], stats)
+    for _ in range(MAX_DEPTH):
+        if rng.random() < 0.5:
+            keys = rand_keys(rng, rng.randint(1, 4))
+            v = {k: (v if i == 0 else rand_int(rng)) for i, k in enumerate(keys)}
+        else:
+            v = [rand_string(rng), v, rand_int(rng)]
+    return v
+
+
+def utf16_order_matters(value) -> bool:
+    """True if some object in value sorts its keys differently by UTF-16 than by code point."""
+    if isinstance(value, dict):
+        keys = list(value)
+        if sorted(keys) != sorted(keys, key=lambda k: k.encode("utf-16-be")):
+            return True
+        return any(utf16_order_matters(v) for v in value.values())
+    if isinstance(value, list):
+        return any(utf16_order_matters(v) for v in value)
+    return False
+
+
+def random_documents(seed: int, count: int) -> tuple[list[bytes], dict]:
+    rng = random.Random(seed)
+    stats = {"max_depth": 0, "ascii": 0, "utf8": 0, "utf16_order": 0}
+    lines: list[bytes] = []
+    separators = [(",", ":"), (", ", ": "), (" ,\t", " :\t")]
+    while len(lines) < count:
+        value = deep_value(rng, stats) if rng.random() < 0.1 else rand_value(rng, 0, [rng.randint(1, 80)], stats)
+        ensure_ascii = rng.random() < 0.5
+        text = json.dumps(value, ensure_ascii=ensure_ascii, separators=rng.choice(separators))
+        if rng.random() < 0.1:
+            text = rng.choice([" ", "\t", " \t "]) + text + rng.choice(["", " ", "\t", "\r"])
+        line = text.encode("utf-8")
+        assert b"\n" not in line, "json.dumps wrote a raw newline"
+        if len(line) > MAX_LINE_BYTES:
+            continue
+        stats["ascii" if ensure_ascii else "utf8"] += 1
+        stats["utf16_order"] += utf16_order_matters(value)
+        lines.append(line)
+    return lines, stats
+
+
+# Lines the strict profile must refuse, with the expected code.
+MUST_REFUSE = [
+    ('{"a":1,"a":2}', "duplicate_key"),
+    ('{"x":[{"k":true,"k":false}]}', "duplicate_key"),
+    ('{"a":1,"\\u0061":2}', "duplicate_key"),
+    ("1.0", "float_not_allowed"),
+    ('{"n":[1e2]}', "float_not_allowed"),
+    ("-0.5", "float_not_allowed"),
+    ("9007199254740992", "integer_out_of_range"),
+    ("-9007199254740992", "integer_out_of_range"),
+    ('"\\ud800"', "lone_surrogate"),
+    ('{"\\udc00":1}', "lone_surrogate"),
+    ('"\\ud83dx"', "lone_surrogate"),
+]
+
+
+def check_canonicalization(res: Results, keytool: str | None, seed: int, count: int) -> None:
+    print("== a. canonicalization: keytool canon --jcs --lines vs rfc8785")
+    # Each entry: (label, line bytes, expected output line bytes or None, expected refusal code or None)
+    docs: list[tuple[str, bytes, bytes | None, str | None]] = []
+
+    canon_cases = load("canon.json")["cases"]
+    n_vec = 0
+    for i, case in enumerate(canon_cases):
+        if "canonical" not in case:
+            continue
+        text = case["input"] if "input" in case else bytes.fromhex(case["input_hex"]).decode("utf-8")
+        expected = jcs(json.loads(text))
+        res.equal(f"canon.json case {i} ({case.get('comment')}): rfc8785 vs vector", expected,
+                  case["canonical"].encode("utf-8"))
+        docs.append((f"canon.json case {i} ({case.get('comment')})", one_line(text).encode("utf-8"), expected, None))
+        n_vec += 1
+
+    n_jcs_ok = n_jcs_float = 0
+    for path in sorted((JCS / "input").glob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        reference = (JCS / "output" / path.name).read_bytes().rstrip(b"\n")
+        expected = jcs(json.loads(text))
+        res.equal(f"external/jcs {path.name}: rfc8785 vs reference output", expected, reference)
+        if has_fraction_or_exponent(text):
+            docs.append((f"external/jcs {path.name} (has floats)", one_line(text).encode("utf-8"), None,
+                         "float_not_allowed"))
+            n_jcs_float += 1
+        else:
+            docs.append((f"external/jcs {path.name}", one_line(text).encode("utf-8"), expected, None))
+            n_jcs_ok += 1
+
+    for text, code in MUST_REFUSE:
+        docs.append((f"must refuse {text}", text.encode("utf-8"), None, code))
+
+    random_lines, stats = random_documents(seed, count)
+    for k, line in enumerate(random_lines):
+        docs.append((f"random document #{k} (seed {seed})", line, jcs(json.loads(line)), None))
+
+    print(f"   seed {seed}: {len(random_lines)} random documents (max depth {stats['max_depth']}, "
+          f"{stats['ascii']} ensure_ascii, {stats['utf8']} raw UTF-8, {stats['utf16_order']} where UTF-16 key "
+          f"order differs from code-point order); {n_vec} canon.json cases; "
+          f"external/jcs: {n_jcs_ok} accepted, {n_jcs_float} with floats; {len(MUST_REFUSE)} refusals")
+
+    if keytool is None:
+        res.check(False, "keytool not found: pass --keytool or set KEYTOOL (build: cargo build -p keytool)")
+        return
+    proc = run_keytool(keytool, ["canon", "--jcs", "--lines"], b"".join(d[1] + b"\n" for d in docs))
+    if not res.check(proc.returncode == 0, f"keytool canon --jcs --lines exited {proc.returncode}",
+                     "  stderr: " + proc.stderr.decode("utf-8", "replace")[:2000]):
+        return
+    out = proc.stdout.split(b"\n")
+    if out and out[-1] == b"":
+        out.pop()
+    if not res.check(len(out) == len(docs), f"keytool printed {len(out)} lines for {len(docs)} documents"):
+        return
+
+    for (label, line, expected, code), got in zip(docs, out):
+        detail = f"  input:   {line!r}\n  keytool: {got!r}\n  "
+        if code is None:
+            res.canon_comparisons += 1
+            res.check(got == expected, f"{label}: keytool {got[:60]!r}... != rfc8785 {expected[:60]!r}...",
+                      detail + f"rfc8785: {expected!r}")
+        else:
+            res.check(got == b"!" + code.encode(), f"{label}: expected !{code}, keytool said {got[:60]!r}",
+                      detail + f"want:    b'!{code}'")
+
+
+# --------------------------------------------------------------------------------------------
+# b. Envelopes
+
+
+def header_params(header: str, scheme: str) -> dict[str, str] | None:
+    """Parse 'Scheme k=v,k=v,...' into a dict, or None if the scheme differs."""
+    prefix = scheme + " "
+    if not header.startswith(prefix):
+        return None
+    params = {}
+    for part in header[len(prefix):].split(","):
+        k, _, v = part.partition("=")
+        params[k] = v
+    return params
+
+
+def check_envelopes(res: Results, keytool: str | None) -> None:
+    print("== b. envelopes_valid.json")
+    for i, case in enumerate(load("envelopes_valid.json")["cases"]):
+        name = f"envelope {i} ({case['comment'][:50]})"
+        signing_input = case["domain"].encode("ascii") + b"\x00" + jcs(case["envelope"])
+        res.equal(f"{name}: signing input", hexs(signing_input), case["signing_input_hex"])
+        res.equal(f"{name}: id = BLAKE3(signing input)", blake3.blake3(signing_input).hexdigest(), case["id"])
+
+        public = public_from_seed(case["seed_hex"])
+        res.equal(f"{name}: public key from seed", hexs(public), case["public_key"])
+        res.equal(f"{name}: key id of public key", key_id(public), case["key_id"])
+        res.equal(f"{name}: envelope key", case["envelope"].get("key"), case["key_id"])
+        sig = bytes.fromhex(case["sig"])
+        res.check(verifies(bytes.fromhex(case["public_key"]), sig, signing_input),
+                  f"{name}: signature does not verify over the signing input")
+        private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(case["seed_hex"]))
+        res.equal(f"{name}: deterministic Ed25519 signature", hexs(private.sign(signing_input)), case["sig"])
+
+        wire = json.loads(case["wire"])
+        res.equal(f"{name}: wire is canonical", jcs(wire), case["wire"].encode("utf-8"))
+        res.equal(f"{name}: wire id and sig", (wire.get("id"), wire.get("sig")), (case["id"], case["sig"]))
+        stripped = {k: v for k, v in wire.items() if k not in ("id", "sig")}
+        res.equal(f"{name}: wire without id and sig", jcs(stripped), jcs(case["envelope"]))
+
+        if keytool is not None:
+            wire_bytes = case["wire"].encode("utf-8")
+            res.equal(f"{name}: keytool canon --hex of wire", keytool_text(keytool, ["canon", "--hex"], wire_bytes),
+                      hexs(signing_input))
+            res.equal(f"{name}: keytool id of wire", keytool_text(keytool, ["id"], wire_bytes),
+                      blake3.blake3(signing_input).hexdigest())
+
+
+# --------------------------------------------------------------------------------------------
+# c. Key logs
+
+
+def check_keylogs(res: Results, keytool: str | None) -> None:
+    print("== c. keylogs.json (valid)")
+    for li, log in enumerate(load("keylogs.json")["valid"]):
+        name = f"keylog {li} ({log['comment'][:50]})"
+        known: dict[str, bytes] = {}  # key id -> public key, for keys introduced so far
+        prev_hash = None
+        for ei, entry in enumerate(log["entries"]):
+            ename = f"{name} entry {ei} ({entry.get('op')})"
+            body = {k: v for k, v in entry.items() if k != "sig"}
+            signing_input = TAG_KEYLOG + jcs(body)
+            entry_hash = blake3.blake3(signing_input).hexdigest()
+            res.equal(f"{ename}: prev", entry.get("prev"), prev_hash)
+
+            if entry.get("op") == "register":
+                signer_key = bytes.fromhex(entry["key"])
+                res.equal(f"{ename}: register is signed by its own key", entry.get("signer"), key_id(signer_key))
+            else:
+                signer_key = known.get(entry.get("signer"))
+                res.check(signer_key is not None, f"{ename}: signer {entry.get('signer')} not introduced earlier")
+            if signer_key is not None:
+                res.check(verifies(signer_key, bytes.fromhex(entry["sig"]), signing_input),
+                          f"{ename}: signature does not verify with the signer's key")
+
+            if keytool is not None:
+                res.equal(f"{ename}: keytool canon --domain keylog",
+                          keytool_text(keytool, ["canon", "--domain", "keylog", "--hex"], jcs(entry)),
+                          hexs(signing_input))
+
+            for field in ("key", "recovery"):
+                if field in entry:
+                    public = bytes.fromhex(entry[field])
+                    known[key_id(public)] = public
+            prev_hash = entry_hash
+        res.equal(f"{name}: head", prev_hash, log["head"])
+
+
+# --------------------------------------------------------------------------------------------
+# d. Proof-of-work
+
+
+def leading_zero_bits(digest: bytes) -> int:
+    bits = 0
+    for byte in digest:
+        if byte == 0:
+            bits += 8
+            continue
+        bits += 8 - byte.bit_length()
+        break
+    return bits
+
+
+def check_pow(res: Results) -> None:
+    print("== d. pow.json")
+    for i, case in enumerate(load("pow.json")["cases"]):
+        name = f"pow {i} ({case['comment'][:50]})"
+        committed = {k: case[k] for k in ("challenge", "difficulty", "handle", "key", "relay")}
+        prefix = TAG_POW + jcs(committed)
+        res.equal(f"{name}: prefix", hexs(prefix), case["prefix_hex"])
+        digest = blake3.blake3(prefix + case["nonce"].to_bytes(8, "little")).digest()
+        res.equal(f"{name}: hash", hexs(digest), case["hash_hex"])
+        zero_bits = leading_zero_bits(digest)
+        res.equal(f"{name}: zero bits", zero_bits, case["zero_bits"])
+        ok = zero_bits >= case["difficulty"] and case["difficulty"] >= case["required"]
+        res.equal(f"{name}: result", "ok" if ok else "pow_insufficient", case["result"])
+
+
+# --------------------------------------------------------------------------------------------
+# e. Authenticated requests
+
+
+def check_auth(res: Results) -> None:
+    print("== e. auth.json (valid, relay_valid)")
+    vectors = load("auth.json")
+    for i, case in enumerate(vectors["valid"]):
+        name = f"auth valid {i} ({case['comment'][:50]})"
+        public = bytes.fromhex(case["public_key"])
+        res.equal(f"{name}: public key from seed", public, public_from_seed(case["seed_hex"]))
+        digest = blake3.blake3(case["body"].encode("utf-8")).hexdigest()
+        res.equal(f"{name}: body digest", digest, case["body_digest"])
+        kid = key_id(public)
+        obj = {"aud": case["aud"], "body": digest, "handle": case["handle"], "key": kid,
+               "method": case["method"], "nonce": case["nonce"], "path": case["path"], "ts": case["ts"]}
+        signing_input = TAG_REQUEST + jcs(obj)
+        res.equal(f"{name}: signing input", hexs(signing_input), case["signing_input_hex"])
+        params = header_params(case["header"], "Formica")
+        if not res.check(params is not None, f"{name}: header scheme is not 'Formica'", case["header"]):
+            continue
+        res.equal(f"{name}: header fields", {k: params.get(k) for k in ("handle", "key", "ts", "nonce")},
+                  {"handle": case["handle"], "key": kid, "ts": str(case["ts"]), "nonce": case["nonce"]})
+        res.check(verifies(public, bytes.fromhex(params.get("sig", "")), signing_input),
+                  f"{name}: header sig does not verify over the signing input")
+
+    for i, case in enumerate(vectors["relay_valid"]):
+        name = f"auth relay_valid {i} ({case['comment'][:50]})"
+        public = bytes.fromhex(case["public_key"])
+        res.equal(f"{name}: public key from seed", public, public_from_seed(case["seed_hex"]))
+        kid = key_id(public)
+        obj = {"body": blake3.blake3(case["body"].encode("utf-8")).hexdigest(), "dest": case["dest"],
+               "key": kid, "method": case["method"], "nonce": case["nonce"], "origin": case["origin"],
+               "path": case["path"], "ts": case["ts"]}
+        signing_input = TAG_RELAY_REQUEST + jcs(obj)
+        res.equal(f"{name}: signing input", hexs(signing_input), case["signing_input_hex"])
+        params = header_params(case["header"], "Formica-Relay")
+        if not res.check(params is not None, f"{name}: header scheme is not 'Formica-Relay'", case["header"]):
+            continue
+        res.equal(f"{name}: header fields", {k: params.get(k) for k in ("origin", "dest", "key", "ts", "nonce")},
+                  {"origin": case["origin"], "dest": case["dest"], "key": kid, "ts": str(case["ts"]),
+                   "nonce": case["nonce"]})
+        res.check(verifies(public, bytes.fromhex(params.get("sig", "")), signing_input),
+                  f"{name}: header sig does not verify over the signing input")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keytool", default=os.environ.get("KEYTOOL"),
+                        help="path to the keytool binary (default: $KEYTOOL, else target/debug/keytool)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"RNG seed (default {DEFAULT_SEED})")
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
+                        help=f"random documents to generate (default {DEFAULT_COUNT})")
+    args = parser.parse_args()
+
+    keytool = args.keytool or str(REPO / "target" / "debug" / "keytool")
+    if not (os.path.isfile(keytool) and os.access(keytool, os.X_OK)):
+        print(f"keytool not found or not executable: {keytool}")
+        keytool = None
+    print(f"crosscheck: keytool {keytool}, seed {args.seed}, rfc8785 {rfc8785.__version__}, "
+          f"blake3 {blake3.__version__}")
+
+    res = Results()
+    for section in (lambda: check_canonicalization(res, keytool, args.seed, args.count),
+                    lambda: check_envelopes(res, keytool),
+                    lambda: check_keylogs(res, keytool),
+                    lambda: check_pow(res),
+                    lambda: check_auth(res)):
+        try:
+            section()
+        except Exception as e:  # a crash in one section is a failure, not the end of the run
+            res.check(False, f"unexpected {type(e).__name__}: {e}")
+
+    print(f"canonicalization comparisons: {res.canon_comparisons} (minimum {MIN_CANON_COMPARISONS})")
+    res.check(res.canon_comparisons >= MIN_CANON_COMPARISONS,
+              f"too few canonicalization comparisons ran: {res.canon_comparisons} < {MIN_CANON_COMPARISONS}")
+    res.report()
+    print(f"{res.passed} passed, {len(res.failures)} failed")
+    return 1 if res.failures or res.canon_comparisons < MIN_CANON_COMPARISONS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
