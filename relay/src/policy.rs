@@ -31,6 +31,9 @@ pub struct Limits {
     pub contact_requests_pending_max: usize,
     /// Most simultaneous connections; more are refused at accept time.
     pub connections_max: usize,
+    /// Most simultaneous connections from one client address, so that one client holding idle
+    /// or slow connections cannot take every slot (`/health` keeps answering others).
+    pub connections_per_ip_max: usize,
     /// Time a client has to send its request headers.
     pub header_read_timeout_ms: u64,
     /// Unauthenticated requests (challenges, registrations) per client IP per minute.
@@ -54,6 +57,7 @@ impl Default for Limits {
             inbox_pending_max: 10_000,
             contact_requests_pending_max: 100,
             connections_max: 4096,
+            connections_per_ip_max: 256,
             header_read_timeout_ms: 10_000,
             ip_requests_per_min: 60,
             challenge_ttl_ms: 10 * 60 * 1000,
@@ -284,6 +288,10 @@ impl Policy {
             int(l.contact_requests_pending_max as i64),
         );
         lim.insert("connections_max", int(l.connections_max as i64));
+        lim.insert(
+            "connections_per_ip_max",
+            int(l.connections_per_ip_max as i64),
+        );
         lim.insert(
             "header_read_timeout_ms",
             int(l.header_read_timeout_ms as i64),

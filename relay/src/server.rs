@@ -1,5 +1,5 @@
-//! The HTTP server loop: accepts connections up to `connections_max` (further ones are closed at
-//! once), gives each client `header_read_timeout_ms` to send its request headers, serves HTTP/1.1
+//! The HTTP server loop: accepts connections up to `connections_max` in all and
+//! `connections_per_ip_max` per client address (further ones are closed at once), gives each client `header_read_timeout_ms` to send its request headers, serves HTTP/1.1
 //! with upgrades (WebSocket), and on shutdown stops accepting and drains open connections for
 //! at most a bounded time.
 
@@ -8,6 +8,8 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -25,6 +27,7 @@ pub async fn serve(
 ) {
     let limits = app.policy.limits.clone();
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -45,6 +48,10 @@ pub async fn serve(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             // Over the connection limit: close at once; the client may retry.
+            drop(sock);
+            continue;
+        };
+        let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), limits.connections_per_ip_max) else {
             drop(sock);
             continue;
         };
@@ -69,6 +76,7 @@ pub async fn serve(
                 }
             }
             drop(permit);
+            drop(ip_slot);
         });
     }
     app.ready.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -89,6 +97,43 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
         }
         if rx.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// One connection's share of its address's allowance; released on drop.
+struct IpSlot {
+    map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(
+        map: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<IpSlot> {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
         }
     }
 }

@@ -27,12 +27,19 @@ pub struct RelayProc {
 
 /// A config with one generous tier, so that load tests measure durability, not rate limits.
 pub fn write_config(dir: &Path) -> PathBuf {
+    write_config_with(dir, "")
+}
+
+/// Like `write_config`, with extra `[limits]` lines.
+pub fn write_config_with(dir: &Path, extra_limits: &str) -> PathBuf {
     let p = dir.join("relay.toml");
     std::fs::write(
         &p,
-        r#"pow_difficulty = 4
+        format!(
+            r#"pow_difficulty = 4
 [limits]
 inbox_pending_max = 10000000
+{extra_limits}
 [[tiers]]
 name = "test"
 min_age_ms = 0
@@ -45,7 +52,8 @@ contact_requests_per_hour = 1000
 vouches_max = 10
 reports_per_day = 100
 may_send = ["message", "task_request", "task_result", "ack", "contact_request", "vouch", "report", "x-*"]
-"#,
+"#
+        ),
     )
     .unwrap();
     p

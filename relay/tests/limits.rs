@@ -1,0 +1,106 @@
+//! Connection limits of a relay process: idle and slow-header connections from one address are
+//! capped and closed after the header read timeout, while `/health` keeps answering other
+//! clients; a request body over the limit is refused even when it is chunked with no length.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/process.rs"]
+mod process;
+
+use process::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Per-address cap used by the test (the default is 256).
+const PER_IP: usize = 20;
+
+fn setup(name: &str, extra: &str) -> (std::path::PathBuf, RelayProc) {
+    let dir = std::env::temp_dir().join(format!(
+        "formica-{name}-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config_with(&dir, extra);
+    let r = RelayProc::start(&dir.join("data"), &config);
+    (dir, r)
+}
+
+/// GET /health from a given local address; the status, or None if the connection was refused
+/// or closed without an answer.
+async fn health_from(local: &str, addr: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().ok()?;
+    sock.bind(format!("{local}:0").parse().ok()?).ok()?;
+    let mut s = sock.connect(addr.parse().ok()?).await.ok()?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_capped_per_address_and_closed_while_health_answers() {
+    let (dir, r) = setup(
+        "conns",
+        &format!("connections_per_ip_max = {PER_IP}\nheader_read_timeout_ms = 1000"),
+    );
+    // One client holds every slot of its address with connections that never send a header.
+    let mut idle: Vec<TcpStream> = (0..PER_IP)
+        .map(|_| TcpStream::connect(&r.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Another connection from that address is closed without an answer.
+    assert_eq!(
+        health_from("127.0.0.1", &r.addr).await,
+        None,
+        "the per-address cap did not hold"
+    );
+    // A different client address is served.
+    assert_eq!(health_from("127.0.0.2", &r.addr).await, Some(200));
+    // The idle connections are closed once the header read timeout passes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for c in idle.iter_mut() {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut b = [0u8; 1];
+        let n = c.read(&mut b).unwrap_or(0);
+        assert_eq!(n, 0, "an idle connection got data instead of being closed");
+        assert!(Instant::now() < deadline);
+    }
+    // And the address is served again.
+    assert_eq!(health_from("127.0.0.1", &r.addr).await, Some(200));
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_chunked_body_over_the_limit_is_refused_with_too_large() {
+    let (dir, r) = setup("chunked", "");
+    let mut s = TcpStream::connect(&r.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"POST /v1/envelopes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").unwrap();
+    // 70 KiB in 1 KiB chunks, more than envelope_bytes_max (64 KiB), with no Content-Length.
+    let chunk = vec![b' '; 1024];
+    for _ in 0..70 {
+        if s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .is_err()
+            || s.write_all(&chunk).is_err()
+            || s.write_all(b"\r\n").is_err()
+        {
+            break; // the relay may close early once the limit is passed
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"too_large\""), "{text}");
+    // The relay still serves.
+    assert_eq!(r.request("GET", "/health", &[], b"").unwrap().0, 200);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
