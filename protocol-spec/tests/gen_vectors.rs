@@ -1677,7 +1677,7 @@ fn gen_ed25519() -> Value {
         ]));
     }
     obj(&[
-        ("comment", s("Ed25519 edge cases from 'Taming the many EdDSAs' (ed25519-speccheck, cases 0-11; see external/ed25519-speccheck). `key_result`: parsing pub_key as a Formica public key (ok, invalid_key or weak_key). `strict_accept`: RFC 8032 verification with the strict rules of SPEC.md SIG-3 (canonical S, canonical and non-small-order R and A). `accept`: the full Formica rule, key parse and strict verification; it is the set a conforming implementation accepts.")),
+        ("comment", s("Ed25519 edge cases from 'Taming the many EdDSAs' (ed25519-speccheck, cases 0-11; see external/ed25519-speccheck). `key_result`: parsing pub_key as a Formica public key (ok, invalid_key or weak_key). `strict_accept` is informational: ed25519-dalek's verify_strict applied to the raw key bytes, without the key checks of KEY-2 (it can differ from other libraries for keys KEY-2 refuses). `accept`: the full Formica rule, key parse and strict verification; it is the set a conforming implementation accepts.")),
         ("cases", arr(out)),
     ])
 }

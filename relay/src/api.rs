@@ -73,7 +73,15 @@ impl App {
         EnvelopeLimits {
             json: self.json_limits(self.policy.limits.envelope_bytes_max),
             recipients_max: self.policy.limits.recipients_max,
-            payload_bytes_max: self.policy.limits.envelope_bytes_max,
+            // An envelope over every tier's payload cap is refused at parse time (INGEST-1
+            // step 4); the sender's own tier cap is applied at step 10.
+            payload_bytes_max: self
+                .policy
+                .tiers
+                .iter()
+                .map(|t| t.payload_bytes_max)
+                .max()
+                .unwrap_or(0),
         }
     }
 }
@@ -184,6 +192,12 @@ pub fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Handle, ApiError> {
+    if headers.get_all("authorization").iter().count() > 1 {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "exactly one Authorization header is allowed",
+        ));
+    }
     let value = headers
         .get("authorization")
         .ok_or_else(|| {
@@ -260,7 +274,8 @@ pub async fn auth_request(
 }
 
 fn parse_handle(app: &App, s: &str) -> Result<Handle, ApiError> {
-    Handle::parse_with_home(s, &app.host).map_err(|e| ApiError::new(e.code(), e.to_string()))
+    Handle::parse_with_home(s, &app.host)
+        .map_err(|e| ApiError::new(e.code(), e.to_string()).with("field", "handle".into()))
 }
 
 // ---------------------------------------------------------------- descriptor and health

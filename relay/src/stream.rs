@@ -130,7 +130,14 @@ pub async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Response {
         let limit = match query_param(&uri, "limit") {
             None => max,
             Some(s) => match s.parse::<usize>() {
-                Ok(n) if (1..=max).contains(&n) => n,
+                // Decimal without leading zeros, like cursors.
+                Ok(n)
+                    if (1..=max).contains(&n)
+                        && !s.starts_with('0')
+                        && s.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    n
+                }
                 _ => {
                     return Err(ApiError::new(
                         ErrorCode::InvalidField,

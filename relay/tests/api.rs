@@ -1195,3 +1195,39 @@ async fn per_ip_limits_ignore_forwarded_for_from_untrusted_peers() {
         .await
         .expect(201, "");
 }
+
+#[tokio::test]
+async fn edge_rules_found_by_a_clean_room_client() {
+    let r = TestRelay::new();
+    let (a, b) = r.pair().await;
+    // Two Authorization headers are refused.
+    let h1 = b.auth(&r, "GET", "/v1/inbox", b"");
+    let h2 = b.auth(&r, "GET", "/v1/inbox", b"");
+    r.call("GET", "/v1/inbox", b"", &[(h1.0, h1.1), (h2.0, h2.1)])
+        .await
+        .expect(401, "unauthorized");
+    // Numeric query parameters have no leading zeros.
+    b.authed(&r, "GET", "/v1/inbox?limit=050", b"")
+        .await
+        .expect(400, "invalid_field");
+    // A bad handle in a path names the parameter in `field`.
+    let resp = r.get("/v1/keys/@Bad").await;
+    resp.expect(400, "invalid_handle");
+    assert_eq!(
+        field(&resp.body, &["error", "field"]).as_str(),
+        Some("handle")
+    );
+    // A payload over every tier's cap is refused while parsing, before the freshness check.
+    let mut e = a.envelope(
+        &r,
+        &[&b.handle],
+        Payload::Message {
+            text: "x".repeat(33_000),
+            data: None,
+        },
+    );
+    e.ts = r.now() - 10 * 60 * 1000;
+    a.send(&r, &e.sign(&a.key).unwrap())
+        .await
+        .expect(413, "payload_too_large");
+}
