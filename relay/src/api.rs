@@ -46,6 +46,10 @@ pub struct App {
     pub ready: AtomicBool,
     /// Becomes true when shutdown starts; open streams end so the drain can finish.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Bearer token of the admin endpoints (set when the relay runs on a data directory).
+    pub admin_token: std::sync::OnceLock<String>,
+    /// The relay-to-relay HTTP client.
+    pub peer_client: crate::federation::PeerClient,
 }
 
 impl std::fmt::Debug for App {
@@ -103,6 +107,20 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/contact-requests", get(list_requests))
         .route("/v1/contact-requests/{id}/accept", post(accept_request))
         .route("/v1/contact-requests/{id}/reject", post(reject_request))
+        .route("/v1/federation/peers", post(crate::federation::handshake))
+        .route("/v1/federation/transfer", post(crate::federation::transfer))
+        .route(
+            "/admin/v1/peers",
+            get(crate::federation::admin_list).post(crate::federation::admin_add),
+        )
+        .route(
+            "/admin/v1/peers/{host}",
+            axum::routing::delete(crate::federation::admin_remove),
+        )
+        .route(
+            "/admin/v1/peers/{host}/approve",
+            post(crate::federation::admin_approve),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
