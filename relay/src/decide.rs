@@ -499,6 +499,9 @@ fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope, origin: Option<&Rela
     if st.seen.contains(&id) {
         return Ok((vec![], Outcome::Duplicate { id }));
     }
+    if let (Some(origin), true) = (origin, env.from.is_relay()) {
+        return remote_delivered(st, ctx, &v, origin);
+    }
     // 8. Sender homed here (or, forwarded, homed on the origin) with a key valid at the
     //    envelope's time (checked again here, since the log may have changed since the handler
     //    looked).
@@ -820,6 +823,56 @@ fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope, origin: Option<&Rela
     Ok((events, Outcome::Accepted { id }))
 }
 
+/// FED-11: a peer's delivery notice (a receipt signed by its relay key, verified by the caller)
+/// moves the delivery to one of its agents to `delivered`, and the sender gets this relay's
+/// `delivered` receipt if it asked for an ack.
+fn remote_delivered(st: &State, ctx: &Ctx<'_>, v: &VerifiedEnvelope, origin: &RelayHost) -> Decision {
+    let id = v.id();
+    let env = v.envelope();
+    let Payload::Receipt {
+        msg,
+        recipient,
+        status: DeliveryState::Delivered,
+        ..
+    } = &env.payload
+    else {
+        return Err(ApiError::new(
+            ErrorCode::TypeReserved,
+            "a relay forwards only delivery notices (receipts with status delivered)",
+        ));
+    };
+    if recipient.host() != origin {
+        return Err(ApiError::new(
+            ErrorCode::OriginMismatch,
+            format!("{recipient} is not homed on {origin}"),
+        ));
+    }
+    let m = st
+        .messages
+        .get(msg)
+        .filter(|m| st.agents.contains_key(&m.sender))
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no message {msg} sent from here")))?;
+    let r = m
+        .recipients
+        .iter()
+        .find(|r| &r.handle == recipient)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{recipient} is not a recipient of {msg}")))?;
+    let mut events = vec![Event::RemoteDelivered {
+        at: ctx.now,
+        id,
+        msg: *msg,
+        recipient: recipient.clone(),
+    }];
+    if m.ack_by.is_some() && matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded) {
+        let rc = receipt(st, ctx, *msg, &m.sender, recipient, DeliveryState::Delivered, None)?;
+        events.push(Event::Envelope {
+            at: ctx.now,
+            envelope: rc,
+        });
+    }
+    Ok((events, Outcome::Accepted { id }))
+}
+
 fn read(st: &State, ctx: &Ctx<'_>, handle: Handle, upto: u64) -> Decision {
     let a = agent(st, &handle)?;
     if upto <= a.read_upto {
@@ -839,6 +892,45 @@ fn read(st: &State, ctx: &Ctx<'_>, handle: Handle, upto: u64) -> Decision {
         let Some(m) = st.messages.get(&item.id) else {
             continue;
         };
+        // A remote sender's home relay is told with a delivery notice it turns into its own
+        // receipt (FED-11); the notice is queued for that relay like any forwarded envelope.
+        let remote = !m.sender.is_relay()
+            && m.sender.host() != &st.host
+            && ctx.policy.federation.enabled
+            && st.active_peer(m.sender.host()).is_some();
+        if remote {
+            let pending = m.recipients.iter().any(|r| {
+                r.handle == handle
+                    && matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded)
+            });
+            if pending {
+                let notice = Envelope {
+                    msg_type: MessageType::Receipt,
+                    type_version: 1,
+                    from: Handle::relay(&st.host),
+                    key: ctx.relay_key.public().key_id(),
+                    to: vec![m.sender.clone()],
+                    ts: ctx.now,
+                    corr: None,
+                    ack_by: None,
+                    payload: Payload::Receipt {
+                        msg: item.id,
+                        recipient: handle.clone(),
+                        status: DeliveryState::Delivered,
+                        ack: None,
+                        ack_status: None,
+                        reason: None,
+                    },
+                }
+                .sign(ctx.relay_key)
+                .map_err(ApiError::internal)?;
+                events.push(Event::Envelope {
+                    at: ctx.now,
+                    envelope: notice,
+                });
+            }
+            continue;
+        }
         if m.ack_by.is_none() || !st.agents.contains_key(&m.sender) {
             continue;
         }

@@ -92,6 +92,14 @@ pub enum Event {
         peer: RelayHost,
         id: MessageId,
     },
+    /// A peer reported that `recipient`, homed there, was handed message `msg` (its relay-signed
+    /// delivery notice `id`).
+    RemoteDelivered {
+        at: i64,
+        id: MessageId,
+        msg: MessageId,
+        recipient: Handle,
+    },
     /// Forwarding `id` to `peer` was given up (`reason`: an error code or "expired").
     DeadLettered {
         at: i64,
@@ -126,6 +134,7 @@ impl Event {
             | Event::RemoteKeyLog { at, .. }
             | Event::RemoteKeyLogConflict { at, .. }
             | Event::Transferred { at, .. }
+            | Event::RemoteDelivered { at, .. }
             | Event::DeadLettered { at, .. } => *at,
         }
     }
@@ -215,6 +224,14 @@ impl Event {
                 o.insert("t", "transferred".into());
                 o.insert("peer", peer.as_str().into());
                 o.insert("id", id.to_hex().into());
+            }
+            Event::RemoteDelivered {
+                id, msg, recipient, ..
+            } => {
+                o.insert("t", "remote_delivered".into());
+                o.insert("id", id.to_hex().into());
+                o.insert("msg", msg.to_hex().into());
+                o.insert("recipient", h(recipient));
             }
             Event::DeadLettered {
                 peer, id, reason, ..
@@ -327,6 +344,12 @@ impl Event {
                 at,
                 peer: host(&mut f, "peer")?,
                 id: msg_id(&mut f, "id")?,
+            },
+            "remote_delivered" => Event::RemoteDelivered {
+                at,
+                id: msg_id(&mut f, "id")?,
+                msg: msg_id(&mut f, "msg")?,
+                recipient: f.req_handle("recipient").map_err(e)?,
             },
             "dead_lettered" => Event::DeadLettered {
                 at,

@@ -538,10 +538,24 @@ async fn judge_remote(
     let se = SignedEnvelope::from_value(item, &limits)?;
     let env = se.envelope();
     if env.from.is_relay() {
-        return Err(ApiError::new(
-            ErrorCode::TypeReserved,
-            "relays do not forward receipts; each sender's home relay makes its own",
-        ));
+        // A delivery notice from the origin relay itself, signed with its peer key (FED-11).
+        if env.from != Handle::relay(origin) {
+            return Err(ApiError::new(
+                ErrorCode::OriginMismatch,
+                format!("{} is not the relay address of {origin}", env.from),
+            ));
+        }
+        if app.state.read().unwrap_or_else(|p| p.into_inner()).seen.contains(&se.id()) {
+            return Ok(Err(se.id()));
+        }
+        let key = app
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .active_peer(origin)
+            .map(|p| p.key)
+            .ok_or_else(|| ApiError::new(ErrorCode::PeerUnknown, format!("{origin} is not a peer")))?;
+        return Ok(Ok(se.verify(&key)?));
     }
     if env.from.host() != origin {
         return Err(ApiError::new(

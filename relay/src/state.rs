@@ -360,6 +360,19 @@ impl State {
                     }
                 }
             }
+            Event::RemoteDelivered {
+                at,
+                id,
+                msg,
+                recipient,
+            } => {
+                self.seen.insert(*id);
+                self.set_status(msg, recipient, *at, |r| {
+                    if matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded) {
+                        r.state = DeliveryState::Delivered;
+                    }
+                });
+            }
             Event::DeadLettered { peer, id, .. } => {
                 if self.dequeue(peer, id) {
                     self.dead_letters += 1;
@@ -390,8 +403,11 @@ impl State {
         self.seen.insert(id);
         let wire = Arc::new(se.wire_bytes());
         // FED-4: what a local agent sends to agents homed elsewhere is queued for their home
-        // relays (never what arrived from another relay: no transit).
-        if self.is_local(&env.from) {
+        // relays (never what arrived from another relay: no transit), and so are this relay's
+        // delivery notices for remote senders (FED-11).
+        let own_notice = env.from == Handle::relay(&self.host)
+            && matches!(env.payload, Payload::Receipt { .. });
+        if self.is_local(&env.from) || own_notice {
             let hosts: BTreeSet<RelayHost> = env
                 .to
                 .iter()

@@ -278,6 +278,9 @@ fn three_relays_contact_requests_messages_acks_timeouts() {
     assert!(inbox_envelopes(&b, &bob)
         .iter()
         .any(|e| get(e, "id").as_str() == Some(mid.as_str())));
+    // Bob's relay reports the read back: delivered, with the sender's own receipt.
+    wait_status(&a, &alice, &mid, &bob.handle, "delivered");
+    assert!(receipt_statuses(&a, &alice).contains(&(mid.clone(), "delivered".into())));
     let ack = envelope(
         &bob,
         &[&alice.handle],
@@ -375,8 +378,9 @@ fn killed_peer_restarts_and_everything_arrives_once_in_order() {
         .map(|e| get(e, "id").as_str().unwrap().to_owned())
         .collect();
     assert_eq!(got, sent, "every message once, in order");
+    // Bob has read them all, so his relay reports them delivered.
     for id in &sent {
-        wait_status(&a, &alice, id, &bob.handle, "forwarded");
+        wait_status(&a, &alice, id, &bob.handle, "delivered");
     }
     let _ = std::fs::remove_dir_all(&root);
 }
