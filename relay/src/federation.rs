@@ -635,6 +635,94 @@ pub async fn pull_keylog(app: &App, h: &Handle) -> Result<(), ApiError> {
     }
 }
 
+/// Pushes a new entry of a local agent's key log to every active peer (FED-8), best effort:
+/// a peer that misses it pulls the log when an envelope names a key it does not know.
+pub async fn push_keylog(app: Shared, entry: Value) {
+    if !app.policy.federation.enabled {
+        return;
+    }
+    let peers: Vec<RelayHost> = {
+        let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+        st.peers
+            .iter()
+            .filter(|(_, p)| p.status == PeerStatus::Active)
+            .map(|(h, _)| h.clone())
+            .collect()
+    };
+    let body = canon::canonicalize(&obj(vec![("entries", Value::Array(vec![entry]))]));
+    for p in peers {
+        if let Err(u) = call(&app, "POST", &p, "/v1/federation/keylog", body.clone(), true).await {
+            tracing::debug!(peer = %p, "key log push failed: {}", u.0);
+        }
+    }
+}
+
+/// `POST /v1/federation/keylog`: a peer pushes new entries of its agents' key logs. Entries
+/// for logs not cached here are ignored (they are pulled when needed); others must extend the
+/// cached log (LOG-10 step 3) or are kept as fork evidence (`keylog_fork`).
+pub async fn keylog_push(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        enabled(&app)?;
+        let path = path_of(&req);
+        let (parts, body) = req.into_parts();
+        let body = read_body(body, app.policy.limits.body_bytes_max).await?;
+        let origin = authenticate_relay(&app, &parts.method, &path, &parts.headers, &body, None)?;
+        let v = json::parse(&body, app_limits(&app))?;
+        let mut f = Fields::new(&v, "")?;
+        let items = f
+            .req("entries")?
+            .as_array()
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidField, "`entries` is an array")
+                    .with("field", "entries".into())
+            })?
+            .to_vec();
+        f.finish()?;
+        let mut heads = Vec::new();
+        for item in items {
+            let e = SignedKeyLogEntry::from_value(item)?;
+            let h = e.entry().handle.clone();
+            if h.host() != &origin {
+                return Err(ApiError::new(
+                    ErrorCode::OriginMismatch,
+                    format!("{h} is not homed on {origin}"),
+                ));
+            }
+            let cached: Option<Vec<SignedKeyLogEntry>> = app
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .remote_logs
+                .get(&h)
+                .map(|r| r.log.entries().to_vec());
+            let Some(mut entries) = cached else { continue };
+            let seq = usize::try_from(e.entry().seq).unwrap_or(usize::MAX);
+            if seq > entries.len() {
+                // A gap: fetch the whole log instead.
+                pull_keylog(&app, &h).await?;
+                continue;
+            }
+            entries.truncate(seq);
+            entries.push(e);
+            // The candidate must be a valid log from its first entry, whatever it replaces.
+            KeyLog::verify(entries.clone())?;
+            match app.writer.submit(Command::RemoteKeyLog { entries }).await? {
+                Outcome::KeyLogForked => {
+                    return Err(ApiError::new(
+                        ErrorCode::KeylogFork,
+                        format!("the entry conflicts with the cached log of {h}; both are kept"),
+                    ))
+                }
+                Outcome::KeyLogAppended { head, .. } => heads.push(Value::from(head)),
+                _ => {}
+            }
+        }
+        Ok(ok(200, obj(vec![("heads", Value::Array(heads))])))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
 // ---------------------------------------------------------------- relay administration
 
 /// The admin endpoints need the token from `<data-dir>/admin.token` as a bearer token, and a

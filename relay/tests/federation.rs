@@ -342,6 +342,44 @@ fn three_relays_contact_requests_messages_acks_timeouts() {
     let stranger = Handle::parse("@zed@127.0.0.1:1").unwrap();
     let (st, v) = post_envelope(&a.proc_, &text(&alice, &[&stranger], "x", None)).unwrap();
     assert_eq!(st, 404, "{v:?}");
+
+    // A key rotation on alice's relay is pushed to the peer that cached her log.
+    let (_, log) = a
+        .proc_
+        .request("GET", &format!("/v1/keys/{}", alice.handle), &[], b"")
+        .unwrap();
+    let head = formica_protocol::keylog::EntryHash::parse_hex(get(&log, "head").as_str().unwrap())
+        .unwrap();
+    let new_key = SecretKey::from_seed(&[0x91; 32]);
+    let rotate = KeyLogEntry {
+        handle: alice.handle.clone(),
+        seq: 1,
+        prev: Some(head),
+        ts: now_ms(),
+        op: KeyOp::Rotate {
+            key: new_key.public(),
+        },
+        signer: alice.key.public().key_id(),
+    }
+    .sign(&alice.key);
+    let (st, v) = a
+        .proc_
+        .request(
+            "POST",
+            &format!("/v1/keys/{}", alice.handle),
+            &[],
+            &rotate.wire_bytes(),
+        )
+        .unwrap();
+    assert_eq!(st, 201, "{v:?}");
+    wait_until("the rotation to reach relay b", Duration::from_secs(10), || {
+        let (_, v) = b
+            .proc_
+            .request("GET", &format!("/v1/keys/{}", alice.handle), &[], b"")
+            .unwrap();
+        get(&v, "current_key").as_str() == Some(new_key.public().to_hex().as_str())
+    });
+
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -618,6 +656,50 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     let other = RelayHost::parse("relay-z.example").unwrap();
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &other, &[&from_eve]);
     assert_eq!((st, error_code_of(&v).as_str()), (421, "wrong_relay"), "{v:?}");
+
+    // 6. Two different valid logs for one handle: the second is kept as evidence, reported by
+    //    the key log endpoint, and never replaces the first.
+    let k1 = SecretKey::from_seed(&[0x81; 32]);
+    let k2 = SecretKey::from_seed(&[0x82; 32]);
+    let eve2 = Handle::parse(&format!("@eve2@{}", fake.host)).unwrap();
+    let reg = |k: &SecretKey, ts: i64| {
+        KeyLogEntry {
+            handle: eve2.clone(),
+            seq: 0,
+            prev: None,
+            ts,
+            op: KeyOp::Register {
+                key: k.public(),
+                recovery: None,
+            },
+            signer: k.public().key_id(),
+        }
+        .sign(k)
+    };
+    let set_log = |e: &formica_protocol::SignedKeyLogEntry| {
+        keylogs.lock().unwrap().insert(
+            eve2.as_str().to_owned(),
+            obj(vec![("entries", Value::Array(vec![e.value().clone()]))]),
+        );
+    };
+    set_log(&reg(&k1, now_ms() - 2000));
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&mk(&eve2, &k1)]);
+    assert_eq!(st, 200);
+    assert_eq!(first_result_code(&v), "not_contact", "{v:?}");
+    set_log(&reg(&k2, now_ms() - 1000));
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&mk(&eve2, &k2)]);
+    assert_eq!(st, 200);
+    assert_eq!(first_result_code(&v), "keylog_fork", "{v:?}");
+    let (st, v) = b
+        .proc_
+        .request("GET", &format!("/v1/keys/{eve2}"), &[], b"")
+        .unwrap();
+    assert_eq!(st, 200, "{v:?}");
+    assert_eq!(get(&v, "conflicts").as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(&v, "current_key").as_str(),
+        Some(k1.public().to_hex().as_str())
+    );
 
     // Nothing was stored.
     assert!(inbox_envelopes(&b, &bob).is_empty());
