@@ -523,13 +523,25 @@ impl Fake {
         path: &str,
         body: &[u8],
     ) -> (String, (u16, Value)) {
+        self.signed_with(&self.key, now_ms(), r, dest, path, body)
+    }
+
+    fn signed_with(
+        &self,
+        key: &SecretKey,
+        ts: i64,
+        r: &RelayProc,
+        dest: &RelayHost,
+        path: &str,
+        body: &[u8],
+    ) -> (String, (u16, Value)) {
         let mut n = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut n);
         let h = RelayAuth::sign(
-            &self.key,
+            key,
             &self.host,
             dest,
-            now_ms(),
+            ts,
             Nonce(n),
             &RequestTarget {
                 method: "POST",
@@ -701,7 +713,73 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
         Some(k1.public().to_hex().as_str())
     );
 
+    // 7. A stale request, one from the future, and one signed with another key than the one
+    //    learned at the handshake.
+    let body = canon::canonicalize(&obj(vec![
+        ("envelopes", Value::Array(vec![])),
+        ("txn", "t-x".into()),
+    ]));
+    let (_, (st, v)) = fake.signed_with(&fake.key, now_ms() - 3_600_000, &b.proc_, &bhost, "/v1/federation/transfer", &body);
+    assert_eq!((st, error_code_of(&v).as_str()), (400, "stale"), "{v:?}");
+    let (_, (st, v)) = fake.signed_with(&fake.key, now_ms() + 3_600_000, &b.proc_, &bhost, "/v1/federation/transfer", &body);
+    assert_eq!((st, error_code_of(&v).as_str()), (400, "future"), "{v:?}");
+    let (_, (st, v)) = fake.signed_with(&stray, now_ms(), &b.proc_, &bhost, "/v1/federation/transfer", &body);
+    assert_eq!((st, error_code_of(&v).as_str()), (401, "unauthorized"), "{v:?}");
+
     // Nothing was stored.
     assert!(inbox_envelopes(&b, &bob).is_empty());
+
+    // 8. A transfer retried after the peer stored it (say the answer timed out): duplicate,
+    //    and the envelope is in the inbox once.
+    bob.allow(&b.proc_, &eve2);
+    let good = mk(&eve2, &k1);
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&good]);
+    assert_eq!(st, 200);
+    assert_eq!(result_of(&get(&v, "results").as_array().unwrap()[0]), "accepted", "{v:?}");
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&good]);
+    assert_eq!(st, 200);
+    assert_eq!(result_of(&get(&v, "results").as_array().unwrap()[0]), "duplicate", "{v:?}");
+    assert_eq!(inbox_envelopes(&b, &bob).len(), 1);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn manual_peering_needs_approval_and_removal_stops_forwarding() {
+    let root = tempdir("manual");
+    let a = Node::start(&root, "a", 60_000);
+    let b = Node::start(&root, "b", 60_000);
+    // B approves peers by hand.
+    let text_cfg = std::fs::read_to_string(&b.config).unwrap().replace("peering = \"open\"", "peering = \"manual\"");
+    std::fs::write(&b.config, text_cfg).unwrap();
+    let mut b = b;
+    b.proc_.terminate();
+    b.restart();
+    let (ok, out) = a.peer_cmd(&["add", &format!("http://{}", b.host())]);
+    assert!(ok && out.contains("\"requested\""), "{out}");
+    let (_, list) = b.peer_cmd(&["list"]);
+    assert!(list.contains("\"pending\""), "{list}");
+    // Not yet mutual: A refuses to forward to B.
+    let alice = Peer::register(&a.proc_, "alice", 1);
+    let bob = Peer::register(&b.proc_, "bob", 2);
+    let (st, _) = post_envelope(&a.proc_, &text(&alice, &[&bob.handle], "too early", None)).unwrap();
+    assert_eq!(st, 404);
+    let (ok, out) = b.peer_cmd(&["approve", &a.host()]);
+    assert!(ok && out.contains("\"active\""), "{out}");
+    let (_, list) = a.peer_cmd(&["list"]);
+    assert!(list.contains("\"active\"") && !list.contains("\"requested\""), "{list}");
+    bob.allow(&b.proc_, &alice.handle);
+    let id = post(&a, &text(&alice, &[&bob.handle], "now", None));
+    wait_status(&a, &alice, &id, &bob.handle, "forwarded");
+    // Removed on B: A's transfers are refused with peer_unknown and stay queued.
+    let (ok, out) = b.peer_cmd(&["remove", &a.host()]);
+    assert!(ok, "{out}");
+    let id2 = post(&a, &text(&alice, &[&bob.handle], "after removal", None));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(statuses(&a, &alice, &id2)[0].1, "accepted");
+    let (_, list) = a.peer_cmd(&["list"]);
+    assert!(list.contains("\"queued\":1"), "{list}");
+    // The admin endpoint needs the token.
+    let (st, _) = a.proc_.request("GET", "/admin/v1/peers", &[], b"").unwrap();
+    assert_eq!(st, 403);
     let _ = std::fs::remove_dir_all(&root);
 }
