@@ -109,7 +109,10 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/contact-requests/{id}/reject", post(reject_request))
         .route("/v1/federation/peers", post(crate::federation::handshake))
         .route("/v1/federation/transfer", post(crate::federation::transfer))
-        .route("/v1/federation/keylog", post(crate::federation::keylog_push))
+        .route(
+            "/v1/federation/keylog",
+            post(crate::federation::keylog_push),
+        )
         .route(
             "/admin/v1/peers",
             get(crate::federation::admin_list).post(crate::federation::admin_add),

@@ -347,7 +347,10 @@ fn remote_keylog(st: &State, ctx: &Ctx<'_>, entries: Vec<SignedKeyLogEntry>) -> 
             }
             let known = cached.is_some_and(|c| c.conflicts.iter().any(|x| x.hash() == e.hash()));
             if !known {
-                events.push(Event::RemoteKeyLogConflict { at: ctx.now, entry: e });
+                events.push(Event::RemoteKeyLogConflict {
+                    at: ctx.now,
+                    entry: e,
+                });
             }
             return Ok((events, Outcome::KeyLogForked));
         }
@@ -355,7 +358,10 @@ fn remote_keylog(st: &State, ctx: &Ctx<'_>, entries: Vec<SignedKeyLogEntry>) -> 
             None => log = Some(KeyLog::start(e.clone())?),
             Some(l) => l.append(e.clone())?,
         }
-        events.push(Event::RemoteKeyLog { at: ctx.now, entry: e });
+        events.push(Event::RemoteKeyLog {
+            at: ctx.now,
+            entry: e,
+        });
     }
     let head = log.map(|l| l.head().hash().to_hex()).unwrap_or_default();
     Ok((events, Outcome::KeyLogAppended { seq: 0, head }))
@@ -492,7 +498,12 @@ pub fn receipt_with(
 
 /// Steps 7-10 of the ingest pipeline (SPEC.md section 15.9) for a verified envelope; with an
 /// `origin`, the same steps for an envelope that peer forwarded (FED-6).
-fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope, origin: Option<&RelayHost>) -> Decision {
+fn envelope(
+    st: &State,
+    ctx: &Ctx<'_>,
+    v: VerifiedEnvelope,
+    origin: Option<&RelayHost>,
+) -> Decision {
     let id = v.id();
     let env = v.envelope();
     // 7. Dedup: an exact replay is a success that says so, and stores nothing.
@@ -528,7 +539,10 @@ fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope, origin: Option<&Rela
             st.remote_logs
                 .get(&env.from)
                 .ok_or_else(|| {
-                    ApiError::new(ErrorCode::UnknownKey, format!("no key log for {}", env.from))
+                    ApiError::new(
+                        ErrorCode::UnknownKey,
+                        format!("no key log for {}", env.from),
+                    )
                 })?
                 .log
                 .key_at(&env.key, env.ts)
@@ -608,7 +622,10 @@ fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope, origin: Option<&Rela
             if !federates {
                 return Err(ApiError::new(
                     ErrorCode::UnknownRecipient,
-                    format!("{to} is homed on {}, which is not a peer of this relay", to.host()),
+                    format!(
+                        "{to} is homed on {}, which is not a peer of this relay",
+                        to.host()
+                    ),
                 ));
             }
             continue;
@@ -826,7 +843,12 @@ fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope, origin: Option<&Rela
 /// FED-11: a peer's delivery notice (a receipt signed by its relay key, verified by the caller)
 /// moves the delivery to one of its agents to `delivered`, and the sender gets this relay's
 /// `delivered` receipt if it asked for an ack.
-fn remote_delivered(st: &State, ctx: &Ctx<'_>, v: &VerifiedEnvelope, origin: &RelayHost) -> Decision {
+fn remote_delivered(
+    st: &State,
+    ctx: &Ctx<'_>,
+    v: &VerifiedEnvelope,
+    origin: &RelayHost,
+) -> Decision {
     let id = v.id();
     let env = v.envelope();
     let Payload::Receipt {
@@ -851,12 +873,22 @@ fn remote_delivered(st: &State, ctx: &Ctx<'_>, v: &VerifiedEnvelope, origin: &Re
         .messages
         .get(msg)
         .filter(|m| st.agents.contains_key(&m.sender))
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no message {msg} sent from here")))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("no message {msg} sent from here"),
+            )
+        })?;
     let r = m
         .recipients
         .iter()
         .find(|r| &r.handle == recipient)
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{recipient} is not a recipient of {msg}")))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("{recipient} is not a recipient of {msg}"),
+            )
+        })?;
     let mut events = vec![Event::RemoteDelivered {
         at: ctx.now,
         id,
@@ -864,7 +896,15 @@ fn remote_delivered(st: &State, ctx: &Ctx<'_>, v: &VerifiedEnvelope, origin: &Re
         recipient: recipient.clone(),
     }];
     if m.ack_by.is_some() && matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded) {
-        let rc = receipt(st, ctx, *msg, &m.sender, recipient, DeliveryState::Delivered, None)?;
+        let rc = receipt(
+            st,
+            ctx,
+            *msg,
+            &m.sender,
+            recipient,
+            DeliveryState::Delivered,
+            None,
+        )?;
         events.push(Event::Envelope {
             at: ctx.now,
             envelope: rc,

@@ -56,11 +56,10 @@ impl Default for PeerClient {
         conn.set_connect_timeout(Some(Duration::from_secs(5)));
         conn.enforce_http(false);
         PeerClient {
-            inner: hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn),
+            inner:
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build(conn),
         }
     }
 }
@@ -211,14 +210,12 @@ pub fn authenticate_relay(
         Some(k) => *k,
         None => {
             let st = app.state.read().unwrap_or_else(|p| p.into_inner());
-            st.active_peer(&auth.origin)
-                .map(|p| p.key)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::PeerUnknown,
-                        format!("{} is not a peer of this relay", auth.origin),
-                    )
-                })?
+            st.active_peer(&auth.origin).map(|p| p.key).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::PeerUnknown,
+                    format!("{} is not a peer of this relay", auth.origin),
+                )
+            })?
         }
     };
     let target = RequestTarget {
@@ -283,7 +280,14 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
         let desc = f.req("descriptor")?.clone();
         f.finish()?;
         let (origin, key) = verify_descriptor(&desc)?;
-        let who = authenticate_relay(&app, &parts.method, &path, &parts.headers, &body, Some(&key))?;
+        let who = authenticate_relay(
+            &app,
+            &parts.method,
+            &path,
+            &parts.headers,
+            &body,
+            Some(&key),
+        )?;
         if who != origin {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
@@ -291,7 +295,8 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
             ));
         }
         // The key must also be the one the origin publishes itself.
-        let (st, fetched) = call(&app, "GET", &origin, "/.well-known/formica", vec![], false).await?;
+        let (st, fetched) =
+            call(&app, "GET", &origin, "/.well-known/formica", vec![], false).await?;
         let (h2, k2) = if st == 200 {
             verify_descriptor(&fetched)?
         } else {
@@ -400,7 +405,10 @@ async fn ask_to_peer(app: &App, host: &RelayHost) -> Result<Value, ApiError> {
         202 => PeerStatus::Requested,
         _ => {
             let code = answer_code(&ans).unwrap_or(ErrorCode::PeerUnavailable);
-            return Err(ApiError::new(code, format!("{host} refused to peer ({st})")));
+            return Err(ApiError::new(
+                code,
+                format!("{host} refused to peer ({st})"),
+            ));
         }
     };
     match app
@@ -447,13 +455,20 @@ pub async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
             .to_vec();
         f.finish()?;
         if txn.is_empty() || txn.len() > 128 || !txn.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-            return Err(ApiError::new(ErrorCode::InvalidField, "txn is 1 to 128 visible ASCII bytes")
-                .with("field", "txn".into()));
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                "txn is 1 to 128 visible ASCII bytes",
+            )
+            .with("field", "txn".into()));
         }
         if items.len() > l.batch_envelopes_max {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,
-                format!("{} envelopes; a transfer holds at most {}", items.len(), l.batch_envelopes_max),
+                format!(
+                    "{} envelopes; a transfer holds at most {}",
+                    items.len(),
+                    l.batch_envelopes_max
+                ),
             ));
         }
         let mut pending = Vec::with_capacity(items.len());
@@ -467,7 +482,11 @@ pub async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
                 match r {
                     Err(e) => Err(e),
                     Ok(Err(id)) => Ok(Outcome::Duplicate { id }),
-                    Ok(Ok(env)) => app.writer.submit(Command::RemoteEnvelope { env, origin }).await,
+                    Ok(Ok(env)) => {
+                        app.writer
+                            .submit(Command::RemoteEnvelope { env, origin })
+                            .await
+                    }
                 }
             }
         });
@@ -524,7 +543,10 @@ async fn judge_remote(
     if size > l.envelope_bytes_max {
         return Err(ApiError::new(
             ErrorCode::TooLarge,
-            format!("envelope is {size} bytes, more than {}", l.envelope_bytes_max),
+            format!(
+                "envelope is {size} bytes, more than {}",
+                l.envelope_bytes_max
+            ),
         ));
     }
     let limits = formica_protocol::envelope::EnvelopeLimits {
@@ -545,7 +567,13 @@ async fn judge_remote(
                 format!("{} is not the relay address of {origin}", env.from),
             ));
         }
-        if app.state.read().unwrap_or_else(|p| p.into_inner()).seen.contains(&se.id()) {
+        if app
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .contains(&se.id())
+        {
             return Ok(Err(se.id()));
         }
         let key = app
@@ -554,7 +582,9 @@ async fn judge_remote(
             .unwrap_or_else(|p| p.into_inner())
             .active_peer(origin)
             .map(|p| p.key)
-            .ok_or_else(|| ApiError::new(ErrorCode::PeerUnknown, format!("{origin} is not a peer")))?;
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::PeerUnknown, format!("{origin} is not a peer"))
+            })?;
         return Ok(Ok(se.verify(&key)?));
     }
     if env.from.host() != origin {
@@ -591,15 +621,23 @@ pub async fn remote_key(
 ) -> Result<PublicKey, ApiError> {
     let cached = |app: &App| {
         let st = app.state.read().unwrap_or_else(|p| p.into_inner());
-        st.remote_logs
-            .get(h)
-            .map(|r| r.log.key_at(kid, ts).copied().map_err(|e| ApiError::new(e.code(), e.to_string())))
+        st.remote_logs.get(h).map(|r| {
+            r.log
+                .key_at(kid, ts)
+                .copied()
+                .map_err(|e| ApiError::new(e.code(), e.to_string()))
+        })
     };
     if let Some(Ok(k)) = cached(app) {
         return Ok(k);
     }
     pull_keylog(app, h).await?;
-    cached(app).unwrap_or_else(|| Err(ApiError::new(ErrorCode::UnknownKey, format!("no key log for {h}"))))
+    cached(app).unwrap_or_else(|| {
+        Err(ApiError::new(
+            ErrorCode::UnknownKey,
+            format!("no key log for {h}"),
+        ))
+    })
 }
 
 /// Fetches `h`'s key log from its home relay, verifies it (LOG-10) and caches it.
@@ -607,21 +645,33 @@ pub async fn pull_keylog(app: &App, h: &Handle) -> Result<(), ApiError> {
     let path = format!("/v1/keys/{h}");
     let (st, v) = call(app, "GET", h.host(), &path, vec![], false).await?;
     if st == 404 {
-        return Err(ApiError::new(ErrorCode::UnknownSender, format!("{h} is not registered on its home relay")));
+        return Err(ApiError::new(
+            ErrorCode::UnknownSender,
+            format!("{h} is not registered on its home relay"),
+        ));
     }
     if st != 200 {
-        return Err(ApiError::new(ErrorCode::PeerUnavailable, format!("{} answered {st} for {path}", h.host())));
+        return Err(ApiError::new(
+            ErrorCode::PeerUnavailable,
+            format!("{} answered {st} for {path}", h.host()),
+        ));
     }
     let entries = v
         .as_object()
         .and_then(|o| o.get("entries"))
         .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::new(ErrorCode::InvalidField, "the key log has no entries").with("field", "entries".into()))?;
+        .ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidField, "the key log has no entries")
+                .with("field", "entries".into())
+        })?;
     let mut log = Vec::with_capacity(entries.len());
     for e in entries {
         let e = SignedKeyLogEntry::from_value(e.clone())?;
         if &e.entry().handle != h {
-            return Err(ApiError::new(ErrorCode::KeylogHandleMismatch, format!("the key log of {h} holds an entry for {}", e.entry().handle)));
+            return Err(ApiError::new(
+                ErrorCode::KeylogHandleMismatch,
+                format!("the key log of {h} holds an entry for {}", e.entry().handle),
+            ));
         }
         log.push(e);
     }
@@ -651,7 +701,16 @@ pub async fn push_keylog(app: Shared, entry: Value) {
     };
     let body = canon::canonicalize(&obj(vec![("entries", Value::Array(vec![entry]))]));
     for p in peers {
-        if let Err(u) = call(&app, "POST", &p, "/v1/federation/keylog", body.clone(), true).await {
+        if let Err(u) = call(
+            &app,
+            "POST",
+            &p,
+            "/v1/federation/keylog",
+            body.clone(),
+            true,
+        )
+        .await
+        {
             tracing::debug!(peer = %p, "key log push failed: {}", u.0);
         }
     }
@@ -760,7 +819,9 @@ fn parse_host(s: &str) -> Result<RelayHost, ApiError> {
     let s = s.trim();
     let s = s.split_once("://").map(|(_, r)| r).unwrap_or(s);
     let s = s.trim_end_matches('/');
-    RelayHost::parse(s).map_err(|e| ApiError::new(ErrorCode::InvalidField, e.to_string()).with("field", "url".into()))
+    RelayHost::parse(s).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidField, e.to_string()).with("field", "url".into())
+    })
 }
 
 /// `GET /admin/v1/peers`.
@@ -775,7 +836,10 @@ pub async fn admin_list(AxState(app): AxState<Shared>, req: Request) -> Response
                 let mut v = crate::decide::peer_value(h, &p.key, p.status);
                 if let Value::Object(o) = &mut v {
                     o.insert("since", Value::Int(p.since));
-                    o.insert("queued", Value::Int(st.outbound.get(h).map(|q| q.len()).unwrap_or(0) as i64));
+                    o.insert(
+                        "queued",
+                        Value::Int(st.outbound.get(h).map(|q| q.len()).unwrap_or(0) as i64),
+                    );
                 }
                 v
             })
@@ -797,7 +861,11 @@ pub async fn admin_add(AxState(app): AxState<Shared>, req: Request) -> Response 
         f.finish()?;
         let host = parse_host(&url)?;
         if host == app.host {
-            return Err(ApiError::new(ErrorCode::InvalidField, "a relay does not peer with itself").with("field", "url".into()));
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                "a relay does not peer with itself",
+            )
+            .with("field", "url".into()));
         }
         let v = ask_to_peer(&app, &host).await?;
         Ok(ok(200, v))
@@ -807,7 +875,11 @@ pub async fn admin_add(AxState(app): AxState<Shared>, req: Request) -> Response 
 }
 
 /// `POST /admin/v1/peers/{host}/approve`: approve a pending peering and answer back.
-pub async fn admin_approve(AxState(app): AxState<Shared>, Path(host): Path<String>, req: Request) -> Response {
+pub async fn admin_approve(
+    AxState(app): AxState<Shared>,
+    Path(host): Path<String>,
+    req: Request,
+) -> Response {
     let res = async move {
         admin_auth(&app, &req)?;
         enabled(&app)?;
@@ -819,9 +891,15 @@ pub async fn admin_approve(AxState(app): AxState<Shared>, Path(host): Path<Strin
             .peers
             .get(&host)
             .cloned()
-            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{host} has not asked to peer")))?;
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::NotFound, format!("{host} has not asked to peer"))
+            })?;
         app.writer
-            .submit(Command::PeerSet { host: host.clone(), key: p.key, status: PeerStatus::Active })
+            .submit(Command::PeerSet {
+                host: host.clone(),
+                key: p.key,
+                status: PeerStatus::Active,
+            })
             .await?;
         // Mutual: tell the other side, which asked, so it marks this relay active too.
         let v = ask_to_peer(&app, &host).await?;
@@ -832,12 +910,24 @@ pub async fn admin_approve(AxState(app): AxState<Shared>, Path(host): Path<Strin
 }
 
 /// `DELETE /admin/v1/peers/{host}`.
-pub async fn admin_remove(AxState(app): AxState<Shared>, Path(host): Path<String>, req: Request) -> Response {
+pub async fn admin_remove(
+    AxState(app): AxState<Shared>,
+    Path(host): Path<String>,
+    req: Request,
+) -> Response {
     let res = async move {
         admin_auth(&app, &req)?;
         let host = parse_host(&host)?;
-        app.writer.submit(Command::PeerRemove { host: host.clone() }).await?;
-        Ok(ok(200, obj(vec![("host", host.as_str().into()), ("removed", Value::Bool(true))])))
+        app.writer
+            .submit(Command::PeerRemove { host: host.clone() })
+            .await?;
+        Ok(ok(
+            200,
+            obj(vec![
+                ("host", host.as_str().into()),
+                ("removed", Value::Bool(true)),
+            ]),
+        ))
     }
     .await;
     res.unwrap_or_else(|e: ApiError| e.into_response())
@@ -889,9 +979,9 @@ pub async fn run_forwarding(app: Shared) {
         };
         workers.retain(|_, j| !j.is_finished());
         for h in active {
-            if !workers.contains_key(&h) {
-                let j = tokio::spawn(forward_to(app.clone(), h.clone()));
-                workers.insert(h, j);
+            if let std::collections::hash_map::Entry::Vacant(v) = workers.entry(h) {
+                let j = tokio::spawn(forward_to(app.clone(), v.key().clone()));
+                v.insert(j);
             }
         }
         tokio::select! {
@@ -974,7 +1064,10 @@ async fn forward_to(app: Shared, peer: RelayHost) {
                 failures = 0;
                 if let Err(e) = app
                     .writer
-                    .submit(Command::TransferResults { peer: peer.clone(), results: results.clone() })
+                    .submit(Command::TransferResults {
+                        peer: peer.clone(),
+                        results: results.clone(),
+                    })
                     .await
                 {
                     if e.code == ErrorCode::Unavailable {
@@ -996,11 +1089,17 @@ async fn forward_to(app: Shared, peer: RelayHost) {
                     if *n >= fed.attempts_max {
                         let _ = app
                             .writer
-                            .submit(Command::DeadLetter { peer: peer.clone(), id: *id, reason: "attempts".into() })
+                            .submit(Command::DeadLetter {
+                                peer: peer.clone(),
+                                id: *id,
+                                reason: "attempts".into(),
+                            })
                             .await;
                     }
                 }
-                let exp = fed.retry_base_ms.saturating_mul(1u64 << failures.min(20).saturating_sub(1));
+                let exp = fed
+                    .retry_base_ms
+                    .saturating_mul(1u64 << failures.min(20).saturating_sub(1));
                 let mut delay = exp.min(fed.retry_max_ms);
                 // Circuit breaker: after `breaker_failures` in a row it is open for the
                 // cool-down; the next attempt is the half-open trial, and a success closes it.

@@ -195,7 +195,9 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             "formica relay listening on http://{addr} as {host} (data in {})",
             cfg.data_dir.display()
         );
-        let admin_addr = cfg.data_dir.join(formica_relay::federation::ADMIN_ADDR_FILE);
+        let admin_addr = cfg
+            .data_dir
+            .join(formica_relay::federation::ADMIN_ADDR_FILE);
         if let Err(e) = std::fs::write(&admin_addr, format!("{addr}\n")) {
             tracing::warn!(error = %e, "cannot write {}", admin_addr.display());
         }
@@ -228,9 +230,14 @@ async fn shutdown_signal() {
 fn peer_cmd(dir: &std::path::Path, op: PeerOp) -> ExitCode {
     use std::io::{Read, Write};
     let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_owned()).map_err(|e| {
-            format!("{}: {e} (is the relay running on this data directory?)", dir.join(name).display())
-        })
+        std::fs::read_to_string(dir.join(name))
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| {
+                format!(
+                    "{}: {e} (is the relay running on this data directory?)",
+                    dir.join(name).display()
+                )
+            })
     };
     let run = || -> Result<(u16, String), String> {
         let token = read(formica_relay::federation::ADMIN_TOKEN_FILE)?;
@@ -242,7 +249,11 @@ fn peer_cmd(dir: &std::path::Path, op: PeerOp) -> ExitCode {
             PeerOp::Add { url } => {
                 let mut o = formica_protocol::Object::new();
                 o.insert("url", url.as_str().into());
-                ("POST", "/admin/v1/peers".to_owned(), formica_protocol::canon::canonicalize(&formica_protocol::Value::Object(o)))
+                (
+                    "POST",
+                    "/admin/v1/peers".to_owned(),
+                    formica_protocol::canon::canonicalize(&formica_protocol::Value::Object(o)),
+                )
             }
             PeerOp::Approve { host } => ("POST", format!("/admin/v1/peers/{host}/approve"), vec![]),
             PeerOp::List => ("GET", "/admin/v1/peers".to_owned(), vec![]),
@@ -255,12 +266,21 @@ fn peer_cmd(dir: &std::path::Path, op: PeerOp) -> ExitCode {
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        s.write_all(head.as_bytes()).and_then(|_| s.write_all(&body)).map_err(|e| e.to_string())?;
+        s.write_all(head.as_bytes())
+            .and_then(|_| s.write_all(&body))
+            .map_err(|e| e.to_string())?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Ok((status, body))
     };
     match run() {

@@ -312,7 +312,10 @@ impl Policy {
             ));
         }
         if !matches!(f.scheme.as_str(), "http" | "https") {
-            return Err(format!("federation.scheme {:?}: expected https or http", f.scheme));
+            return Err(format!(
+                "federation.scheme {:?}: expected https or http",
+                f.scheme
+            ));
         }
         if f.remote_tier >= self.tiers.len() {
             return Err("federation.remote_tier is not an index into tiers".into());

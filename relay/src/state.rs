@@ -405,8 +405,8 @@ impl State {
         // FED-4: what a local agent sends to agents homed elsewhere is queued for their home
         // relays (never what arrived from another relay: no transit), and so are this relay's
         // delivery notices for remote senders (FED-11).
-        let own_notice = env.from == Handle::relay(&self.host)
-            && matches!(env.payload, Payload::Receipt { .. });
+        let own_notice =
+            env.from == Handle::relay(&self.host) && matches!(env.payload, Payload::Receipt { .. });
         if self.is_local(&env.from) || own_notice {
             let hosts: BTreeSet<RelayHost> = env
                 .to

@@ -40,10 +40,7 @@ fn free_port() -> u16 {
 fn fed_config(dir: &Path, dead_letter_ms: i64) -> PathBuf {
     let base = write_config(dir);
     let mut text = std::fs::read_to_string(&base).unwrap();
-    text = text.replace(
-        "[limits]\n",
-        "[limits]\ndeadline_check_ms = 100\n",
-    );
+    text = text.replace("[limits]\n", "[limits]\ndeadline_check_ms = 100\n");
     text.push_str(&format!(
         r#"
 [federation]
@@ -242,7 +239,10 @@ fn three_relays_contact_requests_messages_acks_timeouts() {
     a.peer_with(&c);
     b.peer_with(&c);
     let (ok, list) = a.peer_cmd(&["list"]);
-    assert!(ok && list.contains(&b.host()) && list.contains(&c.host()), "{list}");
+    assert!(
+        ok && list.contains(&b.host()) && list.contains(&c.host()),
+        "{list}"
+    );
 
     let alice = Peer::register(&a.proc_, "alice", 1);
     let bob = Peer::register(&b.proc_, "bob", 2);
@@ -294,7 +294,9 @@ fn three_relays_contact_requests_messages_acks_timeouts() {
     let ack_id = post(&b, &ack);
     wait_status(&a, &alice, &mid, &bob.handle, "acked");
     let ai = inbox_envelopes(&a, &alice);
-    assert!(ai.iter().any(|e| get(e, "id").as_str() == Some(ack_id.as_str())));
+    assert!(ai
+        .iter()
+        .any(|e| get(e, "id").as_str() == Some(ack_id.as_str())));
     assert!(receipt_statuses(&a, &alice).contains(&(mid.clone(), "acked".into())));
 
     // One envelope to agents on two other relays.
@@ -312,7 +314,12 @@ fn three_relays_contact_requests_messages_acks_timeouts() {
         .any(|e| get(e, "id").as_str() == Some(m2id.as_str())));
 
     // An ack deadline that passes: the sender's relay times the remote delivery out.
-    let m3 = text(&alice, &[&bob.handle], "ack me soon", Some(now_ms() + 1_000));
+    let m3 = text(
+        &alice,
+        &[&bob.handle],
+        "ack me soon",
+        Some(now_ms() + 1_000),
+    );
     let m3id = post(&a, &m3);
     wait_status(&a, &alice, &m3id, &bob.handle, "timed_out");
     assert!(receipt_statuses(&a, &alice).contains(&(m3id.clone(), "timed_out".into())));
@@ -334,7 +341,12 @@ fn three_relays_contact_requests_messages_acks_timeouts() {
             get(e, "type").as_str() == Some("receipt")
                 && get(get(e, "payload"), "msg").as_str() == Some(m4id.as_str())
         })
-        .map(|e| get(get(e, "payload"), "reason").as_str().unwrap().to_owned())
+        .map(|e| {
+            get(get(e, "payload"), "reason")
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .unwrap();
     assert_eq!(reason, "not_contact");
 
@@ -372,13 +384,17 @@ fn three_relays_contact_requests_messages_acks_timeouts() {
         )
         .unwrap();
     assert_eq!(st, 201, "{v:?}");
-    wait_until("the rotation to reach relay b", Duration::from_secs(10), || {
-        let (_, v) = b
-            .proc_
-            .request("GET", &format!("/v1/keys/{}", alice.handle), &[], b"")
-            .unwrap();
-        get(&v, "current_key").as_str() == Some(new_key.public().to_hex().as_str())
-    });
+    wait_until(
+        "the rotation to reach relay b",
+        Duration::from_secs(10),
+        || {
+            let (_, v) = b
+                .proc_
+                .request("GET", &format!("/v1/keys/{}", alice.handle), &[], b"")
+                .unwrap();
+            get(&v, "current_key").as_str() == Some(new_key.public().to_hex().as_str())
+        },
+    );
 
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -399,7 +415,10 @@ fn killed_peer_restarts_and_everything_arrives_once_in_order() {
     b.proc_.kill();
     let mut sent = vec![first_id];
     for i in 0..10 {
-        sent.push(post(&a, &text(&alice, &[&bob.handle], &format!("while down {i}"), None)));
+        sent.push(post(
+            &a,
+            &text(&alice, &[&bob.handle], &format!("while down {i}"), None),
+        ));
     }
     // The sender's relay is killed too: its queue is in its log.
     std::thread::sleep(Duration::from_millis(500));
@@ -462,7 +481,10 @@ fn fake_descriptor(key: &SecretKey, host: &RelayHost) -> Value {
     o.insert("key_id", key.public().key_id().to_hex().into());
     o.insert("versions", Value::Array(vec![Value::Int(1)]));
     o.insert("ts", Value::Int(now_ms()));
-    let sig = key.sign(Domain::Descriptor, &canon::canonicalize(&Value::Object(o.clone())));
+    let sig = key.sign(
+        Domain::Descriptor,
+        &canon::canonicalize(&Value::Object(o.clone())),
+    );
     o.insert("sig", sig.to_hex().into());
     Value::Object(o)
 }
@@ -555,7 +577,12 @@ impl Fake {
         (h, res)
     }
 
-    fn transfer(&self, r: &RelayProc, dest: &RelayHost, envs: &[&SignedEnvelope]) -> (String, Vec<u8>, (u16, Value)) {
+    fn transfer(
+        &self,
+        r: &RelayProc,
+        dest: &RelayHost,
+        envs: &[&SignedEnvelope],
+    ) -> (String, Vec<u8>, (u16, Value)) {
         let body = canon::canonicalize(&obj(vec![
             (
                 "envelopes",
@@ -609,7 +636,10 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     .sign(&SecretKey::from_seed(&[0x78; 32]));
     keylogs.lock().unwrap().insert(
         eve.as_str().to_owned(),
-        obj(vec![("entries", Value::Array(vec![forged.value().clone()]))]),
+        obj(vec![(
+            "entries",
+            Value::Array(vec![forged.value().clone()]),
+        )]),
     );
 
     // Before peering, a transfer is peer_unknown.
@@ -634,7 +664,11 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     };
     let from_eve = mk(&eve, &eve_key);
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&from_eve]);
-    assert_eq!((st, error_code_of(&v).as_str()), (403, "peer_unknown"), "{v:?}");
+    assert_eq!(
+        (st, error_code_of(&v).as_str()),
+        (403, "peer_unknown"),
+        "{v:?}"
+    );
 
     // The handshake (B's policy is open).
     let body = canon::canonicalize(&obj(vec![(
@@ -657,9 +691,18 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     // 3. Replaying the exact request (same nonce): nonce_reused.
     let (st, v) = b
         .proc_
-        .request("POST", "/v1/federation/transfer", &[("authorization", h1)], &body1)
+        .request(
+            "POST",
+            "/v1/federation/transfer",
+            &[("authorization", h1)],
+            &body1,
+        )
         .unwrap();
-    assert_eq!((st, error_code_of(&v).as_str()), (401, "nonce_reused"), "{v:?}");
+    assert_eq!(
+        (st, error_code_of(&v).as_str()),
+        (401, "nonce_reused"),
+        "{v:?}"
+    );
     // 4. A forged key log for the sender: its signature does not verify.
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&from_eve]);
     assert_eq!(st, 200);
@@ -667,7 +710,11 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     // 5. Signed for another destination: wrong_relay.
     let other = RelayHost::parse("relay-z.example").unwrap();
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &other, &[&from_eve]);
-    assert_eq!((st, error_code_of(&v).as_str()), (421, "wrong_relay"), "{v:?}");
+    assert_eq!(
+        (st, error_code_of(&v).as_str()),
+        (421, "wrong_relay"),
+        "{v:?}"
+    );
 
     // 6. Two different valid logs for one handle: the second is kept as evidence, reported by
     //    the key log endpoint, and never replaces the first.
@@ -719,12 +766,37 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
         ("envelopes", Value::Array(vec![])),
         ("txn", "t-x".into()),
     ]));
-    let (_, (st, v)) = fake.signed_with(&fake.key, now_ms() - 3_600_000, &b.proc_, &bhost, "/v1/federation/transfer", &body);
+    let (_, (st, v)) = fake.signed_with(
+        &fake.key,
+        now_ms() - 3_600_000,
+        &b.proc_,
+        &bhost,
+        "/v1/federation/transfer",
+        &body,
+    );
     assert_eq!((st, error_code_of(&v).as_str()), (400, "stale"), "{v:?}");
-    let (_, (st, v)) = fake.signed_with(&fake.key, now_ms() + 3_600_000, &b.proc_, &bhost, "/v1/federation/transfer", &body);
+    let (_, (st, v)) = fake.signed_with(
+        &fake.key,
+        now_ms() + 3_600_000,
+        &b.proc_,
+        &bhost,
+        "/v1/federation/transfer",
+        &body,
+    );
     assert_eq!((st, error_code_of(&v).as_str()), (400, "future"), "{v:?}");
-    let (_, (st, v)) = fake.signed_with(&stray, now_ms(), &b.proc_, &bhost, "/v1/federation/transfer", &body);
-    assert_eq!((st, error_code_of(&v).as_str()), (401, "unauthorized"), "{v:?}");
+    let (_, (st, v)) = fake.signed_with(
+        &stray,
+        now_ms(),
+        &b.proc_,
+        &bhost,
+        "/v1/federation/transfer",
+        &body,
+    );
+    assert_eq!(
+        (st, error_code_of(&v).as_str()),
+        (401, "unauthorized"),
+        "{v:?}"
+    );
 
     // Nothing was stored.
     assert!(inbox_envelopes(&b, &bob).is_empty());
@@ -735,10 +807,18 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     let good = mk(&eve2, &k1);
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&good]);
     assert_eq!(st, 200);
-    assert_eq!(result_of(&get(&v, "results").as_array().unwrap()[0]), "accepted", "{v:?}");
+    assert_eq!(
+        result_of(&get(&v, "results").as_array().unwrap()[0]),
+        "accepted",
+        "{v:?}"
+    );
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&good]);
     assert_eq!(st, 200);
-    assert_eq!(result_of(&get(&v, "results").as_array().unwrap()[0]), "duplicate", "{v:?}");
+    assert_eq!(
+        result_of(&get(&v, "results").as_array().unwrap()[0]),
+        "duplicate",
+        "{v:?}"
+    );
     assert_eq!(inbox_envelopes(&b, &bob).len(), 1);
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -749,7 +829,9 @@ fn manual_peering_needs_approval_and_removal_stops_forwarding() {
     let a = Node::start(&root, "a", 60_000);
     let b = Node::start(&root, "b", 60_000);
     // B approves peers by hand.
-    let text_cfg = std::fs::read_to_string(&b.config).unwrap().replace("peering = \"open\"", "peering = \"manual\"");
+    let text_cfg = std::fs::read_to_string(&b.config)
+        .unwrap()
+        .replace("peering = \"open\"", "peering = \"manual\"");
     std::fs::write(&b.config, text_cfg).unwrap();
     let mut b = b;
     b.proc_.terminate();
@@ -761,12 +843,16 @@ fn manual_peering_needs_approval_and_removal_stops_forwarding() {
     // Not yet mutual: A refuses to forward to B.
     let alice = Peer::register(&a.proc_, "alice", 1);
     let bob = Peer::register(&b.proc_, "bob", 2);
-    let (st, _) = post_envelope(&a.proc_, &text(&alice, &[&bob.handle], "too early", None)).unwrap();
+    let (st, _) =
+        post_envelope(&a.proc_, &text(&alice, &[&bob.handle], "too early", None)).unwrap();
     assert_eq!(st, 404);
     let (ok, out) = b.peer_cmd(&["approve", &a.host()]);
     assert!(ok && out.contains("\"active\""), "{out}");
     let (_, list) = a.peer_cmd(&["list"]);
-    assert!(list.contains("\"active\"") && !list.contains("\"requested\""), "{list}");
+    assert!(
+        list.contains("\"active\"") && !list.contains("\"requested\""),
+        "{list}"
+    );
     bob.allow(&b.proc_, &alice.handle);
     let id = post(&a, &text(&alice, &[&bob.handle], "now", None));
     wait_status(&a, &alice, &id, &bob.handle, "forwarded");

@@ -238,7 +238,7 @@ fn auth_scheme_is_the_authorization_header() {
             if let Some(sec) = op.as_object().and_then(|o| o.get("security")) {
                 for req in sec.as_array().expect("security is an array") {
                     for (name, _) in object(req, "security requirement").iter() {
-                        let allowed = match &name[..] {
+                        let allowed = match name {
                             "FormicaAuth" => !path.starts_with("/admin/"),
                             "FormicaRelayAuth" => path.starts_with("/v1/federation/"),
                             "AdminToken" => path.starts_with("/admin/"),

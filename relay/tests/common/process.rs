@@ -63,7 +63,14 @@ impl RelayProc {
     /// Starts `relay serve` listening on `listen` with handles `@name@<public>`.
     pub fn start_on(dir: &Path, config: &Path, listen: &str, public: &str) -> RelayProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args(["serve", "--listen", listen, "--public-host", public, "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--public-host",
+                public,
+                "--data-dir",
+            ])
             .arg(dir)
             .arg("--config")
             .arg(config)
