@@ -61,6 +61,7 @@ pub enum Command {
     RemoteEnvelope {
         env: VerifiedEnvelope,
         origin: RelayHost,
+        order: OrderGate,
     },
     /// Record a peer (handshake, approval).
     PeerSet {
@@ -86,6 +87,24 @@ pub enum Command {
         id: MessageId,
         reason: String,
     },
+}
+
+/// Keeps order per sender within one transfer (FED-9): once an envelope from a sender is refused
+/// with a retryable error, the later envelopes from that sender in the same transfer are refused
+/// with `unavailable` instead of being stored ahead of it. Shared by the commands of one transfer,
+/// which the writer decides in index order; it is an input of `decide`, like the command itself.
+#[derive(Debug, Clone, Default)]
+pub struct OrderGate(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Handle>>>);
+
+impl OrderGate {
+    pub fn is_blocked(&self, h: &Handle) -> bool {
+        self.0.lock().map(|s| s.contains(h)).unwrap_or(true)
+    }
+    pub fn block(&self, h: Handle) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(h);
+        }
+    }
 }
 
 /// What a command did, for the answer.
@@ -133,7 +152,25 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
         Command::Register { entry, challenge } => register(st, ctx, entry, challenge),
         Command::KeyLog { entry } => keylog(st, ctx, entry),
         Command::Envelope { env } => envelope(st, ctx, env, None),
-        Command::RemoteEnvelope { env, origin } => envelope(st, ctx, env, Some(&origin)),
+        Command::RemoteEnvelope { env, origin, order } => {
+            let from = env.envelope().from.clone();
+            if order.is_blocked(&from) {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "an earlier envelope from {from} in this transfer must be retried first"
+                    ),
+                )
+                .with("retry_after_s", Value::Int(1)));
+            }
+            let d = envelope(st, ctx, env, Some(&origin));
+            if let Err(e) = &d {
+                if e.code.retry() != formica_protocol::error::Retry::No {
+                    order.block(from);
+                }
+            }
+            d
+        }
         Command::PeerSet { host, key, status } => Ok((
             vec![Event::PeerSet {
                 at: ctx.now,

@@ -7,7 +7,7 @@
 //! projections of log events, so a restart resumes forwarding where it stopped.
 
 use crate::api::{descriptor_value, ok, read_body, App, Shared};
-use crate::decide::{Command, Outcome};
+use crate::decide::{Command, OrderGate, Outcome};
 use crate::error::ApiError;
 use crate::events::PeerStatus;
 use axum::body::Bytes;
@@ -471,20 +471,43 @@ pub async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
                 ),
             ));
         }
+        // FED-9: order per sender. An envelope refused with a retryable error holds back the
+        // later ones from the same sender (they stay queued at the origin, in order).
+        let order = OrderGate::default();
         let mut pending = Vec::with_capacity(items.len());
         for item in items {
-            pending.push(judge_remote(&app, &origin, item).await);
+            let from = item
+                .as_object()
+                .and_then(|o| o.get("from"))
+                .and_then(Value::as_str)
+                .and_then(|s| Handle::parse(s).ok());
+            if let Some(f) = from.as_ref().filter(|f| order.is_blocked(f)) {
+                pending.push(Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("an earlier envelope from {f} in this transfer must be retried first"),
+                )
+                .with("retry_after_s", Value::Int(1))));
+                continue;
+            }
+            let r = judge_remote(&app, &origin, item).await;
+            if let (Err(e), Some(f)) = (&r, from) {
+                if e.code.retry() != formica_protocol::error::Retry::No {
+                    order.block(f);
+                }
+            }
+            pending.push(r);
         }
         let futs = pending.into_iter().map(|r| {
             let app = &app;
             let origin = origin.clone();
+            let order = order.clone();
             async move {
                 match r {
                     Err(e) => Err(e),
                     Ok(Err(id)) => Ok(Outcome::Duplicate { id }),
                     Ok(Ok(env)) => {
                         app.writer
-                            .submit(Command::RemoteEnvelope { env, origin })
+                            .submit(Command::RemoteEnvelope { env, origin, order })
                             .await
                     }
                 }

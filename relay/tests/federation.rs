@@ -820,6 +820,22 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
         "{v:?}"
     );
     assert_eq!(inbox_envelopes(&b, &bob).len(), 1);
+
+    // 9. Order per sender: an envelope refused with a retryable error (here `future`) holds
+    //    back the later ones from the same sender in that transfer (`unavailable`).
+    let ahead = Envelope {
+        ts: now_ms() + 3_600_000,
+        ..mk(&eve2, &k1).envelope().clone()
+    }
+    .sign(&k1)
+    .unwrap();
+    let behind = mk(&eve2, &k1);
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&ahead, &behind]);
+    assert_eq!(st, 200);
+    let rs = get(&v, "results").as_array().unwrap().clone();
+    assert_eq!(error_code_of(&rs[0]), "future", "{v:?}");
+    assert_eq!(error_code_of(&rs[1]), "unavailable", "{v:?}");
+    assert_eq!(inbox_envelopes(&b, &bob).len(), 1);
     let _ = std::fs::remove_dir_all(&root);
 }
 
