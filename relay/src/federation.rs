@@ -294,6 +294,24 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
                 "the descriptor names another relay than the request's origin",
             ));
         }
+        // Under an allowlist, a host that is not listed (and that this relay did not ask) is
+        // refused before this relay makes any request on its behalf.
+        {
+            let fed = &app.policy.federation;
+            let asked = app
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .peers
+                .contains_key(&origin);
+            let listed = fed.allowlist.iter().any(|h| h == origin.as_str());
+            if fed.peering == "allowlist" && !listed && !asked {
+                return Err(ApiError::new(
+                    ErrorCode::PeerUnknown,
+                    format!("{origin} is not on this relay's allowlist"),
+                ));
+            }
+        }
         // The key must also be the one the origin publishes itself.
         let (st, fetched) =
             call(&app, "GET", &origin, "/.well-known/formica", vec![], false).await?;
