@@ -832,7 +832,7 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     let behind = mk(&eve2, &k1);
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&ahead, &behind]);
     assert_eq!(st, 200);
-    let rs = get(&v, "results").as_array().unwrap().clone();
+    let rs = get(&v, "results").as_array().unwrap();
     assert_eq!(error_code_of(&rs[0]), "future", "{v:?}");
     assert_eq!(error_code_of(&rs[1]), "unavailable", "{v:?}");
     assert_eq!(inbox_envelopes(&b, &bob).len(), 1);
