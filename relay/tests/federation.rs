@@ -885,3 +885,119 @@ fn manual_peering_needs_approval_and_removal_stops_forwarding() {
     assert_eq!(st, 403);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Reads one HTTP/1.1 message (headers, then a Content-Length body) from `r`.
+fn read_message(r: &mut BufReader<std::net::TcpStream>) -> Option<(Vec<String>, Vec<u8>)> {
+    let mut lines = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        if h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        lines.push(h);
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some((lines, body))
+}
+
+/// A proxy in front of relay B that loses the answer to B's first transfer (B stores it, A
+/// never hears back), then passes everything through.
+fn lossy_proxy(listen: u16, to: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let l = std::net::TcpListener::bind(("127.0.0.1", listen)).unwrap();
+    let lost2 = lost.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(client) = c else { continue };
+            let lost = lost2.clone();
+            std::thread::spawn(move || {
+                let mut cr = BufReader::new(client.try_clone().unwrap());
+                let mut client = client;
+                while let Some((head, body)) = read_message(&mut cr) {
+                    let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                        return;
+                    };
+                    let mut upw = up.try_clone().unwrap();
+                    let mut req: Vec<u8> = head
+                        .iter()
+                        .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
+                        .flat_map(|h| h.as_bytes().to_vec())
+                        .collect();
+                    req.extend_from_slice(b"Connection: close\r\n\r\n");
+                    req.extend_from_slice(&body);
+                    if upw.write_all(&req).is_err() {
+                        return;
+                    }
+                    let mut ur = BufReader::new(up);
+                    let Some((rhead, rbody)) = read_message(&mut ur) else {
+                        return;
+                    };
+                    let transfer = head[0].starts_with("POST /v1/federation/transfer");
+                    if transfer && lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        // B has stored the transfer; A never hears back.
+                        return;
+                    }
+                    let mut resp: Vec<u8> = rhead
+                        .iter()
+                        .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
+                        .flat_map(|h| h.as_bytes().to_vec())
+                        .collect();
+                    resp.extend_from_slice(b"Connection: close\r\n\r\n");
+                    resp.extend_from_slice(&rbody);
+                    let _ = client.write_all(&resp);
+                    return;
+                }
+            });
+        }
+    });
+    lost
+}
+
+#[test]
+fn a_transfer_whose_answer_was_lost_is_duplicate_on_retry_and_delivered_once() {
+    let root = tempdir("lost");
+    let a = Node::start(&root, "a", 60_000);
+    // B is known as 127.0.0.1:<public>, where the proxy listens; B itself listens elsewhere.
+    let public = free_port();
+    let inner = free_port();
+    let bdir = root.join("b");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let bconfig = fed_config(&bdir, 60_000);
+    let bproc = RelayProc::start_on(
+        &bdir.join("data"),
+        &bconfig,
+        &format!("127.0.0.1:{inner}"),
+        &format!("127.0.0.1:{public}"),
+    );
+    let lost = lossy_proxy(public, inner);
+    let b = Node {
+        proc_: bproc,
+        port: public,
+        dir: bdir,
+        config: bconfig,
+    };
+    a.peer_with(&b);
+    let alice = Peer::register(&a.proc_, "alice", 1);
+    let bob = Peer::register(&b.proc_, "bob", 2);
+    bob.allow(&b.proc_, &alice.handle);
+    let id = post(&a, &text(&alice, &[&bob.handle], "once only", None));
+    wait_status(&a, &alice, &id, &bob.handle, "forwarded");
+    assert!(
+        lost.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the first answer was lost and the transfer retried"
+    );
+    let got: Vec<String> = inbox_envelopes(&b, &bob)
+        .iter()
+        .map(|e| get(e, "id").as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, vec![id]);
+    let _ = std::fs::remove_dir_all(&root);
+}
