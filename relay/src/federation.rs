@@ -1102,7 +1102,6 @@ async fn forward_to(app: Shared, peer: RelayHost) {
         };
         match attempt {
             Attempt::Answered(results) => {
-                failures = 0;
                 if let Err(e) = app
                     .writer
                     .submit(Command::TransferResults {
@@ -1115,43 +1114,76 @@ async fn forward_to(app: Shared, peer: RelayHost) {
                         return;
                     }
                 }
-                // A retryable refusal of one envelope keeps it (and what follows) queued; wait
-                // before trying again so a rate-limited peer is not hammered.
-                if results.iter().any(|(_, r)| r.is_err()) {
-                    tokio::time::sleep(Duration::from_millis(fed.retry_base_ms)).await;
+                let progress = results.iter().any(|(_, r)| r.is_ok());
+                let retryable: Vec<MessageId> = results
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.is_err_and(|c| c.retry() != formica_protocol::error::Retry::No)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                if progress {
+                    failures = 0;
+                    // A retryable refusal keeps that envelope (and its sender's later ones)
+                    // queued; wait a little so a rate-limited peer is not hammered.
+                    if !retryable.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(fed.retry_base_ms)).await;
+                    }
+                } else if !retryable.is_empty() {
+                    // Nothing moved: back off as for a failed transfer.
+                    failures = failures.saturating_add(1);
+                    count_attempts(&app, &peer, &mut attempts, &retryable).await;
+                    tokio::time::sleep(backoff(&fed, failures)).await;
                 }
             }
             Attempt::Failed(why) => {
                 failures = failures.saturating_add(1);
                 tracing::debug!(peer = %peer, failures, "transfer failed: {why}");
-                for (id, _) in &batch {
-                    let n = attempts.entry(*id).or_insert(0);
-                    *n += 1;
-                    if *n >= fed.attempts_max {
-                        let _ = app
-                            .writer
-                            .submit(Command::DeadLetter {
-                                peer: peer.clone(),
-                                id: *id,
-                                reason: "attempts".into(),
-                            })
-                            .await;
-                    }
-                }
-                let exp = fed
-                    .retry_base_ms
-                    .saturating_mul(1u64 << failures.min(20).saturating_sub(1));
-                let mut delay = exp.min(fed.retry_max_ms);
-                // Circuit breaker: after `breaker_failures` in a row it is open for the
-                // cool-down; the next attempt is the half-open trial, and a success closes it.
-                if failures >= fed.breaker_failures {
-                    delay = delay.max(fed.breaker_cooldown_ms);
-                }
-                let jitter = rand::Rng::gen_range(&mut rand::rngs::OsRng, 0..=delay / 2);
-                tokio::time::sleep(Duration::from_millis(delay / 2 + jitter)).await;
+                let ids: Vec<MessageId> = batch.iter().map(|(id, _)| *id).collect();
+                count_attempts(&app, &peer, &mut attempts, &ids).await;
+                tokio::time::sleep(backoff(&fed, failures)).await;
             }
         }
     }
+}
+
+/// Counts a failed attempt for each of `ids`; at `attempts_max` the delivery is dead-lettered.
+async fn count_attempts(
+    app: &App,
+    peer: &RelayHost,
+    attempts: &mut HashMap<MessageId, u32>,
+    ids: &[MessageId],
+) {
+    let max = app.policy.federation.attempts_max;
+    for id in ids {
+        let n = attempts.entry(*id).or_insert(0);
+        *n += 1;
+        if *n >= max {
+            let _ = app
+                .writer
+                .submit(Command::DeadLetter {
+                    peer: peer.clone(),
+                    id: *id,
+                    reason: "attempts".into(),
+                })
+                .await;
+        }
+    }
+}
+
+/// Exponential backoff with jitter after `failures` failures in a row. Circuit breaker: after
+/// `breaker_failures` in a row it is open for at least the cool-down; the next attempt is the
+/// half-open trial, and a transfer that moves anything closes it.
+fn backoff(fed: &crate::policy::FederationPolicy, failures: u32) -> Duration {
+    let exp = fed
+        .retry_base_ms
+        .saturating_mul(1u64 << failures.min(20).saturating_sub(1));
+    let mut delay = exp.min(fed.retry_max_ms);
+    if failures >= fed.breaker_failures {
+        delay = delay.max(fed.breaker_cooldown_ms);
+    }
+    let jitter = rand::Rng::gen_range(&mut rand::rngs::OsRng, 0..=delay / 2);
+    Duration::from_millis(delay / 2 + jitter)
 }
 
 /// Maps a transfer answer to (id, result) per envelope sent; `None` if it does not match.
