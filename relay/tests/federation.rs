@@ -921,40 +921,40 @@ fn lossy_proxy(listen: u16, to: u16) -> std::sync::Arc<std::sync::atomic::Atomic
             std::thread::spawn(move || {
                 let mut cr = BufReader::new(client.try_clone().unwrap());
                 let mut client = client;
-                while let Some((head, body)) = read_message(&mut cr) {
-                    let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
-                        return;
-                    };
-                    let mut upw = up.try_clone().unwrap();
-                    let mut req: Vec<u8> = head
-                        .iter()
-                        .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
-                        .flat_map(|h| h.as_bytes().to_vec())
-                        .collect();
-                    req.extend_from_slice(b"Connection: close\r\n\r\n");
-                    req.extend_from_slice(&body);
-                    if upw.write_all(&req).is_err() {
-                        return;
-                    }
-                    let mut ur = BufReader::new(up);
-                    let Some((rhead, rbody)) = read_message(&mut ur) else {
-                        return;
-                    };
-                    let transfer = head[0].starts_with("POST /v1/federation/transfer");
-                    if transfer && lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                        // B has stored the transfer; A never hears back.
-                        return;
-                    }
-                    let mut resp: Vec<u8> = rhead
-                        .iter()
-                        .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
-                        .flat_map(|h| h.as_bytes().to_vec())
-                        .collect();
-                    resp.extend_from_slice(b"Connection: close\r\n\r\n");
-                    resp.extend_from_slice(&rbody);
-                    let _ = client.write_all(&resp);
+                let Some((head, body)) = read_message(&mut cr) else {
+                    return;
+                };
+                let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    return;
+                };
+                let mut upw = up.try_clone().unwrap();
+                let mut req: Vec<u8> = head
+                    .iter()
+                    .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
+                    .flat_map(|h| h.as_bytes().to_vec())
+                    .collect();
+                req.extend_from_slice(b"Connection: close\r\n\r\n");
+                req.extend_from_slice(&body);
+                if upw.write_all(&req).is_err() {
                     return;
                 }
+                let mut ur = BufReader::new(up);
+                let Some((rhead, rbody)) = read_message(&mut ur) else {
+                    return;
+                };
+                let transfer = head[0].starts_with("POST /v1/federation/transfer");
+                if transfer && lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    // B has stored the transfer; A never hears back.
+                    return;
+                }
+                let mut resp: Vec<u8> = rhead
+                    .iter()
+                    .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
+                    .flat_map(|h| h.as_bytes().to_vec())
+                    .collect();
+                resp.extend_from_slice(b"Connection: close\r\n\r\n");
+                resp.extend_from_slice(&rbody);
+                let _ = client.write_all(&resp);
             });
         }
     });
