@@ -1582,7 +1582,7 @@ fn gen_auth() -> Value {
         WrongRelay,
     );
 
-    // Relay-to-relay request (draft, SPEC.md section 16).
+    // Relay-to-relay requests (SPEC.md section 16.2).
     let relay_key = sk(0x41);
     let origin = RelayHost::parse("relay-a.example").unwrap();
     let dest = RelayHost::parse("relay-b.example").unwrap();
@@ -1596,10 +1596,7 @@ fn gen_auth() -> Value {
     let parsed = RelayAuth::parse(&header).unwrap();
     parsed.verify(&relay_key.public(), &t, &dest).unwrap();
     let relay_valid = vec![obj(&[
-        (
-            "comment",
-            s("relay-a forwards a transfer to relay-b (draft)"),
-        ),
+        ("comment", s("relay-a forwards a transfer to relay-b")),
         ("seed_hex", s(&hex::encode(&seed(0x41)))),
         ("public_key", s(&relay_key.public().to_hex())),
         ("origin", s(origin.as_str())),
@@ -1615,11 +1612,177 @@ fn gen_auth() -> Value {
         ),
         ("header", s(&header)),
     ])];
+    let mut relay_valid = relay_valid;
+    {
+        let body = br#"{"descriptor":{}}"#;
+        let t = RequestTarget {
+            method: "POST",
+            path: "/v1/federation/peers",
+            body,
+        };
+        let header = RelayAuth::sign(&relay_key, &origin, &dest, ts, nonce, &t);
+        let parsed = RelayAuth::parse(&header).unwrap();
+        parsed.verify(&relay_key.public(), &t, &dest).unwrap();
+        relay_valid.push(obj(&[
+            (
+                "comment",
+                s("relay-a asks relay-b to peer (the descriptor is abbreviated; only the bytes matter here)"),
+            ),
+            ("seed_hex", s(&hex::encode(&seed(0x41)))),
+            ("public_key", s(&relay_key.public().to_hex())),
+            ("origin", s(origin.as_str())),
+            ("dest", s(dest.as_str())),
+            ("method", s("POST")),
+            ("path", s("/v1/federation/peers")),
+            ("body", s(std::str::from_utf8(body).unwrap())),
+            ("ts", i(ts)),
+            ("nonce", s(&nonce.to_hex())),
+            (
+                "signing_input_hex",
+                s(&hex::encode(&parsed.signing_input(&t))),
+            ),
+            ("header", s(&header)),
+        ]));
+    }
+    // Relay requests refused: each presented to `dest` with method, path and body, checked
+    // with public_key (freshness, peer membership and nonce memory are not part of these).
+    let rbody = std::str::from_utf8(body).unwrap();
+    let rgood = header.clone();
+    let mut relay_invalid = Vec::new();
+    let mut radd = |comment: &str,
+                    header: String,
+                    method: &str,
+                    path: &str,
+                    body: &str,
+                    dest: &str,
+                    code: ErrorCode| {
+        let key = relay_key.public();
+        let d = RelayHost::parse(dest).unwrap();
+        let got = RelayAuth::parse(&header)
+            .and_then(|p| {
+                p.verify(
+                    &key,
+                    &RequestTarget {
+                        method,
+                        path,
+                        body: body.as_bytes(),
+                    },
+                    &d,
+                )
+            })
+            .expect_err(comment);
+        assert_eq!(got.code(), code, "{comment}");
+        relay_invalid.push(obj(&[
+            ("comment", s(comment)),
+            ("public_key", s(&key.to_hex())),
+            ("dest", s(dest)),
+            ("method", s(method)),
+            ("path", s(path)),
+            ("body", s(body)),
+            ("header", s(&header)),
+            ("error", s(code.as_str())),
+        ]));
+    };
+    radd(
+        "signed for relay-b, presented to relay-c",
+        rgood.clone(),
+        "POST",
+        "/v1/federation/transfer",
+        rbody,
+        "relay-c.example",
+        WrongRelay,
+    );
+    radd(
+        "body changed after signing",
+        rgood.clone(),
+        "POST",
+        "/v1/federation/transfer",
+        r#"{"envelopes":[],"txn":"t2"}"#,
+        "relay-b.example",
+        Unauthorized,
+    );
+    radd(
+        "signed for /v1/federation/transfer, sent to /v1/federation/peers",
+        rgood.clone(),
+        "POST",
+        "/v1/federation/peers",
+        rbody,
+        "relay-b.example",
+        Unauthorized,
+    );
+    radd(
+        "signed for POST, sent as PUT",
+        rgood.clone(),
+        "PUT",
+        "/v1/federation/transfer",
+        rbody,
+        "relay-b.example",
+        Unauthorized,
+    );
+    radd(
+        "origin changed after signing",
+        rgood.replacen("origin=relay-a.example", "origin=relay-c.example", 1),
+        "POST",
+        "/v1/federation/transfer",
+        rbody,
+        "relay-b.example",
+        Unauthorized,
+    );
+    radd(
+        "signed by another key than the one named",
+        RelayAuth::sign(&other, &origin, &dest, ts, nonce, &t).replacen(
+            &other.public().key_id().to_hex(),
+            &relay_key.public().key_id().to_hex(),
+            1,
+        ),
+        "POST",
+        "/v1/federation/transfer",
+        rbody,
+        "relay-b.example",
+        Unauthorized,
+    );
+    radd(
+        "agent scheme instead of Formica-Relay",
+        rgood.replacen("Formica-Relay ", "Formica ", 1),
+        "POST",
+        "/v1/federation/transfer",
+        rbody,
+        "relay-b.example",
+        Unauthorized,
+    );
+    radd(
+        "space after a comma",
+        rgood.replacen(",dest=", ", dest=", 1),
+        "POST",
+        "/v1/federation/transfer",
+        rbody,
+        "relay-b.example",
+        Unauthorized,
+    );
+    radd(
+        "a seventh parameter",
+        format!("{rgood},handle=@alice@relay-a.example"),
+        "POST",
+        "/v1/federation/transfer",
+        rbody,
+        "relay-b.example",
+        Unauthorized,
+    );
+    radd(
+        "dest missing",
+        rgood.replacen(",dest=relay-b.example", "", 1),
+        "POST",
+        "/v1/federation/transfer",
+        rbody,
+        "relay-b.example",
+        Unauthorized,
+    );
     obj(&[
-        ("comment", s("Authenticated requests (SPEC.md section 11; relay requests: section 16, draft). `valid`: the header made from the inputs, and the exact signing input. `invalid`: a header presented with the given method, path, empty body and receiving relay `aud`, checked with public_key; freshness and nonce memory are not part of these cases.")),
+        ("comment", s("Authenticated requests (SPEC.md section 11; relay requests: section 16.2). `valid`: the header made from the inputs, and the exact signing input. `invalid`: a header presented with the given method, path, empty body and receiving relay `aud`, checked with public_key; freshness and nonce memory are not part of these cases. `relay_valid`: relay request headers with their exact signing input. `relay_invalid`: a relay header presented to `dest` with the given method, path and body, checked with public_key; freshness, peer membership and nonce memory are not part of these cases.")),
         ("valid", arr(valid)),
         ("invalid", arr(invalid)),
         ("relay_valid", arr(relay_valid)),
+        ("relay_invalid", arr(relay_invalid)),
     ])
 }
 

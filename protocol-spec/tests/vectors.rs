@@ -318,6 +318,20 @@ fn auth_vectors() {
             "wrong_relay"
         );
     }
+    for case in file.list("relay_invalid") {
+        let comment = case.str_("comment");
+        let key = PublicKey::parse_hex(case.str_("public_key")).unwrap();
+        let dest = RelayHost::parse(case.str_("dest")).unwrap();
+        let target = RequestTarget {
+            method: case.str_("method"),
+            path: case.str_("path"),
+            body: case.str_("body").as_bytes(),
+        };
+        let e = RelayAuth::parse(case.str_("header"))
+            .and_then(|p| p.verify(&key, &target, &dest))
+            .expect_err(comment);
+        assert_eq!(e.code().as_str(), case.str_("error"), "{comment}: {e}");
+    }
 }
 
 #[test]

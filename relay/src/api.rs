@@ -46,6 +46,10 @@ pub struct App {
     pub ready: AtomicBool,
     /// Becomes true when shutdown starts; open streams end so the drain can finish.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Bearer token of the admin endpoints (set when the relay runs on a data directory).
+    pub admin_token: std::sync::OnceLock<String>,
+    /// The relay-to-relay HTTP client.
+    pub peer_client: crate::federation::PeerClient,
 }
 
 impl std::fmt::Debug for App {
@@ -111,6 +115,24 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/contact-requests", get(list_requests))
         .route("/v1/contact-requests/{id}/accept", post(accept_request))
         .route("/v1/contact-requests/{id}/reject", post(reject_request))
+        .route("/v1/federation/peers", post(crate::federation::handshake))
+        .route("/v1/federation/transfer", post(crate::federation::transfer))
+        .route(
+            "/v1/federation/keylog",
+            post(crate::federation::keylog_push),
+        )
+        .route(
+            "/admin/v1/peers",
+            get(crate::federation::admin_list).post(crate::federation::admin_add),
+        )
+        .route(
+            "/admin/v1/peers/{host}",
+            axum::routing::delete(crate::federation::admin_remove),
+        )
+        .route(
+            "/admin/v1/peers/{host}/approve",
+            post(crate::federation::admin_approve),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
@@ -467,10 +489,52 @@ fn keylog_value(app: &App, st: &State, a: &crate::state::Agent) -> Value {
     ])
 }
 
+fn remote_keylog_value(h: &Handle, r: &crate::state::RemoteLog) -> Value {
+    let log = &r.log;
+    obj(vec![
+        ("handle", h.as_str().into()),
+        (
+            "entries",
+            Value::Array(log.entries().iter().map(|e| e.value().clone()).collect()),
+        ),
+        ("head", log.head().hash().to_hex().into()),
+        (
+            "current_key",
+            log.current_key()
+                .map(|k| Value::from(k.to_hex()))
+                .unwrap_or(Value::Null),
+        ),
+        (
+            "recovery_key",
+            log.recovery_key()
+                .map(|k| Value::from(k.to_hex()))
+                .unwrap_or(Value::Null),
+        ),
+        (
+            "moved_to",
+            log.moved_to()
+                .map(|h| Value::from(h.as_str()))
+                .unwrap_or(Value::Null),
+        ),
+        ("tier", Value::Null),
+        ("registered", Value::Null),
+        (
+            "conflicts",
+            Value::Array(r.conflicts.iter().map(|e| e.value().clone()).collect()),
+        ),
+        ("cached", Value::Bool(true)),
+    ])
+}
+
 async fn get_keys(AxState(app): AxState<Shared>, Path(handle): Path<String>) -> Response {
     let res = (|| {
         let h = parse_handle(&app, &handle)?;
         let st = app.read();
+        if let (None, Some(r)) = (st.agents.get(&h), st.remote_logs.get(&h)) {
+            // A remote agent's log as cached here (FED-8), with any conflicting entries kept
+            // as evidence; its home relay is the authority.
+            return Ok(ok(200, remote_keylog_value(&h, r)));
+        }
         let a = st.agents.get(&h).ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("{h} is not registered here"))
         })?;
@@ -506,11 +570,16 @@ async fn post_key_entry(
             .with("field", "op".into()));
         }
         app.policy.time.check(entry.entry().ts, app.now())?;
+        let entry_wire = entry.value().clone();
         match app.writer.submit(Command::KeyLog { entry }).await? {
-            Outcome::KeyLogAppended { seq, head } => Ok(ok(
-                201,
-                obj(vec![("seq", Value::Int(seq)), ("head", head.into())]),
-            )),
+            Outcome::KeyLogAppended { seq, head } => {
+                // FED-8: peers that cached this log learn the change now, not at the next miss.
+                tokio::spawn(crate::federation::push_keylog(app.clone(), entry_wire));
+                Ok(ok(
+                    201,
+                    obj(vec![("seq", Value::Int(seq)), ("head", head.into())]),
+                ))
+            }
             Outcome::KeyLogDuplicate => Ok(ok(200, obj(vec![("result", "duplicate".into())]))),
             Outcome::KeyLogForked => Err(ApiError::new(
                 ErrorCode::KeylogFork,

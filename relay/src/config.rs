@@ -1,7 +1,7 @@
 //! Relay configuration: built-in defaults, then a TOML file (`--config`), then environment
 //! variables, then flags; each later source overrides the earlier ones.
 
-use crate::policy::{Limits, Policy, Tier, TrustPolicy};
+use crate::policy::{FederationPolicy, Limits, Policy, Tier, TrustPolicy};
 use formica_protocol::time::TimeWindow;
 use formica_protocol::RelayHost;
 use serde::Deserialize;
@@ -25,6 +25,7 @@ pub struct FileConfig {
     pub time: Option<TimeFile>,
     pub tiers: Option<Vec<Tier>>,
     pub trust: Option<TrustPolicy>,
+    pub federation: Option<FederationPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +116,9 @@ impl RelayConfig {
         }
         if let Some(t) = fc.trust {
             policy.trust = t;
+        }
+        if let Some(f) = fc.federation {
+            policy.federation = f;
         }
         policy.validate()?;
         Ok(RelayConfig {

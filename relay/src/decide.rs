@@ -7,7 +7,7 @@
 //! through [`Ctx`], so the same inputs always give the same events.
 
 use crate::error::ApiError;
-use crate::events::Event;
+use crate::events::{Event, PeerStatus};
 use crate::policy::Policy;
 use crate::state::State;
 use formica_protocol::envelope::{
@@ -16,7 +16,7 @@ use formica_protocol::envelope::{
 };
 use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
 use formica_protocol::pow::Challenge;
-use formica_protocol::{ErrorCode, Handle, Object, SecretKey, Value};
+use formica_protocol::{ErrorCode, Handle, Object, PublicKey, RelayHost, SecretKey, Value};
 
 /// What a command may change.
 #[derive(Debug)]
@@ -54,8 +54,57 @@ pub enum Command {
         request: MessageId,
         accept: Option<Option<ContactLevel>>,
     },
-    /// Time passed: produce timed_out receipts for deadlines before `ctx.now`.
+    /// Time passed: produce timed_out receipts for deadlines before `ctx.now`, and dead-letter
+    /// queued deliveries older than `federation.dead_letter_ms`.
     Tick,
+    /// An envelope a peer forwarded (FED-6), its agent signature verified again here.
+    RemoteEnvelope {
+        env: VerifiedEnvelope,
+        origin: RelayHost,
+        order: OrderGate,
+    },
+    /// Record a peer (handshake, approval).
+    PeerSet {
+        host: RelayHost,
+        key: PublicKey,
+        status: PeerStatus,
+    },
+    PeerRemove {
+        host: RelayHost,
+    },
+    /// A remote agent's key log, verified from its first entry by the caller (FED-8).
+    RemoteKeyLog {
+        entries: Vec<SignedKeyLogEntry>,
+    },
+    /// What a peer answered for each envelope of a transfer.
+    TransferResults {
+        peer: RelayHost,
+        results: Vec<(MessageId, Result<(), ErrorCode>)>,
+    },
+    /// The forwarding worker gave up on a queued envelope (too many attempts).
+    DeadLetter {
+        peer: RelayHost,
+        id: MessageId,
+        reason: String,
+    },
+}
+
+/// Keeps order per sender within one transfer (FED-9): once an envelope from a sender is refused
+/// with a retryable error, the later envelopes from that sender in the same transfer are refused
+/// with `unavailable` instead of being stored ahead of it. Shared by the commands of one transfer,
+/// which the writer decides in index order; it is an input of `decide`, like the command itself.
+#[derive(Debug, Clone, Default)]
+pub struct OrderGate(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Handle>>>);
+
+impl OrderGate {
+    pub fn is_blocked(&self, h: &Handle) -> bool {
+        self.0.lock().map(|s| s.contains(h)).unwrap_or(true)
+    }
+    pub fn block(&self, h: Handle) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(h);
+        }
+    }
 }
 
 /// What a command did, for the answer.
@@ -102,7 +151,76 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
     match cmd {
         Command::Register { entry, challenge } => register(st, ctx, entry, challenge),
         Command::KeyLog { entry } => keylog(st, ctx, entry),
-        Command::Envelope { env } => envelope(st, ctx, env),
+        Command::Envelope { env } => envelope(st, ctx, env, None),
+        Command::RemoteEnvelope { env, origin, order } => {
+            let from = env.envelope().from.clone();
+            if order.is_blocked(&from) {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "an earlier envelope from {from} in this transfer must be retried first"
+                    ),
+                )
+                .with("retry_after_s", Value::Int(1)));
+            }
+            let d = envelope(st, ctx, env, Some(&origin));
+            if let Err(e) = &d {
+                if e.code.retry() != formica_protocol::error::Retry::No {
+                    order.block(from);
+                }
+            }
+            d
+        }
+        Command::PeerSet { host, key, status } => Ok((
+            vec![Event::PeerSet {
+                at: ctx.now,
+                host: host.clone(),
+                key,
+                status,
+            }],
+            Outcome::Done(peer_value(&host, &key, status)),
+        )),
+        Command::PeerRemove { host } => {
+            if !st.peers.contains_key(&host) {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("{host} is not a peer"),
+                ));
+            }
+            Ok((
+                vec![Event::PeerRemoved { at: ctx.now, host }],
+                Outcome::Done(Value::Null),
+            ))
+        }
+        Command::RemoteKeyLog { entries } => remote_keylog(st, ctx, entries),
+        Command::TransferResults { peer, results } => {
+            let mut events = Vec::new();
+            for (id, r) in results {
+                if !queued(st, &peer, &id) {
+                    continue;
+                }
+                match r {
+                    Ok(()) => events.push(Event::Transferred {
+                        at: ctx.now,
+                        peer: peer.clone(),
+                        id,
+                    }),
+                    // FED-10: a refusal that cannot change dead-letters at once.
+                    Err(code) if code.retry() == formica_protocol::error::Retry::No => {
+                        dead_letter(st, ctx, &peer, id, code.as_str(), &mut events)?
+                    }
+                    Err(_) => {}
+                }
+            }
+            Ok((events, Outcome::Done(Value::Null)))
+        }
+        Command::DeadLetter { peer, id, reason } => {
+            let mut events = Vec::new();
+            if queued(st, &peer, &id) {
+                dead_letter(st, ctx, &peer, id, &reason, &mut events)?;
+            }
+            Ok((events, Outcome::Done(Value::Null)))
+        }
         Command::Read { handle, upto } => read(st, ctx, handle, upto),
         Command::ContactSet {
             owner,
@@ -188,6 +306,102 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
         }
         Command::Tick => tick(st, ctx),
     }
+}
+
+/// The peer as shown to the operator.
+pub fn peer_value(host: &RelayHost, key: &PublicKey, status: PeerStatus) -> Value {
+    let mut o = Object::new();
+    o.insert("host", host.as_str().into());
+    o.insert("key", key.to_hex().into());
+    o.insert("status", status.as_str().into());
+    Value::Object(o)
+}
+
+fn queued(st: &State, peer: &RelayHost, id: &MessageId) -> bool {
+    st.outbound
+        .get(peer)
+        .is_some_and(|q| q.values().any(|x| &x.id == id))
+}
+
+/// FED-10: gives up forwarding `id` to `peer`; the sender gets a dead_lettered receipt for
+/// each recipient homed there whose delivery is not settled.
+fn dead_letter(
+    st: &State,
+    ctx: &Ctx<'_>,
+    peer: &RelayHost,
+    id: MessageId,
+    reason: &str,
+    events: &mut Vec<Event>,
+) -> Result<(), ApiError> {
+    events.push(Event::DeadLettered {
+        at: ctx.now,
+        peer: peer.clone(),
+        id,
+        reason: reason.to_owned(),
+    });
+    if let Some(m) = st.messages.get(&id) {
+        if st.agents.contains_key(&m.sender) {
+            for r in m
+                .recipients
+                .iter()
+                .filter(|r| r.handle.host() == peer && !r.state.is_terminal())
+            {
+                let rc = receipt_with(
+                    st,
+                    ctx,
+                    id,
+                    &m.sender,
+                    &r.handle,
+                    DeliveryState::DeadLettered,
+                    None,
+                    Some(reason.to_owned()),
+                )?;
+                events.push(Event::Envelope {
+                    at: ctx.now,
+                    envelope: rc,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// FED-8: caches a verified remote key log. Entries beyond the cached ones are appended; an
+/// entry that differs from the cached one at the same position is kept as evidence of a fork.
+fn remote_keylog(st: &State, ctx: &Ctx<'_>, entries: Vec<SignedKeyLogEntry>) -> Decision {
+    let Some(first) = entries.first() else {
+        return Err(ApiError::new(ErrorCode::InvalidField, "an empty key log"));
+    };
+    let handle = first.entry().handle.clone();
+    let cached = st.remote_logs.get(&handle);
+    let have = cached.map(|c| c.log.entries()).unwrap_or(&[]);
+    let mut events = Vec::new();
+    let mut log: Option<KeyLog> = cached.map(|c| c.log.clone());
+    for (i, e) in entries.into_iter().enumerate() {
+        if let Some(old) = have.get(i) {
+            if old.hash() == e.hash() {
+                continue;
+            }
+            let known = cached.is_some_and(|c| c.conflicts.iter().any(|x| x.hash() == e.hash()));
+            if !known {
+                events.push(Event::RemoteKeyLogConflict {
+                    at: ctx.now,
+                    entry: e,
+                });
+            }
+            return Ok((events, Outcome::KeyLogForked));
+        }
+        match log.as_mut() {
+            None => log = Some(KeyLog::start(e.clone())?),
+            Some(l) => l.append(e.clone())?,
+        }
+        events.push(Event::RemoteKeyLog {
+            at: ctx.now,
+            entry: e,
+        });
+    }
+    let head = log.map(|l| l.head().hash().to_hex()).unwrap_or_default();
+    Ok((events, Outcome::KeyLogAppended { seq: 0, head }))
 }
 
 fn agent<'s>(st: &'s State, h: &Handle) -> Result<&'s crate::state::Agent, ApiError> {
@@ -283,6 +497,21 @@ pub fn receipt(
     status: DeliveryState,
     ack: Option<(MessageId, AckStatus)>,
 ) -> Result<SignedEnvelope, ApiError> {
+    receipt_with(st, ctx, msg, sender, recipient, status, ack, None)
+}
+
+/// [`receipt`] with a `reason` (dead_lettered receipts name the error code or "expired").
+#[allow(clippy::too_many_arguments)]
+pub fn receipt_with(
+    st: &State,
+    ctx: &Ctx<'_>,
+    msg: MessageId,
+    sender: &Handle,
+    recipient: &Handle,
+    status: DeliveryState,
+    ack: Option<(MessageId, AckStatus)>,
+    reason: Option<String>,
+) -> Result<SignedEnvelope, ApiError> {
     let env = Envelope {
         msg_type: MessageType::Receipt,
         type_version: 1,
@@ -298,34 +527,83 @@ pub fn receipt(
             status,
             ack: ack.map(|a| a.0),
             ack_status: ack.map(|a| a.1),
-            reason: None,
+            reason,
         },
     };
     env.sign(ctx.relay_key).map_err(ApiError::internal)
 }
 
-/// Steps 7-10 of the ingest pipeline (SPEC.md section 15.9) for a verified envelope.
-fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope) -> Decision {
+/// Steps 7-10 of the ingest pipeline (SPEC.md section 15.9) for a verified envelope; with an
+/// `origin`, the same steps for an envelope that peer forwarded (FED-6).
+fn envelope(
+    st: &State,
+    ctx: &Ctx<'_>,
+    v: VerifiedEnvelope,
+    origin: Option<&RelayHost>,
+) -> Decision {
     let id = v.id();
     let env = v.envelope();
     // 7. Dedup: an exact replay is a success that says so, and stores nothing.
     if st.seen.contains(&id) {
         return Ok((vec![], Outcome::Duplicate { id }));
     }
-    // 8. Sender homed here with a key valid at the envelope's time (checked again here, since
-    //    the log may have changed since the handler looked).
-    let sender = st.agents.get(&env.from).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::UnknownSender,
-            format!("{} is not registered here", env.from),
-        )
-    })?;
-    sender
-        .keylog
-        .key_at(&env.key, env.ts)
-        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-    // 10. Policy.
-    let tier_i = st.tier_of(&env.from, ctx.now, ctx.policy);
+    if let (Some(origin), true) = (origin, env.from.is_relay()) {
+        return remote_delivered(st, ctx, &v, origin);
+    }
+    // 8. Sender homed here (or, forwarded, homed on the origin) with a key valid at the
+    //    envelope's time (checked again here, since the log may have changed since the handler
+    //    looked).
+    let sender = match origin {
+        None => {
+            let a = st.agents.get(&env.from).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UnknownSender,
+                    format!("{} is not registered here", env.from),
+                )
+            })?;
+            a.keylog
+                .key_at(&env.key, env.ts)
+                .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+            Some(a)
+        }
+        Some(origin) => {
+            if env.from.host() != origin {
+                return Err(ApiError::new(
+                    ErrorCode::OriginMismatch,
+                    format!("{} is not homed on {origin}", env.from),
+                ));
+            }
+            st.remote_logs
+                .get(&env.from)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::UnknownKey,
+                        format!("no key log for {}", env.from),
+                    )
+                })?
+                .log
+                .key_at(&env.key, env.ts)
+                .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+            if !env.to.iter().any(|h| st.is_local(h)) {
+                return Err(ApiError::new(
+                    ErrorCode::WrongRelay,
+                    "no recipient of this envelope is homed on this relay",
+                ));
+            }
+            if matches!(env.payload, Payload::Vouch { .. } | Payload::Report { .. }) {
+                return Err(ApiError::new(
+                    ErrorCode::TierForbidden,
+                    "vouches and reports are not accepted over federation",
+                ));
+            }
+            None
+        }
+    };
+    // 10. Policy. Remote senders get the tier the federation policy names.
+    let tier_i = match origin {
+        None => st.tier_of(&env.from, ctx.now, ctx.policy),
+        Some(_) => ctx.policy.federation.remote_tier,
+    };
     let tier = ctx
         .policy
         .tiers
@@ -369,13 +647,25 @@ fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope) -> Decision {
     }
     for to in &env.to {
         if to.host() != &st.host {
-            return Err(ApiError::new(
-                ErrorCode::UnknownRecipient,
-                format!(
-                    "{to} is homed on {}, and this relay does not federate yet",
-                    to.host()
-                ),
-            ));
+            // Forwarded: recipients elsewhere are their home relays' business.
+            if origin.is_some() {
+                continue;
+            }
+            // FED-13: a recipient on an active peer is judged there.
+            let federates = ctx.policy.federation.enabled
+                && st.active_peer(to.host()).is_some()
+                && !to.is_relay()
+                && !matches!(env.payload, Payload::Vouch { .. } | Payload::Report { .. });
+            if !federates {
+                return Err(ApiError::new(
+                    ErrorCode::UnknownRecipient,
+                    format!(
+                        "{to} is homed on {}, which is not a peer of this relay",
+                        to.host()
+                    ),
+                ));
+            }
+            continue;
         }
         if to.is_relay() {
             if !matches!(env.payload, Payload::Vouch { .. } | Payload::Report { .. }) {
@@ -446,10 +736,8 @@ fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope) -> Decision {
         Payload::ContactRequest { .. } => {
             let hour_ago = ctx.now - 3600 * 1000;
             let sent = sender
-                .requests_sent
-                .iter()
-                .filter(|t| **t > hour_ago)
-                .count();
+                .map(|s| s.requests_sent.iter().filter(|t| **t > hour_ago).count())
+                .unwrap_or(0);
             if sent >= tier.contact_requests_per_hour as usize {
                 return Err(ApiError::new(
                     ErrorCode::RateLimited,
@@ -519,7 +807,9 @@ fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope) -> Decision {
                 ));
             }
             let day_ago = ctx.now - 24 * 3600 * 1000;
-            if sender.reports_sent.iter().filter(|t| **t > day_ago).count()
+            if sender
+                .map(|s| s.reports_sent.iter().filter(|t| **t > day_ago).count())
+                .unwrap_or(0)
                 >= tier.reports_per_day as usize
             {
                 return Err(ApiError::new(
@@ -587,6 +877,79 @@ fn envelope(st: &State, ctx: &Ctx<'_>, v: VerifiedEnvelope) -> Decision {
     Ok((events, Outcome::Accepted { id }))
 }
 
+/// FED-11: a peer's delivery notice (a receipt signed by its relay key, verified by the caller)
+/// moves the delivery to one of its agents to `delivered`, and the sender gets this relay's
+/// `delivered` receipt if it asked for an ack.
+fn remote_delivered(
+    st: &State,
+    ctx: &Ctx<'_>,
+    v: &VerifiedEnvelope,
+    origin: &RelayHost,
+) -> Decision {
+    let id = v.id();
+    let env = v.envelope();
+    let Payload::Receipt {
+        msg,
+        recipient,
+        status: DeliveryState::Delivered,
+        ..
+    } = &env.payload
+    else {
+        return Err(ApiError::new(
+            ErrorCode::TypeReserved,
+            "a relay forwards only delivery notices (receipts with status delivered)",
+        ));
+    };
+    if recipient.host() != origin {
+        return Err(ApiError::new(
+            ErrorCode::OriginMismatch,
+            format!("{recipient} is not homed on {origin}"),
+        ));
+    }
+    let m = st
+        .messages
+        .get(msg)
+        .filter(|m| st.agents.contains_key(&m.sender))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("no message {msg} sent from here"),
+            )
+        })?;
+    let r = m
+        .recipients
+        .iter()
+        .find(|r| &r.handle == recipient)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("{recipient} is not a recipient of {msg}"),
+            )
+        })?;
+    let mut events = vec![Event::RemoteDelivered {
+        at: ctx.now,
+        id,
+        msg: *msg,
+        recipient: recipient.clone(),
+    }];
+    if m.ack_by.is_some() && matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded) {
+        let rc = receipt(
+            st,
+            ctx,
+            *msg,
+            &m.sender,
+            recipient,
+            DeliveryState::Delivered,
+            None,
+        )?;
+        events.push(Event::Envelope {
+            at: ctx.now,
+            envelope: rc,
+        });
+    }
+    Ok((events, Outcome::Accepted { id }))
+}
+
 fn read(st: &State, ctx: &Ctx<'_>, handle: Handle, upto: u64) -> Decision {
     let a = agent(st, &handle)?;
     if upto <= a.read_upto {
@@ -606,6 +969,45 @@ fn read(st: &State, ctx: &Ctx<'_>, handle: Handle, upto: u64) -> Decision {
         let Some(m) = st.messages.get(&item.id) else {
             continue;
         };
+        // A remote sender's home relay is told with a delivery notice it turns into its own
+        // receipt (FED-11); the notice is queued for that relay like any forwarded envelope.
+        let remote = !m.sender.is_relay()
+            && m.sender.host() != &st.host
+            && ctx.policy.federation.enabled
+            && st.active_peer(m.sender.host()).is_some();
+        if remote {
+            let pending = m.recipients.iter().any(|r| {
+                r.handle == handle
+                    && matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded)
+            });
+            if pending {
+                let notice = Envelope {
+                    msg_type: MessageType::Receipt,
+                    type_version: 1,
+                    from: Handle::relay(&st.host),
+                    key: ctx.relay_key.public().key_id(),
+                    to: vec![m.sender.clone()],
+                    ts: ctx.now,
+                    corr: None,
+                    ack_by: None,
+                    payload: Payload::Receipt {
+                        msg: item.id,
+                        recipient: handle.clone(),
+                        status: DeliveryState::Delivered,
+                        ack: None,
+                        ack_status: None,
+                        reason: None,
+                    },
+                }
+                .sign(ctx.relay_key)
+                .map_err(ApiError::internal)?;
+                events.push(Event::Envelope {
+                    at: ctx.now,
+                    envelope: notice,
+                });
+            }
+            continue;
+        }
         if m.ack_by.is_none() || !st.agents.contains_key(&m.sender) {
             continue;
         }
@@ -660,5 +1062,20 @@ fn tick(st: &State, ctx: &Ctx<'_>) -> Decision {
         }
     }
     let n = events.len();
+    // FED-10: queued deliveries past the dead-letter age.
+    let max_age = ctx.policy.federation.dead_letter_ms;
+    let expired: Vec<(RelayHost, MessageId)> = st
+        .outbound
+        .iter()
+        .flat_map(|(p, q)| {
+            q.values()
+                .filter(|x| ctx.now - x.at > max_age)
+                .map(|x| (p.clone(), x.id))
+        })
+        .take(TICK_RECEIPTS_MAX)
+        .collect();
+    for (peer, id) in expired {
+        dead_letter(st, ctx, &peer, id, "expired", &mut events)?;
+    }
     Ok((events, Outcome::Ticked { timed_out: n }))
 }

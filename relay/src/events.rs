@@ -6,7 +6,36 @@ use formica_protocol::json::{self, JsonLimits};
 use formica_protocol::keylog::SignedKeyLogEntry;
 use formica_protocol::pow::Challenge;
 use formica_protocol::schema::Fields;
-use formica_protocol::{canon, Handle, Object, Value};
+use formica_protocol::{canon, Handle, Object, PublicKey, RelayHost, Value};
+
+/// Where a peering stands on this side (SPEC.md FED-3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PeerStatus {
+    /// Both sides completed the handshake: envelopes flow.
+    Active,
+    /// The other relay asked; this relay's operator has not approved yet.
+    Pending,
+    /// This relay asked; the other side has not approved yet.
+    Requested,
+}
+
+impl PeerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerStatus::Active => "active",
+            PeerStatus::Pending => "pending",
+            PeerStatus::Requested => "requested",
+        }
+    }
+    pub fn parse(s: &str) -> Option<PeerStatus> {
+        match s {
+            "active" => Some(PeerStatus::Active),
+            "pending" => Some(PeerStatus::Pending),
+            "requested" => Some(PeerStatus::Requested),
+            _ => None,
+        }
+    }
+}
 
 /// One state change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +73,40 @@ pub enum Event {
         request: MessageId,
         level: Option<ContactLevel>,
     },
+    /// A peer relay with the key learned at the handshake, and where the peering stands.
+    PeerSet {
+        at: i64,
+        host: RelayHost,
+        key: PublicKey,
+        status: PeerStatus,
+    },
+    /// The operator removed a peer.
+    PeerRemoved { at: i64, host: RelayHost },
+    /// An entry of a remote agent's key log, verified against the cached log before it.
+    RemoteKeyLog { at: i64, entry: SignedKeyLogEntry },
+    /// A valid remote entry that conflicts with the cached log: evidence of a fork.
+    RemoteKeyLogConflict { at: i64, entry: SignedKeyLogEntry },
+    /// `peer` stored envelope `id` (accepted or duplicate): it leaves the outbound queue.
+    Transferred {
+        at: i64,
+        peer: RelayHost,
+        id: MessageId,
+    },
+    /// A peer reported that `recipient`, homed there, was handed message `msg` (its relay-signed
+    /// delivery notice `id`).
+    RemoteDelivered {
+        at: i64,
+        id: MessageId,
+        msg: MessageId,
+        recipient: Handle,
+    },
+    /// Forwarding `id` to `peer` was given up (`reason`: an error code or "expired").
+    DeadLettered {
+        at: i64,
+        peer: RelayHost,
+        id: MessageId,
+        reason: String,
+    },
 }
 
 /// Limits for reading back what the relay itself wrote: generous, since the input was checked
@@ -65,7 +128,14 @@ impl Event {
             | Event::Read { at, .. }
             | Event::ContactSet { at, .. }
             | Event::ContactRemoved { at, .. }
-            | Event::RequestAnswered { at, .. } => *at,
+            | Event::RequestAnswered { at, .. }
+            | Event::PeerSet { at, .. }
+            | Event::PeerRemoved { at, .. }
+            | Event::RemoteKeyLog { at, .. }
+            | Event::RemoteKeyLogConflict { at, .. }
+            | Event::Transferred { at, .. }
+            | Event::RemoteDelivered { at, .. }
+            | Event::DeadLettered { at, .. } => *at,
         }
     }
 
@@ -130,6 +200,47 @@ impl Event {
                         .unwrap_or(Value::Null),
                 );
             }
+            Event::PeerSet {
+                host, key, status, ..
+            } => {
+                o.insert("t", "peer_set".into());
+                o.insert("host", host.as_str().into());
+                o.insert("key", key.to_hex().into());
+                o.insert("status", status.as_str().into());
+            }
+            Event::PeerRemoved { host, .. } => {
+                o.insert("t", "peer_removed".into());
+                o.insert("host", host.as_str().into());
+            }
+            Event::RemoteKeyLog { entry, .. } => {
+                o.insert("t", "remote_keylog".into());
+                o.insert("entry", entry.value().clone());
+            }
+            Event::RemoteKeyLogConflict { entry, .. } => {
+                o.insert("t", "remote_keylog_conflict".into());
+                o.insert("entry", entry.value().clone());
+            }
+            Event::Transferred { peer, id, .. } => {
+                o.insert("t", "transferred".into());
+                o.insert("peer", peer.as_str().into());
+                o.insert("id", id.to_hex().into());
+            }
+            Event::RemoteDelivered {
+                id, msg, recipient, ..
+            } => {
+                o.insert("t", "remote_delivered".into());
+                o.insert("id", id.to_hex().into());
+                o.insert("msg", msg.to_hex().into());
+                o.insert("recipient", h(recipient));
+            }
+            Event::DeadLettered {
+                peer, id, reason, ..
+            } => {
+                o.insert("t", "dead_lettered".into());
+                o.insert("peer", peer.as_str().into());
+                o.insert("id", id.to_hex().into());
+                o.insert("reason", reason.as_str().into());
+            }
         }
         canon::canonicalize(&Value::Object(o))
     }
@@ -148,6 +259,9 @@ impl Event {
         };
         let msg_id = |f: &mut Fields<'_>, k: &str| -> Result<MessageId, String> {
             MessageId::parse_hex(f.req_str(k).map_err(e)?).ok_or_else(|| format!("bad {k}"))
+        };
+        let host = |f: &mut Fields<'_>, k: &str| -> Result<RelayHost, String> {
+            RelayHost::parse(f.req_str(k).map_err(e)?).map_err(|x| x.to_string())
         };
         let level = |s: &str| ContactLevel::parse(s).ok_or_else(|| format!("bad level {s}"));
         let ev = match t {
@@ -205,6 +319,43 @@ impl Event {
                     Value::String(s) => Some(level(s)?),
                     _ => return Err("bad level".into()),
                 },
+            },
+            "peer_set" => Event::PeerSet {
+                at,
+                host: host(&mut f, "host")?,
+                key: PublicKey::parse_hex(f.req_str("key").map_err(e)?)
+                    .map_err(|x| x.to_string())?,
+                status: PeerStatus::parse(f.req_str("status").map_err(e)?)
+                    .ok_or("bad peer status")?,
+            },
+            "peer_removed" => Event::PeerRemoved {
+                at,
+                host: host(&mut f, "host")?,
+            },
+            "remote_keylog" => Event::RemoteKeyLog {
+                at,
+                entry: entry(&mut f)?,
+            },
+            "remote_keylog_conflict" => Event::RemoteKeyLogConflict {
+                at,
+                entry: entry(&mut f)?,
+            },
+            "transferred" => Event::Transferred {
+                at,
+                peer: host(&mut f, "peer")?,
+                id: msg_id(&mut f, "id")?,
+            },
+            "remote_delivered" => Event::RemoteDelivered {
+                at,
+                id: msg_id(&mut f, "id")?,
+                msg: msg_id(&mut f, "msg")?,
+                recipient: f.req_handle("recipient").map_err(e)?,
+            },
+            "dead_lettered" => Event::DeadLettered {
+                at,
+                peer: host(&mut f, "peer")?,
+                id: msg_id(&mut f, "id")?,
+                reason: f.req_str("reason").map_err(e)?.to_owned(),
             },
             other => return Err(format!("unknown event type {other:?}")),
         };

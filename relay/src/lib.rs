@@ -6,6 +6,7 @@ pub mod config;
 pub mod decide;
 pub mod error;
 pub mod events;
+pub mod federation;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
@@ -149,7 +150,14 @@ impl Relay {
             &dir.join(LOG_FILE),
             cfg.unsafe_relaxed_fsync_benchmark_only,
         )?);
-        Ok(Relay::with_store(cfg, host, store, key, clock)?)
+        let relay = Relay::with_store(cfg, host, store, key, clock)?;
+        let token = federation::load_or_create_token(&dir.join(federation::ADMIN_TOKEN_FILE))
+            .map_err(|e| OpenError::DataDir {
+                path: dir.display().to_string(),
+                err: e,
+            })?;
+        let _ = relay.app.admin_token.set(token);
+        Ok(relay)
     }
 
     /// Opens a relay over any store (tests use `MemStore` and fault-injecting stores).
@@ -188,6 +196,8 @@ impl Relay {
             metrics: Default::default(),
             ready: AtomicBool::new(true),
             stopping: tokio::sync::watch::channel(false).0,
+            admin_token: std::sync::OnceLock::new(),
+            peer_client: federation::PeerClient::default(),
         });
         Ok(Relay { app, writer_thread })
     }
@@ -203,10 +213,13 @@ pub async fn run_deadlines(app: Shared) {
         tick.tick().await;
         let due = {
             let st = app.state.read().unwrap_or_else(|p| p.into_inner());
-            st.deadlines
-                .iter()
-                .next()
-                .is_some_and(|(by, _)| *by < app.now())
+            let now = app.now();
+            let max_age = app.policy.federation.dead_letter_ms;
+            st.deadlines.iter().next().is_some_and(|(by, _)| *by < now)
+                || st
+                    .outbound
+                    .values()
+                    .any(|q| q.values().next().is_some_and(|x| now - x.at > max_age))
         };
         if due {
             if let Err(e) = app.writer.submit(decide::Command::Tick).await {

@@ -58,6 +58,27 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Manage federation peers of the relay running on this data directory (talks to it over
+    /// loopback with the admin token in <data-dir>/admin.token).
+    Peer {
+        /// Directory of the running relay [default: ./formica-data].
+        #[arg(long, env = "FORMICA_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        op: PeerOp,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PeerOp {
+    /// Ask the relay at URL to peer (mutual signed handshake).
+    Add { url: String },
+    /// Approve a relay that asked to peer (manual policy).
+    Approve { host: String },
+    /// List peers with their status and queue length (JSON).
+    List,
+    /// Remove a peer.
+    Remove { host: String },
 }
 
 fn init_logging(format: LogFormat) {
@@ -102,6 +123,10 @@ fn main() -> ExitCode {
             init_logging(cfg.log_format);
             serve(cfg)
         }
+        Cmd::Peer { data_dir, op } => peer_cmd(
+            &data_dir.unwrap_or_else(|| PathBuf::from(formica_relay::config::DATA_DIR_DEFAULT)),
+            op,
+        ),
         Cmd::Check { common } => {
             let o = Overrides {
                 data_dir: common.data_dir,
@@ -170,7 +195,14 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             "formica relay listening on http://{addr} as {host} (data in {})",
             cfg.data_dir.display()
         );
+        let admin_addr = cfg
+            .data_dir
+            .join(formica_relay::federation::ADMIN_ADDR_FILE);
+        if let Err(e) = std::fs::write(&admin_addr, format!("{addr}\n")) {
+            tracing::warn!(error = %e, "cannot write {}", admin_addr.display());
+        }
         tokio::spawn(formica_relay::run_deadlines(relay.app.clone()));
+        tokio::spawn(formica_relay::federation::run_forwarding(relay.app.clone()));
         let router = api::router(relay.app.clone());
         server::serve(relay.app.clone(), router, listener, shutdown_signal()).await;
         tracing::info!("stopped");
@@ -190,6 +222,80 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+    }
+}
+
+/// `relay peer ...`: one HTTP/1.1 request to the admin endpoint of the running relay, on the
+/// loopback address it recorded in the data directory.
+fn peer_cmd(dir: &std::path::Path, op: PeerOp) -> ExitCode {
+    use std::io::{Read, Write};
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| {
+                format!(
+                    "{}: {e} (is the relay running on this data directory?)",
+                    dir.join(name).display()
+                )
+            })
+    };
+    let run = || -> Result<(u16, String), String> {
+        let token = read(formica_relay::federation::ADMIN_TOKEN_FILE)?;
+        let addr: SocketAddr = read(formica_relay::federation::ADMIN_ADDR_FILE)?
+            .parse()
+            .map_err(|e| format!("admin address: {e}"))?;
+        let addr = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port());
+        let (method, path, body) = match &op {
+            PeerOp::Add { url } => {
+                let mut o = formica_protocol::Object::new();
+                o.insert("url", url.as_str().into());
+                (
+                    "POST",
+                    "/admin/v1/peers".to_owned(),
+                    formica_protocol::canon::canonicalize(&formica_protocol::Value::Object(o)),
+                )
+            }
+            PeerOp::Approve { host } => ("POST", format!("/admin/v1/peers/{host}/approve"), vec![]),
+            PeerOp::List => ("GET", "/admin/v1/peers".to_owned(), vec![]),
+            PeerOp::Remove { host } => ("DELETE", format!("/admin/v1/peers/{host}"), vec![]),
+        };
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())
+            .and_then(|_| s.write_all(&body))
+            .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    match run() {
+        Ok((200..=299, body)) => {
+            println!("{}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((_, body)) => {
+            eprintln!("relay peer: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("relay peer: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -24,13 +24,19 @@ impl Metrics {
     }
 
     pub fn render(&self, app: &App) -> String {
-        let (agents, events, messages, deadlines) = {
+        let (agents, events, messages, deadlines, peers, queued, dead_letters) = {
             let st = app.state.read().unwrap_or_else(|p| p.into_inner());
             (
                 st.agents.len(),
                 st.events,
                 st.messages.len(),
                 st.deadlines.len(),
+                st.peers
+                    .values()
+                    .filter(|p| p.status == crate::events::PeerStatus::Active)
+                    .count(),
+                st.outbound.values().map(|q| q.len()).sum::<usize>(),
+                st.dead_letters,
             )
         };
         let mut s = String::new();
@@ -90,6 +96,24 @@ impl Metrics {
             "gauge",
             "Messages waiting for an ack before a deadline.",
             deadlines as i64,
+        );
+        line(
+            "formica_peers_active",
+            "gauge",
+            "Peer relays with an active peering.",
+            peers as i64,
+        );
+        line(
+            "formica_outbound_queued",
+            "gauge",
+            "Envelopes waiting to be forwarded to peers.",
+            queued as i64,
+        );
+        line(
+            "formica_dead_letters_total",
+            "counter",
+            "Deliveries dead-lettered (in the log).",
+            dead_letters as i64,
         );
         s
     }

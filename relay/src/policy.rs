@@ -192,6 +192,60 @@ pub struct Policy {
     pub pow_difficulty: u32,
     pub tiers: Vec<Tier>,
     pub trust: TrustPolicy,
+    pub federation: FederationPolicy,
+}
+
+/// Peering and forwarding (SPEC.md section 16). Off unless `enabled`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationPolicy {
+    /// Federation on or off. Off: recipients on other hosts are `unknown_recipient`.
+    pub enabled: bool,
+    /// Scheme used to reach peers at `<scheme>://<host>`: https in production; tests on
+    /// loopback use http.
+    pub scheme: String,
+    /// Who may peer (FED-2): `allowlist`, `open` or `manual`.
+    pub peering: String,
+    /// Hosts that may peer under `allowlist` (also accepted at once under `manual`).
+    pub allowlist: Vec<String>,
+    /// Index into `tiers` of the tier remote senders get: the lowest (0) by default, since this
+    /// relay knows nothing of their history.
+    pub remote_tier: usize,
+    /// Age after which a queued delivery is dead-lettered: 24 hours, long enough to ride out
+    /// a peer's maintenance window, short enough that a sender learns of the failure the same day.
+    pub dead_letter_ms: i64,
+    /// Transfer attempts after which a queued delivery is dead-lettered: 1000 (with backoff
+    /// capped at `retry_max_ms`, about the same order as `dead_letter_ms`).
+    pub attempts_max: u32,
+    /// First retry delay after a failed transfer: 250 ms; doubled per failure, with jitter.
+    pub retry_base_ms: u64,
+    /// Longest retry delay: 30 s, so a peer that comes back is found within half a minute.
+    pub retry_max_ms: u64,
+    /// Consecutive failures that open a peer's circuit breaker: 5.
+    pub breaker_failures: u32,
+    /// Time an open breaker waits before one trial transfer (half-open): 5 s.
+    pub breaker_cooldown_ms: u64,
+    /// Bound on one relay-to-relay request (connect, send, answer): 10 s.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for FederationPolicy {
+    fn default() -> Self {
+        FederationPolicy {
+            enabled: false,
+            scheme: "https".into(),
+            peering: "allowlist".into(),
+            allowlist: Vec::new(),
+            remote_tier: 0,
+            dead_letter_ms: 24 * 3600 * 1000,
+            attempts_max: 1000,
+            retry_base_ms: 250,
+            retry_max_ms: 30_000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 5_000,
+            request_timeout_ms: 10_000,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -202,6 +256,7 @@ impl Default for Policy {
             pow_difficulty: 20,
             tiers: default_tiers(),
             trust: TrustPolicy::default(),
+            federation: FederationPolicy::default(),
         }
     }
 }
@@ -252,6 +307,25 @@ impl Policy {
                 "pow_difficulty {} is above 40 (years of work per registration)",
                 self.pow_difficulty
             ));
+        }
+        let f = &self.federation;
+        if !matches!(f.peering.as_str(), "allowlist" | "open" | "manual") {
+            return Err(format!(
+                "federation.peering {:?}: expected allowlist, open or manual",
+                f.peering
+            ));
+        }
+        if !matches!(f.scheme.as_str(), "http" | "https") {
+            return Err(format!(
+                "federation.scheme {:?}: expected https or http",
+                f.scheme
+            ));
+        }
+        if f.remote_tier >= self.tiers.len() {
+            return Err("federation.remote_tier is not an index into tiers".into());
+        }
+        if f.dead_letter_ms <= 0 || f.attempts_max == 0 {
+            return Err("federation.dead_letter_ms and attempts_max must be positive".into());
         }
         for t in &self.tiers {
             if t.recipients_max > self.limits.recipients_max {
@@ -332,9 +406,22 @@ impl Policy {
         tv.insert("report_min_tier", int(tr.report_min_tier as i64));
         tv.insert("vouch_min_tier", int(tr.vouch_min_tier as i64));
         o.insert("trust", Value::Object(tv));
+        let f = &self.federation;
         let mut fed = Object::new();
-        fed.insert("enabled", Value::Bool(false));
-        fed.insert("peering", "none".into());
+        fed.insert("enabled", Value::Bool(f.enabled));
+        fed.insert(
+            "peering",
+            if f.enabled {
+                f.peering.as_str().into()
+            } else {
+                "none".into()
+            },
+        );
+        if f.enabled {
+            fed.insert("remote_tier", int(f.remote_tier as i64));
+            fed.insert("dead_letter_ms", int(f.dead_letter_ms));
+            fed.insert("attempts_max", int(i64::from(f.attempts_max)));
+        }
         o.insert("federation", Value::Object(fed));
     }
 }

@@ -5,14 +5,14 @@
 //! in the same order give the same state, which is how the relay starts (replaying its log) and
 //! what the rebuild test checks. Nothing here does I/O or reads a clock.
 
-use crate::events::Event;
+use crate::events::{Event, PeerStatus};
 use crate::policy::Policy;
 use formica_protocol::envelope::{
     AckStatus, ContactLevel, DeliveryState, MessageId, MessageType, Payload, SignedEnvelope,
 };
 use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
 use formica_protocol::pow::Challenge;
-use formica_protocol::{Handle, RelayHost};
+use formica_protocol::{Handle, PublicKey, RelayHost};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -90,6 +90,31 @@ pub struct MessageRecord {
     pub recipients: Vec<RecipientStatus>,
 }
 
+/// A peer relay (SPEC.md 16.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    pub key: PublicKey,
+    pub status: PeerStatus,
+    pub since: i64,
+}
+
+/// The cached key log of an agent homed on another relay (FED-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteLog {
+    pub log: KeyLog,
+    /// Valid entries that conflicted with the cached log (evidence of a fork).
+    pub conflicts: Vec<SignedKeyLogEntry>,
+}
+
+/// An envelope waiting to be forwarded to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub id: MessageId,
+    pub wire: Arc<Vec<u8>>,
+    /// When this relay accepted it (the dead-letter age counts from here).
+    pub at: i64,
+}
+
 /// All projections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -105,6 +130,13 @@ pub struct State {
     pub vouches: BTreeMap<(Handle, Handle), i64>,
     /// (subject, reporter) -> time of the latest report.
     pub reports: BTreeMap<(Handle, Handle), i64>,
+    pub peers: BTreeMap<RelayHost, PeerRecord>,
+    pub remote_logs: BTreeMap<Handle, RemoteLog>,
+    /// Per peer, envelopes still to forward, in the order they were accepted (keyed by the
+    /// event number that queued them), so order per (sender, recipient) survives restarts.
+    pub outbound: BTreeMap<RelayHost, BTreeMap<u64, Queued>>,
+    /// Deliveries dead-lettered so far.
+    pub dead_letters: u64,
     pub events: u64,
 }
 
@@ -119,12 +151,37 @@ impl State {
             challenges_used: HashSet::new(),
             vouches: BTreeMap::new(),
             reports: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            remote_logs: BTreeMap::new(),
+            outbound: BTreeMap::new(),
+            dead_letters: 0,
             events: 0,
         }
     }
 
     pub fn is_local(&self, h: &Handle) -> bool {
         h.host() == &self.host && !h.is_relay()
+    }
+
+    /// An active peer's key, if `host` is one.
+    pub fn active_peer(&self, host: &RelayHost) -> Option<&PeerRecord> {
+        self.peers
+            .get(host)
+            .filter(|p| p.status == PeerStatus::Active)
+    }
+
+    fn dequeue(&mut self, peer: &RelayHost, id: &MessageId) -> bool {
+        let Some(q) = self.outbound.get_mut(peer) else {
+            return false;
+        };
+        let Some(k) = q.iter().find(|(_, x)| &x.id == id).map(|(k, _)| *k) else {
+            return false;
+        };
+        q.remove(&k);
+        if q.is_empty() {
+            self.outbound.remove(peer);
+        }
+        true
     }
 
     fn push_inbox(&mut self, to: &Handle, id: MessageId, wire: &Arc<Vec<u8>>) {
@@ -248,6 +305,79 @@ impl State {
                     a.contacts.remove(contact);
                 }
             }
+            Event::PeerSet {
+                at,
+                host,
+                key,
+                status,
+            } => {
+                let since = self.peers.get(host).map(|p| p.since).unwrap_or(*at);
+                self.peers.insert(
+                    host.clone(),
+                    PeerRecord {
+                        key: *key,
+                        status: *status,
+                        since,
+                    },
+                );
+            }
+            Event::PeerRemoved { host, .. } => {
+                self.peers.remove(host);
+            }
+            Event::RemoteKeyLog { entry, .. } => {
+                let h = entry.entry().handle.clone();
+                match self.remote_logs.get_mut(&h) {
+                    Some(r) => {
+                        let _ = r.log.append(entry.clone());
+                    }
+                    None => {
+                        if let Ok(log) = KeyLog::start(entry.clone()) {
+                            self.remote_logs.insert(
+                                h,
+                                RemoteLog {
+                                    log,
+                                    conflicts: Vec::new(),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            Event::RemoteKeyLogConflict { entry, .. } => {
+                if let Some(r) = self.remote_logs.get_mut(&entry.entry().handle) {
+                    r.conflicts.push(entry.clone());
+                }
+            }
+            Event::Transferred { at, peer, id } => {
+                self.dequeue(peer, id);
+                let peer = peer.clone();
+                if let Some(m) = self.messages.get_mut(id) {
+                    for r in m.recipients.iter_mut() {
+                        if r.handle.host() == &peer && r.state == DeliveryState::Accepted {
+                            r.state = DeliveryState::Forwarded;
+                            r.updated = *at;
+                        }
+                    }
+                }
+            }
+            Event::RemoteDelivered {
+                at,
+                id,
+                msg,
+                recipient,
+            } => {
+                self.seen.insert(*id);
+                self.set_status(msg, recipient, *at, |r| {
+                    if matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded) {
+                        r.state = DeliveryState::Delivered;
+                    }
+                });
+            }
+            Event::DeadLettered { peer, id, .. } => {
+                if self.dequeue(peer, id) {
+                    self.dead_letters += 1;
+                }
+            }
             Event::RequestAnswered {
                 at,
                 owner,
@@ -272,6 +402,29 @@ impl State {
         let id = se.id();
         self.seen.insert(id);
         let wire = Arc::new(se.wire_bytes());
+        // FED-4: what a local agent sends to agents homed elsewhere is queued for their home
+        // relays (never what arrived from another relay: no transit), and so are this relay's
+        // delivery notices for remote senders (FED-11).
+        let own_notice =
+            env.from == Handle::relay(&self.host) && matches!(env.payload, Payload::Receipt { .. });
+        if self.is_local(&env.from) || own_notice {
+            let hosts: BTreeSet<RelayHost> = env
+                .to
+                .iter()
+                .filter(|h| h.host() != &self.host)
+                .map(|h| h.host().clone())
+                .collect();
+            for h in hosts {
+                self.outbound.entry(h).or_default().insert(
+                    self.events,
+                    Queued {
+                        id,
+                        wire: wire.clone(),
+                        at,
+                    },
+                );
+            }
+        }
         match &env.payload {
             Payload::Ack { msg, status, .. } => {
                 let acker = env.from.clone();
@@ -354,7 +507,8 @@ impl State {
                         recipients,
                     },
                 );
-                if let Some(by) = env.ack_by {
+                // Deadlines are the sender's home relay's to enforce (ACK-4, FED-11).
+                if let (Some(by), true) = (env.ack_by, self.is_local(&env.from)) {
                     self.deadlines.insert((by, id));
                 }
                 if let Payload::ContactRequest { level, note } = &env.payload {

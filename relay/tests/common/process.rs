@@ -23,6 +23,8 @@ pub struct RelayProc {
     pub addr: String,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// The host in handles (`relay.test`, or `127.0.0.1:<port>` for federation tests).
+    pub public: String,
 }
 
 /// A config with one generous tier, so that load tests measure durability, not rate limits.
@@ -63,13 +65,18 @@ impl RelayProc {
     /// Starts `relay serve` on 127.0.0.1 with an OS-chosen port; `public_host` is fixed per
     /// data directory so that handles stay valid across restarts.
     pub fn start(dir: &Path, config: &Path) -> RelayProc {
+        RelayProc::start_on(dir, config, "127.0.0.1:0", "relay.test")
+    }
+
+    /// Starts `relay serve` listening on `listen` with handles `@name@<public>`.
+    pub fn start_on(dir: &Path, config: &Path, listen: &str, public: &str) -> RelayProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--public-host",
-                "relay.test",
+                public,
                 "--data-dir",
             ])
             .arg(dir)
@@ -104,11 +111,12 @@ impl RelayProc {
             addr,
             dir: dir.to_owned(),
             config: config.to_owned(),
+            public: public.to_owned(),
         }
     }
 
     pub fn host(&self) -> RelayHost {
-        RelayHost::parse("relay.test").unwrap()
+        RelayHost::parse(&self.public).unwrap()
     }
 
     /// SIGTERM, then wait; returns the exit status code.
