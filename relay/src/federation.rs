@@ -10,7 +10,6 @@ use crate::api::{descriptor_value, ok, read_body, App, Shared};
 use crate::decide::{Command, OrderGate, Outcome};
 use crate::error::ApiError;
 use crate::events::PeerStatus;
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Request, State as AxState};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +21,6 @@ use formica_protocol::schema::Fields;
 use formica_protocol::{
     canon, Domain, ErrorCode, Handle, Object, PublicKey, RelayHost, Signature, Value,
 };
-use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,28 +36,20 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Name of the file holding the address the running relay listens on (for `relay peer`).
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<Bytes>,
->;
-
-/// The relay-to-relay HTTP client (plain HTTP/1.1 through hyper; the scheme is configurable so
-/// that an operator can put TLS in front).
+/// The relay-to-relay HTTP client: ureq (blocking, run on tokio's blocking pool) with rustls
+/// and the webpki roots, so `https` peers work without OpenSSL; `http` only for loopback tests.
 #[derive(Clone, Debug)]
 pub struct PeerClient {
-    inner: HttpClient,
+    agent: ureq::Agent,
 }
 
 impl Default for PeerClient {
     fn default() -> Self {
-        let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
-        conn.set_connect_timeout(Some(Duration::from_secs(5)));
-        conn.enforce_http(false);
         PeerClient {
-            inner:
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(30))
-                    .build(conn),
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(5))
+                .max_idle_connections_per_host(4)
+                .build(),
         }
     }
 }
@@ -85,14 +75,10 @@ pub async fn call(
     sign: bool,
 ) -> Result<(u16, Value), Unreachable> {
     let url = format!("{}://{}{}", app.policy.federation.scheme, host, path);
-    let mut b = hyper::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("content-type", "application/json");
-    if sign {
+    let auth = sign.then(|| {
         let mut n = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut n);
-        let h = RelayAuth::sign(
+        RelayAuth::sign(
             &app.relay_key,
             &app.host,
             host,
@@ -103,43 +89,53 @@ pub async fn call(
                 path,
                 body: &body,
             },
-        );
-        b = b.header("authorization", h);
-    }
-    let req = b
-        .body(http_body_util::Full::new(Bytes::from(body)))
-        .map_err(|e| Unreachable(e.to_string()))?;
+        )
+    });
     let timeout = Duration::from_millis(app.policy.federation.request_timeout_ms);
-    let fut = async {
-        let resp = app
-            .peer_client
-            .inner
-            .request(req)
-            .await
-            .map_err(|e| Unreachable(format!("{url}: {e}")))?;
-        let status = resp.status().as_u16();
-        let bytes = http_body_util::Limited::new(resp.into_body(), PEER_RESPONSE_BYTES_MAX)
-            .collect()
-            .await
-            .map_err(|e| Unreachable(format!("{url}: {e}")))?
-            .to_bytes();
-        let v = if bytes.is_empty() {
-            Value::Null
-        } else {
-            json::parse(
-                &bytes,
-                JsonLimits {
-                    bytes_max: PEER_RESPONSE_BYTES_MAX,
-                    depth_max: app.policy.limits.json_depth_max + 4,
-                },
-            )
-            .map_err(|e| Unreachable(format!("{url}: the answer is not strict JSON: {e}")))?
+    let agent = app.peer_client.agent.clone();
+    let (m, u) = (method.to_owned(), url.clone());
+    let sent = tokio::task::spawn_blocking(move || -> Result<(u16, Vec<u8>), Unreachable> {
+        use std::io::Read;
+        let mut req = agent
+            .request(&m, &u)
+            .timeout(timeout)
+            .set("content-type", "application/json");
+        if let Some(h) = &auth {
+            req = req.set("authorization", h);
+        }
+        let resp = match req.send_bytes(&body) {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(Unreachable(format!("{u}: {e}"))),
         };
-        Ok((status, v))
+        let status = resp.status();
+        let mut buf = Vec::new();
+        resp.into_reader()
+            .take(PEER_RESPONSE_BYTES_MAX as u64 + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Unreachable(format!("{u}: {e}")))?;
+        if buf.len() > PEER_RESPONSE_BYTES_MAX {
+            return Err(Unreachable(format!(
+                "{u}: the answer is larger than {PEER_RESPONSE_BYTES_MAX} bytes"
+            )));
+        }
+        Ok((status, buf))
+    })
+    .await
+    .map_err(|e| Unreachable(format!("{url}: {e}")))??;
+    let (status, bytes) = sent;
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        json::parse(
+            &bytes,
+            JsonLimits {
+                bytes_max: PEER_RESPONSE_BYTES_MAX,
+                depth_max: app.policy.limits.json_depth_max + 4,
+            },
+        )
+        .map_err(|e| Unreachable(format!("{url}: the answer is not strict JSON: {e}")))?
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| Unreachable(format!("{url}: no answer within {timeout:?}")))?
+    Ok((status, v))
 }
 
 /// The error code of an error answer, if it has one this relay knows.
