@@ -295,6 +295,45 @@ pub async fn auth_request(
     Ok((h, body))
 }
 
+/// A `{handle}` path parameter. A segment that does not percent-decode to UTF-8 is refused with
+/// the spec's error body (`invalid_handle`, HTTP-9) rather than the framework's plain-text answer.
+#[derive(Debug)]
+pub struct HandleParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for HandleParam {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(s)) => Ok(HandleParam(s)),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::InvalidHandle,
+                format!("the handle in the path: {e}"),
+            )
+            .with("field", "handle".into())),
+        }
+    }
+}
+
+/// An `{id}` path parameter; an undecodable one names nothing (`not_found`).
+#[derive(Debug)]
+pub struct IdParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdParam {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(s)) => Ok(IdParam(s)),
+            Err(_) => Err(ApiError::new(ErrorCode::NotFound, "no such resource")),
+        }
+    }
+}
+
 fn parse_handle(app: &App, s: &str) -> Result<Handle, ApiError> {
     Handle::parse_with_home(s, &app.host)
         .map_err(|e| ApiError::new(e.code(), e.to_string()).with("field", "handle".into()))
@@ -394,7 +433,7 @@ async fn register(AxState(app): AxState<Shared>, req: Request) -> Response {
         let entry_v = f.req("entry")?.clone();
         let pow_v = f.opt("pow").cloned();
         f.finish()?;
-        let entry = SignedKeyLogEntry::from_value(entry_v)?;
+        let entry = SignedKeyLogEntry::from_value(entry_v).map_err(|e| ApiError::from(e).under("entry"))?;
         let e = entry.entry();
         if e.handle.host() != &app.host {
             return Err(ApiError::new(
@@ -526,7 +565,7 @@ fn remote_keylog_value(h: &Handle, r: &crate::state::RemoteLog) -> Value {
     ])
 }
 
-async fn get_keys(AxState(app): AxState<Shared>, Path(handle): Path<String>) -> Response {
+async fn get_keys(AxState(app): AxState<Shared>, HandleParam(handle): HandleParam) -> Response {
     let res = (|| {
         let h = parse_handle(&app, &handle)?;
         let st = app.read();
@@ -545,7 +584,7 @@ async fn get_keys(AxState(app): AxState<Shared>, Path(handle): Path<String>) -> 
 
 async fn post_key_entry(
     AxState(app): AxState<Shared>,
-    Path(handle): Path<String>,
+    HandleParam(handle): HandleParam,
     req: Request,
 ) -> Response {
     let res = async {
@@ -804,7 +843,7 @@ async fn post_batch(AxState(app): AxState<Shared>, req: Request) -> Response {
 
 async fn message_status(
     AxState(app): AxState<Shared>,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
     req: Request,
 ) -> Response {
     let res = async {
@@ -892,7 +931,7 @@ fn parse_level(body: &[u8], app: &App, required: bool) -> Result<Option<ContactL
 
 async fn put_contact(
     AxState(app): AxState<Shared>,
-    Path(handle): Path<String>,
+    HandleParam(handle): HandleParam,
     req: Request,
 ) -> Response {
     let res = async {
@@ -919,7 +958,7 @@ async fn put_contact(
 
 async fn delete_contact(
     AxState(app): AxState<Shared>,
-    Path(handle): Path<String>,
+    HandleParam(handle): HandleParam,
     req: Request,
 ) -> Response {
     let res = async {
@@ -1001,7 +1040,7 @@ async fn answer_request(app: Shared, id: String, req: Request, accept: bool) -> 
 
 async fn accept_request(
     AxState(app): AxState<Shared>,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
     req: Request,
 ) -> Response {
     answer_request(app, id, req, true).await
@@ -1009,7 +1048,7 @@ async fn accept_request(
 
 async fn reject_request(
     AxState(app): AxState<Shared>,
-    Path(id): Path<String>,
+    IdParam(id): IdParam,
     req: Request,
 ) -> Response {
     answer_request(app, id, req, false).await

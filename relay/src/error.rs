@@ -29,6 +29,22 @@ impl ApiError {
         self
     }
 
+    /// Prefixes `field` with the path of the member the failing object sits in (`entry`).
+    pub fn under(mut self, prefix: &str) -> ApiError {
+        for (k, v) in self.extra.iter_mut() {
+            if *k == "field" {
+                if let Value::String(f) = v {
+                    *f = if f == "(root)" {
+                        prefix.to_owned()
+                    } else {
+                        format!("{prefix}.{f}")
+                    };
+                }
+            }
+        }
+        self
+    }
+
     /// The `{"error": {...}}` body.
     pub fn body(&self) -> Value {
         let mut e = Object::new();

@@ -286,7 +286,7 @@ impl Drop for StreamGuard {
 /// `GET /v1/inbox/ws?after=CURSOR`: WebSocket.
 pub async fn ws(
     AxState(app): AxState<Shared>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -305,7 +305,15 @@ pub async fn ws(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    upgrade.on_upgrade(move |socket| ws_loop(app, me, cursor, socket))
+    match upgrade {
+        Ok(u) => u.on_upgrade(move |socket| ws_loop(app, me, cursor, socket)),
+        Err(e) => ApiError::new(
+            ErrorCode::InvalidField,
+            format!("this endpoint needs a WebSocket upgrade request: {e}"),
+        )
+        .with("field", "upgrade".into())
+        .into_response(),
+    }
 }
 
 async fn ws_loop(app: Shared, me: Handle, mut cursor: u64, mut socket: WebSocket) {
