@@ -1,0 +1,371 @@
+//! Delivery states, acks, deadlines and receipts (DELIV-*, ACK-*, RCPT-*), and the message
+//! status endpoint (API-13). Deadlines are short (1500 ms) and every wait is bounded by the
+//! relay's published `ack.deadline_check_ms` plus a margin.
+
+use super::*;
+use crate::case::{case, Env};
+use crate::target::{env_str, is_receipt, payload_str};
+
+pub fn cases() -> Vec<Case> {
+    use ErrorCode as E;
+    vec![
+        case("ack.flow", &["ACK-1", "ACK-3", "DELIV-1", "DELIV-3", "DELIV-5", "API-13", "RCPT-1", "RCPT-2", "RCPT-3", "RCPT-4", "TYPE-7"], "accepted -> delivered (with a receipt) -> acked: the ack needs no grant, reaches the sender with an acked receipt", ack_flow),
+        case("ack.statuses", &["ACK-2", "DELIV-2"], "received, processed and rejected all settle the delivery as acked with that ack_status", ack_statuses),
+        case("ack.no-deadline", &["ACK-3", "RCPT-2"], "a message without ack_by can be acked; reading it makes no delivered receipt", ack_no_deadline),
+        case("ack.before-read", &["DELIV-3", "ACK-3"], "an ack may settle a delivery that is still accepted", ack_before_read),
+        case("ack.unknown-message", &["ACK-3"], "an ack of an unknown message is ack_forbidden", ack_unknown).codes(&[E::AckForbidden]),
+        case("ack.not-recipient", &["ACK-3"], "an ack by an agent that is not a recipient is ack_forbidden", ack_not_recipient).codes(&[E::AckForbidden]),
+        case("ack.wrong-to", &["ACK-3", "TYPE-7"], "an ack not addressed to the message's sender is invalid_field (to)", ack_wrong_to).codes(&[E::InvalidField]),
+        case("ack.settled", &["ACK-3", "DELIV-2"], "a second ack is ack_settled and changes nothing", ack_settled).codes(&[E::AckSettled]),
+        case("ack.timeout", &["ACK-4", "DELIV-1", "DELIV-2", "DELIV-3", "RCPT-1", "RCPT-2", "RCPT-3"], "a deadline that passes without an ack times the delivery out, with a timed_out receipt; a late ack is ack_settled", ack_timeout).codes(&[E::AckSettled]),
+        case("deliv.per-recipient", &["DELIV-1", "DELIV-5"], "each recipient of one message has its own delivery state", per_recipient),
+        case("rcpt.none-about-receipts", &["RCPT-2"], "reading receipts makes no receipts about them, and only the listed changes make receipts", no_receipt_about_receipts),
+        case("status.access", &["API-13"], "only the sender may read a message's status; others, unknown and malformed ids are not_found", status_access).codes(&[E::NotFound]),
+    ]
+}
+
+struct Trio {
+    a: Agent,
+    b: Agent,
+    c: Agent,
+}
+
+/// `a` sends; `b` and `c` let `a` send messages.
+fn trio(t: &Target, tag: &str) -> R<Trio> {
+    let a = t.register(&format!("{tag}a"))?;
+    let b = t.register(&format!("{tag}b"))?;
+    let c = t.register(&format!("{tag}c"))?;
+    t.grant(&b, &a.handle, "message")?;
+    t.grant(&c, &a.handle, "message")?;
+    Ok(Trio { a, b, c })
+}
+
+fn receipts_for(items: &[(String, Value)], id: &str) -> Vec<Value> {
+    items
+        .iter()
+        .filter(|(_, e)| env_str(e, "type") == Some("receipt") && payload_str(e, "msg") == Some(id))
+        .map(|(_, e)| e.clone())
+        .collect()
+}
+
+fn ack_flow(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "akf")?;
+    let m = msg_ack(t, &x.a, &[&x.b.handle], 60_000);
+    t.send_ok(&m)?;
+    let st = t.status(&x.a, &m.id)?;
+    let v = st.expect_json(200)?.clone();
+    ensure!(
+        at(&v, &["id"]) == Some(&s(&m.id)) && at(&v, &["type"]) == Some(&s("message")),
+        "{}: {} (API-13)",
+        st.what,
+        st.brief()
+    );
+    let ack_by = m.value.as_object().and_then(|o| o.get("ack_by")).cloned();
+    ensure!(
+        at(&v, &["ack_by"]).cloned() == ack_by,
+        "{}: ack_by {:?} (API-13)",
+        st.what,
+        at(&v, &["ack_by"])
+    );
+    let (s0, r0) = t.delivery(&x.a, &m.id, &x.b.handle)?;
+    ensure!(
+        s0 == "accepted",
+        "a new message's delivery is {s0:?}, not accepted (DELIV-1)"
+    );
+    ensure!(
+        at(&r0, &["ack"]).is_none(),
+        "an accepted delivery carries `ack` (API-13)"
+    );
+    t.inbox(&x.b)?;
+    t.wait_delivery(&x.a, &m.id, &x.b.handle, "delivered", 3000)?;
+    let rd = t.wait_inbox(&x.a, 3000, "a delivered receipt", |v| {
+        is_receipt(v, &m.id, "delivered")
+    })?;
+    t.verify_receipt(&rd)?;
+    // The sender has granted the recipient nothing: acks need no grant (ACK-1).
+    let k = ack(t, &x.b, &x.a.handle, &m.id, "processed");
+    t.send_ok(&k)?;
+    let v = t.wait_delivery(&x.a, &m.id, &x.b.handle, "acked", 3000)?;
+    ensure!(
+        at(&v, &["ack"]) == Some(&s(&k.id)) && at(&v, &["ack_status"]) == Some(&s("processed")),
+        "the acked delivery reports ack {:?} ack_status {:?} (API-13, DELIV-1)",
+        at(&v, &["ack"]),
+        at(&v, &["ack_status"])
+    );
+    let items = t.inbox(&x.a)?;
+    expect_delivered_as_sent(&items, &k, &x.a.handle)?;
+    let ra = t.wait_inbox(&x.a, 3000, "an acked receipt", |v| {
+        is_receipt(v, &m.id, "acked")
+    })?;
+    t.verify_receipt(&ra)?;
+    ensure!(
+        payload_str(&ra, "ack") == Some(k.id.as_str())
+            && payload_str(&ra, "ack_status") == Some("processed"),
+        "the acked receipt names ack {:?} status {:?} (RCPT-2, TYPE-8)",
+        payload_str(&ra, "ack"),
+        payload_str(&ra, "ack_status")
+    );
+    ensure!(
+        payload_str(&ra, "recipient") == Some(x.b.handle.as_str()),
+        "the acked receipt's recipient is {:?} (RCPT-3)",
+        payload_str(&ra, "recipient")
+    );
+    let _ = x.c;
+    Ok(())
+}
+
+fn ack_statuses(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "aks")?;
+    for st in ["received", "processed", "rejected"] {
+        let m = msg_ack(t, &x.a, &[&x.b.handle], 60_000);
+        t.send_ok(&m)?;
+        let k = ack(t, &x.b, &x.a.handle, &m.id, st);
+        t.send_ok(&k)?;
+        let v = t.wait_delivery(&x.a, &m.id, &x.b.handle, "acked", 3000)?;
+        ensure!(
+            at(&v, &["ack_status"]) == Some(&s(st)),
+            "an ack with status {st} left ack_status {:?} (ACK-2)",
+            at(&v, &["ack_status"])
+        );
+    }
+    Ok(())
+}
+
+fn ack_no_deadline(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "akn")?;
+    let m = msg(t, &x.a, &[&x.b.handle]);
+    t.send_ok(&m)?;
+    t.inbox(&x.b)?;
+    t.wait_delivery(&x.a, &m.id, &x.b.handle, "delivered", 3000)?;
+    sleep_ms(300);
+    let rs = receipts_for(&t.inbox(&x.a)?, &m.id);
+    ensure!(rs.is_empty(), "reading a message without ack_by produced {} receipt(s) (RCPT-2: delivered receipts only when ack_by is present)", rs.len());
+    t.send_ok(&ack(t, &x.b, &x.a.handle, &m.id, "received"))?;
+    t.wait_delivery(&x.a, &m.id, &x.b.handle, "acked", 3000)?;
+    t.wait_inbox(&x.a, 3000, "an acked receipt", |v| {
+        is_receipt(v, &m.id, "acked")
+    })?;
+    Ok(())
+}
+
+fn ack_before_read(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "akb")?;
+    let m = msg_ack(t, &x.a, &[&x.b.handle], 60_000);
+    t.send_ok(&m)?;
+    t.send_ok(&ack(t, &x.b, &x.a.handle, &m.id, "received"))?;
+    t.wait_delivery(&x.a, &m.id, &x.b.handle, "acked", 3000)?;
+    // Reading now changes nothing: acked is terminal.
+    t.inbox(&x.b)?;
+    sleep_ms(300);
+    let (st, _) = t.delivery(&x.a, &m.id, &x.b.handle)?;
+    ensure!(
+        st == "acked",
+        "after the recipient read an acked message the delivery is {st:?} (DELIV-2)"
+    );
+    Ok(())
+}
+
+fn ack_unknown(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "aku")?;
+    refuse(
+        t,
+        &ack(t, &x.b, &x.a.handle, &"ab".repeat(32), "received").wire,
+        ErrorCode::AckForbidden,
+    )?;
+    Ok(())
+}
+
+fn ack_not_recipient(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "akr")?;
+    let m = msg(t, &x.a, &[&x.b.handle]);
+    t.send_ok(&m)?;
+    refuse(
+        t,
+        &ack(t, &x.c, &x.a.handle, &m.id, "received").wire,
+        ErrorCode::AckForbidden,
+    )?;
+    Ok(())
+}
+
+fn ack_wrong_to(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "akw")?;
+    let m = msg(t, &x.a, &[&x.b.handle]);
+    t.send_ok(&m)?;
+    refuse_field(
+        t,
+        &ack(t, &x.b, &x.c.handle, &m.id, "received").wire,
+        ErrorCode::InvalidField,
+        "to",
+    )?;
+    Ok(())
+}
+
+fn ack_settled(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "akt")?;
+    let m = msg(t, &x.a, &[&x.b.handle]);
+    t.send_ok(&m)?;
+    let k1 = ack(t, &x.b, &x.a.handle, &m.id, "received");
+    t.send_ok(&k1)?;
+    refuse(
+        t,
+        &ack(t, &x.b, &x.a.handle, &m.id, "processed").wire,
+        ErrorCode::AckSettled,
+    )?;
+    let (st, v) = t.delivery(&x.a, &m.id, &x.b.handle)?;
+    ensure!(
+        st == "acked" && at(&v, &["ack"]) == Some(&s(&k1.id)),
+        "after a refused second ack the delivery is {st:?} with ack {:?} (DELIV-2)",
+        at(&v, &["ack"])
+    );
+    Ok(())
+}
+
+fn ack_timeout(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "ako")?;
+    let m = msg_ack(t, &x.a, &[&x.b.handle], 1500);
+    t.send_ok(&m)?;
+    let lag = t.deadline_lag_ms();
+    t.wait_delivery(&x.a, &m.id, &x.b.handle, "timed_out", 1500 + lag)
+        .map_err(|err| match err {
+            Stop::Fail(msg) => Stop::Fail(format!(
+                "{msg}; the relay publishes ack.deadline_check_ms {:?} (ACK-4)",
+                t.published.deadline_check_ms
+            )),
+            other => other,
+        })?;
+    let rc = t.wait_inbox(&x.a, 3000, "a timed_out receipt", |v| {
+        is_receipt(v, &m.id, "timed_out")
+    })?;
+    t.verify_receipt(&rc)?;
+    ensure!(
+        payload_str(&rc, "recipient") == Some(x.b.handle.as_str()),
+        "the timed_out receipt's recipient is {:?} (RCPT-3)",
+        payload_str(&rc, "recipient")
+    );
+    ensure!(
+        payload_str(&rc, "ack").is_none(),
+        "a timed_out receipt carries `ack` (TYPE-8)"
+    );
+    refuse(
+        t,
+        &ack(t, &x.b, &x.a.handle, &m.id, "received").wire,
+        ErrorCode::AckSettled,
+    )?;
+    // Reading after the timeout changes nothing (timed_out is terminal).
+    t.inbox(&x.b)?;
+    sleep_ms(300);
+    let (st, _) = t.delivery(&x.a, &m.id, &x.b.handle)?;
+    ensure!(
+        st == "timed_out",
+        "a timed-out delivery became {st:?} (DELIV-2)"
+    );
+    Ok(())
+}
+
+fn per_recipient(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "dpr")?;
+    let m = msg_ack(t, &x.a, &[&x.b.handle, &x.c.handle], 60_000);
+    t.send_ok(&m)?;
+    t.send_ok(&ack(t, &x.b, &x.a.handle, &m.id, "processed"))?;
+    t.wait_delivery(&x.a, &m.id, &x.b.handle, "acked", 3000)?;
+    let (st, _) = t.delivery(&x.a, &m.id, &x.c.handle)?;
+    ensure!(
+        st == "accepted",
+        "the other recipient's delivery is {st:?}, not accepted (DELIV-1: one state per recipient)"
+    );
+    t.inbox(&x.c)?;
+    t.wait_delivery(&x.a, &m.id, &x.c.handle, "delivered", 3000)?;
+    let (st, _) = t.delivery(&x.a, &m.id, &x.b.handle)?;
+    ensure!(
+        st == "acked",
+        "the first recipient's delivery changed to {st:?} (DELIV-2)"
+    );
+    Ok(())
+}
+
+fn no_receipt_about_receipts(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "rnr")?;
+    let m = msg_ack(t, &x.a, &[&x.b.handle], 60_000);
+    t.send_ok(&m)?;
+    t.inbox(&x.b)?;
+    t.wait_inbox(&x.a, 3000, "a delivered receipt", |v| {
+        is_receipt(v, &m.id, "delivered")
+    })?;
+    t.send_ok(&ack(t, &x.b, &x.a.handle, &m.id, "received"))?;
+    t.wait_inbox(&x.a, 3000, "an acked receipt", |v| {
+        is_receipt(v, &m.id, "acked")
+    })?;
+    // Read everything (the receipts included) twice, give the relay time to react, and count.
+    t.inbox(&x.a)?;
+    sleep_ms(500);
+    let items = t.inbox(&x.a)?;
+    let receipts: Vec<&Value> = items
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| env_str(e, "type") == Some("receipt"))
+        .collect();
+    ensure!(receipts.len() == 2, "the sender holds {} receipts, expected exactly delivered and acked (RCPT-2: none about receipts, no others)", receipts.len());
+    for r in receipts {
+        ensure!(
+            payload_str(r, "msg") == Some(m.id.as_str()),
+            "a receipt about {:?}, not about the message (RCPT-2)",
+            payload_str(r, "msg")
+        );
+    }
+    Ok(())
+}
+
+fn status_access(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = trio(t, "sta")?;
+    let m = msg(t, &x.a, &[&x.b.handle]);
+    t.send_ok(&m)?;
+    let v = t.status(&x.a, &m.id)?.expect_json(200)?.clone();
+    ensure!(
+        at(&v, &["ack_by"]) == Some(&Value::Null),
+        "a message without ack_by reports ack_by {:?}, not null (API-13)",
+        at(&v, &["ack_by"])
+    );
+    ensure!(
+        at(&v, &["ts"]).and_then(Value::as_i64)
+            == m.value
+                .as_object()
+                .and_then(|o| o.get("ts"))
+                .and_then(Value::as_i64),
+        "status ts differs from the envelope's (API-13)"
+    );
+    let list = at(&v, &["recipients"])
+        .and_then(Value::as_array)
+        .unwrap_or(&[])
+        .to_vec();
+    ensure!(
+        list.len() == 1,
+        "status lists {} recipients (API-13)",
+        list.len()
+    );
+    for k in ["handle", "status"] {
+        ensure!(
+            at(&list[0], &[k]).and_then(Value::as_str).is_some(),
+            "a recipient without string `{k}` (API-13)"
+        );
+    }
+    t.status(&x.b, &m.id)?.expect_error(ErrorCode::NotFound)?;
+    t.status(&x.a, &"cd".repeat(32))?
+        .expect_error(ErrorCode::NotFound)?;
+    t.status(&x.a, &m.id.to_ascii_uppercase())?
+        .expect_error(ErrorCode::NotFound)?;
+    t.status(&x.a, "not-an-id")?
+        .expect_error(ErrorCode::NotFound)?;
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Federation cases with `--peer`: two reference relays, started in-process with federation
+//! enabled (plain http on loopback, open peering) and peered through the admin API, pass every
+//! federation case of the suite.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use formica_conformance::report::Status;
+use formica_conformance::runner;
+
+fn federate(cfg: &mut formica_relay::config::RelayConfig) {
+    cfg.policy.federation.enabled = true;
+    cfg.policy.federation.scheme = "http".into();
+    cfg.policy.federation.peering = "open".into();
+}
+
+/// Asks `a` to peer with `b` through `a`'s admin endpoint (loopback, bearer token).
+fn peer(a: &common::InProcessRelay, b: &common::InProcessRelay) {
+    let token = std::fs::read_to_string(a.dir.join(formica_relay::federation::ADMIN_TOKEN_FILE))
+        .expect("admin token");
+    let body = format!("{{\"url\":\"http://{}\"}}", b.host);
+    let r = ureq::post(&format!("{}/admin/v1/peers", a.url))
+        .set("authorization", &format!("Bearer {}", token.trim()))
+        .set("content-type", "application/json")
+        .send_string(&body);
+    match r {
+        Ok(resp) => assert_eq!(resp.status(), 200),
+        Err(ureq::Error::Status(s, resp)) => panic!(
+            "peering failed: {s} {}",
+            resp.into_string().unwrap_or_default()
+        ),
+        Err(e) => panic!("peering failed: {e}"),
+    }
+}
+
+#[test]
+fn federation_cases_pass_between_two_peered_reference_relays() {
+    let a = common::InProcessRelay::start_with(None, federate);
+    let b = common::InProcessRelay::start_with(None, federate);
+    peer(&a, &b);
+    let mut opts = runner::Options::new(&a.url);
+    opts.peer = Some(b.url.clone());
+    opts.only = vec!["fed.".into(), "desc.peering".into(), "desc.units".into()];
+    let rep = runner::run(&opts).expect("the suite runs");
+    let bad: Vec<String> = rep
+        .results
+        .iter()
+        .filter(|r| r.status != Status::Pass)
+        .map(|r| format!("{} {}: {}", r.status.as_str(), r.id, r.reason))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "federation cases that did not pass between two peered reference relays:\n{}",
+        bad.join("\n")
+    );
+    assert!(rep.results.len() >= 11, "{} cases ran", rep.results.len());
+    assert_eq!(rep.exit_code(), 0);
+}
