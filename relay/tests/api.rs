@@ -1231,3 +1231,179 @@ async fn edge_rules_found_by_a_clean_room_client() {
         .await
         .expect(413, "payload_too_large");
 }
+
+#[tokio::test]
+async fn one_recipient_flooded_by_many_new_keys_refuses_more_and_keeps_what_it_has() {
+    let mut cfg = config(4);
+    cfg.policy.limits.contact_requests_pending_max = 5;
+    cfg.policy.limits.inbox_pending_max = 8;
+    let r = TestRelay::with(
+        cfg,
+        std::sync::Arc::new(formica_relay::store::MemStore::default()),
+    );
+    let target = r.agent("target").await;
+    // Many fresh agents ask for contact: the first five are kept, the rest refused.
+    let mut accepted = Vec::new();
+    for n in 0..8 {
+        let a = r.agent(&format!("flood{n}")).await;
+        let e = a
+            .envelope(
+                &r,
+                &[&target.handle],
+                Payload::ContactRequest {
+                    level: ContactLevel::Message,
+                    note: None,
+                },
+            )
+            .sign(&a.key)
+            .unwrap();
+        let resp = a.send(&r, &e).await;
+        if n < 5 {
+            resp.expect(201, "");
+            accepted.push(e.id());
+        } else {
+            resp.expect(429, "inbox_full");
+            assert!(field(&resp.body, &["error", "retry_after_s"])
+                .as_i64()
+                .is_some());
+        }
+    }
+    // Nothing accepted was evicted.
+    let pending = target.authed(&r, "GET", "/v1/contact-requests", b"").await;
+    let ids: Vec<String> = pending
+        .get("requests")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| field(p, &["id"]).as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    for id in &accepted {
+        assert!(ids.contains(&id.to_hex()));
+    }
+    // Unread items are capped too (5 requests + 3 messages = 8); reading makes room.
+    let friend = r.agent("friend").await;
+    target
+        .put_contact(&r, &friend.handle, "message")
+        .await
+        .expect(200, "");
+    for n in 0..3 {
+        r.advance(1);
+        friend
+            .send(&r, &friend.text(&r, &target.handle, &format!("m{n}")))
+            .await
+            .expect(201, "");
+    }
+    r.advance(1);
+    friend
+        .send(&r, &friend.text(&r, &target.handle, "one too many"))
+        .await
+        .expect(429, "inbox_full");
+    assert_eq!(target.inbox(&r, 0).await.len(), 8);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await; // the read is recorded in the background
+    r.advance(1);
+    friend
+        .send(&r, &friend.text(&r, &target.handle, "after reading"))
+        .await
+        .expect(201, "");
+}
+
+#[tokio::test]
+async fn vouch_and_report_limits_are_enforced_per_tier() {
+    let mut cfg = config(4);
+    // One tier that may vouch twice and report twice a day.
+    let mut t = cfg.policy.tiers[1].clone();
+    t.min_age_ms = 0;
+    t.min_acked = 0;
+    t.vouches_max = 2;
+    t.reports_per_day = 2;
+    t.rate_per_min = 10_000;
+    cfg.policy.tiers = vec![t];
+    let r = TestRelay::with(
+        cfg,
+        std::sync::Arc::new(formica_relay::store::MemStore::default()),
+    );
+    let relay_addr = Handle::relay(&r.host());
+    let v = r.agent("voucher").await;
+    let subjects = [
+        r.agent("s1").await,
+        r.agent("s2").await,
+        r.agent("s3").await,
+    ];
+    let vouch = |s: &common::Agent, action| {
+        v.envelope(
+            &r,
+            &[&relay_addr],
+            Payload::Vouch {
+                subject: s.handle.clone(),
+                action,
+            },
+        )
+        .sign(&v.key)
+        .unwrap()
+    };
+    v.send(&r, &vouch(&subjects[0], VouchAction::Grant))
+        .await
+        .expect(201, "");
+    r.advance(1);
+    v.send(&r, &vouch(&subjects[1], VouchAction::Grant))
+        .await
+        .expect(201, "");
+    r.advance(1);
+    v.send(&r, &vouch(&subjects[2], VouchAction::Grant))
+        .await
+        .expect(403, "vouch_limit");
+    // Revoking frees a slot; revoking what was never given is not_found.
+    r.advance(1);
+    v.send(&r, &vouch(&subjects[0], VouchAction::Revoke))
+        .await
+        .expect(201, "");
+    r.advance(1);
+    v.send(&r, &vouch(&subjects[0], VouchAction::Revoke))
+        .await
+        .expect(404, "not_found");
+    r.advance(1);
+    v.send(&r, &vouch(&subjects[2], VouchAction::Grant))
+        .await
+        .expect(201, "");
+    // Reports: two a day.
+    for (n, s) in subjects.iter().enumerate() {
+        r.advance(1);
+        let e = v
+            .envelope(
+                &r,
+                &[&relay_addr],
+                Payload::Report {
+                    subject: s.handle.clone(),
+                    reason: ReportReason::Spam,
+                    msg: None,
+                    note: None,
+                },
+            )
+            .sign(&v.key)
+            .unwrap();
+        let resp = v.send(&r, &e).await;
+        if n < 2 {
+            resp.expect(201, "");
+        } else {
+            resp.expect(429, "rate_limited");
+        }
+    }
+    // A report about an unregistered subject, and one about oneself, are refused.
+    let ghost = Handle::parse(&format!("@ghost@{HOST}")).unwrap();
+    r.advance(24 * 3600 * 1000);
+    let e = v
+        .envelope(
+            &r,
+            &[&relay_addr],
+            Payload::Report {
+                subject: ghost,
+                reason: ReportReason::Spam,
+                msg: None,
+                note: None,
+            },
+        )
+        .sign(&v.key)
+        .unwrap();
+    v.send(&r, &e).await.expect(404, "unknown_recipient");
+}

@@ -74,7 +74,7 @@ fn restart_keeps_state_and_a_replay_is_still_duplicate() {
 }
 
 /// Rounds of SIGKILL during concurrent posts.
-const CRASH_ROUNDS: usize = 20;
+const CRASH_ROUNDS: usize = 50;
 /// Concurrent writers per round.
 const WRITERS: usize = 4;
 

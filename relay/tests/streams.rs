@@ -276,3 +276,47 @@ fn shutdown_ends_open_streams_cleanly() {
     assert_eq!(r.terminate(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_slow_stream_consumer_loses_nothing_and_the_relay_keeps_serving() {
+    let (dir, r, a, b) = setup("slow");
+    let mut s = Sse::open(&r, &b, None).unwrap();
+    let first = send(&r, &a, &b, "first");
+    assert_eq!(id_of(&s.next_event().1), first);
+    // The consumer stops reading while 2,000 envelopes (about 1 MB) arrive.
+    let mut sent = vec![first];
+    for batch in 0..20 {
+        let items: Vec<formica_protocol::Value> = (0..100)
+            .map(|n| {
+                let m = a.message(
+                    &b.handle,
+                    &format!("batch {batch} item {n} {}", "x".repeat(400)),
+                );
+                sent.push(m.id().to_hex());
+                m.value().clone()
+            })
+            .collect();
+        let body = formica_protocol::canon::canonicalize(&obj(vec![(
+            "envelopes",
+            formica_protocol::Value::Array(items),
+        )]));
+        let (st, v) = r
+            .request("POST", "/v1/envelopes/batch", &[], &body)
+            .unwrap();
+        assert_eq!(st, 200, "{v:?}");
+    }
+    // Meanwhile the relay answers others.
+    assert_eq!(r.request("GET", "/health", &[], b"").unwrap().0, 200);
+    // The consumer resumes reading and gets every envelope once, in order.
+    let mut got = vec![first_id(&sent)];
+    while got.len() < sent.len() {
+        got.push(id_of(&s.next_event().1));
+    }
+    assert_eq!(got, sent);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn first_id(sent: &[String]) -> String {
+    sent[0].clone()
+}
