@@ -1,6 +1,7 @@
-//! Connection limits of a relay process: idle and slow-header connections from one address are
-//! capped and closed after the header read timeout, while `/health` keeps answering other
-//! clients; a request body over the limit is refused even when it is chunked with no length.
+//! Limits of a relay process: idle and slow-header connections from one address are capped and
+//! closed after the header read timeout, while `/health` keeps answering other clients; a
+//! request body over the limit is refused even when it is chunked with no length; offered load
+//! far above an agent's rate gets 429s, never 5xx, with resident memory staying flat.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "common/process.rs"]
@@ -100,6 +101,85 @@ fn a_chunked_body_over_the_limit_is_refused_with_too_large() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("\"too_large\""), "{text}");
     // The relay still serves.
+    assert_eq!(r.request("GET", "/health", &[], b"").unwrap().0, 200);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn overload_gets_429s_not_5xx_and_memory_stays_flat() {
+    // One sender at 600 envelopes per minute (burst 150); four threads offer far more.
+    let dir = std::env::temp_dir().join(format!(
+        "formica-overload-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("rate_per_min = 1000000", "rate_per_min = 600");
+    std::fs::write(&config, text).unwrap();
+    let r = RelayProc::start(&dir.join("data"), &config);
+    let a = std::sync::Arc::new(Peer::register(&r, "alice", 1));
+    let b = Peer::register(&r, "bob", 2);
+    b.allow(&r, &a.handle);
+    let pid = r.child.as_ref().unwrap().id();
+    // Warm up, then measure resident memory before and after a bounded burst.
+    for n in 0..20 {
+        let _ = post_envelope(&r, &a.message(&b.handle, &format!("warm {n}")));
+    }
+    let before = rss_kib(pid);
+    let stop = Instant::now() + Duration::from_secs(3);
+    let threads: Vec<_> = (0..4)
+        .map(|w| {
+            let (a, addr, bh) = (a.clone(), r.addr.clone(), b.handle.clone());
+            std::thread::spawn(move || {
+                let mut counts = std::collections::BTreeMap::new();
+                let mut n = 0;
+                while Instant::now() < stop {
+                    let m = a.message(&bh, &format!("w{w} n{n}"));
+                    n += 1;
+                    let st = http(&addr, "POST", "/v1/envelopes", &[], &m.wire_bytes())
+                        .map(|(s, _)| s)
+                        .unwrap_or(0);
+                    *counts.entry(st).or_insert(0u32) += 1;
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut total = std::collections::BTreeMap::new();
+    for t in threads {
+        for (k, v) in t.join().unwrap() {
+            *total.entry(k).or_insert(0) += v;
+        }
+    }
+    let after = rss_kib(pid);
+    eprintln!("overload: answers by status {total:?}; RSS {before} KiB -> {after} KiB");
+    assert!(
+        total.keys().all(|s| *s == 201 || *s == 429),
+        "only 201 and 429 expected: {total:?}"
+    );
+    assert!(
+        total.get(&429).copied().unwrap_or(0) > total.get(&201).copied().unwrap_or(0),
+        "most of the excess must be refused: {total:?}"
+    );
+    // Flat memory: refused requests leave nothing behind (a generous bound for allocator noise).
+    assert!(
+        after < before + 64 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
     assert_eq!(r.request("GET", "/health", &[], b"").unwrap().0, 200);
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
