@@ -156,7 +156,7 @@ fn serve(cfg: RelayConfig) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+        let listener = match bind(cfg.listen) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("relay: cannot listen on {}: {e}", cfg.listen);
@@ -335,4 +335,19 @@ fn check(cfg: &RelayConfig) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Pending connections the kernel may queue before the relay accepts them (capped by the
+/// kernel's somaxconn): large enough that a burst of thousands of clients is queued, not dropped.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(LISTEN_BACKLOG)
 }
