@@ -142,6 +142,10 @@ pub struct Ctx<'a> {
     pub policy: &'a Policy,
 }
 
+/// Most conflicting entries kept as evidence per key log (LOG-15): one proves a fork; a few
+/// show its extent; more would let whoever holds an old key grow the log without bound.
+pub const KEYLOG_CONFLICTS_MAX: usize = 8;
+
 /// Most timed_out receipts one tick produces; the rest follow in the next tick.
 pub const TICK_RECEIPTS_MAX: usize = 1000;
 
@@ -325,6 +329,17 @@ fn queued(st: &State, peer: &RelayHost, id: &MessageId) -> bool {
 
 /// FED-10: gives up forwarding `id` to `peer`; the sender gets a dead_lettered receipt for
 /// each recipient homed there whose delivery is not settled.
+/// True if `events` already hold a terminal receipt for (`id`, `recipient`).
+fn settled_in(events: &[Event], id: &MessageId, recipient: &Handle) -> bool {
+    events.iter().any(|e| match e {
+        Event::Envelope { envelope, .. } => matches!(
+            &envelope.envelope().payload,
+            Payload::Receipt { msg, recipient: r, status, .. } if msg == id && r == recipient && status.is_terminal()
+        ),
+        _ => false,
+    })
+}
+
 fn dead_letter(
     st: &State,
     ctx: &Ctx<'_>,
@@ -345,6 +360,10 @@ fn dead_letter(
                 .recipients
                 .iter()
                 .filter(|r| r.handle.host() == peer && !r.state.is_terminal())
+                // The same decision may already have settled it (a deadline in the same tick):
+                // one delivery gets one terminal receipt (DELIV-2, RCPT-2).
+                .filter(|r| !settled_in(events, &id, &r.handle))
+                .collect::<Vec<_>>()
             {
                 let rc = receipt_with(
                     st,
@@ -383,7 +402,8 @@ fn remote_keylog(st: &State, ctx: &Ctx<'_>, entries: Vec<SignedKeyLogEntry>) -> 
                 continue;
             }
             let known = cached.is_some_and(|c| c.conflicts.iter().any(|x| x.hash() == e.hash()));
-            if !known {
+            let room = cached.map_or(0, |c| c.conflicts.len()) < KEYLOG_CONFLICTS_MAX;
+            if !known && room {
                 events.push(Event::RemoteKeyLogConflict {
                     at: ctx.now,
                     entry: e,
@@ -458,6 +478,12 @@ fn keylog(st: &State, ctx: &Ctx<'_>, entry: SignedKeyLogEntry) -> Decision {
         if a.conflicts.iter().any(|c| c.hash() == entry.hash()) {
             return Ok((vec![], Outcome::KeyLogForked));
         }
+        if a.conflicts.len() >= KEYLOG_CONFLICTS_MAX {
+            // Enough evidence of a fork is kept; more would only let a stolen old key grow the
+            // log without bound. The answer is the same.
+            return Ok((vec![], Outcome::KeyLogForked));
+        }
+        // `entries.get(seq)` succeeded above, so `seq` is within `entries`.
         let prefix = entries[..seq as usize].to_vec();
         let valid = if prefix.is_empty() {
             KeyLog::start(entry.clone()).is_ok()

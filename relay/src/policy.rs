@@ -299,6 +299,19 @@ impl Tier {
 impl Policy {
     /// Checks the policy is usable; a bad configuration is refused at start.
     pub fn validate(&self) -> Result<(), String> {
+        // Everything the relay logs is read back at start with fixed limits (events.rs); a
+        // policy beyond them could accept what it cannot replay.
+        if self.limits.json_depth_max > 60 {
+            return Err(format!(
+                "limits.json_depth_max {} is above 60",
+                self.limits.json_depth_max
+            ));
+        }
+        if self.limits.envelope_bytes_max > 8 << 20 || self.limits.batch_bytes_max > 8 << 20 {
+            return Err(
+                "limits.envelope_bytes_max and limits.batch_bytes_max are at most 8 MiB".into(),
+            );
+        }
         if self.tiers.is_empty() {
             return Err("at least one tier is required".into());
         }

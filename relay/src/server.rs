@@ -57,8 +57,13 @@ pub async fn serve(
         };
         let _ = sock.set_nodelay(true);
         let router = router.clone();
+        // The connection's slots live as long as the connection, or as long as a WebSocket
+        // upgraded from it (the handler keeps a clone), so upgraded streams count too.
+        let hold = ConnHold(Arc::new((permit, ip_slot)));
+        let req_hold = hold.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(req_hold.clone());
             router.clone().oneshot(req)
         });
         let conn = http
@@ -75,8 +80,7 @@ pub async fn serve(
                     let _ = conn.await;
                 }
             }
-            drop(permit);
-            drop(ip_slot);
+            drop(hold);
         });
     }
     app.ready.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -98,6 +102,17 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// A connection's place under `connections_max` and `connections_per_ip_max`; the places are
+/// released when the last clone is dropped.
+#[derive(Clone)]
+pub struct ConnHold(#[allow(dead_code)] Arc<(tokio::sync::OwnedSemaphorePermit, IpSlot)>);
+
+impl std::fmt::Debug for ConnHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnHold")
     }
 }
 

@@ -437,7 +437,14 @@ impl State {
                     }
                 });
                 if sender_acked {
-                    if let Some(sender) = self.messages.get(msg).map(|m| m.sender.clone()) {
+                    // TRUST-2 counts acks from others: an agent acking its own message to
+                    // itself does not raise its own tier.
+                    let sender = self
+                        .messages
+                        .get(msg)
+                        .map(|m| m.sender.clone())
+                        .filter(|s| *s != acker);
+                    if let Some(sender) = sender {
                         if let Some(a) = self.agents.get_mut(&sender) {
                             a.acked_sent += 1;
                         }

@@ -290,6 +290,7 @@ pub async fn ws(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    hold: Option<axum::Extension<crate::server::ConnHold>>,
 ) -> Response {
     let path = uri
         .path_and_query()
@@ -306,7 +307,11 @@ pub async fn ws(
         Err(e) => return e.into_response(),
     };
     match upgrade {
-        Ok(u) => u.on_upgrade(move |socket| ws_loop(app, me, cursor, socket)),
+        Ok(u) => u.on_upgrade(move |socket| async move {
+            // Keep the connection's places under the connection limits while the socket lives.
+            let _hold = hold;
+            ws_loop(app, me, cursor, socket).await
+        }),
         Err(e) => ApiError::new(
             ErrorCode::InvalidField,
             format!("this endpoint needs a WebSocket upgrade request: {e}"),
