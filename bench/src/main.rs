@@ -1,0 +1,939 @@
+//! `formica-bench`: measures, in one run on one machine, what bounds a Formica relay and how
+//! close the relay comes to it (see BENCHMARKS.md at the repository root for every figure).
+//!
+//! The program is glue: each item lives in its own module. Relays are started as processes from
+//! the workspace's `relay` binary and pinned to their own cores; the load generator (this
+//! process) is pinned to the others, signs everything before any timed phase, and sends
+//! prepared bytes over keep-alive connections.
+
+mod agents;
+mod http;
+mod ingest;
+mod inproc;
+mod latency;
+mod memory;
+mod relay_proc;
+mod report;
+mod startup;
+mod sys;
+
+use agents::Agent;
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use ingest::Endpoint;
+use relay_proc::Launcher;
+use report::{rate, Table, Verdict, J};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Formica relay benchmark: verification bound, HTTP ingest (single and batch, durable and
+/// relaxed fsync), POST-to-stream latency, memory per idle subscriber, start-up on a large log,
+/// and proof-of-work cost. Prints a table and writes a JSON file.
+#[derive(Debug, Parser)]
+#[command(name = "formica-bench", version)]
+struct Cli {
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+    /// Small counts, a minute or so: for development, not for the record.
+    #[arg(long)]
+    quick: bool,
+    /// The relay binary [default: `relay` next to this executable].
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// CPUs for the relay processes (taskset list) [default: the upper half of the online cores].
+    #[arg(long)]
+    relay_cpus: Option<String>,
+    /// CPUs for the load generator (taskset list) [default: the lower half].
+    #[arg(long)]
+    loadgen_cpus: Option<String>,
+    /// Do not pin anything (figures are then per machine, not per core).
+    #[arg(long)]
+    no_pin: bool,
+    /// Scratch directory for relay data [default: a new directory under the system temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the scratch directory afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Run only these items (comma-separated: bound,ingest,latency,memory,startup,pow).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Envelopes per ingest run [default: 100000; quick 10000].
+    #[arg(long)]
+    ingest_envelopes: Option<usize>,
+    /// Rounds of the ingest runs (four configurations) and of the latency runs (durable and
+    /// relaxed); the median round counts [default: 3; quick 1].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Registered senders in the ingest runs [default: 1000; quick 100].
+    #[arg(long)]
+    senders: Option<usize>,
+    /// Keep-alive connections for the single-envelope endpoint.
+    #[arg(long, default_value_t = 128)]
+    single_conns: usize,
+    /// Keep-alive connections for the batch endpoint.
+    #[arg(long, default_value_t = 8)]
+    batch_conns: usize,
+    /// Envelopes per batch request (the relay's default limit is 100).
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Offered load of the latency run, messages per second.
+    #[arg(long, default_value_t = 1000.0)]
+    latency_rate: f64,
+    /// Measured seconds of each latency round (after 1 s of warm-up) [default: 10; quick 3].
+    #[arg(long)]
+    latency_seconds: Option<f64>,
+    /// Idle subscribers in the memory run [default: 10000; quick 1000].
+    #[arg(long)]
+    subscribers: Option<usize>,
+    /// Entries in the start-up log [default: 1000000; quick 20000].
+    #[arg(long)]
+    log_entries: Option<u64>,
+    /// Bytes of message text in every envelope.
+    #[arg(long, default_value_t = 160)]
+    text_bytes: usize,
+}
+
+/// Targets of the issue (ratios hold on any machine; absolute figures are for 2 cores).
+const TARGET_BATCH_RATIO: f64 = 0.7;
+const TARGET_SINGLE_RATIO: f64 = 0.5;
+const TARGET_DURABLE_VS_RELAXED: f64 = 0.8;
+const TARGET_P99_ONE_RELAY_MS: f64 = 5.0;
+const TARGET_P99_TWO_RELAYS_MS: f64 = 10.0;
+const TARGET_SUBSCRIBERS: usize = 10_000;
+const TARGET_SUBSCRIBERS_RSS_BYTES: f64 = 300e6;
+const TARGET_LOG_ENTRIES: u64 = 1_000_000;
+const TARGET_READY_S: f64 = 5.0;
+
+const NO_FEDERATION: &str = "federation is not implemented (README: recipients on other relays are refused with unknown_recipient; SPEC.md section 16 is a draft)";
+
+/// Counts for one mode.
+#[derive(Debug, Clone)]
+struct Plan {
+    bound_time: Duration,
+    ingest_envelopes: usize,
+    ingest_rounds: usize,
+    senders: usize,
+    latency_streams: usize,
+    latency_rounds: usize,
+    latency_seconds: f64,
+    latency_warmup_seconds: f64,
+    subscribers: usize,
+    log_entries: u64,
+    log_agents: usize,
+}
+
+impl Plan {
+    fn new(cli: &Cli) -> Plan {
+        let q = cli.quick;
+        Plan {
+            bound_time: Duration::from_millis(if q { 300 } else { 3000 }),
+            ingest_envelopes: cli
+                .ingest_envelopes
+                .unwrap_or(if q { 10_000 } else { 100_000 }),
+            ingest_rounds: cli.rounds.unwrap_or(if q { 1 } else { 3 }).max(1),
+            senders: cli.senders.unwrap_or(if q { 100 } else { 1000 }).max(2),
+            latency_streams: if q { 20 } else { 100 },
+            latency_rounds: cli.rounds.unwrap_or(if q { 1 } else { 3 }).max(1),
+            latency_seconds: cli.latency_seconds.unwrap_or(if q { 3.0 } else { 10.0 }),
+            latency_warmup_seconds: if q { 0.5 } else { 1.0 },
+            subscribers: cli
+                .subscribers
+                .unwrap_or(if q { 1000 } else { TARGET_SUBSCRIBERS }),
+            log_entries: cli
+                .log_entries
+                .unwrap_or(if q { 20_000 } else { TARGET_LOG_ENTRIES }),
+            log_agents: if q { 100 } else { 1000 },
+        }
+    }
+}
+
+/// Who runs where.
+#[derive(Debug, Clone)]
+struct Split {
+    online: usize,
+    relay_cpus: Option<String>,
+    loadgen_cpus: Option<String>,
+    relay_cores: usize,
+    loadgen_cores: usize,
+    all_cpus: Option<String>,
+}
+
+fn split(cli: &Cli) -> Result<Split> {
+    let online = sys::online_cores();
+    if cli.no_pin || online < 2 || !sys::taskset_available() {
+        if !cli.no_pin {
+            eprintln!(
+                "formica-bench: not pinning ({} core(s), taskset {})",
+                online,
+                if sys::taskset_available() {
+                    "available"
+                } else {
+                    "missing"
+                }
+            );
+        }
+        return Ok(Split {
+            online,
+            relay_cpus: None,
+            loadgen_cpus: None,
+            relay_cores: online,
+            loadgen_cores: online,
+            all_cpus: None,
+        });
+    }
+    let half = online / 2;
+    let relay = cli.relay_cpus.clone().unwrap_or_else(|| {
+        if online - half == 1 {
+            format!("{half}")
+        } else {
+            format!("{half}-{}", online - 1)
+        }
+    });
+    let gen = cli.loadgen_cpus.clone().unwrap_or_else(|| {
+        if half == 1 {
+            "0".to_owned()
+        } else {
+            format!("0-{}", half - 1)
+        }
+    });
+    let (rc, gc) = (sys::cpu_list(&relay)?.len(), sys::cpu_list(&gen)?.len());
+    Ok(Split {
+        online,
+        relay_cpus: Some(relay),
+        loadgen_cpus: Some(gen),
+        relay_cores: rc,
+        loadgen_cores: gc,
+        all_cpus: Some(format!("0-{}", online - 1)),
+    })
+}
+
+fn default_relay_bin() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    Ok(me.with_file_name("relay"))
+}
+
+fn progress(msg: &str) {
+    eprintln!("[formica-bench] {msg}");
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("formica-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let plan = Plan::new(&cli);
+    let want = |item: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == item);
+    let sp = split(&cli)?;
+    // Pin this thread before any other thread exists: everything it starts inherits it.
+    if let Some(g) = &sp.loadgen_cpus {
+        sys::pin_current_thread(g)?;
+    }
+    let relay_bin = match &cli.relay_bin {
+        Some(p) => p.clone(),
+        None => default_relay_bin()?,
+    };
+    if !relay_bin.exists() {
+        bail!("no relay binary at {} (build it with `cargo build --release -p relay`, or pass --relay-bin)", relay_bin.display());
+    }
+    let work_dir = cli.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("formica-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&work_dir)?;
+    let _cleanup = Cleanup((!cli.keep && cli.work_dir.is_none()).then(|| work_dir.clone()));
+    let launcher = Launcher {
+        relay_bin: relay_bin.clone(),
+        relay_cpus: sp.relay_cpus.clone(),
+        work_dir: work_dir.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let host = relay_proc::host();
+    let sign_threads = sp.online.max(1);
+    let sign_cpus = sp.all_cpus.as_deref();
+    let load_start = sys::loadavg();
+    let started = Instant::now();
+    let _ = agents::registration_ts();
+
+    let mut table = Table::default();
+    let mut doc = J::obj();
+    let mut machine = J::obj()
+        .with("cpu_model", sys::cpu_model())
+        .with("online_cores", sp.online)
+        .with("pinned_with_taskset", sp.relay_cpus.is_some())
+        .with("relay_cpus", sp.relay_cpus.clone())
+        .with("relay_cores", sp.relay_cores)
+        .with("loadgen_cpus", sp.loadgen_cpus.clone())
+        .with("loadgen_cores", sp.loadgen_cores)
+        .with("loadgen", "this process: one tokio current-thread runtime, keep-alive HTTP/1.1 over TcpStream, every envelope signed before the timed phases")
+        .with("open_files_limit", sys::open_files_limit())
+        .with("loadavg_at_start", load_start);
+    doc.set("mode", if cli.quick { "quick" } else { "full" });
+    doc.set("command", std::env::args().collect::<Vec<_>>().join(" "));
+    doc.set("relay_bin", relay_bin.display().to_string());
+    doc.set("relay_config", relay_proc::config_text());
+    let split_txt = match (&sp.relay_cpus, &sp.loadgen_cpus) {
+        (Some(r), Some(g)) => format!(
+            "relay cpu {r} ({} core), loadgen cpu {g} ({} core)",
+            sp.relay_cores, sp.loadgen_cores
+        ),
+        _ => format!(
+            "not pinned: relay and load generator share {} cores",
+            sp.online
+        ),
+    };
+    table.info(
+        "machine",
+        "cores / split",
+        format!("{} / {split_txt}", sp.online),
+    );
+    let ((o50, o99), (g50, g99)) = sys::fsync_probe(&work_dir, 200)?;
+    machine.set(
+        "fdatasync_ms",
+        J::obj()
+            .with("overwrite_4k_p50", o50)
+            .with("overwrite_4k_p99", o99)
+            .with("append_4k_p50", g50)
+            .with("append_4k_p99", g99)
+            .with("dir", work_dir.display().to_string()),
+    );
+    table.info(
+        "machine",
+        "fdatasync 4 KiB overwrite / append, p50",
+        format!("{o50:.3} / {g50:.3} ms"),
+    );
+
+    // Agents and the ingest envelopes: sender i writes to agent i+1, which grants i a contact.
+    let n_agents = plan
+        .senders
+        .max(2 * plan.latency_streams)
+        .max(if want("memory") { plan.subscribers } else { 0 });
+    let agents: Arc<Vec<Agent>> = Arc::new(
+        (0..n_agents)
+            .map(|i| Agent::new(i, &host))
+            .collect::<Result<_>>()?,
+    );
+    let senders = plan.senders;
+    let need_ingest = want("ingest") || want("bound");
+    let ingest_count = if want("ingest") {
+        plan.ingest_envelopes
+    } else {
+        2000
+    };
+    let mut wires: Vec<Vec<u8>> = Vec::new();
+    let mut wire_keys = Vec::new();
+    if need_ingest {
+        progress(&format!(
+            "signing {ingest_count} envelopes from {senders} senders on {sign_threads} threads"
+        ));
+        let t = Instant::now();
+        let signed = agents::presign(
+            &agents,
+            ingest_count,
+            cli.text_bytes,
+            sign_threads,
+            sign_cpus,
+            &|k| (k % senders, (k + 1) % senders, format!("ing{k:09}")),
+        )?;
+        wires = signed.iter().map(|s| s.wire_bytes()).collect();
+        wire_keys = (0..ingest_count)
+            .map(|k| agents[k % senders].key.public())
+            .collect();
+        progress(&format!("signed in {:.1} s", t.elapsed().as_secs_f64()));
+    }
+    let envelope_bytes = wires.first().map(Vec::len).unwrap_or(0);
+    if envelope_bytes > 0 {
+        machine.set("envelope_bytes", envelope_bytes);
+    }
+
+    // 1. The bound, on a thread pinned to one of the relay's cores.
+    let bench_cpu = sp
+        .relay_cpus
+        .as_deref()
+        .and_then(|c| c.split([',', '-']).next())
+        .map(str::to_owned);
+    let mut bound_per_s = f64::NAN;
+    if want("bound") || want("ingest") {
+        progress("item 1: verification bound (in-process, one core)");
+        let sample = wires.len().min(2000);
+        let (w, k) = (wires[..sample].to_vec(), wire_keys[..sample].to_vec());
+        let cpu = bench_cpu.clone();
+        let t = plan.bound_time;
+        let b = std::thread::spawn(move || -> Result<inproc::Bound> {
+            if let Some(c) = &cpu {
+                sys::pin_current_thread(c)?;
+            }
+            inproc::bound(&w, &k, t)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("bound thread panicked"))??;
+        bound_per_s = b.pipeline_per_s;
+        let cpu_s = bench_cpu.clone().unwrap_or_else(|| "unpinned".into());
+        doc.set("bound", b.to_json(&cpu_s, envelope_bytes));
+        table.info(
+            "1 bound",
+            "pipeline: parse+canon+hash+verify, 1 core",
+            rate(b.pipeline_per_s),
+        );
+        table.info(
+            "1 bound",
+            "  parse+canon+hash only",
+            rate(b.parse_only_per_s),
+        );
+        table.info(
+            "1 bound",
+            "raw Ed25519 verify_strict, 1 core",
+            rate(b.verify_only_per_s),
+        );
+    }
+
+    // 2 and 3. Ingest over HTTP: single and batch, durable and relaxed, in rounds (each round
+    // runs the four configurations one after the other on fresh relays), so that a slow spell
+    // on the shared machine hits one round, not one configuration; the median round counts.
+    if want("ingest") {
+        let mut runs = Vec::new();
+        let mut results: Vec<ingest::IngestResult> = Vec::new();
+        let configs = [
+            (Endpoint::Single, false),
+            (Endpoint::Single, true),
+            (Endpoint::Batch, false),
+            (Endpoint::Batch, true),
+        ];
+        for round in 1..=plan.ingest_rounds {
+            for (endpoint, relaxed) in configs {
+                let name = format!(
+                    "ingest-{}-{}",
+                    endpoint.name(),
+                    if relaxed { "relaxed" } else { "durable" }
+                );
+                progress(&format!("item 2/3: round {round}/{}: {name}: starting relay, registering {senders} senders", plan.ingest_rounds));
+                let mut relay = launcher.start(&name, relaxed)?;
+                let addr = relay.addr.clone();
+                rt.block_on(agents::register_all(&addr, agents.clone(), 0..senders))?;
+                rt.block_on(agents::allow_all(
+                    &addr,
+                    agents.clone(),
+                    (0..senders).map(|i| ((i + 1) % senders, i)).collect(),
+                ))?;
+                let (per, conns) = match endpoint {
+                    Endpoint::Single => (1, cli.single_conns),
+                    Endpoint::Batch => (cli.batch_size, cli.batch_conns),
+                };
+                let reqs = Arc::new(ingest::build_requests(&addr, &wires, endpoint, per));
+                progress(&format!(
+                    "{name}: {} envelopes in {} requests on {conns} connections (relay pid {})",
+                    wires.len(),
+                    reqs.len(),
+                    relay.pid
+                ));
+                let r = rt.block_on(ingest::run(
+                    &relay,
+                    reqs,
+                    per,
+                    wires.len(),
+                    conns,
+                    endpoint,
+                    relaxed,
+                ))?;
+                relay.stop()?;
+                let _ = std::fs::remove_dir_all(relay.dir.clone());
+                progress(&format!(
+                    "{name}: {} accepted/s ({} rejected) in {:.1} s; relay core: relay {:.2} (run-queue wait {:.2}), other tasks {:.2}, irq {:.2}, steal {:.2}; loadgen core: loadgen {:.2}, other tasks {:.2}; disk writes {:.1} MB/s (relay {:.1})",
+                    r.accepted_per_s() as u64,
+                    r.rejected,
+                    r.elapsed.as_secs_f64(),
+                    r.cpu.relay_cores_busy,
+                    r.cpu.relay_runqueue_wait,
+                    r.cpu.others_on_relay_cores,
+                    r.cpu.irq_on_relay_cores,
+                    r.cpu.steal_on_relay_cores,
+                    r.cpu.loadgen_cores_busy,
+                    r.cpu.others_on_loadgen_cores,
+                    r.cpu.disk_write_bytes_per_s / 1e6,
+                    r.cpu.relay_write_bytes_per_s / 1e6
+                ));
+                if let Some(f) = &r.first_rejection {
+                    progress(&format!("{name}: first rejection: {f}"));
+                }
+                runs.push(
+                    r.to_json(bound_per_s, sp.relay_cores)
+                        .with("round", round)
+                        .with("name", name.as_str()),
+                );
+                results.push(r);
+            }
+        }
+        // The median run of each configuration (by accepted/s).
+        let median = |e: Endpoint, relaxed: bool| -> Option<ingest::IngestResult> {
+            let mut v: Vec<&ingest::IngestResult> = results
+                .iter()
+                .filter(|r| r.endpoint == e && r.relaxed_fsync == relaxed)
+                .collect();
+            v.sort_by(|a, b| a.accepted_per_s().total_cmp(&b.accepted_per_s()));
+            v.get(v.len() / 2).map(|r| (*r).clone())
+        };
+        let denom = bound_per_s * sp.relay_cores as f64;
+        let mut ratios = J::obj();
+        for (e, target) in [
+            (Endpoint::Single, TARGET_SINGLE_RATIO),
+            (Endpoint::Batch, TARGET_BATCH_RATIO),
+        ] {
+            let (Some(d), Some(x)) = (median(e, false), median(e, true)) else {
+                continue;
+            };
+            let ratio = d.accepted_per_s() / denom;
+            // Accepted per second of relay CPU, against the bound: what share of the relay's
+            // own CPU time the bound's work is (insensitive to others using the core).
+            let per_cpu = d.accepted_per_s() / d.cpu.relay_cores_busy.max(1e-9) / bound_per_s;
+            let tgt = format!(">= {target} x bound x {} core", sp.relay_cores);
+            table.info(
+                "2 ingest",
+                &format!(
+                    "{}, durable: accepted (median of {})",
+                    e.name(),
+                    plan.ingest_rounds
+                ),
+                rate(d.accepted_per_s()),
+            );
+            table.add(
+                "2 ingest",
+                &format!("{}, durable / (bound x cores)", e.name()),
+                format!("{ratio:.4}"),
+                &tgt,
+                Verdict::check(ratio >= target),
+            );
+            table.info(
+                "2 ingest",
+                &format!("  {}: per relay CPU-second / bound", e.name()),
+                format!("{per_cpu:.3}"),
+            );
+            table.info(
+                "2 ingest",
+                &format!(
+                    "  {}: cores busy: relay / other tasks on its core / loadgen",
+                    e.name()
+                ),
+                format!(
+                    "{:.2} / {:.2} / {:.2}",
+                    d.cpu.relay_cores_busy, d.cpu.others_on_relay_cores, d.cpu.loadgen_cores_busy
+                ),
+            );
+            let dur = d.accepted_per_s() / x.accepted_per_s();
+            table.info(
+                "3 fsync",
+                &format!("{}, relaxed fsync: accepted (median)", e.name()),
+                rate(x.accepted_per_s()),
+            );
+            table.add(
+                "3 fsync",
+                &format!("{}, durable / relaxed", e.name()),
+                format!("{dur:.3}"),
+                &format!(">= {TARGET_DURABLE_VS_RELAXED}"),
+                Verdict::check(dur >= TARGET_DURABLE_VS_RELAXED),
+            );
+            ratios.set(
+                &format!("{}_durable_accepted_per_s", e.name()),
+                d.accepted_per_s(),
+            );
+            ratios.set(
+                &format!("{}_relaxed_accepted_per_s", e.name()),
+                x.accepted_per_s(),
+            );
+            ratios.set(
+                &format!("{}_durable_ratio_to_bound_x_cores", e.name()),
+                ratio,
+            );
+            ratios.set(
+                &format!("{}_durable_per_relay_cpu_second_over_bound", e.name()),
+                per_cpu,
+            );
+            ratios.set(&format!("{}_durable_vs_relaxed", e.name()), dur);
+        }
+        doc.set(
+            "ingest",
+            J::obj()
+                .with("senders", senders)
+                .with("topology", "sender i posts to agent i+1, which granted i a contact; nobody reads, so inboxes grow")
+                .with("relay_cores", sp.relay_cores)
+                .with("bound_per_s", bound_per_s)
+                .with("rounds", plan.ingest_rounds)
+                .with("figures", "median round per configuration")
+                .with("medians", ratios)
+                .with("runs", J::Arr(runs)),
+        );
+    }
+
+    // 4. Latency at a fixed offered load, in rounds alternating the durable relay and, as a
+    // diagnostic, one with relaxed fsync; the round with the median p99 counts.
+    if want("latency") {
+        let streams = plan.latency_streams;
+        let warm = (cli.latency_rate * plan.latency_warmup_seconds) as usize;
+        let total = warm + (cli.latency_rate * plan.latency_seconds) as usize;
+        let signed = agents::presign(
+            &agents,
+            total,
+            cli.text_bytes,
+            sign_threads,
+            sign_cpus,
+            &|k| (k % streams, streams + k % streams, format!("lat{k:08}")),
+        )?;
+        let lw: Vec<Vec<u8>> = signed.iter().map(|s| s.wire_bytes()).collect();
+        drop(signed);
+        let mut rounds: Vec<(bool, latency::LatencyResult)> = Vec::new();
+        for round in 1..=plan.latency_rounds {
+            for relaxed in [false, true] {
+                let name = if relaxed {
+                    "latency-one-relay-relaxed-fsync"
+                } else {
+                    "latency-one-relay"
+                };
+                progress(&format!(
+                    "item 4: round {round}/{}: {name}: {} msg/s for {} s, {streams} SSE streams",
+                    plan.latency_rounds, cli.latency_rate, plan.latency_seconds
+                ));
+                let mut relay = launcher.start(name, relaxed)?;
+                let addr = relay.addr.clone();
+                rt.block_on(agents::register_all(&addr, agents.clone(), 0..2 * streams))?;
+                rt.block_on(agents::allow_all(
+                    &addr,
+                    agents.clone(),
+                    (0..streams).map(|i| (streams + i, i)).collect(),
+                ))?;
+                progress(&format!("{name}: sending (relay pid {})", relay.pid));
+                let r = rt.block_on(latency::run(
+                    &relay,
+                    agents.clone(),
+                    streams,
+                    lw.clone(),
+                    cli.latency_rate,
+                    warm,
+                    64,
+                ))?;
+                relay.stop()?;
+                let _ = std::fs::remove_dir_all(relay.dir.clone());
+                let c = &r.cpu;
+                progress(&format!(
+                    "{name}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, lost {}; relay core: relay {:.2}, other tasks {:.2}, irq {:.2}, steal {:.2}; loadgen core: loadgen {:.2} (run-queue wait {:.3}), other tasks {:.2}; disk writes {:.1} MB/s (relay {:.1})",
+                    r.p(50.0),
+                    r.p(99.0),
+                    r.max(),
+                    r.lost,
+                    c.relay_cores_busy,
+                    c.others_on_relay_cores,
+                    c.irq_on_relay_cores,
+                    c.steal_on_relay_cores,
+                    c.loadgen_cores_busy,
+                    c.loadgen_runqueue_wait,
+                    c.others_on_loadgen_cores,
+                    c.disk_write_bytes_per_s / 1e6,
+                    c.relay_write_bytes_per_s / 1e6
+                ));
+                rounds.push((relaxed, r));
+            }
+        }
+        let median = |relaxed: bool| -> Option<&latency::LatencyResult> {
+            let mut v: Vec<&latency::LatencyResult> = rounds
+                .iter()
+                .filter(|(x, _)| *x == relaxed)
+                .map(|(_, r)| r)
+                .collect();
+            v.sort_by(|a, b| a.p(99.0).total_cmp(&b.p(99.0)));
+            v.get(v.len() / 2).copied()
+        };
+        let mut one = J::obj();
+        if let Some(r) = median(false) {
+            let rate_s = cli.latency_rate;
+            table.info(
+                "4 latency",
+                &format!(
+                    "1 relay @ {rate_s}/s: p50 POST->SSE (median round of {})",
+                    plan.latency_rounds
+                ),
+                format!("{:.2} ms", r.p(50.0)),
+            );
+            table.add(
+                "4 latency",
+                &format!("1 relay @ {rate_s}/s: p99 POST->SSE"),
+                format!("{:.2} ms", r.p(99.0)),
+                &format!("< {TARGET_P99_ONE_RELAY_MS} ms"),
+                Verdict::check(r.p(99.0) < TARGET_P99_ONE_RELAY_MS && r.lost == 0),
+            );
+            table.info(
+                "4 latency",
+                &format!("1 relay @ {rate_s}/s: max POST->SSE"),
+                format!("{:.2} ms", r.max()),
+            );
+            table.info(
+                "4 latency",
+                "  POST->201 (durable ack) p50 / p99",
+                format!(
+                    "{:.2} / {:.2} ms",
+                    report::percentile(&r.ack_ms, 50.0),
+                    report::percentile(&r.ack_ms, 99.0)
+                ),
+            );
+            let all: Vec<String> = rounds
+                .iter()
+                .filter(|(x, _)| !*x)
+                .map(|(_, r)| format!("{:.1}", r.p(99.0)))
+                .collect();
+            table.info(
+                "4 latency",
+                "  p99 of each round",
+                format!("{} ms", all.join(" / ")),
+            );
+            one.set("durable", r.to_json());
+        }
+        if let Some(r) = median(true) {
+            table.info(
+                "4 latency",
+                "  relaxed fsync (diagnostic): p50 / p99 / max",
+                format!("{:.2} / {:.2} / {:.2} ms", r.p(50.0), r.p(99.0), r.max()),
+            );
+            one.set("relaxed_fsync_diagnostic", r.to_json());
+        }
+        one.set("figures", "the round with the median p99 of each mode");
+        one.set(
+            "rounds",
+            J::Arr(
+                rounds
+                    .iter()
+                    .map(|(relaxed, r)| {
+                        r.to_json()
+                            .with("fsync", if *relaxed { "relaxed" } else { "durable" })
+                    })
+                    .collect(),
+            ),
+        );
+        table.not_measurable(
+            "4 latency",
+            &format!("2 federated relays (target p99 < {TARGET_P99_TWO_RELAYS_MS} ms)"),
+            NO_FEDERATION,
+        );
+        doc.set(
+            "latency",
+            J::obj()
+                .with("one_relay", one)
+                .with("two_relays", J::not_measurable(NO_FEDERATION)),
+        );
+    }
+
+    // 5. Memory per idle subscriber. Each stream is one socket on each side, and the relays
+    // inherit this process's limit on open files.
+    let files_needed = plan.subscribers as u64 + 256;
+    let files_ok = sys::open_files_limit().is_none_or(|l| l >= files_needed);
+    if want("memory") && !files_ok {
+        let why = format!(
+            "the open-files limit ({}) is below the {files_needed} sockets needed; raise it with `ulimit -n`",
+            sys::open_files_limit().unwrap_or(0)
+        );
+        table.not_measurable("5 memory", "relay RSS with idle SSE subscribers", &why);
+        doc.set("memory", J::not_measurable(&why));
+    }
+    if want("memory") && files_ok {
+        let n = plan.subscribers;
+        let name = "memory-subscribers";
+        progress(&format!("item 5: {name}: registering {n} agents"));
+        let mut relay = launcher.start(name, false)?;
+        let addr = relay.addr.clone();
+        rt.block_on(agents::register_all(&addr, agents.clone(), 0..n))?;
+        progress(&format!("{name}: opening {n} streams"));
+        let sub_agents: Arc<Vec<Agent>> = Arc::new(
+            (0..n)
+                .map(|i| Agent::new(i, &host))
+                .collect::<Result<_>>()?,
+        );
+        let (m, streams) = rt.block_on(memory::run(&addr, relay.pid, sub_agents))?;
+        drop(streams);
+        relay.stop()?;
+        let _ = std::fs::remove_dir_all(relay.dir.clone());
+        progress(&format!(
+            "{name}: {:.1} MB with {} streams, {:.0} bytes each",
+            m.rss_with_streams as f64 / 1e6,
+            m.subscribers,
+            m.per_subscriber()
+        ));
+        let verdict = if m.subscribers >= TARGET_SUBSCRIBERS {
+            Verdict::check((m.rss_with_streams as f64) < TARGET_SUBSCRIBERS_RSS_BYTES)
+        } else {
+            Verdict::Info
+        };
+        table.add(
+            "5 memory",
+            &format!("relay RSS with {} idle SSE subscribers", m.subscribers),
+            format!("{:.1} MB", m.rss_with_streams as f64 / 1e6),
+            "< 300 MB at 10,000",
+            verdict,
+        );
+        table.info(
+            "5 memory",
+            "  RSS per subscriber (delta / n)",
+            format!("{:.1} KB", m.per_subscriber() / 1e3),
+        );
+        doc.set("memory", m.to_json());
+    }
+
+    // 6. Start-up on a large log.
+    if want("startup") {
+        let dir = work_dir.join("startup");
+        progress(&format!("item 6: writing a {}-entry log", plan.log_entries));
+        let fx = startup::build_fixture(
+            &dir.join("data"),
+            plan.log_entries,
+            plan.log_agents,
+            cli.text_bytes,
+            sign_cpus,
+            sign_threads,
+        )?;
+        progress(&format!(
+            "fixture: {} entries, {:.0} MB, built in {:.1} s",
+            fx.entries,
+            fx.file_bytes as f64 / 1e6,
+            fx.build_seconds
+        ));
+        let serve = startup::time_serve(&launcher, &dir, &rt)?;
+        progress(&format!(
+            "relay serve: listening after {:.2} s, ready after {:.2} s",
+            serve.to_listening.as_secs_f64(),
+            serve.to_ready.as_secs_f64()
+        ));
+        let data = dir.join("data");
+        let cpu = bench_cpu.clone();
+        let rp = std::thread::spawn(move || -> Result<startup::Replay> {
+            if let Some(c) = &cpu {
+                sys::pin_current_thread(c)?;
+            }
+            startup::time_replay(&data)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("replay thread panicked"))??;
+        let ready_s = serve.to_ready.as_secs_f64();
+        let verdict = if fx.entries >= TARGET_LOG_ENTRIES {
+            Verdict::check(ready_s < TARGET_READY_S)
+        } else {
+            Verdict::Info
+        };
+        table.add(
+            "6 start-up",
+            &format!("relay serve -> /ready 200, {} entries", fx.entries),
+            format!("{ready_s:.2} s"),
+            "< 5 s at 1,000,000",
+            verdict,
+        );
+        table.info(
+            "6 start-up",
+            "  relay RSS after ready",
+            format!("{:.0} MB", serve.rss_after_ready as f64 / 1e6),
+        );
+        table.info(
+            "6 start-up",
+            "rebuild projections (writer::replay)",
+            format!("{:.2} s", rp.full.as_secs_f64()),
+        );
+        table.info(
+            "6 start-up",
+            "  part: read records + check chain only",
+            format!("{:.2} s", rp.scan_chain.as_secs_f64()),
+        );
+        table.info(
+            "6 start-up",
+            "  part: read + chain + decode (no apply)",
+            format!("{:.2} s", rp.scan_decode.as_secs_f64()),
+        );
+        doc.set(
+            "startup",
+            J::obj()
+                .with("fixture", fx.to_json())
+                .with("serve_to_listening_s", serve.to_listening.as_secs_f64())
+                .with("serve_to_ready_s", ready_s)
+                .with("relay_rss_bytes_after_ready", serve.rss_after_ready)
+                .with("replay_s", rp.full.as_secs_f64())
+                .with("replay_read_and_chain_check_s", rp.scan_chain.as_secs_f64())
+                .with(
+                    "replay_read_chain_and_decode_s",
+                    rp.scan_decode.as_secs_f64(),
+                )
+                .with(
+                    "replay_apply_s_derived",
+                    (rp.full.saturating_sub(rp.scan_decode)).as_secs_f64(),
+                )
+                .with(
+                    "page_cache",
+                    "warm (the log was just written; caches are not dropped on a shared machine)",
+                )
+                .with(
+                    "replay_cpu",
+                    bench_cpu.clone().unwrap_or_else(|| "unpinned".into()),
+                ),
+        );
+        if !cli.keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    // 7. Proof-of-work.
+    if want("pow") {
+        progress("item 7: proof-of-work");
+        let cpu = bench_cpu.clone();
+        let t = plan.bound_time;
+        let p = std::thread::spawn(move || -> Result<inproc::PowFigures> {
+            if let Some(c) = &cpu {
+                sys::pin_current_thread(c)?;
+            }
+            inproc::pow_figures(t)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("pow thread panicked"))??;
+        table.info(
+            "7 pow",
+            "mining, BLAKE3 hashes per core",
+            rate(p.hashes_per_s),
+        );
+        table.info(
+            "7 pow",
+            "cost of one check (hash only)",
+            format!("{:.0} ns", p.check_ns),
+        );
+        table.info(
+            "7 pow",
+            "  preimage (JCS) + check, as the relay does",
+            format!("{:.0} ns", p.prefix_and_check_ns),
+        );
+        doc.set(
+            "pow",
+            p.to_json(&bench_cpu.clone().unwrap_or_else(|| "unpinned".into())),
+        );
+    }
+
+    machine.set("loadavg_at_end", sys::loadavg());
+    doc.set("machine", machine);
+    doc.set("seconds", started.elapsed().as_secs_f64());
+    doc.set("table", table.to_json());
+    std::fs::write(&cli.out, doc.to_pretty())
+        .with_context(|| format!("writing {}", cli.out.display()))?;
+    println!("{}", table.render());
+    println!("results: {}", cli.out.display());
+    Ok(())
+}
+
+/// Removes the scratch directory when the run ends, also on an error (relays are stopped by
+/// then: `RelayProc` kills its process when dropped).
+struct Cleanup(Option<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
