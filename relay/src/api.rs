@@ -484,85 +484,67 @@ async fn register(AxState(app): AxState<Shared>, req: Request) -> Response {
 
 // ---------------------------------------------------------------- key logs
 
-fn keylog_value(app: &App, st: &State, a: &crate::state::Agent) -> Value {
-    let log = &a.keylog;
-    let tier = st.tier_of(&a.handle, app.now(), &app.policy);
-    obj(vec![
-        ("handle", a.handle.as_str().into()),
-        (
-            "entries",
-            Value::Array(log.entries().iter().map(|e| e.value().clone()).collect()),
-        ),
+/// The key log answer (API-5): what every log has, plus the members that differ between a log
+/// this relay homes (`tier`, `registered`) and a cached remote one (`cached`).
+fn log_value(
+    h: &Handle,
+    log: &KeyLog,
+    conflicts: &[SignedKeyLogEntry],
+    extra: Vec<(&str, Value)>,
+) -> Value {
+    let hex_or_null = |k: Option<&formica_protocol::PublicKey>| {
+        k.map(|k| Value::from(k.to_hex())).unwrap_or(Value::Null)
+    };
+    let entries =
+        |es: &[SignedKeyLogEntry]| Value::Array(es.iter().map(|e| e.value().clone()).collect());
+    let mut members = vec![
+        ("handle", h.as_str().into()),
+        ("entries", entries(log.entries())),
         ("head", log.head().hash().to_hex().into()),
-        (
-            "current_key",
-            log.current_key()
-                .map(|k| Value::from(k.to_hex()))
-                .unwrap_or(Value::Null),
-        ),
-        (
-            "recovery_key",
-            log.recovery_key()
-                .map(|k| Value::from(k.to_hex()))
-                .unwrap_or(Value::Null),
-        ),
+        ("current_key", hex_or_null(log.current_key())),
+        ("recovery_key", hex_or_null(log.recovery_key())),
         (
             "moved_to",
             log.moved_to()
                 .map(|h| Value::from(h.as_str()))
                 .unwrap_or(Value::Null),
         ),
-        (
-            "tier",
-            app.policy
-                .tiers
-                .get(tier)
-                .map(|t| Value::from(t.name.as_str()))
-                .unwrap_or(Value::Null),
-        ),
-        ("registered", Value::Int(a.registered_at)),
-        (
-            "conflicts",
-            Value::Array(a.conflicts.iter().map(|e| e.value().clone()).collect()),
-        ),
-    ])
+        ("conflicts", entries(conflicts)),
+    ];
+    members.extend(extra);
+    obj(members)
+}
+
+fn keylog_value(app: &App, st: &State, a: &crate::state::Agent) -> Value {
+    let tier = st.tier_of(&a.handle, app.now(), &app.policy);
+    let tier_name = app
+        .policy
+        .tiers
+        .get(tier)
+        .map(|t| Value::from(t.name.as_str()))
+        .unwrap_or(Value::Null);
+    log_value(
+        &a.handle,
+        &a.keylog,
+        &a.conflicts,
+        vec![
+            ("tier", tier_name),
+            ("registered", Value::Int(a.registered_at)),
+        ],
+    )
 }
 
 fn remote_keylog_value(h: &Handle, r: &crate::state::RemoteLog) -> Value {
-    let log = &r.log;
-    obj(vec![
-        ("handle", h.as_str().into()),
-        (
-            "entries",
-            Value::Array(log.entries().iter().map(|e| e.value().clone()).collect()),
-        ),
-        ("head", log.head().hash().to_hex().into()),
-        (
-            "current_key",
-            log.current_key()
-                .map(|k| Value::from(k.to_hex()))
-                .unwrap_or(Value::Null),
-        ),
-        (
-            "recovery_key",
-            log.recovery_key()
-                .map(|k| Value::from(k.to_hex()))
-                .unwrap_or(Value::Null),
-        ),
-        (
-            "moved_to",
-            log.moved_to()
-                .map(|h| Value::from(h.as_str()))
-                .unwrap_or(Value::Null),
-        ),
-        ("tier", Value::Null),
-        ("registered", Value::Null),
-        (
-            "conflicts",
-            Value::Array(r.conflicts.iter().map(|e| e.value().clone()).collect()),
-        ),
-        ("cached", Value::Bool(true)),
-    ])
+    log_value(
+        h,
+        &r.log,
+        &r.conflicts,
+        vec![
+            ("tier", Value::Null),
+            ("registered", Value::Null),
+            ("cached", Value::Bool(true)),
+        ],
+    )
 }
 
 async fn get_keys(AxState(app): AxState<Shared>, HandleParam(handle): HandleParam) -> Response {
