@@ -570,8 +570,6 @@ async fn post_key_entry(
     req: Request,
 ) -> Response {
     let res = async {
-        // Unauthenticated and costly to check: limited per client address like registration.
-        ip_limit(&app, peer(&req), req.headers())?;
         let h = parse_handle(&app, &handle)?;
         let body = read_body(req.into_body(), app.policy.limits.body_bytes_max).await?;
         let entry =
