@@ -133,16 +133,138 @@ fn sync_parent(path: &Path) {
     }
 }
 
-fn key_value(name: &str, key: &SecretKey, handle: Option<&str>, relay: Option<&str>) -> Value {
+fn key_value(
+    name: &str,
+    key: &SecretKey,
+    handle: Option<&str>,
+    relay: Option<&str>,
+) -> Result<Value, Fail> {
     let mut o = Object::new();
     o.insert("v", Value::Int(1));
     o.insert("name", name.into());
     o.insert("public_key", key.public().to_hex().into());
     o.insert("key_id", key.public().key_id().to_hex().into());
-    o.insert("seed", hex::encode(&key.seed()).into());
+    match passphrase() {
+        None => {
+            o.insert("seed", hex::encode(&key.seed()).into());
+        }
+        Some(pass) => {
+            o.insert("seed_enc", seal(&pass, key)?);
+        }
+    }
     o.insert("handle", handle.map(Value::from).unwrap_or(Value::Null));
     o.insert("relay", relay.map(Value::from).unwrap_or(Value::Null));
-    Value::Object(o)
+    Ok(Value::Object(o))
+}
+
+/// The passphrase for key files, from `FORMICA_PASSPHRASE` (empty means none).
+fn passphrase() -> Option<String> {
+    std::env::var("FORMICA_PASSPHRASE")
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
+/// scrypt cost: 2^15 x 8 x 128 bytes = 32 MiB and about 0.1 s per key file opened, so that
+/// guessing passphrases for a stolen file is slow.
+const SCRYPT_LOG_N: u8 = 15;
+const SCRYPT_R: u32 = 8;
+const SCRYPT_P: u32 = 1;
+
+fn derive(pass: &str, salt: &[u8], log_n: u8, r: u32, p: u32) -> Result<[u8; 32], Fail> {
+    let params = scrypt::Params::new(log_n, r, p, 32).map_err(|e| {
+        Fail::new(
+            Exit::Storage,
+            format!("key file encryption parameters: {e}"),
+        )
+    })?;
+    let mut out = [0u8; 32];
+    scrypt::scrypt(pass.as_bytes(), salt, &params, &mut out)
+        .map_err(|e| Fail::new(Exit::Storage, format!("key derivation: {e}")))?;
+    Ok(out)
+}
+
+/// Encrypts the seed: scrypt(passphrase, salt) as a ChaCha20-Poly1305 key, the public key as
+/// associated data (so a sealed seed cannot be moved to another key's file).
+fn seal(pass: &str, key: &SecretKey) -> Result<Value, Fail> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let mut salt = [0u8; 16];
+    let mut nonce = [0u8; 12];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    let k = derive(pass, &salt, SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P)?;
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new((&k).into());
+    let aad = key.public().to_hex();
+    let ct = cipher
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: &key.seed(),
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| Fail::new(Exit::Storage, "encrypting the key failed"))?;
+    let mut o = Object::new();
+    o.insert("kdf", "scrypt".into());
+    o.insert("log_n", Value::Int(i64::from(SCRYPT_LOG_N)));
+    o.insert("r", Value::Int(i64::from(SCRYPT_R)));
+    o.insert("p", Value::Int(i64::from(SCRYPT_P)));
+    o.insert("salt", hex::encode(&salt).into());
+    o.insert("aead", "chacha20poly1305".into());
+    o.insert("nonce", hex::encode(&nonce).into());
+    o.insert("ct", hex::encode(&ct).into());
+    Ok(Value::Object(o))
+}
+
+fn open_sealed(path: &Path, v: &Value, public_key: &str) -> Result<[u8; 32], Fail> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let bad = |why: &str| {
+        Fail::new(
+            Exit::Storage,
+            format!("{}: encrypted seed: {why}", path.display()),
+        )
+    };
+    let o = v.as_object().ok_or_else(|| bad("not an object"))?;
+    let s = |k: &str| o.get(k).and_then(Value::as_str).ok_or_else(|| bad(k));
+    let n = |k: &str| o.get(k).and_then(Value::as_i64).ok_or_else(|| bad(k));
+    if s("kdf")? != "scrypt" || s("aead")? != "chacha20poly1305" {
+        return Err(bad("unknown kdf or aead"));
+    }
+    let (log_n, r, p) = (n("log_n")?, n("r")?, n("p")?);
+    if !(10..=22).contains(&log_n) || !(1..=32).contains(&r) || !(1..=16).contains(&p) {
+        return Err(bad("scrypt parameters out of range"));
+    }
+    let salt = hex::decode(s("salt")?).ok_or_else(|| bad("salt"))?;
+    let nonce: [u8; 12] = hex::decode_array(s("nonce")?).ok_or_else(|| bad("nonce"))?;
+    let ct = hex::decode(s("ct")?).ok_or_else(|| bad("ct"))?;
+    let pass = passphrase().ok_or_else(|| {
+        Fail::new(
+            Exit::Storage,
+            format!("{} is encrypted with a passphrase", path.display()),
+        )
+        .hint("set FORMICA_PASSPHRASE to the passphrase it was created with")
+    })?;
+    let k = derive(&pass, &salt, log_n as u8, r as u32, p as u32)?;
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new((&k).into());
+    let seed = cipher
+        .decrypt(
+            (&nonce).into(),
+            Payload {
+                msg: &ct,
+                aad: public_key.as_bytes(),
+            },
+        )
+        .map_err(|_| {
+            Fail::new(
+                Exit::Storage,
+                format!(
+                    "{}: wrong passphrase (or the file was altered)",
+                    path.display()
+                ),
+            )
+            .hint("check FORMICA_PASSPHRASE")
+        })?;
+    seed.try_into()
+        .map_err(|_| bad("the decrypted seed is not 32 bytes"))
 }
 
 /// Stores a new identity (and optionally its recovery key).
@@ -157,13 +279,13 @@ pub fn create(
     ensure_dir(home)?;
     write_private(
         &key_path(home, name),
-        &key_value(name, key, None, None),
+        &key_value(name, key, None, None)?,
         force,
     )?;
     if let Some(r) = recovery {
         write_private(
             &recovery_path(home, name),
-            &key_value(name, r, None, None),
+            &key_value(name, r, None, None)?,
             force,
         )?;
     }
@@ -182,12 +304,19 @@ fn read_key_file(path: &Path) -> Result<(SecretKey, Option<String>, Option<Strin
     };
     let v = json::parse(&bytes, JsonLimits::default()).map_err(|e| bad(&e.to_string()))?;
     let o = v.as_object().ok_or_else(|| bad("not an object"))?;
-    let seed = o
-        .get("seed")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("no seed"))?;
-    let seed: [u8; 32] =
-        hex::decode_array(seed).ok_or_else(|| bad("seed is not 64 hex characters"))?;
+    let seed: [u8; 32] = match (o.get("seed"), o.get("seed_enc")) {
+        (Some(Value::String(seed)), None) => {
+            hex::decode_array(seed).ok_or_else(|| bad("seed is not 64 hex characters"))?
+        }
+        (None, Some(sealed)) => {
+            let pk = o
+                .get("public_key")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("no public_key"))?;
+            open_sealed(path, sealed, pk)?
+        }
+        _ => return Err(bad("expected exactly one of seed and seed_enc")),
+    };
     let key = SecretKey::from_seed(&seed);
     if let Some(pk) = o.get("public_key").and_then(Value::as_str) {
         if pk != key.public().to_hex() {
@@ -251,7 +380,7 @@ pub fn create_recovery(home: &Path, name: &str, key: &SecretKey) -> Result<(), F
     ensure_dir(home)?;
     write_private(
         &recovery_path(home, name),
-        &key_value(name, key, None, None),
+        &key_value(name, key, None, None)?,
         false,
     )
 }
@@ -268,7 +397,7 @@ pub fn update(home: &Path, name: &str, handle: &str, relay: &str) -> Result<(), 
         let (key, _, _) = read_key_file(&path)?;
         write_private(
             &path,
-            &key_value(name, &key, Some(handle), Some(relay)),
+            &key_value(name, &key, Some(handle), Some(relay))?,
             true,
         )?;
     }
@@ -342,7 +471,7 @@ pub fn stage(
     let pending = PathBuf::from(p);
     write_private(
         &pending,
-        &key_value(name, key, Some(handle), Some(relay)),
+        &key_value(name, key, Some(handle), Some(relay))?,
         true,
     )?;
     Ok(Staged { pending, target })

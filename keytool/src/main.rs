@@ -55,7 +55,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Create a new Ed25519 key and store it as a named identity (file mode 0600 in a 0700
-    /// directory).
+    /// directory). With FORMICA_PASSPHRASE set, key files are written encrypted (scrypt and
+    /// ChaCha20-Poly1305) and can be read only with that passphrase set.
     Keygen {
         /// Identity name (a local file name, not the handle).
         #[arg(long, default_value = "default")]
