@@ -868,6 +868,14 @@ async fn message_status(
     res.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
+/// Submits a command whose outcome is a ready answer body (contacts, contact requests).
+async fn submit_done(app: &App, cmd: Command) -> Result<Response, ApiError> {
+    match app.writer.submit(cmd).await? {
+        Outcome::Done(v) => Ok(ok(200, v)),
+        other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
 async fn list_contacts(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         let (me, _) = auth_request(&app, req, 0).await?;
@@ -921,18 +929,15 @@ async fn put_contact(
         let contact = parse_handle(&app, &handle)?;
         let level = parse_level(&body, &app, true)?
             .ok_or_else(|| ApiError::new(ErrorCode::MissingField, "level"))?;
-        match app
-            .writer
-            .submit(Command::ContactSet {
+        submit_done(
+            &app,
+            Command::ContactSet {
                 owner: me,
                 contact,
                 level,
-            })
-            .await?
-        {
-            Outcome::Done(v) => Ok(ok(200, v)),
-            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
-        }
+            },
+        )
+        .await
     }
     .await;
     res.unwrap_or_else(|e: ApiError| e.into_response())
@@ -946,14 +951,7 @@ async fn delete_contact(
     let res = async {
         let (me, _) = auth_request(&app, req, 0).await?;
         let contact = parse_handle(&app, &handle)?;
-        match app
-            .writer
-            .submit(Command::ContactRemove { owner: me, contact })
-            .await?
-        {
-            Outcome::Done(v) => Ok(ok(200, v)),
-            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
-        }
+        submit_done(&app, Command::ContactRemove { owner: me, contact }).await
     }
     .await;
     res.unwrap_or_else(|e: ApiError| e.into_response())
@@ -1003,18 +1001,15 @@ async fn answer_request(app: Shared, id: String, req: Request, accept: bool) -> 
         } else {
             None
         };
-        match app
-            .writer
-            .submit(Command::AnswerRequest {
+        submit_done(
+            &app,
+            Command::AnswerRequest {
                 owner: me,
                 request,
                 accept,
-            })
-            .await?
-        {
-            Outcome::Done(v) => Ok(ok(200, v)),
-            other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
-        }
+            },
+        )
+        .await
     }
     .await;
     res.unwrap_or_else(|e: ApiError| e.into_response())

@@ -1007,26 +1007,15 @@ fn read(st: &State, ctx: &Ctx<'_>, handle: Handle, upto: u64) -> Decision {
                     && matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded)
             });
             if pending {
-                let notice = Envelope {
-                    msg_type: MessageType::Receipt,
-                    type_version: 1,
-                    from: Handle::relay(&st.host),
-                    key: ctx.relay_key.public().key_id(),
-                    to: vec![m.sender.clone()],
-                    ts: ctx.now,
-                    corr: None,
-                    ack_by: None,
-                    payload: Payload::Receipt {
-                        msg: item.id,
-                        recipient: handle.clone(),
-                        status: DeliveryState::Delivered,
-                        ack: None,
-                        ack_status: None,
-                        reason: None,
-                    },
-                }
-                .sign(ctx.relay_key)
-                .map_err(ApiError::internal)?;
+                let notice = receipt(
+                    st,
+                    ctx,
+                    item.id,
+                    &m.sender,
+                    &handle,
+                    DeliveryState::Delivered,
+                    None,
+                )?;
                 events.push(Event::Envelope {
                     at: ctx.now,
                     envelope: notice,
