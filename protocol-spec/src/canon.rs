@@ -57,6 +57,77 @@ pub fn write_object(o: &Object, skip: Option<&[&str]>, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
+/// Writes the canonical bytes of `o` to `full` and, in the same pass, the canonical bytes of
+/// `o` without the members named in `skip` to `partial`: each member is serialized once and
+/// copied. This is how an envelope's signing input and its wire form are made together.
+pub fn write_object_split(o: &Object, skip: &[&str], full: &mut Vec<u8>, partial: &mut Vec<u8>) {
+    let mut members: Vec<(&str, &Value)> = o.iter().collect();
+    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    full.push(b'{');
+    partial.push(b'{');
+    let mut partial_members = 0;
+    for (n, (k, v)) in members.iter().enumerate() {
+        if n > 0 {
+            full.push(b',');
+        }
+        let start = full.len();
+        write_string(k, full);
+        full.push(b':');
+        write_value(v, full);
+        if !skip.contains(k) {
+            if partial_members > 0 {
+                partial.push(b',');
+            }
+            partial.extend_from_slice(&full[start..]);
+            partial_members += 1;
+        }
+    }
+    full.push(b'}');
+    partial.push(b'}');
+}
+
+/// The length of the canonical bytes of `v`, computed without writing them (size limits are
+/// checked with this before anything is copied).
+pub fn canonical_len(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Int(i) => {
+            let mut n = usize::from(*i < 0);
+            let mut m = i.unsigned_abs();
+            loop {
+                n += 1;
+                m /= 10;
+                if m == 0 {
+                    break n;
+                }
+            }
+        }
+        Value::String(s) => string_len(s),
+        Value::Array(items) => {
+            2 + items.iter().map(canonical_len).sum::<usize>() + items.len().saturating_sub(1)
+        }
+        Value::Object(o) => {
+            2 + o
+                .iter()
+                .map(|(k, v)| string_len(k) + 1 + canonical_len(v))
+                .sum::<usize>()
+                + o.len().saturating_sub(1)
+        }
+    }
+}
+
+fn string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|c| match c {
+            b'"' | b'\\' | 0x08 | 0x09 | 0x0A | 0x0C | 0x0D => 2,
+            0x00..=0x1F => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 /// CANON-2: RFC 8785 string escaping. Only `"`, `\` and U+0000..U+001F are escaped; the five
 /// control characters with short forms use them, the rest use `\u00xx` with lower-case hex.
 /// Everything else, including U+007F and U+2028, is written as its UTF-8 bytes.

@@ -15,6 +15,7 @@ use crate::json::{self, JsonError, JsonLimits, Object, Value, INT_ABS_MAX};
 use crate::keys::{Domain, KeyError, KeyId, PublicKey, SecretKey, Signature};
 use crate::schema::{check_text, Fields, SchemaError};
 use std::fmt;
+use std::sync::Arc;
 
 /// The envelope format version this crate speaks (ENV-2).
 pub const PROTOCOL_VERSION: i64 = 1;
@@ -555,11 +556,12 @@ impl EnvelopeError {
 
 impl Envelope {
     /// Reads an envelope from a strict-JSON value (everything but signature verification).
-    /// Returns the envelope, the `id` member if present, and the signature.
+    /// Returns the envelope, the `id` member if present, the signature and the canonical length
+    /// of the payload.
     fn from_value(
         v: &Value,
         limits: &EnvelopeLimits,
-    ) -> Result<(Envelope, Option<String>, Signature), EnvelopeError> {
+    ) -> Result<(Envelope, Option<String>, Signature, usize), EnvelopeError> {
         let mut f = Fields::new(v, "")?;
         // ENV-2: the version first, so that a future version's other changes are reported as
         // "unsupported version", not as a schema error.
@@ -650,7 +652,7 @@ impl Envelope {
         }
         let payload_v = f.req("payload")?;
         let payload = Payload::from_value(&msg_type, payload_v)?;
-        let payload_len = canon::canonicalize(payload_v).len();
+        let payload_len = canon::canonical_len(payload_v);
         if payload_len > limits.payload_bytes_max {
             return Err(EnvelopeError::PayloadTooLarge {
                 len: payload_len,
@@ -673,7 +675,7 @@ impl Envelope {
             payload,
         };
         env.check_rules()?;
-        Ok((env, id, sig))
+        Ok((env, id, sig, payload_len))
     }
 
     /// Cross-field rules of the message types (TYPE-*).
@@ -756,16 +758,23 @@ impl Envelope {
         canon::write_value(&v, &mut input);
         let id = MessageId::of_input(&input);
         let sig = sk.sign_input(&input);
+        let payload_len = match &v {
+            Value::Object(o) => o.get("payload").map(canon::canonical_len).unwrap_or(0),
+            _ => 0,
+        };
         if let Value::Object(o) = &mut v {
             o.insert("id", id.to_hex().into());
             o.insert("sig", sig.to_hex().into());
         }
+        let wire = Arc::new(canon::canonicalize(&v));
         Ok(SignedEnvelope {
             envelope: self.clone(),
             id,
             sig,
             signing_input: input,
             value: v,
+            wire,
+            payload_len,
         })
     }
 }
@@ -780,6 +789,11 @@ pub struct SignedEnvelope {
     signing_input: Vec<u8>,
     /// The full object as received, with `id` set.
     value: Value,
+    /// The canonical bytes of `value`, made once (in the same pass as the signing input when
+    /// the envelope carried its id) and shared with whoever stores or serves them.
+    wire: Arc<Vec<u8>>,
+    /// The canonical length of the payload as received.
+    payload_len: usize,
 }
 
 impl SignedEnvelope {
@@ -802,14 +816,15 @@ impl SignedEnvelope {
             }
             .into());
         }
-        let (envelope, given_id, sig) = Envelope::from_value(&v, limits)?;
+        let (envelope, given_id, sig, payload_len) = Envelope::from_value(&v, limits)?;
         let Value::Object(obj) = &mut v else {
             unreachable!("Envelope::from_value accepted only an object")
         };
         // ENV-10: the signing input is the tag and the canonical form of the object as received,
-        // without `id` and `sig`.
+        // without `id` and `sig`. The wire form (with both) is written in the same pass.
         let mut input = envelope.domain().tag().to_vec();
-        canon::write_object(obj, Some(&["id", "sig"]), &mut input);
+        let mut wire = Vec::with_capacity(input.capacity() + 256);
+        canon::write_object_split(obj, &["id", "sig"], &mut wire, &mut input);
         let id = MessageId::of_input(&input);
         if let Some(given) = given_id {
             if given != id.to_hex() {
@@ -819,7 +834,10 @@ impl SignedEnvelope {
                 });
             }
         } else {
+            // The id was left out (ENV-14 allows it): the wire form gains it.
             obj.insert("id", id.to_hex().into());
+            wire.clear();
+            canon::write_object(obj, None, &mut wire);
         }
         Ok(SignedEnvelope {
             envelope,
@@ -827,6 +845,8 @@ impl SignedEnvelope {
             sig,
             signing_input: input,
             value: v,
+            wire: Arc::new(wire),
+            payload_len,
         })
     }
 
@@ -850,7 +870,15 @@ impl SignedEnvelope {
     /// The canonical bytes of the full envelope (with `id` and `sig`), the form relays store
     /// and serve.
     pub fn wire_bytes(&self) -> Vec<u8> {
-        canon::canonicalize(&self.value)
+        self.wire.as_ref().clone()
+    }
+    /// The same bytes as [`wire_bytes`](Self::wire_bytes), shared rather than copied.
+    pub fn wire(&self) -> &Arc<Vec<u8>> {
+        &self.wire
+    }
+    /// The length of the canonical bytes of the payload as received (ENV-8).
+    pub fn payload_len(&self) -> usize {
+        self.payload_len
     }
 
     /// SIG-3: strict verification with the sender's key, which must be the key the envelope names.

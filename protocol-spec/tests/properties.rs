@@ -97,6 +97,47 @@ proptest! {
         prop_assert_eq!(json::parse(pretty.as_bytes(), limits()).unwrap(), v);
     }
 
+    /// `canonical_len` is the length of the canonical bytes, without writing them.
+    #[test]
+    fn canonical_len_is_the_length(v in value()) {
+        prop_assert_eq!(formica_protocol::canon::canonical_len(&v), canonicalize(&v).len());
+    }
+
+    /// The one-pass writer gives the full canonical form and the form without the skipped
+    /// members, exactly as two separate passes do.
+    #[test]
+    fn split_writer_equals_two_passes(v in value(), skip in prop::collection::vec("[a-c]{0,2}", 0..3)) {
+        if let Value::Object(o) = &v {
+            let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+            let (mut full, mut partial) = (Vec::new(), Vec::new());
+            formica_protocol::canon::write_object_split(o, &skip, &mut full, &mut partial);
+            prop_assert_eq!(&full, &canonicalize(&v));
+            let mut two = Vec::new();
+            formica_protocol::canon::write_object(o, Some(&skip), &mut two);
+            prop_assert_eq!(partial, two);
+        }
+    }
+
+    /// The wire form kept at parse time is the canonical form of the envelope, whether or not
+    /// the received object carried its id.
+    #[test]
+    fn kept_wire_form_is_canonical(env in envelope()) {
+        let sk = SecretKey::from_seed(&[7; 32]);
+        let signed = env.sign(&sk).unwrap();
+        prop_assert_eq!(signed.wire_bytes(), canonicalize(signed.value()));
+        let parsed = SignedEnvelope::parse(&signed.wire_bytes(), &EnvelopeLimits::default()).unwrap();
+        prop_assert_eq!(parsed.wire_bytes(), signed.wire_bytes());
+        let mut without_id = signed.value().clone();
+        if let Value::Object(o) = &mut without_id {
+            o.remove("id");
+        }
+        let reparsed = SignedEnvelope::parse(&canonicalize(&without_id), &EnvelopeLimits::default()).unwrap();
+        prop_assert_eq!(reparsed.wire_bytes(), signed.wire_bytes());
+        let payload = signed.value().as_object().unwrap().get("payload").unwrap();
+        prop_assert_eq!(parsed.payload_len(), canonicalize(payload).len());
+        prop_assert_eq!(signed.payload_len(), parsed.payload_len());
+    }
+
     /// A typed envelope survives signing, the wire, and parsing unchanged.
     #[test]
     fn envelope_round_trip(env in envelope()) {

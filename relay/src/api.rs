@@ -25,13 +25,13 @@ use formica_protocol::schema::Fields;
 use formica_protocol::{canon, ErrorCode, Handle, KeyId, Object, RelayHost, SecretKey, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 /// Everything the handlers share.
 pub struct App {
     pub host: RelayHost,
     pub policy: Arc<Policy>,
-    pub state: Arc<RwLock<State>>,
+    pub state: Arc<crate::writer::StateCell>,
     pub writer: Writer,
     pub notifier: Arc<Notifier>,
     pub relay_key: SecretKey,
@@ -64,7 +64,8 @@ impl App {
     pub fn now(&self) -> i64 {
         (self.clock)()
     }
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+    /// The durable state (see [`crate::writer::StateCell`]).
+    fn read(&self) -> crate::writer::Durable<'_> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
     fn json_limits(&self, bytes_max: usize) -> JsonLimits {
@@ -638,38 +639,29 @@ pub fn verify_envelope(
             "only relays send as @relay, and not through this endpoint",
         ));
     }
-    // 8. Sender and key.
-    let key = {
-        let st = app.read();
-        // 7. Dedup before the key lookup, so a replay after a rotation is still `duplicate`.
-        if st.seen.contains(&se.id()) {
-            return Ok(Err(se.id()));
+    // 7 and 8 against the state including the batch the writer may be making durable, so that
+    // signature checks are not held up by its fsync. Anything but "go on with this key" is
+    // looked up again in the durable state before it is answered: a `duplicate` or a refusal is
+    // never based on an event that could still be lost.
+    let (key, tier) = {
+        let st = app.state.read_unsettled();
+        match sender_key(app, &st, &se) {
+            Ok(Some(key)) => (key, tier_index(app, &st, &env.from)),
+            _ => {
+                drop(st);
+                let st = app.read();
+                match sender_key(app, &st, &se)? {
+                    None => return Ok(Err(se.id())),
+                    Some(key) => (key, tier_index(app, &st, &env.from)),
+                }
+            }
         }
-        if env.from.host() != &app.host {
-            return Err(ApiError::new(
-                ErrorCode::UnknownSender,
-                format!("{} is not homed on this relay", env.from),
-            ));
-        }
-        let a = st.agents.get(&env.from).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::UnknownSender,
-                format!("{} is not registered here", env.from),
-            )
-        })?;
-        *a.keylog
-            .key_at(&env.key, env.ts)
-            .map_err(|e| ApiError::new(e.code(), e.to_string()))?
     };
     // 9. Strict signature.
     let verified = se.verify(&key)?;
     // 10 (first part). Per-key rate limit by tier.
-    let (per_min, tier_name) = {
-        let st = app.read();
-        let t = st.tier_of(&verified.envelope().from, app.now(), &app.policy);
-        let tier = &app.policy.tiers[t.min(app.policy.tiers.len() - 1)];
-        (tier.rate_per_min, tier.name.clone())
-    };
+    let tier = &app.policy.tiers[tier];
+    let (per_min, tier_name) = (tier.rate_per_min, &tier.name);
     let burst = (per_min / 4).max(10);
     app.key_buckets
         .lock()
@@ -683,6 +675,42 @@ pub fn verify_envelope(
             .with("retry_after_s", Value::Int(wait))
         })?;
     Ok(Ok(verified))
+}
+
+/// Steps 7 and 8 of ingest: `None` for a duplicate, else the key valid for the envelope.
+fn sender_key(
+    app: &App,
+    st: &State,
+    se: &SignedEnvelope,
+) -> Result<Option<formica_protocol::PublicKey>, ApiError> {
+    let env = se.envelope();
+    // 7. Dedup before the key lookup, so a replay after a rotation is still `duplicate`.
+    if st.seen.contains(&se.id()) {
+        return Ok(None);
+    }
+    if env.from.host() != &app.host {
+        return Err(ApiError::new(
+            ErrorCode::UnknownSender,
+            format!("{} is not homed on this relay", env.from),
+        ));
+    }
+    let a = st.agents.get(&env.from).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownSender,
+            format!("{} is not registered here", env.from),
+        )
+    })?;
+    let key = a
+        .keylog
+        .key_at(&env.key, env.ts)
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    Ok(Some(*key))
+}
+
+/// The sender's tier (an index into the policy's tiers).
+fn tier_index(app: &App, st: &State, from: &Handle) -> usize {
+    st.tier_of(from, app.now(), &app.policy)
+        .min(app.policy.tiers.len() - 1)
 }
 
 fn accepted_value(out: &Outcome) -> Result<(u16, Value), ApiError> {
@@ -741,15 +769,21 @@ async fn post_batch(AxState(app): AxState<Shared>, req: Request) -> Response {
             },
         )?;
         let mut f = Fields::new(&v, "")?;
-        let items = f
-            .req("envelopes")?
-            .as_array()
-            .ok_or_else(|| {
+        if f.req("envelopes")?.as_array().is_none() {
+            return Err(
                 ApiError::new(ErrorCode::InvalidField, "`envelopes` is an array")
-                    .with("field", "envelopes".into())
-            })?
-            .to_vec();
+                    .with("field", "envelopes".into()),
+            );
+        }
         f.finish()?;
+        // Checked above: an object whose only member is the array.
+        let items = match v {
+            Value::Object(mut o) => match o.remove("envelopes") {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
         if items.len() > l.batch_envelopes_max {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,
@@ -763,7 +797,7 @@ async fn post_batch(AxState(app): AxState<Shared>, req: Request) -> Response {
         // Verify all, then submit all at once so they share the writer's batch.
         let mut pending = Vec::with_capacity(items.len());
         for item in items {
-            let size = canon::canonicalize(&item).len();
+            let size = canon::canonical_len(&item);
             let r = if size > l.envelope_bytes_max {
                 Err(ApiError::new(
                     ErrorCode::TooLarge,

@@ -642,15 +642,7 @@ fn envelope(
         ));
     }
     // The payload as received (its canonical form is what was signed).
-    let payload_len = match v
-        .signed()
-        .value()
-        .as_object()
-        .and_then(|o| o.get("payload"))
-    {
-        Some(p) => formica_protocol::canon::canonicalize(p).len(),
-        None => formica_protocol::canon::canonicalize(&env.payload.to_value()).len(),
-    };
+    let payload_len = v.signed().payload_len();
     if payload_len > tier.payload_bytes_max {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,

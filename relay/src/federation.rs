@@ -576,7 +576,7 @@ async fn judge_remote(
     item: Value,
 ) -> Result<Result<formica_protocol::VerifiedEnvelope, MessageId>, ApiError> {
     let l = &app.policy.limits;
-    let size = canon::canonicalize(&item).len();
+    let size = canon::canonical_len(&item);
     if size > l.envelope_bytes_max {
         return Err(ApiError::new(
             ErrorCode::TooLarge,

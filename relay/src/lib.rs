@@ -23,7 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use store::{RedbStore, Store, StoreError};
 use writer::Clock;
 
@@ -169,7 +169,7 @@ impl Relay {
         clock: Clock,
     ) -> Result<Relay, StoreError> {
         let (log, state) = writer::replay(store, host)?;
-        let state = Arc::new(RwLock::new(state));
+        let state = Arc::new(writer::StateCell::new(state));
         let notifier = Arc::new(writer::Notifier::default());
         let policy = Arc::new(cfg.policy.clone());
         let (writer, writer_thread) = writer::spawn(

@@ -49,6 +49,19 @@ impl Metrics {
             "Envelopes accepted and stored.",
             self.accepted.load(Ordering::Relaxed) as i64,
         );
+        let ws = app.writer.stats();
+        line(
+            "formica_log_commits_total",
+            "counter",
+            "Appends to the event log, each made durable with one fsync (group commit).",
+            ws.commits.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_log_committed_events_total",
+            "counter",
+            "Events written by those appends.",
+            ws.events.load(Ordering::Relaxed) as i64,
+        );
         line(
             "formica_envelopes_duplicate_total",
             "counter",

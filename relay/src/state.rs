@@ -401,7 +401,7 @@ impl State {
         let env = se.envelope();
         let id = se.id();
         self.seen.insert(id);
-        let wire = Arc::new(se.wire_bytes());
+        let wire = se.wire().clone();
         // FED-4: what a local agent sends to agents homed elsewhere is queued for their home
         // relays (never what arrived from another relay: no transit), and so are this relay's
         // delivery notices for remote senders (FED-11).

@@ -261,10 +261,35 @@ pub struct MemStore {
     records: std::sync::Mutex<Vec<Vec<u8>>>,
     /// When set, appends fail with this error (disk full, I/O error).
     pub fail_appends: std::sync::Mutex<Option<StoreError>>,
+    /// While true, appends wait (as if the disk were slow) until [`MemStore::resume`].
+    paused: std::sync::Mutex<bool>,
+    resumed: std::sync::Condvar,
+    /// True while an append is waiting because of [`MemStore::pause`].
+    pub held: std::sync::atomic::AtomicBool,
+}
+
+impl MemStore {
+    /// Makes appends wait until [`resume`](Self::resume): tests hold the writer in its fsync.
+    pub fn pause(&self) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+    pub fn resume(&self) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.resumed.notify_all();
+    }
 }
 
 impl Store for MemStore {
     fn append(&self, first_seq: u64, records: &[Vec<u8>]) -> Result<(), StoreError> {
+        {
+            use std::sync::atomic::Ordering;
+            let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+            while *paused {
+                self.held.store(true, Ordering::SeqCst);
+                paused = self.resumed.wait(paused).unwrap_or_else(|p| p.into_inner());
+            }
+            self.held.store(false, Ordering::SeqCst);
+        }
         if let Some(e) = self
             .fail_appends
             .lock()

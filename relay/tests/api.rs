@@ -8,6 +8,7 @@ use common::*;
 use formica_protocol::envelope::*;
 use formica_protocol::keylog::KeyOp;
 use formica_protocol::{canon, Domain, Handle, PublicKey, Signature, Value};
+use std::sync::Arc;
 
 #[tokio::test]
 async fn descriptor_is_signed_by_the_relay_key_and_publishes_policy() {
@@ -1406,4 +1407,86 @@ async fn vouch_and_report_limits_are_enforced_per_tier() {
         .sign(&v.key)
         .unwrap();
     v.send(&r, &e).await.expect(404, "unknown_recipient");
+}
+
+/// While the writer waits for the disk, the ingest pre-checks read on (they see the batch),
+/// but nothing that answers a request does: a durable read waits, and a replay of an envelope
+/// whose batch is not yet on disk is not answered `duplicate`. When that batch then fails, the
+/// replay is judged against what the disk holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_answered_from_a_batch_before_it_is_on_disk() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let r = Arc::new(TestRelay::new());
+    let (a, b) = r.pair().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let m = a.text(&r, &b.handle, "held at the disk");
+    // Whatever happens below, the disk comes back (a failed assertion must not hang the test).
+    struct Resume(Arc<TestRelay>);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            self.0.store.resume();
+        }
+    }
+    let _resume = Resume(r.clone());
+    r.store.pause();
+    let first = {
+        let (r, a, m) = (r.clone(), a.clone(), m.clone());
+        tokio::spawn(async move { a.send(&r, &m).await.status })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !r.store.held.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the append never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The pre-checks see the batch; a durable read does not get through.
+    assert!(r.relay.app.state.read_unsettled().seen.contains(&m.id()));
+    let durable = {
+        let r = r.clone();
+        let id = m.id();
+        tokio::task::spawn_blocking(move || r.relay.app.state.read().unwrap().seen.contains(&id))
+    };
+    let replay = {
+        let (r, a, m) = (r.clone(), a.clone(), m.clone());
+        tokio::spawn(async move {
+            let resp = a.send(&r, &m).await;
+            (resp.status, resp.body.clone())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !durable.is_finished(),
+        "a durable read saw a batch before its fsync"
+    );
+    assert!(
+        !replay.is_finished(),
+        "a replay was answered before the original was on disk"
+    );
+    assert!(!first.is_finished());
+    // The disk fails: the batch is dropped and the original is refused.
+    *r.store.fail_appends.lock().unwrap() = Some(formica_relay::store::StoreError::Full(
+        "No space left on device".into(),
+    ));
+    r.store.resume();
+    assert_eq!(first.await.unwrap(), 507);
+    assert!(
+        !durable.await.unwrap(),
+        "the durable view held a lost envelope"
+    );
+    *r.store.fail_appends.lock().unwrap() = None;
+    let (status, body) = replay.await.unwrap();
+    // The replay reached the writer either before or after the disk came back.
+    assert!(
+        status == 507 || status == 201,
+        "replay answered {status}: {body:?}"
+    );
+    assert_eq!(r.state(|s| s.seen.contains(&m.id())).await, status == 201);
+    // And with a working disk, the envelope is stored once.
+    a.send(&r, &m)
+        .await
+        .expect(if status == 201 { 200 } else { 201 }, "");
+    assert_eq!(b.inbox(&r, 0).await.len(), 1);
 }
