@@ -256,6 +256,27 @@ impl Ws {
         Ok(out)
     }
 
+    /// The text frames until the relay closes the connection, waiting at most `within_ms`.
+    pub fn frames_until_close(&mut self, within_ms: u64) -> R<Vec<String>> {
+        let deadline = Instant::now() + Duration::from_millis(within_ms);
+        let mut out = Vec::new();
+        loop {
+            if Instant::now() >= deadline {
+                fail!("GET /v1/inbox/ws: not closed within {within_ms} ms");
+            }
+            match self.sock.read() {
+                Ok(tungstenite::Message::Text(t)) => out.push(t.as_str().to_owned()),
+                Ok(tungstenite::Message::Close(_)) => return Ok(out),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if timed_out(&e) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Ok(out)
+                }
+                Err(e) => fail!("GET /v1/inbox/ws: {e}"),
+            }
+        }
+    }
+
     /// Sends a client text frame (API-11: the relay ignores it).
     pub fn send_text(&mut self, text: &str) -> R<()> {
         self.sock

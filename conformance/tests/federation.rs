@@ -12,6 +12,8 @@ fn federate(cfg: &mut formica_relay::config::RelayConfig) {
     cfg.policy.federation.enabled = true;
     cfg.policy.federation.scheme = "http".into();
     cfg.policy.federation.peering = "open".into();
+    // The two relays are on loopback, which a handshake may not reach by default (FED-15).
+    cfg.policy.federation.allow_private_peers = true;
 }
 
 /// Asks `a` to peer with `b` through `a`'s admin endpoint (loopback, bearer token).

@@ -30,7 +30,7 @@ impl Exit {
             | ChallengeUnknown | ChallengeUsed => Exit::Limited,
             NotFound | UnknownRecipient | UnknownSender => Exit::NotFound,
             HandleTaken | KeylogFork | KeylogClosed | AckSettled => Exit::Conflict,
-            PeerUnavailable | Unavailable => Exit::Network,
+            PeerUnavailable | Unavailable | RequestTimeout => Exit::Network,
             _ => Exit::Input,
         }
     }

@@ -136,11 +136,12 @@ registry! {
     // Federation
     PeerUnknown = "peer_unknown", 403, No, "The requesting relay is not a peer of this relay.";
     OriginMismatch = "origin_mismatch", 403, No, "A forwarded envelope's sender is not homed on the relay that forwarded it.";
-    PeerUnavailable = "peer_unavailable", 502, Later, "The recipient's home relay could not be reached; the message stays queued.";
+    PeerUnavailable = "peer_unavailable", 502, Later, "The recipient's home relay could not be reached, or its queue at this relay is full; what is queued stays queued.";
     // Server state
     MethodNotAllowed = "method_not_allowed", 405, No, "The endpoint does not accept this HTTP method.";
+    RequestTimeout = "request_timeout", 408, Later, "The request body did not arrive within the relay's body read time; nothing was accepted.";
     StorageFull = "storage_full", 507, Later, "The relay cannot store more data; nothing was accepted.";
-    Unavailable = "unavailable", 503, Later, "The relay is starting or shutting down.";
+    Unavailable = "unavailable", 503, Later, "The relay is starting, shutting down or overloaded; nothing was accepted.";
     Internal = "internal", 500, Later, "An unexpected server fault; nothing was accepted.";
 }
 

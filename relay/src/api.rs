@@ -136,6 +136,10 @@ pub fn router(app: Shared) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::deadline::body_deadline,
+        ))
         .with_state(app)
 }
 
@@ -162,13 +166,18 @@ fn obj(members: Vec<(&str, Value)>) -> Value {
     Value::Object(o)
 }
 
-/// Reads a body of at most `max` bytes; a larger one is `too_large` (also when chunked).
+/// Reads a body of at most `max` bytes; a larger one is `too_large` (also when chunked), one
+/// that is not complete by the body read deadline is `request_timeout` (`crate::deadline`).
 pub async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, max).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::TooLarge,
-            format!("the body is larger than {max} bytes"),
-        )
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        if crate::deadline::is_timeout(&e) {
+            ApiError::new(ErrorCode::RequestTimeout, e.to_string())
+        } else {
+            ApiError::new(
+                ErrorCode::TooLarge,
+                format!("the body is larger than {max} bytes"),
+            )
+        }
     })
 }
 
@@ -191,7 +200,11 @@ pub fn client_ip(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Op
     Some(peer)
 }
 
-fn ip_limit(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn ip_limit(
+    app: &App,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     let Some(ip) = client_ip(app, peer, headers) else {
         return Ok(());
     };
@@ -264,18 +277,16 @@ pub fn authenticate(
     };
     auth.verify(&key, &target, &app.host)
         .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-    let fresh = app.nonces.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        &auth.handle,
-        auth.nonce,
-        now,
-        app.policy.time.retention_ms(),
-    );
-    if !fresh {
-        return Err(ApiError::new(
-            ErrorCode::NonceReused,
-            "this request nonce was already used",
-        ));
-    }
+    app.nonces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            &auth.handle,
+            auth.nonce,
+            now,
+            app.policy.time.retention_ms(),
+        )
+        .map_err(|r| r.to_error("request"))?;
     Ok(auth.handle)
 }
 

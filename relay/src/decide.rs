@@ -683,6 +683,18 @@ fn envelope(
                     ),
                 ));
             }
+            // FED-16: a peer's queue holds at most queue_depth_max envelopes.
+            let depth = st.outbound.get(to.host()).map_or(0, |q| q.len());
+            if depth >= ctx.policy.federation.queue_depth_max {
+                return Err(ApiError::new(
+                    ErrorCode::PeerUnavailable,
+                    format!(
+                        "{} envelopes already wait for {}; nothing was accepted",
+                        depth,
+                        to.host()
+                    ),
+                ));
+            }
             continue;
         }
         if to.is_relay() {

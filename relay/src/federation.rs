@@ -38,9 +38,14 @@ pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 
 /// The relay-to-relay HTTP client: ureq (blocking, run on tokio's blocking pool) with rustls
 /// and the webpki roots, so `https` peers work without OpenSSL; `http` only for loopback tests.
+///
+/// `guarded` is the client for requests a stranger causes (the handshake's descriptor fetch):
+/// it connects only to public addresses ([`crate::peer_addr::PublicOnly`]) and follows no
+/// redirects.
 #[derive(Clone, Debug)]
 pub struct PeerClient {
     agent: ureq::Agent,
+    guarded: ureq::Agent,
 }
 
 impl Default for PeerClient {
@@ -49,6 +54,12 @@ impl Default for PeerClient {
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(5))
                 .max_idle_connections_per_host(4)
+                .build(),
+            guarded: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(5))
+                .redirects(0)
+                .max_idle_connections(0)
+                .resolver(crate::peer_addr::PublicOnly)
                 .build(),
         }
     }
@@ -74,6 +85,19 @@ pub async fn call(
     body: Vec<u8>,
     sign: bool,
 ) -> Result<(u16, Value), Unreachable> {
+    call_via(app, &app.peer_client.agent, method, host, path, body, sign).await
+}
+
+/// [`call`] with a given HTTP client.
+async fn call_via(
+    app: &App,
+    agent: &ureq::Agent,
+    method: &str,
+    host: &RelayHost,
+    path: &str,
+    body: Vec<u8>,
+    sign: bool,
+) -> Result<(u16, Value), Unreachable> {
     let url = format!("{}://{}{}", app.policy.federation.scheme, host, path);
     let auth = sign.then(|| {
         let mut n = [0u8; 16];
@@ -92,7 +116,7 @@ pub async fn call(
         )
     });
     let timeout = Duration::from_millis(app.policy.federation.request_timeout_ms);
-    let agent = app.peer_client.agent.clone();
+    let agent = agent.clone();
     let (m, u) = (method.to_owned(), url.clone());
     let sent = tokio::task::spawn_blocking(move || -> Result<(u16, Vec<u8>), Unreachable> {
         use std::io::Read;
@@ -221,18 +245,16 @@ pub fn authenticate_relay(
     };
     auth.verify(&key, &target, &app.host)
         .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))?;
-    let fresh = app.nonces.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        &Handle::relay(&auth.origin),
-        auth.nonce,
-        now,
-        app.policy.time.retention_ms(),
-    );
-    if !fresh {
-        return Err(ApiError::new(
-            ErrorCode::NonceReused,
-            "this relay request nonce was already used",
-        ));
-    }
+    app.nonces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            &Handle::relay(&auth.origin),
+            auth.nonce,
+            now,
+            app.policy.time.retention_ms(),
+        )
+        .map_err(|r| r.to_error("relay request"))?;
     Ok(auth.origin)
 }
 
@@ -268,6 +290,9 @@ fn obj(members: Vec<(&str, Value)>) -> Value {
 pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         enabled(&app)?;
+        // A stranger may call this endpoint, and it makes this relay fetch a descriptor:
+        // limited per client address like the other unauthenticated endpoints (HTTP-10).
+        crate::api::ip_limit(&app, peer_addr_of(&req), req.headers())?;
         let path = path_of(&req);
         let (parts, body) = req.into_parts();
         let body = read_body(body, app.policy.limits.body_bytes_max).await?;
@@ -291,49 +316,80 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
             ));
         }
         // Under an allowlist, a host that is not listed (and that this relay did not ask) is
-        // refused before this relay makes any request on its behalf.
-        {
-            let fed = &app.policy.federation;
-            let asked = app
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .peers
-                .contains_key(&origin);
-            let listed = fed.allowlist.iter().any(|h| h == origin.as_str());
-            if fed.peering == "allowlist" && !listed && !asked {
-                return Err(ApiError::new(
-                    ErrorCode::PeerUnknown,
-                    format!("{origin} is not on this relay's allowlist"),
-                ));
-            }
-        }
-        // The key must also be the one the origin publishes itself.
-        let (st, fetched) =
-            call(&app, "GET", &origin, "/.well-known/formica", vec![], false).await?;
-        let (h2, k2) = if st == 200 {
-            verify_descriptor(&fetched)?
-        } else {
-            return Err(ApiError::new(
-                ErrorCode::PeerUnavailable,
-                format!("{origin} did not serve its descriptor ({st})"),
-            ));
+        // refused before this relay makes any request on its behalf. Under manual peering, a
+        // new request is refused before any fetch when `pending_peers_max` requests already
+        // await the operator.
+        let fed = &app.policy.federation;
+        let listed = fed.allowlist.iter().any(|h| h == origin.as_str());
+        let (asked, known, pending) = {
+            let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+            let p = st.peers.get(&origin);
+            (
+                p.is_some_and(|p| matches!(p.status, PeerStatus::Requested | PeerStatus::Active)),
+                p.is_some(),
+                st.peers
+                    .values()
+                    .filter(|p| p.status == PeerStatus::Pending)
+                    .count(),
+            )
         };
+        if fed.peering == "allowlist" && !listed && !asked {
+            return Err(ApiError::new(
+                ErrorCode::PeerUnknown,
+                format!("{origin} is not on this relay's allowlist"),
+            ));
+        }
+        let would_pend = fed.peering == "manual" && !listed && !asked;
+        if would_pend && !known && pending >= fed.pending_peers_max {
+            return Err(pending_full(fed.pending_peers_max));
+        }
+        // The key must also be the one the origin publishes itself. A host the operator did
+        // not choose (listed, or asked to peer) is fetched only from public addresses unless
+        // `allow_private_peers`; whatever goes wrong with the fetch is answered with one
+        // generic error, so the answer tells the caller nothing about what this relay reached.
+        let client = if listed || asked || fed.allow_private_peers {
+            &app.peer_client.agent
+        } else {
+            &app.peer_client.guarded
+        };
+        let fetched = match call_via(
+            &app,
+            client,
+            "GET",
+            &origin,
+            "/.well-known/formica",
+            vec![],
+            false,
+        )
+        .await
+        {
+            Ok((200, v)) => verify_descriptor(&v).map_err(|e| e.message),
+            Ok((st, _)) => Err(format!("answered {st}")),
+            Err(u) => Err(u.0),
+        };
+        let (h2, k2) = fetched.map_err(|why| {
+            tracing::info!(origin = %origin, "handshake: no valid descriptor fetched: {why}");
+            ApiError::new(
+                ErrorCode::PeerUnavailable,
+                format!("could not fetch a valid relay descriptor from {origin}"),
+            )
+        })?;
         if h2 != origin || k2 != key {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
                 "the key in the request differs from the one the origin publishes",
             ));
         }
-        let fed = &app.policy.federation;
-        let existing = app
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .peers
-            .get(&origin)
-            .cloned();
-        let listed = fed.allowlist.iter().any(|h| h == origin.as_str());
+        let (existing, pending) = {
+            let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+            (
+                st.peers.get(&origin).cloned(),
+                st.peers
+                    .values()
+                    .filter(|p| p.status == PeerStatus::Pending)
+                    .count(),
+            )
+        };
         let status = match existing {
             Some(p) if p.key != key => {
                 return Err(ApiError::new(
@@ -346,6 +402,10 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
                 PeerStatus::Active
             }
             _ if listed || fed.peering == "open" => PeerStatus::Active,
+            // Checked again: other handshakes may have been recorded during the fetch.
+            None if fed.peering == "manual" && pending >= fed.pending_peers_max => {
+                return Err(pending_full(fed.pending_peers_max))
+            }
             _ if fed.peering == "manual" => PeerStatus::Pending,
             _ => {
                 return Err(ApiError::new(
@@ -374,6 +434,22 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
     }
     .await;
     res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+/// The refusal when `federation.pending_peers_max` peering requests await approval (FED-15).
+fn pending_full(max: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PeerUnknown,
+        format!(
+            "this relay already has {max} peering requests awaiting its operator's approval (federation.pending_peers_max); ask the operator"
+        ),
+    )
+}
+
+fn peer_addr_of(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
 }
 
 fn app_limits(app: &App) -> JsonLimits {
@@ -970,12 +1046,43 @@ pub async fn admin_remove(
     res.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
-/// Reads the admin token from `path`, or writes a new random one (0600) on first start.
+/// Shortest admin token accepted from `admin.token`: 32 bytes of token text (the relay writes 64
+/// hex characters, 32 random bytes). A shorter token could be guessed or was not made for this.
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 32;
+
+/// Reads the admin token from `path`, or writes a new random one (0600) on first start. An
+/// existing file is refused if group or others have any permission on it, or if its token (the
+/// content without surrounding whitespace) is shorter than [`ADMIN_TOKEN_BYTES_MIN`] bytes or
+/// holds anything but visible ASCII.
 pub fn load_or_create_token(path: &std::path::Path) -> Result<String, String> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(t) = std::fs::read_to_string(path) {
-        return Ok(t.trim().to_owned());
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{shown}: permissions {mode:04o} let others read or change the admin token; run chmod 600 {shown}"
+                ));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+            let t = text.trim();
+            if t.len() < ADMIN_TOKEN_BYTES_MIN {
+                return Err(format!(
+                    "{shown}: the admin token is {} bytes, shorter than {ADMIN_TOKEN_BYTES_MIN}; delete the file to have a new one made at start",
+                    t.len()
+                ));
+            }
+            if !t.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+                return Err(format!(
+                    "{shown}: the admin token holds characters other than visible ASCII"
+                ));
+            }
+            return Ok(t.to_owned());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{shown}: {e}")),
     }
     let mut b = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
@@ -985,10 +1092,10 @@ pub fn load_or_create_token(path: &std::path::Path) -> Result<String, String> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{shown}: {e}"))?;
     f.write_all(format!("{t}\n").as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{shown}: {e}"))?;
     Ok(t)
 }
 

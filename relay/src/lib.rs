@@ -3,12 +3,14 @@
 
 pub mod api;
 pub mod config;
+pub mod deadline;
 pub mod decide;
 pub mod error;
 pub mod events;
 pub mod federation;
 pub mod limits;
 pub mod metrics;
+pub mod peer_addr;
 pub mod policy;
 pub mod server;
 pub mod state;
@@ -78,6 +80,8 @@ pub enum OpenError {
     DataDir { path: String, err: String },
     #[error("relay key {path}: {err}")]
     Key { path: String, err: String },
+    #[error("admin token: {0}")]
+    AdminToken(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -141,6 +145,9 @@ impl Relay {
             err: e.to_string(),
         })?;
         let key = load_or_create_key(&dir.join(KEY_FILE))?;
+        // Checked before the store is opened, so a bad token file stops the start cleanly.
+        let token = federation::load_or_create_token(&dir.join(federation::ADMIN_TOKEN_FILE))
+            .map_err(OpenError::AdminToken)?;
         if cfg.unsafe_relaxed_fsync_benchmark_only {
             tracing::warn!(
                 "fsync relaxed for benchmarking: acknowledged writes can be lost on power failure"
@@ -151,11 +158,6 @@ impl Relay {
             cfg.unsafe_relaxed_fsync_benchmark_only,
         )?);
         let relay = Relay::with_store(cfg, host, store, key, clock)?;
-        let token = federation::load_or_create_token(&dir.join(federation::ADMIN_TOKEN_FILE))
-            .map_err(|e| OpenError::DataDir {
-                path: dir.display().to_string(),
-                err: e,
-            })?;
         let _ = relay.app.admin_token.set(token);
         Ok(relay)
     }
@@ -189,9 +191,9 @@ impl Relay {
             relay_key: key,
             clock,
             challenges: Mutex::default(),
-            nonces: Mutex::default(),
-            key_buckets: Mutex::default(),
-            ip_buckets: Mutex::default(),
+            nonces: Mutex::new(limits::Nonces::new(cfg.policy.limits.nonces_max)),
+            key_buckets: Mutex::new(limits::Buckets::new(cfg.policy.limits.rate_limit_keys_max)),
+            ip_buckets: Mutex::new(limits::Buckets::new(cfg.policy.limits.rate_limit_keys_max)),
             trusted_proxies: cfg.trusted_proxies.clone(),
             metrics: Default::default(),
             ready: AtomicBool::new(true),

@@ -2,6 +2,12 @@
 //! the freshness window, and outstanding proof-of-work challenges. None of this is durable on
 //! purpose: after a restart buckets start full, challenges must be fetched again, and nonces
 //! are bounded by the freshness window (SPEC.md AUTH-6 notes what a restart allows).
+//!
+//! Every table has a hard cap on its entries. When a table is full, entries that no longer
+//! carry information are dropped first (a bucket that has refilled completely, a nonce older
+//! than the retention); if it is still full, the new request is refused rather than an entry
+//! being dropped early: dropping a live nonce would allow a replay, and dropping a live bucket
+//! would hand its owner a fresh burst.
 
 use formica_protocol::auth::Nonce;
 use formica_protocol::pow::Challenge;
@@ -9,59 +15,138 @@ use formica_protocol::Handle;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
-/// Most tracked keys in one limiter; the least recently refilled are dropped beyond it.
-pub const TRACKED_MAX: usize = 100_000;
 /// Most outstanding challenges; older ones are dropped (they would expire anyway).
 pub const CHALLENGES_MAX: usize = 100_000;
 
-/// Token buckets keyed by `K`.
+/// Token buckets keyed by `K`, at most `max` of them.
 #[derive(Debug)]
 pub struct Buckets<K> {
-    buckets: HashMap<K, (f64, i64)>,
+    /// key -> (tokens, last refill, time at which the bucket is full again).
+    buckets: HashMap<K, (f64, i64, i64)>,
+    max: usize,
 }
 
 impl<K: Hash + Eq + Clone> Default for Buckets<K> {
     fn default() -> Self {
-        Buckets {
-            buckets: HashMap::new(),
-        }
+        Buckets::new(crate::policy::Limits::default().rate_limit_keys_max)
     }
 }
 
 impl<K: Hash + Eq + Clone> Buckets<K> {
+    /// An empty table holding at most `max` buckets (`limits.rate_limit_keys_max`).
+    pub fn new(max: usize) -> Self {
+        Buckets {
+            buckets: HashMap::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Number of tracked buckets.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// True when no bucket is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
     /// Takes one token from `key`'s bucket (capacity `burst`, refilled at `per_min` per minute).
-    /// On refusal returns the seconds until a token is available.
+    /// On refusal returns the seconds until a token is available. A key that is not tracked
+    /// while the table is full is refused (with the seconds until the first bucket refills)
+    /// once the buckets that have refilled completely are dropped.
     pub fn take(&mut self, key: &K, per_min: u32, burst: u32, now: i64) -> Result<(), i64> {
-        if self.buckets.len() >= TRACKED_MAX && !self.buckets.contains_key(key) {
-            let cutoff = now - 60_000;
-            self.buckets.retain(|_, (_, t)| *t > cutoff);
+        if self.buckets.len() >= self.max && !self.buckets.contains_key(key) {
+            // A full bucket is what a new key gets anyway: forgetting it changes nothing.
+            self.buckets.retain(|_, (_, _, full_at)| *full_at > now);
+            if self.buckets.len() >= self.max {
+                let soonest = self
+                    .buckets
+                    .values()
+                    .map(|(_, _, f)| *f)
+                    .min()
+                    .unwrap_or(now);
+                return Err(((soonest - now).max(1) + 999) / 1000);
+            }
         }
         let rate_per_ms = f64::from(per_min) / 60_000.0;
         let cap = f64::from(burst.max(1));
-        let (tokens, last) = self.buckets.entry(key.clone()).or_insert((cap, now));
+        let (tokens, last, full_at) = self.buckets.entry(key.clone()).or_insert((cap, now, now));
         *tokens = (*tokens + (now - *last).max(0) as f64 * rate_per_ms).min(cap);
         *last = now;
-        if *tokens >= 1.0 {
+        let res = if *tokens >= 1.0 {
             *tokens -= 1.0;
             Ok(())
         } else if rate_per_ms > 0.0 {
             Err((((1.0 - *tokens) / rate_per_ms) / 1000.0).ceil() as i64)
         } else {
             Err(60)
-        }
+        };
+        *full_at = if rate_per_ms > 0.0 {
+            now + ((cap - *tokens) / rate_per_ms).ceil() as i64
+        } else if *tokens >= cap {
+            now
+        } else {
+            i64::MAX
+        };
+        res
     }
 }
 
-/// Request nonces seen in the last `retention_ms`.
-#[derive(Debug, Default)]
+/// Why [`Nonces::insert`] did not record a nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceRefused {
+    /// The (handle, nonce) pair was seen within the retention: a replay (`nonce_reused`).
+    Reused,
+    /// The table holds `limits.nonces_max` live nonces; the request is refused and can be
+    /// retried after this many seconds, when the oldest one expires (`unavailable`).
+    Full { retry_after_s: i64 },
+}
+
+/// Request nonces seen in the last `retention_ms`, at most `max` of them.
+#[derive(Debug)]
 pub struct Nonces {
     seen: HashMap<(Handle, Nonce), i64>,
     order: VecDeque<(i64, Handle, Nonce)>,
+    max: usize,
+}
+
+impl Default for Nonces {
+    fn default() -> Self {
+        Nonces::new(crate::policy::Limits::default().nonces_max)
+    }
 }
 
 impl Nonces {
-    /// Records a nonce; false if it was already seen and has not expired.
-    pub fn insert(&mut self, h: &Handle, n: Nonce, now: i64, retention_ms: i64) -> bool {
+    /// An empty table holding at most `max` nonces (`limits.nonces_max`).
+    pub fn new(max: usize) -> Self {
+        Nonces {
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Number of remembered nonces.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// True when no nonce is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Records a nonce. Refused if it was already seen and has not expired, or if the table
+    /// is full of nonces that have not expired (none is forgotten early: that would let a
+    /// captured request be replayed).
+    pub fn insert(
+        &mut self,
+        h: &Handle,
+        n: Nonce,
+        now: i64,
+        retention_ms: i64,
+    ) -> Result<(), NonceRefused> {
         while let Some((t, _, _)) = self.order.front() {
             if *t > now - retention_ms {
                 break;
@@ -72,11 +157,18 @@ impl Nonces {
         }
         let key = (h.clone(), n);
         if self.seen.contains_key(&key) {
-            return false;
+            return Err(NonceRefused::Reused);
+        }
+        if self.seen.len() >= self.max {
+            let oldest = self.order.front().map(|(t, _, _)| *t).unwrap_or(now);
+            let wait_ms = (oldest + retention_ms - now).max(1);
+            return Err(NonceRefused::Full {
+                retry_after_s: (wait_ms + 999) / 1000,
+            });
         }
         self.seen.insert(key, now);
         self.order.push_back((now, h.clone(), n));
-        true
+        Ok(())
     }
 }
 
@@ -120,5 +212,25 @@ impl Challenges {
     /// Forgets a challenge once a registration used it.
     pub fn consume(&mut self, c: &Challenge) {
         self.open.remove(c);
+    }
+}
+
+impl NonceRefused {
+    /// The error answer: `nonce_reused` for a replay, `unavailable` with `retry_after_s` when
+    /// the nonce table is full.
+    pub fn to_error(self, what: &str) -> crate::error::ApiError {
+        use crate::error::ApiError;
+        use formica_protocol::{ErrorCode, Value};
+        match self {
+            NonceRefused::Reused => ApiError::new(
+                ErrorCode::NonceReused,
+                format!("this {what} nonce was already used"),
+            ),
+            NonceRefused::Full { retry_after_s } => ApiError::new(
+                ErrorCode::Unavailable,
+                "this relay remembers as many request nonces as it may (limits.nonces_max); try again later",
+            )
+            .with("retry_after_s", Value::Int(retry_after_s)),
+        }
     }
 }

@@ -178,10 +178,12 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("relay: refusing to start: {e}");
-                eprintln!(
-                    "relay: run `relay check --data-dir {}` for details; nothing was changed",
-                    cfg.data_dir.display()
-                );
+                if matches!(e, formica_relay::OpenError::Store(_)) {
+                    eprintln!(
+                        "relay: run `relay check --data-dir {}` for details; nothing was changed",
+                        cfg.data_dir.display()
+                    );
+                }
                 return ExitCode::FAILURE;
             }
         };

@@ -36,12 +36,27 @@ pub struct Limits {
     pub connections_per_ip_max: usize,
     /// Time a client has to send its request headers.
     pub header_read_timeout_ms: u64,
+    /// Time a client has, once its headers are in, to send the whole request body: 10 s, ample
+    /// for the largest batch on a slow link. A body still incomplete then is answered 408
+    /// `request_timeout` (HTTP-14), so a trickled body cannot hold a connection.
+    pub body_read_timeout_ms: u64,
     /// Unauthenticated requests (challenges, registrations) per client IP per minute.
     pub ip_requests_per_min: u32,
     /// Lifetime of a proof-of-work challenge: 10 minutes, ample for difficulty 24 on one core.
     pub challenge_ttl_ms: i64,
     /// How often deadlines are checked; a timed_out receipt follows a deadline within this.
     pub deadline_check_ms: u64,
+    /// Most request nonces remembered at once (AUTH-6, agent and relay requests together):
+    /// 250,000, about 750 authenticated requests per second sustained over the 330 s
+    /// retention, in roughly 50 MB. When every remembered nonce is still live, new
+    /// authenticated requests are refused with `unavailable` (never is a live nonce forgotten,
+    /// which would allow a replay). Not published: it is a capacity, not a rule for clients.
+    pub nonces_max: usize,
+    /// Most token buckets tracked by each rate limiter (per agent key, per client address):
+    /// 100,000. Buckets that have refilled completely are dropped when the table is full; if
+    /// it is still full, a key or address without a bucket is refused with `rate_limited`.
+    /// Not published.
+    pub rate_limit_keys_max: usize,
 }
 
 impl Default for Limits {
@@ -59,9 +74,12 @@ impl Default for Limits {
             connections_max: 4096,
             connections_per_ip_max: 256,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
             ip_requests_per_min: 60,
             challenge_ttl_ms: 10 * 60 * 1000,
             deadline_check_ms: 250,
+            nonces_max: 250_000,
+            rate_limit_keys_max: 100_000,
         }
     }
 }
@@ -208,6 +226,20 @@ pub struct FederationPolicy {
     pub peering: String,
     /// Hosts that may peer under `allowlist` (also accepted at once under `manual`).
     pub allowlist: Vec<String>,
+    /// Whether a handshake from a host that is neither listed nor asked by this relay may make
+    /// it fetch a descriptor from a loopback, private, link-local or otherwise non-public
+    /// address (FED-15). Off: under `open` and `manual` peering a stranger cannot point the
+    /// relay at internal services. Tests and private networks on loopback turn it on (or list
+    /// their peers).
+    pub allow_private_peers: bool,
+    /// Most peering requests awaiting the operator's approval under `manual` peering: 100.
+    /// Further strangers are refused `peer_unknown` before this relay fetches anything for
+    /// them, until the operator approves or removes some (FED-15).
+    pub pending_peers_max: usize,
+    /// Most envelopes queued for one peer: 10,000 (with 64 KiB envelopes, at most 640 MiB held
+    /// for a peer that is down). An envelope that would be queued for a peer whose queue is
+    /// full is refused at ingest with `peer_unavailable` (FED-16); nothing queued is dropped.
+    pub queue_depth_max: usize,
     /// Index into `tiers` of the tier remote senders get: the lowest (0) by default, since this
     /// relay knows nothing of their history.
     pub remote_tier: usize,
@@ -236,6 +268,9 @@ impl Default for FederationPolicy {
             scheme: "https".into(),
             peering: "allowlist".into(),
             allowlist: Vec::new(),
+            allow_private_peers: false,
+            pending_peers_max: 100,
+            queue_depth_max: 10_000,
             remote_tier: 0,
             dead_letter_ms: 24 * 3600 * 1000,
             attempts_max: 1000,
@@ -312,6 +347,15 @@ impl Policy {
                 "limits.envelope_bytes_max and limits.batch_bytes_max are at most 8 MiB".into(),
             );
         }
+        if !(1..=600_000).contains(&self.limits.body_read_timeout_ms) {
+            return Err(format!(
+                "limits.body_read_timeout_ms {} is not in 1..=600000",
+                self.limits.body_read_timeout_ms
+            ));
+        }
+        if self.limits.nonces_max == 0 || self.limits.rate_limit_keys_max == 0 {
+            return Err("limits.nonces_max and limits.rate_limit_keys_max must be positive".into());
+        }
         if self.tiers.is_empty() {
             return Err("at least one tier is required".into());
         }
@@ -336,6 +380,18 @@ impl Policy {
         }
         if f.remote_tier >= self.tiers.len() {
             return Err("federation.remote_tier is not an index into tiers".into());
+        }
+        if !(1..=100_000).contains(&f.pending_peers_max) {
+            return Err(format!(
+                "federation.pending_peers_max {} is not in 1..=100000",
+                f.pending_peers_max
+            ));
+        }
+        if !(1..=10_000_000).contains(&f.queue_depth_max) {
+            return Err(format!(
+                "federation.queue_depth_max {} is not in 1..=10000000",
+                f.queue_depth_max
+            ));
         }
         if f.dead_letter_ms <= 0 || f.attempts_max == 0 {
             return Err("federation.dead_letter_ms and attempts_max must be positive".into());
@@ -383,6 +439,7 @@ impl Policy {
             "header_read_timeout_ms",
             int(l.header_read_timeout_ms as i64),
         );
+        lim.insert("body_read_timeout_ms", int(l.body_read_timeout_ms as i64));
         lim.insert("ip_requests_per_min", int(i64::from(l.ip_requests_per_min)));
         o.insert("limits", Value::Object(lim));
         let mut t = Object::new();

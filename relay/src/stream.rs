@@ -5,6 +5,10 @@
 //! Streams are pull-based: a consumer is sent at most one page at a time and the next page is
 //! read only when the previous one has been written to the socket, so a slow consumer holds at
 //! most one page (`inbox_page_max` items) in memory and its items simply stay in its inbox.
+//!
+//! A stream lives only as long as the key that opened it is the agent's current key (API-16):
+//! the key is checked before every page and every `KEY_CHECK_MS` while idle, and a rotated,
+//! revoked or moved key ends the stream with an `unauthorized` error event or frame.
 
 use crate::api::{auth_request, authenticate, ok, Shared};
 use crate::decide::Command;
@@ -15,12 +19,46 @@ use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use formica_protocol::{ErrorCode, Handle, Object, Value};
+use formica_protocol::auth::RequestAuth;
+use formica_protocol::{ErrorCode, Handle, KeyId, Object, Value};
 use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Interval of SSE keep-alive comments and WebSocket pings.
 pub const KEEPALIVE_MS: u64 = 15_000;
+
+/// Longest time an idle stream goes without checking that the key that opened it is still the
+/// agent's current key (API-16). The check is also made before every page is read, so nothing
+/// is sent under a rotated or revoked key; this bound is for idle streams.
+pub const KEY_CHECK_MS: u64 = 1_000;
+
+/// The key id of the `Authorization` header that [`authenticate`] accepted.
+fn auth_key(headers: &HeaderMap) -> Option<KeyId> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    RequestAuth::parse(v).ok().map(|a| a.key)
+}
+
+/// API-16: `None` while `kid` is still `me`'s current key and valid now; otherwise the error
+/// that ends the stream.
+fn key_check(app: &Shared, me: &Handle, kid: &KeyId) -> Option<ApiError> {
+    let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+    let current = st.agents.get(me).is_some_and(|a| {
+        a.keylog.current_key().is_some_and(|k| k.key_id() == *kid)
+            && a.keylog.key_at(kid, app.now()).is_ok()
+    });
+    (!current).then(|| {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "the key that opened this stream is no longer {me}'s current key (rotated, revoked or moved); open a new stream with the current key"
+            ),
+        )
+    })
+}
+
+fn error_json(e: &ApiError) -> String {
+    String::from_utf8_lossy(&formica_protocol::canon::canonicalize(&e.body())).into_owned()
+}
 
 fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
     uri.query()?.split('&').find_map(|kv| {
@@ -208,6 +246,10 @@ pub async fn sse(
         Ok(h) => h,
         Err(e) => return e.into_response(),
     };
+    let Some(kid) = auth_key(&headers) else {
+        return ApiError::internal("the accepted Authorization header does not parse")
+            .into_response();
+    };
     let cursor = match resume_cursor(&app, &me, &headers, &uri)
         .and_then(|c| check_cursor(&app, &me, c).map(|_| c))
     {
@@ -222,7 +264,7 @@ pub async fn sse(
     let stop = app.stopping.subscribe();
     let init = (
         app,
-        me,
+        (me, kid, false),
         cursor,
         rx,
         VecDeque::<InboxItem>::new(),
@@ -231,7 +273,10 @@ pub async fn sse(
     );
     let stream = futures_util::stream::unfold(
         init,
-        |(app, me, mut cursor, mut rx, mut buf, guard, mut stop)| async move {
+        |(app, (me, kid, ended), mut cursor, mut rx, mut buf, guard, mut stop)| async move {
+            if ended {
+                return None;
+            }
             loop {
                 if let Some(item) = buf.pop_front() {
                     let data = String::from_utf8_lossy(&item.wire).into_owned();
@@ -241,8 +286,14 @@ pub async fn sse(
                         .data(data);
                     return Some((
                         Ok::<_, std::convert::Infallible>(ev),
-                        (app, me, cursor, rx, buf, guard, stop),
+                        (app, (me, kid, false), cursor, rx, buf, guard, stop),
                     ));
+                }
+                // API-16: no page is read, and nothing more is sent, under a key that is no
+                // longer current; the stream ends with an `error` event.
+                if let Some(e) = key_check(&app, &me, &kid) {
+                    let ev = SseEvent::default().event("error").data(error_json(&e));
+                    return Some((Ok(ev), (app, (me, kid, true), cursor, rx, buf, guard, stop)));
                 }
                 let items = page(&app, &me, cursor, app.policy.limits.inbox_page_max);
                 if let Some(last) = items.last() {
@@ -258,6 +309,7 @@ pub async fn sse(
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { return None },
                     _ = stop.changed() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(KEY_CHECK_MS)) => {}
                 }
             }
         },
@@ -300,6 +352,10 @@ pub async fn ws(
         Ok(h) => h,
         Err(e) => return e.into_response(),
     };
+    let Some(kid) = auth_key(&headers) else {
+        return ApiError::internal("the accepted Authorization header does not parse")
+            .into_response();
+    };
     let cursor = match resume_cursor(&app, &me, &headers, &uri)
         .and_then(|c| check_cursor(&app, &me, c).map(|_| c))
     {
@@ -310,7 +366,7 @@ pub async fn ws(
         Ok(u) => u.on_upgrade(move |socket| async move {
             // Keep the connection's places under the connection limits while the socket lives.
             let _hold = hold;
-            ws_loop(app, me, cursor, socket).await
+            ws_loop(app, me, kid, cursor, socket).await
         }),
         Err(e) => ApiError::new(
             ErrorCode::InvalidField,
@@ -321,7 +377,7 @@ pub async fn ws(
     }
 }
 
-async fn ws_loop(app: Shared, me: Handle, mut cursor: u64, mut socket: WebSocket) {
+async fn ws_loop(app: Shared, me: Handle, kid: KeyId, mut cursor: u64, mut socket: WebSocket) {
     app.metrics
         .streams
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -329,7 +385,14 @@ async fn ws_loop(app: Shared, me: Handle, mut cursor: u64, mut socket: WebSocket
     let mut rx = app.notifier.subscribe(&me);
     let mut stop = app.stopping.subscribe();
     let mut ping = tokio::time::interval(Duration::from_millis(KEEPALIVE_MS));
+    let mut recheck = tokio::time::interval(Duration::from_millis(KEY_CHECK_MS));
     loop {
+        // API-16: the stream ends, with an error frame, once its key is no longer current.
+        if let Some(e) = key_check(&app, &me, &kid) {
+            let _ = socket.send(Message::Text(error_json(&e).into())).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
         let items = page(&app, &me, cursor, app.policy.limits.inbox_page_max);
         if let Some(last) = items.last() {
             for item in &items {
@@ -358,6 +421,7 @@ async fn ws_loop(app: Shared, me: Handle, mut cursor: u64, mut socket: WebSocket
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => if socket.send(Message::Ping(Vec::new().into())).await.is_err() { return },
+            _ = recheck.tick() => {},
         }
     }
 }

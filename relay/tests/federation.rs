@@ -47,6 +47,7 @@ fn fed_config(dir: &Path, dead_letter_ms: i64) -> PathBuf {
 enabled = true
 scheme = "http"
 peering = "open"
+allow_private_peers = true
 dead_letter_ms = {dead_letter_ms}
 retry_base_ms = 50
 retry_max_ms = 400

@@ -45,6 +45,8 @@ pub fn cases() -> Vec<Case> {
             ensure!(e.t.http.is_tls() || loopback, "{} is plain HTTP on a non-loopback host (HTTP-1)", e.t.http.base());
             Ok(())
         }),
+        case("http.body-timeout", &["HTTP-14"], "a request whose body stops arriving is answered 408 request_timeout within limits.body_read_timeout_ms", body_timeout)
+            .codes(&[ErrorCode::RequestTimeout]),
         case("time.clock-sync", &["TIME-6"], "the relay's clock agrees with the suite's within a tenth of the skew", |e| {
             let skew = e.t.published.skew_ms;
             ensure!(e.t.offset_ms.abs() <= skew / 10 + 1000, "the relay's clock is {} ms off the suite's (skew_ms {skew}) (TIME-6)", e.t.offset_ms);
@@ -118,6 +120,7 @@ fn members(e: &Env<'_>) -> R {
         "contact_requests_pending_max",
         "connections_max",
         "header_read_timeout_ms",
+        "body_read_timeout_ms",
         "ip_requests_per_min",
     ] {
         req_int(&d, &["limits", k])?;
@@ -569,6 +572,95 @@ fn admin_closed(e: &Env<'_>) -> R {
 }
 
 /// Runs last: it uses up the suite's per-IP budget of the unauthenticated endpoints.
+/// HTTP-14: headers and the start of a body, then silence. The relay must answer 408
+/// `request_timeout` once `limits.body_read_timeout_ms` has passed (plain HTTP targets only:
+/// the case writes the request on a raw socket).
+fn body_timeout(e: &Env<'_>) -> R {
+    use std::io::{Read, Write};
+    let t = e.t;
+    let d = t.descriptor.clone().map_err(Stop::Fail)?;
+    let limit = req_int(&d, &["limits", "body_read_timeout_ms"])?;
+    if t.http.is_tls() {
+        skip!("the case writes a slow body on a raw socket, which needs a plain-HTTP relay");
+    }
+    if limit > 30_000 {
+        skip!("limits.body_read_timeout_ms is {limit}; the case waits at most 30 s");
+    }
+    let fail = |why: String| Stop::Fail(why);
+    let mut sock = std::net::TcpStream::connect(t.http.authority())
+        .map_err(|err| fail(format!("connect: {err}")))?;
+    let wait = std::time::Duration::from_millis(u64::try_from(limit).unwrap_or(0) + 5_000);
+    sock.set_read_timeout(Some(wait))
+        .map_err(|err| fail(err.to_string()))?;
+    let head = format!(
+        "POST /v1/envelopes HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{{\"v\":",
+        t.http.authority()
+    );
+    let started = std::time::Instant::now();
+    sock.write_all(head.as_bytes())
+        .map_err(|err| fail(format!("write: {err}")))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the answer is complete (headers plus Content-Length bytes), the relay closes,
+    // or the wait is over.
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(err) => {
+                if raw.is_empty() {
+                    return Err(fail(format!(
+                        "no answer {} ms after the body stopped (limits.body_read_timeout_ms {limit}): {err} (HTTP-14)",
+                        started.elapsed().as_millis()
+                    )));
+                }
+                break;
+            }
+        }
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| raw.len() >= end + 4 + n) {
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_millis() as i64;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| fail("the answer has no complete header (HTTP-14)".into()))?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| fail(format!("no status line in {head:?}")))?;
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = raw[end + 4..].to_vec();
+    let resp = crate::http::Resp {
+        what: "POST /v1/envelopes (slow body)".into(),
+        status,
+        headers,
+        json: crate::http::strict_parse(&body),
+        raw: body,
+    };
+    resp.expect_error(ErrorCode::RequestTimeout)?;
+    ensure!(
+        elapsed + 500 >= limit,
+        "request_timeout after {elapsed} ms, before limits.body_read_timeout_ms {limit} (HTTP-14)"
+    );
+    Ok(())
+}
+
 fn ip_rate_limit(e: &Env<'_>) -> R {
     let t = e.t;
     let per_min = t.published.ip_requests_per_min.unwrap_or(60);

@@ -20,6 +20,7 @@ pub fn cases() -> Vec<Case> {
         case("sse.delivered", &["API-10", "DELIV-4"], "items sent on the event stream become delivered", sse_delivered),
         case("ws.stream", &["API-11", "ENV-15"], "WebSocket frames are canonical {cursor, envelope}; new items arrive live; client text frames are ignored", ws_stream),
         case("ws.resume", &["API-11"], "?after= resumes after that cursor", ws_resume),
+        case("stream.key-rotated", &["API-16", "API-10", "API-11"], "open SSE and WebSocket streams end with an unauthorized error once the key that opened them is rotated", stream_key_rotated).codes(&[E::Unauthorized]),
         case("ws.errors", &["API-11"], "an unauthenticated upgrade and a bad cursor are answered as HTTP errors", ws_errors).codes(&[E::InvalidCursor, E::Unauthorized]),
     ]
 }
@@ -476,6 +477,69 @@ fn ws_errors(e: &Env<'_>) -> R {
         Err(r) => {
             r.expect_error(ErrorCode::Unauthorized)?;
         }
+    }
+    Ok(())
+}
+
+/// How long the relay may take to end a stream after its key was rotated (API-16 asks for
+/// "before any further page"; an idle stream is ended by the reference relay within a second).
+const KEY_END_WAIT_MS: u64 = 10_000;
+
+fn expect_unauthorized_json(what: &str, data: &str) -> R {
+    let v = parse_line(what, data)?;
+    let code = v
+        .as_object()
+        .and_then(|o| o.get("error"))
+        .and_then(Value::as_object)
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str);
+    ensure!(
+        code == Some("unauthorized"),
+        "{what}: expected an error body with code unauthorized, got {} (API-16)",
+        crate::http::quote(data.as_bytes())
+    );
+    Ok(())
+}
+
+fn stream_key_rotated(e: &Env<'_>) -> R {
+    let t = e.t;
+    let f = fed(t, "skr", 1)?;
+    let mut s = sse_open(t, &f.b, None, None)?;
+    s.envelopes(1, 5000)?;
+    let ws = if t.http.is_tls() {
+        None
+    } else {
+        let mut w = ws_open(t, &f.b, "0")?;
+        w.frames(1, 5000)?;
+        Some(w)
+    };
+    let k2 = crate::target::random_key();
+    let ts = t.now().max(f.b.reg_ts + 1);
+    super::envelopes::rotate(t, &f.b, 1, &f.b.head, &k2, ts)?;
+    // A new item after the rotation must not be sent on the old streams.
+    let m = msg(t, &f.a, &[&f.b.handle]);
+    t.send_ok(&m)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(KEY_END_WAIT_MS);
+    let Some(ev) = s.next_event(deadline)? else {
+        fail!("GET /v1/inbox/stream: still open {KEY_END_WAIT_MS} ms after its key was rotated (API-16)");
+    };
+    ensure!(
+        ev.event.as_deref() == Some("error"),
+        "GET /v1/inbox/stream: after the key was rotated, an event of type {:?} (API-16: the stream ends with an `error` event)",
+        ev.event
+    );
+    expect_unauthorized_json("GET /v1/inbox/stream error event", &ev.data.join("\n"))?;
+    if let Some(mut w) = ws {
+        let frames = w.frames_until_close(KEY_END_WAIT_MS)?;
+        let Some(last) = frames.last() else {
+            fail!("GET /v1/inbox/ws: closed without an error frame after its key was rotated (API-16)");
+        };
+        ensure!(
+            frames.len() == 1,
+            "GET /v1/inbox/ws: {} frames after the key was rotated; only the error frame may follow (API-16)",
+            frames.len()
+        );
+        expect_unauthorized_json("GET /v1/inbox/ws error frame", last)?;
     }
     Ok(())
 }

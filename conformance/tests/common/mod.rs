@@ -41,6 +41,7 @@ pub fn suite_config(dir: &std::path::Path, host: &str) -> RelayConfig {
     cfg.policy.limits.ip_requests_per_min = 600;
     cfg.policy.limits.challenge_ttl_ms = 3000;
     cfg.policy.limits.contact_requests_pending_max = 3;
+    cfg.policy.limits.body_read_timeout_ms = 2000;
     cfg
 }
 
