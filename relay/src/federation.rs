@@ -27,7 +27,8 @@ use std::time::Duration;
 
 /// Largest answer body read from a peer: a transfer answer or a key log fits easily.
 pub const PEER_RESPONSE_BYTES_MAX: usize = 4 << 20;
-/// How often an idle forwarding worker looks at its queue again.
+/// How often an idle forwarding worker looks at its queue when nothing wakes it (the writer wakes
+/// the workers after every batch that stored an envelope).
 pub const WORKER_IDLE_MS: u64 = 50;
 /// How often the supervisor looks for peers without a worker.
 pub const SUPERVISOR_MS: u64 = 200;
@@ -1152,6 +1153,10 @@ async fn forward_to(app: Shared, peer: RelayHost) {
         if *app.stopping.borrow() {
             return;
         }
+        // Registered before the queue is read, so an envelope queued in between still wakes us.
+        let woken = app.notifier.outbound_grew();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let batch: Vec<(MessageId, std::sync::Arc<Vec<u8>>)> = {
             let st = app.state.read().unwrap_or_else(|p| p.into_inner());
             if st.active_peer(&peer).is_none() {
@@ -1175,7 +1180,10 @@ async fn forward_to(app: Shared, peer: RelayHost) {
         };
         if batch.is_empty() {
             attempts.clear();
-            tokio::time::sleep(Duration::from_millis(WORKER_IDLE_MS)).await;
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(Duration::from_millis(WORKER_IDLE_MS)) => {}
+            }
             continue;
         }
         // The txn is a function of the batch, so a retry of the same batch reuses it.

@@ -273,12 +273,10 @@ impl State {
                     return;
                 }
                 a.read_upto = *upto;
-                let ids: Vec<MessageId> = a
-                    .inbox
-                    .iter()
-                    .filter(|i| i.cursor > from && i.cursor <= *upto)
-                    .map(|i| i.id)
-                    .collect();
+                // Cursors are increasing: find the range instead of scanning the whole inbox.
+                let lo = a.inbox.partition_point(|i| i.cursor <= from);
+                let hi = a.inbox.partition_point(|i| i.cursor <= *upto);
+                let ids: Vec<MessageId> = a.inbox[lo..hi].iter().map(|i| i.id).collect();
                 for id in ids {
                     self.set_status(&id, handle, *at, |r| {
                         if matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded) {

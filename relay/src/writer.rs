@@ -35,7 +35,7 @@ pub const QUEUE_COMMANDS_MAX: usize = 8192;
 /// rather than sleeps: a timer wake-up per batch cost more than it saved.
 pub const LINGER_MAX: Duration = Duration::from_micros(200);
 pub const LINGER_UNTIL_COMMANDS: usize = 32;
-pub const BUSY_GAP: Duration = Duration::from_millis(1);
+pub const BUSY_GAP: Duration = Duration::from_micros(100);
 
 /// A clock in milliseconds since the Unix epoch; tests pass a fake one.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -110,9 +110,16 @@ impl StateCell {
 #[derive(Debug, Default)]
 pub struct Notifier {
     senders: Mutex<HashMap<Handle, watch::Sender<u64>>>,
+    /// Wakes the federation workers when a batch stored envelopes (their queues may have grown).
+    outbound: tokio::sync::Notify,
 }
 
 impl Notifier {
+    /// Completes after the next batch that stored an envelope is durable.
+    pub fn outbound_grew(&self) -> tokio::sync::futures::Notified<'_> {
+        self.outbound.notified()
+    }
+
     /// A receiver that changes whenever `h`'s inbox grows.
     pub fn subscribe(&self, h: &Handle) -> watch::Receiver<u64> {
         let mut m = self.senders.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,18 +190,84 @@ impl Writer {
     }
 }
 
+/// Records handed from one replay stage to the next at a time.
+const REPLAY_CHUNK: usize = 1024;
+/// Chunks in flight between two replay stages (bounds the memory the pipeline holds).
+const REPLAY_CHUNKS_IN_FLIGHT: usize = 16;
+
 /// Replays a log into a fresh state (the start-up path and `relay check`).
+///
+/// Three stages run on their own threads, joined by bounded queues, so that a machine with
+/// more than one core overlaps them: reading records and checking their chain hashes (this
+/// thread), decoding events, and applying them in order. The result is the same as applying
+/// each record as it is read; the first error (a broken chain or an undecodable record, with
+/// its record number) is the one returned.
 pub fn replay(
     store: Arc<dyn crate::store::Store>,
     host: &formica_protocol::RelayHost,
 ) -> Result<(EventLog, State), StoreError> {
-    let mut st = State::new(host.clone());
-    let log = EventLog::open(store, &mut |seq, payload| {
-        let ev = Event::decode(payload).map_err(|reason| StoreError::Corrupt { seq, reason })?;
-        st.apply(&ev);
-        Ok(())
-    })?;
-    Ok((log, st))
+    use std::sync::mpsc::sync_channel;
+    type Raw = Vec<(u64, Vec<u8>)>;
+    std::thread::scope(|s| {
+        let (raw_tx, raw_rx) = sync_channel::<Raw>(REPLAY_CHUNKS_IN_FLIGHT);
+        let (ev_tx, ev_rx) = sync_channel::<Vec<Event>>(REPLAY_CHUNKS_IN_FLIGHT);
+        let decoder = std::thread::Builder::new()
+            .name("formica-replay-decode".into())
+            .spawn_scoped(s, move || -> Result<(), StoreError> {
+                for chunk in raw_rx {
+                    let mut events = Vec::with_capacity(chunk.len());
+                    for (seq, payload) in chunk {
+                        events.push(
+                            Event::decode(&payload)
+                                .map_err(|reason| StoreError::Corrupt { seq, reason })?,
+                        );
+                    }
+                    if ev_tx.send(events).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start a replay thread: {e}")))?;
+        let host = host.clone();
+        let applier = std::thread::Builder::new()
+            .name("formica-replay-apply".into())
+            .spawn_scoped(s, move || {
+                let mut st = State::new(host);
+                for events in ev_rx {
+                    for e in &events {
+                        st.apply(e);
+                    }
+                }
+                st
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start a replay thread: {e}")))?;
+        let mut chunk: Raw = Vec::with_capacity(REPLAY_CHUNK);
+        let stopped = || StoreError::Io("replay stopped".into());
+        let opened = EventLog::open(store, &mut |seq, payload| {
+            chunk.push((seq, payload.to_vec()));
+            if chunk.len() == REPLAY_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(REPLAY_CHUNK));
+                raw_tx.send(full).map_err(|_| stopped())?;
+            }
+            Ok(())
+        });
+        if !chunk.is_empty() && opened.is_ok() {
+            // A failed send means the decoder stopped; its error is reported below.
+            let _ = raw_tx.send(std::mem::take(&mut chunk));
+        }
+        drop(raw_tx);
+        let decoded = decoder
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Io("the replay decoder panicked".into())));
+        let st = applier
+            .join()
+            .map_err(|_| StoreError::Io("the replay applier panicked".into()))?;
+        // A decoding error stops the scan (its sends fail), so it comes first; then the scan's.
+        decoded?;
+        let log = opened?;
+        Ok((log, st))
+    })
 }
 
 /// Starts the writer thread. It ends when every `Writer` is dropped.
@@ -309,6 +382,9 @@ fn run_batch(
     }
     drop(gate);
     notifier.notify(&touched);
+    if !touched.is_empty() {
+        notifier.outbound.notify_waiters();
+    }
     for (reply, res) in replies {
         let _ = reply.send(res);
     }
