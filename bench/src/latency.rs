@@ -68,8 +68,13 @@ fn seq_of(data: &str) -> Option<usize> {
 
 /// Measures with `streams` receivers (agents `streams..2*streams`, each with one SSE stream)
 /// and `streams` senders (agents `0..streams`, sender i writes to receiver streams + i).
+///
+/// Envelopes are posted to `relay` and streams are opened on `stream_relay` (the same relay, or
+/// the recipients' home relay when the two are federated).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     relay: &crate::relay_proc::RelayProc,
+    stream_relay: &crate::relay_proc::RelayProc,
     agents: Arc<Vec<Agent>>,
     streams: usize,
     wires: Vec<Vec<u8>>,
@@ -78,6 +83,7 @@ pub async fn run(
     connections: usize,
 ) -> Result<LatencyResult> {
     let addr = relay.addr.as_str();
+    let stream_addr = stream_relay.addr.as_str();
     let n = wires.len();
     let recv: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
     // (scheduled moment, moment the request was written) per message.
@@ -92,11 +98,11 @@ pub async fn run(
         let req = http::request(
             "GET",
             path,
-            addr,
+            stream_addr,
             &[("authorization", &auth), ("accept", "text/event-stream")],
             b"",
         );
-        let mut sse = match Conn::connect(addr).await?.open_stream(&req).await? {
+        let mut sse = match Conn::connect(stream_addr).await?.open_stream(&req).await? {
             Ok(s) => s,
             Err(resp) => bail!(
                 "stream for {}: {} {}",

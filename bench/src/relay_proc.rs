@@ -84,9 +84,54 @@ impl Launcher {
     }
 
     pub fn start_in(&self, dir: &Path, relaxed_fsync: bool) -> Result<RelayProc> {
+        self.spawn(dir, relaxed_fsync, "127.0.0.1:0", PUBLIC_HOST, "")
+    }
+
+    /// Starts a relay that federates: it listens on `127.0.0.1:<port>` and that is also its
+    /// public host (peers reach each other by their host), with open peering over plain HTTP on
+    /// loopback. Returns the relay and its host.
+    pub fn start_federated(&self, name: &str) -> Result<(RelayProc, RelayHost)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let hp = format!("127.0.0.1:{port}");
+        let host = RelayHost::parse(&hp).map_err(|e| anyhow::anyhow!("{hp}: {e:?}"))?;
+        let fed = "\n[federation]\nenabled = true\nscheme = \"http\"\npeering = \"open\"\nallow_private_peers = true\n";
+        let relay = self.spawn(&self.work_dir.join(name), false, &hp, &hp, fed)?;
+        Ok((relay, host))
+    }
+
+    /// `relay peer add` on `from`'s data directory: the handshake with `to` (open peering makes
+    /// both sides active at once).
+    pub fn peer(&self, from: &RelayProc, to: &RelayHost) -> Result<()> {
+        let out = Command::new(&self.relay_bin)
+            .arg("peer")
+            .arg("--data-dir")
+            .arg(from.dir.join("data"))
+            .args(["add", &format!("http://{to}")])
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() || !text.contains("\"active\"") {
+            bail!("relay peer add http://{to}: {text}");
+        }
+        Ok(())
+    }
+
+    fn spawn(
+        &self,
+        dir: &Path,
+        relaxed_fsync: bool,
+        listen: &str,
+        public_host: &str,
+        extra_config: &str,
+    ) -> Result<RelayProc> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("bench-relay.toml");
-        std::fs::write(&config, config_text())?;
+        std::fs::write(&config, config_text() + extra_config)?;
         let stderr = std::fs::File::create(dir.join("relay.stderr.log"))?;
         let mut cmd = match &self.relay_cpus {
             Some(cpus) => {
@@ -99,9 +144,9 @@ impl Launcher {
         cmd.args([
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--public-host",
-            PUBLIC_HOST,
+            public_host,
             "--data-dir",
         ])
         .arg(dir.join("data"))
