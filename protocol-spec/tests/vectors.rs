@@ -187,6 +187,22 @@ fn keylog_vectors() {
         let log = KeyLog::verify(parse_entries(case.list("entries")).unwrap())
             .unwrap_or_else(|e| panic!("{comment}: {e}"));
         assert_eq!(log.head().hash().to_hex(), case.str_("head"), "{comment}");
+        // Every prefix rebuilt without re-checking signatures equals the prefix verified anew,
+        // and every entry is signed by a key the log named.
+        let entries = log.entries().to_vec();
+        for n in 1..=entries.len() {
+            assert_eq!(
+                log.prefix(n),
+                Some(KeyLog::verify(entries[..n].to_vec()).unwrap()),
+                "{comment}: prefix {n}"
+            );
+        }
+        assert_eq!(log.prefix(0), None);
+        assert_eq!(log.prefix(entries.len() + 1), None);
+        assert!(
+            entries.iter().all(|e| log.signed_by_one_of_its_keys(e)),
+            "{comment}"
+        );
         assert_eq!(
             log.current_key().map(|k| k.to_hex()),
             case.get("current_key").as_str().map(str::to_owned),

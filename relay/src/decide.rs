@@ -483,15 +483,17 @@ fn keylog(st: &State, ctx: &Ctx<'_>, entry: SignedKeyLogEntry) -> Decision {
             // log without bound. The answer is the same.
             return Ok((vec![], Outcome::KeyLogForked));
         }
-        // `entries.get(seq)` succeeded above, so `seq` is within `entries`.
-        let prefix = entries[..seq as usize].to_vec();
-        let valid = if prefix.is_empty() {
-            KeyLog::start(entry.clone()).is_ok()
-        } else {
-            KeyLog::verify(prefix)
-                .and_then(|mut l| l.append(entry.clone()))
-                .is_ok()
-        };
+        // Only a key the log has named can make an entry here valid: one signature check
+        // first, then the entry against the log as it stood before `seq` (rebuilt without
+        // verifying its already verified entries again).
+        let valid = a.keylog.signed_by_one_of_its_keys(&entry)
+            && if seq == 0 {
+                KeyLog::start(entry.clone()).is_ok()
+            } else {
+                a.keylog
+                    .prefix(seq as usize)
+                    .is_some_and(|mut l| l.append(entry.clone()).is_ok())
+            };
         if valid {
             return Ok((
                 vec![Event::KeyLogConflict { at: ctx.now, entry }],

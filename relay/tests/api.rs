@@ -286,6 +286,82 @@ async fn rotation_is_appended_and_the_old_key_stops_working() {
     .expect(403, "keylog_unauthorized_signer");
 }
 
+/// Only a key the log has named can fork it: entries at taken positions signed by any other key
+/// (a stranger's register at seq 0, a rotation at seq 1, a forged signature) are refused and
+/// leave no evidence behind, so strangers cannot make a handle look forked.
+#[tokio::test]
+async fn entries_at_taken_positions_by_other_keys_are_refused_and_not_kept() {
+    let r = TestRelay::new();
+    let a = r.agent("alice").await;
+    let stranger = r.fresh_key();
+    let first = r
+        .state(|st| st.agents[&a.handle].keylog.entries()[0].hash())
+        .await;
+    let register = formica_protocol::keylog::KeyLogEntry {
+        handle: a.handle.clone(),
+        seq: 0,
+        prev: None,
+        ts: r.now(),
+        op: KeyOp::Register {
+            key: stranger.public(),
+            recovery: None,
+        },
+        signer: stranger.public().key_id(),
+    }
+    .sign(&stranger);
+    let rotate = formica_protocol::keylog::KeyLogEntry {
+        handle: a.handle.clone(),
+        seq: 1,
+        prev: Some(first),
+        ts: r.now() + 1,
+        op: KeyOp::Rotate {
+            key: r.fresh_key().public(),
+        },
+        signer: stranger.public().key_id(),
+    }
+    .sign(&stranger);
+    let e1 = a
+        .next_entry(
+            &r,
+            KeyOp::Rotate {
+                key: r.fresh_key().public(),
+            },
+            &a.key,
+        )
+        .await;
+    r.call(
+        "POST",
+        &format!("/v1/keys/{}", a.handle),
+        &e1.wire_bytes(),
+        &[],
+    )
+    .await
+    .expect(201, "");
+    // The same entry as alice's, claiming her key id but signed by the stranger.
+    let mut forged = e1.entry().clone();
+    forged.ts += 1;
+    let forged = forged.sign(&stranger);
+    for bad in [&register, &rotate, &forged] {
+        let resp = r
+            .call(
+                "POST",
+                &format!("/v1/keys/{}", a.handle),
+                &bad.wire_bytes(),
+                &[],
+            )
+            .await;
+        assert!(
+            resp.status >= 400 && resp.code() != "keylog_fork",
+            "{} {:?}",
+            resp.status,
+            resp.body
+        );
+    }
+    let served = r.get(&format!("/v1/keys/{}", a.handle)).await;
+    assert_eq!(served.get("conflicts").as_array().unwrap().len(), 0);
+    assert_eq!(served.get("entries").as_array().unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn a_second_valid_entry_at_a_taken_position_is_kept_as_evidence() {
     let r = TestRelay::new();
