@@ -61,7 +61,14 @@ pub enum Command {
     RemoteEnvelope {
         env: VerifiedEnvelope,
         origin: RelayHost,
-        order: OrderGate,
+    },
+    /// The envelopes of one transfer that passed the handler's checks, in transfer order. The
+    /// writer decides them one after another as a single job (see [`transfer_item`]), so that
+    /// order per sender (FED-9) holds whatever else is queued: the answer is
+    /// [`Outcome::Transfer`], one result per envelope.
+    Transfer {
+        envs: Vec<VerifiedEnvelope>,
+        origin: RelayHost,
     },
     /// Record a peer (handshake, approval).
     PeerSet {
@@ -89,22 +96,32 @@ pub enum Command {
     },
 }
 
-/// Keeps order per sender within one transfer (FED-9): once an envelope from a sender is refused
-/// with a retryable error, the later envelopes from that sender in the same transfer are refused
-/// with `unavailable` instead of being stored ahead of it. Shared by the commands of one transfer,
-/// which the writer decides in index order; it is an input of `decide`, like the command itself.
-#[derive(Debug, Clone, Default)]
-pub struct OrderGate(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Handle>>>);
-
-impl OrderGate {
-    pub fn is_blocked(&self, h: &Handle) -> bool {
-        self.0.lock().map(|s| s.contains(h)).unwrap_or(true)
+/// One envelope of a transfer (FED-9), decided against the state that includes the events of
+/// the envelopes before it: once an envelope from a sender is refused with a retryable error,
+/// the later envelopes from that sender in the same transfer (`held`) are refused with
+/// `unavailable` instead of being stored ahead of it.
+pub fn transfer_item(
+    st: &State,
+    ctx: &Ctx<'_>,
+    held: &mut std::collections::HashSet<Handle>,
+    env: VerifiedEnvelope,
+    origin: &RelayHost,
+) -> Decision {
+    let from = env.envelope().from.clone();
+    if held.contains(&from) {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("an earlier envelope from {from} in this transfer must be retried first"),
+        )
+        .with("retry_after_s", Value::Int(1)));
     }
-    pub fn block(&self, h: Handle) {
-        if let Ok(mut s) = self.0.lock() {
-            s.insert(h);
+    let d = envelope(st, ctx, env, Some(origin));
+    if let Err(e) = &d {
+        if e.code.retry() != formica_protocol::error::Retry::No {
+            held.insert(from);
         }
     }
+    d
 }
 
 /// What a command did, for the answer.
@@ -132,6 +149,8 @@ pub enum Outcome {
     Ticked {
         timed_out: usize,
     },
+    /// One result per envelope of a [`Command::Transfer`], in order.
+    Transfer(Vec<Result<Outcome, ApiError>>),
 }
 
 /// Inputs besides state and command.
@@ -156,25 +175,10 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
         Command::Register { entry, challenge } => register(st, ctx, entry, challenge),
         Command::KeyLog { entry } => keylog(st, ctx, entry),
         Command::Envelope { env } => envelope(st, ctx, env, None),
-        Command::RemoteEnvelope { env, origin, order } => {
-            let from = env.envelope().from.clone();
-            if order.is_blocked(&from) {
-                return Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "an earlier envelope from {from} in this transfer must be retried first"
-                    ),
-                )
-                .with("retry_after_s", Value::Int(1)));
-            }
-            let d = envelope(st, ctx, env, Some(&origin));
-            if let Err(e) = &d {
-                if e.code.retry() != formica_protocol::error::Retry::No {
-                    order.block(from);
-                }
-            }
-            d
-        }
+        Command::RemoteEnvelope { env, origin } => envelope(st, ctx, env, Some(&origin)),
+        Command::Transfer { .. } => Err(ApiError::internal(
+            "a transfer is decided envelope by envelope by the writer",
+        )),
         Command::PeerSet { host, key, status } => Ok((
             vec![Event::PeerSet {
                 at: ctx.now,

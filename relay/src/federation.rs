@@ -7,7 +7,7 @@
 //! projections of log events, so a restart resumes forwarding where it stopped.
 
 use crate::api::{descriptor_value, ok, read_body, App, Shared};
-use crate::decide::{Command, OrderGate, Outcome};
+use crate::decide::{Command, Outcome};
 use crate::error::ApiError;
 use crate::events::PeerStatus;
 use axum::extract::{ConnectInfo, Path, Request, State as AxState};
@@ -564,7 +564,7 @@ pub async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
         }
         // FED-9: order per sender. An envelope refused with a retryable error holds back the
         // later ones from the same sender (they stay queued at the origin, in order).
-        let order = OrderGate::default();
+        let mut held = std::collections::HashSet::new();
         let mut pending = Vec::with_capacity(items.len());
         for item in items {
             let from = item
@@ -572,7 +572,7 @@ pub async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
                 .and_then(|o| o.get("from"))
                 .and_then(Value::as_str)
                 .and_then(|s| Handle::parse(s).ok());
-            if let Some(f) = from.as_ref().filter(|f| order.is_blocked(f)) {
+            if let Some(f) = from.as_ref().filter(|f| held.contains(*f)) {
                 pending.push(Err(ApiError::new(
                     ErrorCode::Unavailable,
                     format!("an earlier envelope from {f} in this transfer must be retried first"),
@@ -583,28 +583,49 @@ pub async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
             let r = judge_remote(&app, &origin, item).await;
             if let (Err(e), Some(f)) = (&r, from) {
                 if e.code.retry() != formica_protocol::error::Retry::No {
-                    order.block(f);
+                    held.insert(f);
                 }
             }
             pending.push(r);
         }
-        let futs = pending.into_iter().map(|r| {
-            let app = &app;
-            let origin = origin.clone();
-            let order = order.clone();
-            async move {
-                match r {
-                    Err(e) => Err(e),
-                    Ok(Err(id)) => Ok(Outcome::Duplicate { id }),
-                    Ok(Ok(env)) => {
-                        app.writer
-                            .submit(Command::RemoteEnvelope { env, origin, order })
-                            .await
-                    }
+        // Everything that passed the checks goes to the writer as one job, in order (FED-9);
+        // `None` marks the places its answers go.
+        let mut envs = Vec::new();
+        let answered: Vec<Option<Result<Outcome, ApiError>>> = pending
+            .into_iter()
+            .map(|r| match r {
+                Ok(Ok(env)) => {
+                    envs.push(env);
+                    None
                 }
+                Ok(Err(id)) => Some(Ok(Outcome::Duplicate { id })),
+                Err(e) => Some(Err(e)),
+            })
+            .collect();
+        let sent = envs.len();
+        let mut written = if envs.is_empty() {
+            Vec::new()
+        } else {
+            match app.writer.submit(Command::Transfer { envs, origin }).await {
+                Ok(Outcome::Transfer(r)) => r,
+                Ok(other) => {
+                    vec![Err(ApiError::internal(format!("unexpected outcome {other:?}"))); sent]
+                }
+                // A full queue or a failed write: every envelope of the job gets the error.
+                Err(e) => vec![Err(e); sent],
             }
-        });
-        let results = futures_util::future::join_all(futs).await;
+        }
+        .into_iter();
+        let results: Vec<Result<Outcome, ApiError>> = answered
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    written.next().unwrap_or_else(|| {
+                        Err(ApiError::internal("the writer answered fewer envelopes"))
+                    })
+                })
+            })
+            .collect();
         let mut out = Vec::with_capacity(results.len());
         for (i, r) in results.into_iter().enumerate() {
             let mut item = Object::new();

@@ -349,16 +349,36 @@ fn run_batch(
         relay_key,
         policy,
     };
+    let mut apply = |st: &mut State, events: Vec<Event>| {
+        for e in &events {
+            if let Event::Envelope { envelope, .. } = e {
+                touched.extend(envelope.envelope().to.iter().cloned());
+            }
+            st.apply(e);
+            records.push(e.encode());
+        }
+    };
     for job in batch {
+        if let Command::Transfer { envs, origin } = job.cmd {
+            // One job, so nothing else runs between its envelopes and none of them can be
+            // refused by a full queue while a later one from the same sender is stored.
+            let mut held = std::collections::HashSet::new();
+            let mut results = Vec::with_capacity(envs.len());
+            for env in envs {
+                match crate::decide::transfer_item(&st, &ctx, &mut held, env, &origin) {
+                    Ok((events, outcome)) => {
+                        apply(&mut st, events);
+                        results.push(Ok(outcome));
+                    }
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+            replies.push((job.reply, Ok(Outcome::Transfer(results))));
+            continue;
+        }
         match decide(&st, &ctx, job.cmd) {
             Ok((events, outcome)) => {
-                for e in &events {
-                    if let Event::Envelope { envelope, .. } = e {
-                        touched.extend(envelope.envelope().to.iter().cloned());
-                    }
-                    st.apply(e);
-                    records.push(e.encode());
-                }
+                apply(&mut st, events);
                 replies.push((job.reply, Ok(outcome)));
             }
             Err(e) => replies.push((job.reply, Err(e))),

@@ -274,10 +274,9 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
                     .unwrap();
                     let env = se.verify(&remote_key.public()).unwrap();
                     let _ = w
-                        .submit(Command::RemoteEnvelope {
-                            env,
+                        .submit(Command::Transfer {
+                            envs: vec![env],
                             origin: peer.clone(),
-                            order: Default::default(),
                         })
                         .await;
                 }
@@ -319,7 +318,6 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
                             .submit(Command::RemoteEnvelope {
                                 env,
                                 origin: peer.clone(),
-                                order: Default::default(),
                             })
                             .await;
                     }
