@@ -536,15 +536,21 @@ pub async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
         )?;
         let mut f = Fields::new(&v, "")?;
         let txn = f.req_str("txn")?.to_owned();
-        let items = f
-            .req("envelopes")?
-            .as_array()
-            .ok_or_else(|| {
+        if f.req("envelopes")?.as_array().is_none() {
+            return Err(
                 ApiError::new(ErrorCode::InvalidField, "`envelopes` is an array")
-                    .with("field", "envelopes".into())
-            })?
-            .to_vec();
+                    .with("field", "envelopes".into()),
+            );
+        }
         f.finish()?;
+        // Checked above; taken out of the parsed body rather than copied.
+        let items = match v {
+            Value::Object(mut o) => match o.remove("envelopes") {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
         if txn.is_empty() || txn.len() > 128 || !txn.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(ApiError::new(
                 ErrorCode::InvalidField,
