@@ -262,9 +262,10 @@ pub async fn sse(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let guard = StreamGuard(app.clone());
     let stop = app.stopping.subscribe();
+    // (who, key, ended, highest cursor recorded as read)
     let init = (
         app,
-        (me, kid, false),
+        (me, kid, false, cursor),
         cursor,
         rx,
         VecDeque::<InboxItem>::new(),
@@ -273,7 +274,7 @@ pub async fn sse(
     );
     let stream = futures_util::stream::unfold(
         init,
-        |(app, (me, kid, ended), mut cursor, mut rx, mut buf, guard, mut stop)| async move {
+        |(app, (me, kid, ended, mut marked), mut cursor, mut rx, mut buf, guard, mut stop)| async move {
             if ended {
                 return None;
             }
@@ -286,19 +287,27 @@ pub async fn sse(
                         .data(data);
                     return Some((
                         Ok::<_, std::convert::Infallible>(ev),
-                        (app, (me, kid, false), cursor, rx, buf, guard, stop),
+                        (app, (me, kid, false, marked), cursor, rx, buf, guard, stop),
                     ));
+                }
+                // The page went to the connection (the stream is polled again only once the
+                // body took the last event): its items become `delivered`.
+                if cursor > marked {
+                    mark_read(&app, &me, cursor);
+                    marked = cursor;
                 }
                 // API-16: no page is read, and nothing more is sent, under a key that is no
                 // longer current; the stream ends with an `error` event.
                 if let Some(e) = key_check(&app, &me, &kid) {
                     let ev = SseEvent::default().event("error").data(error_json(&e));
-                    return Some((Ok(ev), (app, (me, kid, true), cursor, rx, buf, guard, stop)));
+                    return Some((
+                        Ok(ev),
+                        (app, (me, kid, true, marked), cursor, rx, buf, guard, stop),
+                    ));
                 }
                 let items = page(&app, &me, cursor, app.policy.limits.inbox_page_max);
                 if let Some(last) = items.last() {
                     cursor = last.cursor;
-                    mark_read(&app, &me, cursor);
                     buf.extend(items);
                     continue;
                 }

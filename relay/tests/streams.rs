@@ -200,6 +200,46 @@ fn sse_streams_live_and_resumes_from_last_event_id_without_gaps_or_repeats() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What a stream handed out becomes `delivered` in the sender's status, and nothing the
+/// stream has not reached yet does.
+#[test]
+fn streamed_items_become_delivered() {
+    let (dir, r, a, b) = setup("sse-delivered");
+    let first = send(&r, &a, &b, "one");
+    let state_of = |id: &str| -> String {
+        let (st, v) = a.authed(&r, "GET", &format!("/v1/messages/{id}"), b"");
+        assert_eq!(st, 200, "{v:?}");
+        let recipients = v.as_object().unwrap().get("recipients").unwrap();
+        recipients.as_array().unwrap()[0]
+            .as_object()
+            .unwrap()
+            .get("status")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(state_of(&first), "accepted");
+    let mut s = Sse::open(&r, &b, None).unwrap();
+    let (_, data) = s.next_event();
+    assert_eq!(id_of(&data), first);
+    // The read is recorded right after the page went out; give the writer a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state_of(&first) != "delivered" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never became delivered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+    let second = send(&r, &a, &b, "two, after the stream closed");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(state_of(&second), "accepted");
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn websocket_delivers_backlog_and_live_items() {
     let (dir, r, a, b) = setup("ws");
