@@ -322,7 +322,7 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
         // await the operator.
         let fed = &app.policy.federation;
         let listed = fed.allowlist.iter().any(|h| h == origin.as_str());
-        let (asked, known, pending) = {
+        let (asked, known, pending, unlisted) = {
             let st = app.state.read().unwrap_or_else(|p| p.into_inner());
             let p = st.peers.get(&origin);
             (
@@ -331,6 +331,10 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
                 st.peers
                     .values()
                     .filter(|p| p.status == PeerStatus::Pending)
+                    .count(),
+                st.peers
+                    .keys()
+                    .filter(|h| !fed.allowlist.iter().any(|l| l == h.as_str()))
                     .count(),
             )
         };
@@ -343,6 +347,15 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
         let would_pend = fed.peering == "manual" && !listed && !asked;
         if would_pend && !known && pending >= fed.pending_peers_max {
             return Err(pending_full(fed.pending_peers_max));
+        }
+        if fed.peering == "open" && !listed && !known && unlisted >= fed.open_peers_max {
+            return Err(ApiError::new(
+                ErrorCode::PeerUnknown,
+                format!(
+                    "this relay already has {} peers (federation.open_peers_max); ask its operator",
+                    fed.open_peers_max
+                ),
+            ));
         }
         // The key must also be the one the origin publishes itself. A host the operator did
         // not choose (listed, or asked to peer) is fetched only from public addresses unless

@@ -236,6 +236,10 @@ pub struct FederationPolicy {
     /// Further strangers are refused `peer_unknown` before this relay fetches anything for
     /// them, until the operator approves or removes some (FED-15).
     pub pending_peers_max: usize,
+    /// Most peers not on the allowlist under `open` peering: 1,000. A handshake from a new
+    /// host beyond it is refused `peer_unknown` before anything is fetched for it (FED-15), so
+    /// strangers cannot make the relay hold and serve an unbounded number of peers and workers.
+    pub open_peers_max: usize,
     /// Most envelopes queued for one peer: 10,000 (with 64 KiB envelopes, at most 640 MiB held
     /// for a peer that is down). An envelope that would be queued for a peer whose queue is
     /// full is refused at ingest with `peer_unavailable` (FED-16); nothing queued is dropped.
@@ -270,6 +274,7 @@ impl Default for FederationPolicy {
             allowlist: Vec::new(),
             allow_private_peers: false,
             pending_peers_max: 100,
+            open_peers_max: 1000,
             queue_depth_max: 10_000,
             remote_tier: 0,
             dead_letter_ms: 24 * 3600 * 1000,
@@ -385,6 +390,12 @@ impl Policy {
             return Err(format!(
                 "federation.pending_peers_max {} is not in 1..=100000",
                 f.pending_peers_max
+            ));
+        }
+        if !(1..=100_000).contains(&f.open_peers_max) {
+            return Err(format!(
+                "federation.open_peers_max {} is not in 1..=100000",
+                f.open_peers_max
             ));
         }
         if !(1..=10_000_000).contains(&f.queue_depth_max) {

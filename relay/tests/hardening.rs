@@ -538,6 +538,38 @@ async fn listed_hosts_may_be_private_and_pending_requests_are_capped() {
     assert_eq!(r.state(|s| s.peers.len()).await, 1);
 }
 
+/// Under open peering, strangers can add at most `open_peers_max` peers; a new one beyond it is
+/// refused before anything is fetched for it, and a known peer may still shake hands again.
+#[tokio::test]
+async fn open_peering_is_capped() {
+    let k1 = SecretKey::from_seed(&[15; 32]);
+    let k2 = SecretKey::from_seed(&[16; 32]);
+    let start = |k: &SecretKey| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let host = RelayHost::parse(&format!("127.0.0.1:{port}")).unwrap();
+        let d = canon::canonicalize(&descriptor_of(&host, k, T0));
+        (host, serve_on(l, http_answer("200 OK", &d)))
+    };
+    let (h1, _hits1) = start(&k1);
+    let (h2, hits2) = start(&k2);
+    let r = fed_relay("open", |f| {
+        f.open_peers_max = 1;
+        f.allow_private_peers = true;
+    });
+    handshake_from(&r, &h1, &k1, None).await.expect(201, "");
+    handshake_from(&r, &h2, &k2, None)
+        .await
+        .expect(403, "peer_unknown");
+    assert_eq!(
+        hits2.load(Ordering::SeqCst),
+        0,
+        "nothing fetched for a refused stranger"
+    );
+    handshake_from(&r, &h1, &k1, None).await.expect(201, "");
+    assert_eq!(r.state(|s| s.peers.len()).await, 1);
+}
+
 #[tokio::test]
 async fn the_handshake_is_rate_limited_per_address() {
     let from = Some(SocketAddr::from(([192, 0, 2, 9], 5000)));
