@@ -13,6 +13,7 @@ use crate::hex;
 use crate::json::{self, JsonError, JsonLimits, Object, Value, INT_ABS_MAX};
 use crate::keys::{Domain, KeyError, KeyId, PublicKey, SecretKey, Signature};
 use crate::schema::{Fields, SchemaError};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Largest number of entries a key log may hold (LOG-11). A key rotated every day for a decade
@@ -336,7 +337,9 @@ pub struct KeyLog {
     current: Option<PublicKey>,
     recovery: Option<PublicKey>,
     periods: Vec<KeyPeriod>,
-    used: Vec<[u8; 32]>,
+    /// Every key this log has named (signing and recovery), by id: a key may not be named
+    /// twice (LOG-9), and an entry offered at a taken position is checked against these.
+    named: BTreeMap<KeyId, PublicKey>,
     moved_to: Option<Handle>,
 }
 
@@ -390,8 +393,10 @@ impl KeyLog {
         if recovery.is_some_and(|r| r == *key) {
             return Err(KeyLogError::KeyReused { seq: 0 });
         }
-        let mut used = vec![key.to_bytes()];
-        used.extend(recovery.map(|r| r.to_bytes()));
+        let mut named = BTreeMap::from([(key.key_id(), *key)]);
+        if let Some(r) = recovery {
+            named.insert(r.key_id(), *r);
+        }
         Ok(KeyLog {
             handle: e.handle.clone(),
             current: Some(*key),
@@ -401,7 +406,7 @@ impl KeyLog {
                 from: e.ts,
                 until: None,
             }],
-            used,
+            named,
             moved_to: None,
             entries: vec![first],
         })
@@ -430,12 +435,20 @@ impl KeyLog {
     /// recovery), whatever its position. One signature check: the cheap first test for an
     /// entry offered at a taken position, which only such a key can make valid.
     pub fn signed_by_one_of_its_keys(&self, entry: &SignedKeyLogEntry) -> bool {
-        self.used.iter().any(|bytes| {
-            PublicKey::from_bytes(bytes).is_ok_and(|k| {
-                k.key_id() == entry.entry.signer
-                    && k.verify_input(&entry.signing_input, &entry.sig).is_ok()
-            })
-        })
+        self.named
+            .get(&entry.entry.signer)
+            .is_some_and(|k| k.verify_input(&entry.signing_input, &entry.sig).is_ok())
+    }
+
+    /// True if `key` is the key that registered this log (the signer of entry 0).
+    pub fn registered_with(&self, key: &KeyId) -> bool {
+        self.entries.first().is_some_and(|e| e.entry.signer == *key)
+    }
+
+    /// LOG-10 steps 2-8 for `next` against the head, without changing the log: what
+    /// [`append`](Self::append) checks, so a caller can refuse an entry without copying the log.
+    pub fn check_next(&self, next: &SignedKeyLogEntry) -> Result<(), KeyLogError> {
+        self.check(next, true).map(|_| ())
     }
 
     fn append_checked(
@@ -443,6 +456,17 @@ impl KeyLog {
         next: SignedKeyLogEntry,
         check_sig: bool,
     ) -> Result<(), KeyLogError> {
+        let new_keys = self.check(&next, check_sig)?;
+        self.apply(next, new_keys);
+        Ok(())
+    }
+
+    /// The checks of LOG-10 for `next`; the keys it introduces.
+    fn check(
+        &self,
+        next: &SignedKeyLogEntry,
+        check_sig: bool,
+    ) -> Result<Vec<PublicKey>, KeyLogError> {
         let e = &next.entry;
         let seq = e.seq;
         if self.entries.len() >= KEYLOG_ENTRIES_MAX {
@@ -535,12 +559,16 @@ impl KeyLog {
             _ => vec![],
         };
         for (i, k) in new_keys.iter().enumerate() {
-            if self.used.contains(&k.to_bytes()) || new_keys[..i].contains(k) {
+            if self.named.contains_key(&k.key_id()) || new_keys[..i].contains(k) {
                 return Err(KeyLogError::KeyReused { seq });
             }
         }
+        Ok(new_keys)
+    }
 
-        // Checked: apply.
+    /// Applies an entry that [`check`](Self::check) accepted.
+    fn apply(&mut self, next: SignedKeyLogEntry, new_keys: Vec<PublicKey>) {
+        let e = &next.entry;
         let ts = e.ts;
         let end_current = |periods: &mut Vec<KeyPeriod>| {
             if let Some(p) = periods.last_mut() {
@@ -581,9 +609,8 @@ impl KeyLog {
                 self.moved_to = Some(to.clone());
             }
         }
-        self.used.extend(new_keys.iter().map(PublicKey::to_bytes));
+        self.named.extend(new_keys.iter().map(|k| (k.key_id(), *k)));
         self.entries.push(next);
-        Ok(())
     }
 
     /// LOG-12: the key with id `kid` if it was the handle's valid signing key at `ts`.

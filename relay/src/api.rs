@@ -705,16 +705,7 @@ fn sender_key(
             format!("{} is not homed on this relay", env.from),
         ));
     }
-    let a = st.agents.get(&env.from).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::UnknownSender,
-            format!("{} is not registered here", env.from),
-        )
-    })?;
-    let key = a
-        .keylog
-        .key_at(&env.key, env.ts)
-        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    let (_, key) = crate::decide::local_sender(st, env)?;
     Ok(Some(*key))
 }
 

@@ -490,9 +490,11 @@ fn keylog(st: &State, ctx: &Ctx<'_>, entry: SignedKeyLogEntry) -> Decision {
         // Only a key the log has named can make an entry here valid: one signature check
         // first, then the entry against the log as it stood before `seq` (rebuilt without
         // verifying its already verified entries again).
+        // At seq 0 only the key that registered the handle can fork it (LOG-15).
         let valid = a.keylog.signed_by_one_of_its_keys(&entry)
             && if seq == 0 {
-                KeyLog::start(entry.clone()).is_ok()
+                a.keylog.registered_with(&entry.entry().signer)
+                    && KeyLog::start(entry.clone()).is_ok()
             } else {
                 a.keylog
                     .prefix(seq as usize)
@@ -505,8 +507,8 @@ fn keylog(st: &State, ctx: &Ctx<'_>, entry: SignedKeyLogEntry) -> Decision {
             ));
         }
     }
-    let mut log = a.keylog.clone();
-    log.append(entry.clone())?;
+    // Checked without copying the log; `State::apply` appends it.
+    a.keylog.check_next(&entry)?;
     Ok((
         vec![Event::KeyLogAppended {
             at: ctx.now,
@@ -517,6 +519,26 @@ fn keylog(st: &State, ctx: &Ctx<'_>, entry: SignedKeyLogEntry) -> Decision {
             head: entry.hash().to_hex(),
         },
     ))
+}
+
+/// Ingest step 8 for a sender homed here: its agent and the key the envelope names, which must
+/// be valid at the envelope's time. Used by the handler before the signature check and by the
+/// writer again when it decides.
+pub fn local_sender<'s>(
+    st: &'s State,
+    env: &formica_protocol::envelope::Envelope,
+) -> Result<(&'s crate::state::Agent, &'s formica_protocol::PublicKey), ApiError> {
+    let a = st.agents.get(&env.from).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownSender,
+            format!("{} is not registered here", env.from),
+        )
+    })?;
+    let key = a
+        .keylog
+        .key_at(&env.key, env.ts)
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    Ok((a, key))
 }
 
 /// Makes a relay-signed receipt for `sender` about `msg` to `recipient`.
@@ -586,18 +608,7 @@ fn envelope(
     //    envelope's time (checked again here, since the log may have changed since the handler
     //    looked).
     let sender = match origin {
-        None => {
-            let a = st.agents.get(&env.from).ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::UnknownSender,
-                    format!("{} is not registered here", env.from),
-                )
-            })?;
-            a.keylog
-                .key_at(&env.key, env.ts)
-                .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-            Some(a)
-        }
+        None => Some(local_sender(st, env)?.0),
         Some(origin) => {
             if env.from.host() != origin {
                 return Err(ApiError::new(

@@ -320,14 +320,9 @@ async fn entries_at_taken_positions_by_other_keys_are_refused_and_not_kept() {
         signer: stranger.public().key_id(),
     }
     .sign(&stranger);
+    let k2 = r.fresh_key();
     let e1 = a
-        .next_entry(
-            &r,
-            KeyOp::Rotate {
-                key: r.fresh_key().public(),
-            },
-            &a.key,
-        )
+        .next_entry(&r, KeyOp::Rotate { key: k2.public() }, &a.key)
         .await;
     r.call(
         "POST",
@@ -341,7 +336,21 @@ async fn entries_at_taken_positions_by_other_keys_are_refused_and_not_kept() {
     let mut forged = e1.entry().clone();
     forged.ts += 1;
     let forged = forged.sign(&stranger);
-    for bad in [&register, &rotate, &forged] {
+    // A register at seq 0 by a key the log named later (the rotated-to key) is no fork either:
+    // only the registering key can fork position 0.
+    let register_k2 = formica_protocol::keylog::KeyLogEntry {
+        handle: a.handle.clone(),
+        seq: 0,
+        prev: None,
+        ts: r.now(),
+        op: KeyOp::Register {
+            key: k2.public(),
+            recovery: None,
+        },
+        signer: k2.public().key_id(),
+    }
+    .sign(&k2);
+    for bad in [&register, &rotate, &forged, &register_k2] {
         let resp = r
             .call(
                 "POST",

@@ -494,22 +494,23 @@ async fn the_handshake_answer_does_not_reflect_what_the_fetch_saw() {
     assert!(!String::from_utf8_lossy(&a.raw).contains("SECRET"));
 }
 
+/// A stranger relay on loopback serving its own signed descriptor, and how often it was asked.
+fn stranger_relay(k: &SecretKey) -> (RelayHost, Arc<AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let host = RelayHost::parse(&format!("127.0.0.1:{port}")).unwrap();
+    let d = canon::canonicalize(&descriptor_of(&host, k, T0));
+    (host, serve_on(l, http_answer("200 OK", &d)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listed_hosts_may_be_private_and_pending_requests_are_capped() {
     let k1 = SecretKey::from_seed(&[5; 32]);
     let k2 = SecretKey::from_seed(&[6; 32]);
     let k3 = SecretKey::from_seed(&[7; 32]);
-    // A stranger relay on loopback serving its own signed descriptor.
-    let start = |k: &SecretKey| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let host = RelayHost::parse(&format!("127.0.0.1:{port}")).unwrap();
-        let d = canon::canonicalize(&descriptor_of(&host, k, T0));
-        (host, serve_on(l, http_answer("200 OK", &d)))
-    };
-    let (h1, hits1) = start(&k1);
-    let (h2, hits2) = start(&k2);
-    let (h3, hits3) = start(&k3);
+    let (h1, hits1) = stranger_relay(&k1);
+    let (h2, hits2) = stranger_relay(&k2);
+    let (h3, hits3) = stranger_relay(&k3);
     let listed = h3.as_str().to_owned();
     let r = fed_relay("manual", |f| {
         f.pending_peers_max = 1;
@@ -544,15 +545,8 @@ async fn listed_hosts_may_be_private_and_pending_requests_are_capped() {
 async fn open_peering_is_capped() {
     let k1 = SecretKey::from_seed(&[15; 32]);
     let k2 = SecretKey::from_seed(&[16; 32]);
-    let start = |k: &SecretKey| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let host = RelayHost::parse(&format!("127.0.0.1:{port}")).unwrap();
-        let d = canon::canonicalize(&descriptor_of(&host, k, T0));
-        (host, serve_on(l, http_answer("200 OK", &d)))
-    };
-    let (h1, _hits1) = start(&k1);
-    let (h2, hits2) = start(&k2);
+    let (h1, _hits1) = stranger_relay(&k1);
+    let (h2, hits2) = stranger_relay(&k2);
     let r = fed_relay("open", |f| {
         f.open_peers_max = 1;
         f.allow_private_peers = true;
