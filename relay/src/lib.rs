@@ -191,7 +191,10 @@ impl Relay {
             relay_key: key,
             clock,
             challenges: Mutex::default(),
-            nonces: Mutex::new(limits::Nonces::new(cfg.policy.limits.nonces_max)),
+            nonces: Mutex::new(limits::Nonces::new(
+                cfg.policy.limits.nonces_max,
+                cfg.policy.limits.nonces_per_handle_max,
+            )),
             key_buckets: Mutex::new(limits::Buckets::new(cfg.policy.limits.rate_limit_keys_max)),
             ip_buckets: Mutex::new(limits::Buckets::new(cfg.policy.limits.rate_limit_keys_max)),
             trusted_proxies: cfg.trusted_proxies.clone(),

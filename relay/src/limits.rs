@@ -101,6 +101,10 @@ pub enum NonceRefused {
     /// The table holds `limits.nonces_max` live nonces; the request is refused and can be
     /// retried after this many seconds, when the oldest one expires (`unavailable`).
     Full { retry_after_s: i64 },
+    /// This handle (agent, or `@relay@host` for a peer) already has
+    /// `limits.nonces_per_handle_max` live nonces: it may not fill the table for everyone
+    /// (`rate_limited`, retry within the retention).
+    HandleFull { retry_after_s: i64 },
 }
 
 /// Request nonces seen in the last `retention_ms`, at most `max` of them.
@@ -108,22 +112,29 @@ pub enum NonceRefused {
 pub struct Nonces {
     seen: HashMap<(Handle, Nonce), i64>,
     order: VecDeque<(i64, Handle, Nonce)>,
+    /// Live nonces per handle.
+    per: HashMap<Handle, usize>,
     max: usize,
+    per_max: usize,
 }
 
 impl Default for Nonces {
     fn default() -> Self {
-        Nonces::new(crate::policy::Limits::default().nonces_max)
+        let l = crate::policy::Limits::default();
+        Nonces::new(l.nonces_max, l.nonces_per_handle_max)
     }
 }
 
 impl Nonces {
-    /// An empty table holding at most `max` nonces (`limits.nonces_max`).
-    pub fn new(max: usize) -> Self {
+    /// An empty table holding at most `max` nonces (`limits.nonces_max`), at most `per_max` of
+    /// them for one handle (`limits.nonces_per_handle_max`).
+    pub fn new(max: usize, per_max: usize) -> Self {
         Nonces {
             seen: HashMap::new(),
             order: VecDeque::new(),
+            per: HashMap::new(),
             max: max.max(1),
+            per_max: per_max.max(1),
         }
     }
 
@@ -152,6 +163,12 @@ impl Nonces {
                 break;
             }
             if let Some((_, hh, nn)) = self.order.pop_front() {
+                if let Some(c) = self.per.get_mut(&hh) {
+                    *c -= 1;
+                    if *c == 0 {
+                        self.per.remove(&hh);
+                    }
+                }
                 self.seen.remove(&(hh, nn));
             }
         }
@@ -166,6 +183,12 @@ impl Nonces {
                 retry_after_s: (wait_ms + 999) / 1000,
             });
         }
+        if self.per.get(h).copied().unwrap_or(0) >= self.per_max {
+            return Err(NonceRefused::HandleFull {
+                retry_after_s: (retention_ms + 999) / 1000,
+            });
+        }
+        *self.per.entry(h.clone()).or_insert(0) += 1;
         self.seen.insert(key, now);
         self.order.push_back((now, h.clone(), n));
         Ok(())
@@ -229,6 +252,11 @@ impl NonceRefused {
             NonceRefused::Full { retry_after_s } => ApiError::new(
                 ErrorCode::Unavailable,
                 "this relay remembers as many request nonces as it may (limits.nonces_max); try again later",
+            )
+            .with("retry_after_s", Value::Int(retry_after_s)),
+            NonceRefused::HandleFull { retry_after_s } => ApiError::new(
+                ErrorCode::RateLimited,
+                "this handle has as many live request nonces as one may (limits.nonces_per_handle_max); slow down",
             )
             .with("retry_after_s", Value::Int(retry_after_s)),
         }

@@ -52,6 +52,11 @@ pub struct Limits {
     /// authenticated requests are refused with `unavailable` (never is a live nonce forgotten,
     /// which would allow a replay). Not published: it is a capacity, not a rule for clients.
     pub nonces_max: usize,
+    /// Most live request nonces of one handle (an agent, or a peer relay): 10,000, about 30
+    /// authenticated requests per second sustained over the retention. Beyond it that handle's
+    /// requests are refused with `rate_limited` until its nonces expire, so one registered agent
+    /// cannot fill `nonces_max` for everyone. Not published.
+    pub nonces_per_handle_max: usize,
     /// Most token buckets tracked by each rate limiter (per agent key, per client address):
     /// 100,000. Buckets that have refilled completely are dropped when the table is full; if
     /// it is still full, a key or address without a bucket is refused with `rate_limited`.
@@ -79,6 +84,7 @@ impl Default for Limits {
             challenge_ttl_ms: 10 * 60 * 1000,
             deadline_check_ms: 250,
             nonces_max: 250_000,
+            nonces_per_handle_max: 10_000,
             rate_limit_keys_max: 100_000,
         }
     }
@@ -358,8 +364,11 @@ impl Policy {
                 self.limits.body_read_timeout_ms
             ));
         }
-        if self.limits.nonces_max == 0 || self.limits.rate_limit_keys_max == 0 {
-            return Err("limits.nonces_max and limits.rate_limit_keys_max must be positive".into());
+        if self.limits.nonces_max == 0
+            || self.limits.nonces_per_handle_max == 0
+            || self.limits.rate_limit_keys_max == 0
+        {
+            return Err("limits.nonces_max, limits.nonces_per_handle_max and limits.rate_limit_keys_max must be positive".into());
         }
         if self.tiers.is_empty() {
             return Err("at least one tier is required".into());

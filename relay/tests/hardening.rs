@@ -60,6 +60,39 @@ async fn a_full_nonce_table_refuses_new_requests_and_never_forgets_a_live_nonce(
     assert_eq!(r.relay.app.nonces.lock().unwrap().len(), 1);
 }
 
+/// One agent cannot fill the nonce table for everyone: past its share it gets `rate_limited`,
+/// while another agent's requests still pass.
+#[tokio::test]
+async fn one_agent_cannot_take_every_nonce() {
+    let r = relay_with(|c| {
+        c.policy.limits.nonces_max = 10;
+        c.policy.limits.nonces_per_handle_max = 2;
+    });
+    let a = r.agent("alice").await;
+    let b = r.agent("bob").await;
+    for _ in 0..2 {
+        a.authed(&r, "GET", "/v1/contacts", b"")
+            .await
+            .expect(200, "");
+    }
+    let refused = a.authed(&r, "GET", "/v1/contacts", b"").await;
+    refused.expect(429, "rate_limited");
+    assert!(refused
+        .get("error")
+        .as_object()
+        .unwrap()
+        .get("retry_after_s")
+        .is_some());
+    b.authed(&r, "GET", "/v1/contacts", b"")
+        .await
+        .expect(200, "");
+    // Her nonces expire with the retention, and then she may go on.
+    r.advance(r.relay.app.policy.time.retention_ms() + 1);
+    a.authed(&r, "GET", "/v1/contacts", b"")
+        .await
+        .expect(200, "");
+}
+
 #[tokio::test]
 async fn a_full_rate_limit_table_refuses_new_addresses_until_buckets_refill() {
     let r = relay_with(|c| {
