@@ -86,7 +86,20 @@ pub async fn call(
     body: Vec<u8>,
     sign: bool,
 ) -> Result<(u16, Value), Unreachable> {
-    call_via(app, &app.peer_client.agent, method, host, path, body, sign).await
+    call_via(app, client_for(app, host), method, host, path, body, sign).await
+}
+
+/// The HTTP client for requests to `host`: one that connects only to public addresses unless
+/// the host is on the allowlist or `allow_private_peers` is set (FED-15). This holds for all
+/// traffic to a peer, not only the handshake: a peer that completed a handshake from a public
+/// address could otherwise point its name at an internal address later (DNS rebinding).
+fn client_for<'a>(app: &'a App, host: &RelayHost) -> &'a ureq::Agent {
+    let fed = &app.policy.federation;
+    if fed.allow_private_peers || fed.allowlist.iter().any(|h| h == host.as_str()) {
+        &app.peer_client.agent
+    } else {
+        &app.peer_client.guarded
+    }
 }
 
 /// [`call`] with a given HTTP client.
@@ -357,18 +370,13 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
                 ),
             ));
         }
-        // The key must also be the one the origin publishes itself. A host the operator did
-        // not choose (listed, or asked to peer) is fetched only from public addresses unless
-        // `allow_private_peers`; whatever goes wrong with the fetch is answered with one
-        // generic error, so the answer tells the caller nothing about what this relay reached.
-        let client = if listed || asked || fed.allow_private_peers {
-            &app.peer_client.agent
-        } else {
-            &app.peer_client.guarded
-        };
+        // The key must also be the one the origin publishes itself. A host that is not on the
+        // allowlist is fetched only from public addresses unless `allow_private_peers`
+        // (`client_for`); whatever goes wrong with the fetch is answered with one generic
+        // error, so the answer tells the caller nothing about what this relay reached.
         let fetched = match call_via(
             &app,
-            client,
+            client_for(&app, &origin),
             "GET",
             &origin,
             "/.well-known/formica",

@@ -478,6 +478,31 @@ fn fed_relay(
     })
 }
 
+/// Every request to a peer that is not on the allowlist goes only to public addresses, not just
+/// the handshake's fetch: a peer whose name later resolves to an internal address (DNS
+/// rebinding) gets nothing sent there. A listed host is reached wherever it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_requests_to_an_unlisted_peer_go_only_to_public_addresses() {
+    let k = SecretKey::from_seed(&[17; 32]);
+    let (host, hits) = stranger_relay(&k);
+    for listed in [false, true] {
+        let r = fed_relay("open", |f| {
+            if listed {
+                f.allowlist = vec![host.as_str().to_owned()];
+            }
+        });
+        let app = r.relay.app.clone();
+        let h = host.clone();
+        let before = hits.load(Ordering::SeqCst);
+        let res =
+            formica_relay::federation::call(&app, "GET", &h, "/.well-known/formica", vec![], false)
+                .await;
+        assert_eq!(res.is_ok(), listed, "listed {listed}");
+        let after = hits.load(Ordering::SeqCst);
+        assert_eq!(after - before, usize::from(listed), "listed {listed}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_naming_a_private_host_makes_no_request_and_learns_nothing() {
     for peering in ["open", "manual"] {
