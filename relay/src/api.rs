@@ -652,8 +652,9 @@ pub fn verify_envelope(
     }
     // 7 and 8 against the state including the batch the writer may be making durable, so that
     // signature checks are not held up by its fsync. Anything but "go on with this key" is
-    // looked up again in the durable state before it is answered: a `duplicate` or a refusal is
-    // never based on an event that could still be lost.
+    // looked up again in the durable state before it is answered: a `duplicate` or a refusal of
+    // the sender or key is never based on an event that could still be lost. (The tier for the
+    // rate limit may be; a `rate_limited` answer is retried anyway.)
     let (key, tier) = {
         let st = app.state.read_unsettled();
         match sender_key(app, &st, &se) {

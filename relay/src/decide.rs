@@ -75,6 +75,10 @@ pub enum Command {
         host: RelayHost,
         key: PublicKey,
         status: PeerStatus,
+        /// Set when a stranger's handshake asks for it (not the operator, not a listed host):
+        /// a new peer is then refused here, where no other handshake can race it, when
+        /// `pending_peers_max` (manual) or `open_peers_max` (open) is reached (FED-15).
+        stranger: bool,
     },
     PeerRemove {
         host: RelayHost,
@@ -179,15 +183,25 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
         Command::Transfer { .. } => Err(ApiError::internal(
             "a transfer is decided envelope by envelope by the writer",
         )),
-        Command::PeerSet { host, key, status } => Ok((
-            vec![Event::PeerSet {
-                at: ctx.now,
-                host: host.clone(),
-                key,
-                status,
-            }],
-            Outcome::Done(peer_value(&host, &key, status)),
-        )),
+        Command::PeerSet {
+            host,
+            key,
+            status,
+            stranger,
+        } => {
+            if stranger && !st.peers.contains_key(&host) {
+                peer_caps(st, ctx, status)?;
+            }
+            Ok((
+                vec![Event::PeerSet {
+                    at: ctx.now,
+                    host: host.clone(),
+                    key,
+                    status,
+                }],
+                Outcome::Done(peer_value(&host, &key, status)),
+            ))
+        }
         Command::PeerRemove { host } => {
             if !st.peers.contains_key(&host) {
                 return Err(ApiError::new(
@@ -519,6 +533,38 @@ fn keylog(st: &State, ctx: &Ctx<'_>, entry: SignedKeyLogEntry) -> Decision {
             head: entry.hash().to_hex(),
         },
     ))
+}
+
+/// FED-15: the caps on peers that strangers' handshakes may add.
+fn peer_caps(st: &State, ctx: &Ctx<'_>, status: PeerStatus) -> Result<(), ApiError> {
+    let fed = &ctx.policy.federation;
+    let full = |what: String| Err(ApiError::new(ErrorCode::PeerUnknown, what));
+    if status == PeerStatus::Pending {
+        let pending = st
+            .peers
+            .values()
+            .filter(|p| p.status == PeerStatus::Pending)
+            .count();
+        if pending >= fed.pending_peers_max {
+            return full(format!(
+                "this relay already has {} peering requests awaiting its operator's approval (federation.pending_peers_max); ask the operator",
+                fed.pending_peers_max
+            ));
+        }
+    } else if fed.peering == "open" {
+        let unlisted = st
+            .peers
+            .keys()
+            .filter(|h| !fed.allowlist.iter().any(|l| l == h.as_str()))
+            .count();
+        if unlisted >= fed.open_peers_max {
+            return full(format!(
+                "this relay already has {} peers (federation.open_peers_max); ask its operator",
+                fed.open_peers_max
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Ingest step 8 for a sender homed here: its agent and the key the envelope names, which must

@@ -441,6 +441,8 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
                 host: origin,
                 key,
                 status,
+                // The writer applies the caps again, where concurrent handshakes cannot race.
+                stranger: !listed && !asked,
             })
             .await?;
         Ok(match status {
@@ -529,6 +531,8 @@ async fn ask_to_peer(app: &App, host: &RelayHost) -> Result<Value, ApiError> {
             host: h,
             key,
             status,
+            // The operator asked for this peering.
+            stranger: false,
         })
         .await?
     {
@@ -1061,6 +1065,8 @@ pub async fn admin_approve(
                 host: host.clone(),
                 key: p.key,
                 status: PeerStatus::Active,
+                // The operator approves.
+                stranger: false,
             })
             .await?;
         // Mutual: tell the other side, which asked, so it marks this relay active too.

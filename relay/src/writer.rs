@@ -265,8 +265,10 @@ pub fn replay(
             }
             Ok(())
         });
-        if !chunk.seqs.is_empty() && opened.is_ok() {
-            // A failed send means the applier stopped; its error is reported below.
+        // Also after a broken chain: the records before the break are decoded, so that an
+        // earlier undecodable record is the error reported. A failed send means the applier
+        // stopped; its error is reported below.
+        if !chunk.seqs.is_empty() {
             let _ = raw_tx.send(std::mem::take(&mut chunk));
         }
         drop(raw_tx);

@@ -597,6 +597,37 @@ async fn listed_hosts_may_be_private_and_pending_requests_are_capped() {
     assert_eq!(r.state(|s| s.peers.len()).await, 1);
 }
 
+/// The peer caps are applied by the writer too, so handshakes that pass the early check at the
+/// same time cannot together go over them; the operator's own peerings are not capped.
+#[tokio::test]
+async fn peer_caps_hold_in_the_writer() {
+    use formica_relay::decide::{Command, Outcome};
+    use formica_relay::events::PeerStatus;
+    for (peering, status) in [
+        ("manual", PeerStatus::Pending),
+        ("open", PeerStatus::Active),
+    ] {
+        let r = fed_relay(peering, |f| {
+            f.pending_peers_max = 1;
+            f.open_peers_max = 1;
+        });
+        let set = |i: u8, stranger: bool| Command::PeerSet {
+            host: RelayHost::parse(&format!("relay-{i}.example")).unwrap(),
+            key: SecretKey::from_seed(&[i; 32]).public(),
+            status,
+            stranger,
+        };
+        let w = r.relay.app.writer.clone();
+        assert!(matches!(w.submit(set(1, true)).await, Ok(Outcome::Done(_))));
+        let refused = w.submit(set(2, true)).await.unwrap_err();
+        assert_eq!(refused.code.as_str(), "peer_unknown", "{peering}");
+        // A known peer may be set again, and the operator is not capped.
+        assert!(w.submit(set(1, true)).await.is_ok());
+        assert!(w.submit(set(3, false)).await.is_ok());
+        assert_eq!(r.state(|s| s.peers.len()).await, 2, "{peering}");
+    }
+}
+
 /// Under open peering, strangers can add at most `open_peers_max` peers; a new one beyond it is
 /// refused before anything is fetched for it, and a known peer may still shake hands again.
 #[tokio::test]
@@ -657,6 +688,7 @@ async fn a_full_peer_queue_refuses_new_envelopes_for_that_peer_at_ingest() {
             host: peer.clone(),
             key: SecretKey::from_seed(&[9; 32]).public(),
             status: formica_relay::events::PeerStatus::Active,
+            stranger: false,
         })
         .await
         .unwrap();

@@ -78,6 +78,7 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
         host: peer.clone(),
         key: peer_key.public(),
         status: formica_relay::events::PeerStatus::Active,
+        stranger: false,
     })
     .await
     .unwrap();
