@@ -805,9 +805,27 @@ impl SignedEnvelope {
 
     /// Like [`parse`](Self::parse), for a value that has already passed the strict parser (one
     /// element of a batch). The value's depth is checked against the limits again.
-    pub fn from_value(
+    pub fn from_value(v: Value, limits: &EnvelopeLimits) -> Result<SignedEnvelope, EnvelopeError> {
+        SignedEnvelope::from_value_with(v, limits, None)
+    }
+
+    /// Like [`parse`](Self::parse) for bytes the caller guarantees to be the canonical form of
+    /// a full envelope (with `id` and `sig`), such as bytes a relay wrote to its own log after
+    /// checking them: the bytes are kept as the wire form instead of being written again.
+    /// Every check of `parse` still runs (schema, id against the signing input). Do not use it
+    /// for bytes from the network.
+    pub fn parse_stored_canonical(
+        bytes: &[u8],
+        limits: &EnvelopeLimits,
+    ) -> Result<SignedEnvelope, EnvelopeError> {
+        let v = json::parse(bytes, limits.json)?;
+        SignedEnvelope::from_value_with(v, limits, Some(bytes))
+    }
+
+    fn from_value_with(
         mut v: Value,
         limits: &EnvelopeLimits,
+        canonical: Option<&[u8]>,
     ) -> Result<SignedEnvelope, EnvelopeError> {
         if v.depth() > limits.json.depth_max {
             return Err(JsonError::TooDeep {
@@ -823,8 +841,15 @@ impl SignedEnvelope {
         // ENV-10: the signing input is the tag and the canonical form of the object as received,
         // without `id` and `sig`. The wire form (with both) is written in the same pass.
         let mut input = envelope.domain().tag().to_vec();
-        let mut wire = Vec::with_capacity(input.capacity() + 256);
-        canon::write_object_split(obj, &["id", "sig"], &mut wire, &mut input);
+        let mut wire = Vec::new();
+        match canonical {
+            Some(bytes) if given_id.is_some() => {
+                canon::write_object(obj, Some(&["id", "sig"]), &mut input);
+                wire.extend_from_slice(bytes);
+                debug_assert_eq!(wire, canon::canonicalize(&Value::Object(obj.clone())));
+            }
+            _ => canon::write_object_split(obj, &["id", "sig"], &mut wire, &mut input),
+        }
         let id = MessageId::of_input(&input);
         if let Some(given) = given_id {
             if given != id.to_hex() {

@@ -133,6 +133,8 @@ proptest! {
         }
         let reparsed = SignedEnvelope::parse(&canonicalize(&without_id), &EnvelopeLimits::default()).unwrap();
         prop_assert_eq!(reparsed.wire_bytes(), signed.wire_bytes());
+        let stored = SignedEnvelope::parse_stored_canonical(&signed.wire_bytes(), &EnvelopeLimits::default()).unwrap();
+        prop_assert_eq!(&stored, &parsed);
         let payload = signed.value().as_object().unwrap().get("payload").unwrap();
         prop_assert_eq!(parsed.payload_len(), canonicalize(payload).len());
         prop_assert_eq!(signed.payload_len(), parsed.payload_len());

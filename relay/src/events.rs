@@ -119,6 +119,37 @@ fn log_limits() -> JsonLimits {
 }
 
 impl Event {
+    /// The common case of [`decode`](Self::decode): an envelope event exactly as
+    /// [`encode`](Self::encode) writes it, `{"at":N,"envelope":E,"t":"envelope"}`. The envelope's
+    /// bytes are canonical (the log holds only what the relay wrote, and the chain hash vouches
+    /// for it), so they are parsed in place and kept as its wire form. `None` for any other
+    /// layout, which the general path then reads.
+    fn decode_envelope(bytes: &[u8]) -> Option<Result<Event, String>> {
+        let rest = bytes.strip_prefix(b"{\"at\":")?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let (num, rest) = rest.split_at(digits);
+        let env = rest
+            .strip_prefix(b",\"envelope\":")?
+            .strip_suffix(b",\"t\":\"envelope\"}")?;
+        if num.is_empty() || num.len() > 16 || (num.len() > 1 && num[0] == b'0') {
+            return None;
+        }
+        let at = std::str::from_utf8(num).ok()?.parse::<i64>().ok()?;
+        if at > formica_protocol::json::INT_ABS_MAX {
+            return None;
+        }
+        let limits = EnvelopeLimits {
+            json: log_limits(),
+            recipients_max: usize::MAX,
+            payload_bytes_max: usize::MAX,
+        };
+        Some(
+            SignedEnvelope::parse_stored_canonical(env, &limits)
+                .map(|envelope| Event::Envelope { at, envelope })
+                .map_err(|x| x.to_string()),
+        )
+    }
+
     pub fn at(&self) -> i64 {
         match self {
             Event::Registered { at, .. }
@@ -258,6 +289,9 @@ impl Event {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Event, String> {
+        if let Some(ev) = Event::decode_envelope(bytes) {
+            return ev;
+        }
         let v = json::parse(bytes, log_limits()).map_err(|e| e.to_string())?;
         let mut f = Fields::new(&v, "").map_err(|e| e.to_string())?;
         let e = |x: formica_protocol::schema::SchemaError| x.to_string();
@@ -413,8 +447,23 @@ mod tests {
             o.insert("t", "envelope".into());
             o.insert("envelope", se.value().clone());
             o.insert("at", Value::Int(at));
-            assert_eq!(ev.encode(), canon::canonicalize(&Value::Object(o)));
+            assert_eq!(ev.encode(), canon::canonicalize(&Value::Object(o.clone())));
             assert_eq!(Event::decode(&ev.encode()).unwrap(), ev);
+            // Another member order is not the fast path's layout; the general path reads it.
+            let mut reordered = b"{\"t\":\"envelope\",\"at\":".to_vec();
+            reordered.extend_from_slice(at.to_string().as_bytes());
+            reordered.extend_from_slice(b",\"envelope\":");
+            reordered.extend_from_slice(se.wire());
+            reordered.push(b'}');
+            assert_eq!(Event::decode(&reordered).unwrap(), ev);
+            // Trailing members after the envelope are refused, as by the general path.
+            let mut extra = ev.encode();
+            extra.truncate(extra.len() - b",\"t\":\"envelope\"}".len());
+            extra.extend_from_slice(b",\"x\":1,\"t\":\"envelope\"}");
+            assert!(Event::decode(&extra).is_err());
         }
+        // A leading zero in `at` is not canonical: not the fast path, and refused.
+        let ev = Event::decode(b"{\"at\":01,\"envelope\":{},\"t\":\"envelope\"}");
+        assert!(ev.is_err());
     }
 }
