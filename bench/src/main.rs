@@ -904,8 +904,10 @@ fn run() -> Result<()> {
         ));
         // Nothing else runs during start-up, so a relay may use every core for it (replay
         // reads and checks records on one thread while another decodes and applies them).
+        // Pinned to all of them explicitly: a child started without taskset would inherit this
+        // process's own pinning to the load generator's core.
         let all_cores = Launcher {
-            relay_cpus: None,
+            relay_cpus: sp.all_cpus.clone(),
             ..launcher.clone()
         };
         let serve_all = startup::time_serve(&all_cores, &dir, &rt)?;
