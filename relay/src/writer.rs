@@ -146,7 +146,7 @@ impl Notifier {
     }
 }
 
-/// What the writer has done (for `/v1/metrics`).
+/// What the writer has done (for `/metrics`).
 #[derive(Debug, Default)]
 pub struct WriterStats {
     /// Appends to the log (each one fsync).
