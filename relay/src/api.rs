@@ -759,6 +759,18 @@ async fn post_envelope(AxState(app): AxState<Shared>, req: Request) -> Response 
     })
 }
 
+/// The `envelopes` array of a batch or transfer body whose schema was checked, taken out of
+/// the parsed value rather than copied.
+pub(crate) fn take_envelopes(body: Value) -> Vec<Value> {
+    match body {
+        Value::Object(mut o) => match o.remove("envelopes") {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
 async fn post_batch(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         let l = &app.policy.limits;
@@ -779,14 +791,7 @@ async fn post_batch(AxState(app): AxState<Shared>, req: Request) -> Response {
             );
         }
         f.finish()?;
-        // Checked above: an object whose only member is the array.
-        let items = match v {
-            Value::Object(mut o) => match o.remove("envelopes") {
-                Some(Value::Array(items)) => items,
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
+        let items = take_envelopes(v);
         if items.len() > l.batch_envelopes_max {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,

@@ -190,7 +190,7 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
             stranger,
         } => {
             if stranger && !st.peers.contains_key(&host) {
-                peer_caps(st, ctx, status)?;
+                peer_caps(st, &ctx.policy.federation, status)?;
             }
             Ok((
                 vec![Event::PeerSet {
@@ -535,9 +535,13 @@ fn keylog(st: &State, ctx: &Ctx<'_>, entry: SignedKeyLogEntry) -> Decision {
     ))
 }
 
-/// FED-15: the caps on peers that strangers' handshakes may add.
-fn peer_caps(st: &State, ctx: &Ctx<'_>, status: PeerStatus) -> Result<(), ApiError> {
-    let fed = &ctx.policy.federation;
+/// FED-15: the caps on new peers that strangers' handshakes may add, for a peer that would get
+/// `status`. The handshake handler asks before it fetches anything; the writer decides.
+pub fn peer_caps(
+    st: &State,
+    fed: &crate::policy::FederationPolicy,
+    status: PeerStatus,
+) -> Result<(), ApiError> {
     let full = |what: String| Err(ApiError::new(ErrorCode::PeerUnknown, what));
     if status == PeerStatus::Pending {
         let pending = st

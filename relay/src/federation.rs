@@ -330,46 +330,33 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
             ));
         }
         // Under an allowlist, a host that is not listed (and that this relay did not ask) is
-        // refused before this relay makes any request on its behalf. Under manual peering, a
-        // new request is refused before any fetch when `pending_peers_max` requests already
-        // await the operator.
+        // refused before this relay makes any request on its behalf; under manual or open
+        // peering, so is a new stranger past `pending_peers_max` or `open_peers_max` (the
+        // writer applies the same caps again when it records the peer).
         let fed = &app.policy.federation;
         let listed = fed.allowlist.iter().any(|h| h == origin.as_str());
-        let (asked, known, pending, unlisted) = {
+        let asked = {
             let st = app.state.read().unwrap_or_else(|p| p.into_inner());
             let p = st.peers.get(&origin);
-            (
-                p.is_some_and(|p| matches!(p.status, PeerStatus::Requested | PeerStatus::Active)),
-                p.is_some(),
-                st.peers
-                    .values()
-                    .filter(|p| p.status == PeerStatus::Pending)
-                    .count(),
-                st.peers
-                    .keys()
-                    .filter(|h| !fed.allowlist.iter().any(|l| l == h.as_str()))
-                    .count(),
-            )
+            let asked =
+                p.is_some_and(|p| matches!(p.status, PeerStatus::Requested | PeerStatus::Active));
+            if fed.peering == "allowlist" && !listed && !asked {
+                return Err(ApiError::new(
+                    ErrorCode::PeerUnknown,
+                    format!("{origin} is not on this relay's allowlist"),
+                ));
+            }
+            // A new stranger past a cap is refused before anything is fetched for it.
+            if p.is_none() && !listed {
+                let would_be = if fed.peering == "manual" {
+                    PeerStatus::Pending
+                } else {
+                    PeerStatus::Active
+                };
+                crate::decide::peer_caps(&st, fed, would_be)?;
+            }
+            asked
         };
-        if fed.peering == "allowlist" && !listed && !asked {
-            return Err(ApiError::new(
-                ErrorCode::PeerUnknown,
-                format!("{origin} is not on this relay's allowlist"),
-            ));
-        }
-        let would_pend = fed.peering == "manual" && !listed && !asked;
-        if would_pend && !known && pending >= fed.pending_peers_max {
-            return Err(pending_full(fed.pending_peers_max));
-        }
-        if fed.peering == "open" && !listed && !known && unlisted >= fed.open_peers_max {
-            return Err(ApiError::new(
-                ErrorCode::PeerUnknown,
-                format!(
-                    "this relay already has {} peers (federation.open_peers_max); ask its operator",
-                    fed.open_peers_max
-                ),
-            ));
-        }
         // The key must also be the one the origin publishes itself. A host that is not on the
         // allowlist is fetched only from public addresses unless `allow_private_peers`
         // (`client_for`); whatever goes wrong with the fetch is answered with one generic
@@ -402,15 +389,9 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
                 "the key in the request differs from the one the origin publishes",
             ));
         }
-        let (existing, pending) = {
+        let existing = {
             let st = app.state.read().unwrap_or_else(|p| p.into_inner());
-            (
-                st.peers.get(&origin).cloned(),
-                st.peers
-                    .values()
-                    .filter(|p| p.status == PeerStatus::Pending)
-                    .count(),
-            )
+            st.peers.get(&origin).cloned()
         };
         let status = match existing {
             Some(p) if p.key != key => {
@@ -424,10 +405,6 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
                 PeerStatus::Active
             }
             _ if listed || fed.peering == "open" => PeerStatus::Active,
-            // Checked again: other handshakes may have been recorded during the fetch.
-            None if fed.peering == "manual" && pending >= fed.pending_peers_max => {
-                return Err(pending_full(fed.pending_peers_max))
-            }
             _ if fed.peering == "manual" => PeerStatus::Pending,
             _ => {
                 return Err(ApiError::new(
@@ -458,16 +435,6 @@ pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response 
     }
     .await;
     res.unwrap_or_else(|e: ApiError| e.into_response())
-}
-
-/// The refusal when `federation.pending_peers_max` peering requests await approval (FED-15).
-fn pending_full(max: usize) -> ApiError {
-    ApiError::new(
-        ErrorCode::PeerUnknown,
-        format!(
-            "this relay already has {max} peering requests awaiting its operator's approval (federation.pending_peers_max); ask the operator"
-        ),
-    )
 }
 
 fn peer_addr_of(req: &Request) -> Option<SocketAddr> {
@@ -568,14 +535,7 @@ pub async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
             );
         }
         f.finish()?;
-        // Checked above; taken out of the parsed body rather than copied.
-        let items = match v {
-            Value::Object(mut o) => match o.remove("envelopes") {
-                Some(Value::Array(items)) => items,
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
+        let items = crate::api::take_envelopes(v);
         if txn.is_empty() || txn.len() > 128 || !txn.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(ApiError::new(
                 ErrorCode::InvalidField,
