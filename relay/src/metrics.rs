@@ -12,6 +12,8 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     pub registrations: AtomicU64,
     pub streams: AtomicI64,
+    /// Connections closed because the client took nothing for `write_stall_timeout_ms`.
+    pub write_stalls: AtomicU64,
 }
 
 impl Metrics {
@@ -85,6 +87,12 @@ impl Metrics {
             "gauge",
             "Open SSE and WebSocket inbox streams.",
             self.streams.load(Ordering::Relaxed),
+        );
+        line(
+            "formica_connections_write_stalled_total",
+            "counter",
+            "Connections closed because the client stopped reading (limits.write_stall_timeout_ms).",
+            self.write_stalls.load(Ordering::Relaxed) as i64,
         );
         line(
             "formica_agents",

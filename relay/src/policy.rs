@@ -40,6 +40,12 @@ pub struct Limits {
     /// for the largest batch on a slow link. A body still incomplete then is answered 408
     /// `request_timeout` (HTTP-14), so a trickled body cannot hold a connection.
     pub body_read_timeout_ms: u64,
+    /// Longest time the relay waits for a client to take any byte of what it is sending (a
+    /// response, an SSE or WebSocket stream) before it closes the connection: 30 s, two SSE
+    /// keep-alive intervals' worth of room for a client that is merely slow, while a consumer
+    /// that stopped reading gives its connection slot and buffers back. Nothing is lost: the
+    /// stream resumes from its cursor (`Last-Event-ID`) on the next connection (HTTP-12).
+    pub write_stall_timeout_ms: u64,
     /// Unauthenticated requests (challenges, registrations) per client IP per minute.
     pub ip_requests_per_min: u32,
     /// Lifetime of a proof-of-work challenge: 10 minutes, ample for difficulty 24 on one core.
@@ -80,6 +86,7 @@ impl Default for Limits {
             connections_per_ip_max: 256,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
+            write_stall_timeout_ms: 30_000,
             ip_requests_per_min: 60,
             challenge_ttl_ms: 10 * 60 * 1000,
             deadline_check_ms: 250,
@@ -364,6 +371,12 @@ impl Policy {
                 self.limits.body_read_timeout_ms
             ));
         }
+        if !(1..=600_000).contains(&self.limits.write_stall_timeout_ms) {
+            return Err(format!(
+                "limits.write_stall_timeout_ms {} is not in 1..=600000",
+                self.limits.write_stall_timeout_ms
+            ));
+        }
         if self.limits.nonces_max == 0
             || self.limits.nonces_per_handle_max == 0
             || self.limits.rate_limit_keys_max == 0
@@ -460,6 +473,10 @@ impl Policy {
             int(l.header_read_timeout_ms as i64),
         );
         lim.insert("body_read_timeout_ms", int(l.body_read_timeout_ms as i64));
+        lim.insert(
+            "write_stall_timeout_ms",
+            int(l.write_stall_timeout_ms as i64),
+        );
         lim.insert("ip_requests_per_min", int(i64::from(l.ip_requests_per_min)));
         o.insert("limits", Value::Object(lim));
         let mut t = Object::new();

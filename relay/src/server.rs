@@ -1,7 +1,9 @@
 //! The HTTP server loop: accepts connections up to `connections_max` in all and
-//! `connections_per_ip_max` per client address (further ones are closed at once), gives each client `header_read_timeout_ms` to send its request headers, serves HTTP/1.1
-//! with upgrades (WebSocket), and on shutdown stops accepting and drains open connections for
-//! at most a bounded time.
+//! `connections_per_ip_max` per client address (further ones are closed at once), gives each
+//! client `header_read_timeout_ms` to send its request headers, closes a connection whose client
+//! has taken nothing of what the relay sends for `write_stall_timeout_ms` (`StallGuard`), serves
+//! HTTP/1.1 with upgrades (WebSocket), and on shutdown stops accepting and drains open
+//! connections for at most a bounded time.
 
 use crate::api::Shared;
 use axum::extract::ConnectInfo;
@@ -9,9 +11,14 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
+use std::future::Future;
+use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -32,6 +39,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    let stall = Duration::from_millis(limits.write_stall_timeout_ms);
     tokio::pin!(shutdown);
     loop {
         let (sock, peer) = tokio::select! {
@@ -66,9 +74,8 @@ pub async fn serve(
             req.extensions_mut().insert(req_hold.clone());
             router.clone().oneshot(req)
         });
-        let conn = http
-            .serve_connection(TokioIo::new(sock), svc)
-            .with_upgrades();
+        let io = StallGuard::new(sock, stall, app.clone());
+        let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);
@@ -150,5 +157,100 @@ impl Drop for IpSlot {
                 m.remove(&self.ip);
             }
         }
+    }
+}
+
+/// A connection's socket with a bound on how long a write may wait for the client to read.
+///
+/// A write or flush that cannot proceed because the client's receive window and our send buffer
+/// are full starts a timer; any progress clears it. If the timer runs out first, the write fails
+/// with `TimedOut`, hyper drops the connection, and its slot, its buffers and (for a stream) its
+/// page are released. The same guard stays on the socket after a WebSocket upgrade. A client
+/// that is merely slow keeps its connection; one that stopped reading loses it and resumes from
+/// its cursor on the next one, so nothing is lost (HTTP-12).
+struct StallGuard<T> {
+    io: T,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    app: Shared,
+}
+
+impl<T> StallGuard<T> {
+    fn new(io: T, limit: Duration, app: Shared) -> Self {
+        StallGuard {
+            io,
+            limit,
+            stalled: None,
+            app,
+        }
+    }
+
+    /// Passes a finished write through and clears the timer; keeps a pending one pending until
+    /// the timer runs out.
+    fn guard<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.stalled = None;
+        self.app
+            .metrics
+            .write_stalls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took nothing for limits.write_stall_timeout_ms",
+        )))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallGuard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.guard(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.guard(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.guard(cx, r)
     }
 }

@@ -85,17 +85,35 @@ impl Sse {
         }
     }
 
-    fn next_chunk(&mut self) {
+    /// Reads one chunk into the buffer; false if the connection ended or was cut first (a
+    /// chunk cut in the middle is dropped, as a client drops an incomplete event).
+    fn try_next_chunk(&mut self) -> bool {
         let mut size = String::new();
-        self.reader.read_line(&mut size).unwrap();
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        match self.reader.read_line(&mut size) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
         let mut data = vec![0u8; n + 2];
-        self.reader.read_exact(&mut data).unwrap();
+        if self.reader.read_exact(&mut data).is_err() {
+            return false;
+        }
         self.buf.push_str(&String::from_utf8_lossy(&data[..n]));
+        true
     }
 
     /// The next `envelope` event: (id, data).
     fn next_event(&mut self) -> (String, String) {
+        self.try_next_event().expect("the stream ended")
+    }
+
+    /// The next `envelope` event, or `None` once the connection has ended.
+    fn try_next_event(&mut self) -> Option<(String, String)> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
@@ -121,11 +139,13 @@ impl Sse {
                     }
                 }
                 if event.as_deref() == Some("envelope") {
-                    return (id.unwrap(), data.unwrap());
+                    return Some((id.unwrap(), data.unwrap()));
                 }
                 continue; // keep-alive comment
             }
-            self.next_chunk();
+            if !self.try_next_chunk() {
+                return None;
+            }
         }
     }
 }
@@ -359,4 +379,82 @@ fn a_slow_stream_consumer_loses_nothing_and_the_relay_keeps_serving() {
 
 fn first_id(sent: &[String]) -> String {
     sent[0].clone()
+}
+
+/// The value of a Prometheus counter or gauge in the relay's `/metrics`.
+fn metric(r: &RelayProc, name: &str) -> i64 {
+    let (st, text) = r.request_text("GET", "/metrics").unwrap();
+    assert_eq!(st, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[test]
+fn a_stream_consumer_that_stops_reading_is_disconnected_and_loses_nothing() {
+    let dir =
+        std::env::temp_dir().join(format!("formica-stall-{}-{}", std::process::id(), now_ms()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config_with(&dir, "write_stall_timeout_ms = 1000");
+    let r = RelayProc::start(&dir.join("data"), &config);
+    let a = Peer::register(&r, "alice", 1);
+    let b = Peer::register(&r, "bob", 2);
+    b.allow(&r, &a.handle);
+    let mut s = Sse::open(&r, &b, None).unwrap();
+    let first = send(&r, &a, &b, "first");
+    assert_eq!(id_of(&s.next_event().1), first);
+    assert_eq!(metric(&r, "formica_streams_open"), 1);
+    // The consumer stops reading while about 16 MB arrive, far more than the two sockets'
+    // buffers hold, so the relay's writes to it stall.
+    let mut sent = vec![first];
+    for batch in 0..50 {
+        let items: Vec<formica_protocol::Value> = (0..100)
+            .map(|n| {
+                let m = a.message(
+                    &b.handle,
+                    &format!("batch {batch} item {n} {}", "x".repeat(3000)),
+                );
+                sent.push(m.id().to_hex());
+                m.value().clone()
+            })
+            .collect();
+        let body = formica_protocol::canon::canonicalize(&obj(vec![(
+            "envelopes",
+            formica_protocol::Value::Array(items),
+        )]));
+        let (st, v) = r
+            .request("POST", "/v1/envelopes/batch", &[], &body)
+            .unwrap();
+        assert_eq!(st, 200, "{v:?}");
+    }
+    // The relay closes the stalled stream (bounded wait: 30 s, against a 1 s limit) and
+    // counts it, and keeps answering others meanwhile.
+    let mut waited = 0;
+    while metric(&r, "formica_streams_open") != 0 {
+        assert!(waited < 300, "the stalled stream is still open after 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    assert!(metric(&r, "formica_connections_write_stalled_total") >= 1);
+    assert_eq!(r.request("GET", "/health", &[], b"").unwrap().0, 200);
+    // The consumer reads what had reached it before the close, then the connection ends: it
+    // did not get everything on that connection.
+    let mut got = vec![sent[0].clone()];
+    let mut last_event_id = String::new();
+    while let Some((id, data)) = s.try_next_event() {
+        got.push(id_of(&data));
+        last_event_id = id;
+    }
+    assert!(
+        got.len() < sent.len(),
+        "the stalled connection delivered everything, so it was never cut"
+    );
+    // It reconnects from its last event and gets the rest: every envelope once, in order.
+    let mut s = Sse::open(&r, &b, Some(&last_event_id)).unwrap();
+    while got.len() < sent.len() {
+        got.push(id_of(&s.next_event().1));
+    }
+    assert_eq!(got, sent);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -119,8 +119,10 @@ fn members(e: &Env<'_>) -> R {
         "inbox_pending_max",
         "contact_requests_pending_max",
         "connections_max",
+        "connections_per_ip_max",
         "header_read_timeout_ms",
         "body_read_timeout_ms",
+        "write_stall_timeout_ms",
         "ip_requests_per_min",
     ] {
         req_int(&d, &["limits", k])?;

@@ -155,6 +155,12 @@ impl RelayProc {
     ) -> Result<(u16, Value), String> {
         http(&self.addr, method, path, headers, body)
     }
+
+    /// A body-less request whose answer is text (such as `/metrics`).
+    pub fn request_text(&self, method: &str, path: &str) -> Result<(u16, String), String> {
+        let (status, body) = http_raw(&self.addr, method, path, &[], b"")?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
 }
 
 impl Drop for RelayProc {
@@ -163,7 +169,7 @@ impl Drop for RelayProc {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`.
+/// One HTTP/1.1 request with `Connection: close`; the answer's body as strict JSON.
 pub fn http(
     addr: &str,
     method: &str,
@@ -171,6 +177,30 @@ pub fn http(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<(u16, Value), String> {
+    let (status, body) = http_raw(addr, method, path, headers, body)?;
+    let v = if body.is_empty() {
+        Value::Null
+    } else {
+        json::parse(
+            &body,
+            JsonLimits {
+                bytes_max: 64 << 20,
+                depth_max: 64,
+            },
+        )
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&body)))?
+    };
+    Ok((status, v))
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the answer's body as bytes (de-chunked).
+pub fn http_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
@@ -205,19 +235,7 @@ pub fn http(
     {
         body = dechunk(&body);
     }
-    let v = if body.is_empty() {
-        Value::Null
-    } else {
-        json::parse(
-            &body,
-            JsonLimits {
-                bytes_max: 64 << 20,
-                depth_max: 64,
-            },
-        )
-        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&body)))?
-    };
-    Ok((status, v))
+    Ok((status, body))
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
