@@ -181,23 +181,37 @@ pub async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
     })
 }
 
-/// The client's address: the socket peer, or, when the peer is a trusted proxy, the last
-/// `X-Forwarded-For` hop (the address that proxy saw; earlier hops are whatever the client
-/// wrote and are not believed). A header from an untrusted peer is ignored.
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the address
+/// that the nearest untrusted hop was seen from (see `forwarded_client`). A header from an
+/// untrusted peer is ignored.
 pub fn client_ip(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-    let peer = peer?.ip();
-    if app.trusted_proxies.contains(&peer) {
-        if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            if let Some(ip) = xff
-                .split(',')
-                .next_back()
-                .and_then(|s| s.trim().parse::<IpAddr>().ok())
-            {
-                return Some(ip);
-            }
+    Some(forwarded_client(peer?.ip(), &app.trusted_proxies, headers))
+}
+
+/// Reads `X-Forwarded-For` the way only trusted proxies can have written it. All its lines are
+/// taken together, in order, as one comma-separated list (RFC 9110 section 5.3: a proxy may
+/// append a line instead of extending the last one), and read from the right: each trusted
+/// proxy appends the address it was connected from, so the rightmost address that is not a
+/// trusted proxy is the client. Anything left of it was written by the client and is not
+/// believed. A list that does not parse before an untrusted address is found gives the peer
+/// itself, so that garbage never makes up an address.
+pub fn forwarded_client(peer: IpAddr, trusted: &[IpAddr], headers: &HeaderMap) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let lines: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    for hop in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => return peer,
         }
     }
-    Some(peer)
+    peer
 }
 
 pub(crate) fn ip_limit(
@@ -1076,4 +1090,58 @@ async fn reject_request(
 /// Status code helper for tests.
 pub fn status_of(r: &Response) -> StatusCode {
     r.status()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::forwarded_client;
+    use axum::http::{HeaderMap, HeaderValue};
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn xff(lines: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for l in lines {
+            h.append("x-forwarded-for", HeaderValue::from_str(l).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies_and_read_from_the_right() {
+        let proxy = ip("10.0.0.1");
+        let inner = ip("10.0.0.2");
+        let trusted = [proxy, inner];
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            forwarded_client(ip("198.51.100.1"), &trusted, &xff(&["192.0.2.9"])),
+            ip("198.51.100.1")
+        );
+        // What the client wrote is left of what the proxy appended.
+        assert_eq!(
+            forwarded_client(proxy, &trusted, &xff(&["203.0.113.9, 192.0.2.7"])),
+            ip("192.0.2.7")
+        );
+        // A proxy that appends a second line rather than extending the first (regression: only
+        // the first line used to be read, so the client's own line chose its address).
+        assert_eq!(
+            forwarded_client(proxy, &trusted, &xff(&["203.0.113.9", "192.0.2.7"])),
+            ip("192.0.2.7")
+        );
+        // Two trusted proxies in a chain: the nearest untrusted hop is the client.
+        assert_eq!(
+            forwarded_client(proxy, &trusted, &xff(&["203.0.113.9, 192.0.2.7, 10.0.0.2"])),
+            ip("192.0.2.7")
+        );
+        // Garbage where the proxies' part should be, or no header, gives the proxy itself.
+        assert_eq!(
+            forwarded_client(proxy, &trusted, &xff(&["192.0.2.7, not-an-address"])),
+            proxy
+        );
+        assert_eq!(forwarded_client(proxy, &trusted, &xff(&[])), proxy);
+    }
 }

@@ -161,16 +161,27 @@ async fn registration_refuses_bad_requests_with_their_codes() {
         o.insert("entry", entry.value().clone());
     }
     r.post("/v1/register", &b).await.expect(421, "wrong_relay");
-    // Upper case in the handle.
-    let mut b = r.register_body("fine", &k, None).await;
-    let mut e = field(&b, &["entry"]).as_object().unwrap().clone();
-    e.insert("handle", format!("@Fine@{HOST}").into());
-    if let Value::Object(o) = &mut b {
-        o.insert("entry", Value::Object(e));
+    // Squatting by case or by look-alike letters: upper case, a Cyrillic "е", a fullwidth
+    // "ｋ", a Latin "é", a doubled or trailing separator. Each is refused as a handle, whatever
+    // the rest of the request.
+    for squat in [
+        "Fine",
+        "k\u{435}vin",
+        "\u{ff4b}evin",
+        "k\u{e9}vin",
+        "ke--vin",
+        "kevin-",
+    ] {
+        let mut b = r.register_body("fine", &k, None).await;
+        let mut e = field(&b, &["entry"]).as_object().unwrap().clone();
+        e.insert("handle", format!("@{squat}@{HOST}").into());
+        if let Value::Object(o) = &mut b {
+            o.insert("entry", Value::Object(e));
+        }
+        r.post("/v1/register", &b)
+            .await
+            .expect(400, "invalid_handle");
     }
-    r.post("/v1/register", &b)
-        .await
-        .expect(400, "invalid_handle");
     // An entry signed by another key than the one it registers.
     let mut b = r.register_body("forged", &k, None).await;
     let other = r.fresh_key();
@@ -1280,6 +1291,19 @@ async fn per_ip_limits_ignore_forwarded_for_from_untrusted_peers() {
     r.call_from(Some(proxy), "POST", "/v1/challenges", body, &spoof)
         .await
         .expect(201, "");
+    // The exhausted client through the proxy, with its own address made up in front, in the
+    // same line or in a line of its own ahead of the one the proxy appended: still its bucket.
+    let joined = [("x-forwarded-for", "203.0.113.5, 192.0.2.7".to_owned())];
+    r.call_from(Some(proxy), "POST", "/v1/challenges", body, &joined)
+        .await
+        .expect(429, "rate_limited");
+    let two_lines = [
+        ("x-forwarded-for", "203.0.113.6".to_owned()),
+        ("x-forwarded-for", "192.0.2.7".to_owned()),
+    ];
+    r.call_from(Some(proxy), "POST", "/v1/challenges", body, &two_lines)
+        .await
+        .expect(429, "rate_limited");
 }
 
 #[tokio::test]
