@@ -1,7 +1,8 @@
-//! Limits of a relay process: thousands of idle and slow-header connections from one address are capped and
-//! closed after the header read timeout, while `/health` keeps answering other clients; a
-//! request body over the limit is refused even when it is chunked with no length; offered load
-//! far above an agent's rate gets 429s, never 5xx, with resident memory staying flat.
+//! Limits of a relay process: two thousand idle connections are capped per address and in all
+//! and closed after the header read timeout, as are clients that trickle their headers, while
+//! `/health` keeps answering other clients; a request body over the limit is refused even when
+//! it is chunked with no length; agents offering twice their sustainable rate get 429s, never
+//! 5xx, with every answer in bounded time and resident memory staying flat.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "common/process.rs"]
@@ -12,17 +13,26 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// Idle connections the test holds: two thousand, or fewer if this process may not open that
-/// many files (the relay, started from it, inherits the same limit).
+/// Idle connections the test holds: two thousand. The soft limit on open files is raised to
+/// the hard limit first if it is lower than the test needs (the relay, started from this
+/// process, inherits it); a machine whose hard limit is too low fails the test with a message
+/// rather than silently testing fewer.
 fn idle_count() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(1024);
-    (soft / 4).clamp(16, 2000)
+    const WANT: usize = 2000;
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    // Both ends of every connection plus room for the relay's own files.
+    let need = (2 * WANT + 512) as u64;
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current.is_some_and(|c| c < need) {
+        assert!(
+            lim.maximum.is_none_or(|m| m >= need),
+            "the hard limit on open files ({:?}) is below the {need} this test needs",
+            lim.maximum
+        );
+        lim.current = Some(need);
+        setrlimit(Resource::Nofile, lim).expect("raise the soft limit on open files");
+    }
+    WANT
 }
 
 fn setup(name: &str, extra: &str) -> (std::path::PathBuf, RelayProc) {
@@ -53,37 +63,152 @@ async fn health_from(local: &str, addr: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Opens `n` connections from `local` that never send anything.
+fn hold_idle(local: &str, addr: &str, n: usize) -> Vec<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{local}:0").parse().unwrap()).unwrap();
+            let s = sock.connect(addr.parse().unwrap()).await.unwrap();
+            out.push(s.into_std().unwrap());
+        }
+        out
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_are_capped_per_address_and_closed_while_health_answers() {
-    let per_ip = idle_count();
+async fn idle_connections_are_capped_per_address_and_in_all_and_closed_while_health_answers() {
+    let total = idle_count();
+    let per_ip = total / 2;
     let (dir, r) = setup(
         "conns",
-        &format!("connections_per_ip_max = {per_ip}\nheader_read_timeout_ms = 8000"),
+        &format!(
+            "connections_max = {total}\nconnections_per_ip_max = {per_ip}\nheader_read_timeout_ms = 8000"
+        ),
     );
-    // One client holds every slot of its address with connections that never send a header.
-    let mut idle: Vec<TcpStream> = (0..per_ip)
-        .map(|_| TcpStream::connect(&r.addr).unwrap())
-        .collect();
-    eprintln!("holding {per_ip} idle connections");
-    std::thread::sleep(Duration::from_millis(500));
-    // Another connection from that address is closed without an answer.
+    // One client address holds every slot it may have with connections that never send a header.
+    let addr = r.addr.clone();
+    let mut idle = tokio::task::spawn_blocking(move || hold_idle("127.0.0.1", &addr, per_ip))
+        .await
+        .unwrap();
+    eprintln!("holding {per_ip} idle connections from 127.0.0.1");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another connection from that address is closed without an answer...
     assert_eq!(
         health_from("127.0.0.1", &r.addr).await,
         None,
         "the per-address cap did not hold"
     );
-    // A different client address is served.
+    // ...while a different client address is served.
     assert_eq!(health_from("127.0.0.2", &r.addr).await, Some(200));
-    // The idle connections are closed once the header read timeout passes.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    for c in idle.iter_mut() {
-        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut b = [0u8; 1];
-        let n = c.read(&mut b).unwrap_or(0);
-        assert_eq!(n, 0, "an idle connection got data instead of being closed");
-        assert!(Instant::now() < deadline);
+    // A second address takes the other half: now every slot of the relay is held, and a third
+    // address is refused too (connections_max).
+    let addr = r.addr.clone();
+    idle.extend(
+        tokio::task::spawn_blocking(move || hold_idle("127.0.0.3", &addr, per_ip))
+            .await
+            .unwrap(),
+    );
+    eprintln!("holding {} idle connections in all", idle.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        health_from("127.0.0.4", &r.addr).await,
+        None,
+        "the cap on all connections did not hold"
+    );
+    // Every idle connection is closed once the header read timeout passes (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let idle = tokio::task::spawn_blocking(move || {
+        for c in idle.iter_mut() {
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut b = [0u8; 1];
+            let n = c.read(&mut b).unwrap_or(0);
+            assert_eq!(n, 0, "an idle connection got data instead of being closed");
+            assert!(
+                Instant::now() < deadline,
+                "idle connections still open after 60 s"
+            );
+        }
+        idle.len()
+    })
+    .await
+    .unwrap();
+    eprintln!("{idle} idle connections closed by the relay");
+    // And every address is served again.
+    assert_eq!(health_from("127.0.0.1", &r.addr).await, Some(200));
+    assert_eq!(health_from("127.0.0.4", &r.addr).await, Some(200));
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_clients_are_closed_after_the_header_timeout_while_health_answers() {
+    let (dir, r) = setup("slowloris", "header_read_timeout_ms = 2000");
+    // Fifty clients that send their request headers one byte every 200 ms, never finishing.
+    let addr = r.addr.clone();
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut socks = hold_idle("127.0.0.1", &addr, 50);
+        for s in &mut socks {
+            s.set_nonblocking(false).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+            s.set_nonblocking(true).unwrap();
+        }
+        // For at most 20 s (ten times the limit), trickle a byte into every connection still
+        // open and note when the relay closes it; what it sent before closing is kept.
+        let start = Instant::now();
+        let mut closed_after: Vec<Option<Duration>> = vec![None; socks.len()];
+        let mut answers: Vec<Vec<u8>> = vec![Vec::new(); socks.len()];
+        while start.elapsed() < Duration::from_secs(20) && closed_after.iter().any(Option::is_none)
+        {
+            for (i, s) in socks.iter_mut().enumerate() {
+                if closed_after[i].is_some() {
+                    continue;
+                }
+                let mut b = [0u8; 4096];
+                match s.read(&mut b) {
+                    Ok(0) => closed_after[i] = Some(start.elapsed()),
+                    Ok(n) => answers[i].extend_from_slice(&b[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let _ = s.write_all(b"a");
+                    }
+                    Err(_) => closed_after[i] = Some(start.elapsed()),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (closed_after, answers)
+    });
+    // Meanwhile another client is served.
+    for _ in 0..5 {
+        assert_eq!(health_from("127.0.0.2", &r.addr).await, Some(200));
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // And the address is served again.
+    let (closed_after, answers) = slow.await.unwrap();
+    for (i, c) in closed_after.iter().enumerate() {
+        let when = c.unwrap_or_else(|| panic!("slow-header client {i} still open after 20 s"));
+        let text = String::from_utf8_lossy(&answers[i]);
+        assert!(
+            !text.starts_with("HTTP/1.1 2"),
+            "a request whose headers never ended was answered {text}"
+        );
+        // The connection lasted at least the limit: it was the header timeout, not a refusal.
+        assert!(
+            when >= Duration::from_millis(1500),
+            "client {i} closed after {when:?}"
+        );
+    }
+    eprintln!(
+        "slow-header clients closed after {:?} to {:?}",
+        closed_after.iter().flatten().min(),
+        closed_after.iter().flatten().max()
+    );
     assert_eq!(health_from("127.0.0.1", &r.addr).await, Some(200));
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
@@ -129,8 +254,13 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
-fn overload_gets_429s_not_5xx_and_memory_stays_flat() {
-    // One sender at 600 envelopes per minute (burst 150); four threads offer far more.
+fn agents_at_twice_their_sustainable_rate_get_429s_never_5xx_in_bounded_time_with_flat_memory() {
+    // Eight agents, each allowed 600 envelopes per minute (10/s, burst 150). Each first spends
+    // its burst; then each offers 20/s, twice what it may sustain, for 10 s, on a fixed schedule
+    // (two sender threads per agent, one request every 100 ms each, not waiting for the answer
+    // before the next is due).
+    const AGENTS: u8 = 8;
+    const OFFER_S: u64 = 10;
     let dir = std::env::temp_dir().join(format!(
         "formica-overload-{}-{}",
         std::process::id(),
@@ -143,55 +273,123 @@ fn overload_gets_429s_not_5xx_and_memory_stays_flat() {
         .replace("rate_per_min = 1000000", "rate_per_min = 600");
     std::fs::write(&config, text).unwrap();
     let r = RelayProc::start(&dir.join("data"), &config);
-    let a = std::sync::Arc::new(Peer::register(&r, "alice", 1));
     let b = Peer::register(&r, "bob", 2);
-    b.allow(&r, &a.handle);
+    let senders: Vec<std::sync::Arc<Peer>> = (0..AGENTS)
+        .map(|n| {
+            let p = Peer::register(&r, &format!("sender{n}"), 10 + n);
+            b.allow(&r, &p.handle);
+            std::sync::Arc::new(p)
+        })
+        .collect();
     let pid = r.child.as_ref().unwrap().id();
-    // Warm up, then measure resident memory before and after a bounded burst.
-    for n in 0..20 {
-        let _ = post_envelope(&r, &a.message(&b.handle, &format!("warm {n}")));
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    // Spend every burst.
+    for (i, a) in senders.iter().enumerate() {
+        for n in 0..400 {
+            let m = a.message(&b.handle, &format!("burst {i} {n}"));
+            let (st, v) = post_envelope(&r, &m).unwrap();
+            if st == 429 {
+                break;
+            }
+            assert_eq!(st, 201, "{v:?}");
+            accepted.lock().unwrap().push(m.id().to_hex());
+        }
     }
     let before = rss_kib(pid);
-    let stop = Instant::now() + Duration::from_secs(3);
-    let threads: Vec<_> = (0..4)
-        .map(|w| {
-            let (a, addr, bh) = (a.clone(), r.addr.clone(), b.handle.clone());
+    // Resident memory sampled every 100 ms while the load runs.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
+    let start = Instant::now();
+    let threads: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| (0..2).map(move |t| (i, t, a.clone())))
+        .map(|(i, t, a)| {
+            let (addr, bh, accepted) = (r.addr.clone(), b.handle.clone(), accepted.clone());
             std::thread::spawn(move || {
-                let mut counts = std::collections::BTreeMap::new();
-                let mut n = 0;
-                while Instant::now() < stop {
-                    let m = a.message(&bh, &format!("w{w} n{n}"));
-                    n += 1;
+                let mut answers = Vec::new();
+                for k in 0..OFFER_S * 10 {
+                    let due = start + Duration::from_millis(k * 100 + t * 50);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let m = a.message(&bh, &format!("offer {i} {t} {k}"));
+                    let sent = Instant::now();
                     let st = http(&addr, "POST", "/v1/envelopes", &[], &m.wire_bytes())
                         .map(|(s, _)| s)
                         .unwrap_or(0);
-                    *counts.entry(st).or_insert(0u32) += 1;
+                    if st == 201 {
+                        accepted.lock().unwrap().push(m.id().to_hex());
+                    }
+                    answers.push((st, sent.elapsed()));
                 }
-                counts
+                answers
             })
         })
         .collect();
-    let mut total = std::collections::BTreeMap::new();
+    let mut answers: Vec<(u16, Duration)> = Vec::new();
     for t in threads {
-        for (k, v) in t.join().unwrap() {
-            *total.entry(k).or_insert(0) += v;
-        }
+        answers.extend(t.join().unwrap());
     }
-    let after = rss_kib(pid);
-    eprintln!("overload: answers by status {total:?}; RSS {before} KiB -> {after} KiB");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let peak = sampler.join().unwrap();
+    let mut by_status = std::collections::BTreeMap::new();
+    for (st, _) in &answers {
+        *by_status.entry(*st).or_insert(0u32) += 1;
+    }
+    let mut lat: Vec<Duration> = answers.iter().map(|(_, d)| *d).collect();
+    lat.sort();
+    let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)];
+    eprintln!(
+        "overload: {} requests in {:?}, answers by status {by_status:?}; latency p50 {:?} p99 {:?} max {:?}; RSS {before} KiB before, peak {peak} KiB",
+        answers.len(),
+        start.elapsed(),
+        pct(50),
+        pct(99),
+        lat[lat.len() - 1]
+    );
+    // Only 201 and 429: no 5xx, no connection refused or cut (status 0).
     assert!(
-        total.keys().all(|s| *s == 201 || *s == 429),
-        "only 201 and 429 expected: {total:?}"
+        by_status.keys().all(|s| *s == 201 || *s == 429),
+        "only 201 and 429 expected: {by_status:?}"
+    );
+    // The excess is refused and the sustainable part admitted; roughly half each, with a wide
+    // margin for a machine that falls behind the schedule.
+    let total = answers.len() as u32;
+    assert!(
+        by_status.get(&429).copied().unwrap_or(0) * 5 >= total,
+        "{by_status:?}"
     );
     assert!(
-        total.get(&429).copied().unwrap_or(0) > total.get(&201).copied().unwrap_or(0),
-        "most of the excess must be refused: {total:?}"
+        by_status.get(&201).copied().unwrap_or(0) * 5 >= total,
+        "{by_status:?}"
     );
-    // Flat memory: refused requests leave nothing behind (a generous bound for allocator noise).
+    // Bounded latency: every request was answered, none after more than 10 s (a liveness
+    // bound, not a performance figure; the figures are printed above and in BENCHMARKS.md).
+    assert!(lat[lat.len() - 1] < Duration::from_secs(10));
+    // Flat memory: refused requests leave nothing behind (a generous bound for allocator
+    // noise and the accepted envelopes, about 1,000 small ones).
     assert!(
-        after < before + 64 * 1024,
-        "resident memory grew from {before} KiB to {after} KiB"
+        peak < before + 64 * 1024,
+        "resident memory grew from {before} KiB to a peak of {peak} KiB"
     );
+    // Nothing acknowledged is lost and nothing refused was stored: the inbox holds exactly the
+    // envelopes answered 201.
+    let mut want = accepted.lock().unwrap().clone();
+    want.sort();
+    let mut have: Vec<String> = b.inbox(&r).into_iter().map(|(_, id)| id).collect();
+    have.sort();
+    assert_eq!(have, want);
     assert_eq!(r.request("GET", "/health", &[], b"").unwrap().0, 200);
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
