@@ -907,6 +907,20 @@ fn gen_envelopes_invalid() -> Value {
         InvalidField,
         None,
     );
+    // A signature the sender made for another purpose never verifies as an envelope's
+    // (SIG-1): the request, descriptor and relay-request tags, besides receipt and key log above.
+    for (purpose, domain) in [
+        ("request", Domain::Request),
+        ("descriptor", Domain::Descriptor),
+        ("relay-request", Domain::RelayRequest),
+    ] {
+        add(
+            &format!("signed under the {purpose} tag instead of the envelope tag"),
+            sign_raw(domain, good_v.clone(), &a),
+            BadSignature,
+            Some(a.public()),
+        );
+    }
 
     let mut out = Vec::new();
     for (comment, v, code, key) in cases {
@@ -1319,6 +1333,16 @@ fn gen_keylogs() -> Value {
         MissingField,
     );
 
+    let mut lb = LogBuilder::new(&kev);
+    reg(&mut lb);
+    let rot = lb.push("rotate", &[("key", kh(&k2))], &k1);
+    lb.entries[1] = sign_raw(Domain::Envelope, without(&rot, "sig"), &k1);
+    push_invalid(
+        "rotate signed under the envelope tag instead of the key-log tag",
+        lb.entries.clone(),
+        BadSignature,
+    );
+
     obj(&[
         ("comment", s("Key logs (SPEC.md section 8). `valid` logs verify from the first entry; each query asks which key was valid for `key_id` at `ts` and gives the public key or the error code. `invalid` logs must be refused with `error`, reported for the first entry that breaks a rule.")),
         ("valid", arr(valid)),
@@ -1581,6 +1605,26 @@ fn gen_auth() -> Value {
         "relay-b.example",
         WrongRelay,
     );
+    add(
+        "the same fields signed under the envelope tag instead of the request tag",
+        {
+            let input = formica_protocol::auth::request_signing_input(
+                &handle,
+                &k.public().key_id(),
+                ts,
+                &nonce,
+                &target,
+                &aud,
+            );
+            let sig = k.sign(Domain::Envelope, &input[Domain::Request.tag().len()..]);
+            let (head, _) = good.split_once(",sig=").unwrap();
+            format!("{head},sig={}", sig.to_hex())
+        },
+        "GET",
+        "/v1/inbox",
+        "relay-a.example",
+        Unauthorized,
+    );
 
     // Relay-to-relay requests (SPEC.md section 16.2).
     let relay_key = sk(0x41);
@@ -1771,6 +1815,20 @@ fn gen_auth() -> Value {
     radd(
         "dest missing",
         rgood.replacen(",dest=relay-b.example", "", 1),
+        "POST",
+        "/v1/federation/transfer",
+        rbody,
+        "relay-b.example",
+        Unauthorized,
+    );
+    radd(
+        "the same fields signed under the agent request tag instead of the relay request tag",
+        {
+            let input = parsed.signing_input(&t);
+            let sig = relay_key.sign(Domain::Request, &input[Domain::RelayRequest.tag().len()..]);
+            let (head, _) = rgood.split_once(",sig=").unwrap();
+            format!("{head},sig={}", sig.to_hex())
+        },
         "POST",
         "/v1/federation/transfer",
         rbody,

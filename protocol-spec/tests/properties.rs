@@ -162,3 +162,22 @@ proptest! {
         prop_assert!(res.is_err(), "flipping bit {} of byte {} was accepted", bit, i);
     }
 }
+
+/// SIG-1: no purpose's tag is a prefix of another's, so no signing input of one purpose can be
+/// read as a signing input of another.
+#[test]
+fn domain_tags_are_distinct_and_prefix_free() {
+    use formica_protocol::keys::Domain;
+    for a in Domain::ALL {
+        for b in Domain::ALL {
+            if a != b {
+                assert!(
+                    !b.tag().starts_with(a.tag()),
+                    "{:?} is a prefix of {:?}",
+                    String::from_utf8_lossy(a.tag()),
+                    String::from_utf8_lossy(b.tag())
+                );
+            }
+        }
+    }
+}

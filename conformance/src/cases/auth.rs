@@ -716,6 +716,21 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                     }
                 }
                 get_with(t, path, join(&ps2))?
+            } else if l.contains("envelope tag instead of the request tag") {
+                // The agent's own key signs the request's fields under another purpose's tag.
+                let parsed = formica_protocol::auth::RequestAuth::parse(&good)
+                    .map_err(|err| Stop::Fail(err.to_string()))?;
+                let target = formica_protocol::auth::RequestTarget {
+                    method: "GET",
+                    path,
+                    body: b"",
+                };
+                let input = parsed.signing_input(&target, &t.host);
+                let body = input
+                    .strip_prefix(Domain::Request.tag())
+                    .ok_or_else(|| Stop::Fail("request signing input without its tag".into()))?;
+                let sig = a.key.sign(Domain::Envelope, body);
+                get_with(t, path, set("sig", &sig.to_hex()))?
             } else if l.contains("homed on another relay") {
                 let h = Handle::parse("@alice@elsewhere.example")
                     .map_err(|err| Stop::Fail(err.to_string()))?;

@@ -85,6 +85,21 @@ pub fn invalid_recreation(id: String, comment: &str, code: ErrorCode) -> Case {
         )
     } else if c.contains("key-log tag") {
         (&["SIG-1", "SIG-2", "ENV-10", "ENV-17", "VEC-2"], keylog_tag)
+    } else if c.contains("under the request tag") {
+        (
+            &["SIG-1", "SIG-2", "ENV-10", "ENV-17", "VEC-2"],
+            request_tag,
+        )
+    } else if c.contains("descriptor tag") {
+        (
+            &["SIG-1", "SIG-2", "ENV-10", "ENV-17", "VEC-2"],
+            descriptor_tag,
+        )
+    } else if c.contains("relay-request tag") {
+        (
+            &["SIG-1", "SIG-2", "ENV-10", "ENV-17", "VEC-2"],
+            relay_request_tag,
+        )
     } else if c.contains("s + l") {
         (&["SIG-3", "ENV-17", "VEC-2"], s_plus_l)
     } else {
@@ -183,6 +198,18 @@ fn receipt_tag(e: &Env<'_>) -> R {
 
 fn keylog_tag(e: &Env<'_>) -> R {
     wrong_tag(e, Domain::KeyLog)
+}
+
+fn request_tag(e: &Env<'_>) -> R {
+    wrong_tag(e, Domain::Request)
+}
+
+fn descriptor_tag(e: &Env<'_>) -> R {
+    wrong_tag(e, Domain::Descriptor)
+}
+
+fn relay_request_tag(e: &Env<'_>) -> R {
+    wrong_tag(e, Domain::RelayRequest)
 }
 
 /// The group order l, little-endian.

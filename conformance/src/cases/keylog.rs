@@ -802,6 +802,39 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                     Ok(())
                 },
             )
+        } else if l.contains("envelope tag instead of the key-log tag") {
+            (
+                &["LOG-10", "SIG-1", "SIG-3", "API-6", "VEC-2"],
+                &[E::BadSignature],
+                |e| {
+                    let t = e.t;
+                    let a = base(e)?;
+                    let entry = next(
+                        t,
+                        &a,
+                        1,
+                        &a.head,
+                        t.now().max(a.reg_ts + 1),
+                        KeyOp::Rotate {
+                            key: random_key().public(),
+                        },
+                        &a.key,
+                    );
+                    // The same entry signed by the right key under the envelope tag.
+                    let mut v = entry.value().clone();
+                    if let Value::Object(o) = &mut v {
+                        o.remove("sig");
+                    }
+                    let sig = a.key.sign(Domain::Envelope, &canon::canonicalize(&v));
+                    if let Value::Object(o) = &mut v {
+                        o.insert("sig", s(&sig.to_hex()));
+                    }
+                    t.http
+                        .post(&format!("/v1/keys/{}", a.handle), &canon::canonicalize(&v))?
+                        .expect_error(E::BadSignature)?;
+                    Ok(())
+                },
+            )
         } else if l.contains("corrupted signature") {
             (
                 &["LOG-10", "SIG-3", "API-6", "VEC-2"],
