@@ -105,9 +105,14 @@ impl RedbStore {
                 });
             }
         };
-        let txn = db.begin_write().map_err(io)?;
-        txn.open_table(LOG).map_err(io)?;
-        txn.commit().map_err(io)?;
+        // Create the table only if it is missing: a store that is only being checked (or is
+        // about to be refused as damaged) gets no write transaction.
+        let exists = db.begin_read().map_err(io)?.open_table(LOG).is_ok();
+        if !exists {
+            let txn = db.begin_write().map_err(io)?;
+            txn.open_table(LOG).map_err(io)?;
+            txn.commit().map_err(io)?;
+        }
         let durability = if unsafe_relaxed_fsync {
             redb::Durability::Eventual
         } else {

@@ -232,17 +232,41 @@ fn a_damaged_store_is_refused_by_serve_and_named_by_check() {
     assert!(!out.status.success(), "check passed a flipped byte");
     let msg = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(msg.contains("DAMAGED"), "{msg}");
+    // The message names the damaged record by its number.
+    let named = msg
+        .split("record ")
+        .skip(1)
+        .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .any(|n| n > 0);
+    assert!(named, "check does not name the damaged record: {msg}");
     let refused = serve_refuses(&data, &config);
     assert!(refused.contains("refusing to start"), "{refused}");
+    // Neither check nor the refused start changed the damaged file.
+    // (Regression: every open committed an empty write transaction, even on a damaged store.)
+    assert!(
+        std::fs::read(&log).unwrap() == bytes,
+        "check or serve wrote to a damaged store"
+    );
 
     // A truncated file.
-    std::fs::write(&log, &pristine[..pristine.len() / 2]).unwrap();
+    let truncated = &pristine[..pristine.len() / 2];
+    std::fs::write(&log, truncated).unwrap();
     let out = check_data(&data);
     assert!(!out.status.success(), "check passed a truncated file");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("DAMAGED"));
-    serve_refuses(&data, &config);
+    let msg = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        msg.contains("DAMAGED") && msg.contains("log.redb"),
+        "check does not name the damaged file: {msg}"
+    );
+    let refused = serve_refuses(&data, &config);
+    assert!(refused.contains("refusing to start"), "{refused}");
+    assert!(
+        std::fs::read(&log).unwrap() == truncated,
+        "check or serve wrote to a truncated store"
+    );
 
-    // Restored, it is sound again: the refusals changed nothing.
+    // Restored, it is sound again.
     std::fs::write(&log, &pristine).unwrap();
     assert!(check_data(&data).status.success());
     let _ = std::fs::remove_dir_all(&dir);
