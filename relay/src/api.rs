@@ -193,25 +193,45 @@ pub fn client_ip(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Op
 /// append a line instead of extending the last one), and read from the right: each trusted
 /// proxy appends the address it was connected from, so the rightmost address that is not a
 /// trusted proxy is the client. Anything left of it was written by the client and is not
-/// believed. A list that does not parse before an untrusted address is found gives the peer
-/// itself, so that garbage never makes up an address.
+/// believed. Each hop is decoded on its own (bytes that are not UTF-8 in the client's part
+/// cannot spoil the proxy's), may carry a port (`192.0.2.7:5000`, `[2001:db8::1]:443`) or
+/// brackets, and IPv4-mapped IPv6 addresses count as their IPv4 address, in the peer, the hops
+/// and the trusted list alike. A hop that does not parse before an untrusted address is found
+/// gives the peer itself, so that garbage never makes up an address.
 pub fn forwarded_client(peer: IpAddr, trusted: &[IpAddr], headers: &HeaderMap) -> IpAddr {
-    if !trusted.contains(&peer) {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip);
+    if !is_trusted(peer) {
         return peer;
     }
-    let lines: Vec<&str> = headers
+    let lines: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .map(|v| v.to_str().unwrap_or(""))
+        .map(|v| v.as_bytes())
         .collect();
-    for hop in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) if trusted.contains(&ip) => continue,
-            Ok(ip) => return ip,
-            Err(_) => return peer,
+    for hop in lines.iter().rev().flat_map(|l| l.rsplit(|b| *b == b',')) {
+        match parse_hop(hop) {
+            Some(ip) if is_trusted(ip) => continue,
+            Some(ip) => return ip,
+            None => return peer,
         }
     }
     peer
+}
+
+/// One `X-Forwarded-For` hop: an address, optionally with a port or in brackets.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(hop).ok()?.trim();
+    let ip = text
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            text.strip_prefix('[')
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<IpAddr>().ok())
+        })?;
+    Some(ip.to_canonical())
 }
 
 pub(crate) fn ip_limit(
@@ -1143,5 +1163,35 @@ mod tests {
             proxy
         );
         assert_eq!(forwarded_client(proxy, &trusted, &xff(&[])), proxy);
+        // Ports and brackets, as some proxies write them.
+        assert_eq!(
+            forwarded_client(proxy, &trusted, &xff(&["192.0.2.7:5000"])),
+            ip("192.0.2.7")
+        );
+        assert_eq!(
+            forwarded_client(proxy, &trusted, &xff(&["[2001:db8::1]:443"])),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            forwarded_client(proxy, &trusted, &xff(&["[2001:db8::1]"])),
+            ip("2001:db8::1")
+        );
+        // A dual-stack listener sees the proxy as ::ffff:10.0.0.1; it is still trusted, and a
+        // mapped client address counts as its IPv4 address.
+        assert_eq!(
+            forwarded_client(ip("::ffff:10.0.0.1"), &trusted, &xff(&["::ffff:192.0.2.7"])),
+            ip("192.0.2.7")
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_in_the_clients_part_do_not_spoil_the_proxys() {
+        let proxy = ip("10.0.0.1");
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.9\xff, 192.0.2.7").unwrap(),
+        );
+        assert_eq!(forwarded_client(proxy, &[proxy], &h), ip("192.0.2.7"));
     }
 }

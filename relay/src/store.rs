@@ -105,10 +105,21 @@ impl RedbStore {
                 });
             }
         };
-        // Create the table only if it is missing: a store that is only being checked (or is
-        // about to be refused as damaged) gets no write transaction.
-        let exists = db.begin_read().map_err(io)?.open_table(LOG).is_ok();
-        if !exists {
+        // Create the table only if it is missing, so that a store that is only being checked
+        // (or is about to be refused as damaged) gets no transaction committed to it. Any other
+        // error reading it is damage. (redb itself still marks the file as open in its header
+        // and clears the mark on close.)
+        let missing = match db.begin_read().map_err(io)?.open_table(LOG) {
+            Ok(_) => false,
+            Err(redb::TableError::TableDoesNotExist(_)) => true,
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    seq: 0,
+                    reason: format!("cannot read the log table of {}: {e}", path.display()),
+                })
+            }
+        };
+        if missing {
             let txn = db.begin_write().map_err(io)?;
             txn.open_table(LOG).map_err(io)?;
             txn.commit().map_err(io)?;

@@ -5,8 +5,9 @@
 //! Streams are pull-based: a consumer is sent at most one page at a time and the next page is
 //! read only when the previous one has been written to the socket, so a slow consumer holds at
 //! most one page (`inbox_page_max` items) in memory and its items simply stay in its inbox. A
-//! consumer that takes nothing at all for `write_stall_timeout_ms` is disconnected by the server
-//! loop (`server::StallGuard`) and resumes from its cursor on its next connection.
+//! consumer whose socket takes no write for `write_stall_timeout_ms` (it stopped reading and the
+//! buffers are full) is disconnected by the server loop (`server::StallGuard`) and resumes from
+//! its cursor on its next connection.
 //!
 //! A stream lives only as long as the key that opened it is the agent's current key (API-16):
 //! the key is checked before every page and every `KEY_CHECK_MS` while idle, and a rotated,

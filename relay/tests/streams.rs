@@ -151,13 +151,18 @@ impl Sse {
 }
 
 fn setup(name: &str) -> (std::path::PathBuf, RelayProc, Peer, Peer) {
+    setup_with(name, "")
+}
+
+/// Like `setup`, with extra `[limits]` lines.
+fn setup_with(name: &str, extra_limits: &str) -> (std::path::PathBuf, RelayProc, Peer, Peer) {
     let dir = std::env::temp_dir().join(format!(
         "formica-{name}-{}-{}",
         std::process::id(),
         now_ms()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = write_config(&dir);
+    let config = write_config_with(&dir, extra_limits);
     let r = RelayProc::start(&dir.join("data"), &config);
     let a = Peer::register(&r, "alice", 1);
     let b = Peer::register(&r, "bob", 2);
@@ -339,7 +344,9 @@ fn shutdown_ends_open_streams_cleanly() {
 
 #[test]
 fn a_slow_stream_consumer_loses_nothing_and_the_relay_keeps_serving() {
-    let (dir, r, a, b) = setup("slow");
+    // A pause, not a stall: the write stall limit is far longer than the pause (the test below
+    // covers a consumer that stops for good).
+    let (dir, r, a, b) = setup_with("slow", "write_stall_timeout_ms = 600000");
     let mut s = Sse::open(&r, &b, None).unwrap();
     let first = send(&r, &a, &b, "first");
     assert_eq!(id_of(&s.next_event().1), first);
@@ -392,17 +399,11 @@ fn metric(r: &RelayProc, name: &str) -> i64 {
 
 #[test]
 fn a_stream_consumer_that_stops_reading_is_disconnected_and_loses_nothing() {
-    let dir =
-        std::env::temp_dir().join(format!("formica-stall-{}-{}", std::process::id(), now_ms()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = write_config_with(&dir, "write_stall_timeout_ms = 1000");
-    let r = RelayProc::start(&dir.join("data"), &config);
-    let a = Peer::register(&r, "alice", 1);
-    let b = Peer::register(&r, "bob", 2);
-    b.allow(&r, &a.handle);
+    let (dir, r, a, b) = setup_with("stall", "write_stall_timeout_ms = 1000");
     let mut s = Sse::open(&r, &b, None).unwrap();
     let first = send(&r, &a, &b, "first");
-    assert_eq!(id_of(&s.next_event().1), first);
+    let (mut last_event_id, data) = s.next_event();
+    assert_eq!(id_of(&data), first);
     assert_eq!(metric(&r, "formica_streams_open"), 1);
     // The consumer stops reading while about 16 MB arrive, far more than the two sockets'
     // buffers hold, so the relay's writes to it stall.
@@ -440,7 +441,6 @@ fn a_stream_consumer_that_stops_reading_is_disconnected_and_loses_nothing() {
     // The consumer reads what had reached it before the close, then the connection ends: it
     // did not get everything on that connection.
     let mut got = vec![sent[0].clone()];
-    let mut last_event_id = String::new();
     while let Some((id, data)) = s.try_next_event() {
         got.push(id_of(&data));
         last_event_id = id;

@@ -628,6 +628,8 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
         &["AUTH-4", "VEC-2"]
     } else if l.contains("signed for") || l.contains("another key") {
         &["AUTH-2", "AUTH-4", "VEC-2"]
+    } else if l.contains(" tag ") {
+        &["SIG-1", "AUTH-4", "VEC-2"]
     } else {
         &["AUTH-1", "VEC-2"]
     };
