@@ -5,7 +5,9 @@
 //! and the generator refuses to write a file if the crate disagrees. Valid signing vectors use
 //! fixed seeds so every output is deterministic.
 //!
-//! Regenerate after changing a case: `UPDATE_VECTORS=1 cargo test -p formica-protocol --test gen_vectors`.
+//! Regenerate after changing a case: `UPDATE_VECTORS=1 cargo test -p formica-protocol --test gen_vectors`,
+//! then `python3 protocol-spec/fuzz/make_seeds.py` (the fuzz seeds are made from the vectors and
+//! CI checks they match).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

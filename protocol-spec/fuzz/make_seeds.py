@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Writes the fuzz targets' starting inputs from the spec's test vectors into seeds/<target>/.
+
+The vectors hold the inputs a fuzzer is least likely to find on its own: envelopes with valid
+signatures, key logs whose chains and signatures check, request authentication headers. Seeds
+are named by the SHA-1 of their content, as libFuzzer names corpus files, so running this again
+writes the same files. Standard library only; run from anywhere.
+
+    python3 make_seeds.py           # (re)write seeds/
+    python3 make_seeds.py --check   # exit 1 if seeds/ differs from what the vectors give (CI)
+"""
+import hashlib
+import json
+import pathlib
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+VECTORS = HERE.parent / "vectors"
+
+
+def load(name):
+    return json.loads((VECTORS / name).read_text(encoding="utf-8"))
+
+
+def compact(v):
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def raw(case):
+    """A case's input as bytes: `input` is UTF-8 text, `input_hex` raw bytes."""
+    if "input_hex" in case:
+        return bytes.fromhex(case["input_hex"])
+    return case["input"].encode("utf-8")
+
+
+OUT = HERE / "seeds"
+
+
+def write(target, data):
+    d = OUT / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
+
+
+def files(root):
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def main():
+    global OUT
+    if sys.argv[1:] == ["--check"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            OUT = pathlib.Path(tmp)
+            generate()
+            want, have = files(OUT), files(HERE / "seeds")
+        if want != have:
+            stale = sorted(str(k) for k in want.keys() ^ have.keys())
+            shown = ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else "")
+            sys.exit(f"seeds/ is out of date with the vectors (missing or extra: {shown}); "
+                     "run python3 protocol-spec/fuzz/make_seeds.py")
+        print(f"seeds/ matches the vectors ({len(want)} files)")
+    elif sys.argv[1:]:
+        sys.exit(__doc__)
+    else:
+        generate()
+
+
+def generate():
+    canon = load("canon.json")["cases"]
+    valid = load("envelopes_valid.json")["cases"]
+    invalid = load("envelopes_invalid.json")["cases"]
+    keylogs = load("keylogs.json")
+    auth = load("auth.json")
+
+    # parse_envelope: JSON documents and envelopes, accepted and refused.
+    for c in canon:
+        write("parse_envelope", raw(c))
+    for c in valid:
+        write("parse_envelope", c["wire"].encode("utf-8"))
+    for c in invalid:
+        write("parse_envelope", raw(c))
+
+    # keylog: one entry per line.
+    for c in keylogs["valid"] + keylogs["invalid"]:
+        write("keylog", b"\n".join(compact(e) for e in c["entries"]))
+
+    # request_auth: header values, agent and relay. The vectors give no valid agent header as
+    # text (only its signing input, and the standard library cannot sign), but several invalid
+    # ones are valid headers presented for another request, and the target signs valid headers
+    # of both kinds on every input.
+    for group in ("invalid", "relay_valid", "relay_invalid"):
+        for c in auth[group]:
+            write("request_auth", c["header"].encode("utf-8"))
+
+    # relay_http: the first byte picks the endpoint or signing mode (see relay_http.rs).
+    wires = [c["wire"].encode("utf-8") for c in valid]
+    for w in wires:
+        write("relay_http", b"\x00" + w)
+    write("relay_http", b"\x01" + b'{"envelopes":[' + b",".join(wires[:3]) + b"]}")
+    for c in invalid:
+        write("relay_http", b"\x00" + raw(c))
+    for c in keylogs["valid"]:
+        write("relay_http", b"\x02" + compact({"entry": c["entries"][0], "pow": {"challenge": "00" * 16, "difficulty": 1, "nonce": 0}}))
+        for e in c["entries"]:
+            write("relay_http", b"\x03" + compact(e))
+    write("relay_http", b"\x04{}")
+    # Signing modes 5 (as alice) and 6 (as bob): the vectors' envelopes addressed to the other
+    # local agent, so that they pass the contact checks and reach delivery.
+    for c in valid:
+        env = dict(c["envelope"])
+        for mode, other in ((5, "@bob@relay-a.example"), (6, "@alice@relay-a.example")):
+            env["to"] = [other]
+            write("relay_http", bytes([mode]) + compact(env))
+
+
+if __name__ == "__main__":
+    main()

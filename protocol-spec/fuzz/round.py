@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Runs one fuzzing round of one target and summarises it, for the plateau rounds in FUZZING.md.
+
+    python3 round.py <target> <seconds> [extra libFuzzer flags...]
+
+The summary also counts the code locations (`NEW_PC` lines: function and file:line) that this
+round found and that no earlier round of the same target, in logs/, had found. libFuzzer prints
+`NEW_PC` only after the corpus has been replayed, so a location found again by a later round
+(as happens in `relay_http`, whose in-process relay reaches some code only once its tables have
+filled) is not new; a round that finds no new location and ends at the coverage of the earlier
+rounds has found no new code. Logs of a superseded build are moved out of logs/ by hand.
+
+The target binary must have been built by `cargo fuzz build` (release, AddressSanitizer, debug
+assertions). The round resumes from corpus/<target> (where libFuzzer adds what it finds) and also
+reads seeds/<target> (committed, read-only). Every output line is written to
+logs/<target>-<start>.log with the seconds since the start of the round, and the summary line
+printed at the end gives: executions, cov/ft when the corpus had been replayed (INITED) and at
+the end, and when in the round the last new edge (NEW_PC or a rise of cov) and the last new
+feature (a rise of ft) were found. Exits with libFuzzer's status (non-zero on a finding).
+Standard library only.
+"""
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)")
+
+
+def pcs_of(log_path):
+    """The code locations a round's log reports as NEW_PC (the text after ' in ')."""
+    out = set()
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if "NEW_PC:" in line and " in " in line:
+                out.add(line.split(" in ", 1)[1].strip())
+    return out
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    target, seconds, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    binary = HERE / "target" / "x86_64-unknown-linux-gnu" / "release" / target
+    corpus = HERE / "corpus" / target
+    seeds = HERE / "seeds" / target
+    artifacts = HERE / "artifacts" / target
+    logs = HERE / "logs"
+    for d in (corpus, artifacts, logs):
+        d.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    log_path = logs / f"{target}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(start))}.log"
+    cmd = [
+        str(binary), str(corpus), str(seeds),
+        f"-artifact_prefix={artifacts}/", f"-max_total_time={seconds}", "-timeout=30",
+        "-print_final_stats=1", "-print_pcs=1", *extra,
+    ]
+    earlier = set()
+    for old_log in sorted(logs.glob(f"{target}-*.log")):
+        earlier |= pcs_of(old_log)
+    inited = last = None
+    last_cov_t = last_ft_t = 0.0
+    execs = 0
+    peak_rss_mb = None
+    max_len = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("-max_len=")), None)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("# " + " ".join(cmd) + "\n")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        for line in proc.stdout:
+            t = time.time() - start
+            log.write(f"[{t:8.2f}] {line}")
+            m = STATUS.match(line)
+            if m:
+                n, kind, cov, ft, corp = int(m[1]), m[2], int(m[3]), int(m[4]), int(m[5])
+                if kind == "INITED":
+                    inited = (cov, ft, corp)
+                elif inited is not None and last is not None:
+                    if cov > last[0]:
+                        last_cov_t = t
+                    if ft > last[1]:
+                        last_ft_t = t
+                if inited is not None:
+                    last = (cov, ft, corp)
+            elif "NEW_PC" in line and inited is not None:
+                last_cov_t = t
+            elif line.startswith("stat::number_of_executed_units:"):
+                execs = int(line.split(":")[-1])
+            elif line.startswith("stat::peak_rss_mb:"):
+                peak_rss_mb = int(line.split(":")[-1])
+            if max_len is None and "will not generate inputs larger than" in line:
+                max_len = int(re.search(r"larger than (\d+)", line)[1])
+        rc = proc.wait()
+    elapsed = time.time() - start
+    found = pcs_of(log_path)
+    summary = {
+        "target": target,
+        "seconds": round(elapsed),
+        "executions": execs,
+        "inited": {"cov": inited[0], "ft": inited[1], "corp": inited[2]} if inited else None,
+        "end": {"cov": last[0], "ft": last[1], "corp": last[2]} if last else None,
+        "last_new_cov_s": round(last_cov_t),
+        "last_new_ft_s": round(last_ft_t),
+        "new_pcs": len(found),
+        "new_pcs_not_in_earlier_rounds": sorted(found - earlier),
+        "max_len": max_len,
+        "peak_rss_mb": peak_rss_mb,
+        "exit": rc,
+        "log": str(log_path.relative_to(HERE)),
+    }
+    print(json.dumps(summary))
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
