@@ -6,12 +6,13 @@ signatures, key logs whose chains and signatures check, request authentication h
 are named by the SHA-1 of their content, as libFuzzer names corpus files, so running this again
 writes the same files. Standard library only; run from anywhere.
 
-    python3 make_seeds.py           # (re)write seeds/
+    python3 make_seeds.py           # rewrite seeds/ (removing seeds no vector gives any more)
     python3 make_seeds.py --check   # exit 1 if seeds/ differs from what the vectors give (CI)
 """
 import hashlib
 import json
 import pathlib
+import shutil
 import sys
 import tempfile
 
@@ -54,15 +55,16 @@ def main():
             OUT = pathlib.Path(tmp)
             generate()
             want, have = files(OUT), files(HERE / "seeds")
-        if want != have:
-            stale = sorted(str(k) for k in want.keys() ^ have.keys())
-            shown = ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else "")
-            sys.exit(f"seeds/ is out of date with the vectors (missing or extra: {shown}); "
-                     "run python3 protocol-spec/fuzz/make_seeds.py")
+        differ = sorted(str(k) for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        if differ:
+            shown = ", ".join(differ[:5]) + (", ..." if len(differ) > 5 else "")
+            sys.exit(f"seeds/ is out of date with the vectors ({len(differ)} files missing, extra "
+                     f"or changed: {shown}); run python3 protocol-spec/fuzz/make_seeds.py")
         print(f"seeds/ matches the vectors ({len(want)} files)")
     elif sys.argv[1:]:
         sys.exit(__doc__)
     else:
+        shutil.rmtree(OUT, ignore_errors=True)
         generate()
 
 

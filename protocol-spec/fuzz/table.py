@@ -6,7 +6,7 @@
 Rounds are read per target in the order they ran; logs/superseded/ holds rounds of an earlier
 build, listed separately. A round whose log has no final statistics (interrupted) is listed with
 the last status line's figures. "New locations" are the NEW_PC locations no earlier round of the
-same build found, in all code and, in brackets, in this repository's sources. A log line with a
+same build found, in all code and, in brackets, in the project's crates (protocol-spec/src, relay/src). A log line with a
 sanitizer or libFuzzer error marks the round as a finding. Standard library only.
 """
 import pathlib
@@ -19,6 +19,7 @@ base = HERE / "logs"
 STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)")
 TIMED = re.compile(r"^\[\s*([\d.]+)\] (.*)")
 FINDING = re.compile(r"ERROR: |deadly signal|SUMMARY: |==\d+==")
+OWN = ("protocol-spec/src/", "relay/src/")
 TARGETS = ["parse_envelope", "keylog", "request_auth", "relay_http"]
 
 
@@ -72,7 +73,7 @@ def main():
             for i, s in enumerate(rounds, 1):
                 new = s["pcs"] - earlier
                 earlier |= s["pcs"]
-                own = sum(1 for pc in new if REPO in pc)
+                own = sum(1 for pc in new if any(REPO + d in pc for d in OWN))
                 (c0, f0), (c1, f1, _) = s["inited"], s["end"]
                 print(
                     f"| `{target}`{note} | {i} "

@@ -1,6 +1,6 @@
-//! Fuzz target for the relay's HTTP body handling: arbitrary bytes are posted to every endpoint
-//! that reads a body (envelope, batch, registration, key log entry, challenge) on an in-process
-//! relay over an in-memory store, through the same router that serves real requests. Besides
+//! Fuzz target for the relay's HTTP body handling: arbitrary bytes are posted to five endpoints
+//! that read a body (envelope, batch, registration, key log entry, challenge; not the contacts
+//! endpoint, not the federation endpoints) on an in-process relay over an in-memory store, through the same router that serves real requests. Besides
 //! "never panics", every answer must be a 2xx or a JSON error body whose code is in the registry
 //! and whose status is the registry's status for it.
 //!

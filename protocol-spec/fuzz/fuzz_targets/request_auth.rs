@@ -1,7 +1,8 @@
 //! Fuzz target for request authentication, agent (`Formica`) and relay-to-relay
 //! (`Formica-Relay`): arbitrary header values are parsed; a header that parses is checked against
 //! a fixed key and request, which must never panic, and a header made by `sign` from fuzzed
-//! request parts must verify for exactly those parts and not for another method.
+//! request parts must verify for those parts and not for another method; a relay header must
+//! also be refused at another relay (by its `dest`, which is checked before the signature).
 #![no_main]
 
 use formica_protocol::auth::{Nonce, RelayAuth, RequestAuth, RequestTarget};
