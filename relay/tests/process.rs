@@ -56,7 +56,11 @@ fn restart_keeps_state_and_a_replay_is_still_duplicate() {
         );
     }
     // Stored once: the replays added nothing to the inbox.
-    assert_eq!(b.inbox(&r2), before, "a replay after restart was stored again");
+    assert_eq!(
+        b.inbox(&r2),
+        before,
+        "a replay after restart was stored again"
+    );
     // The relay key (and so the descriptor's key) survives the restart too.
     let (_, d1) = r2.request("GET", "/.well-known/formica", &[], b"").unwrap();
     assert!(d1.as_object().unwrap().get("key").is_some());
