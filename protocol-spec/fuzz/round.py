@@ -28,16 +28,62 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)")
+TIMED = re.compile(r"^\[\s*([\d.]+)\] (.*)")
+FINDING = re.compile(r"ERROR: |deadly signal|SUMMARY: |==\d+==")
 
 
-def pcs_of(log_path):
-    """The code locations a round's log reports as NEW_PC (the text after ' in ')."""
-    out = set()
+def summarize(log_path):
+    """A round's figures from its log (as written below: each line after the command line
+    prefixed with the seconds since the start). `inited` and `end` are None when the corpus
+    replay never finished; `executions` is the final count, or the last status line's when the
+    round was interrupted (`done` false)."""
+    inited = last = execs = peak_rss_mb = max_len = None
+    t = last_cov_t = last_ft_t = 0.0
+    pcs = set()
+    finding = False
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            if "NEW_PC:" in line and " in " in line:
-                out.add(line.split(" in ", 1)[1].strip())
-    return out
+            m = TIMED.match(line.rstrip("\n"))
+            if not m:
+                continue
+            t, body = float(m[1]), m[2]
+            finding = finding or bool(FINDING.search(body))
+            s = STATUS.match(body)
+            if s:
+                n, kind, cov, ft, corp = int(s[1]), s[2], int(s[3]), int(s[4]), int(s[5])
+                if kind == "INITED":
+                    inited = (cov, ft, corp)
+                elif inited is not None and last is not None:
+                    if cov > last[0]:
+                        last_cov_t = t
+                    if ft > last[1]:
+                        last_ft_t = t
+                if inited is not None:
+                    last = (cov, ft, corp, n)
+            elif "NEW_PC" in body and " in " in body:
+                # The code location: the text after ' in ' (function and file:line).
+                pcs.add(body.split(" in ", 1)[1].strip())
+                if inited is not None:
+                    last_cov_t = t
+            elif body.startswith("stat::number_of_executed_units:"):
+                execs = int(body.split(":")[-1])
+            elif body.startswith("stat::peak_rss_mb:"):
+                peak_rss_mb = int(body.split(":")[-1])
+            elif max_len is None and "will not generate inputs larger than" in body:
+                max_len = int(re.search(r"larger than (\d+)", body)[1])
+    return {
+        "inited": inited,
+        "end": last,
+        "seconds": t,
+        "done": execs is not None,
+        "executions": execs if execs is not None else (last[3] if last else 0),
+        "last_new_cov_s": last_cov_t,
+        "last_new_ft_s": last_ft_t,
+        "pcs": pcs,
+        "peak_rss_mb": peak_rss_mb,
+        "max_len": max_len,
+        "finding": finding,
+    }
 
 
 def main():
@@ -51,6 +97,9 @@ def main():
     logs = HERE / "logs"
     for d in (corpus, artifacts, logs):
         d.mkdir(parents=True, exist_ok=True)
+    earlier = set()
+    for old_log in sorted(logs.glob(f"{target}-*.log")):
+        earlier |= summarize(old_log)["pcs"]
     start = time.time()
     log_path = logs / f"{target}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(start))}.log"
     cmd = [
@@ -58,55 +107,26 @@ def main():
         f"-artifact_prefix={artifacts}/", f"-max_total_time={seconds}", "-timeout=30",
         "-print_final_stats=1", "-print_pcs=1", *extra,
     ]
-    earlier = set()
-    for old_log in sorted(logs.glob(f"{target}-*.log")):
-        earlier |= pcs_of(old_log)
-    inited = last = None
-    last_cov_t = last_ft_t = 0.0
-    execs = 0
-    peak_rss_mb = None
-    max_len = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("-max_len=")), None)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("# " + " ".join(cmd) + "\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         for line in proc.stdout:
-            t = time.time() - start
-            log.write(f"[{t:8.2f}] {line}")
-            m = STATUS.match(line)
-            if m:
-                n, kind, cov, ft, corp = int(m[1]), m[2], int(m[3]), int(m[4]), int(m[5])
-                if kind == "INITED":
-                    inited = (cov, ft, corp)
-                elif inited is not None and last is not None:
-                    if cov > last[0]:
-                        last_cov_t = t
-                    if ft > last[1]:
-                        last_ft_t = t
-                if inited is not None:
-                    last = (cov, ft, corp)
-            elif "NEW_PC" in line and inited is not None:
-                last_cov_t = t
-            elif line.startswith("stat::number_of_executed_units:"):
-                execs = int(line.split(":")[-1])
-            elif line.startswith("stat::peak_rss_mb:"):
-                peak_rss_mb = int(line.split(":")[-1])
-            if max_len is None and "will not generate inputs larger than" in line:
-                max_len = int(re.search(r"larger than (\d+)", line)[1])
+            log.write(f"[{time.time() - start:8.2f}] {line}")
         rc = proc.wait()
-    elapsed = time.time() - start
-    found = pcs_of(log_path)
+    r = summarize(log_path)
+    flag_max_len = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("-max_len=")), None)
     summary = {
         "target": target,
-        "seconds": round(elapsed),
-        "executions": execs,
-        "inited": {"cov": inited[0], "ft": inited[1], "corp": inited[2]} if inited else None,
-        "end": {"cov": last[0], "ft": last[1], "corp": last[2]} if last else None,
-        "last_new_cov_s": round(last_cov_t),
-        "last_new_ft_s": round(last_ft_t),
-        "new_pcs": len(found),
-        "new_pcs_not_in_earlier_rounds": sorted(found - earlier),
-        "max_len": max_len,
-        "peak_rss_mb": peak_rss_mb,
+        "seconds": round(time.time() - start),
+        "executions": r["executions"],
+        "inited": dict(zip(("cov", "ft", "corp"), r["inited"])) if r["inited"] else None,
+        "end": dict(zip(("cov", "ft", "corp"), r["end"])) if r["end"] else None,
+        "last_new_cov_s": round(r["last_new_cov_s"]),
+        "last_new_ft_s": round(r["last_new_ft_s"]),
+        "new_pcs": len(r["pcs"]),
+        "new_pcs_not_in_earlier_rounds": sorted(r["pcs"] - earlier),
+        "max_len": flag_max_len or r["max_len"],
+        "peak_rss_mb": r["peak_rss_mb"],
         "exit": rc,
         "log": str(log_path.relative_to(HERE)),
     }
