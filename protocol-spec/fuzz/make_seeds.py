@@ -4,13 +4,17 @@
 The vectors hold the inputs a fuzzer is least likely to find on its own: envelopes with valid
 signatures, key logs whose chains and signatures check, request authentication headers. Seeds
 are named by the SHA-1 of their content, as libFuzzer names corpus files, so running this again
-writes the same files. Standard library only; run from anywhere.
+writes the same files. It also writes seeds/protocol.dict, a libFuzzer dictionary (`-dict=`) of
+the protocol's words: the lower-case string literals of the protocol crate (field names, types,
+statuses, actions, error codes) as JSON strings, and the record separator of relay_http.
+Standard library only; run from anywhere.
 
     python3 make_seeds.py           # rewrite seeds/ (removing seeds no vector gives any more)
     python3 make_seeds.py --check   # exit 1 if seeds/ differs from what the vectors give (CI)
 """
 import hashlib
 import json
+import re
 import pathlib
 import shutil
 import sys
@@ -36,6 +40,8 @@ def raw(case):
 
 
 OUT = HERE / "seeds"
+# Separates the records of one relay_http input (relay_http.rs).
+SEP = b"\xffNXT"
 
 
 def write(target, data):
@@ -68,7 +74,21 @@ def main():
         generate()
 
 
+def dictionary():
+    """The dictionary's lines: every word-like string literal of protocol-spec/src, quoted as it
+    appears in JSON, then relay_http's separator and id references."""
+    words = set()
+    for src in sorted((HERE.parent / "src").glob("*.rs")):
+        words.update(re.findall(r'"([a-z][a-z0-9_.-]{1,40})"', src.read_text(encoding="utf-8")))
+    lines = [f'"\\"{w}\\""' for w in sorted(words)]
+    lines.append('"' + "".join(f"\\x{b:02x}" for b in SEP) + '"')
+    lines += [f'"\\"${k}\\""' for k in range(4)]
+    return "\n".join(lines) + "\n"
+
+
 def generate():
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "protocol.dict").write_text(dictionary(), encoding="utf-8")
     canon = load("canon.json")["cases"]
     valid = load("envelopes_valid.json")["cases"]
     invalid = load("envelopes_invalid.json")["cases"]
@@ -95,7 +115,8 @@ def generate():
         for c in auth[group]:
             write("request_auth", c["header"].encode("utf-8"))
 
-    # relay_http: the first byte picks the endpoint or signing mode (see relay_http.rs).
+    # relay_http: an input is up to 8 records separated by SEP; a record's first byte picks the
+    # endpoint, signing mode or clock step (see relay_http.rs). Single records first.
     wires = [c["wire"].encode("utf-8") for c in valid]
     for w in wires:
         write("relay_http", b"\x00" + w)
@@ -114,6 +135,25 @@ def generate():
         for mode, other in ((5, "@bob@relay-a.example"), (6, "@alice@relay-a.example")):
             env["to"] = [other]
             write("relay_http", bytes([mode]) + compact(env))
+    # Sequences. The target registers @kevin with the first entry of the longest valid key log;
+    # the later entries of each log that starts with that entry, posted in order with a minute
+    # of the clock between them (the entries are a minute apart), extend it.
+    minute = b"\x07" + (60_000).to_bytes(4, "little")
+    longest = max(keylogs["valid"], key=lambda c: len(c["entries"]))["entries"][0]
+    for c in keylogs["valid"] + keylogs["invalid"]:
+        if len(c["entries"]) > 1 and c["entries"][0] == longest:
+            posts = [b"\x03" + compact(e) for e in c["entries"][1:]]
+            write("relay_http", SEP.join(sum(([p, minute] for p in posts), [])[:-1]))
+    # A message from alice to bob asking for an ack, then bob's ack of it ("$0": the id of the
+    # first envelope the input had accepted), then a day passes (mode 7).
+    msg = next(c["envelope"] for c in valid if c["envelope"]["type"] == "message")
+    ack = next(c["envelope"] for c in valid if c["envelope"]["type"] == "ack")
+    ask = dict(msg, to=["@bob@relay-a.example"], ack_by=60_000)
+    answer = dict(ack, to=["@alice@relay-a.example"], payload=dict(ack["payload"], msg="$0"))
+    day = b"\x07" + (86_400_000).to_bytes(4, "little")
+    write("relay_http", SEP.join([b"\x05" + compact(ask), b"\x06" + compact(answer), day]))
+    # The same message left unacknowledged: the day makes it time out.
+    write("relay_http", SEP.join([b"\x05" + compact(ask), day]))
 
 
 if __name__ == "__main__":

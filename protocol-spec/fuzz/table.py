@@ -3,8 +3,9 @@
 
     python3 table.py
 
-Rounds are read per target in the order they ran; logs/superseded/ holds rounds of an earlier
-build, listed separately. A round whose log has no final statistics (interrupted) is listed with
+Rounds are read per target in the order they ran; logs/superseded/<build>/ holds the rounds of
+an earlier build (the directory's name, with spaces for hyphens, labels them), listed before the
+current build's and counted separately. A round whose log has no final statistics (interrupted) is listed with
 the last status line's figures. "New locations" are the NEW_PC locations no earlier round of the
 same build found, in all code and, in brackets, in the project's crates (protocol-spec/src,
 relay/src). A log line with a sanitizer or libFuzzer error marks the round as a finding. The
@@ -27,7 +28,8 @@ def main():
           "| New locations | Peak RSS | Findings |")
     print("|---|---|---|---|---|---|---|---|---|")
     for target in TARGETS:
-        for d, note in ((LOGS / "superseded", " (earlier build)"), (LOGS, "")):
+        builds = [(d, f" ({d.name.replace('-', ' ')})") for d in sorted((LOGS / "superseded").glob("*/"))]
+        for d, note in builds + [(LOGS, "")]:
             earlier = set()
             logs = sorted(d.glob(f"{target}-*.log"))
             rounds = [s for s in map(summarize, logs) if s["inited"] and s["end"]]

@@ -171,6 +171,21 @@ impl Relay {
         clock: Clock,
     ) -> Result<Relay, StoreError> {
         let (log, state) = writer::replay(store, host)?;
+        Ok(Relay::from_replayed(cfg, host, log, state, key, clock))
+    }
+
+    /// Starts a relay on a log that is already open and the state replayed from it (what
+    /// [`with_store`](Self::with_store) does after [`writer::replay`]). `state` must be the
+    /// replay of `log`: the fuzz target copies one replayed state into many relays, each on its
+    /// own copy of the log, instead of replaying the log for every input.
+    pub fn from_replayed(
+        cfg: &RelayConfig,
+        host: &RelayHost,
+        log: store::EventLog,
+        state: state::State,
+        key: SecretKey,
+        clock: Clock,
+    ) -> Relay {
         let state = Arc::new(writer::StateCell::new(state));
         let notifier = Arc::new(writer::Notifier::default());
         let policy = Arc::new(cfg.policy.clone());
@@ -204,7 +219,7 @@ impl Relay {
             admin_token: std::sync::OnceLock::new(),
             peer_client: federation::PeerClient::default(),
         });
-        Ok(Relay { app, writer_thread })
+        Relay { app, writer_thread }
     }
 }
 

@@ -1,24 +1,36 @@
 //! Fuzz target for the relay's HTTP body handling: arbitrary bytes are posted to five endpoints
 //! that read a body (envelope, batch, registration, key log entry, challenge; not the contacts
-//! endpoint, not the federation endpoints) on an in-process relay over an in-memory store, through the same router that serves real requests. Besides
-//! "never panics", every answer must be a 2xx or a JSON error body whose code is in the registry
-//! and whose status is the registry's status for it.
+//! endpoint, not the federation endpoints) on an in-process relay over an in-memory store,
+//! through the same router that serves real requests. Besides "never panics", every answer must
+//! be a 2xx or a JSON error body whose code is in the registry and whose status is the
+//! registry's status for it.
 //!
-//! Raw bytes almost never carry a valid signature, so they stop at the parser and the signature
-//! check. To reach what lies behind them (policy, contacts, tiers, acks, receipts, the writer),
-//! two more modes take the body as an envelope's fields and sign it as one of two agents
-//! registered on the relay when the fixture starts (`@alice` and `@bob`, contacts of each other
-//! at the `task` level): `from`, `key` and `ts` are set to the agent's and the current time, `id`
-//! and `sig` are replaced, and an integer `ack_by` is taken as milliseconds from now (modulo a
-//! day) so that deadlines are neither always past nor always far. The signed envelope is then
-//! posted like any other.
+//! **One input, one relay.** Every input starts from the same relay state, on a fresh relay,
+//! with a clock that only the input moves, so what an input reaches depends on the input: a
+//! crash reproduces from its one input, and replaying the corpus reaches what the corpus
+//! reached. The state is built once per process (each input's relay gets a copy of its log in a
+//! new in-memory store and a copy of the state replayed from it): three agents registered at the
+//! vectors' time origin `T0` = `1764000000000`, namely `@alice` with the vectors' key for alice
+//! (so the vectors' envelopes from alice carry valid signatures), `@kevin` with the first entry
+//! of the longest valid key log of the vectors (so the later entries of the logs that start with
+//! it can be posted to `/v1/keys/@kevin`) and `@bob` with a key of its own; alice and bob are
+//! contacts of each other at the `task` level. Each input's clock starts at `T0 + 90 s`, inside
+//! the freshness window of the vectors' timestamps. What still varies between two executions of
+//! one input is in dependency code: hash table probing (the standard library seeds each map's
+//! hasher at random) and the writer's batching (it lingers by wall-clock time).
 //!
-//! Input layout: the first byte picks the mode (`PATHS` then the two signing modes), the rest is
-//! the body.
-//!
-//! The relay lives for the whole run and uses the system clock, so an answer can depend on what
-//! earlier inputs stored and on the time: a crash found here may need the inputs before it (the
-//! corpus, in order) to reproduce, and the signing modes re-sign with the current time.
+//! **Input layout.** Up to `RECORDS_MAX` records separated by the 4 bytes `SEP`, run in order on
+//! the input's relay. A record's first byte picks the mode, the rest is its body:
+//! - modes 0 to 4 post the body to `PATHS[mode]`;
+//! - modes 5 and 6 read the body as an envelope's fields and sign it as `@alice` (5) or `@bob`
+//!   (6), so that it passes the signature check and reaches policy, contacts, acks, receipts and
+//!   the writer: `from`, `key` and `ts` are set to the agent's and the clock's, `id` and `sig`
+//!   are replaced, an integer `ack_by` is taken as milliseconds after `ts` (modulo a day), and a
+//!   string `"$k"` (k a digit) at the first level of `payload` becomes the id of the k-th
+//!   envelope this input had accepted (so an ack can name a message sent before it);
+//! - mode 7 moves the clock forward by the body's first 4 bytes (little-endian, modulo 8 days)
+//!   and asks the writer to settle what is due (timed-out deadlines, dead letters), as the
+//!   relay's deadline task does.
 #![no_main]
 
 use axum::body::Body;
@@ -26,156 +38,318 @@ use axum::http::Request;
 use formica_protocol::auth::{Nonce, RequestAuth, RequestTarget};
 use formica_protocol::envelope::{EnvelopeLimits, SignedEnvelope};
 use formica_protocol::json::{self, JsonLimits};
-use formica_protocol::keylog::{KeyLogEntry, KeyOp};
+use formica_protocol::keylog::{KeyLogEntry, KeyOp, SignedKeyLogEntry};
 use formica_protocol::{canon, pow, ErrorCode, Handle, Object, RelayHost, SecretKey, Value};
 use formica_relay::config::{Overrides, RelayConfig};
-use formica_relay::store::{MemStore, Store};
+use formica_relay::store::{EventLog, MemStore, Store};
+use formica_relay::writer::Clock;
 use formica_relay::Relay;
 use libfuzzer_sys::fuzz_target;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tower::ServiceExt;
 
 const HOST: &str = "relay-a.example";
+/// The vectors' time origin (`tests/gen_vectors.rs`).
+const T0: i64 = 1_764_000_000_000;
+/// The clock while the fixed state is built.
+const BASE_NOW: i64 = T0 + 1_000;
+/// Each input's clock at its start.
+const INPUT_NOW: i64 = T0 + 90_000;
+/// Separates the records of one input.
+const SEP: [u8; 4] = *b"\xffNXT";
+const RECORDS_MAX: usize = 16;
+/// How far one mode 7 record moves the clock at most.
+const ADVANCE_MAX_MS: u32 = 8 * 86_400_000;
+
+const PATHS: [&str; 5] = [
+    "/v1/envelopes",
+    "/v1/envelopes/batch",
+    "/v1/register",
+    "/v1/keys/@kevin",
+    "/v1/challenges",
+];
+const MODES: usize = PATHS.len() + 3;
 
 struct Agent {
     handle: Handle,
     key: SecretKey,
 }
 
-struct Fixture {
+/// Built once per process: the configuration, the log records of the fixed state and the agents
+/// the signing modes sign as.
+struct Base {
     rt: tokio::runtime::Runtime,
-    router: axum::Router,
+    cfg: RelayConfig,
+    host: RelayHost,
+    relay_key: SecretKey,
+    records: Vec<Vec<u8>>,
+    /// The state replayed from `records`, copied into each input's relay.
+    state: formica_relay::state::State,
     alice: Agent,
     bob: Agent,
-    _relay: Relay,
+    /// `RELAY_HTTP_TRACE` set: print each record's request and answer (to read what a crash or
+    /// a seed does).
+    trace: bool,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+fn fixed_clock(at: &Arc<AtomicI64>) -> Clock {
+    let at = at.clone();
+    Arc::new(move || at.load(Ordering::SeqCst))
+}
+
+/// The vectors' key `sk(start)`: seed bytes `start, start+1, ...`.
+fn vector_key(start: u8) -> SecretKey {
+    SecretKey::from_seed(&std::array::from_fn(|k| start.wrapping_add(k as u8)))
 }
 
 /// Sends one request through the router and returns the status and the body.
-async fn call(router: &axum::Router, method: &str, path: &str, body: Vec<u8>, auth: Option<String>) -> (u16, Vec<u8>) {
+async fn call(
+    router: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    auth: Option<String>,
+) -> (u16, Vec<u8>) {
     let mut b = Request::builder().method(method).uri(path);
     if let Some(h) = auth {
         b = b.header("authorization", h);
     }
-    let resp = router.clone().oneshot(b.body(Body::from(body)).expect("request")).await.expect("infallible");
+    let resp = router
+        .clone()
+        .oneshot(b.body(Body::from(body)).expect("request"))
+        .await
+        .expect("infallible");
     let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.expect("body");
+    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
+        .await
+        .expect("body");
     (status, bytes.to_vec())
 }
 
 fn parse_answer(bytes: &[u8]) -> Value {
-    json::parse(bytes, JsonLimits { bytes_max: 16 << 20, depth_max: 64 }).expect("an answer is strict JSON")
+    json::parse(
+        bytes,
+        JsonLimits {
+            bytes_max: 16 << 20,
+            depth_max: 64,
+        },
+    )
+    .expect("an answer is strict JSON")
 }
 
-/// Registers `name` the way a client does: a challenge, proof-of-work, a signed register entry.
-async fn register(router: &axum::Router, name: &str, seed: u8) -> Agent {
-    let key = SecretKey::from_seed(&[seed; 32]);
-    let handle = Handle::parse(&format!("@{name}@{HOST}")).expect("handle");
-    let host = RelayHost::parse(HOST).expect("host");
+/// Registers the log that `entry` starts, the way a client does: a challenge, proof-of-work,
+/// the signed register entry.
+async fn register(router: &axum::Router, host: &RelayHost, entry: SignedKeyLogEntry) {
     let (status, body) = call(router, "POST", "/v1/challenges", b"{}".to_vec(), None).await;
     assert_eq!(status, 201, "challenge: {}", String::from_utf8_lossy(&body));
     let v = parse_answer(&body);
     let o = v.as_object().expect("object");
-    let challenge = pow::Challenge::parse_hex(o.get("challenge").and_then(Value::as_str).expect("challenge"))
-        .expect("challenge hex");
-    let difficulty = o.get("difficulty").and_then(Value::as_i64).expect("difficulty") as u32;
+    let challenge = pow::Challenge::parse_hex(
+        o.get("challenge")
+            .and_then(Value::as_str)
+            .expect("challenge"),
+    )
+    .expect("challenge hex");
+    let difficulty = o
+        .get("difficulty")
+        .and_then(Value::as_i64)
+        .expect("difficulty") as u32;
+    let KeyOp::Register { key, .. } = &entry.entry().op else {
+        panic!("not a register entry")
+    };
+    let prefix = pow::preimage_prefix(host, &entry.entry().handle, key, &challenge, difficulty);
+    let nonce = pow::mine(&prefix, difficulty, 0, 1, 1 << 24).expect("proof-of-work");
+    let proof = pow::PowProof {
+        challenge,
+        difficulty,
+        nonce,
+    };
+    let mut reg = Object::new();
+    reg.insert("entry", entry.value().clone());
+    reg.insert("pow", proof.to_value());
+    let (status, body) = call(
+        router,
+        "POST",
+        "/v1/register",
+        canon::canonicalize(&Value::Object(reg)),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        201,
+        "register {}: {}",
+        entry.entry().handle,
+        String::from_utf8_lossy(&body)
+    );
+}
+
+async fn register_agent(
+    router: &axum::Router,
+    host: &RelayHost,
+    name: &str,
+    key: SecretKey,
+) -> Agent {
+    let handle = Handle::parse(&format!("@{name}@{HOST}")).expect("handle");
     let entry = KeyLogEntry {
         handle: handle.clone(),
         seq: 0,
         prev: None,
-        ts: now_ms(),
-        op: KeyOp::Register { key: key.public(), recovery: None },
+        ts: T0,
+        op: KeyOp::Register {
+            key: key.public(),
+            recovery: None,
+        },
         signer: key.public().key_id(),
     }
     .sign(&key);
-    let prefix = pow::preimage_prefix(&host, &handle, &key.public(), &challenge, difficulty);
-    let nonce = pow::mine(&prefix, difficulty, 0, 1, 1 << 24).expect("proof-of-work");
-    let proof = pow::PowProof { challenge, difficulty, nonce };
-    let mut reg = Object::new();
-    reg.insert("entry", entry.value().clone());
-    reg.insert("pow", proof.to_value());
-    let (status, body) = call(router, "POST", "/v1/register", canon::canonicalize(&Value::Object(reg)), None).await;
-    assert_eq!(status, 201, "register: {}", String::from_utf8_lossy(&body));
+    register(router, host, entry).await;
     Agent { handle, key }
 }
 
 /// `who` grants `other` the `task` level.
-async fn grant(router: &axum::Router, who: &Agent, other: &Agent, nonce: u8) {
-    let host = RelayHost::parse(HOST).expect("host");
+async fn grant(router: &axum::Router, host: &RelayHost, who: &Agent, other: &Agent, nonce: u8) {
     let path = format!("/v1/contacts/{}", other.handle);
     let body = br#"{"level":"task"}"#.to_vec();
     let header = RequestAuth::sign(
         &who.key,
         &who.handle,
-        now_ms(),
+        BASE_NOW,
         Nonce([nonce; 16]),
-        &RequestTarget { method: "PUT", path: &path, body: &body },
-        &host,
+        &RequestTarget {
+            method: "PUT",
+            path: &path,
+            body: &body,
+        },
+        host,
     );
     let (status, answer) = call(router, "PUT", &path, body, Some(header)).await;
     assert_eq!(status, 200, "contact: {}", String::from_utf8_lossy(&answer));
 }
 
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+/// The first entry of the longest valid key log of the vectors (kevin's, with a recovery key).
+fn kevin_register_entry() -> SignedKeyLogEntry {
+    let text = include_bytes!("../../vectors/keylogs.json");
+    let v = json::parse(
+        text,
+        JsonLimits {
+            bytes_max: 1 << 20,
+            depth_max: 64,
+        },
+    )
+    .expect("keylogs.json");
+    let valid = v
+        .as_object()
+        .and_then(|o| o.get("valid"))
+        .and_then(Value::as_array)
+        .expect("valid cases");
+    let entries = valid
+        .iter()
+        .filter_map(|c| {
+            c.as_object()
+                .and_then(|o| o.get("entries"))
+                .and_then(Value::as_array)
+        })
+        .max_by_key(|e| e.len())
+        .expect("a valid case");
+    SignedKeyLogEntry::from_value(entries[0].clone()).expect("a valid register entry")
+}
+
+fn base() -> &'static Base {
+    static B: OnceLock<Base> = OnceLock::new();
+    B.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let mut cfg = RelayConfig::load(
             None,
-            Overrides { public_host: Some(HOST.into()), pow_difficulty: Some(1), ..Default::default() },
+            Overrides {
+                public_host: Some(HOST.into()),
+                pow_difficulty: Some(1),
+                ..Default::default()
+            },
         )
         .expect("config");
-        // The two agents send far more than a real agent may; without this almost every signed
-        // input would stop at the rate limiter after the first seconds.
+        // Sixteen records can exceed what a new agent may send in a minute; the rate limiter has
+        // its own tests, and here it would stop most of a multi-record input.
         for t in &mut cfg.policy.tiers {
             t.rate_per_min = 1_000_000_000;
             t.contact_requests_per_hour = 1_000_000_000;
         }
-        // Nobody reads the two inboxes: with the default cap (10,000 unread items) every
-        // signed input would stop at inbox_full a few minutes into a run. Memory grows with
-        // what is accepted instead (run with -rss_limit_mb=4096, FUZZING.md).
-        cfg.policy.limits.inbox_pending_max = 100_000_000;
         let host = RelayHost::parse(HOST).expect("host");
-        let relay = rt.block_on(async {
-            Relay::with_store(
-                &cfg,
-                &host,
-                Arc::new(MemStore::default()) as Arc<dyn Store>,
-                SecretKey::from_seed(&[9; 32]),
-                formica_relay::writer::system_clock(),
-            )
-            .expect("relay")
-        });
+        let relay_key = vector_key(0x41);
+        let store = Arc::new(MemStore::default());
+        let now = Arc::new(AtomicI64::new(BASE_NOW));
+        let relay = Relay::with_store(
+            &cfg,
+            &host,
+            store.clone() as Arc<dyn Store>,
+            relay_key.clone(),
+            fixed_clock(&now),
+        )
+        .expect("relay");
         let router = formica_relay::api::router(relay.app.clone());
         let (alice, bob) = rt.block_on(async {
-            let alice = register(&router, "alice", 1).await;
-            let bob = register(&router, "bob", 2).await;
-            grant(&router, &alice, &bob, 1).await;
-            grant(&router, &bob, &alice, 2).await;
+            let alice = register_agent(&router, &host, "alice", vector_key(1)).await;
+            // A key no vector uses (kevin's recovery key is sk(0x61)).
+            let bob = register_agent(&router, &host, "bob", vector_key(0x81)).await;
+            register(&router, &host, kevin_register_entry()).await;
+            grant(&router, &host, &alice, &bob, 1).await;
+            grant(&router, &host, &bob, &alice, 2).await;
             (alice, bob)
         });
-        Fixture { rt, router, alice, bob, _relay: relay }
+        drop(router);
+        shut_down(&rt, relay);
+        let mut records = Vec::new();
+        store
+            .scan(1, &mut |_, r| {
+                records.push(r.to_vec());
+                Ok(())
+            })
+            .expect("scan");
+        let copy = Arc::new(MemStore::default());
+        copy.append(1, &records).expect("copy");
+        let (_, state) = formica_relay::writer::replay(copy, &host).expect("replay");
+        let trace = std::env::var_os("RELAY_HTTP_TRACE").is_some();
+        Base {
+            rt,
+            cfg,
+            host,
+            relay_key,
+            records,
+            state,
+            alice,
+            bob,
+            trace,
+        }
     })
 }
 
-const PATHS: [&str; 5] = [
-    "/v1/envelopes",
-    "/v1/envelopes/batch",
-    "/v1/register",
-    "/v1/keys/@alice",
-    "/v1/challenges",
-];
+/// Drops the relay and waits for its writer thread. Tasks a handler spawned (a key log push to
+/// the peers, of which there are none) hold the relay until they have run, so the runtime is
+/// driven until they have.
+fn shut_down(rt: &tokio::runtime::Runtime, relay: Relay) {
+    let Relay { app, writer_thread } = relay;
+    for _ in 0..1000 {
+        if Arc::strong_count(&app) == 1 {
+            break;
+        }
+        rt.block_on(tokio::task::yield_now());
+    }
+    assert_eq!(Arc::strong_count(&app), 1, "a task still holds the relay");
+    drop(app);
+    writer_thread
+        .join()
+        .expect("the writer thread ended cleanly");
+}
 
-/// The body as an envelope signed by `agent` now, or `None` if it does not read as one.
-fn sign_as(agent: &Agent, body: &[u8]) -> Option<Vec<u8>> {
-    let Ok(Value::Object(mut o)) = json::parse(body, JsonLimits::default()) else { return None };
-    let now = now_ms();
+/// The body as an envelope signed by `agent` at `now`, or `None` if it does not read as one.
+fn sign_as(agent: &Agent, body: &[u8], now: i64, ids: &[String]) -> Option<Vec<u8>> {
+    let Ok(Value::Object(mut o)) = json::parse(body, JsonLimits::default()) else {
+        return None;
+    };
     o.remove("id");
     o.insert("from", Value::from(agent.handle.to_string()));
     o.insert("key", Value::from(agent.key.public().key_id().to_string()));
@@ -184,30 +358,29 @@ fn sign_as(agent: &Agent, body: &[u8]) -> Option<Vec<u8>> {
     if let Some(n) = o.get("ack_by").and_then(Value::as_i64) {
         o.insert("ack_by", Value::Int(now + n.rem_euclid(86_400_000)));
     }
+    if let Some(Value::Object(p)) = o.get("payload") {
+        let mut p = p.clone();
+        let refs: Vec<(String, String)> = p
+            .iter()
+            .filter_map(|(k, v)| {
+                let s = v.as_str()?.strip_prefix('$')?;
+                let i: usize = s.parse().ok().filter(|_| s.len() == 1)?;
+                Some((k.to_string(), ids.get(i)?.clone()))
+            })
+            .collect();
+        for (k, id) in refs {
+            p.insert(k, Value::from(id));
+        }
+        o.insert("payload", Value::Object(p));
+    }
     let se = SignedEnvelope::from_value(Value::Object(o), &EnvelopeLimits::default()).ok()?;
     let signed = se.envelope().sign(&agent.key).ok()?;
     Some(signed.wire_bytes())
 }
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&selector, body)) = data.split_first() else { return };
-    let f = fixture();
-    let mode = usize::from(selector) % (PATHS.len() + 2);
-    let (path, body) = match mode {
-        m if m < PATHS.len() => (PATHS[m], body.to_vec()),
-        m => {
-            let agent = if m == PATHS.len() { &f.alice } else { &f.bob };
-            match sign_as(agent, body) {
-                Some(wire) => ("/v1/envelopes", wire),
-                None => return,
-            }
-        }
-    };
-    let (status, bytes) = f.rt.block_on(call(&f.router, "POST", path, body, None));
-    if (200..300).contains(&status) {
-        return;
-    }
-    let v = parse_answer(&bytes);
+/// Checks an error answer: strict JSON, a registered code, that code's status.
+fn check_error(status: u16, bytes: &[u8], what: &str) {
+    let v = parse_answer(bytes);
     let code = v
         .as_object()
         .and_then(|o| o.get("error"))
@@ -216,5 +389,108 @@ fuzz_target!(|data: &[u8]| {
         .and_then(Value::as_str)
         .and_then(ErrorCode::from_wire)
         .expect("an error answer carries a registered code");
-    assert_eq!(code.http_status(), status, "status of {code} on {path} (mode {mode})");
+    assert_eq!(code.http_status(), status, "status of {code} on {what}");
+}
+
+/// Splits the input into its records (at most `RECORDS_MAX`; the rest of the input is ignored).
+fn records(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while out.len() < RECORDS_MAX {
+        match rest.windows(SEP.len()).position(|w| w == SEP) {
+            Some(i) => {
+                out.push(&rest[..i]);
+                rest = &rest[i + SEP.len()..];
+            }
+            None => {
+                out.push(rest);
+                break;
+            }
+        }
+    }
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let b = base();
+    let store = MemStore::default();
+    store.append(1, &b.records).expect("the fixed state");
+    // The log is opened (its chain checked) but not decoded again: the relay starts from a copy
+    // of the state replayed once in `base`.
+    let log = EventLog::open(Arc::new(store), &mut |_, _| Ok(())).expect("the fixed log");
+    let now = Arc::new(AtomicI64::new(INPUT_NOW));
+    let relay = Relay::from_replayed(
+        &b.cfg,
+        &b.host,
+        log,
+        b.state.clone(),
+        b.relay_key.clone(),
+        fixed_clock(&now),
+    );
+    let router = formica_relay::api::router(relay.app.clone());
+    let mut ids: Vec<String> = Vec::new();
+    for record in records(data) {
+        let Some((&selector, body)) = record.split_first() else {
+            continue;
+        };
+        let mode = usize::from(selector) % MODES;
+        let at = now.load(Ordering::SeqCst);
+        let (path, body) = match mode {
+            m if m < PATHS.len() => (PATHS[m], body.to_vec()),
+            m if m < PATHS.len() + 2 => {
+                let agent = if m == PATHS.len() { &b.alice } else { &b.bob };
+                match sign_as(agent, body, at, &ids) {
+                    Some(wire) => ("/v1/envelopes", wire),
+                    None => continue,
+                }
+            }
+            _ => {
+                let mut n = [0u8; 4];
+                for (d, s) in n.iter_mut().zip(body) {
+                    *d = *s;
+                }
+                now.store(
+                    at + i64::from(u32::from_le_bytes(n) % ADVANCE_MAX_MS),
+                    Ordering::SeqCst,
+                );
+                let app = relay.app.clone();
+                match b
+                    .rt
+                    .block_on(app.writer.submit(formica_relay::decide::Command::Tick))
+                {
+                    Ok(outcome) if b.trace => {
+                        eprintln!("tick to {}: {outcome:?}", now.load(Ordering::SeqCst))
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("tick: {} {}", e.code, e.message),
+                }
+                continue;
+            }
+        };
+        if b.trace {
+            eprintln!(
+                "mode {mode} at {at}: POST {path} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let (status, answer) = b.rt.block_on(call(&router, "POST", path, body, None));
+        if b.trace {
+            eprintln!("  -> {status} {}", String::from_utf8_lossy(&answer));
+        }
+        if (200..300).contains(&status) {
+            if path == "/v1/envelopes" {
+                if let Some(id) = parse_answer(&answer)
+                    .as_object()
+                    .and_then(|o| o.get("id"))
+                    .and_then(Value::as_str)
+                {
+                    ids.push(id.to_string());
+                }
+            }
+            continue;
+        }
+        check_error(status, &answer, &format!("{path} (mode {mode})"));
+    }
+    drop(router);
+    shut_down(&b.rt, relay);
 });
