@@ -5,8 +5,10 @@ The vectors hold the inputs a fuzzer is least likely to find on its own: envelop
 signatures, key logs whose chains and signatures check, request authentication headers. Seeds
 are named by the SHA-1 of their content, as libFuzzer names corpus files, so running this again
 writes the same files. It also writes seeds/protocol.dict, a libFuzzer dictionary (`-dict=`) of
-the protocol's words: the lower-case string literals of the protocol crate (field names, types,
-statuses, actions, error codes) as JSON strings, and the record separator of relay_http.
+the protocol's words: the lower-case string literals of the protocol crate's sources (field
+names, types, statuses, actions, error codes) as JSON strings, then relay_http's record separator
+and its id references "$0" to "$3". So --check also fails when a word-like literal is added to
+or removed from protocol-spec/src: run make_seeds.py again and commit what it writes.
 Standard library only; run from anywhere.
 
     python3 make_seeds.py           # rewrite seeds/ (removing seeds no vector gives any more)
@@ -64,9 +66,10 @@ def main():
         differ = sorted(str(k) for k in want.keys() | have.keys() if want.get(k) != have.get(k))
         if differ:
             shown = ", ".join(differ[:5]) + (", ..." if len(differ) > 5 else "")
-            sys.exit(f"seeds/ is out of date with the vectors ({len(differ)} files missing, extra "
-                     f"or changed: {shown}); run python3 protocol-spec/fuzz/make_seeds.py")
-        print(f"seeds/ matches the vectors ({len(want)} files)")
+            sys.exit(f"seeds/ is out of date with the vectors or the protocol crate's words "
+                     f"({len(differ)} files missing, extra or changed: {shown}); "
+                     f"run python3 protocol-spec/fuzz/make_seeds.py")
+        print(f"seeds/ matches the vectors and the protocol crate's words ({len(want)} files)")
     elif sys.argv[1:]:
         sys.exit(__doc__)
     else:
@@ -115,7 +118,7 @@ def generate():
         for c in auth[group]:
             write("request_auth", c["header"].encode("utf-8"))
 
-    # relay_http: an input is up to 8 records separated by SEP; a record's first byte picks the
+    # relay_http: an input is up to 16 records separated by SEP; a record's first byte picks the
     # endpoint, signing mode or clock step (see relay_http.rs). Single records first.
     wires = [c["wire"].encode("utf-8") for c in valid]
     for w in wires:
@@ -139,7 +142,8 @@ def generate():
     # the later entries of each log that starts with that entry, posted in order with a minute
     # of the clock between them (the entries are a minute apart), extend it.
     minute = b"\x07" + (60_000).to_bytes(4, "little")
-    longest = max(keylogs["valid"], key=lambda c: len(c["entries"]))["entries"][0]
+    # (On a tie, the last of the longest, as the target's max_by_key picks.)
+    longest = max(reversed(keylogs["valid"]), key=lambda c: len(c["entries"]))["entries"][0]
     for c in keylogs["valid"] + keylogs["invalid"]:
         if len(c["entries"]) > 1 and c["entries"][0] == longest:
             posts = [b"\x03" + compact(e) for e in c["entries"][1:]]

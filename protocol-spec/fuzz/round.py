@@ -6,9 +6,9 @@
 The summary also counts the code locations (`NEW_PC` lines: function and file:line) that this
 round found and that no earlier round of the same target, in logs/, had found. libFuzzer prints
 `NEW_PC` only after the corpus has been replayed, so a location found again by a later round
-(as happens in `relay_http`, whose in-process relay reaches some code only once its tables have
-filled) is not new; a round that finds no new location and ends at the coverage of the earlier
-rounds has found no new code. Logs of a superseded build are moved out of logs/ by hand.
+(one the replay did not reach: in dependency code whose path depends on hash seeds, for example)
+is not new; a round that finds no new location and ends at the coverage of the earlier rounds
+has found no new code. Logs of a superseded build are moved out of logs/ by hand.
 
 The target binary must have been built by `cargo fuzz build` (release, AddressSanitizer, debug
 assertions). The round resumes from corpus/<target> (where libFuzzer adds what it finds) and also
@@ -36,13 +36,16 @@ def summarize(log_path):
     """A round's figures from its log (as written below: each line after the command line
     prefixed with the seconds since the start). `inited` and `end` are None when the corpus
     replay never finished; `executions` is the final count, or the last status line's when the
-    round was interrupted (`done` false)."""
+    round was interrupted (`done` false); `command` is the libFuzzer command line."""
     inited = last = execs = peak_rss_mb = max_len = None
     t = last_cov_t = last_ft_t = 0.0
     pcs = set()
     finding = False
+    command = ""
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line in f:
+            if line.startswith("# ") and not command:
+                command = line[2:].strip()
             m = TIMED.match(line.rstrip("\n"))
             if not m:
                 continue
@@ -83,6 +86,7 @@ def summarize(log_path):
         "peak_rss_mb": peak_rss_mb,
         "max_len": max_len,
         "finding": finding,
+        "command": command,
     }
 
 

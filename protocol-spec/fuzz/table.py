@@ -5,10 +5,11 @@
 
 Rounds are read per target in the order they ran; logs/superseded/<build>/ holds the rounds of
 an earlier build (the directory's name, with spaces for hyphens, labels them), listed before the
-current build's and counted separately. A round whose log has no final statistics (interrupted) is listed with
+current build's, earliest build first, and counted separately. A round whose log has no final statistics (interrupted) is listed with
 the last status line's figures. "New locations" are the NEW_PC locations no earlier round of the
 same build found, in all code and, in brackets, in the project's crates (protocol-spec/src,
-relay/src). A log line with a sanitizer or libFuzzer error marks the round as a finding. The
+relay/src). "(dict)" marks a round run with a -dict= dictionary. A log line with a sanitizer or
+libFuzzer error marks the round as a finding. The
 figures are those of round.py's `summarize`. Standard library only.
 """
 import pathlib
@@ -28,7 +29,11 @@ def main():
           "| New locations | Peak RSS | Findings |")
     print("|---|---|---|---|---|---|---|---|---|")
     for target in TARGETS:
-        builds = [(d, f" ({d.name.replace('-', ' ')})") for d in sorted((LOGS / "superseded").glob("*/"))]
+        old = LOGS / "superseded"
+        dirs = [d for d in old.iterdir() if d.is_dir()] if old.is_dir() else []
+        # In the order the builds ran: by the name (start time) of each one's first log.
+        dirs.sort(key=lambda d: min((p.name.split("-", 1)[-1] for p in d.glob("*.log")), default=""))
+        builds = [(d, f" ({d.name.replace('-', ' ')})") for d in dirs]
         for d, note in builds + [(LOGS, "")]:
             earlier = set()
             logs = sorted(d.glob(f"{target}-*.log"))
@@ -39,7 +44,7 @@ def main():
                 own = sum(1 for pc in new if any(REPO + o in pc for o in OWN))
                 (c0, f0, _), (c1, f1, _, _) = s["inited"], s["end"]
                 print(
-                    f"| `{target}`{note} | {i} "
+                    f"| `{target}`{note} | {i}{' (dict)' if ' -dict=' in s['command'] else ''} "
                     f"| {round(s['seconds'])}{'' if s['done'] else ' (interrupted)'} "
                     f"| {s['executions']:,} | {c0:,} / {f0:,} → {c1:,} / {f1:,} "
                     f"| {str(round(s['last_new_cov_s'])) + ' s' if s['last_new_cov_s'] else 'none'} "

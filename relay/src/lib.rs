@@ -178,6 +178,10 @@ impl Relay {
     /// [`with_store`](Self::with_store) does after [`writer::replay`]). `state` must be the
     /// replay of `log`: the fuzz target copies one replayed state into many relays, each on its
     /// own copy of the log, instead of replaying the log for every input.
+    ///
+    /// # Panics
+    /// If `state` was not replayed for `host`, or has applied a different number of records
+    /// than `log` holds (then it cannot be the replay of `log`).
     pub fn from_replayed(
         cfg: &RelayConfig,
         host: &RelayHost,
@@ -186,6 +190,15 @@ impl Relay {
         key: SecretKey,
         clock: Clock,
     ) -> Relay {
+        assert_eq!(
+            &state.host, host,
+            "the state was replayed for another relay"
+        );
+        assert_eq!(
+            state.events,
+            log.len(),
+            "the state is not the replay of this log"
+        );
         let state = Arc::new(writer::StateCell::new(state));
         let notifier = Arc::new(writer::Notifier::default());
         let policy = Arc::new(cfg.policy.clone());

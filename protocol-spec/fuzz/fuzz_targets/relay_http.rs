@@ -16,21 +16,25 @@
 //! it can be posted to `/v1/keys/@kevin`) and `@bob` with a key of its own; alice and bob are
 //! contacts of each other at the `task` level. Each input's clock starts at `T0 + 90 s`, inside
 //! the freshness window of the vectors' timestamps. What still varies between two executions of
-//! one input is in dependency code: hash table probing (the standard library seeds each map's
-//! hasher at random) and the writer's batching (it lingers by wall-clock time).
+//! one input: hash table probing (the standard library seeds each map's hasher at random), the
+//! writer's batching (it lingers by wall-clock time) and the bytes of the challenges the relay
+//! issues (from the OS's random source, in the fixed state as well). None of these changes an
+//! answer; but since no input can know a challenge, no input can complete a registration.
 //!
 //! **Input layout.** Up to `RECORDS_MAX` records separated by the 4 bytes `SEP`, run in order on
-//! the input's relay. A record's first byte picks the mode, the rest is its body:
+//! the input's relay (records after the 16th are ignored, empty records skipped). A record's
+//! first byte modulo 8 picks the mode, the rest is its body:
 //! - modes 0 to 4 post the body to `PATHS[mode]`;
 //! - modes 5 and 6 read the body as an envelope's fields and sign it as `@alice` (5) or `@bob`
 //!   (6), so that it passes the signature check and reaches policy, contacts, acks, receipts and
 //!   the writer: `from`, `key` and `ts` are set to the agent's and the clock's, `id` and `sig`
 //!   are replaced, an integer `ack_by` is taken as milliseconds after `ts` (modulo a day), and a
-//!   string `"$k"` (k a digit) at the first level of `payload` becomes the id of the k-th
-//!   envelope this input had accepted (so an ack can name a message sent before it);
+//!   string `"$k"` (k a digit) at the first level of `payload` becomes the id in the k-th (from
+//!   0) 2xx answer of `/v1/envelopes` in this input (accepted or duplicate; envelopes accepted
+//!   through the batch endpoint are not counted), so an ack can name a message sent before it;
 //! - mode 7 moves the clock forward by the body's first 4 bytes (little-endian, modulo 8 days)
-//!   and asks the writer to settle what is due (timed-out deadlines, dead letters), as the
-//!   relay's deadline task does.
+//!   and asks the writer to settle what is due, as the relay's deadline task does: deadlines
+//!   that passed time out (dead letters are not reached: federation is off and has no peers).
 #![no_main]
 
 use axum::body::Body;
@@ -59,7 +63,7 @@ const INPUT_NOW: i64 = T0 + 90_000;
 /// Separates the records of one input.
 const SEP: [u8; 4] = *b"\xffNXT";
 const RECORDS_MAX: usize = 16;
-/// How far one mode 7 record moves the clock at most.
+/// One mode 7 record moves the clock by less than this.
 const ADVANCE_MAX_MS: u32 = 8 * 86_400_000;
 
 const PATHS: [&str; 5] = [
