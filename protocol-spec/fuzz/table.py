@@ -5,11 +5,11 @@
 
 Rounds are read per target in the order they ran; logs/superseded/<build>/ holds the rounds of
 an earlier build (the directory's name, with spaces for hyphens, labels them), listed before the
-current build's, earliest build first, and counted separately. A round whose log has no final statistics (interrupted) is listed with
-the last status line's figures. "New locations" are the NEW_PC locations no earlier round of the
-same build found, in all code and, in brackets, in the project's crates (protocol-spec/src,
-relay/src). "(dict)" marks a round run with a -dict= dictionary. A log line with a sanitizer or
-libFuzzer error marks the round as a finding. The
+current build's, earliest build first, and counted separately. A round whose log has no final
+statistics (interrupted) is listed with the last status line's figures. "New locations" are the
+NEW_PC locations no earlier round of the same build found, in all code and, in brackets, in the
+project's crates (protocol-spec/src, relay/src). "(dict)" marks a round run with a -dict=
+dictionary. A log line with a sanitizer or libFuzzer error marks the round as a finding. The
 figures are those of round.py's `summarize`. Standard library only.
 """
 import pathlib
@@ -28,13 +28,13 @@ def main():
     print("| Target | Round | Seconds | Executions | cov / ft at start → end | Last new edge "
           "| New locations | Peak RSS | Findings |")
     print("|---|---|---|---|---|---|---|---|---|")
+    old = LOGS / "superseded"
+    dirs = [d for d in old.iterdir() if d.is_dir()] if old.is_dir() else []
+    # In the order the builds ran: by the name (start time) of each one's first log.
+    dirs.sort(key=lambda d: min((p.name.split("-", 1)[-1] for p in d.glob("*.log")), default=""))
+    builds = [(d, f" ({d.name.replace('-', ' ')})") for d in dirs] + [(LOGS, "")]
     for target in TARGETS:
-        old = LOGS / "superseded"
-        dirs = [d for d in old.iterdir() if d.is_dir()] if old.is_dir() else []
-        # In the order the builds ran: by the name (start time) of each one's first log.
-        dirs.sort(key=lambda d: min((p.name.split("-", 1)[-1] for p in d.glob("*.log")), default=""))
-        builds = [(d, f" ({d.name.replace('-', ' ')})") for d in dirs]
-        for d, note in builds + [(LOGS, "")]:
+        for d, note in builds:
             earlier = set()
             logs = sorted(d.glob(f"{target}-*.log"))
             rounds = [s for s in map(summarize, logs) if s["inited"] and s["end"]]

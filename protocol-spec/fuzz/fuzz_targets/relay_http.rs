@@ -313,9 +313,7 @@ fn base() -> &'static Base {
                 Ok(())
             })
             .expect("scan");
-        let copy = Arc::new(MemStore::default());
-        copy.append(1, &records).expect("copy");
-        let (_, state) = formica_relay::writer::replay(copy, &host).expect("replay");
+        let (_, state) = formica_relay::writer::replay(store, &host).expect("replay");
         let trace = std::env::var_os("RELAY_HTTP_TRACE").is_some();
         Base {
             rt,
