@@ -91,8 +91,15 @@ impl App {
     }
 }
 
-/// The router with every endpoint.
+/// The router with every endpoint, serving `app`.
 pub fn router(app: Shared) -> Router {
+    bind(routes(), app)
+}
+
+/// Every endpoint, not yet bound to a relay. Building it is most of the cost of [`router`]; a
+/// caller that serves many short-lived relays (the `relay_http` fuzz target) builds it once and
+/// binds a clone of it to each relay with [`bind`].
+pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/.well-known/formica", get(descriptor))
         .route("/health", get(health))
@@ -136,6 +143,11 @@ pub fn router(app: Shared) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// `routes` serving `app`, with the request body deadline around every endpoint.
+pub fn bind(routes: Router<Shared>, app: Shared) -> Router {
+    routes
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::deadline::body_deadline,
