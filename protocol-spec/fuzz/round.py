@@ -30,17 +30,20 @@ HERE = pathlib.Path(__file__).resolve().parent
 STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)")
 TIMED = re.compile(r"^\[\s*([\d.]+)\] (.*)")
 FINDING = re.compile(r"ERROR: |deadly signal|SUMMARY: |==\d+==")
+# What libFuzzer prints when it is stopped by SIGINT (by hand): not a finding.
+STOPPED = "libFuzzer: run interrupted; exiting"
 
 
 def summarize(log_path):
     """A round's figures from its log (as written below: each line after the command line
     prefixed with the seconds since the start). `inited` and `end` are None when the corpus
     replay never finished; `executions` is the final count, or the last status line's when the
-    round was interrupted (`done` false); `command` is the libFuzzer command line."""
+    round was interrupted (`done` false: stopped by hand, or the session ended); `command` is
+    the libFuzzer command line."""
     inited = last = execs = peak_rss_mb = max_len = None
     t = last_cov_t = last_ft_t = 0.0
     pcs = set()
-    finding = False
+    finding = stopped = False
     command = ""
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -50,6 +53,9 @@ def summarize(log_path):
             if not m:
                 continue
             t, body = float(m[1]), m[2]
+            if STOPPED in body:
+                stopped = True
+                continue
             finding = finding or bool(FINDING.search(body))
             s = STATUS.match(body)
             if s:
@@ -78,7 +84,7 @@ def summarize(log_path):
         "inited": inited,
         "end": last,
         "seconds": t,
-        "done": execs is not None,
+        "done": execs is not None and not stopped,
         "executions": execs if execs is not None else (last[3] if last else 0),
         "last_new_cov_s": last_cov_t,
         "last_new_ft_s": last_ft_t,
