@@ -16,7 +16,8 @@ reads seeds/<target> (committed, read-only). Every output line is written to
 logs/<target>-<start>.log with the seconds since the start of the round, and the summary line
 printed at the end gives: executions, cov/ft when the corpus had been replayed (INITED) and at
 the end, and when in the round the last new edge (NEW_PC or a rise of cov) and the last new
-feature (a rise of ft) were found. Exits with libFuzzer's status (non-zero on a finding).
+feature (a rise of ft) were found. Exits with libFuzzer's status (non-zero on a finding, or when it
+was stopped by hand).
 Standard library only.
 """
 import json
@@ -37,9 +38,10 @@ STOPPED = "libFuzzer: run interrupted; exiting"
 def summarize(log_path):
     """A round's figures from its log (as written below: each line after the command line
     prefixed with the seconds since the start). `inited` and `end` are None when the corpus
-    replay never finished; `executions` is the final count, or the last status line's when the
-    round was interrupted (`done` false: stopped by hand, or the session ended); `command` is
-    the libFuzzer command line."""
+    replay never finished; `done` is false for a round that was interrupted (stopped by hand
+    with SIGINT, or the session ended); `executions` is the final statistics' count, or the
+    last status line's when the log has none (the session ended); `command` is the libFuzzer
+    command line."""
     inited = last = execs = peak_rss_mb = max_len = None
     t = last_cov_t = last_ft_t = 0.0
     pcs = set()
