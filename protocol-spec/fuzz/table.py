@@ -9,9 +9,10 @@ current build's, earliest build first, and counted separately. A round whose log
 statistics (the session ended) or that was stopped by hand (SIGINT; not a finding) is listed as
 interrupted, with the last status line's figures (executions from the final statistics where
 the log has them). "New locations" are the NEW_PC locations no earlier round of the same build
-found, in all code and, in brackets, in the project's crates (protocol-spec/src, relay/src). "(dict)" marks a round run with a -dict=
-dictionary. A log line with a sanitizer or libFuzzer error marks the round as a finding. The
-figures are those of round.py's `summarize`. Standard library only.
+found, in all code and, in brackets, in the project's crates (protocol-spec/src, relay/src).
+"(dict)" marks a round run with a -dict= dictionary. A log line with a sanitizer or libFuzzer
+error marks the round as a finding. The figures are those of round.py's `summarize`. Standard
+library only.
 """
 import pathlib
 import sys
