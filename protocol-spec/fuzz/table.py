@@ -11,7 +11,10 @@ interrupted, with the last status line's figures (executions from the final stat
 the log has them). "New locations" are the NEW_PC locations no earlier round of the same build
 found, in all code and, in brackets, in the project's crates (protocol-spec/src, relay/src).
 "(dict)" marks a round run with a -dict= dictionary. A log line with a sanitizer or libFuzzer
-error marks the round as a finding. The figures are those of round.py's `summarize`. Standard
+error marks the round as a finding. Rounds of a build without a sanitizer (round.py
+--no-sanitizer, logs <target>.nosan-*) are a series of their own, labelled "no sanitizer", and
+their Findings cell says how many inputs the round added and the sanitizer build then ran clean
+(a failed replay is a finding). The figures are those of round.py's `summarize`. Standard
 library only.
 """
 import pathlib
@@ -35,16 +38,22 @@ def main():
     # In the order the builds ran: by the name (start time) of each one's first log.
     dirs.sort(key=lambda d: min((p.name.split("-", 1)[-1] for p in d.glob("*.log")), default=""))
     builds = [(d, f" ({d.name.replace('-', ' ')})") for d in dirs] + [(LOGS, "")]
-    for target in TARGETS:
-        for d, note in builds:
+    series = [(t, "") for t in TARGETS] + [(f"{t}.nosan", " (no sanitizer)") for t in TARGETS]
+    for name, label in series:
+        target = name.split(".")[0]
+        for d, build in builds:
+            note = label + build
             earlier = set()
-            logs = sorted(d.glob(f"{target}-*.log"))
+            logs = sorted(d.glob(f"{name}-*.log"))
             rounds = [s for s in map(summarize, logs) if s["inited"] and s["end"]]
             for i, s in enumerate(rounds, 1):
                 new = s["pcs"] - earlier
                 earlier |= s["pcs"]
                 own = sum(1 for pc in new if any(REPO + o in pc for o in OWN))
                 (c0, f0, _), (c1, f1, _, _) = s["inited"], s["end"]
+                findings = "**see log**" if s["finding"] else "none"
+                if s["replay"] and not s["finding"]:
+                    findings += f" ({s['replay'][0]:,} added, clean under ASan)"
                 print(
                     f"| `{target}`{note} | {i}{' (dict)' if ' -dict=' in s['command'] else ''} "
                     f"| {round(s['seconds'])}{'' if s['done'] else ' (interrupted)'} "
@@ -52,7 +61,7 @@ def main():
                     f"| {str(round(s['last_new_cov_s'])) + ' s' if s['last_new_cov_s'] else 'none'} "
                     f"| {'all (first round)' if i == 1 else f'{len(new)} ({own})'} "
                     f"| {str(s['peak_rss_mb']) + ' MB' if s['peak_rss_mb'] else '—'} "
-                    f"| {'**see log**' if s['finding'] else 'none'} |"
+                    f"| {findings} |"
                 )
 
 
