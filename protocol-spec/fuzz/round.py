@@ -24,11 +24,13 @@ four times as many executions a second for relay_http), built by
 `RUSTC_BOOTSTRAP=1 cargo fuzz build -s none --target-dir target-nosan <target>`. Its rounds write
 to corpus/<target>.nosan and also read corpus/<target> (the sanitizer series' corpus); their logs
 are logs/<target>.nosan-<start>.log. Such a build has no symbolizer, so libFuzzer prints NEW_PC
-addresses only: each is symbolized here with llvm-symbolizer (innermost inlined frame, as the
-sanitizer runtime prints it) and logged in the same form. After the round, every input it added
-to corpus/<target>.nosan is run once through the sanitizer build (target/, which must be built
-from the same source); that output is logged with the prefix `[asan] ` and a last line
-`[asan] replayed N new inputs: exit X`, and a non-zero exit counts as a finding.
+addresses only: each is symbolized here with llvm-symbolizer and logged in the form the
+sanitizer runtime prints (see Symbolizer). After a round that ends without a finding, every
+input of corpus/<target>.nosan that logs/<target>.nosan.replayed does not list (those the round
+added, and those of an earlier round that did not finish) is run once through the sanitizer
+build (target/, which must be built from the same source), and the ones that ran clean are
+listed; that output is logged with the prefix `[asan] ` and a last line
+`[asan] replayed K of N inputs: exit X`, and a non-zero exit counts as a finding.
 Standard library only except llvm-symbolizer, for --no-sanitizer.
 """
 import json
@@ -50,7 +52,9 @@ STOPPED = "libFuzzer: run interrupted; exiting"
 TRIPLE = "x86_64-unknown-linux-gnu"
 PC_TABLE = re.compile(r"Loaded 1 PC tables \(\d+ PCs\): \d+ \[(0x[0-9a-f]+),")
 NEW_PC_BARE = re.compile(r"^(\s*NEW_PC: (0x[0-9a-f]+))\s*$")
-REPLAYED = re.compile(r"^replayed (\d+) new inputs: exit (-?\d+)$")
+REPLAYED = re.compile(r"^replayed (\d+) of (\d+) inputs: exit (-?\d+)$")
+ZERO_LINE = re.compile(r":0:\d+$")
+ZERO_COLUMN = re.compile(r"(:\d+):0$")
 # Inputs per sanitizer replay process (one command line).
 REPLAY_CHUNK = 500
 
@@ -58,8 +62,10 @@ REPLAY_CHUNK = 500
 def summarize(log_path):
     """A round's figures from its log (as written below: each line after the command line
     prefixed with the seconds since the start, and the sanitizer replay's lines with `[asan] `).
-    `replay` is (inputs, exit status) of the sanitizer replay of a --no-sanitizer round, None
-    when there was none (or it did not finish); `inited` and `end` are None when the corpus
+    `replay` is (inputs run clean or up to the failure, inputs to run, exit status) of the
+    sanitizer replay after a --no-sanitizer round, None when there was none (or it did not
+    finish); `pcs` are the NEW_PC locations (a NEW_PC line with no location counts as one of
+    its own, by its text); `inited` and `end` are None when the corpus
     replay never finished; `done` is false for a round that was interrupted (stopped by hand
     with SIGINT, or the session ended); `executions` is the final statistics' count, or the
     last status line's when the log has none (the session ended); `command` is the libFuzzer
@@ -69,7 +75,7 @@ def summarize(log_path):
     pcs = set()
     finding = stopped = False
     command = ""
-    replay = None
+    replayed = None
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if line.startswith("# ") and not command:
@@ -79,8 +85,8 @@ def summarize(log_path):
                 finding = finding or bool(FINDING.search(body))
                 r = REPLAYED.match(body)
                 if r:
-                    replay = (int(r[1]), int(r[2]))
-                    finding = finding or replay[1] != 0
+                    replayed = (int(r[1]), int(r[2]), int(r[3]))
+                    finding = finding or replayed[2] != 0
                 continue
             m = TIMED.match(line.rstrip("\n"))
             if not m:
@@ -102,9 +108,15 @@ def summarize(log_path):
                         last_ft_t = t
                 if inited is not None:
                     last = (cov, ft, corp, n)
-            elif "NEW_PC" in body and " in " in body:
-                # The code location: the text after ' in ' (function and file:line).
-                pcs.add(body.split(" in ", 1)[1].strip())
+            elif "NEW_PC" in body:
+                # The code location: the text after ' in ' (function and file:line), or, when
+                # the address was not symbolized, the line's text (for an address with no debug
+                # information the sanitizer runtime prints `(binary+0xOFFSET)`).
+                # Where llvm-symbolizer's raw `:0:column` or `:line:0` was logged (the first
+                # --no-sanitizer round), the runtime's form leaves the zero parts out.
+                pcs.add(ZERO_COLUMN.sub(r"\1", ZERO_LINE.sub("", body.split(" in ", 1)[1].strip()))
+                        if " in " in body
+                        else "unsymbolized " + body.split("NEW_PC:", 1)[-1].strip())
                 if inited is not None:
                     last_cov_t = t
             elif body.startswith("stat::number_of_executed_units:"):
@@ -126,7 +138,7 @@ def summarize(log_path):
         "max_len": max_len,
         "finding": finding,
         "command": command,
-        "replay": replay,
+        "replay": replayed,
     }
 
 
@@ -151,13 +163,37 @@ def section_address(binary, name):
 class Symbolizer:
     """Symbolizes the NEW_PC addresses of a build without a sanitizer: libFuzzer logs the PC
     table's address in memory, the binary has its link-time address, their difference is the
-    load address."""
+    load address. Without a sanitizer libFuzzer prints a PC table entry plus one; the line
+    written names the entry, as the sanitizer runtime does, in the runtime's form: the innermost
+    inlined frame, `:line` left out when it is 0 and `:column` when it is 0, `(binary+0xOFFSET)`
+    when the address has no debug information. If llvm-symbolizer fails, the rest of the
+    round's NEW_PC lines stay bare (summarize counts each as a new location)."""
 
     def __init__(self, binary):
         self.binary = binary
         self.table = section_address(binary, "__sancov_pcs")
         self.base = None
-        self.proc = None
+        self.proc = subprocess.Popen(
+            ["llvm-symbolizer", f"--obj={binary}", "--functions=short"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def frames(self, address):
+        """llvm-symbolizer's lines for `address` (function, file:line:column, per inlined
+        frame, innermost first), or None once it has failed."""
+        if self.proc is None:
+            return None
+        try:
+            self.proc.stdin.write(f"{address:#x}\n")
+            self.proc.stdin.flush()
+            out = []
+            while (text := self.proc.stdout.readline()) not in ("", "\n"):
+                out.append(text.rstrip("\n"))
+            if text == "":
+                raise OSError("llvm-symbolizer ended")
+            return out
+        except OSError:
+            self.proc = None
+            return None
 
     def line(self, text):
         """`text` (one libFuzzer output line) with a bare NEW_PC address symbolized."""
@@ -167,36 +203,48 @@ class Symbolizer:
         m = NEW_PC_BARE.match(text)
         if not m or self.base is None:
             return text
-        if self.proc is None:
-            self.proc = subprocess.Popen(
-                ["llvm-symbolizer", f"--obj={self.binary}", "--functions=short"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.proc.stdin.write(f"{int(m[2], 16) - self.base:#x}\n")
-        self.proc.stdin.flush()
-        frames = []
-        while (out := self.proc.stdout.readline().rstrip("\n")) != "":
-            frames.append(out)
-        # Function and file:line:column of the innermost frame.
-        return f"{m[1]} in {frames[0]} {frames[1]}\n" if len(frames) >= 2 else text
+        entry = int(m[2], 16) - 1
+        offset = entry - self.base
+        frames = self.frames(offset)
+        if not frames or len(frames) < 2:
+            return text
+        prefix = m[1][: -len(m[2])]
+        function, place = frames[0], frames[1]
+        if function == "??" and place.startswith("??"):
+            return f"{prefix}{entry:#x} ({self.binary.name}+{offset:#x})\n"
+        file, line, column = (place.rsplit(":", 2) + ["0", "0"])[:3]
+        place = file + (f":{line}" if line != "0" else "") + (
+            f":{column}" if line != "0" and column != "0" else "")
+        return f"{prefix}{entry:#x} in {function} {place}\n"
 
 
-def replay(binary, inputs, artifacts, extra, log):
-    """Runs each of `inputs` once through the sanitizer build `binary`, logging its output
-    (without the per-input lines) prefixed with `[asan] `; returns the first non-zero exit."""
-    rc = 0
+def replay(binary, corpus, done_list, artifacts, extra, log):
+    """Runs each input in `corpus` that `done_list` (a file of names) does not list once
+    through the sanitizer build `binary`, logging its output (without the per-input lines)
+    prefixed with `[asan] ` and a last line `replayed K of N inputs: exit X`; the names of the
+    inputs that ran clean are added to `done_list`. Stops at the first failure and returns its
+    exit status (0 when all ran clean)."""
+    done = set(done_list.read_text().split()) if done_list.exists() else set()
+    inputs = sorted(name for name in os.listdir(corpus) if name not in done)
     flags = [a for a in extra if a.startswith("-rss_limit_mb=")]
+    rc = executed = 0
     for k in range(0, len(inputs), REPLAY_CHUNK):
+        chunk = inputs[k:k + REPLAY_CHUNK]
         cmd = [str(binary), f"-artifact_prefix={artifacts}/", "-timeout=30", *flags,
-               *map(str, inputs[k:k + REPLAY_CHUNK])]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace")
-        for line in proc.stdout.splitlines():
-            if not line.startswith(("Running: ", "Executed ")):
-                log.write(f"[asan] {line}\n")
-        if proc.returncode != 0:
-            rc = proc.returncode
+               *(str(corpus / name) for name in chunk)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace")
+        for line in proc.stdout:
+            if line.startswith("Executed "):
+                executed += 1
+            elif not line.startswith("Running: "):
+                log.write(f"[asan] {line}")
+        rc = proc.wait()
+        if rc != 0:
             break
-    log.write(f"[asan] replayed {len(inputs)} new inputs: exit {rc}\n")
+        with open(done_list, "a", encoding="utf-8") as f:
+            f.write("".join(name + "\n" for name in chunk))
+    log.write(f"[asan] replayed {executed} of {len(inputs)} inputs: exit {rc}\n")
     return rc
 
 
@@ -226,7 +274,6 @@ def main():
     for old_log in sorted(logs.glob(f"{series}-*.log")):
         earlier |= summarize(old_log)["pcs"]
     symbolizer = None if sanitizer else Symbolizer(binary)
-    before = set(os.listdir(corpus))
     start = time.time()
     log_path = logs / f"{series}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(start))}.log"
     cmd = [
@@ -242,9 +289,8 @@ def main():
                 line = symbolizer.line(line)
             log.write(f"[{time.time() - start:8.2f}] {line}")
         rc = proc.wait()
-        if not sanitizer:
-            added = sorted(corpus / name for name in set(os.listdir(corpus)) - before)
-            rc = rc or replay(asan_binary, added, artifacts, extra, log)
+        if not sanitizer and rc == 0:
+            rc = replay(asan_binary, corpus, logs / f"{series}.replayed", artifacts, extra, log)
     r = summarize(log_path)
     flag_max_len = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("-max_len=")), None)
     summary = {
@@ -259,12 +305,13 @@ def main():
         "new_pcs_not_in_earlier_rounds": sorted(r["pcs"] - earlier),
         "max_len": flag_max_len or r["max_len"],
         "peak_rss_mb": r["peak_rss_mb"],
-        "sanitizer_replay": dict(zip(("inputs", "exit"), r["replay"])) if r["replay"] else None,
+        "sanitizer_replay": dict(zip(("ran", "of", "exit"), r["replay"])) if r["replay"] else None,
         "exit": rc,
         "log": str(log_path.relative_to(HERE)),
     }
     print(json.dumps(summary))
     sys.exit(rc)
+
 
 if __name__ == "__main__":
     main()

@@ -13,8 +13,8 @@ found, in all code and, in brackets, in the project's crates (protocol-spec/src,
 "(dict)" marks a round run with a -dict= dictionary. A log line with a sanitizer or libFuzzer
 error marks the round as a finding. Rounds of a build without a sanitizer (round.py
 --no-sanitizer, logs <target>.nosan-*) are a series of their own, labelled "no sanitizer", and
-their Findings cell says how many inputs the round added and the sanitizer build then ran clean
-(a failed replay is a finding). The figures are those of round.py's `summarize`. Standard
+their Findings cell says how many inputs the sanitizer build ran clean after the round (those
+the round added, and any a round before it left unreplayed); a failed replay is a finding. The figures are those of round.py's `summarize`. Standard
 library only.
 """
 import pathlib
@@ -45,19 +45,23 @@ def main():
             note = label + build
             earlier = set()
             logs = sorted(d.glob(f"{name}-*.log"))
-            rounds = [s for s in map(summarize, logs) if s["inited"] and s["end"]]
+            # A round that ended before its corpus was replayed is listed only if it failed.
+            rounds = [s for s in map(summarize, logs) if s["inited"] and s["end"] or s["finding"]]
             for i, s in enumerate(rounds, 1):
                 new = s["pcs"] - earlier
                 earlier |= s["pcs"]
                 own = sum(1 for pc in new if any(REPO + o in pc for o in OWN))
-                (c0, f0, _), (c1, f1, _, _) = s["inited"], s["end"]
+                (c0, f0, _), (c1, f1, _, _) = s["inited"] or (0, 0, 0), s["end"] or (0, 0, 0, 0)
                 findings = "**see log**" if s["finding"] else "none"
                 if s["replay"] and not s["finding"]:
-                    findings += f" ({s['replay'][0]:,} added, clean under ASan)"
+                    findings += f" ({s['replay'][0]:,} inputs clean under ASan)"
+                elif label and s["done"] and not s["finding"]:
+                    findings += " (**not replayed under ASan**)"
                 print(
                     f"| `{target}`{note} | {i}{' (dict)' if ' -dict=' in s['command'] else ''} "
                     f"| {round(s['seconds'])}{'' if s['done'] else ' (interrupted)'} "
-                    f"| {s['executions']:,} | {c0:,} / {f0:,} → {c1:,} / {f1:,} "
+                    f"| {s['executions']:,} "
+                    f"| {f'{c0:,} / {f0:,} → {c1:,} / {f1:,}' if s['inited'] else 'corpus not loaded'} "
                     f"| {str(round(s['last_new_cov_s'])) + ' s' if s['last_new_cov_s'] else 'none'} "
                     f"| {'all (first round)' if i == 1 else f'{len(new)} ({own})'} "
                     f"| {str(s['peak_rss_mb']) + ' MB' if s['peak_rss_mb'] else '—'} "
