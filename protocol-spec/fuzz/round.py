@@ -53,8 +53,6 @@ TRIPLE = "x86_64-unknown-linux-gnu"
 PC_TABLE = re.compile(r"Loaded 1 PC tables \(\d+ PCs\): \d+ \[(0x[0-9a-f]+),")
 NEW_PC_BARE = re.compile(r"^(\s*NEW_PC: (0x[0-9a-f]+))\s*$")
 REPLAYED = re.compile(r"^replayed (\d+) of (\d+) inputs: exit (-?\d+)$")
-ZERO_LINE = re.compile(r":0:\d+$")
-ZERO_COLUMN = re.compile(r"(:\d+):0$")
 # Inputs per sanitizer replay process (one command line).
 REPLAY_CHUNK = 500
 
@@ -112,10 +110,7 @@ def summarize(log_path):
                 # The code location: the text after ' in ' (function and file:line), or, when
                 # the address was not symbolized, the line's text (for an address with no debug
                 # information the sanitizer runtime prints `(binary+0xOFFSET)`).
-                # Where llvm-symbolizer's raw `:0:column` or `:line:0` was logged (the first
-                # --no-sanitizer round), the runtime's form leaves the zero parts out.
-                pcs.add(ZERO_COLUMN.sub(r"\1", ZERO_LINE.sub("", body.split(" in ", 1)[1].strip()))
-                        if " in " in body
+                pcs.add(body.split(" in ", 1)[1].strip() if " in " in body
                         else "unsymbolized " + body.split("NEW_PC:", 1)[-1].strip())
                 if inited is not None:
                     last_cov_t = t
