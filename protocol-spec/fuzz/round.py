@@ -51,7 +51,7 @@ FINDING = re.compile(r"ERROR: |deadly signal|SUMMARY: |==\d+==")
 STOPPED = "libFuzzer: run interrupted; exiting"
 TRIPLE = "x86_64-unknown-linux-gnu"
 PC_TABLE = re.compile(r"Loaded 1 PC tables \(\d+ PCs\): \d+ \[(0x[0-9a-f]+),")
-NEW_PC_BARE = re.compile(r"^(\s*NEW_PC: (0x[0-9a-f]+))\s*$")
+NEW_PC_BARE = re.compile(r"^(\s*NEW_PC: )(0x[0-9a-f]+)\s*$")
 REPLAYED = re.compile(r"^replayed (\d+) of (\d+) inputs: exit (-?\d+)$")
 # Inputs per sanitizer replay process (one command line).
 REPLAY_CHUNK = 500
@@ -201,9 +201,9 @@ class Symbolizer:
         entry = int(m[2], 16) - 1
         offset = entry - self.base
         frames = self.frames(offset)
-        if not frames or len(frames) < 2:
+        if len(frames or []) < 2:
             return text
-        prefix = m[1][: -len(m[2])]
+        prefix = m[1]
         function, place = frames[0], frames[1]
         if function == "??" and place.startswith("??"):
             return f"{prefix}{entry:#x} ({self.binary.name}+{offset:#x})\n"

@@ -7,15 +7,15 @@ Rounds are read per target in the order they ran; logs/superseded/<build>/ holds
 an earlier build (the directory's name, with spaces for hyphens, labels them), listed before the
 current build's, earliest build first, and counted separately. A round whose log has no final
 statistics (the session ended) or that was stopped by hand (SIGINT; not a finding) is listed as
-interrupted, with the last status line's figures (executions from the final statistics where
-the log has them). "New locations" are the NEW_PC locations no earlier round of the same build
+interrupted, with the last status line's figures (executions from the final statistics where the
+log has them). "New locations" are the NEW_PC locations no earlier round of the same build
 found, in all code and, in brackets, in the project's crates (protocol-spec/src, relay/src).
 "(dict)" marks a round run with a -dict= dictionary. A log line with a sanitizer or libFuzzer
 error marks the round as a finding. Rounds of a build without a sanitizer (round.py
 --no-sanitizer, logs <target>.nosan-*) are a series of their own, labelled "no sanitizer", and
 their Findings cell says how many inputs the sanitizer build ran clean after the round (those
-the round added, and any a round before it left unreplayed); a failed replay is a finding. The figures are those of round.py's `summarize`. Standard
-library only.
+the round added, and any a round before it left unreplayed); a failed replay is a finding. The
+figures are those of round.py's `summarize`. Standard library only.
 """
 import pathlib
 import sys
@@ -51,7 +51,11 @@ def main():
                 new = s["pcs"] - earlier
                 earlier |= s["pcs"]
                 own = sum(1 for pc in new if any(REPO + o in pc for o in OWN))
-                (c0, f0, _), (c1, f1, _, _) = s["inited"] or (0, 0, 0), s["end"] or (0, 0, 0, 0)
+                if s["inited"] and s["end"]:
+                    (c0, f0, _), (c1, f1, _, _) = s["inited"], s["end"]
+                    coverage = f"{c0:,} / {f0:,} → {c1:,} / {f1:,}"
+                else:
+                    coverage = "corpus not loaded"
                 findings = "**see log**" if s["finding"] else "none"
                 if s["replay"] and not s["finding"]:
                     findings += f" ({s['replay'][0]:,} inputs clean under ASan)"
@@ -61,7 +65,7 @@ def main():
                     f"| `{target}`{note} | {i}{' (dict)' if ' -dict=' in s['command'] else ''} "
                     f"| {round(s['seconds'])}{'' if s['done'] else ' (interrupted)'} "
                     f"| {s['executions']:,} "
-                    f"| {f'{c0:,} / {f0:,} → {c1:,} / {f1:,}' if s['inited'] else 'corpus not loaded'} "
+                    f"| {coverage} "
                     f"| {str(round(s['last_new_cov_s'])) + ' s' if s['last_new_cov_s'] else 'none'} "
                     f"| {'all (first round)' if i == 1 else f'{len(new)} ({own})'} "
                     f"| {str(s['peak_rss_mb']) + ' MB' if s['peak_rss_mb'] else '—'} "
