@@ -10,7 +10,8 @@
 //! - `envelopes_invalid.json`: parse-level cases are sent as is (refused before the sender is
 //!   looked at); the verification cases are re-created with the suite's agents.
 //! - `keylogs.json`, `auth.json`, `pow.json`, `ed25519.json`: re-created against the relay by
-//!   the registration, key log and auth modules.
+//!   the registration, key log and auth modules; the relay vectors of `auth.json` by the
+//!   federation module, as handshakes from a relay that is not a peer.
 
 use super::*;
 use crate::case::{case, Env};
@@ -46,6 +47,12 @@ pub fn cases() -> Vec<Case> {
     }
     for (i, c) in V::list(V::auth(), "invalid").iter().enumerate() {
         v.push(super::auth::vector_invalid(i, c));
+    }
+    for (i, c) in V::list(V::auth(), "relay_valid").iter().enumerate() {
+        v.push(super::federation::vector_relay_valid(i, c));
+    }
+    for (i, c) in V::list(V::auth(), "relay_invalid").iter().enumerate() {
+        v.push(super::federation::vector_relay_invalid(i, c));
     }
     for (i, c) in V::list(V::pow(), "cases").iter().enumerate() {
         v.push(super::registration::vector_pow(i, c));
