@@ -227,14 +227,14 @@ def replay(binary, corpus, done_list, artifacts, extra, log):
         chunk = inputs[k:k + REPLAY_CHUNK]
         cmd = [str(binary), f"-artifact_prefix={artifacts}/", "-timeout=30", *flags,
                *(str(corpus / name) for name in chunk)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace")
-        for line in proc.stdout:
-            if line.startswith("Executed "):
-                executed += 1
-            elif not line.startswith("Running: "):
-                log.write(f"[asan] {line}")
-        rc = proc.wait()
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace") as proc:
+            for line in proc.stdout:
+                if line.startswith("Executed "):
+                    executed += 1
+                elif not line.startswith("Running: "):
+                    log.write(f"[asan] {line}")
+            rc = proc.wait()
         if rc != 0:
             break
         with open(done_list, "a", encoding="utf-8") as f:
