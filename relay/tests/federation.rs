@@ -909,16 +909,37 @@ fn read_message(r: &mut BufReader<std::net::TcpStream>) -> Option<(Vec<String>, 
     Some((lines, body))
 }
 
+/// What the proxy does with the answer to B's first transfer (B has stored it).
+#[derive(Clone, Copy)]
+enum Lose {
+    /// Closes A's connection at once.
+    Close,
+    /// Sends A nothing and keeps its connection open this long (past A's
+    /// `request_timeout_ms`), then closes it.
+    Stall(Duration),
+}
+
 /// A proxy in front of relay B that loses the answer to B's first transfer (B stores it, A
-/// never hears back), then passes everything through.
-fn lossy_proxy(listen: u16, to: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+/// never hears back), then passes everything through. Returns the number of transfers seen
+/// and whether a stalled connection has been released.
+fn lossy_proxy(
+    listen: u16,
+    to: u16,
+    lose: Lose,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let l = std::net::TcpListener::bind(("127.0.0.1", listen)).unwrap();
     let lost2 = lost.clone();
+    let released2 = released.clone();
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(client) = c else { continue };
             let lost = lost2.clone();
+            let released = released2.clone();
             std::thread::spawn(move || {
                 let mut cr = BufReader::new(client.try_clone().unwrap());
                 let mut client = client;
@@ -946,6 +967,10 @@ fn lossy_proxy(listen: u16, to: u16) -> std::sync::Arc<std::sync::atomic::Atomic
                 let transfer = head[0].starts_with("POST /v1/federation/transfer");
                 if transfer && lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
                     // B has stored the transfer; A never hears back.
+                    if let Lose::Stall(d) = lose {
+                        std::thread::sleep(d);
+                        released.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
                     return;
                 }
                 let mut resp: Vec<u8> = rhead
@@ -959,12 +984,25 @@ fn lossy_proxy(listen: u16, to: u16) -> std::sync::Arc<std::sync::atomic::Atomic
             });
         }
     });
-    lost
+    (lost, released)
 }
 
 #[test]
 fn a_transfer_whose_answer_was_lost_is_duplicate_on_retry_and_delivered_once() {
-    let root = tempdir("lost");
+    lost_answer("lost", Lose::Close);
+}
+
+/// A's transfer times out (`request_timeout_ms`, 2 s in `fed_config`) while B, which has stored
+/// it, never answers and keeps the connection open: A retries on a new connection and bob gets
+/// the message once (B knows the transfer, FED-5), all before the stalled connection is
+/// released. With a request timeout longer than `wait_status` waits, this test fails.
+#[test]
+fn a_transfer_that_timed_out_after_the_peer_stored_it_is_delivered_once() {
+    lost_answer("stall", Lose::Stall(Duration::from_secs(60)));
+}
+
+fn lost_answer(name: &str, lose: Lose) {
+    let root = tempdir(name);
     let a = Node::start(&root, "a", 60_000);
     // B is known as 127.0.0.1:<public>, where the proxy listens; B itself listens elsewhere.
     let public = free_port();
@@ -978,7 +1016,7 @@ fn a_transfer_whose_answer_was_lost_is_duplicate_on_retry_and_delivered_once() {
         &format!("127.0.0.1:{inner}"),
         &format!("127.0.0.1:{public}"),
     );
-    let lost = lossy_proxy(public, inner);
+    let (lost, released) = lossy_proxy(public, inner, lose);
     let b = Node {
         proc_: bproc,
         port: public,
@@ -1000,5 +1038,11 @@ fn a_transfer_whose_answer_was_lost_is_duplicate_on_retry_and_delivered_once() {
         .map(|e| get(e, "id").as_str().unwrap().to_owned())
         .collect();
     assert_eq!(got, vec![id]);
+    if let Lose::Stall(_) = lose {
+        assert!(
+            !released.load(std::sync::atomic::Ordering::SeqCst),
+            "the retry came from A's timeout, not from the stalled connection closing"
+        );
+    }
     let _ = std::fs::remove_dir_all(&root);
 }
