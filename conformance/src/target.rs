@@ -60,6 +60,27 @@ pub fn random_nonce() -> Nonce {
     Nonce(n)
 }
 
+/// How long to wait before sending a request to `path` again when `r` is a per-IP
+/// `rate_limited` answer (HTTP-10): its `retry_after_s`, within 1 to [`RETRY_WAIT_S_MAX`]
+/// seconds. None when `r` is not such an answer, or when the wait would take the time since
+/// `start` past [`IP_WAIT_TOTAL_MS_MAX`] (the answer then stands).
+fn ip_wait(r: &Resp, start: Instant, path: &str) -> Option<Duration> {
+    if r.status != 429 || r.code() != Some("rate_limited") {
+        return None;
+    }
+    let wait = r
+        .error_member("retry_after_s")
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+        .clamp(1, RETRY_WAIT_S_MAX);
+    let wait = Duration::from_secs(wait as u64);
+    if start.elapsed() + wait > Duration::from_millis(IP_WAIT_TOTAL_MS_MAX) {
+        return None;
+    }
+    eprintln!("conformance: {path} is rate limited per IP; waiting {} s (run the relay with a higher limits.ip_requests_per_min to avoid this)", wait.as_secs());
+    Some(wait)
+}
+
 /// One tier as published (TRUST-1).
 #[derive(Debug, Clone, Default)]
 pub struct Tier {
@@ -383,25 +404,32 @@ impl Target {
     /// POSTs to an endpoint with a per-IP limit (HTTP-10), waiting out `rate_limited`
     /// answers (bounded by [`IP_WAIT_TOTAL_MS_MAX`]) as a well-behaved client does.
     pub fn post_ip_limited(&self, path: &str, body: &[u8]) -> R<Resp> {
+        self.send_ip_limited(
+            "POST",
+            path,
+            &[("content-type", "application/json".into())],
+            body,
+        )
+    }
+
+    /// Like [`post_ip_limited`](Self::post_ip_limited), with any method and headers. The same
+    /// headers are sent again after each wait, so a signed header must stay fresh that long:
+    /// the waits add up to at most [`IP_WAIT_TOTAL_MS_MAX`] (3 minutes, inside the default
+    /// 5-minute window of TIME-1).
+    pub fn send_ip_limited(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> R<Resp> {
         let start = Instant::now();
         loop {
-            let r = self.http.post(path, body)?;
-            if r.status == 429 && r.code() == Some("rate_limited") {
-                let wait = r
-                    .error_member("retry_after_s")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1)
-                    .clamp(1, RETRY_WAIT_S_MAX);
-                if start.elapsed() + Duration::from_secs(wait as u64)
-                    > Duration::from_millis(IP_WAIT_TOTAL_MS_MAX)
-                {
-                    return Ok(r);
-                }
-                eprintln!("conformance: {path} is rate limited per IP; waiting {wait} s (run the relay with a higher limits.ip_requests_per_min to avoid this)");
-                std::thread::sleep(Duration::from_secs(wait as u64));
-                continue;
+            let r = self.http.send(method, path, headers, Body::Bytes(body))?;
+            match ip_wait(&r, start, path) {
+                Some(wait) => std::thread::sleep(wait),
+                None => return Ok(r),
             }
-            return Ok(r);
         }
     }
 
@@ -542,19 +570,9 @@ impl Target {
             let r = self
                 .http
                 .post("/v1/register", &canon::canonicalize(&body))?;
-            if r.status == 429 && r.code() == Some("rate_limited") {
-                let wait = r
-                    .error_member("retry_after_s")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1)
-                    .clamp(1, RETRY_WAIT_S_MAX);
-                if start.elapsed() + Duration::from_secs(wait as u64)
-                    <= Duration::from_millis(IP_WAIT_TOTAL_MS_MAX)
-                {
-                    eprintln!("conformance: /v1/register is rate limited per IP; waiting {wait} s (run the relay with a higher limits.ip_requests_per_min to avoid this)");
-                    std::thread::sleep(Duration::from_secs(wait as u64));
-                    continue;
-                }
+            if let Some(wait) = ip_wait(&r, start, "/v1/register") {
+                std::thread::sleep(wait);
+                continue;
             }
             if r.status != 201 {
                 fail!(
