@@ -33,6 +33,7 @@ listed; that output is logged with the prefix `[asan] ` and a last line
 `[asan] replayed K of N inputs: exit X`, and a non-zero exit counts as a finding.
 Standard library only except llvm-symbolizer, for --no-sanitizer.
 """
+import contextlib
 import json
 import os
 import pathlib
@@ -187,7 +188,10 @@ class Symbolizer:
                 raise OSError("llvm-symbolizer ended")
             return out
         except OSError:
-            self.proc = None
+            proc, self.proc = self.proc, None
+            proc.kill()
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                proc.communicate(timeout=5)
             return None
 
     def line(self, text):

@@ -5,10 +5,11 @@ is a round that summarize() finds no new location in, so its counting is tested 
     python3 -m unittest discover -s protocol-spec/fuzz -p 'test_*.py'
 
 Standard library only; nothing is fuzzed and no fuzz build is needed: logs, binaries and the
-symbolizer are stand-ins written into a temporary directory.
+symbolizer are stand-ins written into a temporary directory (shell scripts, run with /bin/sh).
 """
 import contextlib
 import io
+import os
 import pathlib
 import stat
 import struct
@@ -108,7 +109,7 @@ class Summarize(unittest.TestCase):
 
 
 class Symbolize(unittest.TestCase):
-    """Symbolizer.line with a stand-in for llvm-symbolizer (Symbolizer.frames)."""
+    """Symbolizer.line with a stand-in for Symbolizer.frames (its answers from llvm-symbolizer)."""
 
     def symbolizer(self, frames):
         sy = rnd.Symbolizer.__new__(rnd.Symbolizer)
@@ -164,28 +165,78 @@ class Symbolize(unittest.TestCase):
         self.assertEqual(sy.asked, [])
 
 
+def fake_elf(path, sancov_pcs):
+    """A minimal 64-bit ELF file with sections .text (at 0x1000) and __sancov_pcs."""
+    names = b"\0.text\0__sancov_pcs\0.shstrtab\0"
+    # ELF header (64 bytes), the section names, then 4 section headers of 64 bytes.
+    shoff = 64 + len(names)
+
+    def sh(name, addr, offset=0):
+        # sh_name, sh_type, sh_flags, sh_addr, sh_offset, then 32 bytes round.py does not read
+        return struct.pack("<IIQQQ", name, 1, 0, addr, offset) + bytes(32)
+    data = bytearray(64)
+    data[:4] = b"\x7fELF"
+    struct.pack_into("<Q", data, 0x28, shoff)
+    struct.pack_into("<HHH", data, 0x3A, 64, 4, 3)
+    data += names
+    data += sh(0, 0) + sh(1, 0x1000) + sh(7, sancov_pcs) + sh(20, 0, offset=64)
+    path.write_bytes(bytes(data))
+    return path
+
+
 class SectionAddress(unittest.TestCase):
     def test_finds_the_named_section(self):
-        names = b"\0.text\0__sancov_pcs\0.shstrtab\0"
-        # ELF header (64 bytes), the section names, then 4 section headers of 64 bytes.
-        shoff = 64 + len(names)
-
-        def sh(name, addr, offset=0):
-            # sh_name, sh_type, sh_flags, sh_addr, sh_offset, then 32 bytes round.py does not read
-            return struct.pack("<IIQQQ", name, 1, 0, addr, offset) + bytes(32)
-        data = bytearray(64)
-        data[:4] = b"\x7fELF"
-        struct.pack_into("<Q", data, 0x28, shoff)
-        struct.pack_into("<HHH", data, 0x3A, 64, 4, 3)
-        data += names
-        data += sh(0, 0) + sh(1, 0x1000) + sh(7, 0x2345) + sh(20, 0, offset=64)
         with tempfile.TemporaryDirectory() as d:
-            f = pathlib.Path(d) / "bin"
-            f.write_bytes(bytes(data))
+            f = fake_elf(pathlib.Path(d) / "bin", 0x2345)
             self.assertEqual(rnd.section_address(f, "__sancov_pcs"), 0x2345)
             self.assertEqual(rnd.section_address(f, ".text"), 0x1000)
             with self.assertRaises(SystemExit):
                 rnd.section_address(f, ".data")
+
+
+def executable(path, text):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+class SymbolizerProcess(unittest.TestCase):
+    """Symbolizer with a stand-in llvm-symbolizer on PATH: the pipe protocol (one address per
+    line in, frames and a blank line out) and what happens when the process ends."""
+
+    # Answers 0x10 as two inlined frames, anything else as unknown; ends at 0x99.
+    FAKE = textwrap.dedent(r"""
+        #!/bin/sh
+        while read -r a; do
+          case "$a" in
+            0x10) printf 'inner\n/src/a.rs:3:4\nouter\n/src/b.rs:5:6\n\n';;
+            0x99) exit 0;;
+            *) printf '??\n??:0:0\n\n';;
+          esac
+        done
+        """)
+
+    def test_pipe(self):
+        with tempfile.TemporaryDirectory() as d:
+            d = pathlib.Path(d)
+            executable(d / "llvm-symbolizer", self.FAKE.lstrip("\n"))
+            binary = fake_elf(d / "relay_http", 0x1000)
+            with mock.patch.dict(os.environ, {"PATH": f"{d}:{os.environ['PATH']}"}):
+                sy = rnd.Symbolizer(binary)
+            try:
+                sy.line("INFO: Loaded 1 PC tables (10 PCs): 10 [0x401000,0x402000),\n")
+                # The innermost inlined frame names the location.
+                self.assertEqual(sy.line("\tNEW_PC: 0x400011\n"),
+                                 "\tNEW_PC: 0x400010 in inner /src/a.rs:3:4\n")
+                self.assertEqual(sy.line("\tNEW_PC: 0x400021\n"),
+                                 "\tNEW_PC: 0x400020 (relay_http+0x20)\n")
+                # The symbolizer ends: this line and every later one stay bare.
+                self.assertEqual(sy.line("\tNEW_PC: 0x40009a\n"), "\tNEW_PC: 0x40009a\n")
+                self.assertIsNone(sy.proc)
+                self.assertEqual(sy.line("\tNEW_PC: 0x400011\n"), "\tNEW_PC: 0x400011\n")
+            finally:
+                if sy.proc:
+                    sy.proc.kill()
 
 
 class Replay(unittest.TestCase):
@@ -206,9 +257,7 @@ class Replay(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
         d = pathlib.Path(self.tmp.name)
-        self.binary = d / "fuzz"
-        self.binary.write_text(self.FAKE)
-        self.binary.chmod(self.binary.stat().st_mode | stat.S_IXUSR)
+        self.binary = executable(d / "fuzz", self.FAKE)
         self.corpus = d / "corpus"
         self.corpus.mkdir()
         self.done = d / "done"
@@ -235,6 +284,7 @@ class Replay(unittest.TestCase):
         self.assertFalse(any("Running: " in l or "Executed " in l for l in lines))
         self.assertEqual(sorted(self.done.read_text().split()), list("abcde"))
         rc, lines = self.run_replay()
+        self.assertEqual(rc, 0)
         self.assertEqual(lines[-1], "[asan] replayed 0 of 0 inputs: exit 0")
 
     def test_stops_at_a_failure_and_does_not_list_its_chunk(self):
