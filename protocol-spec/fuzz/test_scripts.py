@@ -53,13 +53,16 @@ REPLAYED_ROUND = CLEAN_ROUND + """\
 """
 
 
-class Summarize(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = pathlib.Path(self.tmp.name)
+class InTempDir(unittest.TestCase):
+    """A test case with a fresh temporary directory, `self.dir`, removed after each test."""
 
-    def tearDown(self):
-        self.tmp.cleanup()
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = pathlib.Path(tmp.name)
+
+
+class Summarize(InTempDir):
 
     def test_clean_round(self):
         s = rnd.summarize(write_log(self.dir / "r.log", REPLAYED_ROUND))
@@ -239,7 +242,7 @@ class SymbolizerProcess(unittest.TestCase):
                     sy.proc.kill()
 
 
-class Replay(unittest.TestCase):
+class Replay(InTempDir):
     """replay() with a stand-in for the sanitizer build: a script that prints what libFuzzer
     prints for each input it runs, and fails on an input that contains `crash`."""
 
@@ -255,16 +258,12 @@ class Replay(unittest.TestCase):
         """)
 
     def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        d = pathlib.Path(self.tmp.name)
-        self.binary = executable(d / "fuzz", self.FAKE)
-        self.corpus = d / "corpus"
+        super().setUp()
+        self.binary = executable(self.dir / "fuzz", self.FAKE)
+        self.corpus = self.dir / "corpus"
         self.corpus.mkdir()
-        self.done = d / "done"
-        self.artifacts = d / "artifacts"
-
-    def tearDown(self):
-        self.tmp.cleanup()
+        self.done = self.dir / "done"
+        self.artifacts = self.dir / "artifacts"
 
     def run_replay(self):
         log = io.StringIO()
@@ -298,13 +297,10 @@ class Replay(unittest.TestCase):
         self.assertEqual(sorted(self.done.read_text().split()), ["a", "b"])
 
 
-class Table(unittest.TestCase):
+class Table(InTempDir):
     def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.logs = pathlib.Path(self.tmp.name)
-
-    def tearDown(self):
-        self.tmp.cleanup()
+        super().setUp()
+        self.logs = self.dir
 
     def rows(self):
         out = io.StringIO()

@@ -139,21 +139,11 @@ fn get_with(t: &Target, path: &str, header: String) -> R<Resp> {
 
 /// The header params of a valid header, in order.
 fn params(h: &str) -> Vec<(String, String)> {
-    h.strip_prefix("Formica ")
-        .unwrap_or("")
-        .split(',')
-        .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect()
+    header_params(h, formica_protocol::auth::SCHEME)
 }
 
 fn join(ps: &[(String, String)]) -> String {
-    format!(
-        "Formica {}",
-        ps.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    )
+    header_join(formica_protocol::auth::SCHEME, ps)
 }
 
 fn ok(e: &Env<'_>) -> R {

@@ -8,7 +8,7 @@
 use super::*;
 use crate::case::{case, Env};
 use crate::target::{random_key, random_nonce};
-use formica_protocol::auth::{RelayAuth, RequestTarget};
+use formica_protocol::auth::{RelayAuth, RequestTarget, RELAY_SCHEME};
 use formica_protocol::{PublicKey, RelayHost, SecretKey};
 
 /// How long a forwarded envelope, a delivery notice or a dead-letter may take to show up.
@@ -221,23 +221,19 @@ fn expect_refused(t: &Target, r: &Resp, code: ErrorCode) -> R {
 
 /// The params of a `Formica-Relay` header, in order.
 fn relay_params(h: &str) -> Vec<(String, String)> {
-    h.strip_prefix("Formica-Relay ")
-        .unwrap_or("")
-        .split(',')
-        .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect()
+    header_params(h, RELAY_SCHEME)
 }
 
 /// A `Formica-Relay` header with `ps`, where `k` (if given) is set to `v`.
 fn relay_join(ps: &[(String, String)], set: Option<(&str, &str)>) -> String {
-    let ps: Vec<String> = ps
+    let ps: Vec<(String, String)> = ps
         .iter()
         .map(|(k, v)| match set {
-            Some((sk, sv)) if sk == k => format!("{k}={sv}"),
-            _ => format!("{k}={v}"),
+            Some((sk, sv)) if sk == k => (k.clone(), sv.to_owned()),
+            _ => (k.clone(), v.clone()),
         })
         .collect();
-    format!("Formica-Relay {}", ps.join(","))
+    header_join(RELAY_SCHEME, &ps)
 }
 
 /// auth.json `relay_valid`: a header made the same way by the suite passes the relay's check.

@@ -38,6 +38,22 @@ pub fn all() -> Vec<Case> {
 }
 
 /// Posts `wire` to `/v1/envelopes` and requires the error answer of `code`.
+/// The params of an `Authorization` value of `scheme` (`Formica` or `Formica-Relay`), in order.
+pub fn header_params(h: &str, scheme: &str) -> Vec<(String, String)> {
+    h.strip_prefix(scheme)
+        .and_then(|rest| rest.strip_prefix(' '))
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+/// An `Authorization` value of `scheme` with the params `ps`, in order.
+pub fn header_join(scheme: &str, ps: &[(String, String)]) -> String {
+    let ps: Vec<String> = ps.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{scheme} {}", ps.join(","))
+}
+
 pub fn refuse(t: &Target, wire: &[u8], code: ErrorCode) -> R<Resp> {
     let r = t.post_envelope(wire)?;
     r.expect_error(code)?;
