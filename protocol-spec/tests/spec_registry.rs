@@ -49,8 +49,21 @@ fn requirement_ids_cited_in_code_are_defined() {
     let spec = spec();
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut cited = BTreeSet::new();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    // Every source file, in subfolders too (`envelope/`, `keylog/`).
+    let mut dirs = vec![src];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    for path in files {
+        let text = std::fs::read_to_string(path).unwrap();
         for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
             if let Some((prefix, num)) = word.split_once('-') {
                 // Not requirement ids: names of encodings and standards.

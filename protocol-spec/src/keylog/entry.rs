@@ -1,0 +1,289 @@
+//! Key log entries (SPEC.md 8.1 and 8.2): the operations, an entry's schema and signing input,
+//! its hash, and [`SignedKeyLogEntry`], an entry parsed from the wire with its bytes kept.
+
+use crate::canon;
+use crate::error::ErrorCode;
+use crate::handle::Handle;
+use crate::hex;
+use crate::json::{self, JsonError, JsonLimits, Object, Value, INT_ABS_MAX};
+use crate::keys::{Domain, KeyId, PublicKey, SecretKey, Signature};
+use crate::schema::{Fields, SchemaError};
+use std::fmt;
+
+/// The hash of a key log entry: BLAKE3 of its signing input (LOG-4).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryHash(pub [u8; 32]);
+
+impl EntryHash {
+    pub fn parse_hex(s: &str) -> Option<EntryHash> {
+        hex::decode_array::<32>(s).map(EntryHash)
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+}
+
+impl fmt::Debug for EntryHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntryHash({})", self.to_hex())
+    }
+}
+
+/// What an entry does (LOG-5..9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOp {
+    /// Creates the log: `key` becomes the current key; `recovery`, if given, may later revoke
+    /// and recover. Signed by `key`.
+    Register {
+        key: PublicKey,
+        recovery: Option<PublicKey>,
+    },
+    /// Replaces the current key. Signed by the current key.
+    Rotate { key: PublicKey },
+    /// Ends the current key; the handle has no valid key until `recover`. Signed by the current
+    /// key or the recovery key.
+    Revoke,
+    /// Installs a new current key (and optionally a new recovery key). Signed by the recovery key.
+    Recover {
+        key: PublicKey,
+        recovery: Option<PublicKey>,
+    },
+    /// Closes the log: the agent now lives at `to`. Signed by the current key.
+    Move { to: Handle },
+}
+
+impl KeyOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyOp::Register { .. } => "register",
+            KeyOp::Rotate { .. } => "rotate",
+            KeyOp::Revoke => "revoke",
+            KeyOp::Recover { .. } => "recover",
+            KeyOp::Move { .. } => "move",
+        }
+    }
+}
+
+/// The content of an entry, without its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLogEntry {
+    pub handle: Handle,
+    pub seq: i64,
+    pub prev: Option<EntryHash>,
+    pub ts: i64,
+    pub op: KeyOp,
+    pub signer: KeyId,
+}
+
+/// Why a key log or entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyLogError {
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("unsupported protocol version {got}")]
+    UnsupportedVersion { got: i64 },
+    #[error("entry {seq}: {reason}")]
+    BrokenChain { seq: i64, reason: &'static str },
+    #[error("entry {seq} is for {got}, the log is for {want}")]
+    HandleMismatch { seq: i64, got: String, want: String },
+    #[error("entry {seq}: timestamp {ts} is not after the previous entry's {prev_ts}")]
+    TimeOrder { seq: i64, ts: i64, prev_ts: i64 },
+    #[error("entry {seq}: the log was closed by a move")]
+    Closed { seq: i64 },
+    #[error("entry {seq}: {op} may not be signed by key {signer}")]
+    UnauthorizedSigner {
+        seq: i64,
+        op: &'static str,
+        signer: KeyId,
+    },
+    #[error("entry {seq}: signature does not verify")]
+    BadSignature { seq: i64 },
+    #[error("entry {seq}: a key that this log has used before may not be introduced again")]
+    KeyReused { seq: i64 },
+    #[error("a key log holds at most {max} entries")]
+    TooLong { max: usize },
+}
+
+impl KeyLogError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            KeyLogError::Json(e) => e.code(),
+            KeyLogError::Schema(e) => e.code(),
+            KeyLogError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            KeyLogError::BrokenChain { .. } => ErrorCode::KeylogBrokenChain,
+            KeyLogError::HandleMismatch { .. } => ErrorCode::KeylogHandleMismatch,
+            KeyLogError::TimeOrder { .. } => ErrorCode::KeylogTimeOrder,
+            KeyLogError::Closed { .. } => ErrorCode::KeylogClosed,
+            KeyLogError::UnauthorizedSigner { .. } => ErrorCode::KeylogUnauthorizedSigner,
+            KeyLogError::BadSignature { .. } => ErrorCode::BadSignature,
+            KeyLogError::KeyReused { .. } => ErrorCode::KeylogKeyReused,
+            KeyLogError::TooLong { .. } => ErrorCode::TooLarge,
+        }
+    }
+}
+
+impl KeyLogEntry {
+    /// The entry as a JSON object, without `sig`.
+    pub fn to_value(&self) -> Value {
+        let mut o = Object::new();
+        o.insert("v", Value::Int(crate::envelope::PROTOCOL_VERSION));
+        o.insert("handle", self.handle.as_str().into());
+        o.insert("seq", Value::Int(self.seq));
+        if let Some(p) = &self.prev {
+            o.insert("prev", p.to_hex().into());
+        }
+        o.insert("ts", Value::Int(self.ts));
+        o.insert("op", self.op.name().into());
+        match &self.op {
+            KeyOp::Register { key, recovery } | KeyOp::Recover { key, recovery } => {
+                o.insert("key", key.to_hex().into());
+                if let Some(r) = recovery {
+                    o.insert("recovery", r.to_hex().into());
+                }
+            }
+            KeyOp::Rotate { key } => {
+                o.insert("key", key.to_hex().into());
+            }
+            KeyOp::Revoke => {}
+            KeyOp::Move { to } => {
+                o.insert("to", to.as_str().into());
+            }
+        }
+        o.insert("signer", self.signer.to_hex().into());
+        Value::Object(o)
+    }
+
+    fn from_value(v: &Value) -> Result<(KeyLogEntry, Signature), KeyLogError> {
+        let mut f = Fields::new(v, "")?;
+        let version = f.req_int("v", 0, INT_ABS_MAX)?;
+        if version != crate::envelope::PROTOCOL_VERSION {
+            return Err(KeyLogError::UnsupportedVersion { got: version });
+        }
+        let handle = f.req_handle("handle")?;
+        let seq = f.req_int("seq", 0, INT_ABS_MAX)?;
+        let prev = match f.opt_str("prev")? {
+            None => None,
+            Some(s) => Some(EntryHash::parse_hex(s).ok_or_else(|| {
+                SchemaError::invalid("prev", "expected 64 lower-case hex characters")
+            })?),
+        };
+        if (seq == 0) != prev.is_none() {
+            return Err(KeyLogError::BrokenChain {
+                seq,
+                reason: "`prev` is absent exactly on the first entry (seq 0)",
+            });
+        }
+        let ts = f.req_int("ts", 0, INT_ABS_MAX)?;
+        let op_name = f.req_str("op")?;
+        let op = match op_name {
+            "register" => KeyOp::Register {
+                key: f.req_key("key")?,
+                recovery: f.opt_key("recovery")?,
+            },
+            "rotate" => KeyOp::Rotate {
+                key: f.req_key("key")?,
+            },
+            "revoke" => KeyOp::Revoke,
+            "recover" => KeyOp::Recover {
+                key: f.req_key("key")?,
+                recovery: f.opt_key("recovery")?,
+            },
+            "move" => KeyOp::Move {
+                to: f.req_handle("to")?,
+            },
+            _ => {
+                return Err(SchemaError::invalid(
+                    "op",
+                    "expected one of register, rotate, revoke, recover, move",
+                )
+                .into())
+            }
+        };
+        let signer = f.req_key_id("signer")?;
+        let sig = f.req_sig("sig")?;
+        f.finish()?;
+        Ok((
+            KeyLogEntry {
+                handle,
+                seq,
+                prev,
+                ts,
+                op,
+                signer,
+            },
+            sig,
+        ))
+    }
+
+    /// Signs the entry. The key must be the one `self.signer` names.
+    pub fn sign(&self, sk: &SecretKey) -> SignedKeyLogEntry {
+        let mut v = self.to_value();
+        let input = Domain::KeyLog.input(&canon::canonicalize(&v));
+        let sig = sk.sign_input(&input);
+        if let Value::Object(o) = &mut v {
+            o.insert("sig", sig.to_hex().into());
+        }
+        SignedKeyLogEntry {
+            entry: self.clone(),
+            sig,
+            hash: EntryHash(*blake3::hash(&input).as_bytes()),
+            signing_input: input,
+            value: v,
+        }
+    }
+}
+
+/// A parsed entry with its signature and hash; not yet checked against any log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedKeyLogEntry {
+    pub(super) entry: KeyLogEntry,
+    pub(super) sig: Signature,
+    pub(super) hash: EntryHash,
+    pub(super) signing_input: Vec<u8>,
+    pub(super) value: Value,
+}
+
+impl SignedKeyLogEntry {
+    /// Parses one entry under the strict profile.
+    pub fn parse(bytes: &[u8], limits: JsonLimits) -> Result<SignedKeyLogEntry, KeyLogError> {
+        SignedKeyLogEntry::from_value(json::parse(bytes, limits)?)
+    }
+
+    /// Reads one entry from a strict-JSON value.
+    pub fn from_value(v: Value) -> Result<SignedKeyLogEntry, KeyLogError> {
+        let (entry, sig) = KeyLogEntry::from_value(&v)?;
+        let mut input = Domain::KeyLog.tag().to_vec();
+        if let Value::Object(o) = &v {
+            canon::write_object(o, Some(&["sig"]), &mut input);
+        }
+        Ok(SignedKeyLogEntry {
+            entry,
+            sig,
+            hash: EntryHash(*blake3::hash(&input).as_bytes()),
+            signing_input: input,
+            value: v,
+        })
+    }
+
+    pub fn entry(&self) -> &KeyLogEntry {
+        &self.entry
+    }
+    pub fn hash(&self) -> EntryHash {
+        self.hash
+    }
+    pub fn signing_input(&self) -> &[u8] {
+        &self.signing_input
+    }
+    pub fn signature(&self) -> &Signature {
+        &self.sig
+    }
+    /// The entry with `sig`, as a value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+    pub fn wire_bytes(&self) -> Vec<u8> {
+        canon::canonicalize(&self.value)
+    }
+}
