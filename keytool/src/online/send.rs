@@ -1,0 +1,268 @@
+//! Posting signed envelopes: `send`, `contact-request`, `vouch` and `report`.
+
+use super::{obj, ok_obj, opt, parse_handle, session, Ctx, Session};
+use crate::offline::{now_ms, parse_doc, read_input};
+use crate::output::{fmt_ms, Exit, Fail, Out};
+use formica_protocol::envelope::{ReportReason, VouchAction, ACK_WINDOW_MS_MAX};
+use formica_protocol::{
+    ContactLevel, Envelope, ErrorCode, Handle, MessageId, MessageType, Payload, SignedEnvelope,
+    Value,
+};
+use std::time::Duration;
+
+/// Signs an envelope from this session's identity, checks it as a relay would, and posts it.
+/// Returns the id and `accepted` or `duplicate`.
+pub fn post_envelope(
+    s: &Session,
+    to: Vec<Handle>,
+    msg_type: MessageType,
+    payload: Payload,
+    corr: Option<String>,
+    ack_by: Option<i64>,
+) -> Result<(MessageId, String), Fail> {
+    let env = Envelope {
+        msg_type,
+        type_version: 1,
+        from: s.me.clone(),
+        key: s.id.key.public().key_id(),
+        to,
+        ts: now_ms(),
+        corr,
+        ack_by,
+        payload,
+    };
+    let local = |e: formica_protocol::EnvelopeError| Fail::code(e.code(), e.to_string());
+    let signed = env.sign(&s.id.key).map_err(local)?;
+    // Parse our own envelope under the relay's published limits: a mistake is reported here,
+    // with its protocol code, instead of by the relay.
+    let checked = SignedEnvelope::from_value(signed.value().clone(), &s.desc.envelope_limits())
+        .map_err(local)?;
+    let a = s
+        .client
+        .call("POST", "/v1/envelopes", Some(&checked.wire_bytes()), None)?;
+    let result = a.str("result").unwrap_or("accepted").to_owned();
+    if a.str("id") != Some(checked.id().to_hex().as_str()) {
+        return Err(Fail::new(
+            Exit::Failure,
+            format!(
+                "the relay answered with id {:?}, but the envelope's id is {}",
+                a.str("id"),
+                checked.id()
+            ),
+        ));
+    }
+    Ok((checked.id(), result))
+}
+
+pub(super) fn emit_posted(
+    out: &Out,
+    what: &str,
+    id: &MessageId,
+    result: &str,
+    extra: Vec<(&str, Value)>,
+    note: &str,
+) {
+    let text = match result {
+        "duplicate" => format!(
+            "{what} {id}: duplicate (the relay already had it; nothing was sent twice){note}"
+        ),
+        r => format!("{what} {id}: {r}{note}"),
+    };
+    let mut m = vec![
+        ("id", Value::from(id.to_hex())),
+        ("result", result.into()),
+        ("type", what.into()),
+    ];
+    m.extend(extra);
+    out.emit(&text, ok_obj(m));
+}
+
+/// What `send` sends.
+#[derive(Debug)]
+pub struct SendArgs {
+    pub to: String,
+    /// Without `--payload`: the text, then more recipients. With it: more recipients.
+    pub rest: Vec<String>,
+    pub msg_type: Option<String>,
+    pub payload: Option<std::path::PathBuf>,
+    pub ack_deadline: Option<Duration>,
+    pub corr: Option<String>,
+}
+
+/// `keytool send @nova "text" [@more...]`.
+pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail> {
+    let mut to_args = vec![a.to];
+    let type_name = a.msg_type.as_deref().unwrap_or("message");
+    let msg_type = MessageType::parse(type_name).ok_or_else(|| {
+        Fail::code(
+            ErrorCode::UnknownType,
+            format!("unknown message type {type_name:?}"),
+        )
+        .hint("a registered type (message, task_request, task_result, ...) or an x- extension type")
+    })?;
+    let payload_v = match a.payload {
+        Some(file) => {
+            to_args.extend(a.rest);
+            parse_doc(&read_input(Some(&file))?)?
+        }
+        None if msg_type == MessageType::Message => {
+            let mut rest = a.rest.into_iter();
+            let text = rest.next().ok_or_else(|| {
+                Fail::new(Exit::Input, "no text to send").hint("keytool send @them \"text\"")
+            })?;
+            to_args.extend(rest);
+            obj(vec![("text", text.into())])
+        }
+        None => {
+            return Err(Fail::new(
+                Exit::Input,
+                format!("--type {type_name} needs --payload FILE (or - for standard input)"),
+            ))
+        }
+    };
+    let payload = Payload::from_value(&msg_type, &payload_v)
+        .map_err(|e| Fail::code(e.code(), e.to_string()))?;
+    let s = session(ctx, identity_name)?;
+    let to = to_args
+        .iter()
+        .map(|h| parse_handle(h, &s.me))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ts_now = now_ms();
+    let ack_by = match a.ack_deadline {
+        None => None,
+        Some(d) => {
+            let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            if ms == 0 || ms > ACK_WINDOW_MS_MAX {
+                return Err(Fail::code(
+                    ErrorCode::InvalidField,
+                    "--ack-deadline is more than 0 and at most 7 days",
+                ));
+            }
+            Some(ts_now + ms)
+        }
+    };
+    let (id, result) = post_envelope(&s, to.clone(), msg_type.clone(), payload, a.corr, ack_by)?;
+    let note = ack_by
+        .map(|t| format!("\n  ack requested by {}", fmt_ms(t)))
+        .unwrap_or_default();
+    let to_v = Value::Array(to.iter().map(|h| h.as_str().into()).collect());
+    emit_posted(
+        ctx.out,
+        msg_type.as_str(),
+        &id,
+        &result,
+        vec![("to", to_v), ("ack_by", opt(ack_by.map(Value::Int)))],
+        &note,
+    );
+    Ok(())
+}
+
+/// `keytool contact-request @x --level L`.
+pub fn contact_request(
+    ctx: &Ctx<'_>,
+    identity_name: &str,
+    to: &str,
+    level: ContactLevel,
+    note: Option<String>,
+) -> Result<(), Fail> {
+    let s = session(ctx, identity_name)?;
+    let to = parse_handle(to, &s.me)?;
+    let (id, result) = post_envelope(
+        &s,
+        vec![to.clone()],
+        MessageType::ContactRequest,
+        Payload::ContactRequest { level, note },
+        None,
+        None,
+    )?;
+    let note = format!("\n  asked {to} for level {level}; they see it in keytool requests list");
+    emit_posted(
+        ctx.out,
+        "contact_request",
+        &id,
+        &result,
+        vec![("to", to.as_str().into()), ("level", level.as_str().into())],
+        &note,
+    );
+    Ok(())
+}
+
+/// `keytool vouch @x [--revoke]`: to `@relay@<subject host>`.
+pub fn vouch(ctx: &Ctx<'_>, identity_name: &str, subject: &str, revoke: bool) -> Result<(), Fail> {
+    let s = session(ctx, identity_name)?;
+    let subject = parse_handle(subject, &s.me)?;
+    let action = if revoke {
+        VouchAction::Revoke
+    } else {
+        VouchAction::Grant
+    };
+    let to = Handle::relay(subject.host());
+    let (id, result) = post_envelope(
+        &s,
+        vec![to],
+        MessageType::Vouch,
+        Payload::Vouch {
+            subject: subject.clone(),
+            action,
+        },
+        None,
+        None,
+    )?;
+    let note = format!("\n  {action} vouch for {subject}");
+    emit_posted(
+        ctx.out,
+        "vouch",
+        &id,
+        &result,
+        vec![
+            ("subject", subject.as_str().into()),
+            ("action", action.as_str().into()),
+        ],
+        &note,
+    );
+    Ok(())
+}
+
+/// `keytool report @x --reason R`: to `@relay@<subject host>`.
+pub fn report(
+    ctx: &Ctx<'_>,
+    identity_name: &str,
+    subject: &str,
+    reason: ReportReason,
+    msg: Option<&str>,
+    note: Option<String>,
+) -> Result<(), Fail> {
+    let msg = msg
+        .map(|m| {
+            MessageId::parse_hex(m).ok_or_else(|| {
+                Fail::code(
+                    ErrorCode::InvalidField,
+                    format!("--msg {m:?} is not a message id (64 hex)"),
+                )
+            })
+        })
+        .transpose()?;
+    let s = session(ctx, identity_name)?;
+    let subject = parse_handle(subject, &s.me)?;
+    let to = Handle::relay(subject.host());
+    let payload = Payload::Report {
+        subject: subject.clone(),
+        reason,
+        msg,
+        note,
+    };
+    let (id, result) = post_envelope(&s, vec![to], MessageType::Report, payload, None, None)?;
+    let note = format!("\n  reported {subject} for {reason}");
+    emit_posted(
+        ctx.out,
+        "report",
+        &id,
+        &result,
+        vec![
+            ("subject", subject.as_str().into()),
+            ("reason", reason.as_str().into()),
+        ],
+        &note,
+    );
+    Ok(())
+}
