@@ -9,7 +9,7 @@ use formica_protocol::{pow, PublicKey};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// The limits a relay with default policy parses envelopes under (relay/src/api.rs
+/// The limits a relay with default policy parses envelopes under (relay/src/http/request.rs
 /// `envelope_limits`: 64 KiB, depth 32, 16 recipients).
 pub fn relay_envelope_limits() -> EnvelopeLimits {
     EnvelopeLimits {

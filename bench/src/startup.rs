@@ -1,9 +1,9 @@
 //! Item 6: start-up of a relay whose log holds many entries. The fixture is written directly
 //! through the relay's public storage API (`RedbStore` + `EventLog::append`, durable commits of
-//! 10,000 records each), with events encoded by `formica_relay::events::Event`: registrations,
+//! 10,000 records each), with events encoded by `formica_relay::engine::events::Event`: registrations,
 //! contact grants, then signed messages with a `read` event after every 10th item of an inbox
 //! (what streaming consumers produce). Then `relay serve` is timed from spawn to its first 200
-//! on `/ready`, and the in-process replay (`formica_relay::writer::replay`) is timed, split
+//! on `/ready`, and the in-process replay (`formica_relay::engine::replay::replay`) is timed, split
 //! into its parts.
 
 use crate::agents::{now_ms, Agent};
@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use formica_protocol::keylog::{KeyLogEntry, KeyOp};
 use formica_protocol::pow::Challenge;
 use formica_protocol::ContactLevel;
-use formica_relay::events::Event;
+use formica_relay::engine::events::Event;
 use formica_relay::store::{EventLog, RedbStore, Store};
 use std::path::Path;
 use std::sync::Arc;
@@ -216,7 +216,7 @@ pub fn time_replay(data_dir: &Path) -> Result<Replay> {
     let scan_decode = t.elapsed();
     drop(log);
     let t = Instant::now();
-    let (log, state) = formica_relay::writer::replay(open()?, &host).context("replay")?;
+    let (log, state) = formica_relay::engine::replay::replay(open()?, &host).context("replay")?;
     let full = t.elapsed();
     std::hint::black_box(&state);
     drop((log, state));
@@ -237,7 +237,7 @@ impl Fixture {
             .with("envelopes", self.envelopes)
             .with("reads", self.reads)
             .with("log_file_bytes", self.file_bytes)
-            .with("built_by", "formica_relay::store::RedbStore + EventLog::append (durable commits of 10,000 records), events from formica_relay::events::Event")
+            .with("built_by", "formica_relay::store::RedbStore + EventLog::append (durable commits of 10,000 records), events from formica_relay::engine::events::Event")
             .with("build_seconds", self.build_seconds)
     }
 }

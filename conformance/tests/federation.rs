@@ -18,8 +18,8 @@ fn federate(cfg: &mut formica_relay::config::RelayConfig) {
 
 /// Asks `a` to peer with `b` through `a`'s admin endpoint (loopback, bearer token).
 fn peer(a: &common::InProcessRelay, b: &common::InProcessRelay) {
-    let token = std::fs::read_to_string(a.dir.join(formica_relay::federation::ADMIN_TOKEN_FILE))
-        .expect("admin token");
+    let token =
+        std::fs::read_to_string(a.dir.join(formica_relay::ADMIN_TOKEN_FILE)).expect("admin token");
     let body = format!("{{\"url\":\"http://{}\"}}", b.host);
     let r = ureq::post(&format!("{}/admin/v1/peers", a.url))
         .set("authorization", &format!("Bearer {}", token.trim()))

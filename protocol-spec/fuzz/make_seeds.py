@@ -81,7 +81,7 @@ def dictionary():
     """The dictionary's lines: every word-like string literal of protocol-spec/src, quoted as it
     appears in JSON, then relay_http's separator and id references."""
     words = set()
-    for src in sorted((HERE.parent / "src").glob("*.rs")):
+    for src in sorted((HERE.parent / "src").rglob("*.rs")):
         words.update(re.findall(r'"([a-z][a-z0-9_.-]{1,40})"', src.read_text(encoding="utf-8")))
     lines = [f'"\\"{w}\\""' for w in sorted(words)]
     lines.append('"' + "".join(f"\\x{b:02x}" for b in SEP) + '"')

@@ -1,7 +1,7 @@
 //! Relay configuration: built-in defaults, then a TOML file (`--config`), then environment
 //! variables, then flags; each later source overrides the earlier ones.
 
-use crate::policy::{FederationPolicy, Limits, Policy, Tier, TrustPolicy};
+use crate::engine::policy::{FederationPolicy, Limits, Policy, Tier, TrustPolicy};
 use formica_protocol::time::TimeWindow;
 use formica_protocol::RelayHost;
 use serde::Deserialize;

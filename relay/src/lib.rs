@@ -1,36 +1,39 @@
-//! `formica-relay`: the Formica relay as a library. The `relay` binary is thin glue over
-//! [`Relay::open`] and [`server::serve`]; tests drive the same pieces, with or without sockets.
+//! `formica-relay`: the Formica relay as a library. The `relay` binary (`main.rs`) is thin glue
+//! over [`Relay::open`] and [`http::server::serve`]; tests drive the same pieces, with or
+//! without sockets.
+//!
+//! The folders are the layers, each importing only the ones below it (`tests/layers.rs`
+//! checks this):
+//!
+//! | Layer | Owns |
+//! |---|---|
+//! | [`http`] | the edge: router, handlers (one module per resource group), request helpers, error rendering, accept loop |
+//! | [`federation`] | the outbound side of federation: peer client, peering, remote key logs, forwarding workers |
+//! | [`engine`] | the core: policy, events, projections, pure decisions, the single writer, replay |
+//! | [`store`] | the `Store` trait, its engines (redb, in memory) and the hash-chained event log |
+//!
+//! This file and `config.rs` sit above all of them: they assemble a relay from its parts.
 
-pub mod api;
 pub mod config;
-pub mod deadline;
-pub mod decide;
-pub mod error;
-pub mod events;
+pub mod engine;
 pub mod federation;
-pub mod limits;
-pub mod metrics;
-pub mod peer_addr;
-pub mod policy;
-pub mod server;
-pub mod state;
+pub mod http;
 pub mod store;
-pub mod stream;
-pub mod writer;
 
-use api::{App, Shared};
 use config::RelayConfig;
+use engine::state::State;
+use engine::{Clock, Engine};
 use formica_protocol::{hex, RelayHost, SecretKey};
+use http::{App, Shared};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
-use store::{RedbStore, Store, StoreError};
-use writer::Clock;
+use std::sync::Arc;
+use store::{EventLog, RedbStore, Store, StoreError};
 
-/// The OpenAPI 3.1 document of the client API, served at `/v1/openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+pub use engine::ticker::run_deadlines;
+pub use http::admin::{ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE};
+pub use http::ops::OPENAPI_JSON;
 
 /// File names inside the data directory.
 pub const LOG_FILE: &str = "log.redb";
@@ -88,13 +91,14 @@ pub enum OpenError {
 
 /// A relay opened on a store, with its writer running.
 pub struct Relay {
+    /// The edge, which holds the engine (`app.engine`) and the federation client (`app.fed`).
     pub app: Shared,
     pub writer_thread: std::thread::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Relay({})", self.app.host)
+        write!(f, "Relay({})", self.app.engine.host)
     }
 }
 
@@ -146,7 +150,7 @@ impl Relay {
         })?;
         let key = load_or_create_key(&dir.join(KEY_FILE))?;
         // Checked before the store is opened, so a bad token file stops the start cleanly.
-        let token = federation::load_or_create_token(&dir.join(federation::ADMIN_TOKEN_FILE))
+        let token = http::admin::load_or_create_token(&dir.join(ADMIN_TOKEN_FILE))
             .map_err(OpenError::AdminToken)?;
         if cfg.unsafe_relaxed_fsync_benchmark_only {
             tracing::warn!(
@@ -170,14 +174,14 @@ impl Relay {
         key: SecretKey,
         clock: Clock,
     ) -> Result<Relay, StoreError> {
-        let (log, state) = writer::replay(store, host)?;
+        let (log, state) = engine::replay::replay(store, host)?;
         Ok(Relay::from_replayed(cfg, host, log, state, key, clock))
     }
 
     /// Starts a relay on a log that is already open and the state replayed from it (what
-    /// [`with_store`](Self::with_store) does after [`writer::replay`]). `state` must be the
-    /// replay of `log`: the fuzz target copies one replayed state into many relays, each on its
-    /// own copy of the log, instead of replaying the log for every input.
+    /// [`with_store`](Self::with_store) does after [`engine::replay::replay`]). `state` must be
+    /// the replay of `log`: the fuzz target copies one replayed state into many relays, each on
+    /// its own copy of the log, instead of replaying the log for every input.
     ///
     /// # Panics
     /// If `state` was not replayed for `host`, or has applied a different number of records
@@ -185,8 +189,8 @@ impl Relay {
     pub fn from_replayed(
         cfg: &RelayConfig,
         host: &RelayHost,
-        log: store::EventLog,
-        state: state::State,
+        log: EventLog,
+        state: State,
         key: SecretKey,
         clock: Clock,
     ) -> Relay {
@@ -199,68 +203,21 @@ impl Relay {
             log.len(),
             "the state is not the replay of this log"
         );
-        let state = Arc::new(writer::StateCell::new(state));
-        let notifier = Arc::new(writer::Notifier::default());
-        let policy = Arc::new(cfg.policy.clone());
-        let (writer, writer_thread) = writer::spawn(
-            log,
-            state.clone(),
-            notifier.clone(),
-            key.clone(),
-            policy.clone(),
-            clock.clone(),
-        );
-        let app = Arc::new(App {
-            host: host.clone(),
-            policy,
-            state,
-            writer,
-            notifier,
-            relay_key: key,
-            clock,
-            challenges: Mutex::default(),
-            nonces: Mutex::new(limits::Nonces::new(
-                cfg.policy.limits.nonces_max,
-                cfg.policy.limits.nonces_per_handle_max,
-            )),
-            key_buckets: Mutex::new(limits::Buckets::new(cfg.policy.limits.rate_limit_keys_max)),
-            ip_buckets: Mutex::new(limits::Buckets::new(cfg.policy.limits.rate_limit_keys_max)),
-            trusted_proxies: cfg.trusted_proxies.clone(),
-            metrics: Default::default(),
-            ready: AtomicBool::new(true),
-            stopping: tokio::sync::watch::channel(false).0,
-            admin_token: std::sync::OnceLock::new(),
-            peer_client: federation::PeerClient::default(),
-        });
+        let (engine, writer_thread) =
+            Engine::start(host.clone(), cfg.policy.clone(), log, state, key, clock);
+        let app = Arc::new(App::new(engine, cfg.trusted_proxies.clone()));
         Relay { app, writer_thread }
     }
-}
 
-/// Produces timed_out receipts: every `deadline_check_ms`, asks the writer to settle deadlines
-/// that have passed. Runs until the writer is gone.
-pub async fn run_deadlines(app: Shared) {
-    let every = std::time::Duration::from_millis(app.policy.limits.deadline_check_ms.max(10));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let due = {
-            let st = app.state.read().unwrap_or_else(|p| p.into_inner());
-            let now = app.now();
-            let max_age = app.policy.federation.dead_letter_ms;
-            st.deadlines.iter().next().is_some_and(|(by, _)| *by < now)
-                || st
-                    .outbound
-                    .values()
-                    .any(|q| q.values().next().is_some_and(|x| now - x.at > max_age))
-        };
-        if due {
-            if let Err(e) = app.writer.submit(decide::Command::Tick).await {
-                if e.code == formica_protocol::ErrorCode::Unavailable {
-                    return;
-                }
-                tracing::warn!(code = %e.code, "deadline tick failed: {}", e.message);
-            }
-        }
+    /// The relay's engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.app.engine
+    }
+
+    /// Starts the background tasks of a serving relay on the current tokio runtime: the
+    /// deadline ticker and (when federation is enabled) the forwarding workers.
+    pub fn spawn_background(&self) {
+        tokio::spawn(run_deadlines(self.app.engine.clone()));
+        tokio::spawn(self.app.fed.clone().run_forwarding());
     }
 }

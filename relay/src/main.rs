@@ -3,7 +3,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use formica_relay::config::{LogFormat, Overrides, RelayConfig};
-use formica_relay::{api, server, writer, Relay};
+use formica_relay::engine::{replay, system_clock};
+use formica_relay::http::{router, server};
+use formica_relay::Relay;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -174,7 +176,7 @@ fn serve(cfg: RelayConfig) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let relay = match Relay::open(&cfg, &host, writer::system_clock()) {
+        let relay = match Relay::open(&cfg, &host, system_clock()) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("relay: refusing to start: {e}");
@@ -191,21 +193,18 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| cfg.listen.to_string());
-        let events = relay.app.state.read().map(|s| s.events).unwrap_or(0);
+        let events = relay.engine().read().events;
         tracing::info!(listen = %addr, host = %host, events, "relay ready");
         println!(
             "formica relay listening on http://{addr} as {host} (data in {})",
             cfg.data_dir.display()
         );
-        let admin_addr = cfg
-            .data_dir
-            .join(formica_relay::federation::ADMIN_ADDR_FILE);
+        let admin_addr = cfg.data_dir.join(formica_relay::ADMIN_ADDR_FILE);
         if let Err(e) = std::fs::write(&admin_addr, format!("{addr}\n")) {
             tracing::warn!(error = %e, "cannot write {}", admin_addr.display());
         }
-        tokio::spawn(formica_relay::run_deadlines(relay.app.clone()));
-        tokio::spawn(formica_relay::federation::run_forwarding(relay.app.clone()));
-        let router = api::router(relay.app.clone());
+        relay.spawn_background();
+        let router = router(relay.app.clone());
         server::serve(relay.app.clone(), router, listener, shutdown_signal()).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
@@ -242,8 +241,8 @@ fn peer_cmd(dir: &std::path::Path, op: PeerOp) -> ExitCode {
             })
     };
     let run = || -> Result<(u16, String), String> {
-        let token = read(formica_relay::federation::ADMIN_TOKEN_FILE)?;
-        let addr: SocketAddr = read(formica_relay::federation::ADMIN_ADDR_FILE)?
+        let token = read(formica_relay::ADMIN_TOKEN_FILE)?;
+        let addr: SocketAddr = read(formica_relay::ADMIN_ADDR_FILE)?
             .parse()
             .map_err(|e| format!("admin address: {e}"))?;
         let addr = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port());
@@ -321,7 +320,7 @@ fn check(cfg: &RelayConfig) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match writer::replay(store, &host) {
+    match replay::replay(store, &host) {
         Ok((log, st)) => {
             println!(
                 "relay check: ok: {} records, chain head {}, {} agents, {} messages",

@@ -968,11 +968,15 @@ async fn a_deadline_without_an_ack_times_out_with_a_receipt() {
     let out = r
         .relay
         .app
+        .engine
         .writer
-        .submit(formica_relay::decide::Command::Tick)
+        .submit(formica_relay::engine::decide::Command::Tick)
         .await
         .unwrap();
-    assert_eq!(out, formica_relay::decide::Outcome::Ticked { timed_out: 1 });
+    assert_eq!(
+        out,
+        formica_relay::engine::decide::Outcome::Ticked { timed_out: 1 }
+    );
     let st = a.status(&r, &m.id()).await;
     assert_eq!(
         field(&st.body, &["recipients"]).as_array().unwrap()[0]
@@ -1006,11 +1010,15 @@ async fn a_deadline_without_an_ack_times_out_with_a_receipt() {
     let out = r
         .relay
         .app
+        .engine
         .writer
-        .submit(formica_relay::decide::Command::Tick)
+        .submit(formica_relay::engine::decide::Command::Tick)
         .await
         .unwrap();
-    assert_eq!(out, formica_relay::decide::Outcome::Ticked { timed_out: 0 });
+    assert_eq!(
+        out,
+        formica_relay::engine::decide::Outcome::Ticked { timed_out: 0 }
+    );
 }
 
 #[tokio::test]
@@ -1184,9 +1192,9 @@ async fn tiers_rise_with_age_and_acked_traffic_and_fall_with_reports() {
     let r = TestRelay::new();
     let (a, b) = r.pair().await;
     let tier = |r: &TestRelay, h: &Handle| {
-        let st = r.relay.app.state.read().unwrap();
-        let i = st.tier_of(h, r.now(), &r.relay.app.policy);
-        r.relay.app.policy.tiers[i].name.clone()
+        let st = r.relay.app.engine.read();
+        let i = st.tier_of(h, r.now(), &r.relay.app.engine.policy);
+        r.relay.app.engine.policy.tiers[i].name.clone()
     };
     assert_eq!(tier(&r, &a.handle), "new");
     // `member`: a day old and 10 messages acked by recipients.
@@ -1552,11 +1560,18 @@ async fn nothing_is_answered_from_a_batch_before_it_is_on_disk() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The pre-checks see the batch; a durable read does not get through.
-    assert!(r.relay.app.state.read_unsettled().seen.contains(&m.id()));
+    assert!(r
+        .relay
+        .app
+        .engine
+        .state
+        .read_unsettled()
+        .seen
+        .contains(&m.id()));
     let durable = {
         let r = r.clone();
         let id = m.id();
-        tokio::task::spawn_blocking(move || r.relay.app.state.read().unwrap().seen.contains(&id))
+        tokio::task::spawn_blocking(move || r.relay.app.engine.read().seen.contains(&id))
     };
     let replay = {
         let (r, a, m) = (r.clone(), a.clone(), m.clone());

@@ -50,7 +50,7 @@ async fn a_full_nonce_table_refuses_new_requests_and_never_forgets_a_live_nonce(
         .expect(401, "nonce_reused");
     assert_eq!(r.relay.app.nonces.lock().unwrap().len(), 3);
     // Once the nonces are past the retention (and the request timestamps stale), room is made.
-    r.advance(r.relay.app.policy.time.retention_ms() + 1);
+    r.advance(r.relay.app.engine.policy.time.retention_ms() + 1);
     a.authed(&r, "GET", "/v1/contacts", b"")
         .await
         .expect(200, "");
@@ -87,7 +87,7 @@ async fn one_agent_cannot_take_every_nonce() {
         .await
         .expect(200, "");
     // Her nonces expire with the retention, and then she may go on.
-    r.advance(r.relay.app.policy.time.retention_ms() + 1);
+    r.advance(r.relay.app.engine.policy.time.retention_ms() + 1);
     a.authed(&r, "GET", "/v1/contacts", b"")
         .await
         .expect(200, "");
@@ -139,13 +139,13 @@ fn open_in(dir: &std::path::Path) -> Result<formica_relay::Relay, formica_relay:
     formica_relay::Relay::open(
         &cfg,
         &formica_protocol::RelayHost::parse(HOST).unwrap(),
-        formica_relay::writer::system_clock(),
+        formica_relay::engine::system_clock(),
     )
 }
 
 fn write_token(dir: &std::path::Path, text: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(formica_relay::federation::ADMIN_TOKEN_FILE);
+    let p = dir.join(formica_relay::ADMIN_TOKEN_FILE);
     std::fs::write(&p, text).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -184,7 +184,7 @@ fn the_admin_token_file_must_be_private_and_long_enough() {
     let t = r.app.admin_token.get().unwrap().clone();
     assert_eq!(t.len(), 64);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir2.join(formica_relay::federation::ADMIN_TOKEN_FILE))
+    let mode = std::fs::metadata(dir2.join(formica_relay::ADMIN_TOKEN_FILE))
         .unwrap()
         .permissions()
         .mode();
@@ -346,7 +346,8 @@ async fn an_idle_sse_stream_ends_when_its_key_is_revoked() {
     let revoke = a.next_entry(&r, KeyOp::Revoke, &a.recovery).await;
     post_entry(&r, &a, &revoke).await;
     // Nothing wakes the stream but its periodic key check.
-    let bound = std::time::Duration::from_millis(formica_relay::stream::KEY_CHECK_MS * 3 + 2000);
+    let bound =
+        std::time::Duration::from_millis(formica_relay::http::inbox::KEY_CHECK_MS * 3 + 2000);
     let (text, ended) = read_sse(body, bound).await;
     assert!(ended, "the stream is still open: {text}");
     assert!(
@@ -360,7 +361,8 @@ async fn a_stream_with_a_current_key_stays_open() {
     let r = TestRelay::new();
     let a = r.agent("alice").await;
     let body = open_sse(&r, &a).await;
-    let bound = std::time::Duration::from_millis(formica_relay::stream::KEY_CHECK_MS * 2 + 500);
+    let bound =
+        std::time::Duration::from_millis(formica_relay::http::inbox::KEY_CHECK_MS * 2 + 500);
     let (text, ended) = read_sse(body, bound).await;
     assert!(!ended, "the stream ended: {text}");
     assert!(!text.contains("error"), "{text}");
@@ -467,7 +469,7 @@ fn rand_fill(b: &mut [u8]) {
 
 fn fed_relay(
     peering: &str,
-    f: impl FnOnce(&mut formica_relay::policy::FederationPolicy),
+    f: impl FnOnce(&mut formica_relay::engine::policy::FederationPolicy),
 ) -> TestRelay {
     relay_with(|c| {
         c.policy.federation.enabled = true;
@@ -494,9 +496,10 @@ async fn later_requests_to_an_unlisted_peer_go_only_to_public_addresses() {
         let app = r.relay.app.clone();
         let h = host.clone();
         let before = hits.load(Ordering::SeqCst);
-        let res =
-            formica_relay::federation::call(&app, "GET", &h, "/.well-known/formica", vec![], false)
-                .await;
+        let res = app
+            .fed
+            .call("GET", &h, "/.well-known/formica", vec![], false)
+            .await;
         assert_eq!(res.is_ok(), listed, "listed {listed}");
         let after = hits.load(Ordering::SeqCst);
         assert_eq!(after - before, usize::from(listed), "listed {listed}");
@@ -601,8 +604,8 @@ async fn listed_hosts_may_be_private_and_pending_requests_are_capped() {
 /// same time cannot together go over them; the operator's own peerings are not capped.
 #[tokio::test]
 async fn peer_caps_hold_in_the_writer() {
-    use formica_relay::decide::{Command, Outcome};
-    use formica_relay::events::PeerStatus;
+    use formica_relay::engine::decide::{Command, Outcome};
+    use formica_relay::engine::events::PeerStatus;
     for (peering, status) in [
         ("manual", PeerStatus::Pending),
         ("open", PeerStatus::Active),
@@ -617,7 +620,7 @@ async fn peer_caps_hold_in_the_writer() {
             status,
             stranger,
         };
-        let w = r.relay.app.writer.clone();
+        let w = r.relay.app.engine.writer.clone();
         assert!(matches!(w.submit(set(1, true)).await, Ok(Outcome::Done(_))));
         let refused = w.submit(set(2, true)).await.unwrap_err();
         assert_eq!(refused.code.as_str(), "peer_unknown", "{peering}");
@@ -683,11 +686,12 @@ async fn a_full_peer_queue_refuses_new_envelopes_for_that_peer_at_ingest() {
     let peer = RelayHost::parse("relay-b.example").unwrap();
     r.relay
         .app
+        .engine
         .writer
-        .submit(formica_relay::decide::Command::PeerSet {
+        .submit(formica_relay::engine::decide::Command::PeerSet {
             host: peer.clone(),
             key: SecretKey::from_seed(&[9; 32]).public(),
-            status: formica_relay::events::PeerStatus::Active,
+            status: formica_relay::engine::events::PeerStatus::Active,
             stranger: false,
         })
         .await

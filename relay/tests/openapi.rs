@@ -1,5 +1,5 @@
 //! Keeps `relay/openapi.json` (served at `GET /v1/openapi.json`) in step with the code: it must
-//! be strict JSON, an OpenAPI 3.1 document, document exactly the routes of `api::router`, list
+//! be strict JSON, an OpenAPI 3.1 document, document exactly the routes of `http::router`, list
 //! exactly the error codes of `ErrorCode`, and have no dangling `$ref`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -45,7 +45,7 @@ fn object<'a>(v: &'a Value, what: &str) -> &'a Object {
         .unwrap_or_else(|| panic!("{what} is not an object"))
 }
 
-/// The `(METHOD, path)` pairs routed in `api.rs`, read from its source text: every
+/// The `(METHOD, path)` pairs routed in `http/mod.rs`, read from its source text: every
 /// `.route("PATH", get(..).post(..) ...)` call, with the method routers it chains.
 fn routes_in_source(src: &str) -> BTreeSet<(String, String)> {
     // Whole-line comments cannot add routes.
@@ -57,7 +57,7 @@ fn routes_in_source(src: &str) -> BTreeSet<(String, String)> {
     for other in [".route_service(", ".nest(", ".nest_service(", ".merge("] {
         assert!(
             !src.contains(other),
-            "api.rs uses {other}; teach tests/openapi.rs to read it"
+            "http/mod.rs uses {other}; teach tests/openapi.rs to read it"
         );
     }
     let b = src.as_bytes();
@@ -174,17 +174,17 @@ fn route_extraction_reads_chained_methods() {
 
 #[test]
 fn every_route_is_documented_and_nothing_else() {
-    let in_code = routes_in_source(&manifest_file("src/api.rs"));
+    let in_code = routes_in_source(&manifest_file("src/http/mod.rs"));
     assert!(
         in_code.len() >= 20,
-        "suspiciously few routes found in api.rs: {in_code:?}"
+        "suspiciously few routes found in http/mod.rs: {in_code:?}"
     );
     let in_doc = routes_in_document(&document());
     let undocumented: Vec<_> = in_code.difference(&in_doc).collect();
     let invented: Vec<_> = in_doc.difference(&in_code).collect();
     assert!(
         undocumented.is_empty() && invented.is_empty(),
-        "openapi.json and api.rs disagree.\n routed but not documented: {undocumented:?}\n documented but not routed: {invented:?}"
+        "openapi.json and http/mod.rs disagree.\n routed but not documented: {undocumented:?}\n documented but not routed: {invented:?}"
     );
 }
 

@@ -64,7 +64,7 @@ const PEER: &str = "peer.example";
 
 async fn run(ops: Vec<Op>) -> Vec<String> {
     use formica_protocol::{Handle, RelayHost, SecretKey};
-    use formica_relay::decide::Command;
+    use formica_relay::engine::decide::Command;
     let mut cfg = config(4);
     cfg.policy.federation.enabled = true;
     cfg.policy.federation.dead_letter_ms = 3000;
@@ -73,11 +73,11 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
     let peer_key = SecretKey::from_seed(&[0x51; 32]);
     let remote = Handle::parse(&format!("@rem@{PEER}")).unwrap();
     let remote_key = SecretKey::from_seed(&[0x52; 32]);
-    let w = r.relay.app.writer.clone();
+    let w = r.relay.app.engine.writer.clone();
     w.submit(Command::PeerSet {
         host: peer.clone(),
         key: peer_key.public(),
-        status: formica_relay::events::PeerStatus::Active,
+        status: formica_relay::engine::events::PeerStatus::Active,
         stranger: false,
     })
     .await
@@ -180,8 +180,9 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
                 let _ = r
                     .relay
                     .app
+                    .engine
                     .writer
-                    .submit(formica_relay::decide::Command::Tick)
+                    .submit(formica_relay::engine::decide::Command::Tick)
                     .await;
             }
             Op::Ask(i, j) => {
@@ -235,7 +236,7 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
             }
             Op::Forward(kind) => {
                 let head = {
-                    let st = r.relay.app.state.read().unwrap();
+                    let st = r.relay.app.engine.read();
                     st.outbound
                         .get(&peer)
                         .and_then(|q| q.values().next().map(|x| x.id))
@@ -304,7 +305,7 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
                         },
                     };
                     let sender = {
-                        let st = r.relay.app.state.read().unwrap();
+                        let st = r.relay.app.engine.read();
                         st.messages.get(&msg).map(|m| m.sender.clone())
                     };
                     if let Some(sender) = sender {
@@ -350,8 +351,8 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
     // Let background read records land, then compare while holding the read lock: the writer
     // cannot append meanwhile, and it never releases the lock with events that are not on disk.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let live = r.relay.app.state.read().unwrap();
-    let (log, rebuilt) = formica_relay::writer::replay(
+    let live = r.relay.app.engine.read();
+    let (log, rebuilt) = formica_relay::engine::replay::replay(
         r.store.clone() as Arc<dyn formica_relay::store::Store>,
         &r.host(),
     )

@@ -1,13 +1,15 @@
 //! Test fixtures: the reference relay started in-process on 127.0.0.1 with an OS-chosen port
-//! (the same wiring as `relay/src/main.rs`: `Relay::open`, `run_deadlines`, `api::router`,
-//! `server::serve`), and a tampering HTTP proxy that simulates a wrong relay by rewriting the
+//! (the same wiring as `relay/src/main.rs`: `Relay::open`, `Relay::spawn_background`,
+//! `http::router`, `http::server::serve`), and a tampering HTTP proxy that simulates a wrong relay by rewriting the
 //! answers of a real one. Nothing here switches a check off inside the relay.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod proxy;
 
 use formica_relay::config::{Overrides, RelayConfig};
-use formica_relay::{api, server, writer, Relay};
+use formica_relay::engine::system_clock;
+use formica_relay::http::{router, server};
+use formica_relay::Relay;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -80,12 +82,14 @@ impl InProcessRelay {
         let mut cfg = suite_config(&dir, &host);
         tweak(&mut cfg);
         let relay_host = formica_protocol::RelayHost::parse(&host).expect("host");
-        let relay = Relay::open(&cfg, &relay_host, writer::system_clock()).expect("open relay");
+        let relay = Relay::open(&cfg, &relay_host, system_clock()).expect("open relay");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = relay.app.clone();
-        rt.spawn(formica_relay::run_deadlines(app.clone()));
-        rt.spawn(formica_relay::federation::run_forwarding(app.clone()));
-        let router = api::router(app.clone());
+        {
+            let _in_runtime = rt.enter();
+            relay.spawn_background();
+        }
+        let router = router(app.clone());
         rt.spawn(async move {
             server::serve(app, router, listener, async {
                 let _ = rx.await;

@@ -46,7 +46,7 @@ use formica_protocol::keylog::{KeyLogEntry, KeyOp, SignedKeyLogEntry};
 use formica_protocol::{canon, pow, ErrorCode, Handle, Object, RelayHost, SecretKey, Value};
 use formica_relay::config::{Overrides, RelayConfig};
 use formica_relay::store::{EventLog, MemStore, Store};
-use formica_relay::writer::Clock;
+use formica_relay::engine::Clock;
 use formica_relay::Relay;
 use libfuzzer_sys::fuzz_target;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -86,13 +86,13 @@ struct Base {
     rt: tokio::runtime::Runtime,
     /// The relay's routes, built once and bound to each input's relay (building them was a fifth
     /// of an input's time).
-    routes: axum::Router<formica_relay::api::Shared>,
+    routes: axum::Router<formica_relay::http::Shared>,
     cfg: RelayConfig,
     host: RelayHost,
     relay_key: SecretKey,
     records: Vec<Vec<u8>>,
     /// The state replayed from `records`, copied into each input's relay.
-    state: formica_relay::state::State,
+    state: formica_relay::engine::state::State,
     alice: Agent,
     bob: Agent,
     /// `RELAY_HTTP_TRACE` set: print each record's request and answer (to read what a crash or
@@ -301,7 +301,7 @@ fn base() -> &'static Base {
             fixed_clock(&now),
         )
         .expect("relay");
-        let router = formica_relay::api::router(relay.app.clone());
+        let router = formica_relay::http::router(relay.app.clone());
         let (alice, bob) = rt.block_on(async {
             let alice = register_agent(&router, &host, "alice", vector_key(1)).await;
             // A key no vector uses (kevin's recovery key is sk(0x61)).
@@ -320,11 +320,11 @@ fn base() -> &'static Base {
                 Ok(())
             })
             .expect("scan");
-        let (_, state) = formica_relay::writer::replay(store, &host).expect("replay");
+        let (_, state) = formica_relay::engine::replay::replay(store, &host).expect("replay");
         let trace = std::env::var_os("RELAY_HTTP_TRACE").is_some();
         Base {
             rt,
-            routes: formica_relay::api::routes(),
+            routes: formica_relay::http::routes(),
             cfg,
             host,
             relay_key,
@@ -437,7 +437,7 @@ fuzz_target!(|data: &[u8]| {
         b.relay_key.clone(),
         fixed_clock(&now),
     );
-    let router = formica_relay::api::bind(b.routes.clone(), relay.app.clone());
+    let router = formica_relay::http::bind(b.routes.clone(), relay.app.clone());
     let mut ids: Vec<String> = Vec::new();
     for record in records(data) {
         let Some((&selector, body)) = record.split_first() else {
@@ -466,7 +466,7 @@ fuzz_target!(|data: &[u8]| {
                 let app = relay.app.clone();
                 match b
                     .rt
-                    .block_on(app.writer.submit(formica_relay::decide::Command::Tick))
+                    .block_on(app.engine.writer.submit(formica_relay::engine::decide::Command::Tick))
                 {
                     Ok(outcome) if b.trace => {
                         eprintln!("tick to {}: {outcome:?}", now.load(Ordering::SeqCst))

@@ -87,7 +87,7 @@ impl TestRelay {
     pub fn with(cfg: RelayConfig, store: Arc<MemStore>) -> TestRelay {
         let now = Arc::new(AtomicI64::new(T0));
         let n = now.clone();
-        let clock: formica_relay::writer::Clock = Arc::new(move || n.load(Ordering::SeqCst));
+        let clock: formica_relay::engine::Clock = Arc::new(move || n.load(Ordering::SeqCst));
         let relay = Relay::with_store(
             &cfg,
             &RelayHost::parse(HOST).unwrap(),
@@ -96,7 +96,7 @@ impl TestRelay {
             clock,
         )
         .unwrap();
-        let router = formica_relay::api::router(relay.app.clone());
+        let router = formica_relay::http::router(relay.app.clone());
         TestRelay {
             relay,
             router,
@@ -267,8 +267,8 @@ impl TestRelay {
         (a, b)
     }
 
-    pub async fn state<R>(&self, f: impl FnOnce(&formica_relay::state::State) -> R) -> R {
-        let st = self.relay.app.state.read().unwrap();
+    pub async fn state<R>(&self, f: impl FnOnce(&formica_relay::engine::state::State) -> R) -> R {
+        let st = self.relay.app.engine.read();
         f(&st)
     }
 }
@@ -395,7 +395,7 @@ impl Agent {
     ) -> SignedKeyLogEntry {
         // Key log timestamps must increase.
         r.advance(1);
-        let st = r.relay.app.state.read().unwrap();
+        let st = r.relay.app.engine.read();
         let (seq, prev) = st.agents[&self.handle].keylog.next_position();
         drop(st);
         KeyLogEntry {

@@ -5,7 +5,7 @@
 //! HTTP/1.1 with upgrades (WebSocket), and on shutdown stops accepting and drains open
 //! connections for at most a bounded time.
 
-use crate::api::Shared;
+use super::Shared;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
@@ -32,7 +32,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let limits = app.policy.limits.clone();
+    let limits = app.engine.policy.limits.clone();
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
     let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -90,8 +90,10 @@ pub async fn serve(
             drop(hold);
         });
     }
-    app.ready.store(false, std::sync::atomic::Ordering::Relaxed);
-    app.stopping.send_replace(true);
+    app.engine
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    app.engine.stopping.send_replace(true);
     drop(listener);
     let _ = stop_tx.send(true);
     let all = u32::try_from(limits.connections_max).unwrap_or(u32::MAX);
@@ -201,6 +203,7 @@ impl<T> StallGuard<T> {
         }
         self.stalled = None;
         self.app
+            .engine
             .metrics
             .write_stalls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

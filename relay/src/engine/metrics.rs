@@ -1,7 +1,9 @@
-//! `/metrics` in the Prometheus text format: counters kept with atomics, gauges read from state.
+//! `/metrics` in the Prometheus text format: counters kept with atomics (by the handlers, the
+//! server loop and the writer), gauges read from the durable state.
 
-use crate::api::App;
-use crate::decide::Outcome;
+use super::decide::Outcome;
+use super::events::PeerStatus;
+use super::Engine;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -25,9 +27,11 @@ impl Metrics {
         };
     }
 
-    pub fn render(&self, app: &App) -> String {
+    /// Every metric of `engine`, in the Prometheus text format.
+    pub fn render(engine: &Engine) -> String {
+        let m = &engine.metrics;
         let (agents, events, messages, deadlines, peers, queued, dead_letters) = {
-            let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = engine.read();
             (
                 st.agents.len(),
                 st.events,
@@ -35,7 +39,7 @@ impl Metrics {
                 st.deadlines.len(),
                 st.peers
                     .values()
-                    .filter(|p| p.status == crate::events::PeerStatus::Active)
+                    .filter(|p| p.status == PeerStatus::Active)
                     .count(),
                 st.outbound.values().map(|q| q.len()).sum::<usize>(),
                 st.dead_letters,
@@ -49,9 +53,9 @@ impl Metrics {
             "formica_envelopes_accepted_total",
             "counter",
             "Envelopes accepted and stored.",
-            self.accepted.load(Ordering::Relaxed) as i64,
+            m.accepted.load(Ordering::Relaxed) as i64,
         );
-        let ws = app.writer.stats();
+        let ws = engine.writer.stats();
         line(
             "formica_log_commits_total",
             "counter",
@@ -68,31 +72,31 @@ impl Metrics {
             "formica_envelopes_duplicate_total",
             "counter",
             "Exact replays answered as duplicate.",
-            self.duplicates.load(Ordering::Relaxed) as i64,
+            m.duplicates.load(Ordering::Relaxed) as i64,
         );
         line(
             "formica_envelopes_rejected_total",
             "counter",
             "Envelopes refused with an error code.",
-            self.rejected.load(Ordering::Relaxed) as i64,
+            m.rejected.load(Ordering::Relaxed) as i64,
         );
         line(
             "formica_registrations_total",
             "counter",
             "Handles registered since start.",
-            self.registrations.load(Ordering::Relaxed) as i64,
+            m.registrations.load(Ordering::Relaxed) as i64,
         );
         line(
             "formica_streams_open",
             "gauge",
             "Open SSE and WebSocket inbox streams.",
-            self.streams.load(Ordering::Relaxed),
+            m.streams.load(Ordering::Relaxed),
         );
         line(
             "formica_connections_write_stalled_total",
             "counter",
             "Connections closed because the client stopped reading (limits.write_stall_timeout_ms).",
-            self.write_stalls.load(Ordering::Relaxed) as i64,
+            m.write_stalls.load(Ordering::Relaxed) as i64,
         );
         line(
             "formica_agents",

@@ -28,7 +28,7 @@ pub struct Buckets<K> {
 
 impl<K: Hash + Eq + Clone> Default for Buckets<K> {
     fn default() -> Self {
-        Buckets::new(crate::policy::Limits::default().rate_limit_keys_max)
+        Buckets::new(crate::engine::policy::Limits::default().rate_limit_keys_max)
     }
 }
 
@@ -120,7 +120,7 @@ pub struct Nonces {
 
 impl Default for Nonces {
     fn default() -> Self {
-        let l = crate::policy::Limits::default();
+        let l = crate::engine::policy::Limits::default();
         Nonces::new(l.nonces_max, l.nonces_per_handle_max)
     }
 }
@@ -241,8 +241,8 @@ impl Challenges {
 impl NonceRefused {
     /// The error answer: `nonce_reused` for a replay, `unavailable` with `retry_after_s` when
     /// the nonce table is full.
-    pub fn to_error(self, what: &str) -> crate::error::ApiError {
-        use crate::error::ApiError;
+    pub fn to_error(self, what: &str) -> crate::engine::error::ApiError {
+        use crate::engine::error::ApiError;
         use formica_protocol::{ErrorCode, Value};
         match self {
             NonceRefused::Reused => ApiError::new(

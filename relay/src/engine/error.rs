@@ -1,10 +1,10 @@
-//! The relay's one error type and its HTTP rendering. The status of every answer comes from
-//! `ErrorCode::http_status` in the protocol crate; nothing else in the relay picks a status for
+//! The relay's one error type: a stable code, a message safe to show the client, and extra
+//! members. Its HTTP rendering is in `http::answer`; the status of every answer comes from
+//! `ErrorCode::http_status` in the protocol crate, and nothing in the relay picks a status for
 //! an error.
 
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use formica_protocol::{canon, ErrorCode, Object, Value};
+use crate::store::StoreError;
+use formica_protocol::{ErrorCode, Object, Value};
 
 /// An error answer: a stable code, a message safe to show the client, and extra members
 /// (`server_time`, `oldest`, `field`, `retry_after_s`).
@@ -104,10 +104,10 @@ impl From<formica_protocol::time::TimeError> for ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
         match e {
-            crate::store::StoreError::Full(_) => {
+            StoreError::Full(_) => {
                 tracing::error!(error = %e, "storage full");
                 ApiError::new(
                     ErrorCode::StorageFull,
@@ -128,29 +128,5 @@ fn schema_field(e: &formica_protocol::schema::SchemaError) -> String {
         | InvalidField { path, .. }
         | InvalidHandle { path, .. }
         | InvalidKey { path, .. } => path.clone(),
-    }
-}
-
-/// A JSON answer with a status.
-pub fn json_response(status: u16, v: &Value) -> Response {
-    let mut r = (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        canon::canonicalize(v),
-    )
-        .into_response();
-    r.headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
-    r
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = json_response(self.code.http_status(), &self.body());
-        if let Some((_, Value::Int(s))) = self.extra.iter().find(|(k, _)| *k == "retry_after_s") {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                r.headers_mut().insert("retry-after", v);
-            }
-        }
-        r
     }
 }

@@ -1,4 +1,4 @@
-//! Reading the inbox: a page with a cursor (`GET /v1/inbox`), Server-Sent Events with
+//! The inbox (SPEC.md 15.10-15.12): a page with a cursor (`GET /v1/inbox`), Server-Sent Events with
 //! `Last-Event-ID` resume, and WebSocket. All three read from the inbox projection after a
 //! cursor, so a reconnect resumes exactly where the client's last cursor points.
 //!
@@ -6,17 +6,19 @@
 //! read only when the previous one has been written to the socket, so a slow consumer holds at
 //! most one page (`inbox_page_max` items) in memory and its items simply stay in its inbox. A
 //! consumer whose socket takes no write for `write_stall_timeout_ms` (it stopped reading and the
-//! buffers are full) is disconnected by the server loop (`server::StallGuard`) and resumes from
+//! buffers are full) is disconnected by the server loop (`super::server::StallGuard`) and resumes from
 //! its cursor on its next connection.
 //!
 //! A stream lives only as long as the key that opened it is the agent's current key (API-16):
 //! the key is checked before every page and every `KEY_CHECK_MS` while idle, and a rotated,
 //! revoked or moved key ends the stream with an `unauthorized` error event or frame.
 
-use crate::api::{auth_request, authenticate, ok, Shared};
-use crate::decide::Command;
-use crate::error::ApiError;
-use crate::state::InboxItem;
+use super::answer::ok;
+use super::request::{auth_request, authenticate};
+use super::Shared;
+use crate::engine::decide::Command;
+use crate::engine::error::ApiError;
+use crate::engine::state::InboxItem;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderMap, Method, Uri};
@@ -44,10 +46,10 @@ fn auth_key(headers: &HeaderMap) -> Option<KeyId> {
 /// API-16: `None` while `kid` is still `me`'s current key and valid now; otherwise the error
 /// that ends the stream.
 fn key_check(app: &Shared, me: &Handle, kid: &KeyId) -> Option<ApiError> {
-    let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+    let st = app.engine.read();
     let current = st.agents.get(me).is_some_and(|a| {
         a.keylog.current_key().is_some_and(|k| k.key_id() == *kid)
-            && a.keylog.key_at(kid, app.now()).is_ok()
+            && a.keylog.key_at(kid, app.engine.now()).is_ok()
     });
     (!current).then(|| {
         ApiError::new(
@@ -90,7 +92,7 @@ fn parse_cursor(s: &str) -> Result<u64, ApiError> {
 /// oldest retained item is `cursor_too_old` (this relay retains every item, so that cannot
 /// happen yet, but the check is where retention will need it).
 fn check_cursor(app: &Shared, me: &Handle, after: u64) -> Result<(), ApiError> {
-    let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+    let st = app.engine.read();
     let a = st
         .agents
         .get(me)
@@ -115,7 +117,7 @@ fn check_cursor(app: &Shared, me: &Handle, after: u64) -> Result<(), ApiError> {
 
 /// Where reading starts when the client gives no cursor: before the oldest retained item.
 fn start_of(app: &Shared, me: &Handle) -> u64 {
-    let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+    let st = app.engine.read();
     st.agents
         .get(me)
         .and_then(|a| a.inbox.first())
@@ -124,7 +126,7 @@ fn start_of(app: &Shared, me: &Handle) -> u64 {
 }
 
 fn page(app: &Shared, me: &Handle, after: u64, max: usize) -> Vec<InboxItem> {
-    let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+    let st = app.engine.read();
     st.agents
         .get(me)
         .map(|a| a.items_after(after, max).to_vec())
@@ -137,7 +139,12 @@ fn mark_read(app: &Shared, me: &Handle, upto: u64) {
     let app = app.clone();
     let me = me.clone();
     tokio::spawn(async move {
-        if let Err(e) = app.writer.submit(Command::Read { handle: me, upto }).await {
+        if let Err(e) = app
+            .engine
+            .writer
+            .submit(Command::Read { handle: me, upto })
+            .await
+        {
             tracing::warn!(code = %e.code, "could not record a read: {}", e.message);
         }
     });
@@ -167,7 +174,7 @@ pub async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Response {
             Some(c) => parse_cursor(c)?,
             None => start_of(&app, &me),
         };
-        let max = app.policy.limits.inbox_page_max;
+        let max = app.engine.policy.limits.inbox_page_max;
         let limit = match query_param(&uri, "limit") {
             None => max,
             Some(s) => match s.parse::<usize>() {
@@ -195,7 +202,7 @@ pub async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Response {
             mark_read(&app, &me, last.cursor);
         }
         let oldest = {
-            let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+            let st = app.engine.read();
             st.agents
                 .get(&me)
                 .and_then(|a| a.inbox.first().map(|i| i.cursor))
@@ -259,12 +266,13 @@ pub async fn sse(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let rx = app.notifier.subscribe(&me);
-    app.metrics
+    let rx = app.engine.notifier.subscribe(&me);
+    app.engine
+        .metrics
         .streams
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let guard = StreamGuard(app.clone());
-    let stop = app.stopping.subscribe();
+    let stop = app.engine.stopping.subscribe();
     // (who, key, ended, highest cursor recorded as read)
     let init = (
         app,
@@ -308,7 +316,7 @@ pub async fn sse(
                         (app, (me, kid, true, marked), cursor, rx, buf, guard, stop),
                     ));
                 }
-                let items = page(&app, &me, cursor, app.policy.limits.inbox_page_max);
+                let items = page(&app, &me, cursor, app.engine.policy.limits.inbox_page_max);
                 if let Some(last) = items.last() {
                     cursor = last.cursor;
                     buf.extend(items);
@@ -341,6 +349,7 @@ struct StreamGuard(Shared);
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0
+            .engine
             .metrics
             .streams
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -354,7 +363,7 @@ pub async fn ws(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    hold: Option<axum::Extension<crate::server::ConnHold>>,
+    hold: Option<axum::Extension<super::server::ConnHold>>,
 ) -> Response {
     let path = uri
         .path_and_query()
@@ -390,12 +399,13 @@ pub async fn ws(
 }
 
 async fn ws_loop(app: Shared, me: Handle, kid: KeyId, mut cursor: u64, mut socket: WebSocket) {
-    app.metrics
+    app.engine
+        .metrics
         .streams
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _guard = StreamGuard(app.clone());
-    let mut rx = app.notifier.subscribe(&me);
-    let mut stop = app.stopping.subscribe();
+    let mut rx = app.engine.notifier.subscribe(&me);
+    let mut stop = app.engine.stopping.subscribe();
     let mut ping = tokio::time::interval(Duration::from_millis(KEEPALIVE_MS));
     let mut recheck = tokio::time::interval(Duration::from_millis(KEY_CHECK_MS));
     loop {
@@ -405,7 +415,7 @@ async fn ws_loop(app: Shared, me: Handle, kid: KeyId, mut cursor: u64, mut socke
             let _ = socket.send(Message::Close(None)).await;
             return;
         }
-        let items = page(&app, &me, cursor, app.policy.limits.inbox_page_max);
+        let items = page(&app, &me, cursor, app.engine.policy.limits.inbox_page_max);
         if let Some(last) = items.last() {
             for item in &items {
                 let frame = match item_value(item) {

@@ -1,10 +1,10 @@
 //! The body read deadline: a client has `limits.body_read_timeout_ms` from the moment its request
 //! headers are in to deliver the whole body. A body that is still incomplete then fails with
-//! [`BodyTimeout`], which [`crate::api::read_body`] answers with 408 `request_timeout`, so a
+//! [`BodyTimeout`], which [`super::request::read_body`] answers with 408 `request_timeout`, so a
 //! client that sends headers and then trickles its body (or sends nothing) cannot hold a
 //! connection and a handler for longer than that.
 
-use crate::api::Shared;
+use super::Shared;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -79,7 +79,7 @@ impl hyper::body::Body for TimedBody {
 
 /// Middleware: gives every request body its deadline.
 pub async fn body_deadline(State(app): State<Shared>, req: Request, next: Next) -> Response {
-    let ms = app.policy.limits.body_read_timeout_ms;
+    let ms = app.engine.policy.limits.body_read_timeout_ms;
     let req = req.map(|b| {
         if hyper::body::Body::is_end_stream(&b) {
             b

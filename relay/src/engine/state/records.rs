@@ -1,0 +1,109 @@
+//! The records the projections are made of: agents (key log, contacts, requests, inbox),
+//! messages with per-recipient delivery status, peers, cached remote key logs and queued
+//! transfers.
+
+use crate::engine::events::PeerStatus;
+use formica_protocol::envelope::{AckStatus, ContactLevel, DeliveryState, MessageId, MessageType};
+use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
+use formica_protocol::{Handle, PublicKey};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// One inbox item: the canonical wire bytes of an envelope or receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxItem {
+    pub cursor: u64,
+    pub id: MessageId,
+    pub wire: Arc<Vec<u8>>,
+}
+
+/// A contact request waiting for an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRequest {
+    pub from: Handle,
+    pub level: ContactLevel,
+    pub note: Option<String>,
+    pub ts: i64,
+}
+
+/// An agent homed on this relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub handle: Handle,
+    pub keylog: KeyLog,
+    pub registered_at: i64,
+    /// Valid entries that conflicted with the log (evidence of a fork).
+    pub conflicts: Vec<SignedKeyLogEntry>,
+    /// Who may send to this agent, at which level, since when.
+    pub contacts: BTreeMap<Handle, (ContactLevel, i64)>,
+    pub requests: BTreeMap<MessageId, PendingRequest>,
+    pub inbox: Vec<InboxItem>,
+    /// Highest cursor handed to the agent.
+    pub read_upto: u64,
+    /// Messages this agent sent that a recipient acked with received or processed.
+    pub acked_sent: u64,
+    /// Times of the contact requests this agent sent (the last hour matters).
+    pub requests_sent: VecDeque<i64>,
+    /// Times of the reports this agent filed (the last day matters).
+    pub reports_sent: VecDeque<i64>,
+}
+
+impl Agent {
+    pub fn next_cursor(&self) -> u64 {
+        self.inbox.last().map(|i| i.cursor + 1).unwrap_or(1)
+    }
+    /// Items not yet handed out. Cursors are consecutive, so this is a subtraction.
+    pub fn unread(&self) -> usize {
+        (self.next_cursor() - 1).saturating_sub(self.read_upto) as usize
+    }
+    /// Items with a cursor above `after`, at most `max`.
+    pub fn items_after(&self, after: u64, max: usize) -> &[InboxItem] {
+        let start = self.inbox.partition_point(|i| i.cursor <= after);
+        let end = (start + max).min(self.inbox.len());
+        &self.inbox[start..end]
+    }
+}
+
+/// Delivery of one message to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientStatus {
+    pub handle: Handle,
+    pub state: DeliveryState,
+    pub updated: i64,
+    pub ack: Option<(MessageId, AckStatus)>,
+}
+
+/// What the relay keeps about a message it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub sender: Handle,
+    pub msg_type: MessageType,
+    pub ts: i64,
+    pub ack_by: Option<i64>,
+    pub recipients: Vec<RecipientStatus>,
+}
+
+/// A peer relay (SPEC.md 16.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    pub key: PublicKey,
+    pub status: PeerStatus,
+    pub since: i64,
+}
+
+/// The cached key log of an agent homed on another relay (FED-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteLog {
+    pub log: KeyLog,
+    /// Valid entries that conflicted with the cached log (evidence of a fork).
+    pub conflicts: Vec<SignedKeyLogEntry>,
+}
+
+/// An envelope waiting to be forwarded to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub id: MessageId,
+    pub wire: Arc<Vec<u8>>,
+    /// When this relay accepted it (the dead-letter age counts from here).
+    pub at: i64,
+}

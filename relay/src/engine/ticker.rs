@@ -1,0 +1,38 @@
+//! The deadline ticker: every `limits.deadline_check_ms`, if a deadline has passed or a queued
+//! delivery is older than `federation.dead_letter_ms`, it submits a `Tick` to the writer, which
+//! makes the `timed_out` receipts and dead letters (`decide::tick`).
+
+use super::decide::Command;
+use super::Engine;
+use formica_protocol::ErrorCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Produces timed_out receipts: every `deadline_check_ms`, asks the writer to settle deadlines
+/// that have passed. Runs until the writer is gone.
+pub async fn run_deadlines(engine: Arc<Engine>) {
+    let every = Duration::from_millis(engine.policy.limits.deadline_check_ms.max(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let due = {
+            let st = engine.read();
+            let now = engine.now();
+            let max_age = engine.policy.federation.dead_letter_ms;
+            st.deadlines.iter().next().is_some_and(|(by, _)| *by < now)
+                || st
+                    .outbound
+                    .values()
+                    .any(|q| q.values().next().is_some_and(|x| now - x.at > max_age))
+        };
+        if due {
+            if let Err(e) = engine.writer.submit(Command::Tick).await {
+                if e.code == ErrorCode::Unavailable {
+                    return;
+                }
+                tracing::warn!(code = %e.code, "deadline tick failed: {}", e.message);
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Relay administration (SPEC.md 16.5): the operator's peer endpoints (`/admin/v1/peers...`),
+//! open only to loopback connections that carry the token from `<data-dir>/admin.token`, and
+//! that token file itself.
+
+use super::answer::{obj, ok};
+use super::request::{federation_enabled, read_body};
+use super::{App, Shared};
+use crate::engine::decide::Command;
+use crate::engine::error::ApiError;
+use crate::engine::events::PeerStatus;
+use axum::extract::{ConnectInfo, Path, Request, State as AxState};
+use axum::response::{IntoResponse, Response};
+use formica_protocol::json::{self};
+use formica_protocol::schema::Fields;
+use formica_protocol::{ErrorCode, RelayHost, Value};
+use std::net::SocketAddr;
+
+/// Name of the admin token file in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Name of the file holding the address the running relay listens on (for `relay peer`).
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+
+/// The admin endpoints need the token from `<data-dir>/admin.token` as a bearer token, and a
+/// connection from a loopback address.
+fn admin_auth(app: &App, req: &Request) -> Result<(), ApiError> {
+    let from_loopback = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback());
+    let token = app.admin_token.get();
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let matches = match (token, given) {
+        (Some(t), Some(g)) => constant_time_eq(t.as_bytes(), g.as_bytes()),
+        _ => false,
+    };
+    if from_loopback && matches {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "relay administration needs the admin token, from a loopback address",
+        ))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_host(s: &str) -> Result<RelayHost, ApiError> {
+    let s = s.trim();
+    let s = s.split_once("://").map(|(_, r)| r).unwrap_or(s);
+    let s = s.trim_end_matches('/');
+    RelayHost::parse(s).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidField, e.to_string()).with("field", "url".into())
+    })
+}
+
+/// `GET /admin/v1/peers`.
+pub async fn admin_list(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = (|| {
+        admin_auth(&app, &req)?;
+        let st = app.engine.read();
+        let list = st
+            .peers
+            .iter()
+            .map(|(h, p)| {
+                let mut v = crate::engine::decide::peer_value(h, &p.key, p.status);
+                if let Value::Object(o) = &mut v {
+                    o.insert("since", Value::Int(p.since));
+                    o.insert(
+                        "queued",
+                        Value::Int(st.outbound.get(h).map(|q| q.len()).unwrap_or(0) as i64),
+                    );
+                }
+                v
+            })
+            .collect();
+        Ok::<_, ApiError>(ok(200, obj(vec![("peers", Value::Array(list))])))
+    })();
+    res.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /admin/v1/peers` with `{"url": "https://relay-b.example"}`: start a handshake.
+pub async fn admin_add(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        admin_auth(&app, &req)?;
+        federation_enabled(&app)?;
+        let body = read_body(req.into_body(), app.engine.policy.limits.body_bytes_max).await?;
+        let v = json::parse(
+            &body,
+            app.json_limits(app.engine.policy.limits.body_bytes_max),
+        )?;
+        let mut f = Fields::new(&v, "")?;
+        let url = f.req_str("url")?.to_owned();
+        f.finish()?;
+        let host = parse_host(&url)?;
+        if host == app.engine.host {
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                "a relay does not peer with itself",
+            )
+            .with("field", "url".into()));
+        }
+        let v = app.fed.ask_to_peer(&host).await?;
+        Ok(ok(200, v))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+/// `POST /admin/v1/peers/{host}/approve`: approve a pending peering and answer back.
+pub async fn admin_approve(
+    AxState(app): AxState<Shared>,
+    Path(host): Path<String>,
+    req: Request,
+) -> Response {
+    let res = async move {
+        admin_auth(&app, &req)?;
+        federation_enabled(&app)?;
+        let host = parse_host(&host)?;
+        let p = app.engine.read().peers.get(&host).cloned().ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("{host} has not asked to peer"))
+        })?;
+        app.engine
+            .writer
+            .submit(Command::PeerSet {
+                host: host.clone(),
+                key: p.key,
+                status: PeerStatus::Active,
+                // The operator approves.
+                stranger: false,
+            })
+            .await?;
+        // Mutual: tell the other side, which asked, so it marks this relay active too.
+        let v = app.fed.ask_to_peer(&host).await?;
+        Ok(ok(200, v))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+/// `DELETE /admin/v1/peers/{host}`.
+pub async fn admin_remove(
+    AxState(app): AxState<Shared>,
+    Path(host): Path<String>,
+    req: Request,
+) -> Response {
+    let res = async move {
+        admin_auth(&app, &req)?;
+        let host = parse_host(&host)?;
+        app.engine
+            .writer
+            .submit(Command::PeerRemove { host: host.clone() })
+            .await?;
+        Ok(ok(
+            200,
+            obj(vec![
+                ("host", host.as_str().into()),
+                ("removed", Value::Bool(true)),
+            ]),
+        ))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+/// Shortest admin token accepted from `admin.token`: 32 bytes of token text (the relay writes 64
+/// hex characters, 32 random bytes). A shorter token could be guessed or was not made for this.
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 32;
+
+/// Reads the admin token from `path`, or writes a new random one (0600) on first start. An
+/// existing file is refused if group or others have any permission on it, or if its token (the
+/// content without surrounding whitespace) is shorter than [`ADMIN_TOKEN_BYTES_MIN`] bytes or
+/// holds anything but visible ASCII.
+pub fn load_or_create_token(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{shown}: permissions {mode:04o} let others read or change the admin token; run chmod 600 {shown}"
+                ));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+            let t = text.trim();
+            if t.len() < ADMIN_TOKEN_BYTES_MIN {
+                return Err(format!(
+                    "{shown}: the admin token is {} bytes, shorter than {ADMIN_TOKEN_BYTES_MIN}; delete the file to have a new one made at start",
+                    t.len()
+                ));
+            }
+            if !t.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+                return Err(format!(
+                    "{shown}: the admin token holds characters other than visible ASCII"
+                ));
+            }
+            return Ok(t.to_owned());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{shown}: {e}")),
+    }
+    let mut b = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    let t = formica_protocol::hex::encode(&b);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    f.write_all(format!("{t}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{shown}: {e}"))?;
+    Ok(t)
+}

@@ -1,0 +1,57 @@
+//! Message status (SPEC.md 15.13): a sender's view of each recipient's delivery state.
+
+use super::answer::{obj, ok};
+use super::request::{auth_request, IdParam};
+use super::Shared;
+use crate::engine::error::ApiError;
+use axum::extract::{Request, State as AxState};
+use axum::response::{IntoResponse, Response};
+use formica_protocol::{ErrorCode, Value};
+
+use formica_protocol::envelope::MessageId;
+use formica_protocol::Object;
+
+pub async fn message_status(
+    AxState(app): AxState<Shared>,
+    IdParam(id): IdParam,
+    req: Request,
+) -> Response {
+    let res = async {
+        let (me, _) = auth_request(&app, req, 0).await?;
+        let nf = || ApiError::new(ErrorCode::NotFound, format!("no message {id} sent by you"));
+        let mid = MessageId::parse_hex(&id).ok_or_else(nf)?;
+        let st = app.engine.read();
+        let m = st
+            .messages
+            .get(&mid)
+            .filter(|m| m.sender == me)
+            .ok_or_else(nf)?;
+        let recipients = m
+            .recipients
+            .iter()
+            .map(|r| {
+                let mut o = Object::new();
+                o.insert("handle", r.handle.as_str().into());
+                o.insert("status", r.state.as_str().into());
+                o.insert("updated", Value::Int(r.updated));
+                if let Some((ack, s)) = r.ack {
+                    o.insert("ack", ack.to_hex().into());
+                    o.insert("ack_status", s.as_str().into());
+                }
+                Value::Object(o)
+            })
+            .collect();
+        Ok(ok(
+            200,
+            obj(vec![
+                ("id", mid.to_hex().into()),
+                ("type", m.msg_type.as_str().into()),
+                ("ts", Value::Int(m.ts)),
+                ("ack_by", m.ack_by.map(Value::Int).unwrap_or(Value::Null)),
+                ("recipients", Value::Array(recipients)),
+            ]),
+        ))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}

@@ -1,0 +1,138 @@
+//! The edge (SPEC.md section 15 and the relay endpoints of section 16): the router, one module
+//! per resource group, the shared request helpers, the error rendering, the body deadline and
+//! the accept loop with its connection guards.
+//!
+//! Handlers turn bytes into typed, verified values once, here, and hand them to the single
+//! writer as commands; they read the durable state but never change it (only the engine's
+//! writer can). May import: `federation`, `engine`, `store`. A handler module imports only
+//! `answer`, `request` and this module, never another handler module; `request` imports no
+//! handler.
+
+pub mod admin;
+pub mod agents;
+pub mod answer;
+pub mod contacts;
+pub mod deadline;
+pub mod envelopes;
+pub mod federation;
+pub mod inbox;
+pub mod messages;
+pub mod ops;
+pub mod request;
+pub mod server;
+
+use crate::engine::limits::{Buckets, Challenges, Nonces};
+use crate::engine::Engine;
+use crate::federation::Federation;
+use axum::routing::{get, post};
+use axum::Router;
+use formica_protocol::KeyId;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Everything the handlers share: the engine, the federation client, and the edge's own
+/// in-memory admission tables.
+pub struct App {
+    pub engine: Arc<Engine>,
+    pub fed: Federation,
+    pub challenges: Mutex<Challenges>,
+    pub nonces: Mutex<Nonces>,
+    pub key_buckets: Mutex<Buckets<KeyId>>,
+    pub ip_buckets: Mutex<Buckets<IpAddr>>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Bearer token of the admin endpoints (set when the relay runs on a data directory).
+    pub admin_token: OnceLock<String>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "App({})", self.engine.host)
+    }
+}
+
+pub type Shared = Arc<App>;
+
+impl App {
+    /// The edge of `engine`, with its tables sized by the engine's policy.
+    pub fn new(engine: Arc<Engine>, trusted_proxies: Vec<IpAddr>) -> App {
+        let limits = &engine.policy.limits;
+        App {
+            challenges: Mutex::default(),
+            nonces: Mutex::new(Nonces::new(limits.nonces_max, limits.nonces_per_handle_max)),
+            key_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
+            ip_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
+            trusted_proxies,
+            admin_token: OnceLock::new(),
+            fed: Federation::new(engine.clone()),
+            engine,
+        }
+    }
+}
+
+/// The router with every endpoint, serving `app`.
+pub fn router(app: Shared) -> Router {
+    bind(routes(), app)
+}
+
+/// Every endpoint, not yet bound to a relay. Building it is most of the cost of [`router`]; a
+/// caller that serves many short-lived relays (the `relay_http` fuzz target) builds it once and
+/// binds a clone of it to each relay with [`bind`].
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/.well-known/formica", get(ops::descriptor))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(ops::openapi))
+        .route("/v1/challenges", post(agents::challenge))
+        .route("/v1/register", post(agents::register))
+        .route(
+            "/v1/keys/{handle}",
+            get(agents::get_keys).post(agents::post_key_entry),
+        )
+        .route("/v1/envelopes", post(envelopes::post_envelope))
+        .route("/v1/envelopes/batch", post(envelopes::post_batch))
+        .route("/v1/inbox", get(inbox::inbox))
+        .route("/v1/inbox/stream", get(inbox::sse))
+        .route("/v1/inbox/ws", get(inbox::ws))
+        .route("/v1/messages/{id}", get(messages::message_status))
+        .route("/v1/contacts", get(contacts::list_contacts))
+        .route(
+            "/v1/contacts/{handle}",
+            axum::routing::put(contacts::put_contact).delete(contacts::delete_contact),
+        )
+        .route("/v1/contact-requests", get(contacts::list_requests))
+        .route(
+            "/v1/contact-requests/{id}/accept",
+            post(contacts::accept_request),
+        )
+        .route(
+            "/v1/contact-requests/{id}/reject",
+            post(contacts::reject_request),
+        )
+        .route("/v1/federation/peers", post(federation::handshake))
+        .route("/v1/federation/transfer", post(federation::transfer))
+        .route("/v1/federation/keylog", post(federation::keylog_push))
+        .route(
+            "/admin/v1/peers",
+            get(admin::admin_list).post(admin::admin_add),
+        )
+        .route(
+            "/admin/v1/peers/{host}",
+            axum::routing::delete(admin::admin_remove),
+        )
+        .route("/admin/v1/peers/{host}/approve", post(admin::admin_approve))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+}
+
+/// `routes` serving `app`, with the request body deadline around every endpoint.
+pub fn bind(routes: Router<Shared>, app: Shared) -> Router {
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            deadline::body_deadline,
+        ))
+        .with_state(app)
+}
