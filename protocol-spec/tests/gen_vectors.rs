@@ -1345,6 +1345,25 @@ fn gen_keylogs() -> Value {
         BadSignature,
     );
 
+    // LOG-1: a member of the wrong JSON type is invalid_field, whatever code the rule names
+    // for a value of the right type (unsupported_version, invalid_handle). Each case is a
+    // register entry signed by its key, wrong in exactly one member.
+    for (comment, member, bad) in [
+        ("`v` is a string, not an integer", "v", s("1")),
+        ("`v` is a negative integer", "v", i(-1)),
+        ("`handle` is a number, not a string", "handle", i(1)),
+        ("`ts` is a string, not an integer", "ts", s(&T0.to_string())),
+        ("`ts` is a negative integer", "ts", i(-1)),
+        ("`op` is a number, not a string", "op", i(0)),
+    ] {
+        let bad_entry = with(&without(&e0, "sig"), member, bad);
+        push_invalid(
+            &format!("register entry whose {comment}"),
+            vec![sign_raw(Domain::KeyLog, bad_entry, &k1)],
+            InvalidField,
+        );
+    }
+
     obj(&[
         ("comment", s("Key logs (SPEC.md section 8). `valid` logs verify from the first entry; each query asks which key was valid for `key_id` at `ts` and gives the public key or the error code. `invalid` logs must be refused with `error`, reported for the first entry that breaks a rule.")),
         ("valid", arr(valid)),

@@ -1068,6 +1068,12 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                 reg(t, &v)?.expect_error_field(E::MissingField, "entry.key")?;
                 Ok(())
             })
+        } else if let Some(f) = wrong_type_recreation(&l) {
+            (
+                &["LOG-1", "LOG-3", "REG-1", "API-6", "VEC-2"],
+                &[E::InvalidField],
+                f,
+            )
         } else {
             (&["VEC-2"], &[], |_| {
                 Err(Stop::Skip(
@@ -1078,6 +1084,69 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
         };
     let _ = code;
     case(id, reqs, title, f).codes(codes)
+}
+
+/// The keylogs.json cases of a register entry with one member of the wrong JSON type or
+/// range (LOG-1), by their comment.
+fn wrong_type_recreation(comment: &str) -> Option<fn(&Env<'_>) -> R> {
+    let f: fn(&Env<'_>) -> R = if comment.contains("whose `v` is a string") {
+        |e| wrong_member(e, "v", s("1"))
+    } else if comment.contains("whose `v` is a negative") {
+        |e| wrong_member(e, "v", int(-1))
+    } else if comment.contains("whose `handle` is a number") {
+        |e| wrong_member(e, "handle", int(1))
+    } else if comment.contains("whose `ts` is a string") {
+        |e| wrong_member(e, "ts", s(&e.t.now().to_string()))
+    } else if comment.contains("whose `ts` is a negative") {
+        |e| wrong_member(e, "ts", int(-1))
+    } else if comment.contains("whose `op` is a number") {
+        |e| wrong_member(e, "op", int(0))
+    } else {
+        return None;
+    };
+    Some(f)
+}
+
+/// `entry` with `member` set to `bad`, signed again by `key` (so only the member is wrong).
+fn with_member(entry: &Value, member: &str, bad: &Value, key: &SecretKey) -> R<Value> {
+    let mut o = match entry {
+        Value::Object(o) => o.clone(),
+        _ => fail!("suite bug: an entry that is not an object"),
+    };
+    o.remove("sig");
+    o.insert(member, bad.clone());
+    let mut v = sign_as(&o, key, Domain::KeyLog).value;
+    if let Value::Object(x) = &mut v {
+        x.remove("id");
+    }
+    Ok(v)
+}
+
+/// A wrongly typed member is invalid_field, with its path, both in an entry posted to the
+/// shared agent's log (API-6) and in a registration (REG-1 step 5, path `entry.<member>`).
+fn wrong_member(e: &Env<'_>, member: &str, bad: Value) -> R {
+    let t = e.t;
+    let a = base(e)?;
+    let rotate = next(
+        t,
+        &a,
+        1,
+        &a.head,
+        t.now().max(a.reg_ts + 1),
+        KeyOp::Rotate {
+            key: random_key().public(),
+        },
+        &a.key,
+    );
+    let v = with_member(rotate.value(), member, &bad, &a.key)?;
+    t.http
+        .post(&format!("/v1/keys/{}", a.handle), &canon::canonicalize(&v))?
+        .expect_error_field(ErrorCode::InvalidField, member)?;
+    let (h, k) = (t.fresh_handle("kvt"), random_key());
+    let register = t.register_entry(&h, &k, None, t.now(), &k);
+    let v = with_member(register.value(), member, &bad, &k)?;
+    reg(t, &v)?.expect_error_field(ErrorCode::InvalidField, &format!("entry.{member}"))?;
+    Ok(())
 }
 
 fn reg(t: &Target, entry: &Value) -> R<Resp> {
