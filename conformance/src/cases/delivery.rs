@@ -17,7 +17,7 @@ pub fn cases() -> Vec<Case> {
         case("ack.not-recipient", &["ACK-3"], "an ack by an agent that is not a recipient is ack_forbidden", ack_not_recipient).codes(&[E::AckForbidden]),
         case("ack.wrong-to", &["ACK-3", "TYPE-7"], "an ack not addressed to the message's sender is invalid_field (to)", ack_wrong_to).codes(&[E::InvalidField]),
         case("ack.settled", &["ACK-3", "DELIV-2"], "a second ack is ack_settled and changes nothing", ack_settled).codes(&[E::AckSettled]),
-        case("ack.timeout", &["ACK-4", "DELIV-1", "DELIV-2", "DELIV-3", "RCPT-1", "RCPT-2", "RCPT-3"], "a deadline that passes without an ack times the delivery out, with a timed_out receipt; a late ack is ack_settled", ack_timeout).codes(&[E::AckSettled]),
+        case("ack.timeout", &["ACK-4", "DELIV-1", "DELIV-2", "DELIV-3", "RCPT-1", "RCPT-2", "RCPT-3"], "a deadline that passes without an ack times the delivery out, with a timed_out receipt; a late ack is ack_settled; another message's later deadline is left alone", ack_timeout).codes(&[E::AckSettled]),
         case("deliv.per-recipient", &["DELIV-1", "DELIV-5"], "each recipient of one message has its own delivery state", per_recipient),
         case("rcpt.none-about-receipts", &["RCPT-2"], "reading receipts makes no receipts about them, and only the listed changes make receipts", no_receipt_about_receipts),
         case("status.access", &["API-13"], "only the sender may read a message's status; others, unknown and malformed ids are not_found", status_access).codes(&[E::NotFound]),
@@ -231,6 +231,10 @@ fn ack_settled(e: &Env<'_>) -> R {
 fn ack_timeout(e: &Env<'_>) -> R {
     let t = e.t;
     let x = trio(t, "ako")?;
+    // A message whose deadline lies far beyond this case (one hour), to both recipients, sent
+    // first: the deadline that passes must time out only its own message's delivery.
+    let later = msg_ack(t, &x.a, &[&x.b.handle, &x.c.handle], 3_600_000);
+    t.send_ok(&later)?;
     let m = msg_ack(t, &x.a, &[&x.b.handle], 1500);
     t.send_ok(&m)?;
     let lag = t.deadline_lag_ms();
@@ -267,6 +271,27 @@ fn ack_timeout(e: &Env<'_>) -> R {
     ensure!(
         st == "timed_out",
         "a timed-out delivery became {st:?} (DELIV-2)"
+    );
+    // One more deadline check later, the message with the later deadline is still pending for
+    // both recipients (b's delivery is delivered by the read above, or still accepted if the
+    // relay records reads late, DELIV-4), and no timed_out receipt names it (ACK-4, DELIV-3).
+    let check_ms = t.published.deadline_check_ms.unwrap_or(1000).clamp(0, 5000);
+    sleep_ms(u64::try_from(check_ms).unwrap_or(1000));
+    for (who, allowed) in [
+        (&x.b.handle, &["accepted", "delivered"][..]),
+        (&x.c.handle, &["accepted"][..]),
+    ] {
+        let (st, _) = t.delivery(&x.a, &later.id, who)?;
+        ensure!(
+            allowed.contains(&st.as_str()),
+            "the delivery to {who} of a message whose ack_by is an hour away is {st:?} after another message's deadline passed (ACK-4, DELIV-3)"
+        );
+    }
+    ensure!(
+        !t.inbox(&x.a)?
+            .iter()
+            .any(|(_, v)| is_receipt(v, &later.id, "timed_out")),
+        "the sender received a timed_out receipt for the message whose deadline has not passed (ACK-4, RCPT-2)"
     );
     Ok(())
 }
