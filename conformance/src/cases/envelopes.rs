@@ -32,7 +32,6 @@ pub fn cases() -> Vec<Case> {
         case("env.too-large", &["JSON-1", "HTTP-2", "API-7"], "a body over envelope_bytes_max is too_large, also when sent chunked", too_large).codes(&[E::TooLarge]),
         case("env.depth-limit", &["JSON-8", "HTTP-13"], "an envelope nested exactly json_depth_max deep is accepted and served in an inbox page; one level more is too_deep", depth_limit).codes(&[E::TooDeep]),
         case("env.recipients-limit", &["ENV-6", "INGEST-1"], "limits.recipients_max + 1 recipients are too_many_recipients", recipients_limit).codes(&[E::TooManyRecipients]),
-        case("sig.small-order-r", &["SIG-3", "ENV-17"], "a signature whose R is the identity (valid for cofactorless non-strict verification) is bad_signature", small_order_r).codes(&[E::BadSignature]),
         case("batch.mixed", &["API-8", "API-12", "HTTP-4"], "a batch answers 200 with one result per element, in order: accepted, duplicate, each refusal with its error", batch_mixed)
             .codes(&[E::NotContact, E::BadSignature]),
         case("batch.limits", &["API-8", "HTTP-2"], "a batch body that is not exactly {\"envelopes\": [...]}, or has too many elements, fails as a whole", batch_limits)
@@ -212,73 +211,11 @@ fn relay_request_tag(e: &Env<'_>) -> R {
     wrong_tag(e, Domain::RelayRequest)
 }
 
-/// The group order l, little-endian.
-const L: [u8; 32] = [
-    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
-
 fn s_plus_l(e: &Env<'_>) -> R {
     let a = signer(e)?;
     let sg = e.t.sign(&self_msg(e.t, &a), &a.key);
     let mut sig = sig_bytes(&sg);
-    let mut carry = 0u16;
-    for (i, l) in L.iter().enumerate() {
-        let x = u16::from(sig[32 + i]) + u16::from(*l) + carry;
-        sig[32 + i] = (x & 0xff) as u8;
-        carry = x >> 8;
-    }
-    refuse(
-        e.t,
-        &with_sig(&sg, &formica_protocol::hex::encode(&sig)),
-        ErrorCode::BadSignature,
-    )?;
-    Ok(())
-}
-
-/// A signature with R = the identity point and S = k·a: [S]B - [k]A is the identity, so the
-/// cofactorless equation holds and a non-strict verifier accepts it; strict verification
-/// (SIG-3 item 2) refuses a small-order R.
-pub fn forge_small_order_r(sk: &formica_protocol::SecretKey, input: &[u8]) -> [u8; 64] {
-    use curve25519_dalek::scalar::Scalar;
-    use sha2::{Digest, Sha512};
-    let h = Sha512::digest(sk.seed());
-    let mut a = [0u8; 32];
-    a.copy_from_slice(&h[..32]);
-    a[0] &= 248;
-    a[31] &= 127;
-    a[31] |= 64;
-    let a = Scalar::from_bytes_mod_order(a);
-    let mut r = [0u8; 32];
-    r[0] = 1;
-    let mut hk = Sha512::new();
-    hk.update(r);
-    hk.update(sk.public().to_bytes());
-    hk.update(input);
-    let k = Scalar::from_hash(hk);
-    let sc = k * a;
-    let mut sig = [0u8; 64];
-    sig[..32].copy_from_slice(&r);
-    sig[32..].copy_from_slice(&sc.to_bytes());
-    sig
-}
-
-fn small_order_r(e: &Env<'_>) -> R {
-    let a = signer(e)?;
-    let sg = e.t.sign(&self_msg(e.t, &a), &a.key);
-    let sig = forge_small_order_r(&a.key, &sg.signing_input);
-    // The forgery must be one that only strictness refuses, or the case proves nothing.
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&a.key.public().to_bytes())
-        .map_err(|err| Stop::Fail(err.to_string()))?;
-    let ds = ed25519_dalek::Signature::from_bytes(&sig);
-    ensure!(
-        vk.verify_strict(&sg.signing_input, &ds).is_err(),
-        "suite bug: the forged signature passes strict verification"
-    );
-    ensure!(
-        ed25519_dalek::Verifier::verify(&vk, &sg.signing_input, &ds).is_ok(),
-        "suite bug: the small-order-R forgery does not pass non-strict verification"
-    );
+    super::signatures::add_l(&mut sig[32..]);
     refuse(
         e.t,
         &with_sig(&sg, &formica_protocol::hex::encode(&sig)),

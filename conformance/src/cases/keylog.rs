@@ -1149,7 +1149,9 @@ fn wrong_member(e: &Env<'_>, member: &str, bad: Value) -> R {
     Ok(())
 }
 
-fn reg(t: &Target, entry: &Value) -> R<Resp> {
+/// Posts a registration of `entry` with a proof whose challenge was never issued: every check
+/// before the challenge (REG-1 steps 1-11) is reached.
+pub(super) fn reg(t: &Target, entry: &Value) -> R<Resp> {
     let body = obj(vec![
         ("entry", entry.clone()),
         (

@@ -17,6 +17,7 @@ pub mod federation;
 pub mod inbox;
 pub mod keylog;
 pub mod registration;
+pub mod signatures;
 pub mod tiers;
 pub mod vectors;
 
@@ -28,6 +29,7 @@ pub fn all() -> Vec<Case> {
     v.extend(registration::cases());
     v.extend(keylog::cases());
     v.extend(envelopes::cases());
+    v.extend(signatures::cases());
     v.extend(auth::cases());
     v.extend(inbox::cases());
     v.extend(delivery::cases());
