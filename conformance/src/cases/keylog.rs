@@ -1108,7 +1108,7 @@ fn wrong_type_recreation(comment: &str) -> Option<fn(&Env<'_>) -> R> {
 }
 
 /// `entry` with `member` set to `bad`, signed again by `key` (so only the member is wrong).
-fn with_member(entry: &Value, member: &str, bad: &Value, key: &SecretKey) -> R<Value> {
+pub(super) fn with_member(entry: &Value, member: &str, bad: &Value, key: &SecretKey) -> R<Value> {
     let mut o = match entry {
         Value::Object(o) => o.clone(),
         _ => fail!("suite bug: an entry that is not an object"),

@@ -206,14 +206,9 @@ pub fn cases() -> Vec<Case> {
     use ErrorCode as E;
     let mut v = Vec::new();
     for c in CLASSES {
-        // The envelope case of a small-order R keeps the id it had before the other places.
-        let id = match c {
-            Class::SmallOrderR => "sig.small-order-r".to_owned(),
-            _ => format!("sig.{}", c.slug()),
-        };
         v.push(
             case(
-                id,
+                format!("sig.{}", c.slug()),
                 &["SIG-3", "ENV-17"],
                 format!("{} on an envelope is bad_signature", c.what()),
                 move |e| on_envelope(e, c),
@@ -349,26 +344,6 @@ fn on_request(e: &Env<'_>, c: Class) -> R {
     Ok(())
 }
 
-/// `entry` (a register or rotate) with its `key` replaced by `key_hex` and signed again by
-/// `signer`: the key check (KEY-2, while parsing) comes before any signer or signature check.
-fn with_key(
-    entry: &formica_protocol::SignedKeyLogEntry,
-    key_hex: &str,
-    signer: &SecretKey,
-) -> Value {
-    let mut o = match entry.value() {
-        Value::Object(o) => o.clone(),
-        _ => Object::new(),
-    };
-    o.remove("sig");
-    o.insert("key", s(key_hex));
-    let mut v = sign_as(&o, signer, Domain::KeyLog).value;
-    if let Value::Object(x) = &mut v {
-        x.remove("id");
-    }
-    v
-}
-
 /// Refuses `keys` with `code` in rotates of the shared agent's log, and the first `n_reg` of
 /// them in registrations (which count against the per-IP limit).
 fn refuse_keys(e: &Env<'_>, keys: &[[u8; 32]], n_reg: usize, code: ErrorCode) -> R {
@@ -376,7 +351,8 @@ fn refuse_keys(e: &Env<'_>, keys: &[[u8; 32]], n_reg: usize, code: ErrorCode) ->
     let a = signer(e)?;
     for key in keys {
         let hex = formica_protocol::hex::encode(key);
-        post_keys(t, &a, &with_key(&rotate(t, &a), &hex, &a.key))?
+        let v = super::keylog::with_member(rotate(t, &a).value(), "key", &s(&hex), &a.key)?;
+        post_keys(t, &a, &v)?
             .expect_error(code)
             .map_err(|err| annotate(err, &hex))?;
     }
@@ -384,7 +360,8 @@ fn refuse_keys(e: &Env<'_>, keys: &[[u8; 32]], n_reg: usize, code: ErrorCode) ->
         let hex = formica_protocol::hex::encode(key);
         let k = random_key();
         let entry = t.register_entry(&t.fresh_handle("sigw"), &k, None, t.now(), &k);
-        super::keylog::reg(t, &with_key(&entry, &hex, &k))?
+        let v = super::keylog::with_member(entry.value(), "key", &s(&hex), &k)?;
+        super::keylog::reg(t, &v)?
             .expect_error(code)
             .map_err(|err| annotate(err, &hex))?;
     }
