@@ -958,7 +958,7 @@ fn run() -> Result<()> {
         );
         table.info(
             "6 start-up",
-            "rebuild projections (writer::replay)",
+            "rebuild projections (engine::replay)",
             format!("{:.2} s", rp.full.as_secs_f64()),
         );
         table.info(

@@ -190,7 +190,7 @@ pub fn time_serve(
 
 /// The in-process rebuild, split: (a) read every record and check its chain hash, (b) also
 /// decode each event (strict JSON, envelope schema, canonical signing input and id), (c) the
-/// whole `writer::replay` (b plus `State::apply`).
+/// whole `engine::replay::replay` (b plus `State::apply`).
 #[derive(Debug, Clone, Copy)]
 pub struct Replay {
     pub scan_chain: Duration,

@@ -2,7 +2,7 @@
 //! over [`Relay::open`] and [`http::server::serve`]; tests drive the same pieces, with or
 //! without sockets.
 //!
-//! The folders are the layers, each importing only the ones below it (`tests/layers.rs`
+//! The folders are the layers, each importing only the ones below it (`tests/layout.rs`
 //! checks this):
 //!
 //! | Layer | Owns |

@@ -2,9 +2,10 @@
 //!
 //! Owns the policy (every limit and tier), the event types of the log, the projections
 //! (`state/`), the pure decisions (`decide/`), the writer thread that decides, applies and
-//! appends commands in batches with one fsync, start-up replay, the in-memory admission tables
-//! (rate limits, request nonces, challenges), the counters of `/metrics`, the signed descriptor
-//! and the deadline ticker. [`Engine`] is the handle the layers above share.
+//! appends commands in batches with one fsync, start-up replay, the counters of `/metrics`, the
+//! signed descriptor and the deadline ticker. It also defines the in-memory admission tables
+//! (rate limits, request nonces, challenges: `limits`), which the edge holds. [`Engine`] is the
+//! handle the layers above share.
 //!
 //! May import: `store`. Never imports `federation` or `http`. `decide/`, `state/` and `events`
 //! do no I/O and read no clock (the writer passes the time in `decide::Ctx`); only `writer` and

@@ -12,7 +12,7 @@ use formica_protocol::{canon, ErrorCode, Handle, KeyId, Object, PublicKey, Relay
 impl Federation {
     /// The key `kid` of remote agent `h` valid at `ts`: from the cached log, else after pulling
     /// the log from `h`'s home relay and verifying it from its first entry (FED-8).
-    pub async fn remote_key(
+    pub(crate) async fn remote_key(
         &self,
         h: &Handle,
         kid: &KeyId,
@@ -40,7 +40,7 @@ impl Federation {
     }
 
     /// Fetches `h`'s key log from its home relay, verifies it (LOG-10) and caches it.
-    pub async fn pull_keylog(&self, h: &Handle) -> Result<(), ApiError> {
+    pub(crate) async fn pull_keylog(&self, h: &Handle) -> Result<(), ApiError> {
         let path = format!("/v1/keys/{h}");
         let (st, v) = self.call("GET", h.host(), &path, vec![], false).await?;
         if st == 404 {
@@ -86,7 +86,7 @@ impl Federation {
 
     /// Pushes a new entry of a local agent's key log to every active peer (FED-8), best effort:
     /// a peer that misses it pulls the log when an envelope names a key it does not know.
-    pub async fn push_keylog(self, entry: Value) {
+    pub(crate) async fn push_keylog(self, entry: Value) {
         if !self.engine.policy.federation.enabled {
             return;
         }

@@ -30,7 +30,7 @@ pub fn verify_descriptor(v: &Value) -> Result<(RelayHost, PublicKey), ApiError> 
 
 impl Federation {
     /// This relay asks `host` to peer (operator `peer add`, or `peer approve` answering back).
-    pub async fn ask_to_peer(&self, host: &RelayHost) -> Result<Value, ApiError> {
+    pub(crate) async fn ask_to_peer(&self, host: &RelayHost) -> Result<Value, ApiError> {
         let (st, desc) = self
             .call("GET", host, "/.well-known/formica", vec![], false)
             .await?;

@@ -61,7 +61,7 @@ fn parse_host(s: &str) -> Result<RelayHost, ApiError> {
 }
 
 /// `GET /admin/v1/peers`.
-pub async fn admin_list(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn admin_list(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = (|| {
         admin_auth(&app, &req)?;
         let st = app.engine.read();
@@ -86,7 +86,7 @@ pub async fn admin_list(AxState(app): AxState<Shared>, req: Request) -> Response
 }
 
 /// `POST /admin/v1/peers` with `{"url": "https://relay-b.example"}`: start a handshake.
-pub async fn admin_add(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn admin_add(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         admin_auth(&app, &req)?;
         federation_enabled(&app)?;
@@ -114,7 +114,7 @@ pub async fn admin_add(AxState(app): AxState<Shared>, req: Request) -> Response 
 }
 
 /// `POST /admin/v1/peers/{host}/approve`: approve a pending peering and answer back.
-pub async fn admin_approve(
+pub(crate) async fn admin_approve(
     AxState(app): AxState<Shared>,
     Path(host): Path<String>,
     req: Request,
@@ -145,7 +145,7 @@ pub async fn admin_approve(
 }
 
 /// `DELETE /admin/v1/peers/{host}`.
-pub async fn admin_remove(
+pub(crate) async fn admin_remove(
     AxState(app): AxState<Shared>,
     Path(host): Path<String>,
     req: Request,
@@ -177,7 +177,7 @@ pub const ADMIN_TOKEN_BYTES_MIN: usize = 32;
 /// existing file is refused if group or others have any permission on it, or if its token (the
 /// content without surrounding whitespace) is shorter than [`ADMIN_TOKEN_BYTES_MIN`] bytes or
 /// holds anything but visible ASCII.
-pub fn load_or_create_token(path: &std::path::Path) -> Result<String, String> {
+pub(crate) fn load_or_create_token(path: &std::path::Path) -> Result<String, String> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let shown = path.display();

@@ -20,7 +20,7 @@ use formica_protocol::pow::{self, Challenge, PowProof};
 use formica_protocol::schema::Fields;
 use formica_protocol::Handle;
 
-pub async fn challenge(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn challenge(AxState(app): AxState<Shared>, req: Request) -> Response {
     if let Err(e) = ip_limit(&app, peer(&req), req.headers()) {
         return e.into_response();
     }
@@ -44,7 +44,7 @@ pub async fn challenge(AxState(app): AxState<Shared>, req: Request) -> Response 
     )
 }
 
-pub async fn register(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn register(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         ip_limit(&app, peer(&req), req.headers())?;
         let body = read_body(req.into_body(), app.engine.policy.limits.body_bytes_max).await?;
@@ -166,7 +166,10 @@ fn remote_keylog_value(h: &Handle, r: &RemoteLog) -> Value {
     )
 }
 
-pub async fn get_keys(AxState(app): AxState<Shared>, HandleParam(handle): HandleParam) -> Response {
+pub(crate) async fn get_keys(
+    AxState(app): AxState<Shared>,
+    HandleParam(handle): HandleParam,
+) -> Response {
     let res = (|| {
         let h = parse_handle(&app, &handle)?;
         let st = app.engine.read();
@@ -183,7 +186,7 @@ pub async fn get_keys(AxState(app): AxState<Shared>, HandleParam(handle): Handle
     res.unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn post_key_entry(
+pub(crate) async fn post_key_entry(
     AxState(app): AxState<Shared>,
     HandleParam(handle): HandleParam,
     req: Request,

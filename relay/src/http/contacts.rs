@@ -24,7 +24,7 @@ async fn submit_done(app: &App, cmd: Command) -> Result<Response, ApiError> {
     }
 }
 
-pub async fn list_contacts(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn list_contacts(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         let (me, _) = auth_request(&app, req, 0).await?;
         let st = app.engine.read();
@@ -70,7 +70,7 @@ fn parse_level(body: &[u8], app: &App, required: bool) -> Result<Option<ContactL
     Ok(level)
 }
 
-pub async fn put_contact(
+pub(crate) async fn put_contact(
     AxState(app): AxState<Shared>,
     HandleParam(handle): HandleParam,
     req: Request,
@@ -94,7 +94,7 @@ pub async fn put_contact(
     res.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
-pub async fn delete_contact(
+pub(crate) async fn delete_contact(
     AxState(app): AxState<Shared>,
     HandleParam(handle): HandleParam,
     req: Request,
@@ -108,7 +108,7 @@ pub async fn delete_contact(
     res.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
-pub async fn list_requests(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn list_requests(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         let (me, _) = auth_request(&app, req, 0).await?;
         let st = app.engine.read();
@@ -166,7 +166,7 @@ async fn answer_request(app: Shared, id: String, req: Request, accept: bool) -> 
     res.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
-pub async fn accept_request(
+pub(crate) async fn accept_request(
     AxState(app): AxState<Shared>,
     IdParam(id): IdParam,
     req: Request,
@@ -174,7 +174,7 @@ pub async fn accept_request(
     answer_request(app, id, req, true).await
 }
 
-pub async fn reject_request(
+pub(crate) async fn reject_request(
     AxState(app): AxState<Shared>,
     IdParam(id): IdParam,
     req: Request,

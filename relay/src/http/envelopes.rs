@@ -1,25 +1,25 @@
-//! Envelopes (SPEC.md 15.6-15.8): one at a time or in batches. Steps 1-10 of the ingest pipeline
-//! that need no state run here, in parallel; the writer decides the rest.
+//! Envelopes (SPEC.md 15.6-15.8): one at a time or in batches. The steps of the ingest pipeline
+//! (SPEC.md 15.9) that can run in parallel run here (1-10, with 7 and 8 as early answers); the
+//! writer decides 7-10 again against the state (`engine::decide::ingest`).
 
 use super::answer::{obj, ok};
-use super::request::read_body;
-use super::Shared;
+use super::request::{read_body, take_envelopes};
+use super::{App, Shared};
 use crate::engine::decide::{Command, Outcome};
 use crate::engine::error::ApiError;
+use crate::engine::state::State;
 use axum::extract::{Request, State as AxState};
 use axum::response::{IntoResponse, Response};
 use formica_protocol::{ErrorCode, Value};
 use std::sync::atomic::Ordering;
 
-use super::request::take_envelopes;
-use super::App;
-use crate::engine::state::State;
 use formica_protocol::envelope::{MessageId, SignedEnvelope, VerifiedEnvelope};
 use formica_protocol::json::{self, JsonLimits};
 use formica_protocol::schema::Fields;
 use formica_protocol::{canon, Handle, Object, PublicKey};
 
-/// Steps 1-9 of the ingest pipeline (SPEC.md 15.9); the writer does 7-13 against the state.
+/// Steps 1-10 of the ingest pipeline (SPEC.md 15.9) at the edge; the writer decides 7-10 again
+/// against the state.
 ///
 /// 1. size limit (done by the caller when reading the body)
 /// 2. to 5. strict parse, version and type, schema, canonical signing input and id (done by
@@ -29,7 +29,7 @@ use formica_protocol::{canon, Handle, Object, PublicKey};
 /// 8. sender homed here, key valid at the envelope's time
 /// 9. strict signature check
 /// 10. per-key rate limit (the writer applies the rest of the policy)
-pub fn verify_envelope(
+pub(crate) fn verify_envelope(
     app: &App,
     se: SignedEnvelope,
 ) -> Result<Result<VerifiedEnvelope, MessageId>, ApiError> {
@@ -131,7 +131,7 @@ async fn ingest(app: &App, se: SignedEnvelope) -> Result<Outcome, ApiError> {
     }
 }
 
-pub async fn post_envelope(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn post_envelope(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         let body = read_body(req.into_body(), app.engine.policy.limits.envelope_bytes_max).await?;
         let se = SignedEnvelope::parse(&body, &app.envelope_limits())?;
@@ -147,7 +147,7 @@ pub async fn post_envelope(AxState(app): AxState<Shared>, req: Request) -> Respo
     })
 }
 
-pub async fn post_batch(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn post_batch(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         let l = &app.engine.policy.limits;
         let body = read_body(req.into_body(), l.batch_bytes_max).await?;

@@ -1,6 +1,8 @@
 //! The endpoints other relays call (SPEC.md 16.1-16.3): the peering handshake (the one a
 //! stranger may call), transfers of envelopes from a peer's agents, and pushed key log entries.
-//! Each checks the `Formica-Relay` signature first (`request::authenticate_relay`).
+//! Each checks the `Formica-Relay` signature (`request::authenticate_relay`) before it acts:
+//! transfers and pushes first of all, the handshake once it has read the descriptor that holds
+//! the key to check it with.
 
 use super::answer::{obj, ok};
 use super::request::{
@@ -20,7 +22,7 @@ use formica_protocol::schema::Fields;
 use formica_protocol::{canon, ErrorCode, Handle, Object, RelayHost, Value};
 
 /// `POST /v1/federation/peers`: another relay asks to peer.
-pub async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn handshake(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         federation_enabled(&app)?;
         // A stranger may call this endpoint, and it makes this relay fetch a descriptor:
@@ -159,7 +161,7 @@ fn app_limits(app: &App) -> JsonLimits {
 }
 
 /// `POST /v1/federation/transfer`: a peer forwards envelopes from its agents.
-pub async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         federation_enabled(&app)?;
         let l = &app.engine.policy.limits;
@@ -380,7 +382,7 @@ async fn judge_remote(
 /// `POST /v1/federation/keylog`: a peer pushes new entries of its agents' key logs. Entries
 /// for logs not cached here are ignored (they are pulled when needed); others must extend the
 /// cached log (LOG-10 step 3) or are kept as fork evidence (`keylog_fork`).
-pub async fn keylog_push(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn keylog_push(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         federation_enabled(&app)?;
         let path = path_of(&req);

@@ -11,7 +11,7 @@ use formica_protocol::{ErrorCode, Value};
 use formica_protocol::envelope::MessageId;
 use formica_protocol::Object;
 
-pub async fn message_status(
+pub(crate) async fn message_status(
     AxState(app): AxState<Shared>,
     IdParam(id): IdParam,
     req: Request,

@@ -4,9 +4,9 @@
 //!
 //! Handlers turn bytes into typed, verified values once, here, and hand them to the single
 //! writer as commands; they read the durable state but never change it (only the engine's
-//! writer can). May import: `federation`, `engine`, `store`. A handler module imports only
-//! `answer`, `request` and this module, never another handler module; `request` imports no
-//! handler.
+//! writer can). May import: `federation`, `engine`, `store`. A handler module imports the
+//! helpers (`answer`, `request`, `server`'s connection extensions) and this module, never
+//! another handler module; `request` imports no handler.
 
 pub mod admin;
 pub mod agents;

@@ -12,15 +12,15 @@ use std::sync::atomic::Ordering;
 /// The OpenAPI 3.1 document of the client API, served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
-pub async fn descriptor(AxState(app): AxState<Shared>) -> Response {
+pub(crate) async fn descriptor(AxState(app): AxState<Shared>) -> Response {
     ok(200, app.engine.descriptor())
 }
 
-pub async fn health() -> Response {
+pub(crate) async fn health() -> Response {
     ok(200, obj(vec![("status", "ok".into())]))
 }
 
-pub async fn ready(AxState(app): AxState<Shared>) -> Response {
+pub(crate) async fn ready(AxState(app): AxState<Shared>) -> Response {
     if app.engine.ready.load(Ordering::Relaxed) {
         ok(200, obj(vec![("status", "ready".into())]))
     } else {
@@ -32,20 +32,20 @@ pub async fn ready(AxState(app): AxState<Shared>) -> Response {
     }
 }
 
-pub async fn metrics(AxState(app): AxState<Shared>) -> Response {
+pub(crate) async fn metrics(AxState(app): AxState<Shared>) -> Response {
     let text = crate::engine::metrics::Metrics::render(&app.engine);
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
-pub async fn openapi() -> Response {
+pub(crate) async fn openapi() -> Response {
     ([("content-type", "application/json")], OPENAPI_JSON).into_response()
 }
 
-pub async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(
         ErrorCode::MethodNotAllowed,
         "this endpoint does not accept that method",

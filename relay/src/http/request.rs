@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 
 impl App {
     /// The strict JSON limits for a body of at most `bytes_max`.
-    pub fn json_limits(&self, bytes_max: usize) -> JsonLimits {
+    pub(crate) fn json_limits(&self, bytes_max: usize) -> JsonLimits {
         JsonLimits {
             bytes_max,
             depth_max: self.engine.policy.limits.json_depth_max,
@@ -24,7 +24,7 @@ impl App {
     }
 
     /// The limits envelopes from this relay's agents are parsed under.
-    pub fn envelope_limits(&self) -> EnvelopeLimits {
+    pub(crate) fn envelope_limits(&self) -> EnvelopeLimits {
         let policy = &self.engine.policy;
         EnvelopeLimits {
             json: self.json_limits(policy.limits.envelope_bytes_max),
@@ -43,7 +43,7 @@ impl App {
 
 /// Reads a body of at most `max` bytes; a larger one is `too_large` (also when chunked), one
 /// that is not complete by the body read deadline is `request_timeout` (`super::deadline`).
-pub async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, max).await.map_err(|e| {
         if super::deadline::is_timeout(&e) {
             ApiError::new(ErrorCode::RequestTimeout, e.to_string())
@@ -57,14 +57,14 @@ pub async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
 }
 
 /// The socket peer of a request, if the server recorded it.
-pub fn peer(req: &Request) -> Option<SocketAddr> {
+pub(crate) fn peer(req: &Request) -> Option<SocketAddr> {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
 }
 
 /// The request's path with its query, as signed requests cover it.
-pub fn path_of(req: &Request) -> String {
+pub(crate) fn path_of(req: &Request) -> String {
     req.uri()
         .path_and_query()
         .map(|p| p.as_str().to_owned())
@@ -74,7 +74,11 @@ pub fn path_of(req: &Request) -> String {
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the address
 /// that the nearest untrusted hop was seen from (see `forwarded_client`). A header from an
 /// untrusted peer is ignored.
-pub fn client_ip(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+pub(crate) fn client_ip(
+    app: &App,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
     Some(forwarded_client(peer?.ip(), &app.trusted_proxies, headers))
 }
 
@@ -88,7 +92,7 @@ pub fn client_ip(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Op
 /// brackets, and IPv4-mapped IPv6 addresses count as their IPv4 address, in the peer, the hops
 /// and the trusted list alike. A hop that does not parse before an untrusted address is found
 /// gives the peer itself, so that garbage never makes up an address.
-pub fn forwarded_client(peer: IpAddr, trusted: &[IpAddr], headers: &HeaderMap) -> IpAddr {
+pub(crate) fn forwarded_client(peer: IpAddr, trusted: &[IpAddr], headers: &HeaderMap) -> IpAddr {
     let peer = peer.to_canonical();
     let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip);
     if !is_trusted(peer) {
@@ -125,7 +129,11 @@ fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
 }
 
 /// HTTP-10: the per-address budget of requests that carry no agent signature.
-pub fn ip_limit(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn ip_limit(
+    app: &App,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     let Some(ip) = client_ip(app, peer, headers) else {
         return Ok(());
     };
@@ -142,7 +150,7 @@ pub fn ip_limit(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Res
 }
 
 /// AUTH-1..6: checks an `Authorization: Formica` header and returns the agent it proves.
-pub fn authenticate(
+pub(crate) fn authenticate(
     app: &App,
     method: &Method,
     path: &str,
@@ -212,7 +220,7 @@ pub fn authenticate(
 }
 
 /// Splits a request into what authentication needs.
-pub async fn auth_request(
+pub(crate) async fn auth_request(
     app: &App,
     req: Request,
     body_max: usize,
@@ -232,7 +240,7 @@ pub async fn auth_request(
 /// (`peer_key` given) the origin need not be a peer yet and the key is the one from its
 /// descriptor; otherwise the origin must be an active peer and the key the one learned at
 /// peering. Returns the origin.
-pub fn authenticate_relay(
+pub(crate) fn authenticate_relay(
     app: &App,
     method: &Method,
     path: &str,
@@ -295,7 +303,7 @@ pub fn authenticate_relay(
 }
 
 /// Federation endpoints answer `peer_unknown` on a relay that does not federate.
-pub fn federation_enabled(app: &App) -> Result<(), ApiError> {
+pub(crate) fn federation_enabled(app: &App) -> Result<(), ApiError> {
     if app.engine.policy.federation.enabled {
         Ok(())
     } else {
@@ -309,7 +317,7 @@ pub fn federation_enabled(app: &App) -> Result<(), ApiError> {
 /// A `{handle}` path parameter. A segment that does not percent-decode to UTF-8 is refused with
 /// the spec's error body (`invalid_handle`, HTTP-9) rather than the framework's plain-text answer.
 #[derive(Debug)]
-pub struct HandleParam(pub String);
+pub(crate) struct HandleParam(pub String);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for HandleParam {
     type Rejection = ApiError;
@@ -330,7 +338,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for HandleParam {
 
 /// An `{id}` path parameter; an undecodable one names nothing (`not_found`).
 #[derive(Debug)]
-pub struct IdParam(pub String);
+pub(crate) struct IdParam(pub String);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdParam {
     type Rejection = ApiError;
@@ -346,14 +354,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdParam {
 }
 
 /// A handle in a path or body, local ones completed with this relay's host.
-pub fn parse_handle(app: &App, s: &str) -> Result<Handle, ApiError> {
+pub(crate) fn parse_handle(app: &App, s: &str) -> Result<Handle, ApiError> {
     Handle::parse_with_home(s, &app.engine.host)
         .map_err(|e| ApiError::new(e.code(), e.to_string()).with("field", "handle".into()))
 }
 
 /// The `envelopes` array of a batch or transfer body whose schema was checked, taken out of
 /// the parsed value rather than copied.
-pub fn take_envelopes(body: Value) -> Vec<Value> {
+pub(crate) fn take_envelopes(body: Value) -> Vec<Value> {
     match body {
         Value::Object(mut o) => match o.remove("envelopes") {
             Some(Value::Array(items)) => items,

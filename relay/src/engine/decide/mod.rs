@@ -197,7 +197,7 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
     }
 }
 
-pub(super) fn agent<'s>(st: &'s State, h: &Handle) -> Result<&'s Agent, ApiError> {
+fn agent<'s>(st: &'s State, h: &Handle) -> Result<&'s Agent, ApiError> {
     st.agents
         .get(h)
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{h} is not registered here")))
