@@ -277,11 +277,43 @@ impl Ws {
         }
     }
 
-    /// Sends a client text frame (API-11: the relay ignores it).
+    /// Sends a client text frame (API-11: the relay ends the stream with 1008).
     pub fn send_text(&mut self, text: &str) -> R<()> {
         self.sock
             .send(tungstenite::Message::Text(text.into()))
             .map_err(|e| Stop::Fail(format!("GET /v1/inbox/ws: sending a frame: {e}")))
+    }
+
+    /// Sends a client ping (API-11: answered with a pong, the stream goes on).
+    pub fn send_ping(&mut self, payload: &[u8]) -> R<()> {
+        self.sock
+            .send(tungstenite::Message::Ping(payload.to_vec().into()))
+            .map_err(|e| Stop::Fail(format!("GET /v1/inbox/ws: sending a ping: {e}")))
+    }
+
+    /// Writes raw bytes on the connection (a hand-made frame), bypassing the library. A write
+    /// the relay refuses (it closed the connection) is not an error: the caller checks the end.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> R<bool> {
+        use std::io::Write;
+        let sock = self.sock.get_mut();
+        Ok(sock.write_all(bytes).and_then(|_| sock.flush()).is_ok())
+    }
+
+    /// Waits at most `within_ms` for the relay to end the connection; the close status it sent,
+    /// if any (`None`: the connection ended without a close frame). Item frames are skipped.
+    pub fn ended(&mut self, within_ms: u64) -> R<Option<u16>> {
+        let deadline = Instant::now() + Duration::from_millis(within_ms);
+        loop {
+            if Instant::now() >= deadline {
+                fail!("GET /v1/inbox/ws: not ended within {within_ms} ms");
+            }
+            match self.sock.read() {
+                Ok(tungstenite::Message::Close(c)) => return Ok(c.map(|c| u16::from(c.code))),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if timed_out(&e) => {}
+                Err(_) => return Ok(None),
+            }
+        }
     }
 
     pub fn close(mut self) {

@@ -245,16 +245,6 @@ fn a_chunked_body_over_the_limit_is_refused_with_too_large() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn agents_at_twice_their_sustainable_rate_get_429s_never_5xx_in_bounded_time_with_flat_memory() {
     // Eight agents, each allowed 600 envelopes per minute (10/s, burst 150). Each first spends

@@ -265,12 +265,10 @@ fn streamed_items_become_delivered() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn websocket_delivers_backlog_and_live_items() {
-    let (dir, r, a, b) = setup("ws");
-    let first = send(&r, &a, &b, "backlog");
+/// Opens `/v1/inbox/ws?after=0` as `peer` with the test's WebSocket client.
+fn open_ws(r: &RelayProc, peer: &Peer) -> tungstenite::WebSocket<TcpStream> {
     let path = "/v1/inbox/ws?after=0";
-    let (k, v) = b.auth("GET", path, b"");
+    let (k, v) = peer.auth("GET", path, b"");
     let req = tungstenite::http::Request::builder()
         .uri(format!("ws://{}{path}", r.addr))
         .header("Host", r.addr.clone())
@@ -288,8 +286,53 @@ fn websocket_delivers_backlog_and_live_items() {
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let (mut ws, resp) = tungstenite::client::client(req, stream).unwrap();
+    let (ws, resp) = tungstenite::client::client(req, stream).unwrap();
     assert_eq!(resp.status().as_u16(), 101);
+    ws
+}
+
+/// A masked client frame header: FIN (or not), `opcode`, and a payload of `len` bytes.
+fn frame_header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
+    let mut h = vec![if fin { 0x80 } else { 0 } | opcode];
+    if len < 126 {
+        h.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        h.push(0x80 | 126);
+        h.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        h.push(0x80 | 127);
+        h.extend_from_slice(&len.to_be_bytes());
+    }
+    h.extend_from_slice(&[0x11, 0x22, 0x33, 0x44]);
+    h
+}
+
+/// Reads until the relay ends the WebSocket; its close frame, if it sent one before ending.
+fn read_until_closed(ws: &mut tungstenite::WebSocket<TcpStream>) -> Option<(u16, String)> {
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(c)) => {
+                return c.map(|c| (u16::from(c.code), c.reason.to_string()))
+            }
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the relay did not end the WebSocket within the read timeout")
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn websocket_delivers_backlog_and_live_items() {
+    let (dir, r, a, b) = setup("ws");
+    let first = send(&r, &a, &b, "backlog");
+    let mut ws = open_ws(&r, &b);
     let mut frames = Vec::new();
     let mut live_sent = None;
     while frames.len() < 2 {
@@ -455,6 +498,83 @@ fn a_stream_consumer_that_stops_reading_is_disconnected_and_loses_nothing() {
         got.push(id_of(&s.next_event().1));
     }
     assert_eq!(got, sent);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: a client could make the relay buffer an unfinished WebSocket message of up to
+/// 64 MiB (the library's default), more than 100 MiB of RSS per connection, kept alive by pings.
+/// Now a frame announced larger than a control frame ends the connection before its payload is
+/// read, and the relay's memory does not grow with what the client sends.
+#[test]
+fn a_websocket_client_sending_a_large_unfinished_message_is_closed_at_once_and_rss_stays_flat() {
+    let (dir, r, _a, b) = setup("ws-big");
+    let pid = r.child.as_ref().unwrap().id();
+    let mut ws = open_ws(&r, &b);
+    let before = rss_kib(pid);
+    // A binary frame without FIN announcing 15 MiB, then as much of its payload as the relay
+    // takes, up to 12 MiB: the relay must close first.
+    let sock = ws.get_mut();
+    sock.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sent = 0usize;
+    let mut refused = sock.write_all(&frame_header(false, 0x2, 15 << 20)).is_err();
+    let chunk = vec![0x5au8; 64 << 10];
+    while !refused && sent < (12 << 20) {
+        match sock.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => refused = true,
+        }
+    }
+    assert!(
+        refused,
+        "the relay read all 12 MiB of an unfinished 15 MiB frame instead of closing"
+    );
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 4096,
+        "the relay's RSS grew from {before} KiB to {after} KiB while the client sent {sent} bytes"
+    );
+    // The relay still serves.
+    assert_eq!(r.request("GET", "/health", &[], b"").unwrap().0, 200);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// API-11: the inbox WebSocket is one way; a data frame from the client ends it with 1008.
+#[test]
+fn a_websocket_data_frame_from_the_client_closes_the_stream_with_a_policy_status() {
+    let (dir, r, _a, b) = setup("ws-data");
+    let mut ws = open_ws(&r, &b);
+    ws.send(tungstenite::Message::Text("{\"hello\":\"relay\"}".into()))
+        .unwrap();
+    let close = read_until_closed(&mut ws).expect("a close frame");
+    assert_eq!(close.0, 1008, "{close:?}");
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A frame the client begins must be complete within `limits.body_read_timeout_ms`, like a
+/// request body; a complete ping keeps the stream open.
+#[test]
+fn a_websocket_frame_left_unfinished_is_closed_after_the_body_read_deadline() {
+    let (dir, r, _a, b) = setup_with("ws-partial", "body_read_timeout_ms = 1000");
+    let mut ws = open_ws(&r, &b);
+    // A whole ping is answered and changes nothing.
+    ws.send(tungstenite::Message::Ping(vec![1, 2, 3].into()))
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Ten bytes of a 100-byte ping, then nothing.
+    let sock = ws.get_mut();
+    sock.write_all(&frame_header(true, 0x9, 100)).unwrap();
+    sock.write_all(&[0u8; 10]).unwrap();
+    let close = read_until_closed(&mut ws).expect("a close frame");
+    assert_eq!(close.0, 1008, "{close:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "closed before the deadline: {:?}",
+        started.elapsed()
+    );
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,7 +18,9 @@ pub fn cases() -> Vec<Case> {
         case("sse.resume", &["API-10"], "Last-Event-ID (or after) resumes exactly after that cursor, without gaps or repeats; Last-Event-ID wins", sse_resume),
         case("sse.cursor-errors", &["API-10"], "cursor errors are JSON errors before the stream starts", sse_errors).codes(&[E::InvalidCursor, E::Unauthorized]),
         case("sse.delivered", &["API-10", "DELIV-4"], "items sent on the event stream become delivered", sse_delivered),
-        case("ws.stream", &["API-11", "ENV-15"], "WebSocket frames are canonical {cursor, envelope}; new items arrive live; client text frames are ignored", ws_stream),
+        case("ws.stream", &["API-11", "ENV-15"], "WebSocket frames are canonical {cursor, envelope}; new items arrive live; a client ping changes nothing", ws_stream),
+        case("ws.data-frame", &["API-11"], "a client text frame ends the stream with close status 1008", ws_data_frame),
+        case("ws.large-frame", &["API-11"], "a client frame announced larger than a control frame ends the connection before its payload is read", ws_large_frame),
         case("ws.resume", &["API-11"], "?after= resumes after that cursor", ws_resume),
         case("stream.key-rotated", &["API-16", "API-10", "API-11"], "open SSE and WebSocket streams end with an unauthorized error once the key that opened them is rotated", stream_key_rotated).codes(&[E::Unauthorized]),
         case("ws.errors", &["API-11"], "an unauthenticated upgrade and a bad cursor are answered as HTTP errors", ws_errors).codes(&[E::InvalidCursor, E::Unauthorized]),
@@ -428,17 +430,49 @@ fn ws_stream(e: &Env<'_>) -> R {
         &[&f.sent[0], &f.sent[1]],
         "GET /v1/inbox/ws",
     )?;
-    w.send_text("{\"hello\":\"relay\"}")?;
+    w.send_ping(b"hello")?;
     let m = msg(t, &f.a, &[&f.b.handle]);
     t.send_ok(&m)?;
     check_frames(
         &w.frames(1, 5000)?,
         &[&m],
-        "GET /v1/inbox/ws (live, after a client text frame)",
+        "GET /v1/inbox/ws (live, after a client ping)",
     )?;
     w.close();
     t.wait_delivery(&f.a, &m.id, &f.b.handle, "delivered", 3000)?;
     Ok(())
+}
+
+fn ws_data_frame(e: &Env<'_>) -> R {
+    let t = e.t;
+    let f: Arc<Agent> = e.fixture("ws-data", |t| t.register("wsd"))?;
+    let mut w = ws_open(t, &f, "0")?;
+    w.send_text("{\"hello\":\"relay\"}")?;
+    match w.ended(5000)? {
+        Some(1008) => Ok(()),
+        other => fail!(
+            "GET /v1/inbox/ws: after a client text frame the relay ended with {other:?}, expected close status 1008 (API-11)"
+        ),
+    }
+}
+
+fn ws_large_frame(e: &Env<'_>) -> R {
+    let t = e.t;
+    let f: Arc<Agent> = e.fixture("ws-large", |t| t.register("wsl"))?;
+    let mut w = ws_open(t, &f, "0")?;
+    // A masked binary frame without FIN announcing 16 MiB, then 64 KiB of it: a relay that
+    // reads frames of that size would wait for the rest; one that keeps to control-frame sizes
+    // has ended the connection.
+    let mut frame = vec![0x02, 0x80 | 127];
+    frame.extend_from_slice(&(16u64 << 20).to_be_bytes());
+    frame.extend_from_slice(&[0x11, 0x22, 0x33, 0x44]);
+    frame.extend(std::iter::repeat_n(0x5a, 64 << 10));
+    w.send_raw(&frame)?;
+    w.ended(5000).map(|_| ()).map_err(|_| {
+        Stop::Fail(
+            "GET /v1/inbox/ws: a client frame announced as 16 MiB did not end the connection within 5 s; the relay buffers client frames beyond a control frame's 125 bytes (API-11)".into(),
+        )
+    })
 }
 
 fn ws_resume(e: &Env<'_>) -> R {

@@ -15,11 +15,12 @@
 
 use super::answer::ok;
 use super::request::{auth_request, authenticate};
+use super::server::{ConnHold, ReadMeter};
 use super::Shared;
 use crate::engine::decide::Command;
 use crate::engine::error::ApiError;
 use crate::engine::state::InboxItem;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -31,6 +32,19 @@ use std::time::Duration;
 
 /// Interval of SSE keep-alive comments and WebSocket pings.
 pub const KEEPALIVE_MS: u64 = 15_000;
+
+/// Largest client frame the inbox WebSocket reads, in payload bytes: a client sends only control
+/// frames (API-11), whose payload is at most 125 bytes (RFC 6455 section 5.5). A frame announced
+/// larger ends the connection before its payload is read, so a client cannot make the relay
+/// buffer a message (the library's default was 64 MiB).
+pub const WS_CLIENT_FRAME_BYTES_MAX: usize = 125;
+
+/// Read buffer of one inbox WebSocket (the library's default is 128 KiB per connection; a
+/// client's frames are at most 131 bytes).
+pub const WS_READ_BUFFER_BYTES: usize = 4096;
+
+/// The header of a masked client frame with a payload of at most 125 bytes.
+const WS_CLIENT_FRAME_HEADER_BYTES: u64 = 6;
 
 /// Longest time an idle stream goes without checking that the key that opened it is still the
 /// agent's current key (API-16). The check is also made before every page is read, so nothing
@@ -166,7 +180,7 @@ fn item_value(item: &InboxItem) -> Result<Value, ApiError> {
 }
 
 /// `GET /v1/inbox?after=CURSOR&limit=N`.
-pub async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Response {
+pub(crate) async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
         let uri = req.uri().clone();
         let (me, _) = auth_request(&app, req, 0).await?;
@@ -242,7 +256,7 @@ fn resume_cursor(
 }
 
 /// `GET /v1/inbox/stream`: Server-Sent Events.
-pub async fn sse(
+pub(crate) async fn sse(
     AxState(app): AxState<Shared>,
     method: Method,
     uri: Uri,
@@ -357,13 +371,14 @@ impl Drop for StreamGuard {
 }
 
 /// `GET /v1/inbox/ws?after=CURSOR`: WebSocket.
-pub async fn ws(
+pub(crate) async fn ws(
     AxState(app): AxState<Shared>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    hold: Option<axum::Extension<super::server::ConnHold>>,
+    hold: Option<axum::Extension<ConnHold>>,
+    meter: Option<axum::Extension<ReadMeter>>,
 ) -> Response {
     let path = uri
         .path_and_query()
@@ -384,11 +399,16 @@ pub async fn ws(
         Err(e) => return e.into_response(),
     };
     match upgrade {
-        Ok(u) => u.on_upgrade(move |socket| async move {
-            // Keep the connection's places under the connection limits while the socket lives.
-            let _hold = hold;
-            ws_loop(app, me, kid, cursor, socket).await
-        }),
+        Ok(u) => u
+            .max_frame_size(WS_CLIENT_FRAME_BYTES_MAX)
+            .max_message_size(WS_CLIENT_FRAME_BYTES_MAX)
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
+            .on_upgrade(move |socket| async move {
+                // Keep the connection's places under the connection limits while the socket lives.
+                let _hold = hold;
+                let frames = ClientFrames::new(meter.map(|m| m.0));
+                ws_loop(app, me, kid, cursor, socket, frames).await
+            }),
         Err(e) => ApiError::new(
             ErrorCode::InvalidField,
             format!("this endpoint needs a WebSocket upgrade request: {e}"),
@@ -398,7 +418,62 @@ pub async fn ws(
     }
 }
 
-async fn ws_loop(app: Shared, me: Handle, kid: KeyId, mut cursor: u64, mut socket: WebSocket) {
+/// What the client of an inbox WebSocket has sent, against the bytes read from its connection:
+/// bytes beyond the frames received are a frame the client began and has not finished.
+struct ClientFrames {
+    /// Absent only when the connection was not made by `server::serve` (tests without sockets).
+    meter: Option<ReadMeter>,
+    /// Bytes of the connection accounted for: everything before the upgrade, then each frame.
+    accounted: u64,
+    /// Since when bytes beyond `accounted` have been seen.
+    partial_since: Option<std::time::Instant>,
+}
+
+impl ClientFrames {
+    fn new(meter: Option<ReadMeter>) -> ClientFrames {
+        let accounted = meter.as_ref().map_or(0, ReadMeter::bytes);
+        ClientFrames {
+            meter,
+            accounted,
+            partial_since: None,
+        }
+    }
+
+    /// A control frame with `payload` bytes was received whole.
+    fn received(&mut self, payload: usize) {
+        self.accounted += WS_CLIENT_FRAME_HEADER_BYTES + payload as u64;
+        self.partial_since = None;
+    }
+
+    /// How long a frame the client began has been unfinished, if one is.
+    fn unfinished_for(&mut self, now: std::time::Instant) -> Option<Duration> {
+        let read = self.meter.as_ref()?.bytes();
+        if read > self.accounted {
+            Some(now - *self.partial_since.get_or_insert(now))
+        } else {
+            self.partial_since = None;
+            None
+        }
+    }
+}
+
+/// Closes an inbox WebSocket with a policy-violation status (1008) and `reason`.
+async fn close_policy(socket: &mut WebSocket, reason: &'static str) {
+    let frame = CloseFrame {
+        code: close_code::POLICY,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+async fn ws_loop(
+    app: Shared,
+    me: Handle,
+    kid: KeyId,
+    mut cursor: u64,
+    mut socket: WebSocket,
+    mut frames: ClientFrames,
+) {
     app.engine
         .metrics
         .streams
@@ -438,12 +513,25 @@ async fn ws_loop(app: Shared, me: Handle, kid: KeyId, mut cursor: u64, mut socke
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             _ = stop.changed() => {},
+            // API-11: a client sends only control frames. A frame over
+            // WS_CLIENT_FRAME_BYTES_MAX fails in the library and ends the connection at once.
             msg = socket.recv() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
+                Some(Ok(Message::Ping(p) | Message::Pong(p))) => frames.received(p.len()),
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                    close_policy(&mut socket, "the inbox WebSocket takes no data frames").await;
+                    return;
+                }
             },
             _ = ping.tick() => if socket.send(Message::Ping(Vec::new().into())).await.is_err() { return },
-            _ = recheck.tick() => {},
+            _ = recheck.tick() => {
+                // A frame the client began must be complete within the body read deadline.
+                let limit = Duration::from_millis(app.engine.policy.limits.body_read_timeout_ms);
+                if frames.unfinished_for(std::time::Instant::now()).is_some_and(|d| d >= limit) {
+                    close_policy(&mut socket, "a frame was not completed within limits.body_read_timeout_ms").await;
+                    return;
+                }
+            },
         }
     }
 }

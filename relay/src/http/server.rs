@@ -69,12 +69,15 @@ pub async fn serve(
         // upgraded from it (the handler keeps a clone), so upgraded streams count too.
         let hold = ConnHold(Arc::new((permit, ip_slot)));
         let req_hold = hold.clone();
+        let meter = ReadMeter::default();
+        let req_meter = meter.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(req_hold.clone());
+            req.extensions_mut().insert(req_meter.clone());
             router.clone().oneshot(req)
         });
-        let io = StallGuard::new(sock, stall, app.clone());
+        let io = StallGuard::new(sock, stall, app.clone(), meter);
         let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -175,15 +178,30 @@ struct StallGuard<T> {
     limit: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     app: Shared,
+    meter: ReadMeter,
+}
+
+/// The bytes read from a connection's client so far, also after an upgrade: the WebSocket
+/// inbox compares it with the bytes of the frames it has received, so that a frame the client
+/// began and did not finish is noticed (`inbox::ws`).
+#[derive(Clone, Debug, Default)]
+pub struct ReadMeter(Arc<std::sync::atomic::AtomicU64>);
+
+impl ReadMeter {
+    /// Bytes read from the client so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl<T> StallGuard<T> {
-    fn new(io: T, limit: Duration, app: Shared) -> Self {
+    fn new(io: T, limit: Duration, app: Shared, meter: ReadMeter) -> Self {
         StallGuard {
             io,
             limit,
             stalled: None,
             app,
+            meter,
         }
     }
 
@@ -220,7 +238,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for StallGuard<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before) as u64;
+        if read > 0 {
+            self.meter
+                .0
+                .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
     }
 }
 
