@@ -54,7 +54,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn fed_config(dir: &Path, dead_letter_ms: i64) -> PathBuf {
+fn fed_config(dir: &Path, dead_letter_ms: i64, extra_federation: &str) -> PathBuf {
     let base = write_config(dir);
     let mut text = std::fs::read_to_string(&base).unwrap();
     text = text.replace("[limits]\n", "[limits]\ndeadline_check_ms = 100\n");
@@ -71,7 +71,7 @@ retry_max_ms = 400
 breaker_failures = 4
 breaker_cooldown_ms = 400
 request_timeout_ms = 2000
-"#
+{extra_federation}"#
     ));
     std::fs::write(&base, text).unwrap();
     base
@@ -87,9 +87,13 @@ struct Node {
 
 impl Node {
     fn start(root: &Path, name: &str, dead_letter_ms: i64) -> Node {
+        Node::start_with(root, name, dead_letter_ms, "")
+    }
+    /// Like `start`, with extra lines in the `[federation]` table.
+    fn start_with(root: &Path, name: &str, dead_letter_ms: i64, extra_federation: &str) -> Node {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let config = fed_config(&dir, dead_letter_ms);
+        let config = fed_config(&dir, dead_letter_ms, extra_federation);
         let port = free_port();
         let proc_ = RelayProc::start_on(
             &dir.join("data"),
@@ -759,6 +763,21 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&mk(&eve2, &k1)]);
     assert_eq!(st, 200);
     assert_eq!(first_result_code(&v), "not_contact", "{v:?}");
+    // The refused envelope's sender log was fetched to check its signature, but not stored
+    // (FED-8: a log is cached only with an envelope it verified that is accepted).
+    let (st, _) = b
+        .proc_
+        .request("GET", &format!("/v1/keys/{eve2}"), &[], b"")
+        .unwrap();
+    assert_eq!(st, 404);
+    bob.allow(&b.proc_, &eve2);
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&mk(&eve2, &k1)]);
+    assert_eq!(st, 200);
+    assert_eq!(
+        result_of(&get(&v, "results").as_array().unwrap()[0]),
+        "accepted",
+        "{v:?}"
+    );
     set_log(&reg(&k2, now_ms() - 1000));
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&mk(&eve2, &k2)]);
     assert_eq!(st, 200);
@@ -812,12 +831,11 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
         "{v:?}"
     );
 
-    // Nothing was stored.
-    assert!(inbox_envelopes(&b, &bob).is_empty());
+    // Nothing was stored but the one envelope accepted in 6.
+    assert_eq!(inbox_envelopes(&b, &bob).len(), 1);
 
     // 8. A transfer retried after the peer stored it (say the answer timed out): duplicate,
     //    and the envelope is in the inbox once.
-    bob.allow(&b.proc_, &eve2);
     let good = mk(&eve2, &k1);
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&good]);
     assert_eq!(st, 200);
@@ -833,7 +851,7 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
         "duplicate",
         "{v:?}"
     );
-    assert_eq!(inbox_envelopes(&b, &bob).len(), 1);
+    assert_eq!(inbox_envelopes(&b, &bob).len(), 2);
 
     // 9. Order per sender: an envelope refused with a retryable error (here `future`) holds
     //    back the later ones from the same sender in that transfer (`unavailable`).
@@ -849,7 +867,219 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     let rs = get(&v, "results").as_array().unwrap();
     assert_eq!(error_code_of(&rs[0]), "future", "{v:?}");
     assert_eq!(error_code_of(&rs[1]), "unavailable", "{v:?}");
-    assert_eq!(inbox_envelopes(&b, &bob).len(), 1);
+    assert_eq!(inbox_envelopes(&b, &bob).len(), 2);
+}
+
+/// A key log for `h` on the fake relay: a register entry and `rotations` rotations, served by
+/// the fake; the current key is returned.
+fn long_log(keylogs: &KeyLogs, h: &Handle, seed: u8, rotations: usize) -> SecretKey {
+    let key = |i: usize| {
+        SecretKey::from_seed(
+            &[seed, (i % 251) as u8, (i / 251) as u8, 9]
+                .repeat(8)
+                .try_into()
+                .unwrap(),
+        )
+    };
+    let t0 = now_ms() - 100_000;
+    let mut entries = vec![KeyLogEntry {
+        handle: h.clone(),
+        seq: 0,
+        prev: None,
+        ts: t0,
+        op: KeyOp::Register {
+            key: key(0).public(),
+            recovery: None,
+        },
+        signer: key(0).public().key_id(),
+    }
+    .sign(&key(0))];
+    for i in 1..=rotations {
+        let prev = entries.last().unwrap().hash();
+        entries.push(
+            KeyLogEntry {
+                handle: h.clone(),
+                seq: i as i64,
+                prev: Some(prev),
+                ts: t0 + i as i64,
+                op: KeyOp::Rotate {
+                    key: key(i).public(),
+                },
+                signer: key(i - 1).public().key_id(),
+            }
+            .sign(&key(i - 1)),
+        );
+    }
+    keylogs.lock().unwrap().insert(
+        h.as_str().to_owned(),
+        obj(vec![(
+            "entries",
+            Value::Array(entries.iter().map(|e| e.value().clone()).collect()),
+        )]),
+    );
+    key(rotations)
+}
+
+fn log_events(r: &RelayProc) -> i64 {
+    let (_, text) = r.request_text("GET", "/metrics").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("formica_log_events "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Regression: a peer could grow this relay's durable store without bound with envelopes that
+/// were refused anyway. For a sender whose key log was not cached, the log was fetched from the
+/// origin and stored before the envelope's signature, recipients and policy were judged, and
+/// nothing capped the cached logs (40 envelopes with bad signatures from made-up senders with
+/// 60-entry logs added 2,400 events). Now a fetched log is stored only with an envelope it
+/// verified that is accepted, one transfer fetches at most `keylog_fetches_per_transfer_max`
+/// logs, and cached logs are capped per peer (`storage_full`, nothing evicted).
+#[test]
+fn a_peer_cannot_make_this_relay_store_key_logs_with_envelopes_it_refuses() {
+    let root = tempdir("keylog-caps");
+    let b = Node::start_with(
+        &root,
+        "b",
+        60_000,
+        "remote_keylogs_per_peer_max = 2\nkeylog_fetches_per_transfer_max = 5\n",
+    );
+    let bob = Peer::register(&b.proc_, "bob", 2);
+    let bhost = b.proc_.host();
+    let keylogs = KeyLogs::default();
+    let fake = Fake::start(keylogs.clone());
+    let body = canon::canonicalize(&obj(vec![(
+        "descriptor",
+        fake_descriptor(&fake.key, &fake.host),
+    )]));
+    let (_, (st, v)) = fake.signed(&b.proc_, &bhost, "/v1/federation/peers", &body);
+    assert_eq!(st, 201, "{v:?}");
+    // Six made-up senders on the fake, each with a 30-entry key log.
+    let senders: Vec<(Handle, SecretKey)> = (0..6u8)
+        .map(|i| {
+            let h = Handle::parse(&format!("@made{i}@{}", fake.host)).unwrap();
+            let k = long_log(&keylogs, &h, 0x90 + i, 29);
+            (h, k)
+        })
+        .collect();
+    let mk = |(from, key): &(Handle, SecretKey), text: &str| {
+        Envelope {
+            msg_type: MessageType::Message,
+            type_version: 1,
+            from: from.clone(),
+            key: key.public().key_id(),
+            to: vec![bob.handle.clone()],
+            ts: now_ms(),
+            corr: None,
+            ack_by: None,
+            payload: Payload::Message {
+                text: text.into(),
+                data: None,
+            },
+        }
+        .sign(key)
+        .unwrap()
+    };
+    let results = |v: &Value| -> Vec<String> {
+        get(v, "results")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let c = error_code_of(r);
+                if c.is_empty() {
+                    result_of(r)
+                } else {
+                    c
+                }
+            })
+            .collect()
+    };
+    let before = log_events(&b.proc_);
+
+    // 1. Bad signatures (each envelope's signature is another envelope's): all refused, and
+    //    nothing is stored, although every sender's log had to be fetched to find that out.
+    let forged: Vec<SignedEnvelope> = senders[..4]
+        .iter()
+        .map(|s| {
+            let good = mk(s, "forged");
+            let other = mk(s, "another text");
+            let mut v = good.value().clone();
+            if let Value::Object(o) = &mut v {
+                o.insert(
+                    "sig",
+                    other
+                        .value()
+                        .as_object()
+                        .unwrap()
+                        .get("sig")
+                        .unwrap()
+                        .clone(),
+                );
+            }
+            SignedEnvelope::from_value(v, &Default::default()).unwrap()
+        })
+        .collect();
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &forged.iter().collect::<Vec<_>>());
+    assert_eq!(st, 200, "{v:?}");
+    assert_eq!(results(&v), vec!["bad_signature"; 4]);
+    // 2. Good signatures, but bob has granted none of them: not_contact, nothing stored.
+    let unasked: Vec<SignedEnvelope> = senders[..4].iter().map(|s| mk(s, "hello")).collect();
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &unasked.iter().collect::<Vec<_>>());
+    assert_eq!(st, 200, "{v:?}");
+    assert_eq!(results(&v), vec!["not_contact"; 4]);
+    assert_eq!(
+        log_events(&b.proc_),
+        before,
+        "refused envelopes stored events"
+    );
+    for (h, _) in &senders {
+        let (st, _) = b
+            .proc_
+            .request("GET", &format!("/v1/keys/{h}"), &[], b"")
+            .unwrap();
+        assert_eq!(st, 404, "{h}'s key log was cached for refused envelopes");
+    }
+
+    // 3. Bob grants all six. One transfer with an envelope from each: the first two are
+    //    accepted with their logs; the next three reach remote_keylogs_per_peer_max (2) and are
+    //    refused storage_full; the sixth would be a sixth fetch (keylog_fetches_per_transfer_max
+    //    is 5) and is refused unavailable, to come again in a later transfer.
+    for (h, _) in &senders {
+        bob.allow(&b.proc_, h);
+    }
+    let granted: Vec<SignedEnvelope> = senders.iter().map(|s| mk(s, "granted")).collect();
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &granted.iter().collect::<Vec<_>>());
+    assert_eq!(st, 200, "{v:?}");
+    assert_eq!(
+        results(&v),
+        vec![
+            "accepted",
+            "accepted",
+            "storage_full",
+            "storage_full",
+            "storage_full",
+            "unavailable"
+        ]
+    );
+    for (i, (h, _)) in senders.iter().enumerate() {
+        let (st, v) = b
+            .proc_
+            .request("GET", &format!("/v1/keys/{h}"), &[], b"")
+            .unwrap();
+        if i < 2 {
+            assert_eq!(st, 200, "{v:?}");
+            assert_eq!(get(&v, "cached"), &Value::Bool(true));
+            assert_eq!(get(&v, "entries").as_array().unwrap().len(), 30);
+        } else {
+            assert_eq!(st, 404, "{h}");
+        }
+    }
+    // 4. A later envelope from a cached sender needs no fetch and no room.
+    let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&mk(&senders[0], "again")]);
+    assert_eq!(st, 200, "{v:?}");
+    assert_eq!(results(&v), vec!["accepted"]);
+    assert_eq!(inbox_envelopes(&b, &bob).len(), 3);
 }
 
 #[test]
@@ -1009,7 +1239,7 @@ fn lost_answer(name: &str, lose: Lose) {
     let inner = free_port();
     let bdir = root.join("b");
     std::fs::create_dir_all(&bdir).unwrap();
-    let bconfig = fed_config(&bdir, 60_000);
+    let bconfig = fed_config(&bdir, 60_000, "");
     let bproc = RelayProc::start_on(
         &bdir.join("data"),
         &bconfig,

@@ -33,6 +33,10 @@ enum Op {
     Forward(u8),
     /// The peer's agent sends to a local agent.
     Incoming(usize),
+    /// A new agent of the peer, whose key log is not cached, sends a contact request (true) or a
+    /// message (false, refused) to a local agent, with the log fetched for it: the log is
+    /// stored only with an accepted envelope.
+    IncomingNew(usize, bool),
     /// The peer reports its agent was handed the oldest message sent to it.
     Delivered,
 }
@@ -53,7 +57,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => a.clone().prop_map(Op::Rotate),
         3 => (a.clone(), any::<bool>()).prop_map(|(x, k)| Op::SendRemote(x, k)),
         3 => (0u8..3).prop_map(Op::Forward),
-        2 => a.prop_map(Op::Incoming),
+        2 => a.clone().prop_map(Op::Incoming),
+        2 => (a, any::<bool>()).prop_map(|(x, k)| Op::IncomingNew(x, k)),
         1 => Just(Op::Delivered),
     ]
 }
@@ -98,6 +103,7 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
         .await
         .unwrap();
     let mut sent_remote: Vec<MessageId> = Vec::new();
+    let mut fresh: u8 = 0;
     let mut agents: Vec<Option<Agent>> = (0..4).map(|_| None).collect();
     let levels = ["read", "message", "task"];
     for op in ops {
@@ -277,7 +283,65 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
                     let env = se.verify(&remote_key.public()).unwrap();
                     let _ = w
                         .submit(Command::Transfer {
-                            envs: vec![env],
+                            envs: vec![(env, None)],
+                            origin: peer.clone(),
+                        })
+                        .await;
+                }
+            }
+            Op::IncomingNew(j, ask) => {
+                if let Some(b) = &agents[j] {
+                    r.advance(1);
+                    fresh = fresh.wrapping_add(1);
+                    let k = SecretKey::from_seed(&[fresh; 32]);
+                    let h = Handle::parse(&format!("@new{fresh}@{PEER}")).unwrap();
+                    let reg = formica_protocol::KeyLogEntry {
+                        handle: h.clone(),
+                        seq: 0,
+                        prev: None,
+                        ts: r.now() - 1000,
+                        op: KeyOp::Register {
+                            key: k.public(),
+                            recovery: None,
+                        },
+                        signer: k.public().key_id(),
+                    }
+                    .sign(&k);
+                    let log = formica_protocol::KeyLog::verify(vec![reg]).unwrap();
+                    let (msg_type, payload) = if ask {
+                        (
+                            MessageType::ContactRequest,
+                            Payload::ContactRequest {
+                                level: ContactLevel::Message,
+                                note: None,
+                            },
+                        )
+                    } else {
+                        (
+                            MessageType::Message,
+                            Payload::Message {
+                                text: "a stranger".into(),
+                                data: None,
+                            },
+                        )
+                    };
+                    let se = Envelope {
+                        msg_type,
+                        type_version: 1,
+                        from: h,
+                        key: k.public().key_id(),
+                        to: vec![b.handle.clone()],
+                        ts: r.now(),
+                        corr: None,
+                        ack_by: None,
+                        payload,
+                    }
+                    .sign(&k)
+                    .unwrap();
+                    let env = se.verify(&k.public()).unwrap();
+                    let _ = w
+                        .submit(Command::Transfer {
+                            envs: vec![(env, Some(log))],
                             origin: peer.clone(),
                         })
                         .await;

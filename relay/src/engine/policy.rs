@@ -276,6 +276,23 @@ pub struct FederationPolicy {
     pub breaker_cooldown_ms: u64,
     /// Bound on one relay-to-relay request (connect, send, answer): 10 s.
     pub request_timeout_ms: u64,
+    /// Most remote agents' key logs cached here, from all peers: 100,000. A log is cached only
+    /// when an envelope its key verified is accepted (FED-8); past the cap, an envelope from a
+    /// sender whose log is not cached is refused `storage_full` (retried by its relay) and
+    /// nothing cached is evicted, since cached logs are the evidence forks are judged by.
+    pub remote_keylogs_max: usize,
+    /// Most cached key logs of agents homed on one peer: 10,000, so that one peer cannot take
+    /// the whole of `remote_keylogs_max`.
+    pub remote_keylogs_per_peer_max: usize,
+    /// Most cached key log entries in all (entries and conflicting entries kept as evidence):
+    /// 500,000, about 200 MB of entries at their usual size. A log may hold 4,096 entries
+    /// (LOG-11), so the log count alone would allow far more.
+    pub remote_keylog_entries_max: usize,
+    /// Most key logs one transfer may make this relay fetch from the origin for senders whose
+    /// log it has not cached: 16. Later envelopes from further unknown senders in that transfer
+    /// are refused `unavailable` and come again in a later transfer, so one request cannot make
+    /// the relay fetch and hold a hundred logs of up to 4,096 entries.
+    pub keylog_fetches_per_transfer_max: usize,
 }
 
 impl Default for FederationPolicy {
@@ -297,6 +314,10 @@ impl Default for FederationPolicy {
             breaker_failures: 5,
             breaker_cooldown_ms: 5_000,
             request_timeout_ms: 10_000,
+            remote_keylogs_max: 100_000,
+            remote_keylogs_per_peer_max: 10_000,
+            remote_keylog_entries_max: 500_000,
+            keylog_fetches_per_transfer_max: 16,
         }
     }
 }

@@ -174,8 +174,8 @@ fn run_batch(
             // refused by a full queue while a later one from the same sender is stored.
             let mut held = std::collections::HashSet::new();
             let mut results = Vec::with_capacity(envs.len());
-            for env in envs {
-                match decide::transfer_item(&st, &ctx, &mut held, env, &origin) {
+            for (env, fetched) in envs {
+                match decide::transfer_item(&st, &ctx, &mut held, env, fetched, &origin) {
                     Ok((events, outcome)) => {
                         apply(&mut st, events);
                         results.push(Ok(outcome));

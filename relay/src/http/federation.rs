@@ -12,6 +12,7 @@ use super::{App, Shared};
 use crate::engine::decide::{Command, Outcome};
 use crate::engine::error::ApiError;
 use crate::engine::events::PeerStatus;
+use crate::federation::keylogs::TransferFetches;
 use crate::federation::verify_descriptor;
 use axum::extract::{Request, State as AxState};
 use axum::response::{IntoResponse, Response};
@@ -207,6 +208,8 @@ pub(crate) async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Res
         // later ones from the same sender (they stay queued at the origin, in order).
         let mut held = std::collections::HashSet::new();
         let mut pending = Vec::with_capacity(items.len());
+        let mut fetches =
+            TransferFetches::new(app.engine.policy.federation.keylog_fetches_per_transfer_max);
         for item in items {
             let from = item
                 .as_object()
@@ -221,7 +224,7 @@ pub(crate) async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Res
                 .with("retry_after_s", Value::Int(1))));
                 continue;
             }
-            let r = judge_remote(&app, &origin, item).await;
+            let r = judge_remote(&app, &origin, item, &mut fetches).await;
             if let (Err(e), Some(f)) = (&r, from) {
                 if e.code.retry() != formica_protocol::error::Retry::No {
                     held.insert(f);
@@ -313,12 +316,14 @@ pub(crate) async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Res
 }
 
 /// FED-6 up to the signature: strict parse, origin, dedup, sender key from its verified key log
-/// (fetched from its home relay on a miss), strict signature. `Ok(Err(id))` is a duplicate.
+/// (fetched from its home relay on a miss, and then returned with the envelope rather than
+/// stored: FED-8), strict signature. `Ok(Err(id))` is a duplicate.
 async fn judge_remote(
     app: &App,
     origin: &RelayHost,
     item: Value,
-) -> Result<Result<VerifiedEnvelope, MessageId>, ApiError> {
+    fetches: &mut TransferFetches,
+) -> Result<Result<(VerifiedEnvelope, Option<KeyLog>), MessageId>, ApiError> {
     let l = &app.engine.policy.limits;
     let size = canon::canonical_len(&item);
     if size > l.envelope_bytes_max {
@@ -359,7 +364,7 @@ async fn judge_remote(
             .ok_or_else(|| {
                 ApiError::new(ErrorCode::PeerUnknown, format!("{origin} is not a peer"))
             })?;
-        return Ok(Ok(se.verify(&key)?));
+        return Ok(Ok((se.verify(&key)?, None)));
     }
     if env.from.host() != origin {
         return Err(ApiError::new(
@@ -375,8 +380,11 @@ async fn judge_remote(
     if app.engine.read().seen.contains(&se.id()) {
         return Ok(Err(se.id()));
     }
-    let key = app.fed.remote_key(&env.from, &env.key, env.ts).await?;
-    Ok(Ok(se.verify(&key)?))
+    let (key, fetched) = app
+        .fed
+        .remote_key(&env.from, &env.key, env.ts, fetches)
+        .await?;
+    Ok(Ok((se.verify(&key)?, fetched)))
 }
 
 /// `POST /v1/federation/keylog`: a peer pushes new entries of its agents' key logs. Entries

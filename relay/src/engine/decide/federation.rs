@@ -8,6 +8,7 @@ use crate::engine::events::{Event, PeerStatus};
 use crate::engine::policy::FederationPolicy;
 use crate::engine::state::State;
 use formica_protocol::envelope::{DeliveryState, MessageId, Payload, VerifiedEnvelope};
+use formica_protocol::keylog::KeyLog;
 use formica_protocol::{ErrorCode, Handle, Object, PublicKey, RelayHost, Value};
 use std::collections::HashSet;
 
@@ -15,11 +16,16 @@ use std::collections::HashSet;
 /// the envelopes before it: once an envelope from a sender is refused with a retryable error,
 /// the later envelopes from that sender in the same transfer (`held`) are refused with
 /// `unavailable` instead of being stored ahead of it.
+///
+/// `fetched` is the sender's key log when it was not cached and was fetched for this envelope:
+/// it is stored with the envelope if the envelope is accepted, and not at all otherwise, so
+/// that refused envelopes make this relay store nothing (FED-8).
 pub fn transfer_item(
     st: &State,
     ctx: &Ctx<'_>,
     held: &mut HashSet<Handle>,
     env: VerifiedEnvelope,
+    fetched: Option<KeyLog>,
     origin: &RelayHost,
 ) -> Decision {
     let from = env.envelope().from.clone();
@@ -30,7 +36,17 @@ pub fn transfer_item(
         )
         .with("retry_after_s", Value::Int(1)));
     }
-    let d = super::ingest::envelope(st, ctx, env, Some(origin));
+    let d = super::ingest::envelope(st, ctx, env, Some(origin), fetched.as_ref()).and_then(
+        |(events, outcome)| match fetched {
+            // The log goes in first, so that the state holds it when the envelope is applied.
+            Some(log) if !st.remote_logs.contains_key(log.handle()) => {
+                let (mut all, _) = super::keylog::remote(st, ctx, log.entries().to_vec())?;
+                all.extend(events);
+                Ok((all, outcome))
+            }
+            _ => Ok((events, outcome)),
+        },
+    );
     if let Err(e) = &d {
         if e.code.retry() != formica_protocol::error::Retry::No {
             held.insert(from);

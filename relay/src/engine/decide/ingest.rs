@@ -9,15 +9,19 @@ use crate::engine::events::Event;
 use crate::engine::policy::Tier;
 use crate::engine::state::{Agent, State};
 use formica_protocol::envelope::{Envelope, Payload, VerifiedEnvelope, VouchAction};
+use formica_protocol::keylog::KeyLog;
 use formica_protocol::{ErrorCode, Handle, RelayHost, Value};
 
 /// Steps 7-10 of the ingest pipeline (SPEC.md section 15.9) for a verified envelope; with an
-/// `origin`, the same steps for an envelope that peer forwarded (FED-6).
+/// `origin`, the same steps for an envelope that peer forwarded (FED-6). `fetched` is the
+/// sender's key log when it is not cached here and was fetched for this envelope (its key is
+/// checked against it; the caller stores it only if the envelope is accepted).
 pub(super) fn envelope(
     st: &State,
     ctx: &Ctx<'_>,
     v: VerifiedEnvelope,
     origin: Option<&RelayHost>,
+    fetched: Option<&KeyLog>,
 ) -> Decision {
     let id = v.id();
     let env = v.envelope();
@@ -42,13 +46,14 @@ pub(super) fn envelope(
             }
             st.remote_logs
                 .get(&env.from)
+                .map(|r| &r.log)
+                .or(fetched)
                 .ok_or_else(|| {
                     ApiError::new(
                         ErrorCode::UnknownKey,
                         format!("no key log for {}", env.from),
                     )
                 })?
-                .log
                 .key_at(&env.key, env.ts)
                 .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
             if !env.to.iter().any(|h| st.is_local(h)) {

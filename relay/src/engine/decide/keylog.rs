@@ -8,7 +8,7 @@ use crate::engine::events::Event;
 use crate::engine::state::State;
 use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
 use formica_protocol::pow::Challenge;
-use formica_protocol::ErrorCode;
+use formica_protocol::{ErrorCode, Value};
 
 /// Most conflicting entries kept as evidence per key log (LOG-15): one proves a fork; a few
 /// show its extent; more would let whoever holds an old key grow the log without bound.
@@ -114,6 +114,32 @@ pub(super) fn remote(st: &State, ctx: &Ctx<'_>, entries: Vec<SignedKeyLogEntry>)
     };
     let handle = first.entry().handle.clone();
     let cached = st.remote_logs.get(&handle);
+    let fed = &ctx.policy.federation;
+    // What peers can make this relay store is bounded (FED-8): new logs per peer and in all,
+    // and entries in all. Past a bound nothing is stored and nothing cached is evicted.
+    if cached.is_none() {
+        if st.remote_logs.len() >= fed.remote_keylogs_max {
+            return Err(cache_full(
+                "key logs of remote agents",
+                "remote_keylogs_max",
+                fed.remote_keylogs_max,
+            ));
+        }
+        let of_peer = st
+            .remote_logs_per_host
+            .get(handle.host())
+            .copied()
+            .unwrap_or(0);
+        if of_peer >= fed.remote_keylogs_per_peer_max {
+            return Err(cache_full(
+                &format!("key logs of agents homed on {}", handle.host()),
+                "remote_keylogs_per_peer_max",
+                fed.remote_keylogs_per_peer_max,
+            ));
+        }
+    }
+    let room =
+        |events: &[Event]| st.remote_keylog_entries + events.len() < fed.remote_keylog_entries_max;
     let have = cached.map(|c| c.log.entries()).unwrap_or(&[]);
     let mut events = Vec::new();
     let mut log: Option<KeyLog> = cached.map(|c| c.log.clone());
@@ -123,8 +149,8 @@ pub(super) fn remote(st: &State, ctx: &Ctx<'_>, entries: Vec<SignedKeyLogEntry>)
                 continue;
             }
             let known = cached.is_some_and(|c| c.conflicts.iter().any(|x| x.hash() == e.hash()));
-            let room = cached.map_or(0, |c| c.conflicts.len()) < KEYLOG_CONFLICTS_MAX;
-            if !known && room {
+            let kept = cached.map_or(0, |c| c.conflicts.len()) < KEYLOG_CONFLICTS_MAX;
+            if !known && kept && room(&events) {
                 events.push(Event::RemoteKeyLogConflict {
                     at: ctx.now,
                     entry: e,
@@ -136,6 +162,13 @@ pub(super) fn remote(st: &State, ctx: &Ctx<'_>, entries: Vec<SignedKeyLogEntry>)
             None => log = Some(KeyLog::start(e.clone())?),
             Some(l) => l.append(e.clone())?,
         }
+        if !room(&events) {
+            return Err(cache_full(
+                "entries of remote agents' key logs",
+                "remote_keylog_entries_max",
+                fed.remote_keylog_entries_max,
+            ));
+        }
         events.push(Event::RemoteKeyLog {
             at: ctx.now,
             entry: e,
@@ -143,4 +176,14 @@ pub(super) fn remote(st: &State, ctx: &Ctx<'_>, entries: Vec<SignedKeyLogEntry>)
     }
     let head = log.map(|l| l.head().hash().to_hex()).unwrap_or_default();
     Ok((events, Outcome::KeyLogAppended { seq: 0, head }))
+}
+
+/// The refusal when a bound on cached remote key logs is reached: `storage_full`, retried later
+/// by the peer (an operator may raise the bound); nothing cached is evicted.
+fn cache_full(what: &str, key: &str, max: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::StorageFull,
+        format!("this relay caches at most {max} {what} (federation.{key}); nothing was stored"),
+    )
+    .with("retry_after_s", Value::Int(3600))
 }

@@ -20,7 +20,7 @@ use formica_protocol::envelope::{
     AckStatus, ContactLevel, DeliveryState, Envelope, MessageId, MessageType, Payload,
     SignedEnvelope, VerifiedEnvelope,
 };
-use formica_protocol::keylog::SignedKeyLogEntry;
+use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
 use formica_protocol::pow::Challenge;
 use formica_protocol::{ErrorCode, Handle, PublicKey, RelayHost, SecretKey, Value};
 
@@ -82,9 +82,11 @@ pub enum Command {
     /// The envelopes of one transfer that passed the handler's checks, in transfer order. The
     /// writer decides them one after another as a single job (see [`transfer_item`]), so that
     /// order per sender (FED-9) holds whatever else is queued: the answer is
-    /// [`Outcome::Transfer`], one result per envelope.
+    /// [`Outcome::Transfer`], one result per envelope. An envelope whose sender's key log is
+    /// not cached here comes with the log fetched for it, verified from its first entry; the
+    /// log is stored only if the envelope is accepted (FED-8).
     Transfer {
-        envs: Vec<VerifiedEnvelope>,
+        envs: Vec<(VerifiedEnvelope, Option<KeyLog>)>,
         origin: RelayHost,
     },
     /// Record a peer (handshake, approval).
@@ -163,8 +165,10 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
         Command::Register { entry, challenge } => keylog::register(st, ctx, entry, challenge),
         Command::KeyLog { entry } => keylog::append(st, ctx, entry),
         Command::RemoteKeyLog { entries } => keylog::remote(st, ctx, entries),
-        Command::Envelope { env } => ingest::envelope(st, ctx, env, None),
-        Command::RemoteEnvelope { env, origin } => ingest::envelope(st, ctx, env, Some(&origin)),
+        Command::Envelope { env } => ingest::envelope(st, ctx, env, None, None),
+        Command::RemoteEnvelope { env, origin } => {
+            ingest::envelope(st, ctx, env, Some(&origin), None)
+        }
         Command::Transfer { .. } => Err(ApiError::internal(
             "a transfer is decided envelope by envelope by the writer",
         )),

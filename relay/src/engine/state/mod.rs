@@ -37,6 +37,11 @@ pub struct State {
     pub reports: BTreeMap<(Handle, Handle), i64>,
     pub peers: BTreeMap<RelayHost, PeerRecord>,
     pub remote_logs: BTreeMap<Handle, RemoteLog>,
+    /// Cached remote key logs per home relay (`federation.remote_keylogs_per_peer_max`).
+    pub remote_logs_per_host: BTreeMap<RelayHost, usize>,
+    /// Entries held by cached remote key logs, conflicts included
+    /// (`federation.remote_keylog_entries_max`).
+    pub remote_keylog_entries: usize,
     /// Per peer, envelopes still to forward, in the order they were accepted (keyed by the
     /// event number that queued them), so order per (sender, recipient) survives restarts.
     pub outbound: BTreeMap<RelayHost, BTreeMap<u64, Queued>>,
@@ -58,6 +63,8 @@ impl State {
             reports: BTreeMap::new(),
             peers: BTreeMap::new(),
             remote_logs: BTreeMap::new(),
+            remote_logs_per_host: BTreeMap::new(),
+            remote_keylog_entries: 0,
             outbound: BTreeMap::new(),
             dead_letters: 0,
             events: 0,
@@ -231,10 +238,17 @@ impl State {
                 let h = entry.entry().handle.clone();
                 match self.remote_logs.get_mut(&h) {
                     Some(r) => {
-                        let _ = r.log.append(entry.clone());
+                        if r.log.append(entry.clone()).is_ok() {
+                            self.remote_keylog_entries += 1;
+                        }
                     }
                     None => {
                         if let Ok(log) = KeyLog::start(entry.clone()) {
+                            *self
+                                .remote_logs_per_host
+                                .entry(h.host().clone())
+                                .or_default() += 1;
+                            self.remote_keylog_entries += 1;
                             self.remote_logs.insert(
                                 h,
                                 RemoteLog {
@@ -249,6 +263,7 @@ impl State {
             Event::RemoteKeyLogConflict { entry, .. } => {
                 if let Some(r) = self.remote_logs.get_mut(&entry.entry().handle) {
                     r.conflicts.push(entry.clone());
+                    self.remote_keylog_entries += 1;
                 }
             }
             Event::Transferred { at, peer, id } => {
