@@ -742,3 +742,78 @@ async fn a_full_peer_queue_refuses_new_envelopes_for_that_peer_at_ingest() {
         .await
         .expect(201, "");
 }
+
+/// Regression: the challenge table evicted its oldest challenges when full (100,000), so a
+/// client with many addresses could cancel other users' registrations in progress. Now one
+/// address holds at most `limits.challenges_per_ip_max` open challenges (`rate_limited`), the
+/// table at most `limits.challenges_max` (`unavailable`), and nothing open is dropped early.
+#[tokio::test]
+async fn challenges_are_capped_per_address_and_in_all_and_never_evicted() {
+    let mut cfg = config(4);
+    cfg.policy.limits.ip_requests_per_min = 1000;
+    cfg.policy.limits.challenges_per_ip_max = 2;
+    cfg.policy.limits.challenges_max = 3;
+    let r = TestRelay::with(
+        cfg,
+        std::sync::Arc::new(formica_relay::store::MemStore::default()),
+    );
+    let from = |ip: &str| -> std::net::SocketAddr { format!("{ip}:5000").parse().unwrap() };
+    let first = r
+        .call_from(Some(from("192.0.2.1")), "POST", "/v1/challenges", b"", &[])
+        .await;
+    first.expect(201, "");
+    let first = (
+        first.str_("challenge").to_owned(),
+        first.get("difficulty").as_i64().unwrap() as u32,
+    );
+    r.call_from(Some(from("192.0.2.1")), "POST", "/v1/challenges", b"", &[])
+        .await
+        .expect(201, "");
+    // The address's third open challenge.
+    let refused = r
+        .call_from(Some(from("192.0.2.1")), "POST", "/v1/challenges", b"", &[])
+        .await;
+    refused.expect(429, "rate_limited");
+    assert!(refused.raw.windows(13).any(|w| w == b"retry_after_s"));
+    // Another address gets one; then the table is full for everyone.
+    r.call_from(Some(from("192.0.2.2")), "POST", "/v1/challenges", b"", &[])
+        .await
+        .expect(201, "");
+    r.call_from(Some(from("192.0.2.3")), "POST", "/v1/challenges", b"", &[])
+        .await
+        .expect(503, "unavailable");
+    // The first challenge was not evicted: a registration can still use it.
+    let key = r.fresh_key();
+    let entry = r.register_entry("ann", &key);
+    let handle = formica_protocol::Handle::parse(&format!("@ann@{}", r.host())).unwrap();
+    let challenge = formica_protocol::pow::Challenge::parse_hex(&first.0).unwrap();
+    let prefix = formica_protocol::pow::preimage_prefix(
+        &r.host(),
+        &handle,
+        &key.public(),
+        &challenge,
+        first.1,
+    );
+    let nonce = formica_protocol::pow::mine(&prefix, first.1, 0, 1, 1 << 24).unwrap();
+    let proof = formica_protocol::pow::PowProof {
+        challenge,
+        difficulty: first.1,
+        nonce,
+    };
+    let mut body = Object::new();
+    body.insert("entry", entry);
+    body.insert("pow", proof.to_value());
+    r.post("/v1/register", &Value::Object(body))
+        .await
+        .expect(201, "");
+    // Its use freed a place; challenges that expire free theirs.
+    r.call_from(Some(from("192.0.2.3")), "POST", "/v1/challenges", b"", &[])
+        .await
+        .expect(201, "");
+    r.advance(config(4).policy.limits.challenge_ttl_ms + 1);
+    for ip in ["192.0.2.1", "192.0.2.1", "192.0.2.4"] {
+        r.call_from(Some(from(ip)), "POST", "/v1/challenges", b"", &[])
+            .await
+            .expect(201, "");
+    }
+}

@@ -14,9 +14,7 @@ use formica_protocol::pow::Challenge;
 use formica_protocol::Handle;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-
-/// Most outstanding challenges; older ones are dropped (they would expire anyway).
-pub const CHALLENGES_MAX: usize = 100_000;
+use std::net::IpAddr;
 
 /// Token buckets keyed by `K`, at most `max` of them.
 #[derive(Debug)]
@@ -195,11 +193,21 @@ impl Nonces {
     }
 }
 
-/// Challenges issued and not yet used or expired.
-#[derive(Debug, Default)]
+/// Challenges issued and not yet used or expired, at most `max` of them and at most `per_max`
+/// for one client address. A full table refuses new challenges rather than evicting live
+/// ones: evicting would let a client with many addresses cancel other users' registrations
+/// in progress.
+#[derive(Debug)]
 pub struct Challenges {
-    open: HashMap<Challenge, (i64, u32)>,
-    order: VecDeque<Challenge>,
+    /// challenge -> (expiry, difficulty, the address it was issued to).
+    open: HashMap<Challenge, (i64, u32, Option<IpAddr>)>,
+    /// (expiry, challenge) in issue order; the lifetime is the same for all, so also expiry
+    /// order. Used challenges stay here until they would have expired.
+    order: VecDeque<(i64, Challenge)>,
+    /// Live challenges per client address.
+    per: HashMap<IpAddr, usize>,
+    max: usize,
+    per_max: usize,
 }
 
 /// What [`Challenges::check`] found.
@@ -210,23 +218,105 @@ pub enum ChallengeState {
     Unknown,
 }
 
+/// Why [`Challenges::issue`] made no challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeRefused {
+    /// `limits.challenges_max` live challenges: `unavailable` until the oldest expires.
+    Full { retry_after_s: i64 },
+    /// This address holds `limits.challenges_per_ip_max` live challenges: `rate_limited`.
+    AddressFull { retry_after_s: i64 },
+}
+
+impl Default for Challenges {
+    fn default() -> Self {
+        let l = crate::engine::policy::Limits::default();
+        Challenges::new(l.challenges_max, l.challenges_per_ip_max)
+    }
+}
+
 impl Challenges {
-    pub fn issue(&mut self, c: Challenge, expires: i64, difficulty: u32) {
-        while self.open.len() >= CHALLENGES_MAX {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.open.remove(&old);
+    /// An empty table (`limits.challenges_max`, `limits.challenges_per_ip_max`).
+    pub fn new(max: usize, per_max: usize) -> Challenges {
+        Challenges {
+            open: HashMap::new(),
+            order: VecDeque::new(),
+            per: HashMap::new(),
+            max: max.max(1),
+            per_max: per_max.max(1),
+        }
+    }
+
+    /// Number of live (issued, unused) challenges, expired ones not yet swept included.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// True when no challenge is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Forgets challenges that expired by `now`.
+    fn sweep(&mut self, now: i64) {
+        while let Some((exp, c)) = self.order.front().copied() {
+            if exp > now {
+                break;
+            }
+            self.order.pop_front();
+            if let Some((e, _, _)) = self.open.get(&c) {
+                if *e == exp {
+                    self.forget(&c);
                 }
-                None => break,
             }
         }
-        self.open.insert(c, (expires, difficulty));
-        self.order.push_back(c);
+    }
+
+    fn forget(&mut self, c: &Challenge) {
+        if let Some((_, _, Some(ip))) = self.open.remove(c) {
+            if let Some(n) = self.per.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Records a challenge issued at `now` to `client` (when the address is known), expiring at
+    /// `expires`; refused when the table or the address has as many live challenges as it may.
+    pub fn issue(
+        &mut self,
+        c: Challenge,
+        expires: i64,
+        difficulty: u32,
+        client: Option<IpAddr>,
+        now: i64,
+    ) -> Result<(), ChallengeRefused> {
+        self.sweep(now);
+        let wait = |until: i64| ((until - now).max(1) + 999) / 1000;
+        if self.open.len() >= self.max {
+            let oldest = self.order.front().map_or(expires, |(e, _)| *e);
+            return Err(ChallengeRefused::Full {
+                retry_after_s: wait(oldest),
+            });
+        }
+        if let Some(ip) = client {
+            if self.per.get(&ip).copied().unwrap_or(0) >= self.per_max {
+                // Its oldest live challenge expires within the lifetime at the latest.
+                return Err(ChallengeRefused::AddressFull {
+                    retry_after_s: wait(expires),
+                });
+            }
+            *self.per.entry(ip).or_insert(0) += 1;
+        }
+        self.open.insert(c, (expires, difficulty, client));
+        self.order.push_back((expires, c));
+        Ok(())
     }
 
     pub fn check(&self, c: &Challenge, now: i64) -> ChallengeState {
         match self.open.get(c) {
-            Some((exp, d)) if *exp > now => ChallengeState::Open { difficulty: *d },
+            Some((exp, d, _)) if *exp > now => ChallengeState::Open { difficulty: *d },
             Some(_) => ChallengeState::Expired,
             None => ChallengeState::Unknown,
         }
@@ -234,7 +324,28 @@ impl Challenges {
 
     /// Forgets a challenge once a registration used it.
     pub fn consume(&mut self, c: &Challenge) {
-        self.open.remove(c);
+        self.forget(c);
+    }
+}
+
+impl ChallengeRefused {
+    /// The error answer: `unavailable` when the table is full, `rate_limited` when the address
+    /// is, both with `retry_after_s`.
+    pub fn to_error(self) -> crate::engine::error::ApiError {
+        use crate::engine::error::ApiError;
+        use formica_protocol::{ErrorCode, Value};
+        match self {
+            ChallengeRefused::Full { retry_after_s } => ApiError::new(
+                ErrorCode::Unavailable,
+                "this relay has as many open challenges as it may (limits.challenges_max); try again later",
+            )
+            .with("retry_after_s", Value::Int(retry_after_s)),
+            ChallengeRefused::AddressFull { retry_after_s } => ApiError::new(
+                ErrorCode::RateLimited,
+                "this address has as many open challenges as one may (limits.challenges_per_ip_max); use one or wait for it to expire",
+            )
+            .with("retry_after_s", Value::Int(retry_after_s)),
+        }
     }
 }
 

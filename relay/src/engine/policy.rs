@@ -50,6 +50,15 @@ pub struct Limits {
     pub ip_requests_per_min: u32,
     /// Lifetime of a proof-of-work challenge: 10 minutes, ample for difficulty 24 on one core.
     pub challenge_ttl_ms: i64,
+    /// Most open (issued, unused, unexpired) challenges: 100,000. Past it new challenges are
+    /// refused with `unavailable` until the oldest expire; open ones are never dropped early,
+    /// which would cancel registrations in progress. Not published.
+    pub challenges_max: usize,
+    /// Most open challenges of one client address: 32 (an agent needs one at a time; this
+    /// leaves room for many agents behind one address). Past it that address gets
+    /// `rate_limited`, so that one client cannot fill `challenges_max` for everyone. Not
+    /// published.
+    pub challenges_per_ip_max: usize,
     /// How often deadlines are checked; a timed_out receipt follows a deadline within this.
     pub deadline_check_ms: u64,
     /// Most request nonces remembered at once (AUTH-6, agent and relay requests together):
@@ -89,6 +98,8 @@ impl Default for Limits {
             write_stall_timeout_ms: 30_000,
             ip_requests_per_min: 60,
             challenge_ttl_ms: 10 * 60 * 1000,
+            challenges_max: 100_000,
+            challenges_per_ip_max: 32,
             deadline_check_ms: 250,
             nonces_max: 250_000,
             nonces_per_handle_max: 10_000,
@@ -401,8 +412,10 @@ impl Policy {
         if self.limits.nonces_max == 0
             || self.limits.nonces_per_handle_max == 0
             || self.limits.rate_limit_keys_max == 0
+            || self.limits.challenges_max == 0
+            || self.limits.challenges_per_ip_max == 0
         {
-            return Err("limits.nonces_max, limits.nonces_per_handle_max and limits.rate_limit_keys_max must be positive".into());
+            return Err("limits.nonces_max, limits.nonces_per_handle_max, limits.rate_limit_keys_max, limits.challenges_max and limits.challenges_per_ip_max must be positive".into());
         }
         if self.tiers.is_empty() {
             return Err("at least one tier is required".into());

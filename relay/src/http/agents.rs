@@ -2,7 +2,7 @@
 //! reads (local, or cached remote ones) and key log changes (rotate, revoke, recover, move).
 
 use super::answer::{obj, ok};
-use super::request::{ip_limit, parse_handle, peer, read_body, HandleParam};
+use super::request::{client_ip, ip_limit, parse_handle, peer, read_body, HandleParam};
 use super::Shared;
 use crate::engine::decide::{Command, Outcome};
 use crate::engine::error::ApiError;
@@ -29,10 +29,15 @@ pub(crate) async fn challenge(AxState(app): AxState<Shared>, req: Request) -> Re
     let c = Challenge(c);
     let expires = app.engine.now() + app.engine.policy.limits.challenge_ttl_ms;
     let difficulty = app.engine.policy.pow_difficulty;
-    app.challenges
+    let client = client_ip(&app, peer(&req), req.headers());
+    let issued = app
+        .challenges
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .issue(c, expires, difficulty);
+        .issue(c, expires, difficulty, client, app.engine.now());
+    if let Err(r) = issued {
+        return r.to_error().into_response();
+    }
     ok(
         201,
         obj(vec![

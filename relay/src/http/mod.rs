@@ -58,7 +58,10 @@ impl App {
     pub fn new(engine: Arc<Engine>, trusted_proxies: Vec<IpAddr>) -> App {
         let limits = &engine.policy.limits;
         App {
-            challenges: Mutex::default(),
+            challenges: Mutex::new(Challenges::new(
+                limits.challenges_max,
+                limits.challenges_per_ip_max,
+            )),
             nonces: Mutex::new(Nonces::new(limits.nonces_max, limits.nonces_per_handle_max)),
             key_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
             ip_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
