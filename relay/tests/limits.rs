@@ -245,6 +245,31 @@ fn a_chunked_body_over_the_limit_is_refused_with_too_large() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Regression: a body declared larger than the limit (`Content-Length: 1000000000`) with two
+/// bytes sent was held until the body read deadline and answered 408; HTTP-2 wants
+/// `too_large`, and there is no reason to wait for bytes that will be refused anyway.
+#[test]
+fn a_body_declared_over_the_limit_is_refused_too_large_without_waiting_for_it() {
+    let (dir, r) = setup("declared", "");
+    for path in ["/v1/envelopes", "/v1/envelopes/batch", "/v1/register"] {
+        let mut s = TcpStream::connect(&r.addr).unwrap();
+        // Well inside the 10 s body read deadline: a 408 cannot arrive before this timeout.
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n{{}}").as_bytes(),
+        )
+        .unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 413"), "{path}: {text}");
+        assert!(text.contains("\"too_large\""), "{path}: {text}");
+    }
+    assert_eq!(r.request("GET", "/health", &[], b"").unwrap().0, 200);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn agents_at_twice_their_sustainable_rate_get_429s_never_5xx_in_bounded_time_with_flat_memory() {
     // Eight agents, each allowed 600 envelopes per minute (10/s, burst 150). Each first spends

@@ -45,6 +45,7 @@ pub fn cases() -> Vec<Case> {
             ensure!(e.t.http.is_tls() || loopback, "{} is plain HTTP on a non-loopback host (HTTP-1)", e.t.http.base());
             Ok(())
         }),
+        case("http.declared-too-large", &["HTTP-2", "JSON-1"], "a body declared larger than the limit (Content-Length) is refused too_large before the body read time", declared_too_large).codes(&[ErrorCode::TooLarge]),
         case("http.body-timeout", &["HTTP-14"], "a request whose body stops arriving is answered 408 request_timeout within limits.body_read_timeout_ms", body_timeout)
             .codes(&[ErrorCode::RequestTimeout]),
         case("time.clock-sync", &["TIME-6"], "the relay's clock agrees with the suite's within a tenth of the skew", |e| {
@@ -573,33 +574,23 @@ fn admin_closed(e: &Env<'_>) -> R {
     Ok(())
 }
 
-/// Runs last: it uses up the suite's per-IP budget of the unauthenticated endpoints.
-/// HTTP-14: headers and the start of a body, then silence. The relay must answer 408
-/// `request_timeout` once `limits.body_read_timeout_ms` has passed (plain HTTP targets only:
-/// the case writes the request on a raw socket).
-fn body_timeout(e: &Env<'_>) -> R {
+/// Writes `request` on a raw socket to the relay and reads the answer (headers plus
+/// Content-Length bytes, or until the relay closes), waiting at most `wait`. Plain HTTP only.
+/// The answer and the milliseconds from the write to its end.
+fn raw_exchange(
+    t: &crate::target::Target,
+    what: &str,
+    request: &[u8],
+    wait: std::time::Duration,
+) -> R<(crate::http::Resp, i64)> {
     use std::io::{Read, Write};
-    let t = e.t;
-    let d = t.descriptor.clone().map_err(Stop::Fail)?;
-    let limit = req_int(&d, &["limits", "body_read_timeout_ms"])?;
-    if t.http.is_tls() {
-        skip!("the case writes a slow body on a raw socket, which needs a plain-HTTP relay");
-    }
-    if limit > 30_000 {
-        skip!("limits.body_read_timeout_ms is {limit}; the case waits at most 30 s");
-    }
     let fail = |why: String| Stop::Fail(why);
     let mut sock = std::net::TcpStream::connect(t.http.authority())
         .map_err(|err| fail(format!("connect: {err}")))?;
-    let wait = std::time::Duration::from_millis(u64::try_from(limit).unwrap_or(0) + 5_000);
     sock.set_read_timeout(Some(wait))
         .map_err(|err| fail(err.to_string()))?;
-    let head = format!(
-        "POST /v1/envelopes HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{{\"v\":",
-        t.http.authority()
-    );
     let started = std::time::Instant::now();
-    sock.write_all(head.as_bytes())
+    sock.write_all(request)
         .map_err(|err| fail(format!("write: {err}")))?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
@@ -612,7 +603,7 @@ fn body_timeout(e: &Env<'_>) -> R {
             Err(err) => {
                 if raw.is_empty() {
                     return Err(fail(format!(
-                        "no answer {} ms after the body stopped (limits.body_read_timeout_ms {limit}): {err} (HTTP-14)",
+                        "{what}: no answer within {} ms: {err}",
                         started.elapsed().as_millis()
                     )));
                 }
@@ -634,13 +625,13 @@ fn body_timeout(e: &Env<'_>) -> R {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| fail("the answer has no complete header (HTTP-14)".into()))?;
+        .ok_or_else(|| fail(format!("{what}: the answer has no complete header")))?;
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| fail(format!("no status line in {head:?}")))?;
+        .ok_or_else(|| fail(format!("{what}: no status line in {head:?}")))?;
     let headers = head
         .lines()
         .skip(1)
@@ -649,17 +640,78 @@ fn body_timeout(e: &Env<'_>) -> R {
         .collect();
     let body = raw[end + 4..].to_vec();
     let resp = crate::http::Resp {
-        what: "POST /v1/envelopes (slow body)".into(),
+        what: what.into(),
         status,
         headers,
         json: crate::http::strict_parse(&body),
         raw: body,
     };
+    Ok((resp, elapsed))
+}
+
+/// Runs last: it uses up the suite's per-IP budget of the unauthenticated endpoints.
+/// HTTP-14: headers and the start of a body, then silence. The relay must answer 408
+/// `request_timeout` once `limits.body_read_timeout_ms` has passed (plain HTTP targets only:
+/// the case writes the request on a raw socket).
+fn body_timeout(e: &Env<'_>) -> R {
+    let t = e.t;
+    let d = t.descriptor.clone().map_err(Stop::Fail)?;
+    let limit = req_int(&d, &["limits", "body_read_timeout_ms"])?;
+    if t.http.is_tls() {
+        skip!("the case writes a slow body on a raw socket, which needs a plain-HTTP relay");
+    }
+    if limit > 30_000 {
+        skip!("limits.body_read_timeout_ms is {limit}; the case waits at most 30 s");
+    }
+    let wait = std::time::Duration::from_millis(u64::try_from(limit).unwrap_or(0) + 5_000);
+    let head = format!(
+        "POST /v1/envelopes HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{{\"v\":",
+        t.http.authority()
+    );
+    let (resp, elapsed) = raw_exchange(t, "POST /v1/envelopes (slow body)", head.as_bytes(), wait)
+        .map_err(|err| match err {
+            Stop::Fail(m) => Stop::Fail(format!(
+                "{m} (limits.body_read_timeout_ms {limit}, HTTP-14)"
+            )),
+            other => other,
+        })?;
     resp.expect_error(ErrorCode::RequestTimeout)?;
     ensure!(
         elapsed + 500 >= limit,
         "request_timeout after {elapsed} ms, before limits.body_read_timeout_ms {limit} (HTTP-14)"
     );
+    Ok(())
+}
+
+/// HTTP-2: a body declared (Content-Length) larger than the limit is refused `too_large` without
+/// waiting for it: the relay must answer before its body read time would end the request.
+fn declared_too_large(e: &Env<'_>) -> R {
+    let t = e.t;
+    let d = t.descriptor.clone().map_err(Stop::Fail)?;
+    let limit = req_int(&d, &["limits", "body_read_timeout_ms"])?;
+    if t.http.is_tls() {
+        skip!("the case writes a request on a raw socket, which needs a plain-HTTP relay");
+    }
+    let declared = (t.published.envelope_bytes_max as u64).saturating_mul(1000);
+    let head = format!(
+        "POST /v1/envelopes HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n{{}}",
+        t.http.authority()
+    );
+    // Well before the body read time: an answer only at its end is the 408 of HTTP-14.
+    let wait = std::time::Duration::from_millis(u64::try_from(limit / 2).unwrap_or(0).max(500));
+    let (resp, _) = raw_exchange(
+        t,
+        "POST /v1/envelopes (declared too large)",
+        head.as_bytes(),
+        wait,
+    )
+    .map_err(|err| match err {
+        Stop::Fail(m) => Stop::Fail(format!(
+            "{m}; a body declared as {declared} bytes must be refused too_large at once (HTTP-2)"
+        )),
+        other => other,
+    })?;
+    resp.expect_error(ErrorCode::TooLarge)?;
     Ok(())
 }
 
@@ -680,11 +732,23 @@ fn ip_rate_limit(e: &Env<'_>) -> R {
                 Stop::Fail(m) => Stop::Fail(format!("challenge request {}: {m}", n + 1)),
                 other => other,
             })?;
-        // Registration shares the per-IP limit and checks it first (REG-1 step 1).
-        t.http
-            .post("/v1/register", b"{}")?
-            .expect_error(ErrorCode::RateLimited)?;
-        return Ok(());
+        // Registration shares the per-IP limit and checks it first (REG-1 step 1). The refused
+        // challenge may have met the relay's cap on open challenges per address (API-3) before
+        // the address's request budget was spent, so registration requests go on until the
+        // budget is (each is answered before its body is looked at once it is).
+        for m in 0..budget {
+            let r = t.http.post("/v1/register", b"{}")?;
+            if r.code() == Some(ErrorCode::RateLimited.as_str()) {
+                return r.expect_error(ErrorCode::RateLimited).map(|_| ());
+            }
+            ensure!(
+                r.status == 400,
+                "registration request {}: expected rate_limited or the missing_field of an empty body, got {} (HTTP-10, REG-1)",
+                m + 1,
+                r.brief()
+            );
+        }
+        fail!("{budget} registration requests from one address were all answered after its challenges were rate limited; the relay publishes ip_requests_per_min {per_min} (HTTP-10, REG-1)")
     }
     fail!("{budget} challenge requests from one address within a minute were all answered; the relay publishes ip_requests_per_min {per_min} (HTTP-10)")
 }

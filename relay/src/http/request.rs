@@ -43,7 +43,16 @@ impl App {
 
 /// Reads a body of at most `max` bytes; a larger one is `too_large` (also when chunked), one
 /// that is not complete by the body read deadline is `request_timeout` (`super::deadline`).
+/// A body whose declared length (`Content-Length`) is over `max` is refused at once, before
+/// any of it is read (HTTP-2): the client is not waited for.
 pub(crate) async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let declared = hyper::body::Body::size_hint(&body).lower();
+    if declared > max as u64 {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("the body is declared as {declared} bytes, more than {max}"),
+        ));
+    }
     axum::body::to_bytes(body, max).await.map_err(|e| {
         if super::deadline::is_timeout(&e) {
             ApiError::new(ErrorCode::RequestTimeout, e.to_string())
