@@ -245,6 +245,65 @@ fn a_chunked_body_over_the_limit_is_refused_with_too_large() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Behind a trusted proxy, one client could hold all of the proxy's `connections_per_ip_max`
+/// places, locking out every other client of the proxy. With `connections_per_ip_forwarded`,
+/// the proxy's connections count only under `connections_max`, and each request holds a place
+/// of its forwarded client while it is served: a client at its cap gets 429, others go on.
+#[test]
+fn behind_a_trusted_proxy_the_per_address_cap_can_count_forwarded_clients() {
+    let dir = std::env::temp_dir().join(format!(
+        "formica-fwd-cap-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config_with(
+        &dir,
+        "connections_per_ip_max = 2\nconnections_per_ip_forwarded = true",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("trusted_proxies = [\"127.0.0.1\"]\n{text}"),
+    )
+    .unwrap();
+    let r = RelayProc::start(&dir.join("data"), &config);
+    // A request that stays open: headers, then a body that does not come (the body read
+    // deadline is 10 s).
+    let open = |client: &str| {
+        let mut s = TcpStream::connect(&r.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            format!("POST /v1/envelopes HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        s
+    };
+    let answer = |s: &mut TcpStream| {
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Two open requests of one client: its cap. (Three connections from the proxy's own
+    // address: over connections_per_ip_max, which no longer counts the proxy.)
+    let _a = open("192.0.2.1");
+    let _b = open("192.0.2.1");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = open("192.0.2.1");
+    let text = answer(&mut c);
+    assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+    assert!(text.contains("rate_limited"), "{text}");
+    // Another client of the same proxy is served.
+    let mut d = TcpStream::connect(&r.addr).unwrap();
+    d.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    d.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.2\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let text = answer(&mut d);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Regression: a body declared larger than the limit (`Content-Length: 1000000000`) with two
 /// bytes sent was held until the body read deadline and answered 408; HTTP-2 wants
 /// `too_large`, and there is no reason to wait for bytes that will be refused anyway.

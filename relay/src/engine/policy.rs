@@ -34,6 +34,15 @@ pub struct Limits {
     /// Most simultaneous connections from one client address, so that one client holding idle
     /// or slow connections cannot take every slot (`/health` keeps answering others).
     pub connections_per_ip_max: usize,
+    /// Behind a trusted proxy (`trusted_proxies`), count `connections_per_ip_max` against the
+    /// forwarded client address instead of the proxy's: off by default. On, a connection from
+    /// a trusted proxy is bounded only by `connections_max`, and each request on it holds a
+    /// place of its forwarded client for as long as it is served (a stream, as long as it is
+    /// open); a client over the cap gets 429 `rate_limited`. Off, every client shares the
+    /// proxy's places, and one client holding slow connections can lock the others out. A
+    /// client's connection still has to send its headers before its address is known, so the
+    /// proxy should bound header time per client too. Not published.
+    pub connections_per_ip_forwarded: bool,
     /// Time a client has to send its request headers.
     pub header_read_timeout_ms: u64,
     /// Time a client has, once its headers are in, to send the whole request body: 10 s, ample
@@ -93,6 +102,7 @@ impl Default for Limits {
             contact_requests_pending_max: 100,
             connections_max: 4096,
             connections_per_ip_max: 256,
+            connections_per_ip_forwarded: false,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             write_stall_timeout_ms: 30_000,

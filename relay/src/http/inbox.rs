@@ -15,7 +15,7 @@
 
 use super::answer::ok;
 use super::request::{auth_request, authenticate};
-use super::server::{ConnHold, ReadMeter};
+use super::server::{ClientHold, ConnHold, ReadMeter};
 use super::Shared;
 use crate::engine::decide::Command;
 use crate::engine::error::ApiError;
@@ -378,6 +378,7 @@ pub(crate) async fn ws(
     uri: Uri,
     headers: HeaderMap,
     hold: Option<axum::Extension<ConnHold>>,
+    client_hold: Option<axum::Extension<ClientHold>>,
     meter: Option<axum::Extension<ReadMeter>>,
 ) -> Response {
     let path = uri
@@ -405,7 +406,7 @@ pub(crate) async fn ws(
             .read_buffer_size(WS_READ_BUFFER_BYTES)
             .on_upgrade(move |socket| async move {
                 // Keep the connection's places under the connection limits while the socket lives.
-                let _hold = hold;
+                let _hold = (hold, client_hold);
                 let frames = ClientFrames::new(meter.map(|m| m.0));
                 ws_loop(app, me, kid, cursor, socket, frames).await
             }),

@@ -1,13 +1,19 @@
 //! The HTTP server loop: accepts connections up to `connections_max` in all and
-//! `connections_per_ip_max` per client address (further ones are closed at once), gives each
+//! `connections_per_ip_max` per client address (further ones are closed at once; behind a
+//! trusted proxy with `connections_per_ip_forwarded`, per forwarded client and request), gives each
 //! client `header_read_timeout_ms` to send its request headers, closes a connection whose client
 //! has taken nothing of what the relay sends for `write_stall_timeout_ms` (`StallGuard`), serves
 //! HTTP/1.1 with upgrades (WebSocket), and on shutdown stops accepting and drains open
 //! connections for at most a bounded time.
 
+use super::request::forwarded_client;
 use super::Shared;
+use crate::engine::error::ApiError;
+use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use axum::Router;
+use formica_protocol::{ErrorCode, Value};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
@@ -59,9 +65,23 @@ pub async fn serve(
             drop(sock);
             continue;
         };
-        let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), limits.connections_per_ip_max) else {
-            drop(sock);
-            continue;
+        // Behind a trusted proxy, optionally, the per-address cap is the forwarded client's,
+        // taken per request below; the proxy's connection counts only under connections_max.
+        let by_client = limits.connections_per_ip_forwarded
+            && app
+                .trusted_proxies
+                .iter()
+                .any(|t| t.to_canonical() == peer.ip().to_canonical());
+        let ip_slot = if by_client {
+            None
+        } else {
+            match IpSlot::take(&per_ip, peer.ip(), limits.connections_per_ip_max) {
+                Some(s) => Some(s),
+                None => {
+                    drop(sock);
+                    continue;
+                }
+            }
         };
         let _ = sock.set_nodelay(true);
         let router = router.clone();
@@ -71,11 +91,35 @@ pub async fn serve(
         let req_hold = hold.clone();
         let meter = ReadMeter::default();
         let req_meter = meter.clone();
+        let (per_ip, app_req, per_ip_max) =
+            (per_ip.clone(), app.clone(), limits.connections_per_ip_max);
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(req_hold.clone());
             req.extensions_mut().insert(req_meter.clone());
-            router.clone().oneshot(req)
+            let router = router.clone();
+            let client = by_client
+                .then(|| forwarded_client(peer.ip(), &app_req.trusted_proxies, req.headers()));
+            let slot = client.map(|c| IpSlot::take(&per_ip, c, per_ip_max));
+            async move {
+                match slot {
+                    None => router.oneshot(req).await,
+                    Some(None) => Ok(ApiError::new(
+                        ErrorCode::RateLimited,
+                        "this client has as many requests open as one address may have connections (limits.connections_per_ip_max)",
+                    )
+                    .with("retry_after_s", Value::Int(1))
+                    .into_response()),
+                    Some(Some(slot)) => {
+                        // Held by the request (a WebSocket keeps it, `inbox::ws`) and by the
+                        // answer's body until it is sent (a stream, until it ends).
+                        let hold = ClientHold(Arc::new(slot));
+                        req.extensions_mut().insert(hold.clone());
+                        let resp = router.oneshot(req).await?;
+                        Ok(resp.map(|inner| Body::new(HeldBody { inner, _hold: hold })))
+                    }
+                }
+            }
         });
         let io = StallGuard::new(sock, stall, app.clone(), meter);
         let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
@@ -117,10 +161,49 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// A connection's place under `connections_max` and `connections_per_ip_max`; the places are
+/// A connection's place under `connections_max` and `connections_per_ip_max` (none under the
+/// latter for a trusted proxy's connection with `connections_per_ip_forwarded`); the places are
 /// released when the last clone is dropped.
 #[derive(Clone)]
-pub struct ConnHold(#[allow(dead_code)] Arc<(tokio::sync::OwnedSemaphorePermit, IpSlot)>);
+pub struct ConnHold(#[allow(dead_code)] Arc<(tokio::sync::OwnedSemaphorePermit, Option<IpSlot>)>);
+
+/// A request's place of its forwarded client under `connections_per_ip_max`
+/// (`connections_per_ip_forwarded`); released when the request, its answer's body and any
+/// WebSocket upgraded from it are done.
+#[derive(Clone)]
+pub struct ClientHold(#[allow(dead_code)] Arc<IpSlot>);
+
+impl std::fmt::Debug for ClientHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientHold")
+    }
+}
+
+/// An answer's body that keeps its request's [`ClientHold`] until it is sent.
+struct HeldBody {
+    inner: Body,
+    _hold: ClientHold,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl std::fmt::Debug for ConnHold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
