@@ -6,8 +6,8 @@ signatures, key logs whose chains and signatures check, request authentication h
 are named by the SHA-1 of their content, as libFuzzer names corpus files, so running this again
 writes the same files. It also writes seeds/protocol.dict, a libFuzzer dictionary (`-dict=`) of
 the protocol's words: the lower-case string literals of the protocol crate's sources (field
-names, types, statuses, actions, error codes) as JSON strings, then relay_http's record separator
-and its id references "$0" to "$3". So --check also fails when a word-like literal is added to
+names, types, statuses, actions, error codes) as JSON strings, then relay_http's (and
+relay_federation's) record separator and its id references "$0" to "$3". So --check also fails when a word-like literal is added to
 or removed from protocol-spec/src: run make_seeds.py again and commit what it writes.
 Standard library only; run from anywhere.
 
@@ -158,6 +158,26 @@ def generate():
     write("relay_http", SEP.join([b"\x05" + compact(ask), b"\x06" + compact(answer), day]))
     # The same message left unacknowledged: the day makes it time out.
     write("relay_http", SEP.join([b"\x05" + compact(ask), day]))
+
+    # relay_federation: records as in relay_http, the modes of relay_federation.rs: 0 transfer,
+    # 1 key log push, 2 handshake (raw bodies, signed by the peer), 3 and 4 envelope fields
+    # signed as @rem@192.0.2.1 and as the peer relay, in a transfer; 5 as @bob, posted; 6 clock.
+    bob, rem = "@bob@relay-a.example", "@rem@192.0.2.1"
+    write("relay_federation", b"\x00" + b'{"envelopes":[' + b",".join(wires[:3]) + b'],"txn":"t1"}')
+    for c in invalid[:8]:
+        write("relay_federation", b"\x00" + b'{"envelopes":[' + raw(c) + b'],"txn":"t2"}')
+    for c in keylogs["valid"][:4]:
+        write("relay_federation", b"\x01" + compact({"entries": c["entries"]}))
+    write("relay_federation", b"\x02" + compact({"descriptor": {}}))
+    for c in valid:
+        write("relay_federation", b"\x03" + compact(dict(c["envelope"], to=[bob])))
+    # Bob asks @rem for an ack ("$0" is its id); the peer's delivery notice; rem's ack; a day.
+    ask_rem = dict(msg, to=[rem], ack_by=60_000)
+    receipt = next(c["envelope"] for c in valid if c["envelope"]["type"] == "receipt")
+    notice = dict(receipt, to=[bob], payload={"msg": "$0", "recipient": rem, "status": "delivered"})
+    rem_ack = dict(ack, to=[bob], payload=dict(ack["payload"], msg="$0"))
+    write("relay_federation", SEP.join([b"\x05" + compact(ask_rem), b"\x04" + compact(notice), b"\x03" + compact(rem_ack), b"\x06" + day[1:]]))
+    write("relay_federation", SEP.join([b"\x05" + compact(ask_rem), b"\x06" + day[1:]]))
 
 
 if __name__ == "__main__":
