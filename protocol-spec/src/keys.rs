@@ -22,6 +22,9 @@ pub enum Domain {
     Receipt,
     /// A key log entry.
     KeyLog,
+    /// A proof of possession of a key that a key log entry introduces (`key_sig`,
+    /// `recovery_sig`; LOG-2).
+    KeyLogPop,
     /// An agent's authenticated HTTP request.
     Request,
     /// A relay's signed descriptor.
@@ -36,10 +39,11 @@ pub enum Domain {
 
 impl Domain {
     /// Every domain, for tests that check the tags are prefix-free.
-    pub const ALL: [Domain; 8] = [
+    pub const ALL: [Domain; 9] = [
         Domain::Envelope,
         Domain::Receipt,
         Domain::KeyLog,
+        Domain::KeyLogPop,
         Domain::Request,
         Domain::Descriptor,
         Domain::RelayRequest,
@@ -53,6 +57,7 @@ impl Domain {
             Domain::Envelope => b"formica/v1/envelope\0",
             Domain::Receipt => b"formica/v1/receipt\0",
             Domain::KeyLog => b"formica/v1/keylog\0",
+            Domain::KeyLogPop => b"formica/v1/keylog-pop\0",
             Domain::Request => b"formica/v1/request\0",
             Domain::Descriptor => b"formica/v1/descriptor\0",
             Domain::RelayRequest => b"formica/v1/relay-request\0",

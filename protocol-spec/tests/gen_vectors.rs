@@ -980,19 +980,56 @@ struct LogBuilder {
     entries: Vec<Value>,
     head: Option<String>,
     ts: i64,
+    /// Secret keys the builder may prove possession of (LOG-2), found by their public key.
+    holders: Vec<SecretKey>,
 }
 
 impl LogBuilder {
-    fn new(handle: &Handle) -> LogBuilder {
+    fn new(handle: &Handle, holders: &[&SecretKey]) -> LogBuilder {
         LogBuilder {
             handle: handle.clone(),
             entries: vec![],
             head: None,
             ts: T0,
+            holders: holders.iter().map(|k| (*k).clone()).collect(),
         }
     }
-    /// Appends an entry built from `op` fields, signed by `signer`, and returns its value.
+    /// Appends an entry built from `op` fields, with the proofs of possession its keys need
+    /// (`key` of a rotate or recover, any `recovery`) when the builder holds their secret keys,
+    /// signed by `signer`; returns its value.
     fn push(&mut self, op: &str, fields: &[(&str, Value)], signer: &SecretKey) -> Value {
+        let holder = |v: &Value| {
+            self.holders
+                .iter()
+                .find(|k| Some(k.public().to_hex().as_str()) == v.as_str())
+                .cloned()
+        };
+        let mut proofs = Vec::new();
+        for (name, v) in fields {
+            let proof = match (*name, op) {
+                ("key", "rotate" | "recover") => "key_sig",
+                ("recovery", _) => "recovery_sig",
+                _ => continue,
+            };
+            if let Some(k) = holder(v) {
+                proofs.push((proof, k));
+            }
+        }
+        let proofs: Vec<(&str, &SecretKey, Domain)> = proofs
+            .iter()
+            .map(|(p, k)| (*p, k, Domain::KeyLogPop))
+            .collect();
+        self.push_proved(op, fields, &proofs, signer)
+    }
+    /// Appends an entry with exactly the given proofs: each member `(name, key, domain)` is
+    /// `key`'s signature under `domain` over the entry without `sig` and proofs.
+    fn push_proved(
+        &mut self,
+        op: &str,
+        fields: &[(&str, Value)],
+        proofs: &[(&str, &SecretKey, Domain)],
+        signer: &SecretKey,
+    ) -> Value {
         let mut o = vec![
             ("v", i(1)),
             ("handle", s(self.handle.as_str())),
@@ -1005,7 +1042,12 @@ impl LogBuilder {
         o.push(("op", s(op)));
         o.extend(fields.iter().cloned());
         o.push(("signer", s(&signer.public().key_id().to_hex())));
-        let unsigned = obj(&o);
+        let mut unsigned = obj(&o);
+        let proof_content = canonicalize(&unsigned);
+        for (name, key, domain) in proofs {
+            let sig = key.sign(*domain, &proof_content);
+            unsigned = with(&unsigned, name, s(&sig.to_hex()));
+        }
         let hash = blake3::hash(&Domain::KeyLog.input(&canonicalize(&unsigned)));
         let v = sign_raw(Domain::KeyLog, unsigned, signer);
         self.head = Some(hex::encode(hash.as_bytes()));
@@ -1032,6 +1074,7 @@ fn gen_keylogs() -> Value {
     use ErrorCode::*;
     let kev = h("@kevin@relay-a.example");
     let (k1, k2, k3, k4, r1, r2) = (sk(1), sk(0x21), sk(0x31), sk(0x51), sk(0x61), sk(0x71));
+    let all = [&k1, &k2, &k3, &k4, &r1, &r2];
     let kid = |k: &SecretKey| k.public().key_id().to_hex();
     let mut valid = Vec::new();
     let mut push_valid = |comment: &str, lb: &LogBuilder, queries: Vec<(String, i64, &str)>| {
@@ -1067,7 +1110,7 @@ fn gen_keylogs() -> Value {
         ]));
     };
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     lb.push("register", &[("key", kh(&k1)), ("recovery", kh(&r1))], &k1);
     push_valid(
         "register with a recovery key",
@@ -1079,7 +1122,7 @@ fn gen_keylogs() -> Value {
         ],
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     lb.push("register", &[("key", kh(&k1))], &k1);
     lb.push("rotate", &[("key", kh(&k2))], &k1);
     lb.push("rotate", &[("key", kh(&k3))], &k2);
@@ -1097,7 +1140,7 @@ fn gen_keylogs() -> Value {
         ],
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     lb.push("register", &[("key", kh(&k1)), ("recovery", kh(&r1))], &k1);
     lb.push("revoke", &[], &r1);
     lb.push("recover", &[("key", kh(&k2)), ("recovery", kh(&r2))], &r1);
@@ -1113,7 +1156,7 @@ fn gen_keylogs() -> Value {
         (kid(&k4), T0 + 300_000, "key"),
     ]);
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     lb.push("register", &[("key", kh(&k1))], &k1);
     lb.push("move", &[("to", s("@kevin@relay-b.example"))], &k1);
     push_valid(
@@ -1141,7 +1184,7 @@ fn gen_keylogs() -> Value {
     let reg =
         |lb: &mut LogBuilder| lb.push("register", &[("key", kh(&k1)), ("recovery", kh(&r1))], &k1);
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     lb.push("rotate", &[("key", kh(&k1))], &k1);
     push_invalid(
         "first entry is not a register",
@@ -1149,21 +1192,21 @@ fn gen_keylogs() -> Value {
         KeylogBrokenChain,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     let mut e = lb.entries[0].clone();
     e = with(&e, "prev", s(&"00".repeat(32)));
     e = sign_raw(Domain::KeyLog, without(&e, "sig"), &k1);
     push_invalid("first entry with a prev", vec![e], KeylogBrokenChain);
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.entries.push(Value::Null);
     lb.push("rotate", &[("key", kh(&k2))], &k1);
     lb.entries.remove(1);
     push_invalid("seq skips a number", lb.entries.clone(), KeylogBrokenChain);
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.head = Some("11".repeat(32));
     lb.push("rotate", &[("key", kh(&k2))], &k1);
@@ -1173,7 +1216,7 @@ fn gen_keylogs() -> Value {
         KeylogBrokenChain,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.ts = T0;
     lb.push("rotate", &[("key", kh(&k2))], &k1);
@@ -1183,7 +1226,7 @@ fn gen_keylogs() -> Value {
         KeylogTimeOrder,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.push("rotate", &[("key", kh(&k2))], &r1);
     push_invalid(
@@ -1192,7 +1235,7 @@ fn gen_keylogs() -> Value {
         KeylogUnauthorizedSigner,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.push("recover", &[("key", kh(&k2))], &k1);
     push_invalid(
@@ -1201,7 +1244,7 @@ fn gen_keylogs() -> Value {
         KeylogUnauthorizedSigner,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     lb.push("register", &[("key", kh(&k1))], &k1);
     lb.push("revoke", &[], &k1);
     lb.push("recover", &[("key", kh(&k2))], &k1);
@@ -1211,7 +1254,7 @@ fn gen_keylogs() -> Value {
         KeylogUnauthorizedSigner,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.push("revoke", &[], &k1);
     lb.push("revoke", &[], &r1);
@@ -1221,7 +1264,7 @@ fn gen_keylogs() -> Value {
         KeylogUnauthorizedSigner,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     lb.push("register", &[("key", kh(&k1))], &k2);
     push_invalid(
         "register signed by a key other than the one it registers",
@@ -1229,7 +1272,7 @@ fn gen_keylogs() -> Value {
         KeylogUnauthorizedSigner,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     let rot = lb.push("rotate", &[("key", kh(&k2))], &k1);
     let sig = rot
@@ -1249,7 +1292,7 @@ fn gen_keylogs() -> Value {
         BadSignature,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.push("rotate", &[("key", kh(&k2))], &k1);
     lb.push("rotate", &[("key", kh(&k1))], &k2);
@@ -1259,7 +1302,7 @@ fn gen_keylogs() -> Value {
         KeylogKeyReused,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     lb.push("register", &[("key", kh(&k1)), ("recovery", kh(&k1))], &k1);
     push_invalid(
         "recovery key equal to the signing key",
@@ -1267,13 +1310,13 @@ fn gen_keylogs() -> Value {
         KeylogKeyReused,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.push("move", &[("to", s("@kevin@relay-b.example"))], &k1);
     lb.push("rotate", &[("key", kh(&k2))], &k1);
     push_invalid("entry after a move", lb.entries.clone(), KeylogClosed);
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.handle = h("@kevin@relay-b.example");
     lb.push("rotate", &[("key", kh(&k2))], &k1);
@@ -1283,7 +1326,7 @@ fn gen_keylogs() -> Value {
         KeylogHandleMismatch,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     // The identity point (small order): a weak key.
     let weak = format!("01{}", "00".repeat(31));
@@ -1294,7 +1337,7 @@ fn gen_keylogs() -> Value {
         WeakKey,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.push("rotate", &[("key", kh(&k2)), ("recovery", kh(&r2))], &k1);
     push_invalid(
@@ -1303,7 +1346,7 @@ fn gen_keylogs() -> Value {
         UnknownField,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.push("register", &[("key", kh(&k2))], &k1);
     push_invalid(
@@ -1312,7 +1355,7 @@ fn gen_keylogs() -> Value {
         KeylogBrokenChain,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     lb.push("move", &[("to", s(kev.as_str()))], &k1);
     push_invalid(
@@ -1321,7 +1364,7 @@ fn gen_keylogs() -> Value {
         InvalidField,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     lb.push("register", &[("key", kh(&k1))], &k1);
     let e0 = lb.entries[0].clone();
     push_invalid("an empty log", vec![], KeylogBrokenChain);
@@ -1335,7 +1378,7 @@ fn gen_keylogs() -> Value {
         MissingField,
     );
 
-    let mut lb = LogBuilder::new(&kev);
+    let mut lb = LogBuilder::new(&kev, &all);
     reg(&mut lb);
     let rot = lb.push("rotate", &[("key", kh(&k2))], &k1);
     lb.entries[1] = sign_raw(Domain::Envelope, without(&rot, "sig"), &k1);
@@ -1344,6 +1387,205 @@ fn gen_keylogs() -> Value {
         lb.entries.clone(),
         BadSignature,
     );
+
+    // LOG-2, LOG-10 steps 2.5 and 3.10: every key an entry introduces is proven by its holder.
+    let pop = Domain::KeyLogPop;
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    lb.push_proved("rotate", &[("key", kh(&k2))], &[], &k1);
+    push_invalid("rotate without key_sig", lb.entries.clone(), MissingField);
+
+    // The attack this rule stops: kevin's rotate names a public key that another agent (here
+    // k2's holder) registered, and kevin, who does not hold it, proves it with his own key.
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    lb.push_proved("rotate", &[("key", kh(&k2))], &[("key_sig", &k1, pop)], &k1);
+    push_invalid(
+        "rotate adopting another agent's public key: key_sig is made by the signer's key, not by `key`",
+        lb.entries.clone(),
+        BadSignature,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    lb.push_proved(
+        "rotate",
+        &[("key", kh(&k2))],
+        &[("key_sig", &k2, Domain::KeyLog)],
+        &k1,
+    );
+    push_invalid(
+        "rotate whose key_sig is made by `key` under the key-log tag instead of the keylog-pop tag",
+        lb.entries.clone(),
+        BadSignature,
+    );
+
+    // A proof made for another entry (kevin's own rotate to k2 at seq 1 of another log) does
+    // not carry over: it signs that entry's handle, seq, prev and time.
+    let mut other = LogBuilder::new(&h("@nova@relay-a.example"), &all);
+    other.push("register", &[("key", kh(&k3))], &k3);
+    let nova_rot = other.push("rotate", &[("key", kh(&k2))], &k3);
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    let rot = lb.push("rotate", &[("key", kh(&k2))], &k1);
+    let copied = with(
+        &without(&rot, "sig"),
+        "key_sig",
+        nova_rot
+            .as_object()
+            .unwrap()
+            .get("key_sig")
+            .unwrap()
+            .clone(),
+    );
+    lb.entries[1] = sign_raw(Domain::KeyLog, copied, &k1);
+    push_invalid(
+        "rotate whose key_sig is copied from another handle's entry for the same key",
+        lb.entries.clone(),
+        BadSignature,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    lb.push_proved("rotate", &[("key", kh(&k2))], &[("key_sig", &k2, pop)], &r1);
+    push_invalid(
+        "rotate with a valid key_sig signed by the recovery key: the signer is checked first",
+        lb.entries.clone(),
+        KeylogUnauthorizedSigner,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    lb.push("rotate", &[("key", kh(&k2))], &k1);
+    lb.push_proved("rotate", &[("key", kh(&k1))], &[("key_sig", &k3, pop)], &k2);
+    push_invalid(
+        "rotate back to a used key with a key_sig by another key: the proof is checked before key reuse",
+        lb.entries.clone(),
+        BadSignature,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    let rot = lb.push("rotate", &[("key", kh(&k2))], &k1);
+    let upper = rot
+        .as_object()
+        .unwrap()
+        .get("key_sig")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_uppercase();
+    lb.entries[1] = sign_raw(
+        Domain::KeyLog,
+        with(&without(&rot, "sig"), "key_sig", s(&upper)),
+        &k1,
+    );
+    push_invalid(
+        "rotate whose key_sig is upper-case hex",
+        lb.entries.clone(),
+        InvalidField,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    let rot = lb.push("rotate", &[("key", kh(&k2))], &k1);
+    let key_sig = rot
+        .as_object()
+        .unwrap()
+        .get("key_sig")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ks = hex::decode(&key_sig).unwrap();
+    add_scalar_l(&mut ks[32..]);
+    lb.entries[1] = sign_raw(
+        Domain::KeyLog,
+        with(&without(&rot, "sig"), "key_sig", s(&hex::encode(&ks))),
+        &k1,
+    );
+    push_invalid(
+        "rotate whose key_sig has the non-canonical scalar S + l: proofs are verified strictly (SIG-3)",
+        lb.entries.clone(),
+        BadSignature,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    lb.push("revoke", &[], &r1);
+    lb.push_proved("recover", &[("key", kh(&k2))], &[], &r1);
+    push_invalid("recover without key_sig", lb.entries.clone(), MissingField);
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    lb.push_proved(
+        "recover",
+        &[("key", kh(&k2)), ("recovery", kh(&r2))],
+        &[("key_sig", &k2, pop), ("recovery_sig", &k2, pop)],
+        &r1,
+    );
+    push_invalid(
+        "recover naming a new recovery key whose recovery_sig is made by the new `key`",
+        lb.entries.clone(),
+        BadSignature,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    lb.push_proved(
+        "register",
+        &[("key", kh(&k1)), ("recovery", kh(&r1))],
+        &[("recovery_sig", &k1, pop)],
+        &k1,
+    );
+    push_invalid(
+        "register with a recovery key whose recovery_sig is made by the registered key",
+        lb.entries.clone(),
+        BadSignature,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    lb.push_proved(
+        "register",
+        &[("key", kh(&k1)), ("recovery", kh(&r1))],
+        &[],
+        &k1,
+    );
+    push_invalid(
+        "register with a recovery key but without recovery_sig",
+        lb.entries.clone(),
+        MissingField,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    lb.push_proved(
+        "register",
+        &[("key", kh(&k1))],
+        &[("recovery_sig", &k1, pop)],
+        &k1,
+    );
+    push_invalid(
+        "register without a recovery key but with a recovery_sig",
+        lb.entries.clone(),
+        UnknownField,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    lb.push_proved(
+        "register",
+        &[("key", kh(&k1))],
+        &[("key_sig", &k1, pop)],
+        &k1,
+    );
+    push_invalid(
+        "register with a key_sig (its signature already proves its key)",
+        lb.entries.clone(),
+        UnknownField,
+    );
+
+    let mut lb = LogBuilder::new(&kev, &all);
+    reg(&mut lb);
+    lb.push_proved("revoke", &[], &[("key_sig", &k1, pop)], &k1);
+    push_invalid("key_sig on a revoke", lb.entries.clone(), UnknownField);
 
     // LOG-1: a member of the wrong JSON type is invalid_field, whatever code the rule names
     // for a value of the right type (unsupported_version, invalid_handle). Each case is a
@@ -1365,7 +1607,7 @@ fn gen_keylogs() -> Value {
     }
 
     obj(&[
-        ("comment", s("Key logs (SPEC.md section 8). `valid` logs verify from the first entry; each query asks which key was valid for `key_id` at `ts` and gives the public key or the error code. `invalid` logs must be refused with `error`, reported for the first entry that breaks a rule.")),
+        ("comment", s("Key logs (SPEC.md section 8). Entries carry the proofs of possession of the keys they introduce (`key_sig`, `recovery_sig`; LOG-2). `valid` logs verify from the first entry; each query asks which key was valid for `key_id` at `ts` and gives the public key or the error code. `invalid` logs must be refused with `error`, reported for the first entry that breaks a rule.")),
         ("valid", arr(valid)),
         ("invalid", arr(invalid)),
     ])

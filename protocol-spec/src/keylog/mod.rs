@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 
 mod entry;
 
-pub use entry::{EntryHash, KeyLogEntry, KeyLogError, KeyOp, SignedKeyLogEntry};
+pub use entry::{
+    EntryHash, EntryProofs, KeyLogEntry, KeyLogError, KeyOp, Proved, SignError, SignedKeyLogEntry,
+};
 
 /// Largest number of entries a key log may hold (LOG-11). A key rotated every day for a decade
 /// stays well below it; the bound keeps a served log, and the work to check it, small.
@@ -111,6 +113,7 @@ impl KeyLog {
         if check_sig {
             key.verify_input(&first.signing_input, &first.sig)
                 .map_err(|_: KeyError| KeyLogError::BadSignature { seq: 0 })?;
+            check_proofs(&first)?;
         }
         if recovery.is_some_and(|r| r == *key) {
             return Err(KeyLogError::KeyReused { seq: 0 });
@@ -134,8 +137,8 @@ impl KeyLog {
         })
     }
 
-    /// LOG-10 steps 2-8: checks `next` against the head of this log and applies it. On error
-    /// the log is unchanged.
+    /// LOG-10 step 3: checks `next` against the head of this log and applies it. On error the
+    /// log is unchanged.
     pub fn append(&mut self, next: SignedKeyLogEntry) -> Result<(), KeyLogError> {
         self.append_checked(next, true)
     }
@@ -167,7 +170,7 @@ impl KeyLog {
         self.entries.first().is_some_and(|e| e.entry.signer == *key)
     }
 
-    /// LOG-10 steps 2-8 for `next` against the head, without changing the log: what
+    /// LOG-10 step 3 for `next` against the head, without changing the log: what
     /// [`append`](Self::append) checks, so a caller can refuse an entry without copying the log.
     pub fn check_next(&self, next: &SignedKeyLogEntry) -> Result<(), KeyLogError> {
         self.check(next, true).map(|_| ())
@@ -274,6 +277,7 @@ impl KeyLog {
             signer_key
                 .verify_input(&next.signing_input, &next.sig)
                 .map_err(|_: KeyError| KeyLogError::BadSignature { seq })?;
+            check_proofs(next)?;
         }
         let new_keys: Vec<PublicKey> = match &e.op {
             KeyOp::Rotate { key } => vec![*key],
@@ -386,4 +390,28 @@ impl KeyLog {
         let head = self.head();
         (head.entry.seq + 1, head.hash)
     }
+}
+
+/// LOG-10 steps 2.5 and 3.10: every proof of possession of `entry` verifies (SIG-3) with the key
+/// it proves, over the entry's proof input (LOG-2). Parsing guarantees that each proof is present;
+/// an entry made with [`KeyLogEntry::sign_unchecked`] may lack one, which is `missing_field`.
+fn check_proofs(entry: &SignedKeyLogEntry) -> Result<(), KeyLogError> {
+    let needed = entry.entry.proved_keys();
+    if needed.is_empty() {
+        return Ok(());
+    }
+    let input = entry.proof_input();
+    for (which, key) in needed {
+        let Some(sig) = entry.proofs.get(which) else {
+            return Err(KeyLogError::Schema(SchemaError::MissingField {
+                path: which.field().to_owned(),
+            }));
+        };
+        key.verify_input(&input, sig)
+            .map_err(|_: KeyError| KeyLogError::BadProof {
+                seq: entry.entry.seq,
+                field: which.field(),
+            })?;
+    }
+    Ok(())
 }
