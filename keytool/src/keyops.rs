@@ -1,8 +1,9 @@
 //! Key changes on a registered handle: `rotate`, `revoke` and `recover` (SPEC.md LOG-5..9).
 //!
 //! Each starts from the handle's log as the relay serves it, checked from the first entry, takes
-//! `seq` and `prev` from its head, signs the new entry with the key the log says may sign it,
-//! checks locally that the entry extends the log, and posts it to `POST /v1/keys/{handle}`.
+//! `seq` and `prev` from its head, proves possession of the keys the entry introduces (LOG-2),
+//! signs the new entry with the key the log says may sign it, checks locally that the entry
+//! extends the log, and posts it to `POST /v1/keys/{handle}`.
 //! New keys are staged beside the identity files before the post and put in force only after the
 //! relay has accepted the entry (see `identity`).
 
@@ -15,8 +16,14 @@ use formica_protocol::keylog::{KeyLogEntry, KeyOp, SignedKeyLogEntry};
 use formica_protocol::{ErrorCode, Handle, KeyLog, SecretKey, Value};
 
 /// The next entry of `log`: its seq and prev follow the head, and its time is now (or just after
-/// the head's, should this clock be behind it; LOG time order).
-fn next_entry(log: &KeyLog, op: KeyOp, signer: &SecretKey) -> SignedKeyLogEntry {
+/// the head's, should this clock be behind it; LOG time order). `holders` are the secret keys of
+/// the keys `op` introduces, for their proofs of possession.
+fn next_entry(
+    log: &KeyLog,
+    op: KeyOp,
+    signer: &SecretKey,
+    holders: &[&SecretKey],
+) -> Result<SignedKeyLogEntry, Fail> {
     let (seq, prev) = log.next_position();
     let ts = now_ms().max(log.head().entry().ts + 1);
     KeyLogEntry {
@@ -27,7 +34,8 @@ fn next_entry(log: &KeyLog, op: KeyOp, signer: &SecretKey) -> SignedKeyLogEntry 
         op,
         signer: signer.public().key_id(),
     }
-    .sign(signer)
+    .sign(signer, holders)
+    .map_err(|e| Fail::new(Exit::Failure, format!("cannot make the entry: {e}")))
 }
 
 /// Checks that `entry` extends `log`, as the relay will.
@@ -112,7 +120,7 @@ pub fn rotate(ctx: &Ctx<'_>, identity_name: &str) -> Result<(), Fail> {
         return Err(not_current(&s.me, &log, "current key"));
     }
     let new = new_key();
-    let entry = next_entry(&log, KeyOp::Rotate { key: new.public() }, old);
+    let entry = next_entry(&log, KeyOp::Rotate { key: new.public() }, old, &[&new])?;
     check_extends(&log, &entry)?;
     let staged = identity::stage(
         ctx.home,
@@ -175,7 +183,7 @@ pub fn revoke(ctx: &Ctx<'_>, identity_name: &str, with_recovery: bool) -> Result
         }
         s.id.key.clone()
     };
-    let entry = next_entry(&log, KeyOp::Revoke, &signer);
+    let entry = next_entry(&log, KeyOp::Revoke, &signer, &[])?;
     check_extends(&log, &entry)?;
     post_entry(&s.client, &s.me, &entry)?;
     let next = if log.recovery_key().is_some() {
@@ -240,7 +248,8 @@ pub fn recover(ctx: &Ctx<'_>, identity_name: &str, new_recovery: bool) -> Result
         key: new.public(),
         recovery: new_rec.as_ref().map(SecretKey::public),
     };
-    let entry = next_entry(&log, op, &rec.key);
+    let holders: Vec<&SecretKey> = std::iter::once(&new).chain(new_rec.as_ref()).collect();
+    let entry = next_entry(&log, op, &rec.key, &holders)?;
     check_extends(&log, &entry)?;
     let mut staged = vec![(
         identity::stage(

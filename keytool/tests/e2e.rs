@@ -233,3 +233,44 @@ fn two_agents_make_contact_exchange_an_acked_message_and_see_a_timeout() {
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every key change keytool makes proves possession of the keys it introduces (SPEC.md LOG-2):
+/// the relay refuses a register naming a recovery key without `recovery_sig`, and a rotate or
+/// recover without `key_sig`, so each step below is accepted only with its proofs, and the log
+/// `resolve` verifies from its first entry ends at the keys the identity holds.
+#[test]
+fn register_rotate_revoke_and_recover_carry_their_proofs_of_possession() {
+    let dir = std::env::temp_dir().join(format!("formica-kt-pop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let relay = start_relay(&dir);
+    let carol = Kt {
+        home: dir.join("carol"),
+        relay: &relay,
+    };
+    let reg = carol.json(&["register", "@carol", "--recovery"]);
+    let first_recovery = s(&reg[0], &["recovery_key_id"]).to_owned();
+    let rotated = carol.json(&["rotate"]);
+    assert_eq!(get(&rotated[0], &["seq"]).as_i64(), Some(1));
+    carol.json(&["revoke", "--with-recovery"]);
+    let recovered = carol.json(&["recover", "--new-recovery"]);
+    let new_recovery = s(&recovered[0], &["recovery_key_id"]).to_owned();
+    assert_ne!(new_recovery, first_recovery);
+    let rotated = carol.json(&["rotate"]);
+    assert_eq!(get(&rotated[0], &["seq"]).as_i64(), Some(4));
+
+    let handle = s(&reg[0], &["handle"]).to_owned();
+    let resolved = carol.json(&["resolve", &handle]);
+    assert_eq!(get(&resolved[0], &["entries"]).as_i64(), Some(5));
+    let me = carol.json(&["whoami"]);
+    assert_eq!(
+        s(&resolved[0], &["current_key"]),
+        s(&me[0], &["public_key"])
+    );
+    let recovery_key =
+        formica_protocol::PublicKey::parse_hex(s(&resolved[0], &["recovery_key"])).unwrap();
+    assert_eq!(recovery_key.key_id().to_hex(), new_recovery);
+
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}

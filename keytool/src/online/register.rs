@@ -156,7 +156,9 @@ pub fn register(
         )
         .hint("retry register (it fetches a new challenge)")
     })?;
-    // 8. The register entry, signed now so that its time is fresh.
+    // 8. The register entry, signed now so that its time is fresh; the recovery key, if any,
+    // proves its possession (LOG-2).
+    let holders: Vec<&SecretKey> = recovery.iter().collect();
     let entry = KeyLogEntry {
         handle: handle.clone(),
         seq: 0,
@@ -168,7 +170,13 @@ pub fn register(
         },
         signer: key.public().key_id(),
     }
-    .sign(&key);
+    .sign(&key, &holders)
+    .map_err(|e| {
+        Fail::new(
+            Exit::Failure,
+            format!("cannot make the register entry: {e}"),
+        )
+    })?;
     let proof = PowProof {
         challenge,
         difficulty,
