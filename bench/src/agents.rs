@@ -133,7 +133,8 @@ async fn register_one(conn: &mut Conn, addr: &str, a: &Agent) -> Result<()> {
         },
         signer: a.key.public().key_id(),
     }
-    .sign(&a.key);
+    .sign(&a.key, &[])
+    .context("signing the register entry")?;
     let body = canon::canonicalize(&obj(vec![
         ("entry", entry.value().clone()),
         (

@@ -73,7 +73,8 @@ pub fn build_fixture(
             },
             signer: a.key.public().key_id(),
         }
-        .sign(&a.key);
+        .sign(&a.key, &[])
+        .context("signing the register entry")?;
         let mut c = [0u8; 16];
         c[..8].copy_from_slice(&(i as u64).to_le_bytes());
         head.push(

@@ -156,7 +156,8 @@ async fn registration_refuses_bad_requests_with_their_codes() {
         },
         signer: k.public().key_id(),
     }
-    .sign(&k);
+    .sign(&k, &[])
+    .unwrap();
     if let Value::Object(o) = &mut b {
         o.insert("entry", entry.value().clone());
     }
@@ -250,6 +251,7 @@ async fn rotation_is_appended_and_the_old_key_stops_working() {
                 key: new_key.public(),
             },
             &a.key,
+            &[&new_key],
         )
         .await;
     let resp = r
@@ -278,14 +280,9 @@ async fn rotation_is_appended_and_the_old_key_stops_working() {
     let old = a.text(&r, &b.handle, "with the old key");
     a.send(&r, &old).await.expect(403, "key_not_valid");
     // An entry signed by the old key at the next position is refused: it may not sign.
+    let k3 = r.fresh_key();
     let bad = a
-        .next_entry(
-            &r,
-            KeyOp::Rotate {
-                key: r.fresh_key().public(),
-            },
-            &a.key,
-        )
+        .next_entry(&r, KeyOp::Rotate { key: k3.public() }, &a.key, &[&k3])
         .await;
     r.call(
         "POST",
@@ -295,6 +292,108 @@ async fn rotation_is_appended_and_the_old_key_stops_working() {
     )
     .await
     .expect(403, "keylog_unauthorized_signer");
+}
+
+/// The finding of an outside attack run: alice rotates to bob's public key, a key she does not
+/// hold. Without its proof of possession (LOG-2) the rotate is refused, `missing_field` when
+/// `key_sig` is absent and `bad_signature` when alice proves it with her own key, and neither
+/// log changes: two handles never share a key.
+#[tokio::test]
+async fn rotate_adopting_another_agents_key_is_refused_and_the_log_is_unchanged() {
+    use formica_protocol::keylog::{EntryProofs, KeyLogEntry};
+    let r = TestRelay::new();
+    let (a, b) = r.pair().await;
+    let logs = || async {
+        (
+            r.get(&format!("/v1/keys/{}", a.handle)).await.body,
+            r.get(&format!("/v1/keys/{}", b.handle)).await.body,
+        )
+    };
+    let before = logs().await;
+    r.advance(1);
+    let (seq, prev) = r
+        .state(|st| st.agents[&a.handle].keylog.next_position())
+        .await;
+    let adopt = KeyLogEntry {
+        handle: a.handle.clone(),
+        seq,
+        prev: Some(prev),
+        ts: r.now(),
+        op: KeyOp::Rotate {
+            key: b.key.public(),
+        },
+        signer: a.key.public().key_id(),
+    };
+    let post = |e: formica_protocol::SignedKeyLogEntry| {
+        let path = format!("/v1/keys/{}", a.handle);
+        let r = &r;
+        async move { r.call("POST", &path, &e.wire_bytes(), &[]).await }
+    };
+    let bare = post(adopt.sign_unchecked(&a.key, EntryProofs::default())).await;
+    bare.expect(400, "missing_field");
+    assert_eq!(
+        field(&bare.body, &["error", "field"]).as_str(),
+        Some("key_sig")
+    );
+    let own = EntryProofs {
+        key_sig: Some(a.key.sign_input(&adopt.proof_input())),
+        recovery_sig: None,
+    };
+    let proved_by_alice = post(adopt.sign_unchecked(&a.key, own)).await;
+    proved_by_alice.expect(400, "bad_signature");
+    assert_eq!(
+        field(&proved_by_alice.body, &["error", "field"]).as_str(),
+        Some("key_sig")
+    );
+    assert_eq!(logs().await, before);
+    r.state(|st| {
+        assert_eq!(
+            st.agents[&a.handle].keylog.current_key(),
+            Some(&a.key.public())
+        );
+        assert_eq!(st.agents[&a.handle].keylog.entries().len(), 1);
+    })
+    .await;
+    // The control: the same rotate with the proof made by the key's holder is accepted, so the
+    // refusals above were for the proof alone.
+    let proved_by_bob = adopt.sign(&a.key, &[&b.key]).unwrap();
+    post(proved_by_bob).await.expect(201, "");
+}
+
+/// A register entry naming a recovery key is refused without the recovery key's proof (LOG-2,
+/// REG-1 step 10): a `recovery_sig` by the registered key instead is `bad_signature` on
+/// `entry.recovery_sig`, and nothing is registered.
+#[tokio::test]
+async fn registration_naming_a_recovery_key_without_its_proof_is_refused() {
+    use formica_protocol::keylog::{EntryProofs, KeyLogEntry};
+    let r = TestRelay::new();
+    let (k, other) = (r.fresh_key(), r.fresh_key());
+    let mut body = r.register_body("carol", &k, Some(&other)).await;
+    let entry = KeyLogEntry {
+        handle: Handle::parse(&format!("@carol@{HOST}")).unwrap(),
+        seq: 0,
+        prev: None,
+        ts: r.now(),
+        op: KeyOp::Register {
+            key: k.public(),
+            recovery: Some(other.public()),
+        },
+        signer: k.public().key_id(),
+    };
+    let by_key = EntryProofs {
+        key_sig: None,
+        recovery_sig: Some(k.sign_input(&entry.proof_input())),
+    };
+    if let Value::Object(o) = &mut body {
+        o.insert("entry", entry.sign_unchecked(&k, by_key).value().clone());
+    }
+    let resp = r.post("/v1/register", &body).await;
+    resp.expect(400, "bad_signature");
+    assert_eq!(
+        field(&resp.body, &["error", "field"]).as_str(),
+        Some("entry.recovery_sig")
+    );
+    r.get("/v1/keys/@carol").await.expect(404, "not_found");
 }
 
 /// Only a key the log has named can fork it: entries at taken positions signed by any other key
@@ -319,21 +418,24 @@ async fn entries_at_taken_positions_by_other_keys_are_refused_and_not_kept() {
         },
         signer: stranger.public().key_id(),
     }
-    .sign(&stranger);
+    .sign(&stranger, &[])
+    .unwrap();
+    let stranger_next = r.fresh_key();
     let rotate = formica_protocol::keylog::KeyLogEntry {
         handle: a.handle.clone(),
         seq: 1,
         prev: Some(first),
         ts: r.now() + 1,
         op: KeyOp::Rotate {
-            key: r.fresh_key().public(),
+            key: stranger_next.public(),
         },
         signer: stranger.public().key_id(),
     }
-    .sign(&stranger);
+    .sign(&stranger, &[&stranger_next])
+    .unwrap();
     let k2 = r.fresh_key();
     let e1 = a
-        .next_entry(&r, KeyOp::Rotate { key: k2.public() }, &a.key)
+        .next_entry(&r, KeyOp::Rotate { key: k2.public() }, &a.key, &[&k2])
         .await;
     r.call(
         "POST",
@@ -346,7 +448,7 @@ async fn entries_at_taken_positions_by_other_keys_are_refused_and_not_kept() {
     // The same entry as alice's, claiming her key id but signed by the stranger.
     let mut forged = e1.entry().clone();
     forged.ts += 1;
-    let forged = forged.sign(&stranger);
+    let forged = forged.sign(&stranger, &[&k2]).unwrap();
     // A register at seq 0 by a key the log named later (the rotated-to key) is no fork either:
     // only the registering key can fork position 0.
     let register_k2 = formica_protocol::keylog::KeyLogEntry {
@@ -360,7 +462,8 @@ async fn entries_at_taken_positions_by_other_keys_are_refused_and_not_kept() {
         },
         signer: k2.public().key_id(),
     }
-    .sign(&k2);
+    .sign(&k2, &[])
+    .unwrap();
     for bad in [&register, &rotate, &forged, &register_k2] {
         let resp = r
             .call(
@@ -386,14 +489,9 @@ async fn entries_at_taken_positions_by_other_keys_are_refused_and_not_kept() {
 async fn a_second_valid_entry_at_a_taken_position_is_kept_as_evidence() {
     let r = TestRelay::new();
     let a = r.agent("alice").await;
+    let k2 = r.fresh_key();
     let e1 = a
-        .next_entry(
-            &r,
-            KeyOp::Rotate {
-                key: r.fresh_key().public(),
-            },
-            &a.key,
-        )
+        .next_entry(&r, KeyOp::Rotate { key: k2.public() }, &a.key, &[&k2])
         .await;
     r.call(
         "POST",
@@ -407,17 +505,17 @@ async fn a_second_valid_entry_at_a_taken_position_is_kept_as_evidence() {
     let first = r
         .state(|st| st.agents[&a.handle].keylog.entries()[0].hash())
         .await;
+    let k3 = r.fresh_key();
     let fork = formica_protocol::keylog::KeyLogEntry {
         handle: a.handle.clone(),
         seq: 1,
         prev: Some(first),
         ts: r.now(),
-        op: KeyOp::Rotate {
-            key: r.fresh_key().public(),
-        },
+        op: KeyOp::Rotate { key: k3.public() },
         signer: a.key.public().key_id(),
     }
-    .sign(&a.key);
+    .sign(&a.key, &[&k3])
+    .unwrap();
     r.call(
         "POST",
         &format!("/v1/keys/{}", a.handle),
@@ -439,7 +537,7 @@ async fn a_second_valid_entry_at_a_taken_position_is_kept_as_evidence() {
 async fn revoke_then_recover_with_the_recovery_key() {
     let r = TestRelay::new();
     let a = r.agent("alice").await;
-    let revoke = a.next_entry(&r, KeyOp::Revoke, &a.recovery).await;
+    let revoke = a.next_entry(&r, KeyOp::Revoke, &a.recovery, &[]).await;
     r.call(
         "POST",
         &format!("/v1/keys/{}", a.handle),
@@ -458,6 +556,7 @@ async fn revoke_then_recover_with_the_recovery_key() {
                 recovery: None,
             },
             &a.recovery,
+            &[&new_key],
         )
         .await;
     r.call(

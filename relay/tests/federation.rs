@@ -395,7 +395,8 @@ fn three_relays_contact_requests_messages_acks_timeouts() {
         },
         signer: alice.key.public().key_id(),
     }
-    .sign(&alice.key);
+    .sign(&alice.key, &[&new_key])
+    .unwrap();
     let (st, v) = a
         .proc_
         .request(
@@ -651,7 +652,8 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
         },
         signer: eve_key.public().key_id(),
     }
-    .sign(&SecretKey::from_seed(&[0x78; 32]));
+    .sign(&SecretKey::from_seed(&[0x78; 32]), &[])
+    .unwrap();
     keylogs.lock().unwrap().insert(
         eve.as_str().to_owned(),
         obj(vec![(
@@ -751,7 +753,8 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
             },
             signer: k.public().key_id(),
         }
-        .sign(k)
+        .sign(k, &[])
+        .unwrap()
     };
     let set_log = |e: &formica_protocol::SignedKeyLogEntry| {
         keylogs.lock().unwrap().insert(
@@ -893,7 +896,8 @@ fn long_log(keylogs: &KeyLogs, h: &Handle, seed: u8, rotations: usize) -> Secret
         },
         signer: key(0).public().key_id(),
     }
-    .sign(&key(0))];
+    .sign(&key(0), &[])
+    .unwrap()];
     for i in 1..=rotations {
         let prev = entries.last().unwrap().hash();
         entries.push(
@@ -907,7 +911,8 @@ fn long_log(keylogs: &KeyLogs, h: &Handle, seed: u8, rotations: usize) -> Secret
                 },
                 signer: key(i - 1).public().key_id(),
             }
-            .sign(&key(i - 1)),
+            .sign(&key(i - 1), &[&key(i)])
+            .unwrap(),
         );
     }
     keylogs.lock().unwrap().insert(

@@ -324,7 +324,7 @@ async fn an_open_sse_stream_ends_when_its_key_is_rotated_and_sends_nothing_more(
     let body = open_sse(&r, &b).await;
     let k2 = r.fresh_key();
     let rotate = b
-        .next_entry(&r, KeyOp::Rotate { key: k2.public() }, &b.key)
+        .next_entry(&r, KeyOp::Rotate { key: k2.public() }, &b.key, &[&k2])
         .await;
     post_entry(&r, &b, &rotate).await;
     let after = a.text(&r, &b.handle, "after the rotation");
@@ -343,7 +343,7 @@ async fn an_idle_sse_stream_ends_when_its_key_is_revoked() {
     let r = TestRelay::new();
     let a = r.agent("alice").await;
     let body = open_sse(&r, &a).await;
-    let revoke = a.next_entry(&r, KeyOp::Revoke, &a.recovery).await;
+    let revoke = a.next_entry(&r, KeyOp::Revoke, &a.recovery, &[]).await;
     post_entry(&r, &a, &revoke).await;
     // Nothing wakes the stream but its periodic key check.
     let bound =

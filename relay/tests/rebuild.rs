@@ -98,7 +98,8 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
         },
         signer: remote_key.public().key_id(),
     }
-    .sign(&remote_key);
+    .sign(&remote_key, &[])
+    .unwrap();
     w.submit(Command::RemoteKeyLog { entries: vec![reg] })
         .await
         .unwrap();
@@ -306,7 +307,8 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
                         },
                         signer: k.public().key_id(),
                     }
-                    .sign(&k);
+                    .sign(&k, &[])
+                    .unwrap();
                     let log = formica_protocol::KeyLog::verify(vec![reg]).unwrap();
                     let (msg_type, payload) = if ask {
                         (
@@ -393,7 +395,7 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
                 if let Some(a) = agents[i].take() {
                     let k = r.fresh_key();
                     let entry = a
-                        .next_entry(&r, KeyOp::Rotate { key: k.public() }, &a.key)
+                        .next_entry(&r, KeyOp::Rotate { key: k.public() }, &a.key, &[&k])
                         .await;
                     let resp = r
                         .call(

@@ -78,11 +78,14 @@ impl From<formica_protocol::EnvelopeError> for ApiError {
 
 impl From<formica_protocol::KeyLogError> for ApiError {
     fn from(e: formica_protocol::KeyLogError) -> Self {
-        let mut a = ApiError::new(e.code(), e.to_string());
-        if let formica_protocol::KeyLogError::Schema(s) = &e {
-            a = a.with("field", schema_field(s).into());
+        use formica_protocol::KeyLogError::{BadProof, Schema};
+        let a = ApiError::new(e.code(), e.to_string());
+        match &e {
+            Schema(s) => a.with("field", schema_field(s).into()),
+            // A proof of possession that does not verify names its member (LOG-2).
+            BadProof { field, .. } => a.with("field", (*field).into()),
+            _ => a,
         }
-        a
     }
 }
 

@@ -75,7 +75,7 @@ pub(crate) async fn register(AxState(app): AxState<Shared>, req: Request) -> Res
         let now = app.engine.now();
         app.engine.policy.time.check(e.ts, now)?;
         // Signature and key checks: the entry must start a valid log.
-        let log = KeyLog::start(entry.clone())?;
+        let log = KeyLog::start(entry.clone()).map_err(|e| ApiError::from(e).under("entry"))?;
         let key = *log.current_key().ok_or_else(|| ApiError::internal("register without key"))?;
         let pow_v = pow_v.ok_or_else(|| ApiError::new(ErrorCode::PowMissing, "registration needs a proof-of-work (`pow`)"))?;
         let proof = PowProof::from_value(&pow_v, "pow")?;

@@ -212,7 +212,8 @@ impl TestRelay {
             },
             signer: key.public().key_id(),
         }
-        .sign(key);
+        .sign(key, recovery.as_slice())
+        .unwrap();
         let prefix =
             pow::preimage_prefix(&self.host(), &handle, &key.public(), &challenge, difficulty);
         let nonce = pow::mine(&prefix, difficulty, 0, 1, 1 << 24).unwrap();
@@ -241,7 +242,8 @@ impl TestRelay {
             },
             signer: key.public().key_id(),
         }
-        .sign(key)
+        .sign(key, &[])
+        .unwrap()
         .value()
         .clone()
     }
@@ -386,12 +388,14 @@ impl Agent {
             .await
     }
 
-    /// A signed key log entry extending this agent's log at the relay.
+    /// A signed key log entry extending this agent's log at the relay, with the proofs of
+    /// possession made by `holders`, the secret keys of the keys `op` introduces (LOG-2).
     pub async fn next_entry(
         &self,
         r: &TestRelay,
         op: KeyOp,
         signer: &SecretKey,
+        holders: &[&SecretKey],
     ) -> SignedKeyLogEntry {
         // Key log timestamps must increase.
         r.advance(1);
@@ -406,7 +410,8 @@ impl Agent {
             op,
             signer: signer.public().key_id(),
         }
-        .sign(signer)
+        .sign(signer, holders)
+        .unwrap()
     }
 }
 

@@ -301,7 +301,8 @@ impl Peer {
             },
             signer: key.public().key_id(),
         }
-        .sign(&key);
+        .sign(&key, &[])
+        .unwrap();
         let body = obj(vec![
             ("entry", entry.value().clone()),
             (
