@@ -8,7 +8,7 @@ use crate::http::{quote, Body, Http, Resp};
 use crate::verdict::{Stop, R};
 use crate::{ensure, fail};
 use formica_protocol::auth::{Nonce, RequestAuth, RequestTarget};
-use formica_protocol::keylog::{KeyLogEntry, KeyOp};
+use formica_protocol::keylog::{KeyLogEntry, KeyOp, SignedKeyLogEntry};
 use formica_protocol::pow::{self, Challenge, PowProof};
 use formica_protocol::{
     canon, Domain, ErrorCode, Handle, Object, PublicKey, RelayHost, SecretKey, Signature, Value,
@@ -48,6 +48,18 @@ pub fn local_now() -> i64 {
 }
 
 /// A fresh key from the operating system's random source.
+/// Signs `entry` with `signer` and the proofs of possession of `holders`, the secret keys of the
+/// keys it introduces (LOG-2). The suite passes them all; a refusal is a bug of the suite.
+pub fn sign_entry(
+    entry: &KeyLogEntry,
+    signer: &SecretKey,
+    holders: &[&SecretKey],
+) -> R<SignedKeyLogEntry> {
+    entry
+        .sign(signer, holders)
+        .map_err(|err| Stop::Fail(format!("suite bug: {err}")))
+}
+
 pub fn random_key() -> SecretKey {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
@@ -451,27 +463,27 @@ impl Target {
         })
     }
 
-    /// A register entry (LOG-5), signed by `signer`.
+    /// A register entry (LOG-5), signed by `signer`, naming `recovery` with its proof (LOG-2).
     pub fn register_entry(
         &self,
         handle: &Handle,
         key: &SecretKey,
-        recovery: Option<&PublicKey>,
+        recovery: Option<&SecretKey>,
         ts: i64,
         signer: &SecretKey,
-    ) -> formica_protocol::SignedKeyLogEntry {
-        KeyLogEntry {
+    ) -> R<SignedKeyLogEntry> {
+        let entry = KeyLogEntry {
             handle: handle.clone(),
             seq: 0,
             prev: None,
             ts,
             op: KeyOp::Register {
                 key: key.public(),
-                recovery: recovery.copied(),
+                recovery: recovery.map(SecretKey::public),
             },
             signer: signer.public().key_id(),
-        }
-        .sign(signer)
+        };
+        sign_entry(&entry, signer, recovery.as_slice())
     }
 
     /// Finds a nonce meeting `difficulty` for the preimage `prefix` (POW-3, POW-4), on two
@@ -515,8 +527,7 @@ impl Target {
         ts: i64,
     ) -> R<Value> {
         let ch = self.challenge()?;
-        let entry =
-            self.register_entry(handle, key, recovery.map(|r| r.public()).as_ref(), ts, key);
+        let entry = self.register_entry(handle, key, recovery, ts, key)?;
         let prefix = self.pow_prefix(handle, &key.public(), &ch.challenge, ch.difficulty);
         let nonce = Self::mine(&prefix, ch.difficulty)?;
         let proof = PowProof {
@@ -547,7 +558,6 @@ impl Target {
         let handle = self.fresh_handle(tag);
         let key = random_key();
         let recovery = with_recovery.then(random_key);
-        let rec_pub = recovery.as_ref().map(|r| r.public());
         let ch = self.challenge()?;
         let nonce = Self::mine(
             &self.pow_prefix(&handle, &key.public(), &ch.challenge, ch.difficulty),
@@ -562,7 +572,7 @@ impl Target {
         let start = Instant::now();
         loop {
             let ts = self.now() - back_ms;
-            let entry = self.register_entry(&handle, &key, rec_pub.as_ref(), ts, &key);
+            let entry = self.register_entry(&handle, &key, recovery.as_ref(), ts, &key)?;
             let body = obj(vec![
                 ("entry", entry.value().clone()),
                 ("pow", proof.clone()),

@@ -511,18 +511,19 @@ fn refusal_changes_nothing(e: &Env<'_>) -> R {
     // A key log entry refused for its signer leaves the log as it was.
     let before = t.http.get(&format!("/v1/keys/{}", a.handle))?;
     before.expect_json(200)?;
-    let stranger = random_key();
-    let entry = formica_protocol::keylog::KeyLogEntry {
-        handle: a.handle.clone(),
-        seq: 1,
-        prev: formica_protocol::keylog::EntryHash::parse_hex(&a.head),
-        ts: t.now(),
-        op: formica_protocol::keylog::KeyOp::Rotate {
-            key: random_key().public(),
+    let (stranger, new) = (random_key(), random_key());
+    let entry = sign_entry(
+        &formica_protocol::keylog::KeyLogEntry {
+            handle: a.handle.clone(),
+            seq: 1,
+            prev: formica_protocol::keylog::EntryHash::parse_hex(&a.head),
+            ts: t.now(),
+            op: formica_protocol::keylog::KeyOp::Rotate { key: new.public() },
+            signer: stranger.public().key_id(),
         },
-        signer: stranger.public().key_id(),
-    }
-    .sign(&stranger);
+        &stranger,
+        &[&new],
+    )?;
     t.http
         .post(&format!("/v1/keys/{}", a.handle), &entry.wire_bytes())?
         .expect_error(ErrorCode::KeylogUnauthorizedSigner)?;

@@ -372,15 +372,18 @@ pub fn rotate(
     new: &formica_protocol::SecretKey,
     ts: i64,
 ) -> R<String> {
-    let entry = KeyLogEntry {
-        handle: a.handle.clone(),
-        seq,
-        prev: EntryHash::parse_hex(prev),
-        ts,
-        op: KeyOp::Rotate { key: new.public() },
-        signer: a.key.public().key_id(),
-    }
-    .sign(&a.key);
+    let entry = sign_entry(
+        &KeyLogEntry {
+            handle: a.handle.clone(),
+            seq,
+            prev: EntryHash::parse_hex(prev),
+            ts,
+            op: KeyOp::Rotate { key: new.public() },
+            signer: a.key.public().key_id(),
+        },
+        &a.key,
+        &[new],
+    )?;
     let r = t
         .http
         .post(&format!("/v1/keys/{}", a.handle), &entry.wire_bytes())?;

@@ -24,7 +24,7 @@ pub fn cases() -> Vec<Case> {
         case("keylog.path-handle", &["API-6", "HTTP-9"], "an invalid handle in the path is invalid_handle", |e| {
             let t = e.t;
             let a = t.register("kph")?;
-            let entry = next(t, &a, 1, &a.head, a.reg_ts + 1, KeyOp::Rotate { key: random_key().public() }, &a.key);
+            let entry = rotate_fresh(&a, 1, &a.head, a.reg_ts + 1, &a.key)?;
             t.http.post("/v1/keys/@Not-Valid@x", &entry.wire_bytes())?.expect_error(ErrorCode::InvalidHandle)?;
             Ok(())
         })
@@ -33,25 +33,47 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// An entry extending `a`'s log at `seq` after `prev`.
+/// An entry extending `a`'s log at `seq` after `prev`, signed by `signer`, with the proofs of
+/// possession made by `holders`: the secret keys of the keys `op` introduces (LOG-2).
 pub fn next(
-    _t: &Target,
     a: &Agent,
     seq: i64,
     prev: &str,
     ts: i64,
     op: KeyOp,
     signer: &SecretKey,
-) -> SignedKeyLogEntry {
-    KeyLogEntry {
+    holders: &[&SecretKey],
+) -> R<SignedKeyLogEntry> {
+    let entry = KeyLogEntry {
         handle: a.handle.clone(),
         seq,
         prev: EntryHash::parse_hex(prev),
         ts,
         op,
         signer: signer.public().key_id(),
-    }
-    .sign(signer)
+    };
+    sign_entry(&entry, signer, holders)
+}
+
+/// A rotate of `a`'s log at `seq` after `prev` to a fresh key (with its proof), signed by
+/// `signer`.
+pub fn rotate_fresh(
+    a: &Agent,
+    seq: i64,
+    prev: &str,
+    ts: i64,
+    signer: &SecretKey,
+) -> R<SignedKeyLogEntry> {
+    let k = random_key();
+    next(
+        a,
+        seq,
+        prev,
+        ts,
+        KeyOp::Rotate { key: k.public() },
+        signer,
+        &[&k],
+    )
 }
 
 pub fn post_entry(t: &Target, a: &Agent, entry: &SignedKeyLogEntry) -> R<Resp> {
@@ -145,14 +167,14 @@ fn rotate(e: &Env<'_>) -> R {
     let k2 = random_key();
     let ts = t.now().max(a.reg_ts + 1);
     let entry = next(
-        t,
         &a,
         1,
         &a.head,
         ts,
         KeyOp::Rotate { key: k2.public() },
         &a.key,
-    );
+        &[&k2],
+    )?;
     append(t, &a, &entry)?;
     let (log, _) = served_log(t, &a)?;
     ensure!(
@@ -185,14 +207,14 @@ fn validity_at_ts(e: &Env<'_>) -> R {
         t,
         &a,
         &next(
-            t,
             &a,
             1,
             &a.head,
             t1,
             KeyOp::Rotate { key: k2.public() },
             &a.key,
-        ),
+            &[&k2],
+        )?,
     )?;
     let before = t.now().max(a.reg_ts);
     t.send_ok(&signed_at(t, &a, &a.key, before))
@@ -224,7 +246,7 @@ fn revoke_recover(e: &Env<'_>) -> R {
         .clone()
         .ok_or_else(|| Stop::Fail("no recovery key".into()))?;
     let t1 = t.now().max(a.reg_ts + 1);
-    let revoke = next(t, &a, 1, &a.head, t1, KeyOp::Revoke, &a.key);
+    let revoke = next(&a, 1, &a.head, t1, KeyOp::Revoke, &a.key, &[])?;
     append(t, &a, &revoke)?;
     let (log, _) = served_log(t, &a)?;
     ensure!(
@@ -258,7 +280,6 @@ fn revoke_recover(e: &Env<'_>) -> R {
     let k3 = random_key();
     let rec2 = random_key();
     let recover = next(
-        t,
         &a,
         2,
         &revoke.hash().to_hex(),
@@ -268,7 +289,8 @@ fn revoke_recover(e: &Env<'_>) -> R {
             recovery: Some(rec2.public()),
         },
         &rec,
-    );
+        &[&k3, &rec2],
+    )?;
     append(t, &a, &recover)?;
     let (log, v) = served_log(t, &a)?;
     ensure!(
@@ -296,14 +318,14 @@ fn revoke_by_recovery(e: &Env<'_>) -> R {
         t,
         &a,
         &next(
-            t,
             &a,
             1,
             &a.head,
             t.now().max(a.reg_ts + 1),
             KeyOp::Revoke,
             &rec,
-        ),
+            &[],
+        )?,
     )?;
     let (log, _) = served_log(t, &a)?;
     ensure!(
@@ -320,14 +342,14 @@ fn move_closes(e: &Env<'_>) -> R {
         .map_err(|err| Stop::Fail(err.to_string()))?;
     let t1 = t.now().max(a.reg_ts + 1);
     let mv = next(
-        t,
         &a,
         1,
         &a.head,
         t1,
         KeyOp::Move { to: to.clone() },
         &a.key,
-    );
+        &[],
+    )?;
     append(t, &a, &mv)?;
     let (log, v) = served_log(t, &a)?;
     ensure!(
@@ -340,17 +362,7 @@ fn move_closes(e: &Env<'_>) -> R {
         "after a move, current_key is {:?} (LOG-9)",
         at(&v, &["current_key"])
     );
-    let after = next(
-        t,
-        &a,
-        2,
-        &mv.hash().to_hex(),
-        t1 + 1,
-        KeyOp::Rotate {
-            key: random_key().public(),
-        },
-        &a.key,
-    );
+    let after = rotate_fresh(&a, 2, &mv.hash().to_hex(), t1 + 1, &a.key)?;
     post_entry(t, &a, &after)?.expect_error(ErrorCode::KeylogClosed)?;
     refuse(
         t,
@@ -364,29 +376,9 @@ fn fork(e: &Env<'_>) -> R {
     let t = e.t;
     let a = t.register("kfrk")?;
     let ts = t.now().max(a.reg_ts + 1);
-    let r1 = next(
-        t,
-        &a,
-        1,
-        &a.head,
-        ts,
-        KeyOp::Rotate {
-            key: random_key().public(),
-        },
-        &a.key,
-    );
+    let r1 = rotate_fresh(&a, 1, &a.head, ts, &a.key)?;
     append(t, &a, &r1)?;
-    let r2 = next(
-        t,
-        &a,
-        1,
-        &a.head,
-        ts + 1,
-        KeyOp::Rotate {
-            key: random_key().public(),
-        },
-        &a.key,
-    );
+    let r2 = rotate_fresh(&a, 1, &a.head, ts + 1, &a.key)?;
     post_entry(t, &a, &r2)?.expect_error(ErrorCode::KeylogFork)?;
     let (log, v) = served_log(t, &a)?;
     ensure!(
@@ -422,17 +414,7 @@ fn entry_time(e: &Env<'_>, stale: bool) -> R {
     } else {
         t.now() + t.published.skew_ms + 30_000
     };
-    let entry = next(
-        t,
-        &a,
-        1,
-        &a.head,
-        ts,
-        KeyOp::Rotate {
-            key: random_key().public(),
-        },
-        &a.key,
-    );
+    let entry = rotate_fresh(&a, 1, &a.head, ts, &a.key)?;
     let r = post_entry(t, &a, &entry)?;
     r.expect_error(if stale {
         ErrorCode::Stale
@@ -452,17 +434,7 @@ fn not_found(e: &Env<'_>) -> R {
         reg_ts: 0,
         head: "00".repeat(32),
     };
-    let entry = next(
-        t,
-        &ghost,
-        1,
-        &ghost.head,
-        t.now(),
-        KeyOp::Rotate {
-            key: random_key().public(),
-        },
-        &k,
-    );
+    let entry = rotate_fresh(&ghost, 1, &ghost.head, t.now(), &k)?;
     post_entry(t, &ghost, &entry)?.expect_error(ErrorCode::NotFound)?;
     Ok(())
 }
@@ -478,14 +450,14 @@ fn limit(e: &Env<'_>) -> R {
     for seq in 1..=4096i64 {
         let k = random_key();
         let entry = next(
-            t,
             &a,
             seq,
             &prev,
             t0 + seq,
             KeyOp::Rotate { key: k.public() },
             &cur,
-        );
+            &[&k],
+        )?;
         let r = post_entry(t, &a, &entry)?;
         if seq == 4096 {
             r.expect_error(ErrorCode::TooLarge)?;
@@ -539,19 +511,20 @@ pub fn vector_valid(i: usize, c: &Value) -> Case {
         for (seq, (op, has_rec)) in ops.iter().enumerate().skip(1) {
             let seq = seq as i64;
             let ts = ts0 + seq;
-            let (kop, signer): (KeyOp, SecretKey) = match op.as_str() {
+            // The entry, its signer and the holders of the keys it introduces (LOG-2).
+            let (kop, signer, holders): (KeyOp, SecretKey, Vec<SecretKey>) = match op.as_str() {
                 "rotate" => {
                     let k = random_key();
                     let s = cur.clone().ok_or_else(|| Stop::Fail("rotate without a current key".into()))?;
                     cur = Some(k.clone());
-                    (KeyOp::Rotate { key: k.public() }, s)
+                    (KeyOp::Rotate { key: k.public() }, s, vec![k])
                 }
                 "revoke" => {
                     revokes += 1;
                     let by_rec = comment_l.contains("revoke by the recovery key") && revokes == 1;
                     let s = if by_rec { rec.clone() } else { cur.clone() }.ok_or_else(|| Stop::Fail("revoke without a signer".into()))?;
                     cur = None;
-                    (KeyOp::Revoke, s)
+                    (KeyOp::Revoke, s, vec![])
                 }
                 "recover" => {
                     let k = random_key();
@@ -561,17 +534,18 @@ pub fn vector_valid(i: usize, c: &Value) -> Case {
                     if let Some(r) = &new_rec {
                         rec = Some(r.clone());
                     }
-                    (KeyOp::Recover { key: k.public(), recovery: new_rec.map(|r| r.public()) }, s)
+                    let op = KeyOp::Recover { key: k.public(), recovery: new_rec.as_ref().map(SecretKey::public) };
+                    (op, s, std::iter::once(k).chain(new_rec).collect())
                 }
                 "move" => {
                     let to = Handle::parse(&format!("@{}@elsewhere.example", a.handle.name().as_str())).map_err(|err| Stop::Fail(err.to_string()))?;
                     let s = cur.clone().ok_or_else(|| Stop::Fail("move without a current key".into()))?;
                     cur = None;
-                    (KeyOp::Move { to }, s)
+                    (KeyOp::Move { to }, s, vec![])
                 }
                 other => skip!("no re-creation for op {other:?}"),
             };
-            let entry = next(t, &a, seq, &prev, ts, kop, &signer);
+            let entry = next(&a, seq, &prev, ts, kop, &signer, &holders.iter().collect::<Vec<_>>())?;
             append(t, &a, &entry)?;
             prev = entry.hash().to_hex();
         }
@@ -593,21 +567,27 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
     let title = format!("keylogs.json: {cm}: re-created against the relay");
     type F = fn(&Env<'_>) -> R;
     use ErrorCode as E;
+    if let Some((reqs, codes, f)) = super::proofs::vector_recreation(&l) {
+        return case(id, reqs, title, f).codes(codes);
+    }
     let (reqs, codes, f): (&'static [&'static str], &'static [ErrorCode], F) =
         if l.contains("first entry is not a register") {
             (&["LOG-5", "REG-1", "VEC-2"], &[E::InvalidField], |e| {
                 let t = e.t;
                 let h = t.fresh_handle("kvi");
                 let k = random_key();
-                let entry = KeyLogEntry {
-                    handle: h,
-                    seq: 0,
-                    prev: None,
-                    ts: t.now(),
-                    op: KeyOp::Rotate { key: k.public() },
-                    signer: k.public().key_id(),
-                }
-                .sign(&k);
+                let entry = sign_entry(
+                    &KeyLogEntry {
+                        handle: h,
+                        seq: 0,
+                        prev: None,
+                        ts: t.now(),
+                        op: KeyOp::Rotate { key: k.public() },
+                        signer: k.public().key_id(),
+                    },
+                    &k,
+                    &[&k],
+                )?;
                 reg(t, entry.value())?.expect_error_field(E::InvalidField, "entry.op")?;
                 Ok(())
             })
@@ -615,18 +595,21 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
             (&["LOG-1", "REG-1", "VEC-2"], &[E::KeylogBrokenChain], |e| {
                 let t = e.t;
                 let (h, k) = (t.fresh_handle("kvi"), random_key());
-                let entry = KeyLogEntry {
-                    handle: h,
-                    seq: 0,
-                    prev: EntryHash::parse_hex(&"ab".repeat(32)),
-                    ts: t.now(),
-                    op: KeyOp::Register {
-                        key: k.public(),
-                        recovery: None,
+                let entry = sign_entry(
+                    &KeyLogEntry {
+                        handle: h,
+                        seq: 0,
+                        prev: EntryHash::parse_hex(&"ab".repeat(32)),
+                        ts: t.now(),
+                        op: KeyOp::Register {
+                            key: k.public(),
+                            recovery: None,
+                        },
+                        signer: k.public().key_id(),
                     },
-                    signer: k.public().key_id(),
-                }
-                .sign(&k);
+                    &k,
+                    &[],
+                )?;
                 reg(t, entry.value())?.expect_error(E::KeylogBrokenChain)?;
                 Ok(())
             })
@@ -637,19 +620,7 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                 |e| {
                     on_base(
                         e,
-                        |t, a| {
-                            next(
-                                t,
-                                a,
-                                2,
-                                &a.head,
-                                t.now().max(a.reg_ts + 1),
-                                KeyOp::Rotate {
-                                    key: random_key().public(),
-                                },
-                                &a.key,
-                            )
-                        },
+                        |t, a| rotate_fresh(a, 2, &a.head, t.now().max(a.reg_ts + 1), &a.key),
                         E::KeylogBrokenChain,
                     )
                 },
@@ -662,17 +633,8 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                     on_base(
                         e,
                         |t, a| {
-                            next(
-                                t,
-                                a,
-                                1,
-                                &"cd".repeat(32),
-                                t.now().max(a.reg_ts + 1),
-                                KeyOp::Rotate {
-                                    key: random_key().public(),
-                                },
-                                &a.key,
-                            )
+                            let ts = t.now().max(a.reg_ts + 1);
+                            rotate_fresh(a, 1, &"cd".repeat(32), ts, &a.key)
                         },
                         E::KeylogBrokenChain,
                     )
@@ -682,19 +644,7 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
             (&["LOG-10", "API-6", "VEC-2"], &[E::KeylogTimeOrder], |e| {
                 on_base(
                     e,
-                    |t, a| {
-                        next(
-                            t,
-                            a,
-                            1,
-                            &a.head,
-                            a.reg_ts,
-                            KeyOp::Rotate {
-                                key: random_key().public(),
-                            },
-                            &a.key,
-                        )
-                    },
+                    |_, a| rotate_fresh(a, 1, &a.head, a.reg_ts, &a.key),
                     E::KeylogTimeOrder,
                 )
             })
@@ -706,15 +656,11 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                     on_base(
                         e,
                         |t, a| {
-                            next(
-                                t,
+                            rotate_fresh(
                                 a,
                                 1,
                                 &a.head,
                                 t.now().max(a.reg_ts + 1),
-                                KeyOp::Rotate {
-                                    key: random_key().public(),
-                                },
                                 a.recovery.as_ref().unwrap_or(&a.key),
                             )
                         },
@@ -730,17 +676,18 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                     on_base(
                         e,
                         |t, a| {
+                            let k = random_key();
                             next(
-                                t,
                                 a,
                                 1,
                                 &a.head,
                                 t.now().max(a.reg_ts + 1),
                                 KeyOp::Recover {
-                                    key: random_key().public(),
+                                    key: k.public(),
                                     recovery: None,
                                 },
                                 &a.key,
+                                &[&k],
                             )
                         },
                         E::KeylogUnauthorizedSigner,
@@ -755,18 +702,19 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                     let t = e.t;
                     let a = t.register_opts("kvnr", false)?;
                     let stranger = random_key();
+                    let k = random_key();
                     let entry = next(
-                        t,
                         &a,
                         1,
                         &a.head,
                         t.now().max(a.reg_ts + 1),
                         KeyOp::Recover {
-                            key: random_key().public(),
+                            key: k.public(),
                             recovery: None,
                         },
                         &stranger,
-                    );
+                        &[&k],
+                    )?;
                     post_entry(t, &a, &entry)?.expect_error(E::KeylogUnauthorizedSigner)?;
                     Ok(())
                 },
@@ -783,9 +731,9 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                         .clone()
                         .ok_or_else(|| Stop::Fail("no recovery key".into()))?;
                     let ts = t.now().max(a.reg_ts + 1);
-                    let r1 = next(t, &a, 1, &a.head, ts, KeyOp::Revoke, &a.key);
+                    let r1 = next(&a, 1, &a.head, ts, KeyOp::Revoke, &a.key, &[])?;
                     append(t, &a, &r1)?;
-                    let r2 = next(t, &a, 2, &r1.hash().to_hex(), ts + 1, KeyOp::Revoke, &rec);
+                    let r2 = next(&a, 2, &r1.hash().to_hex(), ts + 1, KeyOp::Revoke, &rec, &[])?;
                     post_entry(t, &a, &r2)?.expect_error(E::KeylogUnauthorizedSigner)?;
                     Ok(())
                 },
@@ -797,7 +745,7 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                 |e| {
                     let t = e.t;
                     let (h, k, other) = (t.fresh_handle("kvi"), random_key(), random_key());
-                    reg(t, t.register_entry(&h, &k, None, t.now(), &other).value())?
+                    reg(t, t.register_entry(&h, &k, None, t.now(), &other)?.value())?
                         .expect_error(E::KeylogUnauthorizedSigner)?;
                     Ok(())
                 },
@@ -809,17 +757,7 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                 |e| {
                     let t = e.t;
                     let a = base(e)?;
-                    let entry = next(
-                        t,
-                        &a,
-                        1,
-                        &a.head,
-                        t.now().max(a.reg_ts + 1),
-                        KeyOp::Rotate {
-                            key: random_key().public(),
-                        },
-                        &a.key,
-                    );
+                    let entry = rotate_fresh(&a, 1, &a.head, t.now().max(a.reg_ts + 1), &a.key)?;
                     // The same entry signed by the right key under the envelope tag.
                     let mut v = entry.value().clone();
                     if let Value::Object(o) = &mut v {
@@ -842,17 +780,7 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                 |e| {
                     let t = e.t;
                     let a = base(e)?;
-                    let entry = next(
-                        t,
-                        &a,
-                        1,
-                        &a.head,
-                        t.now().max(a.reg_ts + 1),
-                        KeyOp::Rotate {
-                            key: random_key().public(),
-                        },
-                        &a.key,
-                    );
+                    let entry = rotate_fresh(&a, 1, &a.head, t.now().max(a.reg_ts + 1), &a.key)?;
                     let mut v = entry.value().clone();
                     if let Value::Object(o) = &mut v {
                         let sig = o
@@ -875,17 +803,16 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                 let k2 = random_key();
                 let ts = t.now().max(a.reg_ts + 1);
                 let r1 = next(
-                    t,
                     &a,
                     1,
                     &a.head,
                     ts,
                     KeyOp::Rotate { key: k2.public() },
                     &a.key,
-                );
+                    &[&k2],
+                )?;
                 append(t, &a, &r1)?;
                 let r2 = next(
-                    t,
                     &a,
                     2,
                     &r1.hash().to_hex(),
@@ -894,7 +821,8 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                         key: a.key.public(),
                     },
                     &k2,
-                );
+                    &[&a.key],
+                )?;
                 post_entry(t, &a, &r2)?.expect_error(E::KeylogKeyReused)?;
                 Ok(())
             })
@@ -905,12 +833,8 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                 |e| {
                     let t = e.t;
                     let (h, k) = (t.fresh_handle("kvi"), random_key());
-                    reg(
-                        t,
-                        t.register_entry(&h, &k, Some(&k.public()), t.now(), &k)
-                            .value(),
-                    )?
-                    .expect_error(E::KeylogKeyReused)?;
+                    reg(t, t.register_entry(&h, &k, Some(&k), t.now(), &k)?.value())?
+                        .expect_error(E::KeylogKeyReused)?;
                     Ok(())
                 },
             )
@@ -929,17 +853,8 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                         handle: t.fresh_handle("kvother"),
                         ..(*a).clone()
                     };
-                    let entry = next(
-                        t,
-                        &other,
-                        1,
-                        &a.head,
-                        t.now().max(a.reg_ts + 1),
-                        KeyOp::Rotate {
-                            key: random_key().public(),
-                        },
-                        &a.key,
-                    );
+                    let ts = t.now().max(a.reg_ts + 1);
+                    let entry = rotate_fresh(&other, 1, &a.head, ts, &a.key)?;
                     post_entry(t, &a, &entry)?.expect_error(E::KeylogHandleMismatch)?;
                     Ok(())
                 },
@@ -948,17 +863,7 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
             (&["KEY-2", "API-6", "VEC-2"], &[E::WeakKey], |e| {
                 let t = e.t;
                 let a = base(e)?;
-                let entry = next(
-                    t,
-                    &a,
-                    1,
-                    &a.head,
-                    t.now().max(a.reg_ts + 1),
-                    KeyOp::Rotate {
-                        key: random_key().public(),
-                    },
-                    &a.key,
-                );
+                let entry = rotate_fresh(&a, 1, &a.head, t.now().max(a.reg_ts + 1), &a.key)?;
                 let mut v = entry.value().clone();
                 if let Value::Object(o) = &mut v {
                     // The identity point: canonical, small order.
@@ -976,20 +881,8 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                 |e| {
                     let t = e.t;
                     let a = base(e)?;
-                    let mut o = match next(
-                        t,
-                        &a,
-                        1,
-                        &a.head,
-                        t.now().max(a.reg_ts + 1),
-                        KeyOp::Rotate {
-                            key: random_key().public(),
-                        },
-                        &a.key,
-                    )
-                    .value()
-                    .clone()
-                    {
+                    let ts = t.now().max(a.reg_ts + 1);
+                    let mut o = match rotate_fresh(&a, 1, &a.head, ts, &a.key)?.value().clone() {
                         Value::Object(o) => o,
                         _ => fail!("unreachable"),
                     };
@@ -1011,18 +904,21 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                 let t = e.t;
                 let a = base(e)?;
                 let k = random_key();
-                let entry = KeyLogEntry {
-                    handle: a.handle.clone(),
-                    seq: 1,
-                    prev: EntryHash::parse_hex(&a.head),
-                    ts: t.now().max(a.reg_ts + 1),
-                    op: KeyOp::Register {
-                        key: k.public(),
-                        recovery: None,
+                let entry = sign_entry(
+                    &KeyLogEntry {
+                        handle: a.handle.clone(),
+                        seq: 1,
+                        prev: EntryHash::parse_hex(&a.head),
+                        ts: t.now().max(a.reg_ts + 1),
+                        op: KeyOp::Register {
+                            key: k.public(),
+                            recovery: None,
+                        },
+                        signer: k.public().key_id(),
                     },
-                    signer: k.public().key_id(),
-                }
-                .sign(&k);
+                    &k,
+                    &[],
+                )?;
                 post_entry(t, &a, &entry)?.expect_error_field(E::InvalidField, "op")?;
                 Ok(())
             })
@@ -1035,7 +931,6 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                         e,
                         |t, a| {
                             next(
-                                t,
                                 a,
                                 1,
                                 &a.head,
@@ -1044,6 +939,7 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
                                     to: a.handle.clone(),
                                 },
                                 &a.key,
+                                &[],
                             )
                         },
                         E::InvalidField,
@@ -1061,7 +957,7 @@ pub fn vector_invalid(i: usize, c: &Value) -> Case {
             (&["LOG-1", "REG-1", "VEC-2"], &[E::MissingField], |e| {
                 let t = e.t;
                 let (h, k) = (t.fresh_handle("kvi"), random_key());
-                let mut v = t.register_entry(&h, &k, None, t.now(), &k).value().clone();
+                let mut v = t.register_entry(&h, &k, None, t.now(), &k)?.value().clone();
                 if let Value::Object(o) = &mut v {
                     o.remove("key");
                 }
@@ -1127,23 +1023,13 @@ pub(super) fn with_member(entry: &Value, member: &str, bad: &Value, key: &Secret
 fn wrong_member(e: &Env<'_>, member: &str, bad: Value) -> R {
     let t = e.t;
     let a = base(e)?;
-    let rotate = next(
-        t,
-        &a,
-        1,
-        &a.head,
-        t.now().max(a.reg_ts + 1),
-        KeyOp::Rotate {
-            key: random_key().public(),
-        },
-        &a.key,
-    );
+    let rotate = rotate_fresh(&a, 1, &a.head, t.now().max(a.reg_ts + 1), &a.key)?;
     let v = with_member(rotate.value(), member, &bad, &a.key)?;
     t.http
         .post(&format!("/v1/keys/{}", a.handle), &canon::canonicalize(&v))?
         .expect_error_field(ErrorCode::InvalidField, member)?;
     let (h, k) = (t.fresh_handle("kvt"), random_key());
-    let register = t.register_entry(&h, &k, None, t.now(), &k);
+    let register = t.register_entry(&h, &k, None, t.now(), &k)?;
     let v = with_member(register.value(), member, &bad, &k)?;
     reg(t, &v)?.expect_error_field(ErrorCode::InvalidField, &format!("entry.{member}"))?;
     Ok(())
@@ -1166,16 +1052,20 @@ pub(super) fn reg(t: &Target, entry: &Value) -> R<Resp> {
     t.post_ip_limited("/v1/register", &canon::canonicalize(&body))
 }
 
-fn base(e: &Env<'_>) -> R<std::sync::Arc<Agent>> {
+pub(super) fn base(e: &Env<'_>) -> R<std::sync::Arc<Agent>> {
     e.fixture("keylog-base", |t| t.register("kbase"))
 }
 
 /// Posts the entry `make` builds against the shared agent (whose log stays at its register
 /// entry: every such entry is refused) and requires `code`.
-fn on_base(e: &Env<'_>, make: impl Fn(&Target, &Agent) -> SignedKeyLogEntry, code: ErrorCode) -> R {
+fn on_base(
+    e: &Env<'_>,
+    make: impl Fn(&Target, &Agent) -> R<SignedKeyLogEntry>,
+    code: ErrorCode,
+) -> R {
     let t = e.t;
     let a = base(e)?;
-    let entry = make(t, &a);
+    let entry = make(t, &a)?;
     post_entry(t, &a, &entry)?.expect_error(code)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use crate::case::Case;
 use crate::http::Resp;
-use crate::target::{int, obj, s, sign_with, Agent, Signed, Target};
+use crate::target::{int, obj, s, sign_entry, sign_with, Agent, Signed, Target};
 use crate::verdict::{Stop, R};
 use crate::{ensure, fail, skip};
 use formica_protocol::{canon, Domain, ErrorCode, Handle, Object, Value};
@@ -16,6 +16,7 @@ pub mod envelopes;
 pub mod federation;
 pub mod inbox;
 pub mod keylog;
+pub mod proofs;
 pub mod registration;
 pub mod signatures;
 pub mod tiers;
@@ -28,6 +29,7 @@ pub fn all() -> Vec<Case> {
     v.extend(vectors::cases());
     v.extend(registration::cases());
     v.extend(keylog::cases());
+    v.extend(proofs::cases());
     v.extend(envelopes::cases());
     v.extend(signatures::cases());
     v.extend(auth::cases());

@@ -12,7 +12,7 @@ use crate::case::{case, Env};
 use crate::target::{random_key, Issued};
 use formica_protocol::keylog::KeyOp;
 use formica_protocol::pow::{self, Challenge, PowProof};
-use formica_protocol::{PublicKey, RelayHost, SecretKey};
+use formica_protocol::{RelayHost, SecretKey};
 
 pub fn cases() -> Vec<Case> {
     use ErrorCode as E;
@@ -71,11 +71,11 @@ fn bogus_proof() -> Value {
 }
 
 /// A fresh handle and key with a signed register entry stamped now.
-fn fresh(t: &Target, tag: &str) -> (Handle, SecretKey, Value) {
+fn fresh(t: &Target, tag: &str) -> R<(Handle, SecretKey, Value)> {
     let h = t.fresh_handle(tag);
     let k = random_key();
-    let entry = t.register_entry(&h, &k, None, t.now(), &k).value().clone();
-    (h, k, entry)
+    let entry = t.register_entry(&h, &k, None, t.now(), &k)?.value().clone();
+    Ok((h, k, entry))
 }
 
 /// The difficulty the binding cases commit to: what the relay requires, but at least 8 so a
@@ -98,10 +98,10 @@ fn register_checked(
     t: &Target,
     h: &Handle,
     k: &SecretKey,
-    recovery: Option<&PublicKey>,
+    recovery: Option<&SecretKey>,
 ) -> R<(Issued, Value)> {
     let ch = t.challenge()?;
-    let entry = t.register_entry(h, k, recovery, t.now(), k);
+    let entry = t.register_entry(h, k, recovery, t.now(), k)?;
     let nonce = Target::mine(
         &t.pow_prefix(h, &k.public(), &ch.challenge, ch.difficulty),
         ch.difficulty,
@@ -162,7 +162,7 @@ fn register_ok(e: &Env<'_>) -> R {
         ch.expires,
         before + ttl
     );
-    let entry = t.register_entry(&h, &k, Some(&rec.public()), t.now(), &k);
+    let entry = t.register_entry(&h, &k, Some(&rec), t.now(), &k)?;
     let nonce = Target::mine(
         &t.pow_prefix(&h, &k.public(), &ch.challenge, ch.difficulty),
         ch.difficulty,
@@ -277,7 +277,7 @@ fn challenge_used(e: &Env<'_>) -> R {
     let h = t.fresh_handle("chu");
     let k = random_key();
     let (ch, _) = register_checked(t, &h, &k, None)?;
-    let (h2, k2, entry2) = fresh(t, "chu");
+    let (h2, k2, entry2) = fresh(t, "chu")?;
     let nonce = Target::mine(
         &t.pow_prefix(&h2, &k2.public(), &ch.challenge, ch.difficulty),
         ch.difficulty,
@@ -292,7 +292,7 @@ fn challenge_used(e: &Env<'_>) -> R {
 
 fn challenge_unknown(e: &Env<'_>) -> R {
     let t = e.t;
-    let (h, k, entry) = fresh(t, "chn");
+    let (h, k, entry) = fresh(t, "chn")?;
     let mut c = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut c);
     let ch = Issued {
@@ -319,7 +319,7 @@ fn weak_nonce(prefix: &[u8], d: u32) -> u64 {
 
 fn challenge_survives(e: &Env<'_>) -> R {
     let t = e.t;
-    let (h, k, entry) = fresh(t, "chs");
+    let (h, k, entry) = fresh(t, "chs")?;
     let ch = t.challenge()?;
     let d = committed(&ch);
     let prefix = t.pow_prefix(&h, &k.public(), &ch.challenge, d);
@@ -346,7 +346,7 @@ fn challenge_expired(e: &Env<'_>) -> R {
     if ttl > 10_000 {
         skip!("pow.challenge_ttl_ms is {ttl}; the case waits for an expiry only up to 10000 ms");
     }
-    let (h, k, _) = fresh(t, "che");
+    let (h, k, _) = fresh(t, "che")?;
     let ch = t.challenge()?;
     let nonce = Target::mine(
         &t.pow_prefix(&h, &k.public(), &ch.challenge, ch.difficulty),
@@ -357,7 +357,7 @@ fn challenge_expired(e: &Env<'_>) -> R {
         fail!("the challenge expires in {wait} ms although challenge_ttl_ms is {ttl} (POW-1)");
     }
     sleep_ms(wait);
-    let entry = t.register_entry(&h, &k, None, t.now(), &k);
+    let entry = t.register_entry(&h, &k, None, t.now(), &k)?;
     post_reg(
         t,
         &reg_body(entry.value(), Some(proof(&ch, ch.difficulty, nonce))),
@@ -368,14 +368,14 @@ fn challenge_expired(e: &Env<'_>) -> R {
 
 fn pow_missing(e: &Env<'_>) -> R {
     let t = e.t;
-    let (_, _, entry) = fresh(t, "pwm");
+    let (_, _, entry) = fresh(t, "pwm")?;
     post_reg(t, &reg_body(&entry, None))?.expect_error(ErrorCode::PowMissing)?;
     Ok(())
 }
 
 fn pow_schema(e: &Env<'_>) -> R {
     let t = e.t;
-    let (_, _, entry) = fresh(t, "pws");
+    let (_, _, entry) = fresh(t, "pws")?;
     let c = s(&"0".repeat(32));
     let cases: Vec<(Value, ErrorCode, &str)> = vec![
         (
@@ -429,7 +429,7 @@ fn pow_schema(e: &Env<'_>) -> R {
 
 fn commit_above(e: &Env<'_>, extra: u32) -> R {
     let t = e.t;
-    let (h, k, entry) = fresh(t, "pwa");
+    let (h, k, entry) = fresh(t, "pwa")?;
     let ch = t.challenge()?;
     let d = ch.difficulty + extra;
     let nonce = Target::mine(&t.pow_prefix(&h, &k.public(), &ch.challenge, d), d)?;
@@ -469,7 +469,7 @@ fn misleading_nonce(d: u32, right: impl Fn(u64) -> [u8; 32], wrong: impl Fn(u64)
 
 fn bound(e: &Env<'_>, how: Bind) -> R {
     let t = e.t;
-    let (h, k, entry) = fresh(t, "pwb");
+    let (h, k, entry) = fresh(t, "pwb")?;
     let ch = t.challenge()?;
     let d = committed(&ch);
     let right = t.pow_prefix(&h, &k.public(), &ch.challenge, d);
@@ -580,7 +580,7 @@ pub fn vector_pow(i: usize, c: &Value) -> Case {
             if t.published.pow_difficulty != 0 {
                 skip!("the relay requires difficulty {}; a proof for 0 only applies to relays requiring 0", t.published.pow_difficulty);
             }
-            let (_, _, entry) = fresh(t, "pw0");
+            let (_, _, entry) = fresh(t, "pw0")?;
             let ch = t.challenge()?;
             post_reg(t, &reg_body(&entry, Some(proof(&ch, 0, 12345))))?.expect_json(201)?;
             Ok(())
@@ -592,7 +592,7 @@ pub fn vector_pow(i: usize, c: &Value) -> Case {
     if l.contains("below the required") {
         return case(id, &["POW-5", "VEC-2"], title, |e| {
             let t = e.t;
-            let (h, k, entry) = fresh(t, "pwl");
+            let (h, k, entry) = fresh(t, "pwl")?;
             let ch = t.challenge()?;
             if ch.difficulty == 0 {
                 skip!("the relay requires difficulty 0; nothing commits below it");
@@ -608,7 +608,7 @@ pub fn vector_pow(i: usize, c: &Value) -> Case {
     if l.contains("does not meet") {
         return case(id, &["POW-5", "VEC-2"], title, |e| {
             let t = e.t;
-            let (h, k, entry) = fresh(t, "pwn");
+            let (h, k, entry) = fresh(t, "pwn")?;
             let ch = t.challenge()?;
             let d = committed(&ch);
             let prefix = t.pow_prefix(&h, &k.public(), &ch.challenge, d);
@@ -636,7 +636,7 @@ pub fn vector_pow(i: usize, c: &Value) -> Case {
         title,
         |e| {
             let t = e.t;
-            let (h, k, entry) = fresh(t, "pwf");
+            let (h, k, entry) = fresh(t, "pwf")?;
             let ch = t.challenge()?;
             let nonce = pow::mine(
                 &t.pow_prefix(&h, &k.public(), &ch.challenge, ch.difficulty),
@@ -715,7 +715,7 @@ fn wrong_relay(e: &Env<'_>) -> R {
     let h = Handle::parse(&format!("@x{}@elsewhere.example", t.run_id))
         .map_err(|err| Stop::Fail(err.to_string()))?;
     let k = random_key();
-    let entry = t.register_entry(&h, &k, None, t.now(), &k);
+    let entry = t.register_entry(&h, &k, None, t.now(), &k)?;
     post_reg(t, &reg_body(entry.value(), Some(bogus_proof())))?
         .expect_error(ErrorCode::WrongRelay)?;
     Ok(())
@@ -727,7 +727,7 @@ fn reserved(e: &Env<'_>) -> R {
         let h = Handle::parse(&format!("@{name}@{}", t.host))
             .map_err(|err| Stop::Fail(err.to_string()))?;
         let k = random_key();
-        let entry = t.register_entry(&h, &k, None, t.now(), &k);
+        let entry = t.register_entry(&h, &k, None, t.now(), &k)?;
         post_reg(t, &reg_body(entry.value(), Some(bogus_proof())))?
             .expect_error(ErrorCode::HandleReserved)
             .map_err(|err| match err {
@@ -742,15 +742,18 @@ fn not_register(e: &Env<'_>) -> R {
     let t = e.t;
     let h = t.fresh_handle("nrg");
     let k = random_key();
-    let entry = formica_protocol::keylog::KeyLogEntry {
-        handle: h,
-        seq: 0,
-        prev: None,
-        ts: t.now(),
-        op: KeyOp::Rotate { key: k.public() },
-        signer: k.public().key_id(),
-    }
-    .sign(&k);
+    let entry = sign_entry(
+        &formica_protocol::keylog::KeyLogEntry {
+            handle: h,
+            seq: 0,
+            prev: None,
+            ts: t.now(),
+            op: KeyOp::Rotate { key: k.public() },
+            signer: k.public().key_id(),
+        },
+        &k,
+        &[&k],
+    )?;
     post_reg(t, &reg_body(entry.value(), Some(bogus_proof())))?
         .expect_error_field(ErrorCode::InvalidField, "entry.op")?;
     Ok(())
@@ -765,7 +768,7 @@ fn entry_time(e: &Env<'_>, stale: bool) -> R {
     } else {
         t.now() + t.published.skew_ms + 30_000
     };
-    let entry = t.register_entry(&h, &k, None, ts, &k);
+    let entry = t.register_entry(&h, &k, None, ts, &k)?;
     let r = post_reg(t, &reg_body(entry.value(), Some(bogus_proof())))?;
     r.expect_error(if stale {
         ErrorCode::Stale
@@ -777,7 +780,7 @@ fn entry_time(e: &Env<'_>, stale: bool) -> R {
 
 fn bad_signature(e: &Env<'_>) -> R {
     let t = e.t;
-    let (_, _, mut entry) = fresh(t, "rbs");
+    let (_, _, mut entry) = fresh(t, "rbs")?;
     if let Value::Object(o) = &mut entry {
         let sig = o
             .get("sig")
@@ -796,7 +799,7 @@ fn handle_taken(e: &Env<'_>) -> R {
     register_checked(t, &h, &random_key(), None)?;
     let k2 = random_key();
     let ch = t.challenge()?;
-    let entry = t.register_entry(&h, &k2, None, t.now(), &k2);
+    let entry = t.register_entry(&h, &k2, None, t.now(), &k2)?;
     let nonce = Target::mine(
         &t.pow_prefix(&h, &k2.public(), &ch.challenge, ch.difficulty),
         ch.difficulty,
@@ -811,13 +814,13 @@ fn handle_taken(e: &Env<'_>) -> R {
 
 /// A register entry object with `key` replaced by `key_hex` (signed by `k`, the signature is
 /// irrelevant: the key is refused while parsing).
-fn entry_with_key(t: &Target, k: &SecretKey, key_hex: &str) -> Value {
+fn entry_with_key(t: &Target, k: &SecretKey, key_hex: &str) -> R<Value> {
     let h = t.fresh_handle("ikey");
-    let mut entry = t.register_entry(&h, k, None, t.now(), k).value().clone();
+    let mut entry = t.register_entry(&h, k, None, t.now(), k)?.value().clone();
     if let Value::Object(o) = &mut entry {
         o.insert("key", s(key_hex));
     }
-    entry
+    Ok(entry)
 }
 
 fn invalid_key(e: &Env<'_>) -> R {
@@ -830,7 +833,7 @@ fn invalid_key(e: &Env<'_>) -> R {
         format!("{good}00"),
         "zz".repeat(32),
     ] {
-        let entry = entry_with_key(t, &k, &bad);
+        let entry = entry_with_key(t, &k, &bad)?;
         post_reg(t, &reg_body(&entry, Some(bogus_proof())))?
             .expect_error(ErrorCode::InvalidKey)
             .map_err(|err| match err {
@@ -843,7 +846,7 @@ fn invalid_key(e: &Env<'_>) -> R {
 
 fn body_schema(e: &Env<'_>) -> R {
     let t = e.t;
-    let (_, _, entry) = fresh(t, "rbd");
+    let (_, _, entry) = fresh(t, "rbd")?;
     post_reg(t, b"{\"pow\":{}}")?.expect_error_field(ErrorCode::MissingField, "entry")?;
     post_reg(
         t,
@@ -869,7 +872,7 @@ fn reg_order(e: &Env<'_>) -> R {
     let h = Handle::parse("@admin@elsewhere.example").map_err(|err| Stop::Fail(err.to_string()))?;
     post_reg(
         t,
-        &reg_body(t.register_entry(&h, &k, None, old, &k).value(), None),
+        &reg_body(t.register_entry(&h, &k, None, old, &k)?.value(), None),
     )?
     .expect_error(ErrorCode::WrongRelay)?;
     // 7 (reserved) before 9 (freshness).
@@ -877,7 +880,7 @@ fn reg_order(e: &Env<'_>) -> R {
         Handle::parse(&format!("@admin@{}", t.host)).map_err(|err| Stop::Fail(err.to_string()))?;
     post_reg(
         t,
-        &reg_body(t.register_entry(&h, &k, None, old, &k).value(), None),
+        &reg_body(t.register_entry(&h, &k, None, old, &k)?.value(), None),
     )?
     .expect_error(ErrorCode::HandleReserved)?;
     // 9 (freshness) before 10 (signature) and 11 (pow).
@@ -885,13 +888,13 @@ fn reg_order(e: &Env<'_>) -> R {
     post_reg(
         t,
         &reg_body(
-            t.register_entry(&h, &k, None, old, &random_key()).value(),
+            t.register_entry(&h, &k, None, old, &random_key())?.value(),
             None,
         ),
     )?
     .expect_error(ErrorCode::Stale)?;
     // 10 (signature) before 11 (pow missing).
-    let (_, _, mut entry) = fresh(t, "ord");
+    let (_, _, mut entry) = fresh(t, "ord")?;
     if let Value::Object(o) = &mut entry {
         let sig = o
             .get("sig")
@@ -902,7 +905,7 @@ fn reg_order(e: &Env<'_>) -> R {
     }
     post_reg(t, &reg_body(&entry, None))?.expect_error(ErrorCode::BadSignature)?;
     // 11 (pow present) before 12 (challenge).
-    let (_, _, entry) = fresh(t, "ord");
+    let (_, _, entry) = fresh(t, "ord")?;
     post_reg(t, &reg_body(&entry, None))?.expect_error(ErrorCode::PowMissing)?;
     post_reg(
         t,
@@ -924,7 +927,7 @@ fn hex_rules(e: &Env<'_>) -> R {
     let k = random_key();
     let h = t.fresh_handle("hex");
     // Key id (signer) in upper case: invalid_field, not invalid_key (KEY-5).
-    let mut entry = t.register_entry(&h, &k, None, t.now(), &k).value().clone();
+    let mut entry = t.register_entry(&h, &k, None, t.now(), &k)?.value().clone();
     if let Value::Object(o) = &mut entry {
         o.insert(
             "signer",
@@ -934,14 +937,14 @@ fn hex_rules(e: &Env<'_>) -> R {
     post_reg(t, &reg_body(&entry, Some(bogus_proof())))?
         .expect_error_field(ErrorCode::InvalidField, "entry.signer")?;
     // A signature of the wrong length.
-    let mut entry = t.register_entry(&h, &k, None, t.now(), &k).value().clone();
+    let mut entry = t.register_entry(&h, &k, None, t.now(), &k)?.value().clone();
     if let Value::Object(o) = &mut entry {
         o.insert("sig", s(&"ab".repeat(63)));
     }
     post_reg(t, &reg_body(&entry, Some(bogus_proof())))?
         .expect_error_field(ErrorCode::InvalidField, "entry.sig")?;
     // A challenge with upper-case hex and one of 30 characters.
-    let entry = t.register_entry(&h, &k, None, t.now(), &k).value().clone();
+    let entry = t.register_entry(&h, &k, None, t.now(), &k)?.value().clone();
     for c in ["0A".repeat(16), "0".repeat(30)] {
         let p = obj(vec![
             ("challenge", s(&c)),
@@ -952,7 +955,7 @@ fn hex_rules(e: &Env<'_>) -> R {
             .expect_error_field(ErrorCode::InvalidField, "pow.challenge")?;
     }
     // A public key in upper case is invalid_key (KEY-2), checked in reg.invalid-key too.
-    let up = entry_with_key(t, &k, &k.public().to_hex().to_ascii_uppercase());
+    let up = entry_with_key(t, &k, &k.public().to_hex().to_ascii_uppercase())?;
     post_reg(t, &reg_body(&up, Some(bogus_proof())))?.expect_error(ErrorCode::InvalidKey)?;
     Ok(())
 }

@@ -18,7 +18,6 @@ use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::IsIdentity;
 use formica_protocol::auth::{request_signing_input, RequestTarget};
-use formica_protocol::keylog::KeyOp;
 use formica_protocol::{PublicKey, SecretKey};
 use rand::RngCore;
 use sha2::{Digest, Sha512};
@@ -278,18 +277,8 @@ fn entry_with_sig(entry: &formica_protocol::SignedKeyLogEntry, sig: &[u8; 64]) -
 
 /// A rotate of `a`'s log to a fresh key, signed by `a`'s key: every one is refused, so the
 /// shared agent's log stays at its register entry.
-fn rotate(t: &Target, a: &Agent) -> formica_protocol::SignedKeyLogEntry {
-    super::keylog::next(
-        t,
-        a,
-        1,
-        &a.head,
-        t.now().max(a.reg_ts + 1),
-        KeyOp::Rotate {
-            key: random_key().public(),
-        },
-        &a.key,
-    )
+fn rotate(t: &Target, a: &Agent) -> R<formica_protocol::SignedKeyLogEntry> {
+    super::keylog::rotate_fresh(a, 1, &a.head, t.now().max(a.reg_ts + 1), &a.key)
 }
 
 fn post_keys(t: &Target, a: &Agent, v: &Value) -> R<Resp> {
@@ -302,12 +291,12 @@ fn on_keylog(e: &Env<'_>, c: Class) -> R {
     // A registration: the register entry is signed by its own key (REG-1 step 10 comes before
     // the proof-of-work, so no proof is needed to reach it).
     let (h, k) = (t.fresh_handle("sigk"), random_key());
-    let entry = t.register_entry(&h, &k, None, t.now(), &k);
+    let entry = t.register_entry(&h, &k, None, t.now(), &k)?;
     let sig = c.forge(&k, entry.signing_input())?;
     super::keylog::reg(t, &entry_with_sig(&entry, &sig))?.expect_error(ErrorCode::BadSignature)?;
     // A rotate posted to the key log endpoint (API-6 step 10).
     let a = signer(e)?;
-    let entry = rotate(t, &a);
+    let entry = rotate(t, &a)?;
     let sig = c.forge(&a.key, entry.signing_input())?;
     post_keys(t, &a, &entry_with_sig(&entry, &sig))?.expect_error(ErrorCode::BadSignature)?;
     Ok(())
@@ -351,7 +340,7 @@ fn refuse_keys(e: &Env<'_>, keys: &[[u8; 32]], n_reg: usize, code: ErrorCode) ->
     let a = signer(e)?;
     for key in keys {
         let hex = formica_protocol::hex::encode(key);
-        let v = super::keylog::with_member(rotate(t, &a).value(), "key", &s(&hex), &a.key)?;
+        let v = super::keylog::with_member(rotate(t, &a)?.value(), "key", &s(&hex), &a.key)?;
         post_keys(t, &a, &v)?
             .expect_error(code)
             .map_err(|err| annotate(err, &hex))?;
@@ -359,7 +348,7 @@ fn refuse_keys(e: &Env<'_>, keys: &[[u8; 32]], n_reg: usize, code: ErrorCode) ->
     for key in keys.iter().take(n_reg) {
         let hex = formica_protocol::hex::encode(key);
         let k = random_key();
-        let entry = t.register_entry(&t.fresh_handle("sigw"), &k, None, t.now(), &k);
+        let entry = t.register_entry(&t.fresh_handle("sigw"), &k, None, t.now(), &k)?;
         let v = super::keylog::with_member(entry.value(), "key", &s(&hex), &k)?;
         super::keylog::reg(t, &v)?
             .expect_error(code)

@@ -292,7 +292,7 @@ fn handle_valid(i: usize, c: &Value) -> Case {
             let mine = formica_protocol::Handle::parse(&format!("@{name}@{}", t.host))
                 .map_err(|err| Stop::Fail(err.to_string()))?;
             let key = random_key();
-            let entry = t.register_entry(&mine, &key, None, t.now(), &key);
+            let entry = t.register_entry(&mine, &key, None, t.now(), &key)?;
             let body = obj(vec![
                 ("entry", entry.value().clone()),
                 (
