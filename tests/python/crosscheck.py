@@ -15,8 +15,12 @@ a. Canonicalization. Documents from protocol-spec/vectors/canon.json (cases with
 b. Envelopes (vectors/envelopes_valid.json): signing input = domain tag, 0x00, RFC 8785 form;
    id = BLAKE3 of it; public key and key id from the seed; the signature verifies; the wire form
    without id and sig canonicalizes to the same bytes; keytool prints the same input and id.
-c. Key logs (vectors/keylogs.json, valid logs): entry hashes, the prev chain, the head,
-   every entry signature under the key its signer names, and keytool's keylog signing input.
+c. Key logs (vectors/keylogs.json): for the valid logs, entry hashes, the prev chain, the head,
+   every entry signature under the key its signer names, keytool's keylog signing input, and
+   the proofs of possession (LOG-2): exactly the proofs the op needs (`key_sig` on rotate and
+   recover, `recovery_sig` with `recovery`), each verifying with the key it proves over the
+   keylog-pop input, and none verifying under the keylog tag. For the invalid logs refused with
+   bad_signature, at least one entry signature or proof must fail to verify here too.
 d. Proof-of-work (vectors/pow.json): prefix, hash, leading zero bits, and the ok/refused result.
 e. Authenticated requests (vectors/auth.json valid and relay_valid): signing inputs rebuilt
    from the case fields, header fields, and signatures.
@@ -67,6 +71,7 @@ MAX_LINE_BYTES = 60000  # below the strict profile's default 65536-byte limit
 
 TAG_KEY_ID = b"formica/v1/key-id\x00"
 TAG_KEYLOG = b"formica/v1/keylog\x00"
+TAG_KEYLOG_POP = b"formica/v1/keylog-pop\x00"
 TAG_POW = b"formica/v1/pow\x00"
 TAG_REQUEST = b"formica/v1/request\x00"
 TAG_RELAY_REQUEST = b"formica/v1/relay-request\x00"
@@ -452,9 +457,67 @@ def check_envelopes(res: Results, keytool: str | None) -> None:
 # c. Key logs
 
 
+PROOF_MEMBERS = ("key_sig", "recovery_sig")
+
+
+def proofs_needed(entry: dict) -> dict[str, str]:
+    """The proofs of possession an entry must carry (LOG-1, LOG-2): proof member -> key member."""
+    needed = {}
+    if entry.get("op") in ("rotate", "recover"):
+        needed["key_sig"] = "key"
+    if entry.get("op") in ("register", "recover") and "recovery" in entry:
+        needed["recovery_sig"] = "recovery"
+    return needed
+
+
+def proof_input(entry: dict) -> bytes:
+    """LOG-2: the keylog-pop tag, 0x00, then the entry without sig, key_sig and recovery_sig."""
+    return TAG_KEYLOG_POP + jcs({k: v for k, v in entry.items() if k not in ("sig", *PROOF_MEMBERS)})
+
+
+def check_proofs(res: Results, ename: str, entry: dict) -> None:
+    needed = proofs_needed(entry)
+    res.equal(f"{ename}: proof members", sorted(m for m in PROOF_MEMBERS if m in entry), sorted(needed))
+    pop_input = proof_input(entry)
+    for proof, key_member in needed.items():
+        if proof not in entry:
+            continue
+        public = bytes.fromhex(entry[key_member])
+        sig = bytes.fromhex(entry[proof])
+        res.check(verifies(public, sig, pop_input), f"{ename}: {proof} does not verify with `{key_member}`")
+        res.check(not verifies(public, sig, TAG_KEYLOG + pop_input[len(TAG_KEYLOG_POP):]),
+                  f"{ename}: {proof} also verifies under the keylog tag (SIG-1)")
+
+
+def all_signatures_verify(entries: list) -> bool:
+    """Whether every entry signature (by the key its signer names) and every proof verifies."""
+    known: dict[str, bytes] = {}  # key id -> public key, for keys introduced by earlier entries
+    for entry in entries:
+        if entry.get("op") == "register":
+            signer = bytes.fromhex(entry["key"])
+        else:
+            signer = known.get(entry.get("signer"))
+        body = {k: v for k, v in entry.items() if k != "sig"}
+        if signer is None or not verifies(signer, bytes.fromhex(entry["sig"]), TAG_KEYLOG + jcs(body)):
+            return False
+        for proof, key_member in proofs_needed(entry).items():
+            if proof not in entry or not verifies(bytes.fromhex(entry[key_member]), bytes.fromhex(entry[proof]),
+                                                  proof_input(entry)):
+                return False
+        for field in ("key", "recovery"):
+            if field in entry:
+                known[key_id(bytes.fromhex(entry[field]))] = bytes.fromhex(entry[field])
+    return True
+
+
 def check_keylogs(res: Results, keytool: str | None) -> None:
-    print("== c. keylogs.json (valid)")
-    for li, log in enumerate(load("keylogs.json")["valid"]):
+    print("== c. keylogs.json (valid, and invalid with bad_signature)")
+    file = load("keylogs.json")
+    for case in file["invalid"]:
+        if case["error"] == "bad_signature":
+            res.check(not all_signatures_verify(case["entries"]),
+                      f"invalid keylog ({case['comment'][:60]}): every signature and proof verifies here")
+    for li, log in enumerate(file["valid"]):
         name = f"keylog {li} ({log['comment'][:50]})"
         known: dict[str, bytes] = {}  # key id -> public key, for keys introduced so far
         prev_hash = None
@@ -474,6 +537,7 @@ def check_keylogs(res: Results, keytool: str | None) -> None:
             if signer_key is not None:
                 res.check(verifies(signer_key, bytes.fromhex(entry["sig"]), signing_input),
                           f"{ename}: signature does not verify with the signer's key")
+            check_proofs(res, ename, entry)
 
             if keytool is not None:
                 res.equal(f"{ename}: keytool canon --domain keylog",
