@@ -112,6 +112,25 @@ fn recovery_proof(e: &Env<'_>) -> R {
     Ok(())
 }
 
+/// Posts a rotate of the shared agent's log to `key`, signed by the agent, whose `key_sig` is
+/// what `forge` makes of the agent and the entry, and requires bad_signature on `key_sig`.
+fn refuse_key_sig(
+    e: &Env<'_>,
+    key: PublicKey,
+    forge: impl FnOnce(&Agent, &KeyLogEntry) -> Signature,
+) -> R {
+    let (t, a) = (e.t, base(e)?);
+    let rot = second(t, &a, KeyOp::Rotate { key }, &a.key);
+    let key_sig = forge(&a, &rot);
+    post_entry(
+        t,
+        &a,
+        &rot.sign_unchecked(&a.key, proofs(Some(key_sig), None)),
+    )?
+    .expect_error_field(ErrorCode::BadSignature, "key_sig")?;
+    Ok(())
+}
+
 type F = fn(&Env<'_>) -> R;
 
 /// The re-creation of a keylogs.json `invalid` case about proofs of possession, by its comment
@@ -146,20 +165,10 @@ pub fn vector_recreation(l: &str) -> Option<(&'static [&'static str], &'static [
             &["LOG-2", "LOG-6", "LOG-10", "API-6", "VEC-2"],
             &[E::BadSignature],
             |e| {
-                let (t, a) = (e.t, base(e)?);
                 let victim = e.fixture("keylog-victim", |t| t.register("kvictim"))?;
-                let rot = second(
-                    t,
-                    &a,
-                    KeyOp::Rotate {
-                        key: victim.key.public(),
-                    },
-                    &a.key,
-                );
-                let own = a.key.sign_input(&rot.proof_input());
-                post_entry(t, &a, &rot.sign_unchecked(&a.key, proofs(Some(own), None)))?
-                    .expect_error_field(E::BadSignature, "key_sig")?;
-                Ok(())
+                refuse_key_sig(e, victim.key.public(), |a, rot| {
+                    a.key.sign_input(&rot.proof_input())
+                })
             },
         )
     } else if l.contains("under the key-log tag instead of the keylog-pop tag") {
@@ -167,16 +176,10 @@ pub fn vector_recreation(l: &str) -> Option<(&'static [&'static str], &'static [
             &["LOG-2", "SIG-1", "LOG-10", "API-6", "VEC-2"],
             &[E::BadSignature],
             |e| {
-                let (t, a, k) = (e.t, base(e)?, random_key());
-                let rot = second(t, &a, KeyOp::Rotate { key: k.public() }, &a.key);
-                let wrong_tag = k.sign(Domain::KeyLog, &canon::canonicalize(&rot.to_value()));
-                post_entry(
-                    t,
-                    &a,
-                    &rot.sign_unchecked(&a.key, proofs(Some(wrong_tag), None)),
-                )?
-                .expect_error_field(E::BadSignature, "key_sig")?;
-                Ok(())
+                let k = random_key();
+                refuse_key_sig(e, k.public(), |_, rot| {
+                    k.sign(Domain::KeyLog, &canon::canonicalize(&rot.to_value()))
+                })
             },
         )
     } else if l.contains("copied from another handle's entry") {
@@ -184,20 +187,14 @@ pub fn vector_recreation(l: &str) -> Option<(&'static [&'static str], &'static [
             &["LOG-2", "LOG-10", "API-6", "VEC-2"],
             &[E::BadSignature],
             |e| {
-                let (t, a, k) = (e.t, base(e)?, random_key());
-                let rot = second(t, &a, KeyOp::Rotate { key: k.public() }, &a.key);
-                let elsewhere = KeyLogEntry {
-                    handle: t.fresh_handle("kpop"),
-                    ..rot.clone()
-                };
-                let copied = k.sign_input(&elsewhere.proof_input());
-                post_entry(
-                    t,
-                    &a,
-                    &rot.sign_unchecked(&a.key, proofs(Some(copied), None)),
-                )?
-                .expect_error_field(E::BadSignature, "key_sig")?;
-                Ok(())
+                let (k, elsewhere) = (random_key(), e.t.fresh_handle("kpop"));
+                refuse_key_sig(e, k.public(), |_, rot| {
+                    let copied_from = KeyLogEntry {
+                        handle: elsewhere,
+                        ..rot.clone()
+                    };
+                    k.sign_input(&copied_from.proof_input())
+                })
             },
         )
     } else if l.contains("valid key_sig signed by the recovery key") {
@@ -274,13 +271,12 @@ pub fn vector_recreation(l: &str) -> Option<(&'static [&'static str], &'static [
             &["LOG-10", "SIG-3", "API-6", "VEC-2"],
             &[E::BadSignature],
             |e| {
-                let (t, a, k) = (e.t, base(e)?, random_key());
-                let rot = second(t, &a, KeyOp::Rotate { key: k.public() }, &a.key);
-                let mut sig = k.sign_input(&rot.proof_input());
-                super::signatures::add_l(&mut sig.0[32..]);
-                post_entry(t, &a, &rot.sign_unchecked(&a.key, proofs(Some(sig), None)))?
-                    .expect_error_field(E::BadSignature, "key_sig")?;
-                Ok(())
+                let k = random_key();
+                refuse_key_sig(e, k.public(), |_, rot| {
+                    let mut sig = k.sign_input(&rot.proof_input());
+                    super::signatures::add_l(&mut sig.0[32..]);
+                    sig
+                })
             },
         )
     } else if l.contains("recover without key_sig") {
