@@ -148,14 +148,22 @@ async fn register(router: &axum::Router, host: &RelayHost, name: &str, key: &Sec
         },
         signer: key.public().key_id(),
     }
-    .sign(key);
+    .sign(key, &[])
+    .expect("a register entry without a recovery key");
     let (status, body) = call(router, "POST", "/v1/challenges", b"{}".to_vec(), None).await;
     assert_eq!(status, 201, "challenge: {}", String::from_utf8_lossy(&body));
     let v = parse_answer(&body);
     let o = v.as_object().expect("object");
-    let challenge = pow::Challenge::parse_hex(o.get("challenge").and_then(Value::as_str).expect("challenge"))
-        .expect("challenge hex");
-    let difficulty = o.get("difficulty").and_then(Value::as_i64).expect("difficulty") as u32;
+    let challenge = pow::Challenge::parse_hex(
+        o.get("challenge")
+            .and_then(Value::as_str)
+            .expect("challenge"),
+    )
+    .expect("challenge hex");
+    let difficulty = o
+        .get("difficulty")
+        .and_then(Value::as_i64)
+        .expect("difficulty") as u32;
     let prefix = pow::preimage_prefix(host, &handle, &key.public(), &challenge, difficulty);
     let nonce = pow::mine(&prefix, difficulty, 0, 1, 1 << 24).expect("proof-of-work");
     let proof = pow::PowProof {
@@ -241,7 +249,8 @@ fn base() -> &'static Base {
                 },
                 signer: rem_key.public().key_id(),
             }
-            .sign(&rem_key);
+            .sign(&rem_key, &[])
+            .expect("a register entry without a recovery key");
             w.submit(Command::RemoteKeyLog { entries: vec![reg] })
                 .await
                 .expect("remote key log");
@@ -303,11 +312,19 @@ fn shut_down(rt: &tokio::runtime::Runtime, relay: Relay) {
     }
     assert_eq!(Arc::strong_count(&app), 1, "a task still holds the relay");
     drop(app);
-    writer_thread.join().expect("the writer thread ended cleanly");
+    writer_thread
+        .join()
+        .expect("the writer thread ended cleanly");
 }
 
 /// The body as an envelope from `from`, signed with `key` at `now`, or `None`.
-fn sign_as(from: &Handle, key: &SecretKey, body: &[u8], now: i64, ids: &[String]) -> Option<SignedEnvelope> {
+fn sign_as(
+    from: &Handle,
+    key: &SecretKey,
+    body: &[u8],
+    now: i64,
+    ids: &[String],
+) -> Option<SignedEnvelope> {
     let Ok(Value::Object(mut o)) = json::parse(body, JsonLimits::default()) else {
         return None;
     };
@@ -481,7 +498,10 @@ fuzz_target!(|data: &[u8]| {
             )
         });
         if b.trace {
-            eprintln!("mode {mode} at {at}: POST {path} {}", String::from_utf8_lossy(&body));
+            eprintln!(
+                "mode {mode} at {at}: POST {path} {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         let (status, answer) = b.rt.block_on(call(&router, "POST", path, body, auth));
         if b.trace {

@@ -48,6 +48,12 @@ impl App {
 pub(crate) async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
     let declared = hyper::body::Body::size_hint(&body).lower();
     if declared > max as u64 {
+        // Answered at once; the body is read and dropped meanwhile, when it is not much larger,
+        // so that a client still sending it reads the answer instead of meeting a closed
+        // connection (and the connection can serve its next request).
+        if declared <= DISCARD_BYTES_MAX {
+            tokio::spawn(discard(body));
+        }
         return Err(ApiError::new(
             ErrorCode::TooLarge,
             format!("the body is declared as {declared} bytes, more than {max}"),
@@ -63,6 +69,17 @@ pub(crate) async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError>
             )
         }
     })
+}
+
+/// Largest body the relay reads only to drop it, after answering a request whose declared body
+/// is over its endpoint's limit (or that takes no body): 1 MiB. Beyond it the connection is
+/// closed instead, and a client still sending may see the close before the answer.
+pub const DISCARD_BYTES_MAX: u64 = 1 << 20;
+
+/// Reads `body` to its end and drops it (bounded by the body read deadline, HTTP-14, and by
+/// [`DISCARD_BYTES_MAX`]).
+pub(crate) async fn discard(body: Body) {
+    let _ = axum::body::to_bytes(body, DISCARD_BYTES_MAX as usize).await;
 }
 
 /// The socket peer of a request, if the server recorded it.
