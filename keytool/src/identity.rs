@@ -90,6 +90,8 @@ fn ensure_dir(home: &Path) -> Result<PathBuf, Fail> {
     if !d.exists() {
         fs::create_dir_all(&d).map_err(storage)?;
         fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(storage)?;
+        // The new directory's name must survive a power loss like the key files in it.
+        sync_parent(&d);
     }
     check_private(&d, 0o700)?;
     Ok(d)

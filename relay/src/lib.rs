@@ -21,6 +21,7 @@ pub mod http;
 pub mod store;
 
 use config::RelayConfig;
+use engine::health::StoreHealth;
 use engine::state::State;
 use engine::{Clock, Engine};
 use formica_protocol::{hex, RelayHost, SecretKey};
@@ -29,7 +30,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use store::{EventLog, RedbStore, Store, StoreError};
+use store::{sync_dir, EventLog, RedbStore, Store, StoreError};
 
 pub use engine::ticker::run_deadlines;
 pub use http::admin::{ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE};
@@ -40,6 +41,18 @@ pub const LOG_FILE: &str = "log.redb";
 pub const KEY_FILE: &str = "relay.key";
 pub const HOST_FILE: &str = "public_host";
 
+/// The host a data directory recorded at its first start, if it has one (read only).
+pub fn recorded_host(data_dir: &Path) -> Result<Option<RelayHost>, String> {
+    let file = data_dir.join(HOST_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(s) => RelayHost::parse(s.trim())
+            .map(Some)
+            .map_err(|e| format!("{}: {}", file.display(), e.reason)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", file.display())),
+    }
+}
+
 /// The relay's host: handles embed it, so a data directory keeps the one it started with.
 /// `configured` wins on first start; later it must match what the directory recorded.
 pub fn resolve_host(
@@ -48,13 +61,7 @@ pub fn resolve_host(
     bound: Option<std::net::SocketAddr>,
 ) -> Result<RelayHost, String> {
     let file = data_dir.join(HOST_FILE);
-    let recorded = match std::fs::read_to_string(&file) {
-        Ok(s) => Some(
-            RelayHost::parse(s.trim()).map_err(|e| format!("{}: {}", file.display(), e.reason))?,
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("{}: {e}", file.display())),
-    };
+    let recorded = recorded_host(data_dir)?;
     let host = match (configured, &recorded) {
         (Some(c), Some(r)) if c != r => {
             return Err(format!(
@@ -70,10 +77,18 @@ pub fn resolve_host(
     };
     if recorded.is_none() {
         std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-        std::fs::write(&file, format!("{host}\n"))
+        write_durably(&file, format!("{host}\n").as_bytes())
             .map_err(|e| format!("{}: {e}", file.display()))?;
     }
     Ok(host)
+}
+
+/// Writes `bytes` to a new file at `path` and makes both the file and its name durable.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Why a relay could not start.
@@ -136,6 +151,8 @@ pub fn load_or_create_key(path: &Path) -> Result<SecretKey, OpenError> {
     f.write_all(format!("{}\n", hex::encode(&seed)).as_bytes())
         .map_err(|e| err(e.to_string()))?;
     f.sync_all().map_err(|e| err(e.to_string()))?;
+    // A power loss right after the first start must not lose the key's name either.
+    sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(|e| err(e.to_string()))?;
     Ok(SecretKey::from_seed(&seed))
 }
 
@@ -152,16 +169,54 @@ impl Relay {
         // Checked before the store is opened, so a bad token file stops the start cleanly.
         let token = http::admin::load_or_create_token(&dir.join(ADMIN_TOKEN_FILE))
             .map_err(OpenError::AdminToken)?;
-        if cfg.unsafe_relaxed_fsync_benchmark_only {
+        let relaxed = cfg.unsafe_relaxed_fsync_benchmark_only;
+        if relaxed {
             tracing::warn!(
-                "fsync relaxed for benchmarking: acknowledged writes can be lost on power failure"
+                "fsync skipped for benchmarking: acknowledged writes can be lost on a crash"
             );
         }
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open_with(
-            &dir.join(LOG_FILE),
-            cfg.unsafe_relaxed_fsync_benchmark_only,
-        )?);
-        let relay = Relay::with_store(cfg, host, store, key, clock)?;
+        let path = dir.join(LOG_FILE);
+        // 1. What the file holds is checked (every record's chain hash, every event) on a
+        //    read-only view, so that a damaged store is refused without having been written.
+        let checked = if path.exists() {
+            let view = RedbStore::open_read_only(&path)?;
+            if view.recovered() {
+                tracing::warn!(
+                    "the store was not closed cleanly (a crash or a kill); it is sound and is recovered now"
+                );
+            }
+            let (log, state) = engine::replay::replay(Arc::new(view), host)?;
+            // The view goes now: its lock on the file would keep it from being opened below.
+            Some((log.release(), state))
+        } else {
+            None
+        };
+        // 2. Then it is opened for writing. A file system too full for that (redb marks the
+        //    file as open, and recovers it after a crash) does not stop the relay: it serves
+        //    what it checked and refuses writes until the writer can reopen the store.
+        let (store, health): (Arc<dyn Store>, _) = match RedbStore::open_with(&path, relaxed) {
+            Ok(s) => (Arc::new(s), StoreHealth::default()),
+            Err(StoreError::Full(why)) if checked.is_some() => {
+                tracing::warn!(error = %why, "the store cannot be opened for writing; serving reads, refusing writes until it can");
+                (
+                    Arc::new(RedbStore::closed(&path, relaxed)),
+                    StoreHealth::down(),
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (log, state) = match checked {
+            Some((at, state)) if health.writable() => (at.resume(store)?, state),
+            Some((at, state)) => (at.resume_unchecked(store), state),
+            None => {
+                sync_dir(dir).map_err(|e| OpenError::DataDir {
+                    path: dir.display().to_string(),
+                    err: e.to_string(),
+                })?;
+                engine::replay::replay(store, host)?
+            }
+        };
+        let relay = Relay::start(cfg, host, log, state, key, clock, Arc::new(health));
         let _ = relay.app.admin_token.set(token);
         Ok(relay)
     }
@@ -203,10 +258,56 @@ impl Relay {
             log.len(),
             "the state is not the replay of this log"
         );
-        let (engine, writer_thread) =
-            Engine::start(host.clone(), cfg.policy.clone(), log, state, key, clock);
+        Relay::start(
+            cfg,
+            host,
+            log,
+            state,
+            key,
+            clock,
+            Arc::new(StoreHealth::default()),
+        )
+    }
+
+    fn start(
+        cfg: &RelayConfig,
+        host: &RelayHost,
+        log: EventLog,
+        state: State,
+        key: SecretKey,
+        clock: Clock,
+        health: Arc<StoreHealth>,
+    ) -> Relay {
+        let (engine, writer_thread) = Engine::start(
+            host.clone(),
+            cfg.policy.clone(),
+            log,
+            state,
+            key,
+            clock,
+            health,
+        );
         let app = Arc::new(App::new(engine, cfg.trusted_proxies.clone()));
         Relay { app, writer_thread }
+    }
+
+    /// Stops a relay whose server has returned: drops the edge (the engine goes once nothing
+    /// else holds it, which ends the writer) and waits for the writer thread, at most `wait`,
+    /// so that the store is closed cleanly and the next start finds nothing to recover. True if
+    /// the writer ended in time.
+    pub fn stop(self, wait: std::time::Duration) -> bool {
+        let Relay { app, writer_thread } = self;
+        drop(app);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let joiner = std::thread::spawn(move || {
+            let _ = writer_thread.join();
+            let _ = tx.send(());
+        });
+        let ended = rx.recv_timeout(wait).is_ok();
+        if ended {
+            let _ = joiner.join();
+        }
+        ended
     }
 
     /// The relay's engine.

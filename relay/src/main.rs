@@ -157,12 +157,13 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let data_dir = cfg.data_dir.clone();
+    let served = rt.block_on(async move {
         let listener = match bind(cfg.listen) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("relay: cannot listen on {}: {e}", cfg.listen);
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         };
         let host = match formica_relay::resolve_host(
@@ -173,7 +174,7 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("relay: {e}");
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
         };
         let relay = match Relay::open(&cfg, &host, system_clock()) {
@@ -182,11 +183,11 @@ fn serve(cfg: RelayConfig) -> ExitCode {
                 eprintln!("relay: refusing to start: {e}");
                 if matches!(e, formica_relay::OpenError::Store(_)) {
                     eprintln!(
-                        "relay: run `relay check --data-dir {}` for details; nothing was changed",
+                        "relay: the store was only read, not changed; `relay check --data-dir {}` names what is wrong",
                         cfg.data_dir.display()
                     );
                 }
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         };
         let addr = listener
@@ -206,9 +207,24 @@ fn serve(cfg: RelayConfig) -> ExitCode {
         relay.spawn_background();
         let router = router(relay.app.clone());
         server::serve(relay.app.clone(), router, listener, shutdown_signal()).await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
-    })
+        Ok(relay)
+    });
+    let relay = match served {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    // Whatever still runs on the runtime (streams, workers, the ticker) ends with it; then the
+    // writer, once nothing holds the engine, and with it the store, closed cleanly.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    if relay.stop(std::time::Duration::from_secs(10)) {
+        tracing::info!("stopped; the store is closed");
+    } else {
+        tracing::warn!(
+            "stopped without closing the store cleanly; the next start recovers it ({})",
+            data_dir.display()
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 async fn shutdown_signal() {
@@ -300,27 +316,47 @@ fn peer_cmd(dir: &std::path::Path, op: PeerOp) -> ExitCode {
     }
 }
 
+/// `relay check`: reads the store without changing it (a read-only view: the file is left byte
+/// for byte as it was, also when it is damaged or was not closed cleanly), checks every record's
+/// chain hash and event, and says what it found. Exit 0 sound, 1 damaged or unreadable, 2 usage.
 fn check(cfg: &RelayConfig) -> ExitCode {
+    use formica_relay::store::StoreError;
     let path = cfg.data_dir.join(formica_relay::LOG_FILE);
     if !path.exists() {
         eprintln!("relay check: no store at {}", path.display());
         return ExitCode::FAILURE;
     }
-    let store = match formica_relay::store::RedbStore::open(&path) {
-        Ok(s) => std::sync::Arc::new(s),
-        Err(e) => {
-            eprintln!("relay check: DAMAGED: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let host = match formica_relay::resolve_host(&cfg.data_dir, cfg.public_host.as_ref(), None) {
-        Ok(h) => h,
+    let host = match formica_relay::recorded_host(&cfg.data_dir) {
+        Ok(Some(h)) => h,
+        Ok(None) => match &cfg.public_host {
+            Some(h) => h.clone(),
+            None => {
+                eprintln!(
+                    "relay check: {} records no host; pass --public-host",
+                    cfg.data_dir.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
         Err(e) => {
             eprintln!("relay check: {e}");
             return ExitCode::from(2);
         }
     };
-    match replay::replay(store, &host) {
+    let report = |e: StoreError| {
+        match &e {
+            StoreError::Corrupt { .. } => eprintln!("relay check: DAMAGED: {e}"),
+            _ => eprintln!("relay check: cannot check the store: {e}"),
+        }
+        eprintln!("relay check: {} was not changed", path.display());
+        ExitCode::FAILURE
+    };
+    let view = match formica_relay::store::RedbStore::open_read_only(&path) {
+        Ok(s) => s,
+        Err(e) => return report(e),
+    };
+    let recovered = view.recovered();
+    match replay::replay(std::sync::Arc::new(view), &host) {
         Ok((log, st)) => {
             println!(
                 "relay check: ok: {} records, chain head {}, {} agents, {} messages",
@@ -329,12 +365,14 @@ fn check(cfg: &RelayConfig) -> ExitCode {
                 st.agents.len(),
                 st.messages.len()
             );
+            if recovered {
+                println!(
+                    "relay check: the store was not closed cleanly (a crash or a kill) and was recovered in memory to check it; it is sound, and `relay serve` recovers it on disk"
+                );
+            }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("relay check: DAMAGED: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => report(e),
     }
 }
 

@@ -14,6 +14,8 @@
 //!
 //! Comment lines are not read: a doc comment may mention a layer above without depending on it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -272,9 +272,113 @@ fn a_damaged_store_is_refused_by_serve_and_named_by_check() {
         "check or serve wrote to a truncated store"
     );
 
+    // A file cut short by less than a page, and files with bytes appended (100 bytes, 1 MiB):
+    // named for what they are, no panic text reaches the operator, and neither check nor the
+    // refused start changes the file. (Regression: the store engine panicked with an assertion
+    // and a backtrace, appended bytes were called "truncated or overwritten", and with 1 MiB
+    // appended both check and serve modified the file.)
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "cut by 100 bytes",
+            pristine[..pristine.len() - 100].to_vec(),
+            "cut short",
+        ),
+        (
+            "100 bytes appended",
+            [pristine.clone(), vec![0xab; 100]].concat(),
+            "appended",
+        ),
+        (
+            "1 MiB appended",
+            [pristine.clone(), vec![0xab; 1 << 20]].concat(),
+            "appended",
+        ),
+    ];
+    for (what, bytes, named) in cases {
+        std::fs::write(&log, &bytes).unwrap();
+        let out = check_data(&data);
+        assert!(!out.status.success(), "check passed a file with {what}");
+        let msg = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            msg.contains("DAMAGED") && msg.contains(named),
+            "{what}: {msg}"
+        );
+        assert!(msg.contains("was not changed"), "{what}: {msg}");
+        let refused = serve_refuses(&data, &config);
+        for text in [&msg, &refused] {
+            assert!(
+                !text.contains("panicked") && !text.contains("RUST_BACKTRACE"),
+                "{what}: panic text reached the operator: {text}"
+            );
+        }
+        assert!(
+            std::fs::read(&log).unwrap() == bytes,
+            "check or serve wrote to a file with {what}"
+        );
+    }
+
     // Restored, it is sound again.
     std::fs::write(&log, &pristine).unwrap();
     assert!(check_data(&data).status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: SIGTERM left the store marked as needing recovery (the writer thread was not
+/// joined, so the database was never closed), and `relay check` on that sound store rewrote it
+/// (2.6 MB became 4.7 MB). Now a clean shutdown closes the store, `check` never writes (the
+/// file's bytes are the same before and after, also after a crash), and a store left by a
+/// crash is called recovered from an unclean shutdown, not damaged.
+#[test]
+fn a_clean_shutdown_closes_the_store_and_check_never_writes() {
+    let dir = tempdir("clean-stop");
+    let config = write_config(&dir);
+    let data = dir.join("data");
+    let log = data.join("log.redb");
+    let write_some = |r: &RelayProc, a: &Peer, b: &Peer| {
+        for n in 0..10 {
+            let (st, _) = post_envelope(r, &a.message(&b.handle, &format!("n{n}"))).unwrap();
+            assert_eq!(st, 201);
+        }
+    };
+    let mut r = RelayProc::start(&data, &config);
+    let a = Peer::register(&r, "alice", 1);
+    let b = Peer::register(&r, "bob", 2);
+    b.allow(&r, &a.handle);
+    write_some(&r, &a, &b);
+    assert_eq!(r.terminate(), Some(0));
+    let before = std::fs::read(&log).unwrap();
+    let out = check_data(&data);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("not closed cleanly"),
+        "after SIGTERM the store was not closed cleanly: {text}"
+    );
+    assert!(
+        std::fs::read(&log).unwrap() == before,
+        "check wrote to a clean store"
+    );
+
+    // Killed: the store is not closed; check says so, calls it sound, and writes nothing.
+    let mut r = RelayProc::start(&data, &config);
+    write_some(&r, &a, &b);
+    r.kill();
+    let before = std::fs::read(&log).unwrap();
+    let out = check_data(&data);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "a killed relay's store is not damage: {text}"
+    );
+    assert!(text.contains("not closed cleanly"), "{text}");
+    assert!(
+        std::fs::read(&log).unwrap() == before,
+        "check wrote to a store left by a crash"
+    );
+    // The next start recovers it, and everything acknowledged is there.
+    let r = RelayProc::start(&data, &config);
+    assert_eq!(b.inbox(&r).len(), 20);
+    drop(r);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

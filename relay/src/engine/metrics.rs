@@ -140,6 +140,46 @@ impl Metrics {
             "Deliveries dead-lettered (in the log).",
             dead_letters as i64,
         );
+        let h = &engine.store_health;
+        line(
+            "formica_store_writable",
+            "gauge",
+            "1 while the store takes writes; 0 from a failed write (disk full) until it is reopened.",
+            i64::from(h.writable()),
+        );
+        line(
+            "formica_store_write_failures_total",
+            "counter",
+            "Appends that failed (full disk, I/O error); nothing of their batch was kept.",
+            h.failures.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_store_reopens_total",
+            "counter",
+            "Times the store was reopened after a failed write and took writes again.",
+            h.reopens.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_store_low_space_refusals_total",
+            "counter",
+            "Batches refused because free space was below limits.store_free_bytes_min.",
+            h.low_space_refusals.load(Ordering::Relaxed) as i64,
+        );
+        let free = h.free_bytes.load(Ordering::Relaxed);
+        if free != u64::MAX {
+            line(
+                "formica_store_free_bytes",
+                "gauge",
+                "Free space on the store's file system when the writer last looked.",
+                i64::try_from(free).unwrap_or(i64::MAX),
+            );
+        }
+        line(
+            "formica_store_syncs_total",
+            "counter",
+            "Syncs to disk made by the store (none in the benchmark-only relaxed mode).",
+            h.syncs.load(Ordering::Relaxed) as i64,
+        );
         s
     }
 }

@@ -16,6 +16,7 @@ pub mod decide;
 pub mod descriptor;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod notifier;
@@ -28,6 +29,7 @@ pub mod writer;
 use crate::store::EventLog;
 use cell::{Durable, StateCell};
 use formica_protocol::{RelayHost, SecretKey};
+use health::StoreHealth;
 use metrics::Metrics;
 use notifier::Notifier;
 use policy::Policy;
@@ -65,6 +67,8 @@ pub struct Engine {
     pub ready: AtomicBool,
     /// Becomes true when shutdown starts; open streams and workers end so the drain can finish.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Whether the store takes writes and the state is sound, with the store's counters.
+    pub store_health: Arc<StoreHealth>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -83,6 +87,7 @@ impl Engine {
         state: State,
         relay_key: SecretKey,
         clock: Clock,
+        store_health: Arc<StoreHealth>,
     ) -> (Arc<Engine>, std::thread::JoinHandle<()>) {
         let state = Arc::new(StateCell::new(state));
         let notifier = Arc::new(Notifier::default());
@@ -94,6 +99,7 @@ impl Engine {
             relay_key.clone(),
             policy.clone(),
             clock.clone(),
+            store_health.clone(),
         );
         let engine = Arc::new(Engine {
             host,
@@ -106,6 +112,7 @@ impl Engine {
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             stopping: tokio::sync::watch::channel(false).0,
+            store_health,
         });
         (engine, writer_thread)
     }

@@ -59,6 +59,11 @@ pub struct Limits {
     pub ip_requests_per_min: u32,
     /// Lifetime of a proof-of-work challenge: 10 minutes, ample for difficulty 24 on one core.
     pub challenge_ttl_ms: i64,
+    /// Least free space, in bytes, on the store's file system for the writer to append: 64 MiB.
+    /// Below it every write is refused with `storage_full` before anything is decided, so that
+    /// the store never meets a full disk in the middle of a commit (a batch is at most a few
+    /// MiB, and the store engine grows its file by more). Not published.
+    pub store_free_bytes_min: u64,
     /// Most open (issued, unused, unexpired) challenges: 100,000. Past it new challenges are
     /// refused with `unavailable` until the oldest expire; open ones are never dropped early,
     /// which would cancel registrations in progress. Not published.
@@ -108,6 +113,7 @@ impl Default for Limits {
             write_stall_timeout_ms: 30_000,
             ip_requests_per_min: 60,
             challenge_ttl_ms: 10 * 60 * 1000,
+            store_free_bytes_min: 64 << 20,
             challenges_max: 100_000,
             challenges_per_ip_max: 32,
             deadline_check_ms: 250,

@@ -46,6 +46,16 @@ pub fn replay(
     store: Arc<dyn Store>,
     host: &formica_protocol::RelayHost,
 ) -> Result<(EventLog, State), StoreError> {
+    replay_prefix(store, host, None)
+}
+
+/// [`replay`] of only the first `len` records, when `len` is given: after a failed write, the
+/// state is rebuilt from what was durable before it.
+pub fn replay_prefix(
+    store: Arc<dyn Store>,
+    host: &formica_protocol::RelayHost,
+    len: Option<u64>,
+) -> Result<(EventLog, State), StoreError> {
     use std::sync::mpsc::{channel, sync_channel};
     std::thread::scope(|s| {
         let (raw_tx, raw_rx) = sync_channel::<RawChunk>(REPLAY_CHUNKS_IN_FLIGHT);
@@ -69,7 +79,7 @@ pub fn replay(
             .map_err(|e| StoreError::Io(format!("cannot start the replay thread: {e}")))?;
         let mut chunk = RawChunk::default();
         let stopped = || StoreError::Io("replay stopped".into());
-        let opened = EventLog::open(store, &mut |seq, payload| {
+        let opened = EventLog::open_prefix(store, len, &mut |seq, payload| {
             chunk.seqs.push(seq);
             chunk.bytes.extend_from_slice(payload);
             chunk.ends.push(chunk.bytes.len());

@@ -9,18 +9,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Produces timed_out receipts: every `deadline_check_ms`, asks the writer to settle deadlines
-/// that have passed. Runs until the writer is gone.
+/// that have passed. Runs until the relay stops.
 pub async fn run_deadlines(engine: Arc<Engine>) {
     let every = Duration::from_millis(engine.policy.limits.deadline_check_ms.max(10));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if *engine.stopping.borrow() {
+            return;
+        }
         let due = {
             let st = engine.read();
             let now = engine.now();
             let max_age = engine.policy.federation.dead_letter_ms;
-            st.deadlines.iter().next().is_some_and(|(by, _)| *by < now)
+            // While the store refuses writes, a tick lets the writer try to reopen it (at most
+            // once a second) even when no client writes.
+            !engine.store_health.writable()
+                || st.deadlines.iter().next().is_some_and(|(by, _)| *by < now)
                 || st
                     .outbound
                     .values()
@@ -28,10 +34,13 @@ pub async fn run_deadlines(engine: Arc<Engine>) {
         };
         if due {
             if let Err(e) = engine.writer.submit(Command::Tick).await {
-                if e.code == ErrorCode::Unavailable {
+                if e.code == ErrorCode::Unavailable && *engine.stopping.borrow() {
                     return;
                 }
-                tracing::warn!(code = %e.code, "deadline tick failed: {}", e.message);
+                // A store that refuses writes is already reported (log, /ready, /metrics).
+                if e.code != ErrorCode::StorageFull {
+                    tracing::warn!(code = %e.code, "deadline tick failed: {}", e.message);
+                }
             }
         }
     }

@@ -15,12 +15,13 @@ use super::cell::StateCell;
 use super::decide::{self, decide, Command, Ctx, Outcome};
 use super::error::ApiError;
 use super::events::Event;
+use super::health::StoreHealth;
 use super::notifier::Notifier;
 use super::policy::Policy;
-use super::replay::replay;
+use super::replay::replay_prefix;
 use super::state::State;
 use super::Clock;
-use crate::store::EventLog;
+use crate::store::{EventLog, StoreError};
 use formica_protocol::SecretKey;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,18 +91,41 @@ impl Writer {
     }
 }
 
-/// Starts the writer thread. It ends when every `Writer` is dropped.
+/// Shortest time between two attempts to reopen a store that refused a write: after a first
+/// attempt with the next batch, a store that cannot take writes (a full disk) is tried again at
+/// most once a second, when a command arrives (the deadline ticker sends one while the store is
+/// down).
+pub const STORE_REOPEN_RETRY: Duration = Duration::from_secs(1);
+
+/// Free space, beyond `limits.store_free_bytes_min`, that a store which refused a write must
+/// have before it is reopened: 1 MiB. Reopening a store on a disk that is still full would only
+/// make the next batch fail again, and each failure rebuilds the state from the log.
+pub const REOPEN_FREE_BYTES_MARGIN: u64 = 1 << 20;
+
+/// Starts the writer thread. It ends when every `Writer` is dropped, and then drops the log, so
+/// that the store is closed cleanly.
 pub fn spawn(
-    mut log: EventLog,
+    log: EventLog,
     state: Arc<StateCell>,
     notifier: Arc<Notifier>,
     relay_key: SecretKey,
     policy: Arc<Policy>,
     clock: Clock,
+    health: Arc<StoreHealth>,
 ) -> (Writer, std::thread::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_COMMANDS_MAX);
     let stats = Arc::new(WriterStats::default());
     let st2 = stats.clone();
+    let mut core = WriterCore {
+        log,
+        state,
+        notifier,
+        relay_key,
+        policy,
+        clock,
+        health,
+        retry_at: None,
+    };
     let handle = std::thread::Builder::new()
         .name("formica-writer".into())
         .spawn(move || {
@@ -125,9 +149,7 @@ pub fn spawn(
                         drain(&mut batch, &mut rx);
                     }
                 }
-                let events = run_batch(
-                    &mut log, &state, &notifier, &relay_key, &policy, &clock, batch,
-                );
+                let events = core.run_batch(batch);
                 if events > 0 {
                     st2.commits.fetch_add(1, Ordering::Relaxed);
                     st2.events.fetch_add(events as u64, Ordering::Relaxed);
@@ -139,94 +161,207 @@ pub fn spawn(
     (Writer { tx, stats }, handle)
 }
 
-fn run_batch(
-    log: &mut EventLog,
-    state: &StateCell,
-    notifier: &Notifier,
-    relay_key: &SecretKey,
-    policy: &Policy,
-    clock: &Clock,
-    batch: Vec<Job>,
-) -> usize {
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut records = Vec::new();
-    let mut touched = BTreeSet::new();
-    // Durable readers wait from here until the batch is on disk.
-    let gate = state.close_gate();
-    let mut st = state.write();
-    let ctx = Ctx {
-        now: clock(),
-        relay_key,
-        policy,
-    };
-    let mut apply = |st: &mut State, events: Vec<Event>| {
-        for e in &events {
-            if let Event::Envelope { envelope, .. } = e {
-                touched.extend(envelope.envelope().to.iter().cloned());
-            }
-            st.apply(e);
-            records.push(e.encode());
-        }
-    };
+/// What the writer thread owns.
+struct WriterCore {
+    log: EventLog,
+    state: Arc<StateCell>,
+    notifier: Arc<Notifier>,
+    relay_key: SecretKey,
+    policy: Arc<Policy>,
+    clock: Clock,
+    health: Arc<StoreHealth>,
+    /// While the store is down: when the next attempt to reopen it may be made.
+    retry_at: Option<Instant>,
+}
+
+/// The answer to every write while the store refuses them (logged once, when it failed).
+fn store_down() -> ApiError {
+    ApiError::new(
+        formica_protocol::ErrorCode::StorageFull,
+        "the relay cannot store more data now; nothing was accepted",
+    )
+    .with("retry_after_s", formica_protocol::Value::Int(5))
+}
+
+/// Answers every command of a batch with `err`; nothing of it was decided.
+fn refuse(batch: Vec<Job>, err: &ApiError) {
     for job in batch {
-        if let Command::Transfer { envs, origin } = job.cmd {
-            // One job, so nothing else runs between its envelopes and none of them can be
-            // refused by a full queue while a later one from the same sender is stored.
-            let mut held = std::collections::HashSet::new();
-            let mut results = Vec::with_capacity(envs.len());
-            for (env, fetched) in envs {
-                match decide::transfer_item(&st, &ctx, &mut held, env, fetched, &origin) {
-                    Ok((events, outcome)) => {
-                        apply(&mut st, events);
-                        results.push(Ok(outcome));
-                    }
-                    Err(e) => results.push(Err(e)),
-                }
-            }
-            replies.push((job.reply, Ok(Outcome::Transfer(results))));
-            continue;
-        }
-        match decide(&st, &ctx, job.cmd) {
-            Ok((events, outcome)) => {
-                apply(&mut st, events);
-                replies.push((job.reply, Ok(outcome)));
-            }
-            Err(e) => replies.push((job.reply, Err(e))),
-        }
+        let _ = job.reply.send(Err(err.clone()));
     }
-    // Only this thread changes the state, so the write lock can go while the disk works: the
-    // ingest pre-checks read on, durable readers still wait at the gate.
-    drop(st);
-    if !records.is_empty() {
-        if let Err(e) = log.append(&records) {
-            // The events are applied in memory but not on disk: go back to what the disk holds.
-            tracing::error!(error = %e, commands = replies.len(), "append failed; rebuilding state from the log");
-            let mut st = state.write();
-            let host = st.host.clone();
-            match replay(log.store().clone(), &host) {
-                Ok((l, s)) => {
-                    *log = l;
-                    *st = s;
-                }
-                Err(e2) => {
-                    tracing::error!(error = %e2, "rebuilding after a failed append failed; stopping");
-                    std::process::exit(70);
-                }
-            }
-            let err = ApiError::from(e);
-            for (reply, res) in replies {
-                let _ = reply.send(res.and(Err(err.clone())));
-            }
+}
+
+impl WriterCore {
+    /// Decides, applies and appends one batch. Before anything is decided, a store that refused
+    /// a write is tried again (at most every [`STORE_REOPEN_RETRY`]) and free space is checked
+    /// against `limits.store_free_bytes_min`: while either fails, every command is refused with
+    /// `storage_full` and nothing changes. Returns the number of events made durable.
+    fn run_batch(&mut self, batch: Vec<Job>) -> usize {
+        if !self.health.writable() && !self.try_reopen() {
+            refuse(batch, &store_down());
             return 0;
         }
+        if let Some(free) = self.log.store().free_bytes() {
+            self.health.free_bytes.store(free, Ordering::Relaxed);
+            let min = self.policy.limits.store_free_bytes_min;
+            if free < min {
+                // Logged when it starts, not for every batch.
+                if self
+                    .health
+                    .low_space_refusals
+                    .fetch_add(1, Ordering::Relaxed)
+                    % 1000
+                    == 0
+                {
+                    tracing::warn!(
+                        free,
+                        min,
+                        "free space below limits.store_free_bytes_min; writes are refused"
+                    );
+                }
+                refuse(batch, &store_down());
+                return 0;
+            }
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut records = Vec::new();
+        let mut touched = BTreeSet::new();
+        let state = self.state.clone();
+        // Durable readers wait from here until the batch is on disk.
+        let gate = state.close_gate();
+        let mut st = state.write();
+        let ctx = Ctx {
+            now: (self.clock)(),
+            relay_key: &self.relay_key,
+            policy: &self.policy,
+        };
+        let mut apply = |st: &mut State, events: Vec<Event>| {
+            for e in &events {
+                if let Event::Envelope { envelope, .. } = e {
+                    touched.extend(envelope.envelope().to.iter().cloned());
+                }
+                st.apply(e);
+                records.push(e.encode());
+            }
+        };
+        for job in batch {
+            if let Command::Transfer { envs, origin } = job.cmd {
+                // One job, so nothing else runs between its envelopes and none of them can be
+                // refused by a full queue while a later one from the same sender is stored.
+                let mut held = std::collections::HashSet::new();
+                let mut results = Vec::with_capacity(envs.len());
+                for (env, fetched) in envs {
+                    match decide::transfer_item(&st, &ctx, &mut held, env, fetched, &origin) {
+                        Ok((events, outcome)) => {
+                            apply(&mut st, events);
+                            results.push(Ok(outcome));
+                        }
+                        Err(e) => results.push(Err(e)),
+                    }
+                }
+                replies.push((job.reply, Ok(Outcome::Transfer(results))));
+                continue;
+            }
+            match decide(&st, &ctx, job.cmd) {
+                Ok((events, outcome)) => {
+                    apply(&mut st, events);
+                    replies.push((job.reply, Ok(outcome)));
+                }
+                Err(e) => replies.push((job.reply, Err(e))),
+            }
+        }
+        // Only this thread changes the state, so the write lock can go while the disk works: the
+        // ingest pre-checks read on, durable readers still wait at the gate.
+        drop(st);
+        if !records.is_empty() {
+            if let Err(e) = self.log.append(&records) {
+                self.failed_append(&e);
+                let err = ApiError::from(e);
+                for (reply, res) in replies {
+                    let _ = reply.send(res.and(Err(err.clone())));
+                }
+                return 0;
+            }
+            if let Some(n) = self.log.store().syncs() {
+                self.health.syncs.store(n, Ordering::Relaxed);
+            }
+        }
+        drop(gate);
+        self.notifier.notify(&touched);
+        if !touched.is_empty() {
+            self.notifier.wake_outbound();
+        }
+        for (reply, res) in replies {
+            let _ = reply.send(res);
+        }
+        records.len()
     }
-    drop(gate);
-    notifier.notify(&touched);
-    if !touched.is_empty() {
-        notifier.wake_outbound();
+
+    /// The batch's events are applied in memory but not on disk: the state goes back to the
+    /// replay of the durable log (read from a read-only view, since the store refuses I/O after
+    /// a failed write), and writes are refused until the store is reopened. If even that replay
+    /// fails, the state is marked invalid: the edge then serves only health and readiness.
+    fn failed_append(&mut self, e: &StoreError) {
+        tracing::error!(error = %e, "append failed; nothing of the batch is kept, writes are refused until the store can be written again");
+        self.health.failures.fetch_add(1, Ordering::Relaxed);
+        self.health.set_writable(false);
+        // The first attempt may come with the next batch (it is cheap while free space is
+        // short: nothing is opened); later ones at most every STORE_REOPEN_RETRY.
+        self.retry_at = None;
+        let mut st = self.state.write();
+        let host = st.host.clone();
+        let rebuilt = self
+            .log
+            .store()
+            .read_only()
+            .and_then(|view| replay_prefix(view, &host, Some(self.log.len())));
+        match rebuilt {
+            Ok((_, s)) => *st = s,
+            Err(e2) => {
+                tracing::error!(error = %e2, "the state cannot be rebuilt from the durable log; the relay answers only /health and /ready until restarted");
+                self.health.set_state_valid(false);
+            }
+        }
     }
-    for (reply, res) in replies {
-        let _ = reply.send(res);
+
+    /// Tries to reopen a store that refused a write, at most every [`STORE_REOPEN_RETRY`]:
+    /// reopened, it must hold exactly the durable log (what a failed write left beyond it is
+    /// removed). True once it takes writes again.
+    fn try_reopen(&mut self) -> bool {
+        if !self.health.state_valid() {
+            return false;
+        }
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.retry_at = Some(now + STORE_REOPEN_RETRY);
+        let min = self
+            .policy
+            .limits
+            .store_free_bytes_min
+            .saturating_add(REOPEN_FREE_BYTES_MARGIN);
+        if let Some(free) = self.log.store().free_bytes() {
+            self.health.free_bytes.store(free, Ordering::Relaxed);
+            if free < min {
+                return false;
+            }
+        }
+        let reopened = self.log.store().reopen().and_then(|()| self.log.resync());
+        match reopened {
+            Ok(()) => {
+                self.health.set_writable(true);
+                self.health.reopens.fetch_add(1, Ordering::Relaxed);
+                self.retry_at = None;
+                tracing::info!(
+                    records = self.log.len(),
+                    "store reopened; writes are accepted again"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the store cannot be reopened yet");
+                false
+            }
+        }
     }
-    records.len()
 }

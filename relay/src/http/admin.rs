@@ -218,6 +218,7 @@ pub(crate) fn load_or_create_token(path: &std::path::Path) -> Result<String, Str
         .map_err(|e| format!("{shown}: {e}"))?;
     f.write_all(format!("{t}\n").as_bytes())
         .and_then(|_| f.sync_all())
+        .and_then(|_| crate::store::sync_dir(path.parent().unwrap_or(std::path::Path::new("."))))
         .map_err(|e| format!("{shown}: {e}"))?;
     Ok(t)
 }

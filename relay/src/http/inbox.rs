@@ -159,7 +159,12 @@ fn mark_read(app: &Shared, me: &Handle, upto: u64) {
             .submit(Command::Read { handle: me, upto })
             .await
         {
-            tracing::warn!(code = %e.code, "could not record a read: {}", e.message);
+            // A store that refuses writes is reported already; the next read records it.
+            if matches!(e.code, ErrorCode::StorageFull | ErrorCode::Unavailable) {
+                tracing::debug!(code = %e.code, "could not record a read: {}", e.message);
+            } else {
+                tracing::warn!(code = %e.code, "could not record a read: {}", e.message);
+            }
         }
     });
 }
@@ -371,6 +376,8 @@ impl Drop for StreamGuard {
 }
 
 /// `GET /v1/inbox/ws?after=CURSOR`: WebSocket.
+// One extractor per argument is how axum hands a handler what it needs.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn ws(
     AxState(app): AxState<Shared>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,

@@ -20,15 +20,22 @@ pub(crate) async fn health() -> Response {
     ok(200, obj(vec![("status", "ok".into())]))
 }
 
+/// Ready: started, not shutting down, and its store takes writes (after a failed write the
+/// relay keeps serving reads and answers `/ready` with 503 until the store is reopened).
 pub(crate) async fn ready(AxState(app): AxState<Shared>) -> Response {
-    if app.engine.ready.load(Ordering::Relaxed) {
-        ok(200, obj(vec![("status", "ready".into())]))
+    let health = &app.engine.store_health;
+    let why = if !app.engine.ready.load(Ordering::Relaxed) {
+        Some("the relay is starting or shutting down")
+    } else if !health.state_valid() {
+        Some("the relay's state could not be rebuilt after a failed write; restart it")
+    } else if !health.writable() {
+        Some("the relay's store refuses writes (disk full?); reads are served, writes resume once it can be written")
     } else {
-        ApiError::new(
-            ErrorCode::Unavailable,
-            "the relay is starting or shutting down",
-        )
-        .into_response()
+        None
+    };
+    match why {
+        None => ok(200, obj(vec![("status", "ready".into())])),
+        Some(why) => ApiError::new(ErrorCode::Unavailable, why).into_response(),
     }
 }
 

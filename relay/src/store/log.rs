@@ -16,6 +16,36 @@ fn chain(prev: &[u8; 32], seq: u64, payload: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Where a checked log ends: its length and the chain hash of its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    pub len: u64,
+    pub head: [u8; 32],
+}
+
+impl LogPosition {
+    /// The log checked earlier, on `store` (another handle of the same records: the store
+    /// opened for writing after the log was checked on a read-only view). Records beyond the
+    /// checked length (a write that failed after reaching the file) are removed; then the last
+    /// record's stored chain hash must be the checked head.
+    pub fn resume(self, store: Arc<dyn Store>) -> Result<EventLog, StoreError> {
+        let mut log = self.resume_unchecked(store);
+        log.resync()?;
+        Ok(log)
+    }
+
+    /// [`resume`](Self::resume) without looking at the store: for one that cannot be read or
+    /// written yet (opened after a full disk). The writer resyncs it once it can be reopened,
+    /// before anything is written.
+    pub fn resume_unchecked(self, store: Arc<dyn Store>) -> EventLog {
+        EventLog {
+            store,
+            len: self.len,
+            head: self.head,
+        }
+    }
+}
+
 /// The hash-chained log over a [`Store`]. Not thread-safe by itself: the relay's single writer
 /// owns it.
 pub struct EventLog {
@@ -34,9 +64,22 @@ impl EventLog {
     /// Opens the log, checking every record's number and chain hash, and hands each payload to
     /// `f` in order (this is how projections are rebuilt).
     pub fn open(store: Arc<dyn Store>, f: &mut Visit<'_>) -> Result<EventLog, StoreError> {
+        Self::open_prefix(store, None, f)
+    }
+
+    /// Like [`open`](Self::open), reading only the first `len` records when `len` is given:
+    /// after a failed write, what the store holds beyond the durable log is not the log's.
+    pub fn open_prefix(
+        store: Arc<dyn Store>,
+        len: Option<u64>,
+        f: &mut Visit<'_>,
+    ) -> Result<EventLog, StoreError> {
         let mut expect = 1u64;
         let mut head = [0u8; 32];
         store.scan(1, &mut |seq, value| {
+            if len.is_some_and(|l| seq > l) {
+                return Ok(());
+            }
             if seq != expect {
                 return Err(StoreError::Corrupt {
                     seq: expect,
@@ -65,15 +108,66 @@ impl EventLog {
             expect += 1;
             Ok(())
         })?;
-        let len = expect - 1;
+        let checked = expect - 1;
         let stored_len = store.len()?;
-        if stored_len != len {
+        let want = len.unwrap_or(stored_len);
+        if checked != want || stored_len < want {
             return Err(StoreError::Corrupt {
-                seq: len + 1,
-                reason: format!("the store holds {stored_len} records but only {len} form a chain from record 1"),
+                seq: checked + 1,
+                reason: format!("the store holds {stored_len} records but only {checked} form a chain from record 1"),
             });
         }
-        Ok(EventLog { store, len, head })
+        Ok(EventLog {
+            store,
+            len: checked,
+            head,
+        })
+    }
+
+    /// Lets go of the store this log was checked on (a read-only view holds a lock on the file
+    /// that would keep the store from being opened for writing), keeping what was checked: the
+    /// length and the chain head.
+    pub fn release(self) -> LogPosition {
+        LogPosition {
+            len: self.len,
+            head: self.head,
+        }
+    }
+
+    /// Makes the store hold exactly this log again after its handle was reopened: records beyond
+    /// the log's length go, and the last record's stored chain hash must be the head.
+    pub fn resync(&mut self) -> Result<(), StoreError> {
+        let stored = self.store.len()?;
+        if stored > self.len {
+            self.store.truncate(self.len)?;
+        }
+        let stored = self.store.len()?;
+        if stored != self.len {
+            return Err(StoreError::Corrupt {
+                seq: stored.min(self.len) + 1,
+                reason: format!(
+                    "the store holds {stored} records where {} were checked",
+                    self.len
+                ),
+            });
+        }
+        if self.len > 0 {
+            let mut tail = None;
+            let len = self.len;
+            self.store.scan(len, &mut |seq, value| {
+                if seq == len {
+                    tail = value.get(..32).map(|h| h.to_vec());
+                }
+                Ok(())
+            })?;
+            if tail.as_deref() != Some(&self.head[..]) {
+                return Err(StoreError::Corrupt {
+                    seq: len,
+                    reason: "the record differs from the one checked".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Appends payloads durably; returns the number of the first.

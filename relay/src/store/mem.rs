@@ -2,6 +2,7 @@
 //! holds the writer in its "fsync".
 
 use super::{Store, StoreError, Visit};
+use std::sync::Arc;
 
 /// A store in memory, for tests and for the fault-injection double.
 #[derive(Debug, Default)]
@@ -73,5 +74,35 @@ impl Store for MemStore {
             .lock()
             .map_err(|_| StoreError::Io("poisoned".into()))?
             .len() as u64)
+    }
+    fn reopen(&self) -> Result<(), StoreError> {
+        // A test's failing appends make the store refuse until they are switched off.
+        match self
+            .fail_appends
+            .lock()
+            .map_err(|_| StoreError::Io("poisoned".into()))?
+            .clone()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+    fn read_only(&self) -> Result<Arc<dyn Store>, StoreError> {
+        let records = self
+            .records
+            .lock()
+            .map_err(|_| StoreError::Io("poisoned".into()))?
+            .clone();
+        Ok(Arc::new(MemStore {
+            records: std::sync::Mutex::new(records),
+            ..MemStore::default()
+        }))
+    }
+    fn truncate(&self, len: u64) -> Result<(), StoreError> {
+        self.records
+            .lock()
+            .map_err(|_| StoreError::Io("poisoned".into()))?
+            .truncate(len as usize);
+        Ok(())
     }
 }

@@ -17,11 +17,15 @@
 //! The layer below everything else: it owns the storage engine (only this folder touches redb)
 //! and imports nothing else of the relay.
 
+use std::sync::Arc;
+
+mod backend;
 mod log;
 mod mem;
 mod redb;
 
-pub use self::log::EventLog;
+pub use self::backend::StoreFaults;
+pub use self::log::{EventLog, LogPosition};
 pub use self::mem::MemStore;
 pub use self::redb::RedbStore;
 
@@ -53,6 +57,29 @@ pub trait Store: Send + Sync + 'static {
     fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
     }
+    /// Opens the engine again after a failed write (a full disk): `Ok` once it can write again.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// A view of what the store holds that only reads and writes nothing, also while the store
+    /// refuses writes: the writer rebuilds its state from it after a failed write.
+    fn read_only(&self) -> Result<Arc<dyn Store>, StoreError>;
+    /// Removes every record after the first `len`, durably: what a failed write may have left.
+    fn truncate(&self, len: u64) -> Result<(), StoreError>;
+    /// Free space on the store's file system, when it lives on one.
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Syncs to disk made so far, when the engine counts them.
+    fn syncs(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Makes the entries of directory `dir` durable (a file created, renamed or removed in it): a
+/// file's own fsync does not cover its name.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 pub(crate) fn io<E: std::fmt::Display>(e: E) -> StoreError {

@@ -1,114 +1,356 @@
 //! The redb store: one table, key = record number, each commit durable before it returns
 //! (`Durability::Immediate`) unless the benchmark-only relaxed mode is asked for.
+//!
+//! A store is opened for writing ([`RedbStore::open`]) or only for reading
+//! ([`RedbStore::open_read_only`], over [`OverlayStorage`]: the file is never written). After a
+//! failed write (a full disk) redb refuses all further I/O on its handle; [`Store::reopen`]
+//! drops it and opens the file again, which succeeds once the file system takes writes again.
 
+use super::backend::{FileStorage, OverlayStorage, StoreFaults};
 use super::{io, Store, StoreError, Visit};
-use redb::{Database, ReadableTableMetadata, TableDefinition};
-use std::path::Path;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 
 /// The redb store: one table, key = record number.
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` after a failed write until [`Store::reopen`] succeeds.
+    db: RwLock<Option<Database>>,
     durability: redb::Durability,
+    read_only: bool,
+    /// True when opening found a file that was not closed cleanly (a crash, a kill) and redb
+    /// recovered it.
+    recovered: AtomicBool,
+    syncs: Arc<AtomicU64>,
+    faults: Arc<StoreFaults>,
 }
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RedbStore")
+        write!(f, "RedbStore({})", self.path.display())
+    }
+}
+
+/// What a panic in the store engine said.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// Runs `f`, turning a panic into an error without printing it: redb 2 answers some damage (a
+/// truncated or extended file) with a failed assertion, whose text and backtrace are not for an
+/// operator. The panic hook is process-wide, so it is silenced only while `f` runs; this is
+/// called when a store is opened, before the relay serves.
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    r.map_err(|p| panic_text(p.as_ref()))
+}
+
+/// What is wrong with a store file that could not be opened, in words an operator can act on:
+/// the kind of damage where the engine's complaint tells it (cut short, extended, header), then
+/// the engine's own words (first line only), and what to do.
+fn damage(path: &Path, engine_said: &str) -> StoreError {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let said = engine_said.lines().next().unwrap_or("").trim();
+    let kind = if len == 0 {
+        "it is empty".to_owned()
+    } else if said.contains("raw_file_len") {
+        format!("it was cut short: its {len} bytes are fewer than its header says the store holds")
+    } else if said.contains("invalid data") || said.contains("magic number") {
+        "its header is damaged: it does not start like a store file".to_owned()
+    } else if len % 4096 != 0 {
+        format!(
+            "its length, {len} bytes, is not a whole number of 4 KiB pages: bytes were appended to it or it was cut in the middle of a page"
+        )
+    } else {
+        format!(
+            "its {len} bytes do not hold a store the engine can read (for example, bytes appended after its end)"
+        )
+    };
+    StoreError::Corrupt {
+        seq: 0,
+        reason: format!(
+            "{}: {kind} (the storage engine says: {said}). Restore it from a backup",
+            path.display()
+        ),
     }
 }
 
 impl RedbStore {
-    /// Opens or creates `path`. A damaged file is refused with the engine's message.
+    /// Opens or creates `path` for reading and writing. A damaged file is refused; a file that
+    /// was not closed cleanly is recovered (redb writes while it does).
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         Self::open_with(path, false)
     }
 
-    /// Opens with fsync relaxed (redb `Durability::Eventual`) when `unsafe_relaxed_fsync` is
-    /// set. This breaks the durability contract and exists only so that benchmarks can measure
-    /// what fsync costs; the relay refuses it unless started with the flag whose name says so.
+    /// Like [`open`](Self::open), with fsync skipped entirely (redb `Durability::None`) when
+    /// `unsafe_relaxed_fsync` is set. That breaks the durability contract and exists only so that
+    /// benchmarks can measure what fsync costs; the relay refuses it unless started with the flag
+    /// whose name says so.
     pub fn open_with(path: &Path, unsafe_relaxed_fsync: bool) -> Result<RedbStore, StoreError> {
-        // redb 2 answers some damage (a truncated file) with a panic instead of an error; a
-        // damaged file must be reported, not crash the process with a backtrace.
-        let opened = std::panic::catch_unwind(|| Database::create(path));
-        let db = match opened {
-            Ok(r) => r.map_err(|e| StoreError::Corrupt {
-                seq: 0,
-                reason: format!("cannot open {}: {e}", path.display()),
-            })?,
-            Err(p) => {
-                let what = p
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                return Err(StoreError::Corrupt {
-                    seq: 0,
-                    reason: format!(
-                        "{} is damaged (truncated or overwritten): {what}",
-                        path.display()
-                    ),
-                });
+        Self::open_faulty(path, unsafe_relaxed_fsync, Arc::default())
+    }
+
+    /// Like [`open_with`](Self::open_with), with faults a test can switch on.
+    pub fn open_faulty(
+        path: &Path,
+        unsafe_relaxed_fsync: bool,
+        faults: Arc<StoreFaults>,
+    ) -> Result<RedbStore, StoreError> {
+        let store = RedbStore {
+            path: path.to_path_buf(),
+            db: RwLock::new(None),
+            durability: if unsafe_relaxed_fsync {
+                redb::Durability::None
+            } else {
+                redb::Durability::Immediate
+            },
+            read_only: false,
+            recovered: AtomicBool::new(false),
+            syncs: Arc::default(),
+            faults,
+        };
+        let db = store.open_db()?;
+        *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
+        Ok(store)
+    }
+
+    /// The store at `path`, not opened yet: every use fails until [`Store::reopen`] succeeds
+    /// (the relay starts on a file system too full to open the store for writing).
+    pub fn closed(path: &Path, unsafe_relaxed_fsync: bool) -> RedbStore {
+        RedbStore {
+            path: path.to_path_buf(),
+            db: RwLock::new(None),
+            durability: if unsafe_relaxed_fsync {
+                redb::Durability::None
+            } else {
+                redb::Durability::Immediate
+            },
+            read_only: false,
+            recovered: AtomicBool::new(false),
+            syncs: Arc::default(),
+            faults: Arc::default(),
+        }
+    }
+
+    /// Opens an existing `path` only to read it: whatever redb writes while opening (its open
+    /// mark, the recovery of a file that was not closed cleanly) stays in memory, and the file
+    /// is left byte for byte as it was. Appending is refused.
+    pub fn open_read_only(path: &Path) -> Result<RedbStore, StoreError> {
+        let store = RedbStore {
+            path: path.to_path_buf(),
+            db: RwLock::new(None),
+            durability: redb::Durability::Immediate,
+            read_only: true,
+            recovered: AtomicBool::new(false),
+            syncs: Arc::default(),
+            faults: Arc::default(),
+        };
+        let db = store.open_db()?;
+        *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
+        Ok(store)
+    }
+
+    /// True when opening found a file that was not closed cleanly and recovered it (in memory,
+    /// for a store opened read-only).
+    pub fn recovered(&self) -> bool {
+        self.recovered.load(Ordering::Relaxed)
+    }
+
+    fn open_db(&self) -> Result<Database, StoreError> {
+        let path = &self.path;
+        let file = if self.read_only {
+            std::fs::File::open(path)
+        } else {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+        }
+        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        let in_use = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                StoreError::Io(format!("{}: {e}", path.display()))
+            } else {
+                io(e)
             }
         };
-        // Create the table only if it is missing, so that a store that is only being checked
-        // (or is about to be refused as damaged) gets no transaction committed to it. Any other
-        // error reading it is damage. (redb itself still marks the file as open in its header
-        // and clears the mark on close.)
-        let missing = match db.begin_read().map_err(io)?.open_table(LOG) {
-            Ok(_) => false,
-            Err(redb::TableError::TableDoesNotExist(_)) => true,
-            Err(e) => {
-                return Err(StoreError::Corrupt {
-                    seq: 0,
-                    reason: format!("cannot read the log table of {}: {e}", path.display()),
-                })
+        let recovered = Arc::new(AtomicBool::new(false));
+        let flag = recovered.clone();
+        let mut builder = Database::builder();
+        builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
+        let opened = if self.read_only {
+            let storage = OverlayStorage::new(file).map_err(in_use)?;
+            quietly(|| builder.create_with_backend(storage))
+        } else {
+            let storage =
+                FileStorage::new(file, self.syncs.clone(), self.faults.clone()).map_err(in_use)?;
+            quietly(|| builder.create_with_backend(storage))
+        };
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+                if e.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                return Err(io(e))
             }
+            Ok(Err(e)) => return Err(damage(path, &e.to_string())),
+            Err(p) => return Err(damage(path, &p)),
+        };
+        self.recovered
+            .fetch_or(recovered.load(Ordering::Relaxed), Ordering::Relaxed);
+        // Create the table only if it is missing (a new store); any other error reading it is
+        // damage.
+        let missing = quietly(|| match db.begin_read() {
+            Ok(t) => match t.open_table(LOG) {
+                Ok(_) => Ok(false),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        });
+        let missing = match missing {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) | Err(e) => return Err(damage(path, &e)),
         };
         if missing {
             let txn = db.begin_write().map_err(io)?;
             txn.open_table(LOG).map_err(io)?;
             txn.commit().map_err(io)?;
         }
-        let durability = if unsafe_relaxed_fsync {
-            redb::Durability::Eventual
-        } else {
-            redb::Durability::Immediate
-        };
-        Ok(RedbStore { db, durability })
+        Ok(db)
+    }
+
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match db.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Io(format!(
+                "{} is closed after a failed write; it is reopened once it can take writes again",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Drops the handle after a failed write: redb refuses all I/O on it from then on.
+    fn close_failed(&self) {
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
 impl Store for RedbStore {
     fn append(&self, first_seq: u64, records: &[Vec<u8>]) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(io)?;
-        txn.set_durability(self.durability);
-        {
-            let mut t = txn.open_table(LOG).map_err(io)?;
-            for (i, r) in records.iter().enumerate() {
-                t.insert(first_seq + i as u64, r.as_slice()).map_err(io)?;
-            }
+        if self.read_only {
+            return Err(StoreError::Io("this store was opened read-only".into()));
         }
-        txn.commit().map_err(io)
+        let r = self.with_db(|db| {
+            let mut txn = db.begin_write().map_err(io)?;
+            txn.set_durability(self.durability);
+            {
+                let mut t = txn.open_table(LOG).map_err(io)?;
+                for (i, r) in records.iter().enumerate() {
+                    t.insert(first_seq + i as u64, r.as_slice()).map_err(io)?;
+                }
+            }
+            txn.commit().map_err(io)
+        });
+        if matches!(r, Err(StoreError::Full(_)) | Err(StoreError::Io(_))) {
+            self.close_failed();
+        }
+        r
     }
 
     fn scan(&self, from: u64, f: &mut Visit<'_>) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let t = txn.open_table(LOG).map_err(io)?;
-        for item in t.range(from..).map_err(io)? {
-            let (k, v) = item.map_err(|e| StoreError::Corrupt {
-                seq: 0,
-                reason: e.to_string(),
-            })?;
-            f(k.value(), v.value())?;
-        }
-        Ok(())
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(io)?;
+            let t = txn.open_table(LOG).map_err(io)?;
+            for item in t.range(from..).map_err(io)? {
+                let (k, v) = item.map_err(|e| StoreError::Corrupt {
+                    seq: 0,
+                    reason: e.to_string(),
+                })?;
+                f(k.value(), v.value())?;
+            }
+            Ok(())
+        })
     }
 
     fn len(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let t = txn.open_table(LOG).map_err(io)?;
-        t.len().map_err(io)
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(io)?;
+            let t = txn.open_table(LOG).map_err(io)?;
+            t.len().map_err(io)
+        })
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // The failed handle first: it holds the file's lock.
+        *db = None;
+        *db = Some(self.open_db()?);
+        Ok(())
+    }
+
+    fn read_only(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(Arc::new(RedbStore::open_read_only(&self.path)?))
+    }
+
+    fn truncate(&self, len: u64) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Io("this store was opened read-only".into()));
+        }
+        let r = self.with_db(|db| {
+            let txn = db.begin_write().map_err(io)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(io)?;
+                let extra: Vec<u64> = t
+                    .range(len + 1..)
+                    .map_err(io)?
+                    .filter_map(|i| i.ok().map(|(k, _)| k.value()))
+                    .collect();
+                for k in extra {
+                    t.remove(k).map_err(io)?;
+                }
+            }
+            txn.commit().map_err(io)
+        });
+        if matches!(r, Err(StoreError::Full(_)) | Err(StoreError::Io(_))) {
+            self.close_failed();
+        }
+        r
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        match self.faults.free_bytes.load(Ordering::Relaxed) {
+            0 => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                let s = rustix::fs::statvfs(dir).ok()?;
+                Some(s.f_bavail.saturating_mul(s.f_frsize))
+            }
+            n => Some(n),
+        }
+    }
+
+    fn syncs(&self) -> Option<u64> {
+        Some(self.syncs.load(Ordering::Relaxed))
     }
 }

@@ -85,17 +85,28 @@ impl TestRelay {
     }
 
     pub fn with(cfg: RelayConfig, store: Arc<MemStore>) -> TestRelay {
+        TestRelay::on(cfg, store.clone() as Arc<dyn Store>, store)
+    }
+
+    /// A relay on any store (a file store with faults, say); `store` in the result is then an
+    /// unused memory store.
+    pub fn on_store(cfg: RelayConfig, store: Arc<dyn Store>) -> TestRelay {
+        TestRelay::on(cfg, store, Arc::new(MemStore::default()))
+    }
+
+    fn on(cfg: RelayConfig, store: Arc<dyn Store>, mem: Arc<MemStore>) -> TestRelay {
         let now = Arc::new(AtomicI64::new(T0));
         let n = now.clone();
         let clock: formica_relay::engine::Clock = Arc::new(move || n.load(Ordering::SeqCst));
         let relay = Relay::with_store(
             &cfg,
             &RelayHost::parse(HOST).unwrap(),
-            store.clone() as Arc<dyn Store>,
+            store,
             SecretKey::from_seed(&[0x99; 32]),
             clock,
         )
         .unwrap();
+        let store = mem;
         let router = formica_relay::http::router(relay.app.clone());
         TestRelay {
             relay,

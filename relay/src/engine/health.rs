@@ -1,0 +1,64 @@
+//! What the writer knows about its store, for `/ready`, `/metrics` and the edge: whether it
+//! takes writes (false from a failed write until the store is reopened), whether the state in
+//! memory is the replay of what is durable (false only if it could not be rebuilt after a
+//! failed write), and counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+#[derive(Debug)]
+pub struct StoreHealth {
+    writable: AtomicBool,
+    state_valid: AtomicBool,
+    /// Appends that failed (a full disk, an I/O error).
+    pub failures: AtomicU64,
+    /// Times the store was reopened and took writes again.
+    pub reopens: AtomicU64,
+    /// Batches refused because free space was below `limits.store_free_bytes_min`.
+    pub low_space_refusals: AtomicU64,
+    /// Free space last seen on the store's file system (`u64::MAX`: not known).
+    pub free_bytes: AtomicU64,
+    /// Syncs to disk the store has made (when its engine counts them).
+    pub syncs: AtomicU64,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        StoreHealth {
+            writable: AtomicBool::new(true),
+            state_valid: AtomicBool::new(true),
+            failures: AtomicU64::new(0),
+            reopens: AtomicU64::new(0),
+            low_space_refusals: AtomicU64::new(0),
+            free_bytes: AtomicU64::new(u64::MAX),
+            syncs: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StoreHealth {
+    /// A store that could not be opened for writing at start: writes are refused until the
+    /// writer reopens it.
+    pub fn down() -> StoreHealth {
+        let h = StoreHealth::default();
+        h.writable.store(false, Ordering::SeqCst);
+        h
+    }
+
+    /// True while the store takes writes.
+    pub fn writable(&self) -> bool {
+        self.writable.load(Ordering::SeqCst)
+    }
+
+    /// True while the state in memory is the replay of what is durable.
+    pub fn state_valid(&self) -> bool {
+        self.state_valid.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn set_writable(&self, v: bool) {
+        self.writable.store(v, Ordering::SeqCst);
+    }
+
+    pub(super) fn set_state_valid(&self, v: bool) {
+        self.state_valid.store(v, Ordering::SeqCst);
+    }
+}
