@@ -30,6 +30,11 @@ pub(crate) async fn challenge(AxState(app): AxState<Shared>, req: Request) -> Re
     let expires = app.engine.now() + app.engine.policy.limits.challenge_ttl_ms;
     let difficulty = app.engine.policy.pow_difficulty;
     let client = client_ip(&app, peer(&req), req.headers());
+    // Any body is ignored (API-3), but read, within the usual limit, so that the connection
+    // stays in step and can serve the client's next request.
+    if let Err(e) = read_body(req.into_body(), app.engine.policy.limits.body_bytes_max).await {
+        return e.into_response();
+    }
     let issued = app
         .challenges
         .lock()
