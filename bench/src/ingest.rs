@@ -68,6 +68,11 @@ pub struct IngestResult {
     pub elapsed: Duration,
     pub connections: usize,
     pub cpu: CpuUse,
+    /// Syncs to disk the relay's store made during the phase, and its log commits
+    /// (`formica_store_syncs_total`, `formica_log_commits_total`): the check that the relaxed
+    /// mode does not sync and the durable one syncs each commit.
+    pub syncs: u64,
+    pub commits: u64,
 }
 
 impl IngestResult {
@@ -98,7 +103,32 @@ impl IngestResult {
                 self.accepted_per_s() / (bound_per_s * relay_cores as f64),
             )
             .with("cpu", self.cpu.to_json())
+            .with("store_syncs", self.syncs)
+            .with("log_commits", self.commits)
     }
+
+    /// True when the phase synced as its mode says: none relaxed, at least one per commit
+    /// durable.
+    pub fn syncs_as_promised(&self) -> bool {
+        if self.relaxed_fsync {
+            self.syncs == 0
+        } else {
+            self.syncs >= self.commits && self.commits > 0
+        }
+    }
+}
+
+/// A counter of the relay's `/metrics`, read on a connection of its own.
+pub async fn relay_metric(addr: &str, name: &str) -> Result<u64> {
+    let mut c = Conn::connect(addr).await?;
+    let r = c
+        .send(&crate::http::request("GET", "/metrics", addr, &[], b""))
+        .await?;
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {name} in the relay's /metrics"))
 }
 
 /// Counts `"result":"accepted"` in an answer (a batch answer has one per envelope).
@@ -127,6 +157,8 @@ pub async fn run(
     for _ in 0..conns {
         cs.push(Conn::connect(addr).await?);
     }
+    let syncs0 = relay_metric(addr, "formica_store_syncs_total").await?;
+    let commits0 = relay_metric(addr, "formica_log_commits_total").await?;
     let meter = CpuMeter::start(relay.pid, &relay.cpus);
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -173,6 +205,8 @@ pub async fn run(
     }
     let elapsed = t0.elapsed();
     let cpu = meter.stop();
+    let syncs = relay_metric(addr, "formica_store_syncs_total").await? - syncs0;
+    let commits = relay_metric(addr, "formica_log_commits_total").await? - commits0;
     let first_rejection = first_rej.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(IngestResult {
         endpoint,
@@ -184,6 +218,8 @@ pub async fn run(
         elapsed,
         connections: conns,
         cpu,
+        syncs,
+        commits,
     })
 }
 

@@ -460,6 +460,10 @@ fn run() -> Result<()> {
                     r.cpu.disk_write_bytes_per_s / 1e6,
                     r.cpu.relay_write_bytes_per_s / 1e6
                 ));
+                progress(&format!(
+                    "{name}: the store synced {} times for {} commits",
+                    r.syncs, r.commits
+                ));
                 if let Some(f) = &r.first_rejection {
                     progress(&format!("{name}: first rejection: {f}"));
                 }
@@ -527,6 +531,18 @@ fn run() -> Result<()> {
                 ),
             );
             let dur = d.accepted_per_s() / x.accepted_per_s();
+            // The relaxed mode must not sync, or the ratio compares fsync with fsync.
+            table.add(
+                "3 fsync",
+                &format!("{}, store syncs per commit: durable / relaxed", e.name()),
+                format!(
+                    "{:.2} / {}",
+                    d.syncs as f64 / d.commits.max(1) as f64,
+                    x.syncs
+                ),
+                ">= 1 / 0",
+                Verdict::check(d.syncs_as_promised() && x.syncs_as_promised()),
+            );
             table.info(
                 "3 fsync",
                 &format!("{}, relaxed fsync: accepted (median)", e.name()),
