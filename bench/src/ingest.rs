@@ -71,8 +71,9 @@ pub struct IngestResult {
     /// Syncs to disk the relay's store made during the phase, and its log commits
     /// (`formica_store_syncs_total`, `formica_log_commits_total`): the check that the relaxed
     /// mode does not sync and the durable one syncs each commit.
-    pub syncs: u64,
-    pub commits: u64,
+    /// `None` for a relay that does not publish the counter (an older build).
+    pub syncs: Option<u64>,
+    pub commits: Option<u64>,
 }
 
 impl IngestResult {
@@ -110,10 +111,10 @@ impl IngestResult {
     /// True when the phase synced as its mode says: none relaxed, at least one per commit
     /// durable.
     pub fn syncs_as_promised(&self) -> bool {
-        if self.relaxed_fsync {
-            self.syncs == 0
-        } else {
-            self.syncs >= self.commits && self.commits > 0
+        match (self.syncs, self.commits) {
+            (Some(s), _) if self.relaxed_fsync => s == 0,
+            (Some(s), Some(c)) => s >= c && c > 0,
+            _ => false,
         }
     }
 }
@@ -157,8 +158,8 @@ pub async fn run(
     for _ in 0..conns {
         cs.push(Conn::connect(addr).await?);
     }
-    let syncs0 = relay_metric(addr, "formica_store_syncs_total").await?;
-    let commits0 = relay_metric(addr, "formica_log_commits_total").await?;
+    let syncs0 = relay_metric(addr, "formica_store_syncs_total").await.ok();
+    let commits0 = relay_metric(addr, "formica_log_commits_total").await.ok();
     let meter = CpuMeter::start(relay.pid, &relay.cpus);
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -205,8 +206,20 @@ pub async fn run(
     }
     let elapsed = t0.elapsed();
     let cpu = meter.stop();
-    let syncs = relay_metric(addr, "formica_store_syncs_total").await? - syncs0;
-    let commits = relay_metric(addr, "formica_log_commits_total").await? - commits0;
+    let syncs = match (
+        syncs0,
+        relay_metric(addr, "formica_store_syncs_total").await.ok(),
+    ) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let commits = match (
+        commits0,
+        relay_metric(addr, "formica_log_commits_total").await.ok(),
+    ) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
     let first_rejection = first_rej.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(IngestResult {
         endpoint,

@@ -461,7 +461,7 @@ fn run() -> Result<()> {
                     r.cpu.relay_write_bytes_per_s / 1e6
                 ));
                 progress(&format!(
-                    "{name}: the store synced {} times for {} commits",
+                    "{name}: the store synced {:?} times for {:?} commits",
                     r.syncs, r.commits
                 ));
                 if let Some(f) = &r.first_rejection {
@@ -535,11 +535,12 @@ fn run() -> Result<()> {
             table.add(
                 "3 fsync",
                 &format!("{}, store syncs per commit: durable / relaxed", e.name()),
-                format!(
-                    "{:.2} / {}",
-                    d.syncs as f64 / d.commits.max(1) as f64,
-                    x.syncs
-                ),
+                match (d.syncs, d.commits, x.syncs) {
+                    (Some(s), Some(c), Some(r)) => {
+                        format!("{:.2} / {r}", s as f64 / c.max(1) as f64)
+                    }
+                    _ => "not published by this relay".to_owned(),
+                },
                 ">= 1 / 0",
                 Verdict::check(d.syncs_as_promised() && x.syncs_as_promised()),
             );
