@@ -88,10 +88,18 @@ fn ensure_dir(home: &Path) -> Result<PathBuf, Fail> {
     let d = dir(home);
     let storage = |e: std::io::Error| Fail::new(Exit::Storage, format!("{}: {e}", d.display()));
     if !d.exists() {
+        // The directories made here: the names of each must survive a power loss like the
+        // key files in the last one.
+        let made: Vec<PathBuf> = d
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .map(Path::to_path_buf)
+            .collect();
         fs::create_dir_all(&d).map_err(storage)?;
         fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(storage)?;
-        // The new directory's name must survive a power loss like the key files in it.
-        sync_parent(&d);
+        for m in &made {
+            sync_parent(m).map_err(storage)?;
+        }
     }
     check_private(&d, 0o700)?;
     Ok(d)
@@ -121,17 +129,21 @@ fn write_private(path: &Path, v: &Value, force: bool) -> Result<(), Fail> {
     f.write_all(&bytes).map_err(storage)?;
     f.sync_all().map_err(storage)?;
     fs::rename(&tmp, path).map_err(storage)?;
-    sync_parent(path);
+    sync_parent(path).map_err(storage)?;
     Ok(())
 }
 
-/// Makes a rename or link in `path`'s directory durable (best effort: not every file system
-/// lets a directory be opened for sync).
-fn sync_parent(path: &Path) {
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
+/// Makes a rename or link in `path`'s directory durable. A file system that cannot sync a
+/// directory at all (EINVAL, as some network file systems answer) is not an error; any other
+/// failure is.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match fs::File::open(parent)?.sync_all() {
+        Err(e) if e.raw_os_error() == Some(22) => Ok(()),
+        r => r,
     }
 }
 
@@ -443,7 +455,7 @@ impl Staged {
             kept = Some(o);
         }
         fs::rename(&self.pending, &self.target).map_err(|e| storage(&self.target, e))?;
-        sync_parent(&self.target);
+        sync_parent(&self.target).map_err(|e| storage(&self.target, e))?;
         Ok(kept)
     }
 

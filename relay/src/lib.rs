@@ -40,6 +40,9 @@ pub use http::ops::OPENAPI_JSON;
 pub const LOG_FILE: &str = "log.redb";
 pub const KEY_FILE: &str = "relay.key";
 pub const HOST_FILE: &str = "public_host";
+/// Locked (exclusively) by the relay serving a data directory for as long as it runs, so that
+/// no second relay opens the store, even while the first has it closed after a failed write.
+pub const LOCK_FILE: &str = "relay.lock";
 
 /// The host a data directory recorded at its first start, if it has one (read only).
 pub fn recorded_host(data_dir: &Path) -> Result<Option<RelayHost>, String> {
@@ -91,6 +94,31 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
+/// Takes the data directory's lock ([`LOCK_FILE`]) for as long as the returned file is open.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let err = |e: String| OpenError::DataDir {
+        path: dir.display().to_string(),
+        err: e,
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| err(format!("{}: {e}", path.display())))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(err(format!(
+            "another relay is serving it (it holds the lock on {}); stop that relay first, or use another --data-dir",
+            path.display()
+        ))),
+        Err(e) => Err(err(format!("{}: cannot lock it: {e}", path.display()))),
+    }
+}
+
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -109,6 +137,8 @@ pub struct Relay {
     /// The edge, which holds the engine (`app.engine`) and the federation client (`app.fed`).
     pub app: Shared,
     pub writer_thread: std::thread::JoinHandle<()>,
+    /// The data directory's lock ([`LOCK_FILE`]), held until the writer has closed the store.
+    lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -161,10 +191,27 @@ impl Relay {
     /// writer.
     pub fn open(cfg: &RelayConfig, host: &RelayHost, clock: Clock) -> Result<Relay, OpenError> {
         let dir = &cfg.data_dir;
-        std::fs::create_dir_all(dir).map_err(|e| OpenError::DataDir {
+        let dir_err = |e: std::io::Error| OpenError::DataDir {
             path: dir.display().to_string(),
             err: e.to_string(),
-        })?;
+        };
+        if !dir.exists() {
+            // The names of the directories made here must survive a power loss too.
+            let made: Vec<&Path> = dir
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                .collect();
+            std::fs::create_dir_all(dir).map_err(dir_err)?;
+            for m in made {
+                sync_dir(
+                    m.parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new(".")),
+                )
+                .map_err(dir_err)?;
+            }
+        }
+        let lock = lock_data_dir(dir)?;
         let key = load_or_create_key(&dir.join(KEY_FILE))?;
         // Checked before the store is opened, so a bad token file stops the start cleanly.
         let token = http::admin::load_or_create_token(&dir.join(ADMIN_TOKEN_FILE))
@@ -216,7 +263,8 @@ impl Relay {
                 engine::replay::replay(store, host)?
             }
         };
-        let relay = Relay::start(cfg, host, log, state, key, clock, Arc::new(health));
+        let mut relay = Relay::start(cfg, host, log, state, key, clock, Arc::new(health));
+        relay.lock = Some(lock);
         let _ = relay.app.admin_token.set(token);
         Ok(relay)
     }
@@ -288,7 +336,11 @@ impl Relay {
             health,
         );
         let app = Arc::new(App::new(engine, cfg.trusted_proxies.clone()));
-        Relay { app, writer_thread }
+        Relay {
+            app,
+            writer_thread,
+            lock: None,
+        }
     }
 
     /// Stops a relay whose server has returned: drops the edge (the engine goes once nothing
@@ -296,7 +348,11 @@ impl Relay {
     /// so that the store is closed cleanly and the next start finds nothing to recover. True if
     /// the writer ended in time.
     pub fn stop(self, wait: std::time::Duration) -> bool {
-        let Relay { app, writer_thread } = self;
+        let Relay {
+            app,
+            writer_thread,
+            lock,
+        } = self;
         drop(app);
         let (tx, rx) = std::sync::mpsc::channel();
         let joiner = std::thread::spawn(move || {
@@ -307,6 +363,9 @@ impl Relay {
         if ended {
             let _ = joiner.join();
         }
+        // The data directory is let go only after the store is closed (or the wait is over:
+        // the process is ending then, which lets go of it anyway).
+        drop(lock);
         ended
     }
 

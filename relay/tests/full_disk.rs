@@ -114,6 +114,7 @@ fn a_full_disk_refuses_writes_keeps_serving_reads_and_recovers_without_a_restart
     assert_eq!(inbox, acked);
     let (st, _) = post_envelope(&r, &refused).unwrap();
     assert_eq!(st, 507);
+    assert_eq!(status_of(&r, "/ready"), 503);
 
     // Space comes back: writes are accepted again within seconds, without a restart.
     std::fs::remove_file(&filler).unwrap();

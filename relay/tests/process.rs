@@ -200,7 +200,7 @@ fn serve_refuses(data: &std::path::Path, config: &std::path::Path) -> String {
         .unwrap();
     assert!(
         !out.status.success(),
-        "relay serve started on a damaged store"
+        "relay serve started where it must not"
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -378,6 +378,21 @@ fn a_clean_shutdown_closes_the_store_and_check_never_writes() {
     // The next start recovers it, and everything acknowledged is there.
     let r = RelayProc::start(&data, &config);
     assert_eq!(b.inbox(&r).len(), 20);
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One data directory, one relay: a second `relay serve` on it is refused with a message that
+/// says why, and the first goes on serving.
+#[test]
+fn a_second_relay_on_the_same_data_directory_is_refused() {
+    let dir = tempdir("two");
+    let config = write_config(&dir);
+    let data = dir.join("data");
+    let r = RelayProc::start(&data, &config);
+    let said = serve_refuses(&data, &config);
+    assert!(said.contains("another relay is serving it"), "{said}");
+    assert_eq!(r.request("GET", "/ready", &[], b"").unwrap().0, 200);
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
 }

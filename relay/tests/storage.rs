@@ -127,6 +127,67 @@ async fn a_write_that_meets_a_full_disk_is_507_keeps_nothing_and_writes_resume_w
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A commit whose bytes reached the file but whose sync failed (delayed allocation reports a
+/// full disk at fsync): 507, the state goes back to what is durable although the file holds the
+/// failed batch, and when the store is reopened (here: when the relay stops) those records are
+/// removed, so that the log on disk is exactly what was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_reached_the_file_but_failed_to_sync_is_removed_when_the_store_reopens() {
+    let dir = tempdir("sync");
+    let path = dir.join("log.redb");
+    let faults = Arc::new(StoreFaults::default());
+    let store = Arc::new(RedbStore::open_faulty(&path, false, faults.clone()).unwrap());
+    let r = TestRelay::on_store(config(4), store.clone() as Arc<dyn Store>);
+    let (a, b) = r.pair().await;
+    let kept = a.text(&r, &b.handle, "kept");
+    a.send(&r, &kept).await.expect(201, "");
+    let durable = r.state(|st| st.events).await;
+
+    faults.sync_full.store(true, Ordering::SeqCst);
+    let lost = a.text(&r, &b.handle, "written, never synced");
+    a.send(&r, &lost).await.expect(507, "storage_full");
+    assert_eq!(
+        r.state(|st| st.events).await,
+        durable,
+        "the state kept the failed batch"
+    );
+    a.status(&r, &lost.id()).await.expect(404, "not_found");
+    // The file does hold the failed commit (this is the case under test).
+    let on_file = RedbStore::open_read_only(&path).unwrap().len().unwrap();
+    assert!(
+        on_file > durable,
+        "the failed commit did not reach the file ({on_file} records, {durable} durable)"
+    );
+
+    // Space is back; the relay is stopped before any write could make it reopen the store.
+    // Stopping reopens it once more, and the failed records go (a later write at the same
+    // numbers would only overwrite as many as it writes).
+    faults.sync_full.store(false, Ordering::SeqCst);
+    let live_events = r.state(|st| st.events).await;
+    assert_eq!(live_events, durable);
+    let TestRelay { relay, router, .. } = r;
+    drop((router, store));
+    assert!(relay.stop(Duration::from_secs(5)), "the writer did not end");
+    // The log on disk chains from record 1 to exactly what the relay served, without the
+    // failed envelope.
+    let mut texts = Vec::new();
+    let view = RedbStore::open_read_only(&path).unwrap();
+    let len = EventLog::open(Arc::new(view), &mut |_, payload| {
+        texts.push(String::from_utf8_lossy(payload).into_owned());
+        Ok(())
+    })
+    .unwrap()
+    .len();
+    assert_eq!(len, live_events);
+    let has = |needle: &str| texts.iter().any(|t| t.contains(needle));
+    assert!(has("kept"), "the log's payloads do not hold message texts");
+    assert!(
+        !has("written, never synced"),
+        "a failed envelope is in the log"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Below `limits.store_free_bytes_min` every write is refused with 507 before anything is
 /// decided, so that a commit does not meet a full disk halfway; reads go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,10 +213,13 @@ async fn below_the_free_space_reserve_writes_are_refused_early_and_resume_above_
     let m = String::from_utf8_lossy(&r.get("/metrics").await.raw).into_owned();
     assert!(metric(&m, "formica_store_low_space_refusals_total") >= 1);
     assert_eq!(metric(&m, "formica_store_free_bytes"), 1000);
-    // The store itself is fine: still writable, so still ready.
-    r.get("/ready").await.expect(200, "");
+    // Writes are refused, so the relay is not ready (a load balancer sends writes elsewhere);
+    // it goes on serving reads.
+    r.get("/ready").await.expect(503, "unavailable");
+    b.inbox(&r, 0).await;
     faults.free_bytes.store(2 << 20, Ordering::SeqCst);
     a.send(&r, &refused).await.expect(201, "");
+    r.get("/ready").await.expect(200, "");
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,14 +1,13 @@
-//! What the writer knows about its store, for `/ready`, `/metrics` and the edge: whether it
-//! takes writes (false from a failed write until the store is reopened), whether the state in
-//! memory is the replay of what is durable (false only if it could not be rebuilt after a
-//! failed write), and counters.
+//! What the writer knows about its store, for `/ready`, `/metrics` and the deadline ticker:
+//! whether it takes writes (false from a failed write until the store is reopened), whether
+//! free space is below `limits.store_free_bytes_min` (writes refused early), and counters.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug)]
 pub struct StoreHealth {
     writable: AtomicBool,
-    state_valid: AtomicBool,
+    low_space: AtomicBool,
     /// Appends that failed (a full disk, an I/O error).
     pub failures: AtomicU64,
     /// Times the store was reopened and took writes again.
@@ -25,7 +24,7 @@ impl Default for StoreHealth {
     fn default() -> Self {
         StoreHealth {
             writable: AtomicBool::new(true),
-            state_valid: AtomicBool::new(true),
+            low_space: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             reopens: AtomicU64::new(0),
             low_space_refusals: AtomicU64::new(0),
@@ -49,16 +48,22 @@ impl StoreHealth {
         self.writable.load(Ordering::SeqCst)
     }
 
-    /// True while the state in memory is the replay of what is durable.
-    pub fn state_valid(&self) -> bool {
-        self.state_valid.load(Ordering::SeqCst)
+    /// True while free space was last seen below `limits.store_free_bytes_min`.
+    pub fn low_space(&self) -> bool {
+        self.low_space.load(Ordering::SeqCst)
+    }
+
+    /// True while writes are accepted: the store takes them and free space is above the
+    /// reserve.
+    pub fn takes_writes(&self) -> bool {
+        self.writable() && !self.low_space()
     }
 
     pub(super) fn set_writable(&self, v: bool) {
         self.writable.store(v, Ordering::SeqCst);
     }
 
-    pub(super) fn set_state_valid(&self, v: bool) {
-        self.state_valid.store(v, Ordering::SeqCst);
+    pub(super) fn set_low_space(&self, v: bool) {
+        self.low_space.store(v, Ordering::SeqCst);
     }
 }

@@ -148,6 +148,12 @@ impl Metrics {
             i64::from(h.writable()),
         );
         line(
+            "formica_store_low_space",
+            "gauge",
+            "1 while free space is below limits.store_free_bytes_min (writes refused early).",
+            i64::from(h.low_space()),
+        );
+        line(
             "formica_store_write_failures_total",
             "counter",
             "Appends that failed (full disk, I/O error); nothing of their batch was kept.",

@@ -60,9 +60,12 @@ pub struct Limits {
     /// Lifetime of a proof-of-work challenge: 10 minutes, ample for difficulty 24 on one core.
     pub challenge_ttl_ms: i64,
     /// Least free space, in bytes, on the store's file system for the writer to append: 64 MiB.
-    /// Below it every write is refused with `storage_full` before anything is decided, so that
-    /// the store never meets a full disk in the middle of a commit (a batch is at most a few
-    /// MiB, and the store engine grows its file by more). Not published.
+    /// Below it every write is refused with `storage_full` before anything is decided (and
+    /// `/ready` answers 503), so that a commit does not meet a full disk halfway: a commit
+    /// writes at most `writer::BATCH_RECORD_BYTES_MAX` (16 MiB) plus the events of one command
+    /// (a transfer with the key logs it fetched: tens of MiB at most with the default limits).
+    /// A store that failed a write is reopened once 1 MiB more than this is free. Not
+    /// published.
     pub store_free_bytes_min: u64,
     /// Most open (issued, unused, unexpired) challenges: 100,000. Past it new challenges are
     /// refused with `unavailable` until the oldest expire; open ones are never dropped early,

@@ -23,9 +23,9 @@ pub async fn run_deadlines(engine: Arc<Engine>) {
             let st = engine.read();
             let now = engine.now();
             let max_age = engine.policy.federation.dead_letter_ms;
-            // While the store refuses writes, a tick lets the writer try to reopen it (at most
-            // once a second) even when no client writes.
-            !engine.store_health.writable()
+            // While writes are refused (a store to reopen, free space to check again), a tick
+            // lets the writer look again even when no client writes.
+            !engine.store_health.takes_writes()
                 || st.deadlines.iter().next().is_some_and(|(by, _)| *by < now)
                 || st
                     .outbound

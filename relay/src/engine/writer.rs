@@ -102,6 +102,20 @@ pub const STORE_REOPEN_RETRY: Duration = Duration::from_secs(1);
 /// make the next batch fail again, and each failure rebuilds the state from the log.
 pub const REOPEN_FREE_BYTES_MARGIN: u64 = 1 << 20;
 
+/// Longest wait between attempts to reopen a store whose appends keep failing right after it
+/// reopens (the wait doubles from [`STORE_REOPEN_RETRY`] with each failure in a row).
+pub const STORE_REOPEN_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A batch takes no further command once its records pass 16 MiB: one commit then writes at
+/// most that plus the events of one command, which keeps what `limits.store_free_bytes_min`
+/// must cover known. The commands left over start the next batch.
+pub const BATCH_RECORD_BYTES_MAX: usize = 16 << 20;
+
+/// Exit status of a relay that could not read its own store back after a failed write
+/// (EX_IOERR): its memory then holds events that are not durable, and nothing may be served
+/// from it; a restart replays what is.
+pub const EXIT_STATE_LOST: i32 = 74;
+
 /// Starts the writer thread. It ends when every `Writer` is dropped, and then drops the log, so
 /// that the store is closed cleanly.
 pub fn spawn(
@@ -125,13 +139,23 @@ pub fn spawn(
         clock,
         health,
         retry_at: None,
+        failures_in_a_row: 0,
+        damage_reported: false,
+        carry: Vec::new(),
     };
     let handle = std::thread::Builder::new()
         .name("formica-writer".into())
         .spawn(move || {
             let mut last_end: Option<Instant> = None;
-            while let Some(first) = rx.blocking_recv() {
-                let mut batch = vec![first];
+            loop {
+                // Commands a full batch left over go first.
+                let mut batch = std::mem::take(&mut core.carry);
+                if batch.is_empty() {
+                    match rx.blocking_recv() {
+                        Some(first) => batch.push(first),
+                        None => break,
+                    }
+                }
                 let drain = |batch: &mut Vec<Job>, rx: &mut mpsc::Receiver<Job>| {
                     while batch.len() < BATCH_COMMANDS_MAX {
                         match rx.try_recv() {
@@ -156,6 +180,7 @@ pub fn spawn(
                 }
                 last_end = Some(Instant::now());
             }
+            core.close();
         })
         .unwrap_or_else(|e| panic!("cannot start the writer thread: {e}"));
     (Writer { tx, stats }, handle)
@@ -172,6 +197,15 @@ struct WriterCore {
     health: Arc<StoreHealth>,
     /// While the store is down: when the next attempt to reopen it may be made.
     retry_at: Option<Instant>,
+    /// Failed appends since the last one that succeeded: each doubles the wait before the
+    /// next reopen (an error free space does not show, such as a quota or a failing disk,
+    /// would otherwise cost a rebuild of the state every second).
+    failures_in_a_row: u32,
+    /// Whether a store that reopened holding other records than the log was reported (once).
+    damage_reported: bool,
+    /// Commands left over when a batch reached [`BATCH_RECORD_BYTES_MAX`]; the next batch
+    /// starts with them.
+    carry: Vec<Job>,
 }
 
 /// The answer to every write while the store refuses them (logged once, when it failed).
@@ -203,21 +237,23 @@ impl WriterCore {
         if let Some(free) = self.log.store().free_bytes() {
             self.health.free_bytes.store(free, Ordering::Relaxed);
             let min = self.policy.limits.store_free_bytes_min;
-            if free < min {
-                // Logged when it starts, not for every batch.
-                if self
-                    .health
-                    .low_space_refusals
-                    .fetch_add(1, Ordering::Relaxed)
-                    % 1000
-                    == 0
-                {
+            let low = free < min;
+            if low != self.health.low_space() {
+                self.health.set_low_space(low);
+                if low {
                     tracing::warn!(
                         free,
                         min,
-                        "free space below limits.store_free_bytes_min; writes are refused"
+                        "free space below limits.store_free_bytes_min; writes are refused until there is more"
                     );
+                } else {
+                    tracing::info!(free, min, "free space is back above limits.store_free_bytes_min; writes are accepted again");
                 }
+            }
+            if low {
+                self.health
+                    .low_space_refusals
+                    .fetch_add(1, Ordering::Relaxed);
                 refuse(batch, &store_down());
                 return 0;
             }
@@ -234,16 +270,20 @@ impl WriterCore {
             relay_key: &self.relay_key,
             policy: &self.policy,
         };
+        let bytes = std::cell::Cell::new(0usize);
         let mut apply = |st: &mut State, events: Vec<Event>| {
             for e in &events {
                 if let Event::Envelope { envelope, .. } = e {
                     touched.extend(envelope.envelope().to.iter().cloned());
                 }
                 st.apply(e);
-                records.push(e.encode());
+                let r = e.encode();
+                bytes.set(bytes.get() + r.len());
+                records.push(r);
             }
         };
-        for job in batch {
+        let mut jobs = batch.into_iter();
+        while let Some(job) = jobs.next() {
             if let Command::Transfer { envs, origin } = job.cmd {
                 // One job, so nothing else runs between its envelopes and none of them can be
                 // refused by a full queue while a later one from the same sender is stored.
@@ -268,6 +308,9 @@ impl WriterCore {
                 }
                 Err(e) => replies.push((job.reply, Err(e))),
             }
+            if bytes.get() >= BATCH_RECORD_BYTES_MAX {
+                self.carry.extend(jobs.by_ref());
+            }
         }
         // Only this thread changes the state, so the write lock can go while the disk works: the
         // ingest pre-checks read on, durable readers still wait at the gate.
@@ -284,6 +327,7 @@ impl WriterCore {
             if let Some(n) = self.log.store().syncs() {
                 self.health.syncs.store(n, Ordering::Relaxed);
             }
+            self.failures_in_a_row = 0;
         }
         drop(gate);
         self.notifier.notify(&touched);
@@ -299,14 +343,20 @@ impl WriterCore {
     /// The batch's events are applied in memory but not on disk: the state goes back to the
     /// replay of the durable log (read from a read-only view, since the store refuses I/O after
     /// a failed write), and writes are refused until the store is reopened. If even that replay
-    /// fails, the state is marked invalid: the edge then serves only health and readiness.
+    /// fails (the file cannot be read back: an I/O error, not a full disk), the process ends
+    /// with [`EXIT_STATE_LOST`]: open streams and forwarding workers read the state, and it
+    /// holds events that are not durable.
     fn failed_append(&mut self, e: &StoreError) {
         tracing::error!(error = %e, "append failed; nothing of the batch is kept, writes are refused until the store can be written again");
         self.health.failures.fetch_add(1, Ordering::Relaxed);
         self.health.set_writable(false);
         // The first attempt may come with the next batch (it is cheap while free space is
-        // short: nothing is opened); later ones at most every STORE_REOPEN_RETRY.
-        self.retry_at = None;
+        // short: nothing is opened); after failures in a row, the wait doubles.
+        self.retry_at = match self.failures_in_a_row {
+            0 => None,
+            n => Some(Instant::now() + Self::backoff(n)),
+        };
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
         let mut st = self.state.write();
         let host = st.host.clone();
         let rebuilt = self
@@ -317,24 +367,48 @@ impl WriterCore {
         match rebuilt {
             Ok((_, s)) => *st = s,
             Err(e2) => {
-                tracing::error!(error = %e2, "the state cannot be rebuilt from the durable log; the relay answers only /health and /ready until restarted");
-                self.health.set_state_valid(false);
+                tracing::error!(error = %e2, code = EXIT_STATE_LOST, "the state cannot be rebuilt from the durable log after a failed write; stopping (a restart replays what is durable)");
+                std::process::exit(EXIT_STATE_LOST);
             }
         }
+    }
+
+    /// When the relay stops with its store down after a failed write: one last attempt to
+    /// reopen it, so that records a failed commit left in the file (its bytes written, its sync
+    /// failed) are removed and the next start finds exactly what was acknowledged. If the store
+    /// still cannot be written, they stay, and the next start serves them (their senders were
+    /// answered 507; a retry is answered `duplicate`).
+    fn close(&mut self) {
+        if self.health.writable() {
+            return;
+        }
+        match self.log.store().reopen().and_then(|()| self.log.resync()) {
+            Ok(()) => tracing::info!(
+                records = self.log.len(),
+                "store reopened at shutdown: it holds exactly what was acknowledged"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "the store could not be reopened at shutdown; a failed write may have left records in it that the next start will serve")
+            }
+        }
+    }
+
+    /// The wait before the next reopen after `n` failed appends in a row.
+    fn backoff(n: u32) -> Duration {
+        STORE_REOPEN_RETRY
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(STORE_REOPEN_RETRY_MAX)
     }
 
     /// Tries to reopen a store that refused a write, at most every [`STORE_REOPEN_RETRY`]:
     /// reopened, it must hold exactly the durable log (what a failed write left beyond it is
     /// removed). True once it takes writes again.
     fn try_reopen(&mut self) -> bool {
-        if !self.health.state_valid() {
-            return false;
-        }
         let now = Instant::now();
         if self.retry_at.is_some_and(|t| now < t) {
             return false;
         }
-        self.retry_at = Some(now + STORE_REOPEN_RETRY);
+        self.retry_at = Some(now + STORE_REOPEN_RETRY.max(Self::backoff(self.failures_in_a_row)));
         let min = self
             .policy
             .limits
@@ -352,11 +426,18 @@ impl WriterCore {
                 self.health.set_writable(true);
                 self.health.reopens.fetch_add(1, Ordering::Relaxed);
                 self.retry_at = None;
+                self.damage_reported = false;
                 tracing::info!(
                     records = self.log.len(),
                     "store reopened; writes are accepted again"
                 );
                 true
+            }
+            Err(e @ StoreError::Corrupt { .. }) => {
+                if !std::mem::replace(&mut self.damage_reported, true) {
+                    tracing::error!(error = %e, "the reopened store does not hold the log this relay wrote; writes stay refused (stop the relay and run relay check)");
+                }
+                false
             }
             Err(e) => {
                 tracing::debug!(error = %e, "the store cannot be reopened yet");

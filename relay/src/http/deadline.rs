@@ -8,7 +8,7 @@ use super::Shared;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
@@ -77,20 +77,8 @@ impl hyper::body::Body for TimedBody {
     }
 }
 
-/// Middleware: gives every request body its deadline. Also refuses every request but health,
-/// readiness and metrics (503 `unavailable`) in the rare case where the state could not be
-/// rebuilt after a failed write, so that nothing is answered from a state that may hold
-/// events that are not durable.
+/// Middleware: gives every request body its deadline.
 pub async fn body_deadline(State(app): State<Shared>, req: Request, next: Next) -> Response {
-    if !app.engine.store_health.state_valid()
-        && !matches!(req.uri().path(), "/health" | "/ready" | "/metrics")
-    {
-        return crate::engine::error::ApiError::new(
-            formica_protocol::ErrorCode::Unavailable,
-            "the relay lost track of its state after a failed write; it must be restarted",
-        )
-        .into_response();
-    }
     let ms = app.engine.policy.limits.body_read_timeout_ms;
     let req = req.map(|b| {
         if hyper::body::Body::is_end_stream(&b) {

@@ -20,16 +20,17 @@ pub(crate) async fn health() -> Response {
     ok(200, obj(vec![("status", "ok".into())]))
 }
 
-/// Ready: started, not shutting down, and its store takes writes (after a failed write the
-/// relay keeps serving reads and answers `/ready` with 503 until the store is reopened).
+/// Ready: started, not shutting down, and it takes writes (after a failed write, or while free
+/// space is below `limits.store_free_bytes_min`, the relay keeps serving reads and answers
+/// `/ready` with 503 until writes are accepted again).
 pub(crate) async fn ready(AxState(app): AxState<Shared>) -> Response {
     let health = &app.engine.store_health;
     let why = if !app.engine.ready.load(Ordering::Relaxed) {
         Some("the relay is starting or shutting down")
-    } else if !health.state_valid() {
-        Some("the relay's state could not be rebuilt after a failed write; restart it")
     } else if !health.writable() {
         Some("the relay's store refuses writes (disk full?); reads are served, writes resume once it can be written")
+    } else if health.low_space() {
+        Some("free space is below limits.store_free_bytes_min, so writes are refused; reads are served, writes resume once there is more")
     } else {
         None
     };

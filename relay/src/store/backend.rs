@@ -27,6 +27,9 @@ const BLOCK: u64 = 4096;
 pub struct StoreFaults {
     /// While true, every write, length change and sync fails with ENOSPC.
     pub full: AtomicBool,
+    /// While true, only syncs fail with ENOSPC (as delayed allocation reports a full disk at
+    /// fsync): the bytes of a commit reach the file, the commit fails.
+    pub sync_full: AtomicBool,
     /// When not zero, the free space the store reports, in bytes (instead of statvfs's).
     pub free_bytes: AtomicU64,
 }
@@ -91,6 +94,9 @@ impl StorageBackend for FileStorage {
 
     fn sync_data(&self, _eventual: bool) -> io::Result<()> {
         self.faults.check()?;
+        if self.faults.sync_full.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(28));
+        }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.file.sync_data()
     }

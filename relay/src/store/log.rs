@@ -25,9 +25,9 @@ pub struct LogPosition {
 
 impl LogPosition {
     /// The log checked earlier, on `store` (another handle of the same records: the store
-    /// opened for writing after the log was checked on a read-only view). Records beyond the
-    /// checked length (a write that failed after reaching the file) are removed; then the last
-    /// record's stored chain hash must be the checked head.
+    /// opened for writing after the log was checked on a read-only view). It must hold exactly
+    /// the checked records: the same count, and the last record's stored chain hash the checked
+    /// head (the data directory's lock keeps other processes from writing in between).
     pub fn resume(self, store: Arc<dyn Store>) -> Result<EventLog, StoreError> {
         let mut log = self.resume_unchecked(store);
         log.resync()?;
@@ -42,6 +42,7 @@ impl LogPosition {
             store,
             len: self.len,
             head: self.head,
+            attempted: self.len,
         }
     }
 }
@@ -52,6 +53,9 @@ pub struct EventLog {
     store: Arc<dyn Store>,
     len: u64,
     head: [u8; 32],
+    /// The last record number an append was tried for: a failed append may leave records up
+    /// to it in the file, and [`resync`](Self::resync) removes those, but no others.
+    attempted: u64,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -121,6 +125,7 @@ impl EventLog {
             store,
             len: checked,
             head,
+            attempted: checked,
         })
     }
 
@@ -134,10 +139,21 @@ impl EventLog {
         }
     }
 
-    /// Makes the store hold exactly this log again after its handle was reopened: records beyond
-    /// the log's length go, and the last record's stored chain hash must be the head.
+    /// Makes the store hold exactly this log again after its handle was reopened: records a
+    /// failed append of this log left beyond its length go, and the last record's stored chain
+    /// hash must be the head. More records than this log ever tried to write are damage (not
+    /// removed): something else wrote to the file.
     pub fn resync(&mut self) -> Result<(), StoreError> {
         let stored = self.store.len()?;
+        if stored > self.attempted {
+            return Err(StoreError::Corrupt {
+                seq: self.attempted + 1,
+                reason: format!(
+                    "the store holds {stored} records, more than the {} this relay wrote: another process wrote to it",
+                    self.attempted
+                ),
+            });
+        }
         if stored > self.len {
             self.store.truncate(self.len)?;
         }
@@ -182,6 +198,7 @@ impl EventLog {
             r.extend_from_slice(p);
             records.push(r);
         }
+        self.attempted = self.attempted.max(self.len + payloads.len() as u64);
         self.store.append(first, &records)?;
         self.len += payloads.len() as u64;
         self.head = head;

@@ -45,15 +45,27 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs `f`, turning a panic into an error without printing it: redb 2 answers some damage (a
 /// truncated or extended file) with a failed assertion, whose text and backtrace are not for an
-/// operator. The panic hook is process-wide, so it is silenced only while `f` runs; this is
-/// called when a store is opened, before the relay serves.
+/// operator. The panic hook is process-wide, so while `f` runs it is replaced by one that is
+/// silent for this thread only and hands a panic on any other thread to the hook it replaced.
 pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    type Hook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
     static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = HOOK.lock().unwrap_or_else(|p| p.into_inner());
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    let previous: Arc<Hook> = Arc::new(std::panic::take_hook());
+    let quiet = std::thread::current().id();
+    let others = previous.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != quiet {
+            others(info);
+        }
+    }));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(previous);
+    // Dropping this thread's hook lets go of its handle on the previous one.
+    drop(std::panic::take_hook());
+    match Arc::try_unwrap(previous) {
+        Ok(hook) => std::panic::set_hook(hook),
+        Err(shared) => std::panic::set_hook(Box::new(move |info| shared(info))),
+    }
     r.map_err(|p| panic_text(p.as_ref()))
 }
 
