@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod federation;
 pub mod http;
+pub mod operator;
 pub mod store;
 
 use config::RelayConfig;
@@ -30,6 +31,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use store::datadir::{DirLock, LockError};
 use store::{sync_dir, EventLog, RedbStore, Store, StoreError};
 
 pub use engine::ticker::run_deadlines;
@@ -37,12 +39,7 @@ pub use http::admin::{ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE};
 pub use http::ops::OPENAPI_JSON;
 
 /// File names inside the data directory.
-pub const LOG_FILE: &str = "log.redb";
-pub const KEY_FILE: &str = "relay.key";
-pub const HOST_FILE: &str = "public_host";
-/// Locked (exclusively) by the relay serving a data directory for as long as it runs, so that
-/// no second relay opens the store, even while the first has it closed after a failed write.
-pub const LOCK_FILE: &str = "relay.lock";
+pub use store::datadir::{HOST_FILE, KEY_FILE, LOCK_FILE, LOG_FILE};
 
 /// The host a data directory recorded at its first start, if it has one (read only).
 pub fn recorded_host(data_dir: &Path) -> Result<Option<RelayHost>, String> {
@@ -94,29 +91,20 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Takes the data directory's lock ([`LOCK_FILE`]) for as long as the returned file is open.
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File, OpenError> {
-    let path = dir.join(LOCK_FILE);
+/// Takes the data directory's lock ([`LOCK_FILE`]) for as long as the relay runs.
+fn lock_data_dir(dir: &Path) -> Result<DirLock, OpenError> {
     let err = |e: String| OpenError::DataDir {
         path: dir.display().to_string(),
         err: e,
     };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| err(format!("{}: {e}", path.display())))?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(f),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(err(format!(
-            "another relay is serving it (it holds the lock on {}); stop that relay first, or use another --data-dir",
+    let path = dir.join(LOCK_FILE);
+    DirLock::exclusive(dir).map_err(|e| match e {
+        LockError::InUse => err(format!(
+            "another relay is serving it, or `relay check` or `relay backup` is reading it (the lock on {} is held); stop that first, or use another --data-dir",
             path.display()
-        ))),
-        Err(e) => Err(err(format!("{}: cannot lock it: {e}", path.display()))),
-    }
+        )),
+        LockError::Io(e) => err(format!("{}: cannot lock it: {e}", path.display())),
+    })
 }
 
 /// Why a relay could not start.
@@ -138,7 +126,7 @@ pub struct Relay {
     pub app: Shared,
     pub writer_thread: std::thread::JoinHandle<()>,
     /// The data directory's lock ([`LOCK_FILE`]), held until the writer has closed the store.
-    lock: Option<std::fs::File>,
+    lock: Option<DirLock>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -266,6 +254,7 @@ impl Relay {
         let mut relay = Relay::start(cfg, host, log, state, key, clock, Arc::new(health));
         relay.lock = Some(lock);
         let _ = relay.app.admin_token.set(token);
+        let _ = relay.app.data_dir.set(dir.clone());
         Ok(relay)
     }
 

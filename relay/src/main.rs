@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use formica_relay::config::{LogFormat, Overrides, RelayConfig};
-use formica_relay::engine::{replay, system_clock};
+use formica_relay::engine::system_clock;
 use formica_relay::http::{router, server};
 use formica_relay::Relay;
 use std::net::SocketAddr;
@@ -54,17 +54,30 @@ enum Cmd {
         #[arg(long, hide = true)]
         unsafe_relaxed_fsync_benchmark_only: bool,
     },
-    /// Check the store: every record's chain hash and event, then the projections. Exits 0 if
-    /// the store is sound, 1 with the damaged record's number if not.
+    /// Check the store: every record's chain hash and event, then the projections, without
+    /// changing it (asks the relay serving the directory if one does). Exits 0 if the store is
+    /// sound, 1 naming the damage if not, 3 if a relay serves the directory and did not answer.
     Check {
         #[command(flatten)]
         common: Common,
     },
+    /// Copy the data directory consistently into a new directory (every durable record, the
+    /// relay key, the host), checked after it is written; works while the relay serves (it
+    /// then makes the copy). `relay serve --data-dir DIR` serves the copy.
+    Backup {
+        /// The new (or empty) directory to copy into.
+        #[arg(long)]
+        to: PathBuf,
+        /// Directory to copy [default: ./formica-data].
+        #[arg(long, env = "FORMICA_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Manage federation peers of the relay running on this data directory (talks to it over
     /// loopback with the admin token in <data-dir>/admin.token).
     Peer {
-        /// Directory of the running relay [default: ./formica-data].
-        #[arg(long, env = "FORMICA_DATA_DIR")]
+        /// Directory of the running relay [default: ./formica-data]; before or after the
+        /// peer command.
+        #[arg(long, env = "FORMICA_DATA_DIR", global = true)]
         data_dir: Option<PathBuf>,
         #[command(subcommand)]
         op: PeerOp,
@@ -129,6 +142,10 @@ fn main() -> ExitCode {
             &data_dir.unwrap_or_else(|| PathBuf::from(formica_relay::config::DATA_DIR_DEFAULT)),
             op,
         ),
+        Cmd::Backup { to, data_dir } => formica_relay::operator::backup(
+            &data_dir.unwrap_or_else(|| PathBuf::from(formica_relay::config::DATA_DIR_DEFAULT)),
+            &to,
+        ),
         Cmd::Check { common } => {
             let o = Overrides {
                 data_dir: common.data_dir,
@@ -136,7 +153,7 @@ fn main() -> ExitCode {
                 ..Overrides::default()
             };
             match RelayConfig::load(common.config.as_deref(), o) {
-                Ok(cfg) => check(&cfg),
+                Ok(cfg) => formica_relay::operator::check(&cfg.data_dir, cfg.public_host.as_ref()),
                 Err(e) => {
                     eprintln!("relay: configuration: {e}");
                     ExitCode::from(2)
@@ -242,138 +259,23 @@ async fn shutdown_signal() {
     }
 }
 
-/// `relay peer ...`: one HTTP/1.1 request to the admin endpoint of the running relay, on the
-/// loopback address it recorded in the data directory.
+/// `relay peer ...`: one request to the admin endpoint of the relay serving `dir`.
 fn peer_cmd(dir: &std::path::Path, op: PeerOp) -> ExitCode {
-    use std::io::{Read, Write};
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| {
-                format!(
-                    "{}: {e} (is the relay running on this data directory?)",
-                    dir.join(name).display()
-                )
-            })
+    let (method, path, body) = match &op {
+        PeerOp::Add { url } => {
+            let mut o = formica_protocol::Object::new();
+            o.insert("url", url.as_str().into());
+            (
+                "POST",
+                "/admin/v1/peers".to_owned(),
+                formica_protocol::canon::canonicalize(&formica_protocol::Value::Object(o)),
+            )
+        }
+        PeerOp::Approve { host } => ("POST", format!("/admin/v1/peers/{host}/approve"), vec![]),
+        PeerOp::List => ("GET", "/admin/v1/peers".to_owned(), vec![]),
+        PeerOp::Remove { host } => ("DELETE", format!("/admin/v1/peers/{host}"), vec![]),
     };
-    let run = || -> Result<(u16, String), String> {
-        let token = read(formica_relay::ADMIN_TOKEN_FILE)?;
-        let addr: SocketAddr = read(formica_relay::ADMIN_ADDR_FILE)?
-            .parse()
-            .map_err(|e| format!("admin address: {e}"))?;
-        let addr = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port());
-        let (method, path, body) = match &op {
-            PeerOp::Add { url } => {
-                let mut o = formica_protocol::Object::new();
-                o.insert("url", url.as_str().into());
-                (
-                    "POST",
-                    "/admin/v1/peers".to_owned(),
-                    formica_protocol::canon::canonicalize(&formica_protocol::Value::Object(o)),
-                )
-            }
-            PeerOp::Approve { host } => ("POST", format!("/admin/v1/peers/{host}/approve"), vec![]),
-            PeerOp::List => ("GET", "/admin/v1/peers".to_owned(), vec![]),
-            PeerOp::Remove { host } => ("DELETE", format!("/admin/v1/peers/{host}"), vec![]),
-        };
-        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
-            .map_err(|e| format!("{addr}: {e}"))?;
-        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(60)));
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes())
-            .and_then(|_| s.write_all(&body))
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
-    };
-    match run() {
-        Ok((200..=299, body)) => {
-            println!("{}", body.trim());
-            ExitCode::SUCCESS
-        }
-        Ok((_, body)) => {
-            eprintln!("relay peer: {}", body.trim());
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("relay peer: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `relay check`: reads the store without changing it (a read-only view: the file is left byte
-/// for byte as it was, also when it is damaged or was not closed cleanly), checks every record's
-/// chain hash and event, and says what it found. Exit 0 sound, 1 damaged or unreadable, 2 usage.
-fn check(cfg: &RelayConfig) -> ExitCode {
-    use formica_relay::store::StoreError;
-    let path = cfg.data_dir.join(formica_relay::LOG_FILE);
-    if !path.exists() {
-        eprintln!("relay check: no store at {}", path.display());
-        return ExitCode::FAILURE;
-    }
-    let host = match formica_relay::recorded_host(&cfg.data_dir) {
-        Ok(Some(h)) => h,
-        Ok(None) => match &cfg.public_host {
-            Some(h) => h.clone(),
-            None => {
-                eprintln!(
-                    "relay check: {} records no host; pass --public-host",
-                    cfg.data_dir.display()
-                );
-                return ExitCode::from(2);
-            }
-        },
-        Err(e) => {
-            eprintln!("relay check: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let report = |e: StoreError| {
-        match &e {
-            StoreError::Corrupt { .. } => eprintln!("relay check: DAMAGED: {e}"),
-            _ => eprintln!("relay check: cannot check the store: {e}"),
-        }
-        eprintln!("relay check: {} was not changed", path.display());
-        ExitCode::FAILURE
-    };
-    let view = match formica_relay::store::RedbStore::open_read_only(&path) {
-        Ok(s) => s,
-        Err(e) => return report(e),
-    };
-    let recovered = view.recovered();
-    match replay::replay(std::sync::Arc::new(view), &host) {
-        Ok((log, st)) => {
-            println!(
-                "relay check: ok: {} records, chain head {}, {} agents, {} messages",
-                log.len(),
-                formica_protocol::hex::encode(&log.head()),
-                st.agents.len(),
-                st.messages.len()
-            );
-            if recovered {
-                println!(
-                    "relay check: the store was not closed cleanly (a crash or a kill) and was recovered in memory to check it; it is sound, and `relay serve` recovers it on disk"
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => report(e),
-    }
+    formica_relay::operator::peer(dir, method, &path, &body)
 }
 
 /// Pending connections the kernel may queue before the relay accepts them (capped by the

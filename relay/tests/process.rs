@@ -445,3 +445,105 @@ fn sigterm_under_load_drains_and_exits_zero_with_every_answer_durable() {
     drop(r2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn relay_cmd(args: &[&str], data: &std::path::Path) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The records count in `relay check`'s line.
+fn records_of(check_out: &str) -> u64 {
+    check_out
+        .split("ok: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no record count in {check_out:?}"))
+}
+
+/// Regression: `relay check` on a running relay reported "DAMAGED ... Cannot acquire lock"
+/// (exit 1), a false alarm for every monitoring job. Now it asks the running relay, which
+/// checks its durable log beside serving; `relay backup` copies a running relay's directory
+/// consistently, and the copy is checked and served; against a stopped relay, `relay peer`
+/// says no relay serves the directory, and check and backup read the store themselves.
+#[test]
+fn check_and_backup_work_on_a_running_relay_and_the_backup_restores() {
+    let dir = tempdir("backup");
+    let config = write_config(&dir);
+    let data = dir.join("data");
+    let mut r = RelayProc::start(&data, &config);
+    let a = Peer::register(&r, "alice", 1);
+    let b = Peer::register(&r, "bob", 2);
+    b.allow(&r, &a.handle);
+    for n in 0..10 {
+        let (st, _) = post_envelope(&r, &a.message(&b.handle, &format!("before {n}"))).unwrap();
+        assert_eq!(st, 201);
+    }
+
+    // check, online.
+    let (code, out, err) = relay_cmd(&["check"], &data);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("checked by the relay serving"), "{out}");
+    let at_backup = records_of(&out);
+    // The --data-dir flag after a peer subcommand, as the README writes it.
+    let (code, out, err) = relay_cmd(&["peer", "list"], &data);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // backup, online, then more writes that the backup must not hold.
+    let bk = dir.join("backup");
+    let (code, out, err) = relay_cmd(&["backup", "--to", bk.to_str().unwrap()], &data);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("by the running relay"), "{out}");
+    for n in 0..5 {
+        let (st, _) = post_envelope(&r, &a.message(&b.handle, &format!("after {n}"))).unwrap();
+        assert_eq!(st, 201);
+    }
+    // A second backup into the same directory is refused; the first is left alone.
+    let (code, _, err) = relay_cmd(&["backup", "--to", bk.to_str().unwrap()], &data);
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty"), "{err}");
+    // A relay serves the directory but cannot be asked (here: its token is gone): not damage,
+    // its own exit status.
+    let token = data.join("admin.token");
+    std::fs::rename(&token, dir.join("token.aside")).unwrap();
+    let (code, _, err) = relay_cmd(&["check"], &data);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("a relay is serving"), "{err}");
+    assert!(!err.contains("DAMAGED"), "{err}");
+    std::fs::rename(dir.join("token.aside"), &token).unwrap();
+    assert_eq!(r.terminate(), Some(0));
+
+    // Stopped: peer says so; check and backup read the store themselves.
+    let (code, _, err) = relay_cmd(&["peer", "list"], &data);
+    assert_eq!(code, 1);
+    assert!(err.contains("no relay is serving"), "{err}");
+    let (code, out, err) = relay_cmd(&["check"], &data);
+    assert_eq!(code, 0, "{out}{err}");
+    let total = records_of(&out);
+    assert!(total > at_backup);
+    let bk2 = dir.join("backup2");
+    let (code, out, err) = relay_cmd(&["backup", "--to", bk2.to_str().unwrap()], &data);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = relay_cmd(&["check"], &bk2);
+    assert_eq!((code, records_of(&out)), (0, total));
+
+    // The online backup holds what was durable when it was asked for, and serves it.
+    let (code, out, err) = relay_cmd(&["check"], &bk);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(records_of(&out), at_backup);
+    assert!(!bk.join("admin.token").exists(), "the admin token was copied");
+    let restored = RelayProc::start(&bk, &config);
+    let texts = b.inbox(&restored);
+    assert_eq!(texts.len(), 10, "{texts:?}");
+    drop(restored);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,7 +26,7 @@ pub mod state;
 pub mod ticker;
 pub mod writer;
 
-use crate::store::EventLog;
+use crate::store::{EventLog, Store, StoreError};
 use cell::{Durable, StateCell};
 use formica_protocol::{RelayHost, SecretKey};
 use health::StoreHealth;
@@ -69,6 +69,8 @@ pub struct Engine {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Whether the store takes writes and the state is sound, with the store's counters.
     pub store_health: Arc<StoreHealth>,
+    /// The log's store, for reads of durable records beside the writer (check, backup).
+    store: Arc<dyn Store>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -90,6 +92,7 @@ impl Engine {
         store_health: Arc<StoreHealth>,
     ) -> (Arc<Engine>, std::thread::JoinHandle<()>) {
         let state = Arc::new(StateCell::new(state));
+        let store = log.store().clone();
         let notifier = Arc::new(Notifier::default());
         let policy = Arc::new(policy);
         let (writer, writer_thread) = writer::spawn(
@@ -113,6 +116,7 @@ impl Engine {
             ready: AtomicBool::new(true),
             stopping: tokio::sync::watch::channel(false).0,
             store_health,
+            store,
         });
         (engine, writer_thread)
     }
@@ -126,4 +130,40 @@ impl Engine {
     pub fn read(&self) -> Durable<'_> {
         self.state.read()
     }
+
+    /// Records in the durable log now.
+    pub fn durable_len(&self) -> u64 {
+        self.read().events
+    }
+
+    /// The store the log lives in, to read records that are durable (a check, a backup) while
+    /// the writer goes on: records up to [`durable_len`](Self::durable_len) never change.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// `relay check` on a running relay: replays the durable log, as of now, into a new state
+    /// beside the live one (every record's chain hash and event, as at start-up), without
+    /// stopping the writer. Blocking, and as costly as a start-up (time, and memory for a
+    /// second state): call it on a blocking thread, one at a time.
+    pub fn check_log(&self) -> Result<CheckReport, StoreError> {
+        let len = self.durable_len();
+        let (log, st) = replay::replay_prefix(self.store.clone(), &self.host, Some(len))?;
+        Ok(CheckReport {
+            records: log.len(),
+            chain_head: formica_protocol::hex::encode(&log.head()),
+            agents: st.agents.len() as u64,
+            messages: st.messages.len() as u64,
+        })
+    }
+}
+
+/// What a check of the log found (it is sound when there is a report).
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    pub records: u64,
+    /// The chain hash of the last record, hex.
+    pub chain_head: String,
+    pub agents: u64,
+    pub messages: u64,
 }

@@ -169,6 +169,114 @@ pub(crate) async fn admin_remove(
     res.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
+/// Runs `f` on a blocking thread unless another check or backup runs (then 503 `unavailable`).
+async fn one_at_a_time<T: Send + 'static>(
+    app: &Shared,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    use std::sync::atomic::Ordering;
+    if app.admin_busy.swap(true, Ordering::SeqCst) {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "a check or backup of this relay is already running; wait for it",
+        )
+        .with("retry_after_s", Value::Int(5)));
+    }
+    let r = tokio::task::spawn_blocking(f).await;
+    app.admin_busy.store(false, Ordering::SeqCst);
+    r.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("the task stopped: {e}"),
+        ))
+    })
+}
+
+/// `POST /admin/v1/check`: `relay check` on a running relay. The durable log, as of the
+/// request, is replayed beside the live state (every record's chain hash and event); 200 with
+/// the counts when it is sound, 500 `internal` naming the damage when not.
+pub(crate) async fn admin_check(
+    AxState(app): AxState<Shared>,
+    req: Request,
+) -> Result<Response, Response> {
+    admin_auth(&app, &req).map_err(IntoResponse::into_response)?;
+    drop(req);
+    let res = async {
+        let engine = app.engine.clone();
+        let report = one_at_a_time(&app, move || {
+            engine
+                .check_log()
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("DAMAGED: {e}")))
+        })
+        .await?;
+        Ok(ok(
+            200,
+            obj(vec![
+                ("records", Value::Int(report.records as i64)),
+                ("chain_head", report.chain_head.into()),
+                ("agents", Value::Int(report.agents as i64)),
+                ("messages", Value::Int(report.messages as i64)),
+            ]),
+        ))
+    }
+    .await;
+    Ok(res.unwrap_or_else(|e: ApiError| e.into_response()))
+}
+
+/// `POST /admin/v1/backup` with `{"to": "/absolute/new/dir"}`: a consistent copy of the data
+/// directory as of the request (every durable record, the relay key, the host), made while the
+/// relay goes on serving, and checked; `relay serve --data-dir <to>` serves it.
+pub(crate) async fn admin_backup(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        admin_auth(&app, &req)?;
+        let body = read_body(req.into_body(), app.engine.policy.limits.body_bytes_max).await?;
+        let v = json::parse(
+            &body,
+            app.json_limits(app.engine.policy.limits.body_bytes_max),
+        )?;
+        let mut f = Fields::new(&v, "")?;
+        let to = std::path::PathBuf::from(f.req_str("to")?);
+        f.finish()?;
+        if !to.is_absolute() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                "the backup directory must be an absolute path (the relay may run elsewhere than the caller)",
+            )
+            .with("field", "to".into()));
+        }
+        let not_empty = std::fs::read_dir(&to).is_ok_and(|mut d| d.next().is_some());
+        if not_empty || to.is_file() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "{} is not empty: a backup goes into a new or empty directory",
+                    to.display()
+                ),
+            )
+            .with("field", "to".into()));
+        }
+        let from = app.data_dir.get().cloned().ok_or_else(|| {
+            ApiError::new(ErrorCode::Unavailable, "this relay runs without a data directory")
+        })?;
+        let engine = app.engine.clone();
+        let report = one_at_a_time(&app, move || {
+            let len = engine.durable_len();
+            crate::store::datadir::copy_data_dir(engine.store().as_ref(), len, &from, &to)
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("backup failed: {e}")))
+        })
+        .await?;
+        Ok(ok(
+            200,
+            obj(vec![
+                ("records", Value::Int(report.records as i64)),
+                ("chain_head", report.chain_head.into()),
+            ]),
+        ))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
 /// Shortest admin token accepted from `admin.token`: 32 bytes of token text (the relay writes 64
 /// hex characters, 32 random bytes). A shorter token could be guessed or was not made for this.
 pub const ADMIN_TOKEN_BYTES_MIN: usize = 32;

@@ -43,6 +43,11 @@ pub struct App {
     pub trusted_proxies: Vec<IpAddr>,
     /// Bearer token of the admin endpoints (set when the relay runs on a data directory).
     pub admin_token: OnceLock<String>,
+    /// The data directory the relay serves (set when it runs on one): a backup copies its key
+    /// and host files.
+    pub data_dir: OnceLock<std::path::PathBuf>,
+    /// True while an admin check or backup runs (one at a time: each is as costly as a start).
+    pub admin_busy: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for App {
@@ -67,6 +72,8 @@ impl App {
             ip_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
             trusted_proxies,
             admin_token: OnceLock::new(),
+            data_dir: OnceLock::new(),
+            admin_busy: std::sync::atomic::AtomicBool::new(false),
             fed: Federation::new(engine.clone()),
             engine,
         }
@@ -126,6 +133,8 @@ pub fn routes() -> Router<Shared> {
             axum::routing::delete(admin::admin_remove),
         )
         .route("/admin/v1/peers/{host}/approve", post(admin::admin_approve))
+        .route("/admin/v1/check", post(admin::admin_check))
+        .route("/admin/v1/backup", post(admin::admin_backup))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
 }

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 mod backend;
+pub mod datadir;
 mod log;
 mod mem;
 mod redb;

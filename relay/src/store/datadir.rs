@@ -1,0 +1,192 @@
+//! The data directory as files: their names, the lock that says a relay serves it, and a
+//! consistent copy of it (`relay backup`).
+//!
+//! A serving relay holds an exclusive `flock` on [`LOCK_FILE`] for its whole life. `relay
+//! check` and `relay backup` take a shared one while they read a directory no relay serves, so
+//! that none starts under them; when the lock is held exclusively, a relay is running and they
+//! ask it over its admin endpoint instead.
+
+use super::log::EventLog;
+use super::redb::RedbStore;
+use super::{sync_dir, Store, StoreError};
+use std::fs::File;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The event log.
+pub const LOG_FILE: &str = "log.redb";
+/// The relay's secret key (hex seed, 0600).
+pub const KEY_FILE: &str = "relay.key";
+/// The host the directory was first served as (handles embed it).
+pub const HOST_FILE: &str = "public_host";
+/// Locked (exclusively) by the relay serving a data directory for as long as it runs, so that
+/// no second relay opens the store, even while the first has it closed after a failed write.
+pub const LOCK_FILE: &str = "relay.lock";
+
+/// Records copied per commit of a backup.
+const COPY_CHUNK: usize = 4096;
+
+/// A held lock on a data directory (released when dropped).
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] File);
+
+/// Why a data directory's lock was not taken.
+#[derive(Debug)]
+pub enum LockError {
+    /// A relay serves the directory (it holds the lock exclusively); or, for an exclusive
+    /// lock, a `relay check` or `relay backup` is reading it.
+    InUse,
+    Io(std::io::Error),
+}
+
+impl DirLock {
+    /// The serving relay's lock: exclusive, created (0600) if missing.
+    pub fn exclusive(dir: &Path) -> Result<DirLock, LockError> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(LOCK_FILE))
+            .map_err(LockError::Io)?;
+        Self::take(f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+    }
+
+    /// A reader's lock: shared, so that no relay starts while it reads. A directory without a
+    /// lock file has never been served by this version; then nothing is created (a reader
+    /// writes nothing) and the returned lock is on the directory itself.
+    pub fn shared(dir: &Path) -> Result<DirLock, LockError> {
+        let f = match File::open(dir.join(LOCK_FILE)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                File::open(dir).map_err(LockError::Io)?
+            }
+            Err(e) => return Err(LockError::Io(e)),
+        };
+        Self::take(f, rustix::fs::FlockOperation::NonBlockingLockShared)
+    }
+
+    fn take(f: File, op: rustix::fs::FlockOperation) -> Result<DirLock, LockError> {
+        match rustix::fs::flock(&f, op) {
+            Ok(()) => Ok(DirLock(f)),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(LockError::InUse),
+            Err(e) => Err(LockError::Io(e.into())),
+        }
+    }
+}
+
+/// What a backup holds, checked on the copy after it was written.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub records: u64,
+    /// The chain hash of the last record, hex.
+    pub chain_head: String,
+}
+
+/// Copies the first `len` records of `store` (the data directory `from`'s log) and the files a
+/// relay needs to serve them (`relay.key`, `public_host`) into the new directory `to`, then
+/// checks the copy's chain from its first record. `to` must not exist, or be an empty
+/// directory. Records up to `len` never change once durable, so a running relay can be copied
+/// while it writes. The admin token is not copied: a relay started on the copy makes its own.
+/// On failure, what was written to `to` is removed.
+pub fn copy_data_dir(
+    store: &dyn Store,
+    len: u64,
+    from: &Path,
+    to: &Path,
+) -> Result<BackupReport, StoreError> {
+    let io = |what: &Path, e: std::io::Error| StoreError::Io(format!("{}: {e}", what.display()));
+    match std::fs::read_dir(to) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(StoreError::Io(format!(
+                    "{} is not empty: a backup goes into a new or empty directory",
+                    to.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(to).map_err(|e| io(to, e))?;
+        }
+        Err(e) => return Err(io(to, e)),
+    }
+    let r = copy_into(store, len, from, to);
+    if r.is_err() {
+        for name in [LOG_FILE, KEY_FILE, HOST_FILE] {
+            let _ = std::fs::remove_file(to.join(name));
+        }
+    }
+    r
+}
+
+fn copy_into(
+    store: &dyn Store,
+    len: u64,
+    from: &Path,
+    to: &Path,
+) -> Result<BackupReport, StoreError> {
+    let io = |what: &Path, e: std::io::Error| StoreError::Io(format!("{}: {e}", what.display()));
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).map_err(|e| io(to, e))?;
+    {
+        let copy = RedbStore::open(&to.join(LOG_FILE))?;
+        let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(COPY_CHUNK);
+        let mut first = 1u64;
+        let flush = |chunk: &mut Vec<Vec<u8>>, first: &mut u64| -> Result<(), StoreError> {
+            if !chunk.is_empty() {
+                copy.append(*first, chunk)?;
+                *first += chunk.len() as u64;
+                chunk.clear();
+            }
+            Ok(())
+        };
+        store.scan(1, &mut |seq, record| {
+            if seq > len {
+                return Ok(());
+            }
+            chunk.push(record.to_vec());
+            if chunk.len() == COPY_CHUNK {
+                flush(&mut chunk, &mut first)?;
+            }
+            Ok(())
+        })?;
+        flush(&mut chunk, &mut first)?;
+        if first - 1 != len {
+            return Err(StoreError::Corrupt {
+                seq: first,
+                reason: format!("the store holds {} of the {len} records to copy", first - 1),
+            });
+        }
+        // Dropped here: closed cleanly before it is checked.
+    }
+    for (name, mode) in [(KEY_FILE, 0o600), (HOST_FILE, 0o644)] {
+        let src = from.join(name);
+        let dst = to.join(name);
+        let bytes = std::fs::read(&src).map_err(|e| io(&src, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&dst)
+            .map_err(|e| io(&dst, e))?;
+        std::io::Write::write_all(&mut f, &bytes).map_err(|e| io(&dst, e))?;
+        f.sync_all().map_err(|e| io(&dst, e))?;
+    }
+    sync_dir(to).map_err(|e| io(to, e))?;
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent).map_err(|e| io(parent, e))?;
+    }
+    let view = RedbStore::open_read_only(&to.join(LOG_FILE))?;
+    let log = EventLog::open(Arc::new(view), &mut |_, _| Ok(()))?;
+    if log.len() != len {
+        return Err(StoreError::Corrupt {
+            seq: log.len() + 1,
+            reason: format!("the copy holds {} records, not {len}", log.len()),
+        });
+    }
+    Ok(BackupReport {
+        records: len,
+        chain_head: formica_protocol::hex::encode(&log.head()),
+    })
+}
