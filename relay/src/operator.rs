@@ -77,32 +77,38 @@ pub fn admin_request(
 
 /// A member of a JSON answer, as text.
 fn member(body: &str, key: &str) -> String {
-    formica_protocol::json::parse(body.as_bytes(), formica_protocol::json::JsonLimits::default())
-        .ok()
-        .and_then(|v| {
-            let o = v.as_object()?;
-            Some(match o.get(key)? {
-                Value::String(s) => s.clone(),
-                Value::Int(i) => i.to_string(),
-                other => format!("{other:?}"),
-            })
+    formica_protocol::json::parse(
+        body.as_bytes(),
+        formica_protocol::json::JsonLimits::default(),
+    )
+    .ok()
+    .and_then(|v| {
+        let o = v.as_object()?;
+        Some(match o.get(key)? {
+            Value::String(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            other => format!("{other:?}"),
         })
-        .unwrap_or_default()
+    })
+    .unwrap_or_default()
 }
 
 /// The error message of an error answer.
 fn error_message(body: &str) -> String {
-    formica_protocol::json::parse(body.as_bytes(), formica_protocol::json::JsonLimits::default())
-        .ok()
-        .and_then(|v| {
-            let e = v.as_object()?.get("error")?.as_object()?;
-            Some(format!(
-                "{} ({})",
-                e.get("message")?.as_str()?,
-                e.get("code")?.as_str()?
-            ))
-        })
-        .unwrap_or_else(|| body.trim().to_owned())
+    formica_protocol::json::parse(
+        body.as_bytes(),
+        formica_protocol::json::JsonLimits::default(),
+    )
+    .ok()
+    .and_then(|v| {
+        let e = v.as_object()?.get("error")?.as_object()?;
+        Some(format!(
+            "{} ({})",
+            e.get("message")?.as_str()?,
+            e.get("code")?.as_str()?
+        ))
+    })
+    .unwrap_or_else(|| body.trim().to_owned())
 }
 
 /// `relay peer ...` against the relay serving `dir`.

@@ -614,6 +614,24 @@ impl Fake {
     }
 }
 
+/// Asserts that `r` has not cached `h`'s key log: `GET /v1/keys/{h}` is either not found or
+/// the log fetched from its home relay for this answer (`"cached": false`, API-5), never a
+/// cached copy.
+fn assert_not_cached(r: &RelayProc, h: &str) {
+    let (st, v) = r
+        .request("GET", &format!("/v1/keys/{h}"), &[], b"")
+        .unwrap();
+    if st == 404 {
+        return;
+    }
+    assert_eq!(st, 200, "{v:?}");
+    assert_eq!(
+        get(&v, "cached"),
+        &Value::Bool(false),
+        "{h}'s key log was cached for refused envelopes"
+    );
+}
+
 fn error_code_of(v: &Value) -> String {
     v.as_object()
         .and_then(|o| o.get("error"))
@@ -768,11 +786,7 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
     assert_eq!(first_result_code(&v), "not_contact", "{v:?}");
     // The refused envelope's sender log was fetched to check its signature, but not stored
     // (FED-8: a log is cached only with an envelope it verified that is accepted).
-    let (st, _) = b
-        .proc_
-        .request("GET", &format!("/v1/keys/{eve2}"), &[], b"")
-        .unwrap();
-    assert_eq!(st, 404);
+    assert_not_cached(&b.proc_, &eve2.to_string());
     bob.allow(&b.proc_, &eve2);
     let (_, _, (st, v)) = fake.transfer(&b.proc_, &bhost, &[&mk(&eve2, &k1)]);
     assert_eq!(st, 200);
@@ -1039,11 +1053,7 @@ fn a_peer_cannot_make_this_relay_store_key_logs_with_envelopes_it_refuses() {
         "refused envelopes stored events"
     );
     for (h, _) in &senders {
-        let (st, _) = b
-            .proc_
-            .request("GET", &format!("/v1/keys/{h}"), &[], b"")
-            .unwrap();
-        assert_eq!(st, 404, "{h}'s key log was cached for refused envelopes");
+        assert_not_cached(&b.proc_, &h.to_string());
     }
 
     // 3. Bob grants all six. One transfer with an envelope from each: the first two are
@@ -1077,7 +1087,7 @@ fn a_peer_cannot_make_this_relay_store_key_logs_with_envelopes_it_refuses() {
             assert_eq!(get(&v, "cached"), &Value::Bool(true));
             assert_eq!(get(&v, "entries").as_array().unwrap().len(), 30);
         } else {
-            assert_eq!(st, 404, "{h}");
+            assert_not_cached(&b.proc_, &h.to_string());
         }
     }
     // 4. A later envelope from a cached sender needs no fetch and no room.
@@ -1131,6 +1141,28 @@ fn manual_peering_needs_approval_and_removal_stops_forwarding() {
     // The admin endpoint needs the token.
     let (st, _) = a.proc_.request("GET", "/admin/v1/peers", &[], b"").unwrap();
     assert_eq!(st, 403);
+}
+
+/// Regression: `relay peer add` of a loopback peer without `allow_private_peers` said only
+/// "resolves to no public address" (with the URL twice); it now names the settings that allow it.
+#[test]
+fn a_refused_loopback_peering_names_the_settings_that_allow_it() {
+    let root = tempdir("private");
+    let mut a = Node::start(&root, "a", 60_000);
+    let b = Node::start(&root, "b", 60_000);
+    let text_cfg = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace("allow_private_peers = true", "allow_private_peers = false");
+    std::fs::write(&a.config, text_cfg).unwrap();
+    a.proc_.terminate();
+    a.restart();
+    let (ok, out) = a.peer_cmd(&["add", &format!("http://{}", b.host())]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("allowlist") && out.contains("allow_private_peers = true"),
+        "{out}"
+    );
+    assert!(out.contains("peer_unavailable"), "{out}");
 }
 
 /// Reads one HTTP/1.1 message (headers, then a Content-Length body) from `r`.

@@ -540,7 +540,10 @@ fn check_and_backup_work_on_a_running_relay_and_the_backup_restores() {
     let (code, out, err) = relay_cmd(&["check"], &bk);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(records_of(&out), at_backup);
-    assert!(!bk.join("admin.token").exists(), "the admin token was copied");
+    assert!(
+        !bk.join("admin.token").exists(),
+        "the admin token was copied"
+    );
     let restored = RelayProc::start(&bk, &config);
     let texts = b.inbox(&restored);
     assert_eq!(texts.len(), 10, "{texts:?}");

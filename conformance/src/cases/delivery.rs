@@ -9,7 +9,7 @@ use crate::target::{env_str, is_receipt, payload_str};
 pub fn cases() -> Vec<Case> {
     use ErrorCode as E;
     vec![
-        case("ack.flow", &["ACK-1", "ACK-3", "DELIV-1", "DELIV-3", "DELIV-5", "API-13", "RCPT-1", "RCPT-2", "RCPT-3", "RCPT-4", "TYPE-7"], "accepted -> delivered (with a receipt) -> acked: the ack needs no grant, reaches the sender with an acked receipt", ack_flow),
+        case("ack.flow", &["ACK-1", "ACK-3", "DELIV-1", "DELIV-3", "DELIV-5", "API-9", "API-13", "RCPT-1", "RCPT-2", "RCPT-3", "RCPT-4", "TYPE-7"], "accepted -> delivered (with a receipt) -> acked: the ack needs no grant, reaches the sender with an acked receipt; the recipient's page says the ack is pending, then acked", ack_flow),
         case("ack.statuses", &["ACK-2", "DELIV-2"], "received, processed and rejected all settle the delivery as acked with that ack_status", ack_statuses),
         case("ack.no-deadline", &["ACK-3", "RCPT-2"], "a message without ack_by can be acked; reading it makes no delivered receipt", ack_no_deadline),
         case("ack.before-read", &["DELIV-3", "ACK-3"], "an ack may settle a delivery that is still accepted", ack_before_read),
@@ -48,6 +48,18 @@ fn receipts_for(items: &[(String, Value)], id: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The `ack` member of the first inbox page item of `a` holding envelope `id` (API-9).
+fn page_ack(t: &Target, a: &Agent, id: &str) -> R<Option<Value>> {
+    let r = t.authed(a, "GET", "/v1/inbox?after=0", b"")?;
+    let v = r.expect_json(200)?;
+    let items = at(v, &["items"]).and_then(Value::as_array).unwrap_or(&[]);
+    let item = items
+        .iter()
+        .find(|i| at(i, &["envelope", "id"]) == Some(&s(id)))
+        .ok_or_else(|| Stop::Fail(format!("{}: message {id} is not on the first page", r.what)))?;
+    Ok(at(item, &["ack"]).cloned())
+}
+
 fn ack_flow(e: &Env<'_>) -> R {
     let t = e.t;
     let x = trio(t, "akf")?;
@@ -77,7 +89,11 @@ fn ack_flow(e: &Env<'_>) -> R {
         at(&r0, &["ack"]).is_none(),
         "an accepted delivery carries `ack` (API-13)"
     );
-    t.inbox(&x.b)?;
+    let pending = page_ack(t, &x.b, &m.id)?;
+    ensure!(
+        pending == Some(s("pending")),
+        "the recipient's inbox page gives an unacked item with ack_by `ack` {pending:?}, not \"pending\" (API-9)"
+    );
     t.wait_delivery(&x.a, &m.id, &x.b.handle, "delivered", 3000)?;
     let rd = t.wait_inbox(&x.a, 3000, "a delivered receipt", |v| {
         is_receipt(v, &m.id, "delivered")
@@ -92,6 +108,11 @@ fn ack_flow(e: &Env<'_>) -> R {
         "the acked delivery reports ack {:?} ack_status {:?} (API-13, DELIV-1)",
         at(&v, &["ack"]),
         at(&v, &["ack_status"])
+    );
+    let acked = page_ack(t, &x.b, &m.id)?;
+    ensure!(
+        acked == Some(s("acked")),
+        "the recipient's inbox page gives an item it acked `ack` {acked:?}, not \"acked\" (API-9)"
     );
     let items = t.inbox(&x.a)?;
     expect_delivered_as_sent(&items, &k, &x.a.handle)?;

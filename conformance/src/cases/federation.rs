@@ -28,6 +28,7 @@ pub fn cases() -> Vec<Case> {
         case("fed.key-rotation", &["FED-8", "LOG-12"], "after the sender rotates its key at home, the peer fetches the log again and accepts the new key", key_rotation).peer(),
         case("fed.remote-refusal-dead-letters", &["FED-6", "FED-10", "FED-13"], "a remote recipient that refuses the sender dead-letters the delivery with a receipt naming the code", remote_refusal).peer(),
         case("fed.unknown-remote-recipient", &["FED-6", "FED-10", "FED-13"], "an unregistered remote recipient is accepted at home, then dead-lettered with reason unknown_recipient", unknown_remote).peer(),
+        case("fed.remote-keylog-lookup", &["API-5", "FED-8"], "the key log of a peer's agent that never sent here is fetched from the peer on demand, served as not cached, and not stored; a handle on a host that is not a peer is not_found", remote_lookup).peer().codes(&[E::NotFound]),
     ]
 }
 
@@ -541,7 +542,16 @@ fn remote_refusal(e: &Env<'_>) -> R {
         Stop::Fail(x) => Stop::Fail(format!("the home relay must accept a remote recipient without knowing its contacts: {x} (FED-13)")),
         other => other,
     })?;
-    t.wait_delivery(&a, &m.id, &b.handle, "dead_lettered", FED_WAIT_MS)?;
+    let d = t.wait_delivery(&a, &m.id, &b.handle, "dead_lettered", FED_WAIT_MS)?;
+    let why = d
+        .as_object()
+        .and_then(|o| o.get("reason"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    ensure!(
+        why == "not_contact",
+        "GET /v1/messages/{{id}}: the dead_lettered delivery's reason is {why:?}, not the refusal's code not_contact (API-13)"
+    );
     let rc = t.wait_inbox(&a, 5000, "a dead_lettered receipt", |v| {
         crate::target::is_receipt(v, &m.id, "dead_lettered")
     })?;
@@ -552,6 +562,36 @@ fn remote_refusal(e: &Env<'_>) -> R {
         p.inbox(&b)?.is_empty(),
         "the refused envelope reached the remote recipient (FED-6)"
     );
+    Ok(())
+}
+
+fn remote_lookup(e: &Env<'_>) -> R {
+    let t = e.t;
+    let p = peer(e)?;
+    let b = p.register("flkb")?;
+    let path = format!("/v1/keys/{}", b.handle);
+    let home = p.http.get(&path)?;
+    let want = at(home.expect_json(200)?, &["entries"]).cloned();
+    // Twice: the first look-up must not have stored it (FED-8: only logs of accepted
+    // envelopes are cached).
+    for n in 0..2 {
+        let r = t.http.get(&path)?;
+        let v = r.expect_json(200)?;
+        ensure!(
+            at(v, &["cached"]) == Some(&Value::Bool(false)),
+            "{} (look-up {}): a peer agent's log fetched on demand must say \"cached\": false: {} (API-5)",
+            r.what,
+            n + 1,
+            r.brief()
+        );
+        ensure!(
+            at(v, &["entries"]).cloned() == want,
+            "{}: the log served differs from the one its home relay serves (API-5)",
+            r.what
+        );
+    }
+    let r = t.http.get("/v1/keys/@someone@elsewhere.example")?;
+    r.expect_error(ErrorCode::NotFound)?;
     Ok(())
 }
 

@@ -323,6 +323,12 @@ pub struct FederationPolicy {
     /// are refused `unavailable` and come again in a later transfer, so one request cannot make
     /// the relay fetch and hold a hundred logs of up to 4,096 entries.
     pub keylog_fetches_per_transfer_max: usize,
+    /// Most key logs fetched from peers at once for `GET /v1/keys/{handle}` of a remote handle
+    /// whose log is not cached here (API-5): 16. Such a look-up needs no authentication, so
+    /// this bounds the outbound requests (and their memory, up to a 4,096-entry log each) that
+    /// callers can cause at any time; past it they get 503 `unavailable`. What is fetched this
+    /// way is answered and forgotten, never cached (FED-8).
+    pub keylog_lookups_max: usize,
 }
 
 impl Default for FederationPolicy {
@@ -348,6 +354,7 @@ impl Default for FederationPolicy {
             remote_keylogs_per_peer_max: 10_000,
             remote_keylog_entries_max: 500_000,
             keylog_fetches_per_transfer_max: 16,
+            keylog_lookups_max: 16,
         }
     }
 }

@@ -125,6 +125,11 @@ impl Federation {
             }
             let resp = match req.send_bytes(&body) {
                 Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                Err(e) if e.to_string().contains(super::peer_addr::NOT_PUBLIC) => {
+                    return Err(Unreachable(format!(
+                        "{u}: the host resolves only to loopback, private or other internal addresses; this relay connects to those only for hosts on [federation] allowlist, or for any host with allow_private_peers = true (see SECURITY.md)"
+                    )))
+                }
                 Err(e) => return Err(Unreachable(format!("{u}: {e}"))),
             };
             let status = resp.status();

@@ -68,6 +68,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || s[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible and other ::/96 forms
 }
 
+/// The words of the refusal of a host with no public address (the client recognises them).
+pub const NOT_PUBLIC: &str = "resolves to no public address";
+
 /// A resolver for the HTTP client that answers only public addresses: a host that resolves to
 /// none is refused before any connection is made.
 #[derive(Debug, Clone, Copy, Default)]
@@ -80,7 +83,7 @@ impl ureq::Resolver for PublicOnly {
         if public.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("{netloc} resolves to no public address"),
+                format!("{netloc} {NOT_PUBLIC}"),
             ));
         }
         Ok(public)

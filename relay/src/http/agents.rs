@@ -180,20 +180,85 @@ pub(crate) async fn get_keys(
     AxState(app): AxState<Shared>,
     HandleParam(handle): HandleParam,
 ) -> Response {
-    let res = (|| {
+    let res = async {
         let h = parse_handle(&app, &handle)?;
-        let st = app.engine.read();
-        if let (None, Some(r)) = (st.agents.get(&h), st.remote_logs.get(&h)) {
-            // A remote agent's log as cached here (FED-8), with any conflicting entries kept
-            // as evidence; its home relay is the authority.
-            return Ok(ok(200, remote_keylog_value(&h, r)));
+        {
+            let st = app.engine.read();
+            if let (None, Some(r)) = (st.agents.get(&h), st.remote_logs.get(&h)) {
+                // A remote agent's log as cached here (FED-8), with any conflicting entries
+                // kept as evidence; its home relay is the authority.
+                return Ok(ok(200, remote_keylog_value(&h, r)));
+            }
+            if let Some(a) = st.agents.get(&h) {
+                return Ok(ok(200, keylog_value(&app, &st, a)));
+            }
+            if h.host() == &app.engine.host {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("{h} is not registered here"),
+                ));
+            }
         }
-        let a = st.agents.get(&h).ok_or_else(|| {
-            ApiError::new(ErrorCode::NotFound, format!("{h} is not registered here"))
-        })?;
-        Ok::<_, ApiError>(ok(200, keylog_value(&app, &st, a)))
-    })();
+        lookup_remote(&app, &h).await
+    }
+    .await;
     res.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// API-5 for a handle homed on an active peer whose log is not cached here: the log fetched
+/// from its home relay, verified from its first entry, answered with `"cached": false` and not
+/// stored (FED-8 caches only logs of accepted envelopes). At most
+/// `federation.keylog_lookups_max` run at once.
+async fn lookup_remote(app: &Shared, h: &Handle) -> Result<Response, ApiError> {
+    let fed = &app.engine.policy.federation;
+    let active = fed.enabled && {
+        let st = app.engine.read();
+        st.peers
+            .get(h.host())
+            .is_some_and(|p| p.status == crate::engine::events::PeerStatus::Active)
+    };
+    if !active {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "{h} is not registered here, and {} is not a peer of this relay, so its key log cannot be fetched from there",
+                h.host()
+            ),
+        ));
+    }
+    let Ok(_slot) = app.keylog_lookups.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "{} key log look-ups at peers are running (federation.keylog_lookups_max); retry",
+                fed.keylog_lookups_max
+            ),
+        )
+        .with("retry_after_s", Value::Int(1)));
+    };
+    let log = app.fed.fetch_keylog(h).await.map_err(|e| {
+        if e.code == ErrorCode::UnknownSender {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("{h} is not registered on its home relay {}", h.host()),
+            )
+        } else {
+            e
+        }
+    })?;
+    Ok(ok(
+        200,
+        log_value(
+            h,
+            &log,
+            &[],
+            vec![
+                ("tier", Value::Null),
+                ("registered", Value::Null),
+                ("cached", Value::Bool(false)),
+            ],
+        ),
+    ))
 }
 
 pub(crate) async fn post_key_entry(

@@ -184,6 +184,26 @@ fn item_value(item: &InboxItem) -> Result<Value, ApiError> {
     Ok(Value::Object(o))
 }
 
+/// API-9's `ack` member: for an item that asked its reader for an ack (`ack_by`), whether the
+/// reader still owes it (`pending`), has sent it (`acked`), or the deadline has passed without
+/// one (`timed_out`, by the relay's clock, also before the sender's home relay has settled it).
+fn ack_state(
+    st: &crate::engine::state::State,
+    me: &Handle,
+    item: &InboxItem,
+    now: i64,
+) -> Option<&'static str> {
+    let m = st.messages.get(&item.id)?;
+    let by = m.ack_by?;
+    let r = m.recipients.iter().find(|r| &r.handle == me)?;
+    Some(match r.state {
+        formica_protocol::DeliveryState::Acked => "acked",
+        formica_protocol::DeliveryState::TimedOut => "timed_out",
+        _ if now > by => "timed_out",
+        _ => "pending",
+    })
+}
+
 /// `GET /v1/inbox?after=CURSOR&limit=N`.
 pub(crate) async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
@@ -227,10 +247,20 @@ pub(crate) async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Respon
                 .and_then(|a| a.inbox.first().map(|i| i.cursor))
                 .unwrap_or(1)
         };
-        let list = items
-            .iter()
-            .map(item_value)
-            .collect::<Result<Vec<_>, _>>()?;
+        let list = {
+            let st = app.engine.read();
+            let now = app.engine.now();
+            items
+                .iter()
+                .map(|i| {
+                    let mut v = item_value(i)?;
+                    if let (Value::Object(o), Some(a)) = (&mut v, ack_state(&st, &me, i, now)) {
+                        o.insert("ack", a.into());
+                    }
+                    Ok(v)
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?
+        };
         let mut o = Object::new();
         o.insert("items", Value::Array(list));
         o.insert("next", Value::String(next.to_string()));

@@ -38,6 +38,9 @@ pub(crate) async fn message_status(
                     o.insert("ack", ack.to_hex().into());
                     o.insert("ack_status", s.as_str().into());
                 }
+                if let Some(reason) = &r.reason {
+                    o.insert("reason", reason.as_str().into());
+                }
                 Value::Object(o)
             })
             .collect();

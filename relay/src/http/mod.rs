@@ -48,6 +48,8 @@ pub struct App {
     pub data_dir: OnceLock<std::path::PathBuf>,
     /// True while an admin check or backup runs (one at a time: each is as costly as a start).
     pub admin_busy: std::sync::atomic::AtomicBool,
+    /// Key log look-ups of remote handles in flight (`federation.keylog_lookups_max`).
+    pub keylog_lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for App {
@@ -74,6 +76,9 @@ impl App {
             admin_token: OnceLock::new(),
             data_dir: OnceLock::new(),
             admin_busy: std::sync::atomic::AtomicBool::new(false),
+            keylog_lookups: Arc::new(tokio::sync::Semaphore::new(
+                engine.policy.federation.keylog_lookups_max,
+            )),
             fed: Federation::new(engine.clone()),
             engine,
         }

@@ -376,6 +376,7 @@ impl State {
                 msg,
                 recipient,
                 status,
+                reason,
                 ..
             } => {
                 if *status == DeliveryState::TimedOut || *status == DeliveryState::DeadLettered {
@@ -383,6 +384,7 @@ impl State {
                     self.set_status(msg, recipient, at, |r| {
                         if !r.state.is_terminal() {
                             r.state = s;
+                            r.reason = reason.clone();
                         }
                     });
                 }
@@ -420,6 +422,7 @@ impl State {
                         state: DeliveryState::Accepted,
                         updated: at,
                         ack: None,
+                        reason: None,
                     })
                     .collect();
                 self.messages.insert(

@@ -71,6 +71,9 @@ pub struct RecipientStatus {
     pub state: DeliveryState,
     pub updated: i64,
     pub ack: Option<(MessageId, AckStatus)>,
+    /// Why a `dead_lettered` or `timed_out` delivery ended, from its receipt (a refusing
+    /// relay's error code, for example `not_contact`).
+    pub reason: Option<String>,
 }
 
 /// What the relay keeps about a message it accepted.
