@@ -28,6 +28,12 @@ use std::time::Duration;
 /// (relay unreachable, with the URL); 7 not found; 8 conflict (for example, handle taken);
 /// 9 local key storage problem (missing identity, unsafe permissions).
 ///
+/// With --json every failure, usage errors included, prints one line
+/// {"ok":false,"exit":N,"error":{"code":...,"message":...,"hint":...}}: `code` is the
+/// protocol's error code when the relay (or the protocol's own checks) gave one, else a
+/// keytool code: keytool.usage, keytool.input, keytool.auth, keytool.limited,
+/// keytool.network, keytool.not_found, keytool.conflict, keytool.key_file, keytool.failure.
+///
 /// This program is Formica's `keytool`, not the JDK's: if `keytool --version` does not say
 /// "formica", put `~/.cargo/bin` (or the directory you installed it to) before the JDK in PATH,
 /// or run it by full path.
@@ -154,6 +160,13 @@ enum Cmd {
         /// Correlation id (1-128 printable ASCII characters, no spaces).
         #[arg(long, value_name = "ID")]
         corr: Option<String>,
+        /// For recipients on other relays: wait at most this long for their relay's answer,
+        /// and fail with its error code if it refused the message (500ms, 5s, 1m; at most 1m).
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = send_wait)]
+        wait: Duration,
+        /// Do not wait for other relays' answer (same as --wait 0ms).
+        #[arg(long, conflicts_with = "wait")]
+        no_wait: bool,
         #[command(flatten)]
         id: IdentityArg,
     },
@@ -338,6 +351,20 @@ fn words<T: Copy>(s: &str, words: &[(&str, T)]) -> Result<T, String> {
             format!("expected one of {}", all.join(", "))
         })
 }
+/// Longest `send --wait`: a remote relay that has not answered in a minute is retried with
+/// backoff, so waiting longer only blocks the caller; `keytool status` shows the outcome later.
+const SEND_WAIT_MAX: Duration = Duration::from_secs(60);
+
+fn send_wait(s: &str) -> Result<Duration, String> {
+    let d = online::parse_duration(s)?;
+    if d > SEND_WAIT_MAX {
+        return Err(format!(
+            "{s:?}: at most 1m (keytool status shows the outcome later)"
+        ));
+    }
+    Ok(d)
+}
+
 fn contact_level(s: &str) -> Result<ContactLevel, String> {
     words(s, ContactLevel::WORDS)
 }
@@ -349,7 +376,10 @@ fn report_reason(s: &str) -> Result<ReportReason, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     let out = Out::new(cli.json);
     let home = match cli
         .home
@@ -406,6 +436,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command line clap refused (or `--help`/`--version`). Under `--json` (anywhere before a
+/// `--`) a refusal is one JSON failure line like every other failure, with code
+/// `keytool.usage`; help and version print as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if !json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    // The first paragraph is the error (with the arguments it names on the following lines).
+    let message = text
+        .trim_start()
+        .split("\n\n")
+        .next()
+        .unwrap_or("invalid command line")
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned();
+    let hint = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Usage:") || l.contains("tip:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut f = Fail::new(output::Exit::Usage, message);
+    if !hint.is_empty() {
+        f = f.hint(format!("{hint}; keytool --help lists the commands"));
+    }
+    Out::new(true).fail(f)
+}
+
 fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
     match cmd {
         Cmd::Register {
@@ -421,6 +489,8 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
             payload,
             ack_deadline,
             corr,
+            wait,
+            no_wait,
             id,
         } => online::send(
             ctx,
@@ -432,6 +502,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
                 payload,
                 ack_deadline,
                 corr,
+                wait: if no_wait { Duration::ZERO } else { wait },
             },
         ),
         Cmd::Inbox { after, limit, id } => {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Failure = 1,
+    Usage = 2,
     Input = 3,
     Auth = 4,
     Limited = 5,
@@ -19,6 +20,22 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// The keytool code of a failure that has no protocol error code (`--json`'s
+    /// `error.code`): stable, documented in `keytool --help`.
+    pub fn local_code(self) -> &'static str {
+        match self {
+            Exit::Failure => "keytool.failure",
+            Exit::Usage => "keytool.usage",
+            Exit::Input => "keytool.input",
+            Exit::Auth => "keytool.auth",
+            Exit::Limited => "keytool.limited",
+            Exit::Network => "keytool.network",
+            Exit::NotFound => "keytool.not_found",
+            Exit::Conflict => "keytool.conflict",
+            Exit::Storage => "keytool.key_file",
+        }
+    }
+
     /// The exit code for a protocol error code.
     pub fn for_code(code: ErrorCode) -> Exit {
         use ErrorCode::*;
@@ -45,6 +62,9 @@ pub struct Fail {
     pub hint: Option<String>,
     /// Seconds the relay asked us to wait (`retry_after_s`), for callers that retry.
     pub retry_after_s: Option<u64>,
+    /// More members of the JSON `error` object (for example the id of a message that was
+    /// accepted at home and refused further on).
+    pub details: Vec<(&'static str, Value)>,
 }
 
 impl Fail {
@@ -55,6 +75,7 @@ impl Fail {
             message: message.into(),
             hint: None,
             retry_after_s: None,
+            details: Vec::new(),
         }
     }
     /// A failure carrying a protocol error code.
@@ -65,10 +86,15 @@ impl Fail {
             message: message.into(),
             hint: None,
             retry_after_s: None,
+            details: Vec::new(),
         }
     }
     pub fn hint(mut self, hint: impl Into<String>) -> Fail {
         self.hint = Some(hint.into());
+        self
+    }
+    pub fn detail(mut self, key: &'static str, v: Value) -> Fail {
+        self.details.push((key, v));
         self
     }
 }
@@ -99,12 +125,16 @@ impl Out {
     pub fn fail(&self, f: Fail) -> ExitCode {
         if self.json {
             let mut err = Object::new();
-            if let Some(c) = f.code {
-                err.insert("code", c.as_str().into());
-            }
+            match f.code {
+                Some(c) => err.insert("code", c.as_str().into()),
+                None => err.insert("code", f.exit.local_code().into()),
+            };
             err.insert("message", f.message.clone().into());
             if let Some(h) = &f.hint {
                 err.insert("hint", h.clone().into());
+            }
+            for (k, v) in &f.details {
+                err.insert(*k, v.clone());
             }
             let mut o = Object::new();
             o.insert("ok", Value::Bool(false));

@@ -41,8 +41,9 @@ pub fn check_cursor(c: &str) -> Result<(), Fail> {
     }
 }
 
-/// One readable line for an inbox item.
-pub fn item_line(cursor: &str, env: &Value) -> String {
+/// One readable line for an inbox item; `ack` is the page's word for whether the reader still
+/// owes an ack (API-9: pending, acked, timed_out).
+pub fn item_line(cursor: &str, env: &Value, ack: Option<&str>) -> String {
     let o = env.as_object();
     let s = |k: &str| {
         o.and_then(|o| o.get(k))
@@ -66,12 +67,15 @@ pub fn item_line(cursor: &str, env: &Value) -> String {
                 .unwrap_or_default()
         ),
         "receipt" => format!(
-            "{} {} for {}{}",
+            "{} {} for {}{}{}",
             short(ps("msg")),
             ps("status").unwrap_or("?"),
             ps("recipient").unwrap_or("?"),
             ps("ack_status")
                 .map(|a| format!(" ({a})"))
+                .unwrap_or_default(),
+            ps("reason")
+                .map(|r| format!(" (reason: {})", clean(r, 80)))
                 .unwrap_or_default()
         ),
         "contact_request" => format!(
@@ -96,11 +100,12 @@ pub fn item_line(cursor: &str, env: &Value) -> String {
             })
             .unwrap_or_default(),
     };
-    let ack = o
-        .and_then(|o| o.get("ack_by"))
-        .and_then(Value::as_i64)
-        .map(|t| format!("  [ack by {}]", fmt_ms(t)))
-        .unwrap_or_default();
+    let ack = match (o.and_then(|o| o.get("ack_by")).and_then(Value::as_i64), ack) {
+        (Some(_), Some("acked")) => "  [acked]".to_owned(),
+        (Some(t), Some("timed_out")) => format!("  [ack deadline {} passed]", fmt_ms(t)),
+        (Some(t), _) => format!("  [ack by {}]", fmt_ms(t)),
+        (None, _) => String::new(),
+    };
     format!(
         "{cursor:>6}  {ty:<15}  {}  {}  {summary}{ack}",
         clean(s("from"), 80),
@@ -110,11 +115,20 @@ pub fn item_line(cursor: &str, env: &Value) -> String {
 
 /// The `{"cursor","envelope"}` of an inbox item, or a failure for a malformed page.
 fn page_item(v: &Value) -> Result<(String, Value), Fail> {
+    page_item_ack(v).map(|(c, e, _)| (c, e))
+}
+
+/// [`page_item`] and the item's `ack` member, if any.
+fn page_item_ack(v: &Value) -> Result<(String, Value, Option<String>), Fail> {
     let o = v.as_object();
     let cursor = o.and_then(|o| o.get("cursor")).and_then(Value::as_str);
     let env = o.and_then(|o| o.get("envelope"));
+    let ack = o
+        .and_then(|o| o.get("ack"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     match (cursor, env) {
-        (Some(c), Some(e)) => Ok((c.to_owned(), e.clone())),
+        (Some(c), Some(e)) => Ok((c.to_owned(), e.clone(), ack)),
         _ => Err(Fail::new(
             Exit::Failure,
             "the relay's inbox page has an item without cursor or envelope",
@@ -137,14 +151,15 @@ pub fn inbox(
     let items = a
         .list("items")
         .iter()
-        .map(page_item)
+        .map(page_item_ack)
         .collect::<Result<Vec<_>, _>>()?;
-    for (cursor, env) in &items {
-        let line = obj(vec![
-            ("cursor", cursor.clone().into()),
-            ("envelope", env.clone()),
-        ]);
-        ctx.out.emit(&item_line(cursor, env), line);
+    for (cursor, env, ack) in &items {
+        let mut m = vec![("cursor", cursor.clone().into()), ("envelope", env.clone())];
+        if let Some(a) = ack {
+            m.push(("ack", a.clone().into()));
+        }
+        ctx.out
+            .emit(&item_line(cursor, env, ack.as_deref()), obj(m));
     }
     if !ctx.out.json {
         let next = a.str("next").unwrap_or("");
@@ -273,7 +288,14 @@ pub fn status(ctx: &Ctx<'_>, identity_name: &str, id: &str) -> Result<(), Fail> 
     let s = session(ctx, identity_name)?;
     let a = s
         .client
-        .get(&format!("/v1/messages/{msg}"), Some(&s.auth))?;
+        .get(&format!("/v1/messages/{msg}"), Some(&s.auth))
+        .map_err(|f| match f.code {
+            Some(ErrorCode::NotFound) => f.hint(format!(
+                "only the sender of a message can read its status: check the id (keytool send printed it) and the identity ({})",
+                s.me
+            )),
+            _ => f,
+        })?;
     let o = a.body.as_object();
     let int = |k: &str| o.and_then(|o| o.get(k)).and_then(Value::as_i64);
     let mut text = format!(
@@ -292,8 +314,9 @@ pub fn status(ctx: &Ctx<'_>, identity_name: &str, id: &str) -> Result<(), Fail> 
             .and_then(Value::as_i64)
             .map(fmt_ms)
             .unwrap_or_default();
-        let ack = match (rs("ack"), rs("ack_status")) {
-            (Some(id), Some(st)) => format!("  ack {id} ({st})"),
+        let ack = match (rs("ack"), rs("ack_status"), rs("reason")) {
+            (Some(id), Some(st), _) => format!("  ack {id} ({st})"),
+            (_, _, Some(why)) => format!("  reason: {}", clean(why, 80)),
             _ => String::new(),
         };
         text.push_str(&format!(

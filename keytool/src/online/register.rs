@@ -274,7 +274,14 @@ pub fn resolve(ctx: &Ctx<'_>, handle_arg: &str, identity_name: &str) -> Result<(
     };
     let handle = Handle::parse_with_home(handle_arg, &home)
         .map_err(|e| Fail::code(e.code(), e.to_string()))?;
-    let (log, a) = fetch_log(&client, &handle)?;
+    let (log, a) = fetch_log(&client, &handle).map_err(|f| match f.code {
+        Some(ErrorCode::NotFound) if handle.host() != &home => f.hint(format!(
+            "your relay fetches the log of a handle on another relay from that relay, if it is a peer of yours (its operator sees them with `relay peer list`); check the handle and the host {}",
+            handle.host()
+        )),
+        Some(ErrorCode::NotFound) => f.hint(format!("no agent {handle} is registered on {home}; check the name")),
+        _ => f,
+    })?;
     let current = log.current_key();
     let tier = a.str("tier").map(str::to_owned);
     let conflicts = a.list("conflicts").len();

@@ -66,6 +66,9 @@ pub(super) fn emit_posted(
         "duplicate" => format!(
             "{what} {id}: duplicate (the relay already had it; nothing was sent twice){note}"
         ),
+        "accepted" if what == "contact_request" => {
+            format!("{what} {id}: accepted by your relay{note}")
+        }
         r => format!("{what} {id}: {r}{note}"),
     };
     let mut m = vec![
@@ -87,6 +90,83 @@ pub struct SendArgs {
     pub payload: Option<std::path::PathBuf>,
     pub ack_deadline: Option<Duration>,
     pub corr: Option<String>,
+    /// How long to wait for the remote relays' outcome of remote recipients (zero: not at all).
+    pub wait: Duration,
+}
+
+/// How often `send` asks its relay for the delivery state while it waits for remote relays.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+/// The delivery of one remote recipient, as `send` last saw it.
+#[derive(Debug)]
+struct RemoteOutcome {
+    handle: Handle,
+    status: String,
+    reason: Option<String>,
+}
+
+/// Waits, at most `wait`, until no delivery to a recipient on another relay is still
+/// `accepted` (queued here): it is then `forwarded`/`delivered` (the remote relay took it) or
+/// `dead_lettered` (it refused it). Reading the state can fail; the send has succeeded anyway,
+/// so the wait just ends then (`None`).
+fn wait_remote(
+    s: &Session,
+    id: &MessageId,
+    remote: &[Handle],
+    wait: Duration,
+) -> Option<Vec<RemoteOutcome>> {
+    let end = std::time::Instant::now() + wait;
+    loop {
+        let a = s
+            .client
+            .get(&format!("/v1/messages/{id}"), Some(&s.auth))
+            .ok()?;
+        let seen: Vec<RemoteOutcome> = a
+            .list("recipients")
+            .iter()
+            .filter_map(|r| {
+                let o = r.as_object()?;
+                let handle = Handle::parse(o.get("handle")?.as_str()?).ok()?;
+                remote.contains(&handle).then(|| RemoteOutcome {
+                    handle,
+                    status: o
+                        .get("status")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_owned(),
+                    reason: o.get("reason").and_then(Value::as_str).map(str::to_owned),
+                })
+            })
+            .collect();
+        if seen.iter().all(|r| r.status != "accepted") || std::time::Instant::now() >= end {
+            return Some(seen);
+        }
+        std::thread::sleep(WAIT_POLL.min(end.saturating_duration_since(std::time::Instant::now())));
+    }
+}
+
+/// The failure for a remote refusal: the refusal's protocol code, and what to do about it.
+fn refused(id: &MessageId, r: &RemoteOutcome) -> Fail {
+    let why = r.reason.as_deref().unwrap_or("no reason given");
+    let msg = format!(
+        "message {id}: accepted by your relay, but {} refused it for {}: {why}",
+        r.handle.host(),
+        r.handle
+    );
+    let f = match r.reason.as_deref().and_then(ErrorCode::from_wire) {
+        Some(code) => Fail::code(code, msg),
+        None => Fail::new(Exit::Failure, msg),
+    }
+    .detail("id", id.to_hex().into())
+    .detail("recipient", r.handle.as_str().into());
+    match r.reason.as_deref() {
+        Some("not_contact") => f.hint(format!(
+            "{} accepts messages only from its contacts: ask first with `keytool contact-request {} --level message`, and send again once they accept (keytool inbox shows their answer)",
+            r.handle, r.handle
+        )),
+        Some("unknown_recipient") => f.hint(format!("{} has no agent {}; check the handle", r.handle.host(), r.handle)),
+        _ => f.hint(format!("keytool status {id} shows each recipient's delivery")),
+    }
 }
 
 /// `keytool send @nova "text" [@more...]`.
@@ -142,18 +222,57 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
         }
     };
     let (id, result) = post_envelope(&s, to.clone(), msg_type.clone(), payload, a.corr, ack_by)?;
-    let note = ack_by
+    let mut note = ack_by
         .map(|t| format!("\n  ack requested by {}", fmt_ms(t)))
         .unwrap_or_default();
     let to_v = Value::Array(to.iter().map(|h| h.as_str().into()).collect());
-    emit_posted(
-        ctx.out,
-        msg_type.as_str(),
-        &id,
-        &result,
-        vec![("to", to_v), ("ack_by", opt(ack_by.map(Value::Int)))],
-        &note,
-    );
+    let mut extra = vec![("to", to_v), ("ack_by", opt(ack_by.map(Value::Int)))];
+    let remote: Vec<Handle> = to
+        .iter()
+        .filter(|h| h.host() != s.me.host())
+        .cloned()
+        .collect();
+    if !remote.is_empty() && !a.wait.is_zero() {
+        let seen = wait_remote(&s, &id, &remote, a.wait);
+        if let Some(r) = seen.iter().flatten().find(|r| r.status == "dead_lettered") {
+            return Err(refused(&id, r));
+        }
+        let pending: Vec<String> = seen
+            .iter()
+            .flatten()
+            .filter(|r| r.status == "accepted")
+            .map(|r| r.handle.to_string())
+            .collect();
+        match &seen {
+            None => note.push_str(&format!(
+                "\n  could not read the delivery state; keytool status {id} shows it"
+            )),
+            Some(_) if pending.is_empty() => note.push_str(&format!(
+                "\n  taken by the remote relay{} ({})",
+                if remote.len() > 1 { "s" } else { "" },
+                remote.iter().map(|h| h.host().to_string()).collect::<Vec<_>>().join(", ")
+            )),
+            Some(_) => note.push_str(&format!(
+                "\n  still queued for {} after {} ms (its relay has not answered yet); keytool status {id} shows the outcome",
+                pending.join(", "),
+                a.wait.as_millis()
+            )),
+        }
+        if let Some(seen) = seen {
+            let v = seen
+                .iter()
+                .map(|r| {
+                    super::obj(vec![
+                        ("handle", r.handle.as_str().into()),
+                        ("status", r.status.as_str().into()),
+                        ("reason", opt(r.reason.clone())),
+                    ])
+                })
+                .collect();
+            extra.push(("remote", Value::Array(v)));
+        }
+    }
+    emit_posted(ctx.out, msg_type.as_str(), &id, &result, extra, &note);
     Ok(())
 }
 
@@ -175,7 +294,9 @@ pub fn contact_request(
         None,
         None,
     )?;
-    let note = format!("\n  asked {to} for level {level}; they see it in keytool requests list");
+    let note = format!(
+        "\n  asked {to} for level {level}; they have not answered yet: they see it in `keytool requests list` and accept or reject it, and their answer reaches your inbox"
+    );
     emit_posted(
         ctx.out,
         "contact_request",

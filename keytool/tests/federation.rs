@@ -1,0 +1,135 @@
+//! keytool across two peered relays (real processes on loopback): resolving a remote handle
+//! that never sent anything here; a remote send that the remote relay refuses fails with the
+//! refusal's code (not "accepted"), and `status` names the reason; after a contact grant the
+//! same send succeeds and says the remote relay took it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{get, lines, relay_bin, s, start_relay_named, Kt};
+use std::path::Path;
+
+fn fed_config(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("relay.toml");
+    std::fs::write(
+        &p,
+        r#"
+[federation]
+enabled = true
+scheme = "http"
+peering = "open"
+allow_private_peers = true
+retry_base_ms = 50
+retry_max_ms = 400
+request_timeout_ms = 2000
+"#,
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
+    let dir = std::env::temp_dir().join(format!("formica-kt-fed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = fed_config(&dir);
+    let ra = start_relay_named(&dir, "relay-a", Some(&config));
+    let rb = start_relay_named(&dir, "relay-b", Some(&config));
+
+    // The README's form: the data directory after the peer subcommand.
+    let out = std::process::Command::new(relay_bin())
+        .args(["peer", "add", &rb.url, "--data-dir"])
+        .arg(&ra.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "relay peer add: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let alice = Kt {
+        home: dir.join("alice"),
+        relay: &ra,
+    };
+    let nova = Kt {
+        home: dir.join("nova"),
+        relay: &rb,
+    };
+    alice.json(&["register", "@alice"]);
+    let nova_handle = s(&nova.json(&["register", "@nova"])[0], &["handle"]).to_owned();
+
+    // Resolving a remote handle works before any traffic: relay A fetches the log from B.
+    let resolved = alice.json(&["resolve", &nova_handle]);
+    assert_eq!(get(&resolved[0], &["entries"]).as_i64(), Some(1));
+    let nova_key = s(&nova.json(&["whoami"])[0], &["public_key"]).to_owned();
+    assert_eq!(s(&resolved[0], &["current_key"]), nova_key);
+
+    // Without a grant, B refuses: the send fails with not_contact (exit 3), not "accepted".
+    let out = alice.run(&["--json", "send", &nova_handle, "hello"]);
+    let v = lines(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{v:?}");
+    assert_eq!(s(&v[0], &["error", "code"]), "not_contact");
+    assert!(s(&v[0], &["error", "hint"]).contains("contact-request"));
+    let id = s(&v[0], &["error", "id"]).to_owned();
+    // status names the reason, in JSON and in text.
+    let st = alice.json(&["status", &id]);
+    let r = &get(&st[0], &["recipients"]).as_array().unwrap()[0];
+    assert_eq!(s(r, &["status"]), "dead_lettered");
+    assert_eq!(s(r, &["reason"]), "not_contact");
+    let text = String::from_utf8_lossy(&alice.run(&["status", &id]).stdout).into_owned();
+    assert!(text.contains("reason: not_contact"), "{text}");
+
+    // The contact request says the relay accepted it and nobody has answered yet.
+    let out = alice.run(&["contact-request", &nova_handle, "--level", "message"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("accepted by your relay") && text.contains("not answered yet"),
+        "{text}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let req = loop {
+        let reqs = nova.json(&["requests", "list"]);
+        if let Some(r) = reqs.first() {
+            break s(r, &["id"]).to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the contact request never reached nova"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    nova.json(&["requests", "accept", &req]);
+
+    // Now the send succeeds and waits for B to take it. The grant travels to A as an
+    // envelope, so B may still be catching up on the first try: retry a few times.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let sent = loop {
+        let out = alice.run(&["--json", "send", &nova_handle, "hello again"]);
+        if out.status.success() {
+            break lines(&out.stdout);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let remote = get(&sent[0], &["remote"]).as_array().unwrap();
+    assert!(
+        ["forwarded", "delivered"].contains(&s(&remote[0], &["status"])),
+        "{remote:?}"
+    );
+    // --no-wait returns at once, without the remote outcome.
+    let quick = alice.json(&["send", &nova_handle, "no wait", "--no-wait"]);
+    assert_eq!(s(&quick[0], &["result"]), "accepted");
+    assert!(quick[0].as_object().unwrap().get("remote").is_none());
+
+    drop(ra);
+    drop(rb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
