@@ -76,7 +76,8 @@ pub fn resolve_host(
         }
     };
     if recorded.is_none() {
-        std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+        store::datadir::create_private_dir(data_dir)
+            .map_err(|e| format!("{}: {e}", data_dir.display()))?;
         write_durably(&file, format!("{host}\n").as_bytes())
             .map_err(|e| format!("{}: {e}", file.display()))?;
     }
@@ -85,7 +86,12 @@ pub fn resolve_host(
 
 /// Writes `bytes` to a new file at `path` and makes both the file and its name durable.
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(store::datadir::FILE_MODE)
+        .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
@@ -189,7 +195,7 @@ impl Relay {
                 .ancestors()
                 .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
                 .collect();
-            std::fs::create_dir_all(dir).map_err(dir_err)?;
+            store::datadir::create_private_dir(dir).map_err(dir_err)?;
             for m in made {
                 sync_dir(
                     m.parent()
@@ -199,6 +205,10 @@ impl Relay {
                 .map_err(dir_err)?;
             }
         }
+        store::datadir::check_private_dir(dir).map_err(|err| OpenError::DataDir {
+            path: dir.display().to_string(),
+            err,
+        })?;
         let lock = lock_data_dir(dir)?;
         let key = load_or_create_key(&dir.join(KEY_FILE))?;
         // Checked before the store is opened, so a bad token file stops the start cleanly.

@@ -217,8 +217,32 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             "formica relay listening on http://{addr} as {host} (data in {})",
             cfg.data_dir.display()
         );
+        // The host was taken from an earlier listen address and kept in the data directory:
+        // handles embed it, so it does not follow a new --listen.
+        if cfg.public_host.is_none()
+            && host.as_str() != addr
+            && host.as_str().parse::<SocketAddr>().is_ok()
+        {
+            let note = format!(
+                "this data directory keeps host {host} (in {}, from its first start; handles are @name@{host}), not the listen address {addr}: pass --public-host {host}, or use a new --data-dir for a relay with another host (README: moving a relay)",
+                cfg.data_dir.join(formica_relay::HOST_FILE).display()
+            );
+            tracing::warn!(kept = %host, listen = %addr, "{note}");
+            println!("note: {note}");
+        }
         let admin_addr = cfg.data_dir.join(formica_relay::ADMIN_ADDR_FILE);
-        if let Err(e) = std::fs::write(&admin_addr, format!("{addr}\n")) {
+        let written = {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&admin_addr)
+                .and_then(|mut f| f.write_all(format!("{addr}\n").as_bytes()))
+        };
+        if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write {}", admin_addr.display());
         }
         relay.spawn_background();

@@ -150,11 +150,50 @@ fn write_token(dir: &std::path::Path, text: &str, mode: u32) {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+fn private(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Regression: the data directory was 0755 and `log.redb` (every message) 0644. A new data
+/// directory is 0700 and every file in it 0600; a directory others may read is refused with
+/// the `chmod` that fixes it, before anything in it is opened.
+#[test]
+fn the_data_directory_and_its_files_are_private() {
+    let root = std::env::temp_dir().join(format!("formica-modes-{}-{}", std::process::id(), T0));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("a").join("data");
+    formica_relay::resolve_host(&dir, None, Some("127.0.0.1:7070".parse().unwrap())).unwrap();
+    let r = open_in(&dir).unwrap();
+    drop(r);
+    assert_eq!(mode_of(&dir), 0o700);
+    for f in [
+        formica_relay::LOG_FILE,
+        formica_relay::KEY_FILE,
+        formica_relay::HOST_FILE,
+        formica_relay::LOCK_FILE,
+        formica_relay::ADMIN_TOKEN_FILE,
+    ] {
+        assert_eq!(mode_of(&dir.join(f)), 0o600, "{f}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let e = open_in(&dir).unwrap_err().to_string();
+    assert!(e.contains("chmod 700"), "{e}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[test]
 fn the_admin_token_file_must_be_private_and_long_enough() {
     let dir = std::env::temp_dir().join(format!("formica-token-{}-{}", std::process::id(), T0));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    private(&dir);
     let good = "0123456789abcdef".repeat(4);
     // Readable by the group: refused before anything else is opened.
     write_token(&dir, &format!("{good}\n"), 0o640);

@@ -544,9 +544,60 @@ fn check_and_backup_work_on_a_running_relay_and_the_backup_restores() {
         !bk.join("admin.token").exists(),
         "the admin token was copied"
     );
+    // Private like the directory it copies: 0700, files 0600 (also admin.addr of the relay).
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&bk), 0o700);
+    for f in ["log.redb", "relay.key", "public_host"] {
+        assert_eq!(mode(&bk.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&data.join("admin.addr")), 0o600);
     let restored = RelayProc::start(&bk, &config);
     let texts = b.inbox(&restored);
     assert_eq!(texts.len(), 10, "{texts:?}");
     drop(restored);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: a restart with another `--listen` still served handles of the first listen
+/// address (kept in `public_host`) without a word. It now says so at start.
+#[test]
+fn a_kept_host_that_differs_from_the_listen_address_is_announced() {
+    use std::io::BufRead;
+    let dir = tempdir("kepthost");
+    let data = dir.join("data");
+    let start = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("FORMICA_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let second = rx.recv_timeout(Duration::from_millis(500)).ok();
+        let _ = child.kill();
+        let _ = child.wait();
+        (first, second)
+    };
+    let (first, note) = start();
+    assert!(note.is_none(), "{first} {note:?}");
+    // Port 0 again: another port, the same data directory.
+    let (first, note) = start();
+    let note = note.unwrap_or_else(|| panic!("no note after {first}"));
+    assert!(
+        note.starts_with("note: this data directory keeps host 127.0.0.1:")
+            && note.contains("--public-host"),
+        "{note}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,6 +24,37 @@ pub const HOST_FILE: &str = "public_host";
 /// no second relay opens the store, even while the first has it closed after a failed write.
 pub const LOCK_FILE: &str = "relay.lock";
 
+/// Mode of the data directory: only the relay's user may read it (every message is in it).
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file the relay writes into it.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) with [`DIR_MODE`].
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Refuses a data directory that users other than the owner may read, write or enter, naming
+/// the `chmod` that fixes it (as for the relay key).
+pub fn check_private_dir(dir: &Path) -> Result<(), String> {
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "permissions {:04o} let other local users read every stored message; run chmod 700 {}",
+            mode & 0o777,
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Records copied per commit of a backup.
 const COPY_CHUNK: usize = 4096;
 
@@ -48,7 +79,7 @@ impl DirLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
+            .mode(FILE_MODE)
             .open(dir.join(LOCK_FILE))
             .map_err(LockError::Io)?;
         Self::take(f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
@@ -108,7 +139,7 @@ pub fn copy_data_dir(
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(to).map_err(|e| io(to, e))?;
+            create_private_dir(to).map_err(|e| io(to, e))?;
         }
         Err(e) => return Err(io(to, e)),
     }
@@ -128,7 +159,8 @@ fn copy_into(
     to: &Path,
 ) -> Result<BackupReport, StoreError> {
     let io = |what: &Path, e: std::io::Error| StoreError::Io(format!("{}: {e}", what.display()));
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).map_err(|e| io(to, e))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(DIR_MODE))
+        .map_err(|e| io(to, e))?;
     {
         let copy = RedbStore::open(&to.join(LOG_FILE))?;
         let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(COPY_CHUNK);
@@ -160,14 +192,14 @@ fn copy_into(
         }
         // Dropped here: closed cleanly before it is checked.
     }
-    for (name, mode) in [(KEY_FILE, 0o600), (HOST_FILE, 0o644)] {
+    for name in [KEY_FILE, HOST_FILE] {
         let src = from.join(name);
         let dst = to.join(name);
         let bytes = std::fs::read(&src).map_err(|e| io(&src, e))?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
+            .mode(FILE_MODE)
             .open(&dst)
             .map_err(|e| io(&dst, e))?;
         std::io::Write::write_all(&mut f, &bytes).map_err(|e| io(&dst, e))?;

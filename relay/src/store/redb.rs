@@ -185,12 +185,15 @@ impl RedbStore {
         let file = if self.read_only {
             std::fs::File::open(path)
         } else {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false),
+                super::datadir::FILE_MODE,
+            )
+            .open(path)
         }
         .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         let in_use = |e: std::io::Error| {
