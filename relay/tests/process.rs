@@ -511,6 +511,30 @@ fn check_and_backup_work_on_a_running_relay_and_the_backup_restores() {
     let (code, _, err) = relay_cmd(&["backup", "--to", bk.to_str().unwrap()], &data);
     assert_eq!(code, 1);
     assert!(err.contains("not empty"), "{err}");
+    // With the token, but through a proxy on this machine (a forwarding header): refused.
+    let token_text = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let bearer = format!("Bearer {}", token_text.trim());
+    let (st, _) = r
+        .request(
+            "GET",
+            "/admin/v1/peers",
+            &[("authorization", bearer.clone())],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(st, 200);
+    let (st, _) = r
+        .request(
+            "GET",
+            "/admin/v1/peers",
+            &[
+                ("authorization", bearer),
+                ("x-forwarded-for", "203.0.113.9".to_owned()),
+            ],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(st, 403);
     // A relay serves the directory but cannot be asked (here: its token is gone): not damage,
     // its own exit status.
     let token = data.join("admin.token");
@@ -598,6 +622,52 @@ fn a_kept_host_that_differs_from_the_listen_address_is_announced() {
         note.starts_with("note: this data directory keeps host 127.0.0.1:")
             && note.contains("--public-host"),
         "{note}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Regression: the relay logged almost nothing and `/metrics` had no per-request figures. A
+/// registration is logged (plain text: no colour codes when the log is not a terminal), and
+/// `/metrics` counts requests by route and status, refusals by code, latencies by route, and
+/// the process figures.
+#[test]
+fn registrations_are_logged_and_requests_are_counted() {
+    let dir = tempdir("observe");
+    let config = write_config(&dir);
+    let log = dir.join("relay.log");
+    let r = RelayProc::start_logging(
+        &dir.join("data"),
+        &config,
+        "127.0.0.1:0",
+        "relay.test",
+        Some(&log),
+    );
+    let a = Peer::register(&r, "alice", 1);
+    let (st, _) = r.request("GET", "/v1/keys/@nobody", &[], b"").unwrap();
+    assert_eq!(st, 404);
+    let (st, text) = r.request_text("GET", "/metrics").unwrap();
+    assert_eq!(st, 200);
+    for want in [
+        "formica_http_requests_total{route=\"/v1/register\",method=\"POST\",status=\"201\"} 1",
+        "formica_http_requests_total{route=\"/v1/keys/{handle}\",method=\"GET\",status=\"404\"} 1",
+        "formica_http_refusals_total{code=\"not_found\"} 1",
+        "formica_http_request_duration_seconds_count{route=\"/v1/register\"} 1",
+        "formica_http_request_duration_seconds_bucket{route=\"/v1/register\",le=\"+Inf\"} 1",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "formica_streams_open 0",
+    ] {
+        assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
+    drop(r);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("agent registered") && logged.contains(a.handle.as_str()),
+        "{logged}"
+    );
+    assert!(
+        !logged.contains('\u{1b}'),
+        "colour codes in a log file: {logged}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -186,6 +186,34 @@ impl Metrics {
             "Syncs to disk made by the store (none in the benchmark-only relaxed mode).",
             h.syncs.load(Ordering::Relaxed) as i64,
         );
+        // Per peer (bounded by the peering caps): queue depth and the age of its oldest item.
+        let now = engine.now();
+        let per_peer: Vec<(String, usize, i64)> = {
+            let st = engine.read();
+            st.peers
+                .keys()
+                .map(|p| {
+                    let q = st.outbound.get(p);
+                    let oldest = q
+                        .and_then(|q| q.values().map(|x| x.at).min())
+                        .map(|at| (now - at).max(0))
+                        .unwrap_or(0);
+                    (p.to_string(), q.map(|q| q.len()).unwrap_or(0), oldest)
+                })
+                .collect()
+        };
+        s.push_str("# HELP formica_peer_queue_depth Envelopes queued for a peer.\n# TYPE formica_peer_queue_depth gauge\n");
+        for (p, n, _) in &per_peer {
+            let _ = writeln!(s, "formica_peer_queue_depth{{peer=\"{p}\"}} {n}");
+        }
+        s.push_str("# HELP formica_peer_queue_oldest_age_seconds Age of the oldest envelope queued for a peer (0 when none).\n# TYPE formica_peer_queue_oldest_age_seconds gauge\n");
+        for (p, _, age) in &per_peer {
+            let _ = writeln!(
+                s,
+                "formica_peer_queue_oldest_age_seconds{{peer=\"{p}\"}} {}",
+                *age as f64 / 1000.0
+            );
+        }
         s
     }
 }

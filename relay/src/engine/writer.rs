@@ -271,10 +271,14 @@ impl WriterCore {
             policy: &self.policy,
         };
         let bytes = std::cell::Cell::new(0usize);
+        let mut notable: Vec<Event> = Vec::new();
         let mut apply = |st: &mut State, events: Vec<Event>| {
             for e in &events {
                 if let Event::Envelope { envelope, .. } = e {
                     touched.extend(envelope.envelope().to.iter().cloned());
+                }
+                if is_notable(e) {
+                    notable.push(e.clone());
                 }
                 st.apply(e);
                 let r = e.encode();
@@ -328,6 +332,9 @@ impl WriterCore {
                 self.health.syncs.store(n, Ordering::Relaxed);
             }
             self.failures_in_a_row = 0;
+        }
+        for e in &notable {
+            log_event(e);
         }
         drop(gate);
         self.notifier.notify(&touched);
@@ -444,5 +451,40 @@ impl WriterCore {
                 false
             }
         }
+    }
+}
+
+/// Events an operator wants to see in the log (rare ones: registrations, peerings, dead
+/// letters, forks), logged once they are durable.
+fn is_notable(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::Registered { .. }
+            | Event::PeerSet { .. }
+            | Event::PeerRemoved { .. }
+            | Event::DeadLettered { .. }
+            | Event::KeyLogConflict { .. }
+            | Event::RemoteKeyLogConflict { .. }
+    )
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::Registered { entry, .. } => {
+            tracing::info!(handle = %entry.entry().handle, "agent registered");
+        }
+        Event::PeerSet { host, status, .. } => {
+            tracing::info!(peer = %host, status = status.as_str(), "peering changed");
+        }
+        Event::PeerRemoved { host, .. } => tracing::info!(peer = %host, "peer removed"),
+        Event::DeadLettered {
+            peer, id, reason, ..
+        } => {
+            tracing::warn!(peer = %peer, id = %id, reason = %reason, "delivery dead-lettered");
+        }
+        Event::KeyLogConflict { entry, .. } | Event::RemoteKeyLogConflict { entry, .. } => {
+            tracing::warn!(handle = %entry.entry().handle, seq = entry.entry().seq, "conflicting key log entry kept as evidence (a fork)");
+        }
+        _ => {}
     }
 }

@@ -153,6 +153,9 @@ impl Federation {
                         .map(|(id, _)| *id)
                         .collect();
                     if progress {
+                        if failures > 0 {
+                            tracing::info!(peer = %peer, failures, "peer reachable again; forwarding resumes");
+                        }
                         failures = 0;
                         // A retryable refusal keeps that envelope (and its sender's later ones)
                         // queued; wait a little so a rate-limited peer is not hammered.
@@ -168,7 +171,13 @@ impl Federation {
                 }
                 Attempt::Failed(why) => {
                     failures = failures.saturating_add(1);
-                    tracing::debug!(peer = %peer, failures, "transfer failed: {why}");
+                    if failures == 1 {
+                        tracing::warn!(peer = %peer, "peer unreachable, retrying with backoff: {why}");
+                    } else if failures == fed.breaker_failures {
+                        tracing::warn!(peer = %peer, failures, "circuit breaker open: waiting at least breaker_cooldown_ms between tries: {why}");
+                    } else {
+                        tracing::debug!(peer = %peer, failures, "transfer failed: {why}");
+                    }
                     let ids: Vec<MessageId> = batch.iter().map(|(id, _)| *id).collect();
                     self.count_attempts(&peer, &mut attempts, &ids).await;
                     tokio::time::sleep(backoff(&fed, failures)).await;

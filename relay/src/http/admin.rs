@@ -23,10 +23,16 @@ pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 /// The admin endpoints need the token from `<data-dir>/admin.token` as a bearer token, and a
 /// connection from a loopback address.
 fn admin_auth(app: &App, req: &Request) -> Result<(), ApiError> {
-    let from_loopback = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|c| c.0.ip().is_loopback());
+    // A request through a reverse proxy on this machine also comes from loopback: one that
+    // carries forwarding headers is from elsewhere, and is refused like any remote one.
+    let proxied = ["x-forwarded-for", "forwarded", "x-real-ip"]
+        .iter()
+        .any(|h| req.headers().contains_key(*h));
+    let from_loopback = !proxied
+        && req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|c| c.0.ip().is_loopback());
     let token = app.admin_token.get();
     let given = req
         .headers()
@@ -42,7 +48,7 @@ fn admin_auth(app: &App, req: &Request) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             ErrorCode::Forbidden,
-            "relay administration needs the admin token, from a loopback address",
+            "relay administration needs the admin token, from a loopback address, not through a proxy",
         ))
     }
 }

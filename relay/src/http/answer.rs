@@ -36,6 +36,8 @@ pub fn json_response(status: u16, v: &Value) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = json_response(self.code.http_status(), &self.body());
+        // For the metrics and the debug log (observe.rs).
+        r.extensions_mut().insert(self.code);
         if let Some((_, Value::Int(s))) = self.extra.iter().find(|(k, _)| *k == "retry_after_s") {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 r.headers_mut().insert("retry-after", v);

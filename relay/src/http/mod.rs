@@ -17,6 +17,7 @@ pub mod envelopes;
 pub mod federation;
 pub mod inbox;
 pub mod messages;
+pub mod observe;
 pub mod ops;
 pub mod request;
 pub mod server;
@@ -50,6 +51,8 @@ pub struct App {
     pub admin_busy: std::sync::atomic::AtomicBool,
     /// Key log look-ups of remote handles in flight (`federation.keylog_lookups_max`).
     pub keylog_lookups: Arc<tokio::sync::Semaphore>,
+    /// Requests by route and status, refusals by code, latencies (`/metrics`).
+    pub http_metrics: observe::HttpMetrics,
 }
 
 impl std::fmt::Debug for App {
@@ -79,6 +82,7 @@ impl App {
             keylog_lookups: Arc::new(tokio::sync::Semaphore::new(
                 engine.policy.federation.keylog_lookups_max,
             )),
+            http_metrics: observe::HttpMetrics::default(),
             fed: Federation::new(engine.clone()),
             engine,
         }
@@ -150,6 +154,10 @@ pub fn bind(routes: Router<Shared>, app: Shared) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             deadline::body_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            observe::observe,
         ))
         .with_state(app)
 }

@@ -41,7 +41,8 @@ pub(crate) async fn ready(AxState(app): AxState<Shared>) -> Response {
 }
 
 pub(crate) async fn metrics(AxState(app): AxState<Shared>) -> Response {
-    let text = crate::engine::metrics::Metrics::render(&app.engine);
+    let mut text = crate::engine::metrics::Metrics::render(&app.engine);
+    text.push_str(&app.http_metrics.render());
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -70,6 +70,21 @@ impl RelayProc {
 
     /// Starts `relay serve` listening on `listen` with handles `@name@<public>`.
     pub fn start_on(dir: &Path, config: &Path, listen: &str, public: &str) -> RelayProc {
+        RelayProc::start_logging(dir, config, listen, public, None)
+    }
+
+    /// [`start_on`](Self::start_on), with the log (at `info`) in the file `log` if given.
+    pub fn start_logging(
+        dir: &Path,
+        config: &Path,
+        listen: &str,
+        public: &str,
+        log: Option<&Path>,
+    ) -> RelayProc {
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
             .args([
                 "serve",
@@ -82,9 +97,9 @@ impl RelayProc {
             .arg(dir)
             .arg("--config")
             .arg(config)
-            .env("FORMICA_LOG", "warn")
+            .env("FORMICA_LOG", if log.is_some() { "info" } else { "warn" })
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start relay");
         let stdout = child.stdout.take().unwrap();
