@@ -217,6 +217,23 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             .unwrap_or_else(|_| cfg.listen.to_string());
         let events = relay.engine().read().events;
         tracing::info!(listen = %addr, host = %host, events, "relay ready");
+        // Written before the start line, so that `relay peer` and `relay check` work as soon
+        // as it is printed.
+        let admin_addr = cfg.data_dir.join(formica_relay::ADMIN_ADDR_FILE);
+        let written = {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&admin_addr)
+                .and_then(|mut f| f.write_all(format!("{addr}\n").as_bytes()))
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot write {}", admin_addr.display());
+        }
         println!(
             "formica relay listening on http://{addr} as {host} (data in {})",
             cfg.data_dir.display()
@@ -233,21 +250,6 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             );
             tracing::warn!(kept = %host, listen = %addr, "{note}");
             println!("note: {note}");
-        }
-        let admin_addr = cfg.data_dir.join(formica_relay::ADMIN_ADDR_FILE);
-        let written = {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&admin_addr)
-                .and_then(|mut f| f.write_all(format!("{addr}\n").as_bytes()))
-        };
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot write {}", admin_addr.display());
         }
         relay.spawn_background();
         let router = router(relay.app.clone());
