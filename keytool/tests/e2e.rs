@@ -148,3 +148,43 @@ fn register_rotate_revoke_and_recover_carry_their_proofs_of_possession() {
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Regression: under --json, usage errors printed clap's text, and network (exit 6) and key
+/// file (exit 9) failures had no `code`. Every failure is now one JSON line with `ok: false`
+/// and an `error.code`, a keytool code where no protocol code applies.
+#[test]
+fn every_json_failure_is_one_json_line_with_a_code() {
+    let home = std::env::temp_dir().join(format!("formica-kt-json-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let kt = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keytool"))
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, exit, code) in [
+        (&["--json", "send"][..], 2, "keytool.usage"),
+        (&["--json", "no-such-command"][..], 2, "keytool.usage"),
+        (&["send", "--json", "--limit", "3"][..], 2, "keytool.usage"),
+        (&["--json", "whoami"][..], 9, "keytool.key_file"),
+        (
+            &["--json", "--relay", "http://127.0.0.1:1", "resolve", "@x"][..],
+            6,
+            "keytool.network",
+        ),
+    ] {
+        let out = kt(args);
+        assert_eq!(out.status.code(), Some(exit), "{args:?}");
+        let v = lines(&out.stdout);
+        assert_eq!(v.len(), 1, "{args:?}: {v:?}");
+        assert_eq!(get(&v[0], &["ok"]), &formica_protocol::Value::Bool(false));
+        assert_eq!(s(&v[0], &["error", "code"]), code, "{args:?}");
+        assert!(!s(&v[0], &["error", "message"]).is_empty());
+    }
+    // Help is still help.
+    let out = kt(&["--json", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&home);
+}
