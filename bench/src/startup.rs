@@ -45,6 +45,11 @@ pub fn build_fixture(
 ) -> Result<Fixture> {
     let t0 = Instant::now();
     std::fs::create_dir_all(data_dir)?;
+    // A relay serves only a private data directory.
+    std::fs::set_permissions(
+        data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     let path = data_dir.join(formica_relay::LOG_FILE);
     if path.exists() {
         std::fs::remove_file(&path)?;
