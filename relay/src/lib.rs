@@ -210,6 +210,9 @@ impl Relay {
             err,
         })?;
         let lock = lock_data_dir(dir)?;
+        // The address of an earlier run (written at its start) is stale from here on, and a
+        // `relay peer` or `relay check` must not send the admin token to whatever listens there.
+        let _ = std::fs::remove_file(dir.join(ADMIN_ADDR_FILE));
         let key = load_or_create_key(&dir.join(KEY_FILE))?;
         // Checked before the store is opened, so a bad token file stops the start cleanly.
         let token = http::admin::load_or_create_token(&dir.join(ADMIN_TOKEN_FILE))

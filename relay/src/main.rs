@@ -254,6 +254,9 @@ fn serve(cfg: RelayConfig) -> ExitCode {
         relay.spawn_background();
         let router = router(relay.app.clone());
         server::serve(relay.app.clone(), router, listener, shutdown_signal()).await;
+        // No longer served here: `relay peer`/`check` must not send the token to whatever
+        // listens on this port next (the relay still holds the directory's lock).
+        let _ = std::fs::remove_file(&admin_addr);
         Ok(relay)
     });
     let relay = match served {

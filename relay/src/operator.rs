@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// Exit status of `relay check` and `relay backup` when a relay serves the directory but its
-/// admin endpoint could not be asked (distinct from 1, damage).
+/// Exit status of `relay check` and `relay backup` when the store could not be checked now,
+/// which says nothing of damage: a relay serves the directory and could not be asked, or the
+/// store could not be read (an I/O error, a full disk, permissions). Distinct from 1, damage.
 pub const EXIT_IN_USE: u8 = 3;
 
 /// Whether a relay serves `dir`: `Ok(None)` if one does, else the reader's lock.
@@ -151,11 +152,18 @@ pub fn peer(dir: &Path, method: &str, path: &str, body: &[u8]) -> ExitCode {
 /// sound, 1 damaged or unreadable, 2 usage, [`EXIT_IN_USE`] when the serving relay could not
 /// be asked.
 pub fn check(data_dir: &Path, public_host: Option<&RelayHost>) -> ExitCode {
+    if !data_dir.is_dir() {
+        eprintln!(
+            "relay check: {}: no such data directory",
+            data_dir.display()
+        );
+        return ExitCode::from(2);
+    }
     let lock = match served(data_dir) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("relay check: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("relay check: {e} (the store was not checked; this is not damage)");
+            return ExitCode::from(EXIT_IN_USE);
         }
     };
     let Some(_lock) = lock else {
@@ -184,12 +192,18 @@ pub fn check(data_dir: &Path, public_host: Option<&RelayHost>) -> ExitCode {
         }
     };
     let report = |e: StoreError| {
-        match &e {
-            StoreError::Corrupt { .. } => eprintln!("relay check: DAMAGED: {e}"),
-            _ => eprintln!("relay check: cannot check the store: {e}"),
-        }
+        let code = match &e {
+            StoreError::Corrupt { .. } => {
+                eprintln!("relay check: DAMAGED: {e}");
+                ExitCode::FAILURE
+            }
+            _ => {
+                eprintln!("relay check: cannot read the store now (this is not damage): {e}");
+                ExitCode::from(EXIT_IN_USE)
+            }
+        };
         eprintln!("relay check: {} was not changed", path.display());
-        ExitCode::FAILURE
+        code
     };
     let view = match RedbStore::open_read_only(&path) {
         Ok(s) => s,
@@ -285,14 +299,41 @@ pub fn backup(data_dir: &Path, to: &Path) -> ExitCode {
     };
     let Some(_lock) = lock else {
         let mut o = Object::new();
-        o.insert("to", to.display().to_string().into());
+        let Some(to_text) = to.to_str() else {
+            eprintln!(
+                "relay backup: {} is not UTF-8 text; choose another path",
+                to.display()
+            );
+            return ExitCode::from(2);
+        };
+        o.insert("to", to_text.into());
         let body = canon::canonicalize(&Value::Object(o));
         return match admin_request(data_dir, "POST", "/admin/v1/backup", &body) {
-            Ok((200, body)) => done(
-                &member(&body, "records"),
-                &member(&body, "chain_head"),
-                " by the running relay",
-            ),
+            Ok((200, body)) => {
+                let (records, head) = (member(&body, "records"), member(&body, "chain_head"));
+                // The relay wrote it, maybe in a file-system view of its own (systemd's
+                // PrivateTmp, a container): check that the copy is here, as reported.
+                let here = RedbStore::open_read_only(&to.join(LOG_FILE)).and_then(|v| {
+                    let log = crate::store::EventLog::open(Arc::new(v), &mut |_, _| Ok(()))?;
+                    Ok((
+                        log.len().to_string(),
+                        formica_protocol::hex::encode(&log.head()),
+                    ))
+                });
+                match here {
+                    Ok((r, h)) if r == records && h == head => {
+                        done(&records, &head, " by the running relay")
+                    }
+                    Ok((r, h)) => {
+                        eprintln!("relay backup: the relay reports {records} records (head {head}), but the copy at {} holds {r} (head {h})", to.display());
+                        ExitCode::FAILURE
+                    }
+                    Err(e) => {
+                        eprintln!("relay backup: the relay reports the copy written, but it cannot be read here at {}: {e} (does the relay see another file system, such as systemd's PrivateTmp?)", to.display());
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Ok((_, body)) => {
                 eprintln!("relay backup: {}", error_message(&body));
                 ExitCode::FAILURE

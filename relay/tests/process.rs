@@ -484,10 +484,17 @@ fn check_and_backup_work_on_a_running_relay_and_the_backup_restores() {
     let a = Peer::register(&r, "alice", 1);
     let b = Peer::register(&r, "bob", 2);
     b.allow(&r, &a.handle);
+    let mut before_ids = Vec::new();
     for n in 0..10 {
-        let (st, _) = post_envelope(&r, &a.message(&b.handle, &format!("before {n}"))).unwrap();
+        let e = a.message(&b.handle, &format!("before {n}"));
+        let (st, _) = post_envelope(&r, &e).unwrap();
         assert_eq!(st, 201);
+        before_ids.push(e.id().to_hex());
     }
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
 
     // check, online.
     let (code, out, err) = relay_cmd(&["check"], &data);
@@ -498,11 +505,40 @@ fn check_and_backup_work_on_a_running_relay_and_the_backup_restores() {
     let (code, out, err) = relay_cmd(&["peer", "list"], &data);
     assert_eq!(code, 0, "{out}{err}");
 
-    // backup, online, then more writes that the backup must not hold.
+    assert_eq!(mode(&data.join("admin.addr")), 0o600);
+    // backup, online, while another client writes: the copy must be a prefix of the log (the
+    // messages before, then some of those written during it, in order, none missing between).
     let bk = dir.join("backup");
-    let (code, out, err) = relay_cmd(&["backup", "--to", bk.to_str().unwrap()], &data);
+    let during: Vec<_> = (0..30)
+        .map(|n| a.message(&b.handle, &format!("during {n}")))
+        .collect();
+    let (code, out, err) = std::thread::scope(|sc| {
+        let w = sc.spawn(|| {
+            for e in &during {
+                let (st, _) = post_envelope(&r, e).unwrap();
+                assert_eq!(st, 201);
+            }
+        });
+        let res = relay_cmd(&["backup", "--to", bk.to_str().unwrap()], &data);
+        w.join().unwrap();
+        res
+    });
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("by the running relay"), "{out}");
+    let in_backup: u64 = out
+        .split("relay backup: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no record count in {out}"));
+    assert!(in_backup >= at_backup, "{in_backup} < {at_backup}");
+    // An unfinished earlier backup (its partial directory) is refused, never reused.
+    let bk3 = dir.join("backup3");
+    std::fs::create_dir_all(dir.join(".backup3.partial")).unwrap();
+    let (code, _, err) = relay_cmd(&["backup", "--to", bk3.to_str().unwrap()], &data);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did not finish"), "{err}");
+    assert!(!bk3.exists());
     for n in 0..5 {
         let (st, _) = post_envelope(&r, &a.message(&b.handle, &format!("after {n}"))).unwrap();
         assert_eq!(st, 201);
@@ -563,24 +599,28 @@ fn check_and_backup_work_on_a_running_relay_and_the_backup_restores() {
     // The online backup holds what was durable when it was asked for, and serves it.
     let (code, out, err) = relay_cmd(&["check"], &bk);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(records_of(&out), at_backup);
+    assert_eq!(records_of(&out), in_backup);
     assert!(
         !bk.join("admin.token").exists(),
         "the admin token was copied"
     );
-    // Private like the directory it copies: 0700, files 0600 (also admin.addr of the relay).
-    let mode = |p: &std::path::Path| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-    };
+    // Private like the directory it copies: 0700, files 0600.
     assert_eq!(mode(&bk), 0o700);
     for f in ["log.redb", "relay.key", "public_host"] {
         assert_eq!(mode(&bk.join(f)), 0o600, "{f}");
     }
-    assert_eq!(mode(&data.join("admin.addr")), 0o600);
+    // A stopped relay leaves no admin address behind for a later command to send its token to.
+    assert!(!data.join("admin.addr").exists());
     let restored = RelayProc::start(&bk, &config);
-    let texts = b.inbox(&restored);
-    assert_eq!(texts.len(), 10, "{texts:?}");
+    let got: Vec<String> = b.inbox(&restored).into_iter().map(|(_, id)| id).collect();
+    let mut want = before_ids.clone();
+    want.extend(
+        during
+            .iter()
+            .take(got.len().saturating_sub(10))
+            .map(|e| e.id().to_hex()),
+    );
+    assert_eq!(got, want, "the backup is not a prefix of the log");
     drop(restored);
     let _ = std::fs::remove_dir_all(&dir);
 }

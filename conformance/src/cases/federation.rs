@@ -26,9 +26,9 @@ pub fn cases() -> Vec<Case> {
         case("fed.forward", &["FED-4", "FED-6", "FED-13", "ENV-18", "DELIV-3", "FED-8"], "an envelope to a peer's agent is accepted, forwarded, served there byte for byte, and the peer caches the sender's key log", forward).peer(),
         case("fed.ack-across-relays", &["FED-11", "ACK-3", "RCPT-2"], "a remote recipient's read and ack come back as a delivery notice and an ack; the home relay makes the receipts", ack_across).peer(),
         case("fed.key-rotation", &["FED-8", "LOG-12"], "after the sender rotates its key at home, the peer fetches the log again and accepts the new key", key_rotation).peer(),
-        case("fed.remote-refusal-dead-letters", &["FED-6", "FED-10", "FED-13"], "a remote recipient that refuses the sender dead-letters the delivery with a receipt naming the code", remote_refusal).peer(),
+        case("fed.remote-refusal-dead-letters", &["FED-6", "FED-10", "FED-13", "API-13"], "a remote recipient that refuses the sender dead-letters the delivery with a receipt naming the code", remote_refusal).peer(),
         case("fed.unknown-remote-recipient", &["FED-6", "FED-10", "FED-13"], "an unregistered remote recipient is accepted at home, then dead-lettered with reason unknown_recipient", unknown_remote).peer(),
-        case("fed.remote-keylog-lookup", &["API-5", "FED-8"], "the key log of a peer's agent that never sent here is fetched from the peer on demand, served as not cached, and not stored; a handle on a host that is not a peer is not_found", remote_lookup).peer().codes(&[E::NotFound]),
+        case("fed.remote-keylog-lookup", &["FED-17"], "the key log of a peer's agent that never sent here is fetched from the peer on demand, served as not cached, and not stored; a handle on a host that is not a peer is not_found", remote_lookup).peer(),
     ]
 }
 

@@ -410,6 +410,12 @@ impl Tier {
 impl Policy {
     /// Checks the policy is usable; a bad configuration is refused at start.
     pub fn validate(&self) -> Result<(), String> {
+        if !(1..=1024).contains(&self.federation.keylog_lookups_max) {
+            return Err(format!(
+                "federation.keylog_lookups_max {} is not within 1..=1024",
+                self.federation.keylog_lookups_max
+            ));
+        }
         // Everything the relay logs is read back at start with fixed limits (events.rs); a
         // policy beyond them could accept what it cannot replay.
         if self.limits.json_depth_max > 60 {

@@ -333,10 +333,8 @@ impl WriterCore {
             }
             self.failures_in_a_row = 0;
         }
-        for e in &notable {
-            log_event(e);
-        }
         drop(gate);
+        log_events(&notable);
         self.notifier.notify(&touched);
         if !touched.is_empty() {
             self.notifier.wake_outbound();
@@ -466,6 +464,29 @@ fn is_notable(e: &Event) -> bool {
             | Event::KeyLogConflict { .. }
             | Event::RemoteKeyLogConflict { .. }
     )
+}
+
+/// Most lines one batch logs one by one; the rest are summed up per kind, so that a burst (a
+/// whole queue dead-lettered at once) cannot flood the log.
+const LOG_LINES_PER_BATCH: usize = 16;
+
+/// Logs a batch's notable events after it is durable (the gate is open again: a slow log
+/// sink holds up no reader).
+fn log_events(events: &[Event]) {
+    for e in events.iter().take(LOG_LINES_PER_BATCH) {
+        log_event(e);
+    }
+    if events.len() > LOG_LINES_PER_BATCH {
+        let dead = events[LOG_LINES_PER_BATCH..]
+            .iter()
+            .filter(|e| matches!(e, Event::DeadLettered { .. }))
+            .count();
+        tracing::warn!(
+            more = events.len() - LOG_LINES_PER_BATCH,
+            dead_lettered = dead,
+            "and more events in the same commit, not logged one by one"
+        );
+    }
 }
 
 fn log_event(e: &Event) {

@@ -188,14 +188,42 @@ async fn one_at_a_time<T: Send + 'static>(
         )
         .with("retry_after_s", Value::Int(5)));
     }
-    let r = tokio::task::spawn_blocking(f).await;
-    app.admin_busy.store(false, Ordering::SeqCst);
+    // The flag is cleared when the work ends, not when the request does: a caller that goes
+    // away (a killed `relay check`) drops this future, but the blocking task runs on.
+    struct Done(Shared);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.admin_busy.store(false, Ordering::SeqCst);
+        }
+    }
+    let done = Done(app.clone());
+    let r = tokio::task::spawn_blocking(move || {
+        let _done = done;
+        f()
+    })
+    .await;
     r.unwrap_or_else(|e| {
         Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("the task stopped: {e}"),
+            ErrorCode::Unavailable,
+            format!("the check or backup stopped before it finished ({e}); nothing is known of the store from it"),
         ))
     })
+}
+
+/// A failed check or backup: damage (the store's records do not check) is `internal`, naming
+/// it; anything else (a full disk, an I/O error, a store closed after a failed write) says
+/// nothing about the records, and is `unavailable`, retried later.
+fn store_failure(what: &str, e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::Corrupt { .. } => {
+            ApiError::new(ErrorCode::Internal, format!("DAMAGED: {e}"))
+        }
+        other => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("{what} could not read the store now (not damage): {other}"),
+        )
+        .with("retry_after_s", Value::Int(5)),
+    }
 }
 
 /// `POST /admin/v1/check`: `relay check` on a running relay. The durable log, as of the
@@ -212,7 +240,7 @@ pub(crate) async fn admin_check(
         let report = one_at_a_time(&app, move || {
             engine
                 .check_log()
-                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("DAMAGED: {e}")))
+                .map_err(|e| store_failure("the check", e))
         })
         .await?;
         Ok(ok(
@@ -268,7 +296,13 @@ pub(crate) async fn admin_backup(AxState(app): AxState<Shared>, req: Request) ->
         let report = one_at_a_time(&app, move || {
             let len = engine.durable_len();
             crate::store::datadir::copy_data_dir(engine.store().as_ref(), len, &from, &to)
-                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("backup failed: {e}")))
+                .map_err(|e| match e {
+                    // The target (not empty, a leftover partial copy, no space there).
+                    crate::store::StoreError::Io(m) => {
+                        ApiError::new(ErrorCode::Unavailable, format!("backup failed: {m}"))
+                    }
+                    other => store_failure("the backup", other),
+                })
         })
         .await?;
         Ok(ok(

@@ -179,7 +179,10 @@ fn remote_keylog_value(h: &Handle, r: &RemoteLog) -> Value {
 pub(crate) async fn get_keys(
     AxState(app): AxState<Shared>,
     HandleParam(handle): HandleParam,
+    req: Request,
 ) -> Response {
+    let (addr, headers) = (peer(&req), req.headers().clone());
+    drop(req);
     let res = async {
         let h = parse_handle(&app, &handle)?;
         {
@@ -199,6 +202,9 @@ pub(crate) async fn get_keys(
                 ));
             }
         }
+        // A look-up makes this relay call a peer: it costs the caller's per-address budget
+        // (HTTP-10), like the other requests that carry no signature and cause work.
+        ip_limit(&app, addr, &headers)?;
         lookup_remote(&app, &h).await
     }
     .await;
@@ -236,15 +242,23 @@ async fn lookup_remote(app: &Shared, h: &Handle) -> Result<Response, ApiError> {
         )
         .with("retry_after_s", Value::Int(1)));
     };
-    let log = app.fed.fetch_keylog(h).await.map_err(|e| {
-        if e.code == ErrorCode::UnknownSender {
-            ApiError::new(
-                ErrorCode::NotFound,
-                format!("{h} is not registered on its home relay {}", h.host()),
-            )
-        } else {
-            e
-        }
+    // Whatever else goes wrong is the peer's doing (unreachable, or a log that does not
+    // verify), not the caller's: it is answered peer_unavailable, with what was seen.
+    let log = app.fed.fetch_keylog(h).await.map_err(|e| match e.code {
+        ErrorCode::UnknownSender => ApiError::new(
+            ErrorCode::NotFound,
+            format!("{h} is not registered on its home relay {}", h.host()),
+        ),
+        ErrorCode::PeerUnavailable => e,
+        other => ApiError::new(
+            ErrorCode::PeerUnavailable,
+            format!(
+                "{} served a key log of {h} that does not verify ({}): {}",
+                h.host(),
+                other.as_str(),
+                e.message
+            ),
+        ),
     })?;
     Ok(ok(
         200,

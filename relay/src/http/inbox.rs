@@ -247,20 +247,23 @@ pub(crate) async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Respon
                 .and_then(|a| a.inbox.first().map(|i| i.cursor))
                 .unwrap_or(1)
         };
-        let list = {
+        // The ack states under the read lock, the parsing after it.
+        let acks: Vec<Option<&'static str>> = {
             let st = app.engine.read();
             let now = app.engine.now();
-            items
-                .iter()
-                .map(|i| {
-                    let mut v = item_value(i)?;
-                    if let (Value::Object(o), Some(a)) = (&mut v, ack_state(&st, &me, i, now)) {
-                        o.insert("ack", a.into());
-                    }
-                    Ok(v)
-                })
-                .collect::<Result<Vec<_>, ApiError>>()?
+            items.iter().map(|i| ack_state(&st, &me, i, now)).collect()
         };
+        let list = items
+            .iter()
+            .zip(acks)
+            .map(|(i, ack)| {
+                let mut v = item_value(i)?;
+                if let (Value::Object(o), Some(a)) = (&mut v, ack) {
+                    o.insert("ack", a.into());
+                }
+                Ok(v)
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
         let mut o = Object::new();
         o.insert("items", Value::Array(list));
         o.insert("next", Value::String(next.to_string()));

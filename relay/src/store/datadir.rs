@@ -87,7 +87,8 @@ impl DirLock {
 
     /// A reader's lock: shared, so that no relay starts while it reads. A directory without a
     /// lock file has never been served by this version; then nothing is created (a reader
-    /// writes nothing) and the returned lock is on the directory itself.
+    /// writes nothing) and the returned lock is on the directory itself, which does not keep
+    /// a relay from starting (it locks `relay.lock`): such a directory is read unprotected.
     pub fn shared(dir: &Path) -> Result<DirLock, LockError> {
         let f = match File::open(dir.join(LOCK_FILE)) {
             Ok(f) => f,
@@ -121,7 +122,11 @@ pub struct BackupReport {
 /// checks the copy's chain from its first record. `to` must not exist, or be an empty
 /// directory. Records up to `len` never change once durable, so a running relay can be copied
 /// while it writes. The admin token is not copied: a relay started on the copy makes its own.
-/// On failure, what was written to `to` is removed.
+///
+/// The copy is built in a sibling directory (`.<name>.partial`) and renamed to `to` only once
+/// it is complete, synced and checked, so a crash or a kill during a backup never leaves at
+/// `to` a shorter log without its key that a relay would serve under a new identity. A
+/// leftover partial directory is refused (the error names it), never reused.
 pub fn copy_data_dir(
     store: &dyn Store,
     len: u64,
@@ -129,7 +134,12 @@ pub fn copy_data_dir(
     to: &Path,
 ) -> Result<BackupReport, StoreError> {
     let io = |what: &Path, e: std::io::Error| StoreError::Io(format!("{}: {e}", what.display()));
-    match std::fs::read_dir(to) {
+    let name = to
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| StoreError::Io(format!("{}: not a directory name", to.display())))?;
+    let partial = to.with_file_name(format!(".{name}.partial"));
+    let to_exists = match std::fs::read_dir(to) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(StoreError::Io(format!(
@@ -137,20 +147,40 @@ pub fn copy_data_dir(
                     to.display()
                 )));
             }
+            true
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_private_dir(to).map_err(|e| io(to, e))?;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(io(to, e)),
+    };
+    if partial.exists() {
+        return Err(StoreError::Io(format!(
+            "{} exists: an earlier backup into {} did not finish; remove it first",
+            partial.display(),
+            to.display()
+        )));
     }
-    let r = copy_into(store, len, from, to);
-    if r.is_err() {
-        for name in [LOG_FILE, KEY_FILE, HOST_FILE] {
-            let _ = std::fs::remove_file(to.join(name));
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir(parent).map_err(|e| io(parent, e))?;
+    }
+    create_private_dir(&partial).map_err(|e| io(&partial, e))?;
+    let r = copy_into(store, len, from, &partial).and_then(|report| {
+        if to_exists {
+            std::fs::remove_dir(to).map_err(|e| io(to, e))?;
         }
+        std::fs::rename(&partial, to).map_err(|e| io(to, e))?;
+        if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(|e| io(parent, e))?;
+        }
+        Ok(report)
+    });
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
     }
     r
 }
+
+/// The marker a range scan of a backup stops with (not an error).
+const RANGE_END: &str = "\0backup range end";
 
 fn copy_into(
     store: &dyn Store,
@@ -173,17 +203,28 @@ fn copy_into(
             }
             Ok(())
         };
-        store.scan(1, &mut |seq, record| {
-            if seq > len {
-                return Ok(());
+        // In ranges of COPY_CHUNK records, each read in its own short read transaction and
+        // written (and synced) after it ends: the live store is not held open for the whole
+        // copy, so its writer can reopen it after a failed write, and it can reuse its pages.
+        while first <= len {
+            let from_seq = first;
+            let scanned = store.scan(from_seq, &mut |seq, record| {
+                if seq > len || chunk.len() == COPY_CHUNK {
+                    return Err(StoreError::Io(RANGE_END.into()));
+                }
+                chunk.push(record.to_vec());
+                Ok(())
+            });
+            match scanned {
+                Ok(()) => {}
+                Err(StoreError::Io(m)) if m == RANGE_END => {}
+                Err(e) => return Err(e),
             }
-            chunk.push(record.to_vec());
-            if chunk.len() == COPY_CHUNK {
-                flush(&mut chunk, &mut first)?;
+            if chunk.is_empty() {
+                break;
             }
-            Ok(())
-        })?;
-        flush(&mut chunk, &mut first)?;
+            flush(&mut chunk, &mut first)?;
+        }
         if first - 1 != len {
             return Err(StoreError::Corrupt {
                 seq: first,
@@ -206,9 +247,6 @@ fn copy_into(
         f.sync_all().map_err(|e| io(&dst, e))?;
     }
     sync_dir(to).map_err(|e| io(to, e))?;
-    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(parent).map_err(|e| io(parent, e))?;
-    }
     let view = RedbStore::open_read_only(&to.join(LOG_FILE))?;
     let log = EventLog::open(Arc::new(view), &mut |_, _| Ok(()))?;
     if log.len() != len {
