@@ -82,6 +82,19 @@ fn two_agents_make_contact_exchange_an_acked_message_and_see_a_timeout() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Bob's readable inbox says which acks are settled, not "ack by" on all of them.
+    let text = String::from_utf8_lossy(&bob.run(&["inbox"]).stdout).into_owned();
+    let line_of = |id: &str| {
+        text.lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("{id} not in {text}"))
+            .to_owned()
+    };
+    assert!(line_of(&msg_id).ends_with("[acked]"), "{text}");
+    assert!(
+        line_of(&id2).contains("[ack deadline") && line_of(&id2).ends_with("passed]"),
+        "{text}"
+    );
     // Alice's inbox has bob's ack and the relay's receipts, including timed_out.
     let inbox = alice.json(&["inbox"]);
     let statuses: Vec<String> = inbox

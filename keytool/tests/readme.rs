@@ -247,6 +247,23 @@ fn every_readme_command_line_runs_as_written() {
             ran += 1;
             continue;
         }
+        // Nothing here may reach beyond loopback: every URL a line names is either a
+        // documentation host (run where nothing can be reached, below) or a loopback one.
+        for a in &args {
+            if a.starts_with("http://") || a.starts_with("https://") {
+                let host = a
+                    .split("://")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(['/', ':'])
+                    .next()
+                    .unwrap_or("");
+                assert!(
+                    host.ends_with(".example") || host == "127.0.0.1" || host == "localhost",
+                    "{line}: names {a}, which a test must not reach"
+                );
+            }
+        }
         let mut cmd = Command::new(bin);
         cmd.args(&args);
         if line.contains(".example") {
@@ -267,6 +284,15 @@ fn every_readme_command_line_runs_as_written() {
                 r.stdout,
                 r.stderr
             );
+            // And it failed for the reason expected here (nothing to reach), not another.
+            let why = format!("{}{}", r.stdout, r.stderr);
+            let expected = if bin == relay.as_path() {
+                why.contains("no such data directory") || why.contains("no relay is serving")
+            } else {
+                // No identity in the empty home, or the closed relay port.
+                r.code == Some(9) || r.code == Some(6)
+            };
+            assert!(expected, "{line}: failed for an unexpected reason:\n{why}");
             parsed += 1;
             continue;
         }
@@ -312,5 +338,58 @@ fn every_readme_command_line_runs_as_written() {
     }
     assert!(ran >= 10 && parsed >= 4, "ran {ran}, parsed {parsed}");
     drop(server);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The README's ```toml blocks are configurations `relay serve` starts with (an unknown key is
+/// an error there, so a misspelled key in the docs fails here).
+#[test]
+fn every_readme_toml_block_is_a_configuration_the_relay_accepts() {
+    let root = std::env::temp_dir().join(format!("formica-readme-toml-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in README.lines() {
+        let t = line.trim();
+        match (&mut cur, t) {
+            (None, "```toml") => cur = Some(String::new()),
+            (Some(b), "```") => {
+                blocks.push(std::mem::take(b));
+                cur = None;
+            }
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(!blocks.is_empty(), "no toml block in the README");
+    for (i, text) in blocks.iter().enumerate() {
+        let config = root.join(format!("block{i}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let mut child = Command::new(relay_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(root.join(format!("data{i}")))
+            .env("FORMICA_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            first.contains("listening on"),
+            "README toml block {i} is refused:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -94,8 +94,11 @@ pub struct SendArgs {
     pub wait: Duration,
 }
 
-/// How often `send` asks its relay for the delivery state while it waits for remote relays.
+/// First pause between `send`'s reads of the delivery state while it waits for remote relays;
+/// doubled after each read up to [`WAIT_POLL_MAX`] (each read is a signed request and spends
+/// a request nonce of the agent's).
 const WAIT_POLL: Duration = Duration::from_millis(200);
+const WAIT_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// The delivery of one remote recipient, as `send` last saw it.
 #[derive(Debug)]
@@ -116,6 +119,7 @@ fn wait_remote(
     wait: Duration,
 ) -> Option<Vec<RemoteOutcome>> {
     let end = std::time::Instant::now() + wait;
+    let mut pause = WAIT_POLL;
     loop {
         let a = s
             .client
@@ -141,24 +145,41 @@ fn wait_remote(
         if seen.iter().all(|r| r.status != "accepted") || std::time::Instant::now() >= end {
             return Some(seen);
         }
-        std::thread::sleep(WAIT_POLL.min(end.saturating_duration_since(std::time::Instant::now())));
+        std::thread::sleep(pause.min(end.saturating_duration_since(std::time::Instant::now())));
+        pause = (pause * 2).min(WAIT_POLL_MAX);
     }
 }
 
 /// The failure for a remote refusal: the refusal's protocol code, and what to do about it.
-fn refused(id: &MessageId, r: &RemoteOutcome) -> Fail {
+/// `all` is every remote recipient's outcome: the others may have been delivered, and a
+/// caller must not send them the message again.
+fn refused(id: &MessageId, r: &RemoteOutcome, all: &[RemoteOutcome]) -> Fail {
     let why = r.reason.as_deref().unwrap_or("no reason given");
+    let others: Vec<String> = all
+        .iter()
+        .filter(|o| o.handle != r.handle)
+        .map(|o| format!("{} {}", o.handle, o.status))
+        .collect();
     let msg = format!(
-        "message {id}: accepted by your relay, but {} refused it for {}: {why}",
+        "message {id}: accepted by your relay, but {} refused it for {}: {why}{}",
         r.handle.host(),
-        r.handle
+        r.handle,
+        if others.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (not a failure for the others, do not send it to them again: {})",
+                others.join(", ")
+            )
+        }
     );
     let f = match r.reason.as_deref().and_then(ErrorCode::from_wire) {
         Some(code) => Fail::code(code, msg),
         None => Fail::new(Exit::Failure, msg),
     }
     .detail("id", id.to_hex().into())
-    .detail("recipient", r.handle.as_str().into());
+    .detail("recipient", r.handle.as_str().into())
+    .detail("remote", outcomes_value(all));
     match r.reason.as_deref() {
         Some("not_contact") => f.hint(format!(
             "{} accepts messages only from its contacts: ask first with `keytool contact-request {} --level message`, and send again once they accept (keytool inbox shows their answer)",
@@ -234,8 +255,10 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
         .collect();
     if !remote.is_empty() && !a.wait.is_zero() {
         let seen = wait_remote(&s, &id, &remote, a.wait);
-        if let Some(r) = seen.iter().flatten().find(|r| r.status == "dead_lettered") {
-            return Err(refused(&id, r));
+        if let Some(all) = &seen {
+            if let Some(r) = all.iter().find(|r| r.status == "dead_lettered") {
+                return Err(refused(&id, r, all));
+            }
         }
         let pending: Vec<String> = seen
             .iter()
@@ -259,21 +282,25 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
             )),
         }
         if let Some(seen) = seen {
-            let v = seen
-                .iter()
-                .map(|r| {
-                    super::obj(vec![
-                        ("handle", r.handle.as_str().into()),
-                        ("status", r.status.as_str().into()),
-                        ("reason", opt(r.reason.clone())),
-                    ])
-                })
-                .collect();
-            extra.push(("remote", Value::Array(v)));
+            extra.push(("remote", outcomes_value(&seen)));
         }
     }
     emit_posted(ctx.out, msg_type.as_str(), &id, &result, extra, &note);
     Ok(())
+}
+
+fn outcomes_value(all: &[RemoteOutcome]) -> Value {
+    Value::Array(
+        all.iter()
+            .map(|r| {
+                super::obj(vec![
+                    ("handle", r.handle.as_str().into()),
+                    ("status", r.status.as_str().into()),
+                    ("reason", opt(r.reason.clone())),
+                ])
+            })
+            .collect(),
+    )
 }
 
 /// `keytool contact-request @x --level L`.
