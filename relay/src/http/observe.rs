@@ -29,11 +29,18 @@ struct Histogram {
     count: u64,
 }
 
+/// What is counted of one route (looked up by the route's text without allocating; a
+/// route's entry is made once).
+#[derive(Debug, Default)]
+struct RouteStats {
+    requests: BTreeMap<(&'static str, u16), u64>,
+    latency: Histogram,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    requests: BTreeMap<(String, &'static str, u16), u64>,
+    routes: BTreeMap<String, RouteStats>,
     refusals: BTreeMap<&'static str, u64>,
-    latency: BTreeMap<String, Histogram>,
 }
 
 /// The request metrics of one relay.
@@ -75,18 +82,22 @@ impl HttpMetrics {
         code: Option<ErrorCode>,
         secs: f64,
     ) {
-        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        *i.requests
-            .entry((route.to_owned(), method, status))
-            .or_default() += 1;
-        if let Some(c) = code {
-            *i.refusals.entry(c.as_str()).or_default() += 1;
-        }
-        let h = i.latency.entry(route.to_owned()).or_default();
         let b = LATENCY_BUCKETS_S
             .iter()
             .position(|le| secs <= *le)
             .unwrap_or(LATENCY_BUCKETS_S.len());
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = code {
+            *i.refusals.entry(c.as_str()).or_default() += 1;
+        }
+        if !i.routes.contains_key(route) {
+            i.routes.insert(route.to_owned(), RouteStats::default());
+        }
+        let Some(r) = i.routes.get_mut(route) else {
+            return;
+        };
+        *r.requests.entry((method, status)).or_default() += 1;
+        let h = &mut r.latency;
         h.buckets[b] += 1;
         h.sum_s += secs;
         h.count += 1;
@@ -97,18 +108,20 @@ impl HttpMetrics {
         let i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut s = String::new();
         s.push_str("# HELP formica_http_requests_total Requests answered, by route template, method and status.\n# TYPE formica_http_requests_total counter\n");
-        for ((route, method, status), n) in &i.requests {
-            let _ = writeln!(
-                s,
-                "formica_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
-            );
+        for (route, r) in &i.routes {
+            for ((method, status), n) in &r.requests {
+                let _ = writeln!(
+                    s,
+                    "formica_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
         s.push_str("# HELP formica_http_refusals_total Requests refused, by error code.\n# TYPE formica_http_refusals_total counter\n");
         for (code, n) in &i.refusals {
             let _ = writeln!(s, "formica_http_refusals_total{{code=\"{code}\"}} {n}");
         }
         s.push_str("# HELP formica_http_request_duration_seconds Time from the request to the answer's head (a stream: to its start), by route template.\n# TYPE formica_http_request_duration_seconds histogram\n");
-        for (route, h) in &i.latency {
+        for (route, h) in i.routes.iter().map(|(k, r)| (k, &r.latency)) {
             let mut cum = 0u64;
             for (le, n) in LATENCY_BUCKETS_S.iter().zip(h.buckets.iter()) {
                 cum += n;
@@ -202,19 +215,20 @@ impl HttpMetrics {
 /// and its latency; logs a refusal at debug with its code.
 pub(crate) async fn observe(AxState(app): AxState<Shared>, req: Request, next: Next) -> Response {
     let t0 = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // An Arc inside: cloning it does not copy the text.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let method = method_label(req.method());
     let resp = next.run(req).await;
+    let route = matched
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
     let status = resp.status().as_u16();
     let code = resp.extensions().get::<ErrorCode>().copied();
     if let Some(c) = code {
         tracing::debug!(route = %route, method, status, code = c.as_str(), "request refused");
     }
     app.http_metrics
-        .record(&route, method, status, code, t0.elapsed().as_secs_f64());
+        .record(route, method, status, code, t0.elapsed().as_secs_f64());
     resp
 }
