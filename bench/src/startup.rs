@@ -126,7 +126,7 @@ pub fn build_fixture(
             records.push(Event::Envelope { at, envelope: se }.encode());
             envelopes += 1;
             inbox[to] += 1;
-            if inbox[to] % READ_EVERY == 0 && records.len() < want {
+            if inbox[to].is_multiple_of(READ_EVERY) && records.len() < want {
                 records.push(
                     Event::Read {
                         at,

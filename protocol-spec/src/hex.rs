@@ -38,7 +38,7 @@ pub fn decode_array<const N: usize>(s: &str) -> Option<[u8; N]> {
 /// Decodes lower-case hex of any even length.
 pub fn decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     b.chunks_exact(2)

@@ -197,7 +197,7 @@ impl StorageBackend for OverlayStorage {
             // Blocks wholly beyond the new end go; a block cut in two keeps its head.
             let keep = len.div_ceil(BLOCK);
             o.blocks.retain(|n, _| *n < keep);
-            if len % BLOCK != 0 {
+            if !len.is_multiple_of(BLOCK) {
                 let n = len / BLOCK;
                 if let Some(b) = o.blocks.get_mut(&n) {
                     for x in &mut b[(len % BLOCK) as usize..] {

@@ -81,7 +81,7 @@ fn damage(path: &Path, engine_said: &str) -> StoreError {
         format!("it was cut short: its {len} bytes are fewer than its header says the store holds")
     } else if said.contains("invalid data") || said.contains("magic number") {
         "its header is damaged: it does not start like a store file".to_owned()
-    } else if len % 4096 != 0 {
+    } else if !len.is_multiple_of(4096) {
         format!(
             "its length, {len} bytes, is not a whole number of 4 KiB pages: bytes were appended to it or it was cut in the middle of a page"
         )
