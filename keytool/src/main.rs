@@ -5,6 +5,7 @@
 mod client;
 mod identity;
 mod keyops;
+mod mcp;
 mod mine;
 mod offline;
 mod online;
@@ -178,6 +179,13 @@ enum Cmd {
         /// Items per page (1 to the relay's inbox_page_max; default: the relay's maximum).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
+        #[command(flatten)]
+        id: IdentityArg,
+    },
+    /// Serve this identity's messaging to an MCP client over stdin/stdout (tools: send, inbox,
+    /// wait_for_messages, ack, status, resolve, contacts, contact requests; the resource
+    /// formica://inbox, subscribable). Standard output carries only MCP messages.
+    Mcp {
         #[command(flatten)]
         id: IdentityArg,
     },
@@ -476,6 +484,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
     match cmd {
+        Cmd::Mcp { id } => mcp::serve(mcp::Config {
+            home: ctx.home.to_owned(),
+            relay: ctx.relay.map(str::to_owned),
+            identity: id.identity,
+        }),
         Cmd::Register {
             handle,
             id,
@@ -502,11 +515,12 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
                 payload,
                 ack_deadline,
                 corr,
+                payload_doc: None,
                 wait: if no_wait { Duration::ZERO } else { wait },
             },
         ),
         Cmd::Inbox { after, limit, id } => {
-            online::inbox(ctx, &id.identity, after.as_deref(), limit)
+            online::inbox(ctx, &id.identity, after.as_deref(), limit).map(|_| ())
         }
         Cmd::Watch {
             after,

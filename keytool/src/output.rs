@@ -97,21 +97,68 @@ impl Fail {
         self.details.push((key, v));
         self
     }
+
+    /// The failure as `--json` prints it: `{"ok":false,"exit":N,"error":{"code",...}}`, with
+    /// the protocol's code, or keytool's own where there is none.
+    pub fn to_value(&self) -> Value {
+        let mut err = Object::new();
+        match self.code {
+            Some(c) => err.insert("code", c.as_str().into()),
+            None => err.insert("code", self.exit.local_code().into()),
+        };
+        err.insert("message", self.message.clone().into());
+        if let Some(h) = &self.hint {
+            err.insert("hint", h.clone().into());
+        }
+        for (k, v) in &self.details {
+            err.insert(*k, v.clone());
+        }
+        let mut o = Object::new();
+        o.insert("ok", Value::Bool(false));
+        o.insert("exit", Value::Int(self.exit as i64));
+        o.insert("error", Value::Object(err));
+        Value::Object(o)
+    }
 }
 
 /// Where results go.
 #[derive(Debug)]
 pub struct Out {
     pub json: bool,
+    /// When set (the MCP server), results are kept here instead of printed.
+    capture: Option<std::cell::RefCell<Vec<Value>>>,
 }
 
 impl Out {
     pub fn new(json: bool) -> Out {
-        Out { json }
+        Out {
+            json,
+            capture: None,
+        }
+    }
+
+    /// An `Out` that keeps the JSON results for [`take`](Self::take) and prints nothing.
+    pub fn capturing() -> Out {
+        Out {
+            json: true,
+            capture: Some(std::cell::RefCell::new(Vec::new())),
+        }
+    }
+
+    /// The results kept by a [`capturing`](Self::capturing) `Out`.
+    pub fn take(&self) -> Vec<Value> {
+        self.capture
+            .as_ref()
+            .map(|c| std::mem::take(&mut *c.borrow_mut()))
+            .unwrap_or_default()
     }
 
     /// Prints a result: `text` for people, `value` as one JSON line with `--json`.
     pub fn emit(&self, text: &str, value: Value) {
+        if let Some(c) = &self.capture {
+            c.borrow_mut().push(value);
+            return;
+        }
         let mut stdout = std::io::stdout().lock();
         let _ = if self.json {
             let mut line = canon::canonicalize(&value);
@@ -124,23 +171,7 @@ impl Out {
 
     pub fn fail(&self, f: Fail) -> ExitCode {
         if self.json {
-            let mut err = Object::new();
-            match f.code {
-                Some(c) => err.insert("code", c.as_str().into()),
-                None => err.insert("code", f.exit.local_code().into()),
-            };
-            err.insert("message", f.message.clone().into());
-            if let Some(h) = &f.hint {
-                err.insert("hint", h.clone().into());
-            }
-            for (k, v) in &f.details {
-                err.insert(*k, v.clone());
-            }
-            let mut o = Object::new();
-            o.insert("ok", Value::Bool(false));
-            o.insert("exit", Value::Int(f.exit as i64));
-            o.insert("error", Value::Object(err));
-            let mut line = canon::canonicalize(&Value::Object(o));
+            let mut line = canon::canonicalize(&f.to_value());
             line.push(b'\n');
             let _ = std::io::stdout().write_all(&line);
         } else {

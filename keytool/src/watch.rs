@@ -107,12 +107,39 @@ pub fn watch(
         return Ok(());
     }
     let s = online::session(ctx, identity_name)?;
-    let mut last = after;
     let mut printed = 0u64;
+    let mut stdout = std::io::stdout().lock();
+    follow(&s, after, timeout, true, |cursor, envelope| {
+        let mut line = canon::canonicalize(&online::obj(vec![
+            ("cursor", cursor.into()),
+            ("envelope", envelope),
+        ]));
+        line.push(b'\n');
+        stdout
+            .write_all(&line)
+            .and_then(|_| stdout.flush())
+            .map_err(|e| Fail::new(Exit::Failure, format!("writing output: {e}")))?;
+        printed += 1;
+        Ok(count.is_none_or(|n| printed < n))
+    })
+}
+
+/// Follows `s`'s inbox after `after` over Server-Sent Events, handing each item to `on_item`
+/// in order, never skipping or repeating one across reconnects (each resumes after the last
+/// item handed over, with a freshly signed request). Ends with `Ok` when `on_item` returns
+/// `false`, or when `timeout` passes without an item; with the failure when one cannot be
+/// retried. Reconnects with backoff otherwise (said on standard error if `log`).
+pub fn follow(
+    s: &online::Session,
+    after: Option<String>,
+    timeout: Option<Duration>,
+    log: bool,
+    mut on_item: impl FnMut(String, Value) -> Result<bool, Fail>,
+) -> Result<(), Fail> {
+    let mut last = after;
     let mut idle_since = Instant::now();
     let mut backoff_ms = BACKOFF_MS_MIN;
     let mut reconnecting = false;
-    let mut stdout = std::io::stdout().lock();
     loop {
         let (tx, rx) = mpsc::sync_channel(WATCH_QUEUE_MAX);
         let (client, auth, from) = (s.client.clone(), s.auth.clone(), last.clone());
@@ -121,7 +148,7 @@ pub fn watch(
             let msg = match timeout {
                 Some(t) => match rx.recv_timeout(t.saturating_sub(idle_since.elapsed())) {
                     Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => return Ok(()), // idle for --timeout: done
+                    Err(RecvTimeoutError::Timeout) => return Ok(()), // idle for the timeout
                     Err(RecvTimeoutError::Disconnected) => {
                         Msg::End(Err(Fail::new(Exit::Failure, "the stream reader stopped")))
                     }
@@ -133,31 +160,21 @@ pub fn watch(
             match msg {
                 Msg::Open => {
                     backoff_ms = BACKOFF_MS_MIN;
-                    if reconnecting {
+                    if reconnecting && log {
                         eprintln!(
                             "keytool: watch: reconnected, resuming after cursor {}",
                             last.as_deref().unwrap_or("(start)")
                         );
-                        reconnecting = false;
                     }
+                    reconnecting = false;
                 }
                 Msg::Item { cursor, envelope } => {
                     if last.as_deref() == Some(cursor.as_str()) {
-                        continue; // the relay resumed at the item we printed last
+                        continue; // the relay resumed at the item handed over last
                     }
-                    let mut line = canon::canonicalize(&online::obj(vec![
-                        ("cursor", cursor.clone().into()),
-                        ("envelope", envelope),
-                    ]));
-                    line.push(b'\n');
-                    stdout
-                        .write_all(&line)
-                        .and_then(|_| stdout.flush())
-                        .map_err(|e| Fail::new(Exit::Failure, format!("writing output: {e}")))?;
-                    last = Some(cursor);
-                    printed += 1;
+                    last = Some(cursor.clone());
                     idle_since = Instant::now();
-                    if count.is_some_and(|n| printed >= n) {
+                    if !on_item(cursor, envelope)? {
                         return Ok(());
                     }
                 }
@@ -181,10 +198,12 @@ pub fn watch(
                 return Ok(());
             }
         }
-        eprintln!(
-            "keytool: watch: {why}; reconnecting in {} ms",
-            delay.as_millis()
-        );
+        if log {
+            eprintln!(
+                "keytool: watch: {why}; reconnecting in {} ms",
+                delay.as_millis()
+            );
+        }
         std::thread::sleep(delay);
         backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
         reconnecting = true;

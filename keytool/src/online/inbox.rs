@@ -136,13 +136,13 @@ fn page_item_ack(v: &Value) -> Result<(String, Value, Option<String>), Fail> {
     }
 }
 
-/// `keytool inbox`.
+/// `keytool inbox`. Returns the relay's `next` cursor (API-9).
 pub fn inbox(
     ctx: &Ctx<'_>,
     identity_name: &str,
     after: Option<&str>,
     limit: Option<u32>,
-) -> Result<(), Fail> {
+) -> Result<String, Fail> {
     if let Some(c) = after {
         check_cursor(c)?;
     }
@@ -177,7 +177,7 @@ pub fn inbox(
             );
         }
     }
-    Ok(())
+    Ok(a.str("next").unwrap_or(after.unwrap_or("0")).to_owned())
 }
 
 /// Finds who sent message `id` to us by reading the inbox from the start.

@@ -88,6 +88,8 @@ pub struct SendArgs {
     pub rest: Vec<String>,
     pub msg_type: Option<String>,
     pub payload: Option<std::path::PathBuf>,
+    /// The payload itself (the MCP server), instead of `payload`'s file.
+    pub payload_doc: Option<Value>,
     pub ack_deadline: Option<Duration>,
     pub corr: Option<String>,
     /// How long to wait for the remote relays' outcome of remote recipients (zero: not at all).
@@ -201,12 +203,16 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
         )
         .hint("a registered type (message, task_request, task_result, ...) or an x- extension type")
     })?;
-    let payload_v = match a.payload {
-        Some(file) => {
+    let payload_v = match (a.payload_doc, a.payload) {
+        (Some(doc), _) => {
+            to_args.extend(a.rest);
+            doc
+        }
+        (None, Some(file)) => {
             to_args.extend(a.rest);
             parse_doc(&read_input(Some(&file))?)?
         }
-        None if msg_type == MessageType::Message => {
+        (None, None) if msg_type == MessageType::Message => {
             let mut rest = a.rest.into_iter();
             let text = rest.next().ok_or_else(|| {
                 Fail::new(Exit::Input, "no text to send").hint("keytool send @them \"text\"")
@@ -214,7 +220,7 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
             to_args.extend(rest);
             obj(vec![("text", text.into())])
         }
-        None => {
+        (None, None) => {
             return Err(Fail::new(
                 Exit::Input,
                 format!("--type {type_name} needs --payload FILE (or - for standard input)"),

@@ -1,0 +1,410 @@
+//! The MCP server's tools: each is one of keytool's own commands, run with the server's
+//! identity (never one named in the arguments) and its results kept instead of printed, so a
+//! tool and the command line cannot differ. The registry is a table: later features (profiles,
+//! conversations, sealed payloads) add rows and a dispatch arm.
+
+use super::Config;
+use crate::online::{self, Ctx, SendArgs};
+use crate::output::{Exit, Fail, Out};
+use crate::{offline, watch};
+use formica_protocol::{canon, AckStatus, ContactLevel, Value};
+use serde_json::{Map, Value as Json};
+use std::time::Duration;
+
+/// Longest `wait_for_messages` may block: MCP clients time tool calls out (often after a
+/// minute or two), and a caller loops anyway.
+pub const WAIT_S_MAX: u64 = 60;
+/// `wait_for_messages` without `timeout_s`.
+pub const WAIT_S_DEFAULT: u64 = 25;
+
+/// One tool: its name, what it does (shown to the model) and its input schema.
+pub struct ToolDef {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub schema: &'static str,
+}
+
+const NO_ARGS: &str = r#"{"type":"object","properties":{},"additionalProperties":false}"#;
+
+pub const TOOLS: &[ToolDef] = &[
+    ToolDef {
+        name: "whoami",
+        description: "This server's Formica identity: handle, public key, key id. The identity is fixed when the server starts; no tool acts as anyone else.",
+        schema: NO_ARGS,
+    },
+    ToolDef {
+        name: "send",
+        description: "Sign and send a message. `to`: one or more handles (@name for your relay, @name@host elsewhere). Either `text` (type message) or `type` with `payload` (a JSON object of that type's schema). Optional `ack_deadline` (500ms, 30s, 5m, 1h, 2d; at most 7d) asks the recipients to ack; `corr` links replies. For recipients on other relays it waits (`wait`, default 5s) for their relay's answer and fails with its error code if it refused (for not_contact: send a contact_request first).",
+        schema: r#"{"type":"object","properties":{
+            "to":{"type":"array","items":{"type":"string"},"minItems":1},
+            "text":{"type":"string"},
+            "type":{"type":"string"},
+            "payload":{"type":"object"},
+            "ack_deadline":{"type":"string"},
+            "corr":{"type":"string"},
+            "wait":{"type":"string"}},
+          "required":["to"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "inbox",
+        description: "One page of the inbox, oldest first, after `after` (a cursor from an earlier page; default: the start). Returns items (cursor, envelope, ack: pending/acked/timed_out for messages that asked you for an ack) and `next`, the cursor to pass next time.",
+        schema: r#"{"type":"object","properties":{
+            "after":{"type":"string"},
+            "limit":{"type":"integer","minimum":1}},
+          "additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "wait_for_messages",
+        description: "Wait until the inbox has items after `after` (default: the start), at most `timeout_s` seconds (default 25, at most 60), and return them with `next`. Pass `next` to the following call: across calls no item is lost or repeated. `timed_out` is true when nothing came.",
+        schema: r#"{"type":"object","properties":{
+            "after":{"type":"string"},
+            "timeout_s":{"type":"integer","minimum":1,"maximum":60},
+            "limit":{"type":"integer","minimum":1}},
+          "additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "ack",
+        description: "Acknowledge a message you received: `id` (64 hex), `status` received/processed/rejected (default received), optional `reason`.",
+        schema: r#"{"type":"object","properties":{
+            "id":{"type":"string"},
+            "status":{"type":"string","enum":["received","processed","rejected"]},
+            "reason":{"type":"string"},
+            "from":{"type":"string"}},
+          "required":["id"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "status",
+        description: "Delivery state of a message you sent (`id`), per recipient: accepted, forwarded, delivered, acked (with ack_status), timed_out or dead_lettered (with reason).",
+        schema: r#"{"type":"object","properties":{"id":{"type":"string"}},"required":["id"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "resolve",
+        description: "Fetch an agent's key log (`handle`), verified from its first entry: current key, key id, recovery key, tier.",
+        schema: r#"{"type":"object","properties":{"handle":{"type":"string"}},"required":["handle"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "contacts_list",
+        description: "Who may send you messages, and at which level (message, task, ...).",
+        schema: NO_ARGS,
+    },
+    ToolDef {
+        name: "contacts_add",
+        description: "Allow `handle` to send you messages up to `level` (message, task).",
+        schema: r#"{"type":"object","properties":{"handle":{"type":"string"},"level":{"type":"string"}},"required":["handle","level"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "contacts_remove",
+        description: "Stop accepting messages from `handle`.",
+        schema: r#"{"type":"object","properties":{"handle":{"type":"string"}},"required":["handle"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "contact_request",
+        description: "Ask `handle` to let you message them at `level` (message, task), with an optional `note`. They answer later; their answer reaches your inbox.",
+        schema: r#"{"type":"object","properties":{"handle":{"type":"string"},"level":{"type":"string"},"note":{"type":"string"}},"required":["handle","level"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "requests_list",
+        description: "Contact requests waiting for your answer (id, from, level, note).",
+        schema: NO_ARGS,
+    },
+    ToolDef {
+        name: "requests_accept",
+        description: "Accept contact request `id` (at the level asked, or `level`).",
+        schema: r#"{"type":"object","properties":{"id":{"type":"string"},"level":{"type":"string"}},"required":["id"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "requests_reject",
+        description: "Reject contact request `id`.",
+        schema: r#"{"type":"object","properties":{"id":{"type":"string"}},"required":["id"],"additionalProperties":false}"#,
+    },
+];
+
+/// Formica's JSON value as serde's.
+pub fn to_json(v: &Value) -> Json {
+    serde_json::from_slice(&canon::canonicalize(v)).unwrap_or(Json::Null)
+}
+
+/// Arguments, checked against what the tool takes (the schema says the same; a client that
+/// does not check it still gets a clear error).
+struct Args<'a> {
+    tool: &'a str,
+    m: &'a Map<String, Json>,
+}
+
+impl Args<'_> {
+    fn input(&self, msg: String) -> Fail {
+        Fail::new(Exit::Input, format!("{}: {msg}", self.tool))
+    }
+    fn str_opt(&self, k: &str) -> Result<Option<String>, Fail> {
+        match self.m.get(k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.input(format!("`{k}` must be a string"))),
+        }
+    }
+    fn str_req(&self, k: &str) -> Result<String, Fail> {
+        self.str_opt(k)?
+            .ok_or_else(|| self.input(format!("`{k}` is required")))
+    }
+    fn u64_opt(&self, k: &str) -> Result<Option<u64>, Fail> {
+        match self.m.get(k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.input(format!("`{k}` must be a whole number"))),
+        }
+    }
+    fn only(&self, allowed: &[&str]) -> Result<(), Fail> {
+        match self.m.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => Err(self.input(format!(
+                "unknown argument `{k}` (it takes: {})",
+                allowed.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn words<T: Copy>(tool: &str, field: &str, s: &str, all: &[(&str, T)]) -> Result<T, Fail> {
+    all.iter()
+        .find(|(w, _)| *w == s)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            Fail::new(
+                Exit::Input,
+                format!(
+                    "{tool}: `{field}` is one of {}",
+                    all.iter().map(|(w, _)| *w).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+}
+
+fn limit_u32(a: &Args<'_>) -> Result<Option<u32>, Fail> {
+    a.u64_opt("limit")?
+        .map(|n| u32::try_from(n).map_err(|_| a.input("`limit` is too large".into())))
+        .transpose()
+}
+
+/// Runs tool `name` with `args` as the configured identity: the structured result, or the
+/// failure keytool would print (protocol code, message, hint).
+pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, Fail> {
+    let out = Out::capturing();
+    let ctx = Ctx {
+        out: &out,
+        home: &cfg.home,
+        relay: cfg.relay.as_deref(),
+    };
+    let id = cfg.identity.as_str();
+    let a = Args {
+        tool: name,
+        m: args,
+    };
+    match name {
+        "whoami" => {
+            a.only(&[])?;
+            offline::whoami(&out, &cfg.home, id)?;
+        }
+        "send" => {
+            a.only(&[
+                "to",
+                "text",
+                "type",
+                "payload",
+                "ack_deadline",
+                "corr",
+                "wait",
+            ])?;
+            let to: Vec<String> = match args.get("to") {
+                Some(Json::Array(v)) if !v.is_empty() => v
+                    .iter()
+                    .map(|h| h.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| a.input("`to` holds handles (strings)".into()))?,
+                _ => return Err(a.input("`to` is a non-empty list of handles".into())),
+            };
+            let payload_doc = match args.get("payload") {
+                None | Some(Json::Null) => None,
+                Some(p @ Json::Object(_)) => Some(
+                    formica_protocol::json::parse(
+                        p.to_string().as_bytes(),
+                        formica_protocol::json::JsonLimits::default(),
+                    )
+                    .map_err(|e| Fail::code(e.code(), format!("send: `payload`: {e}")))?,
+                ),
+                Some(_) => return Err(a.input("`payload` must be a JSON object".into())),
+            };
+            let text = a.str_opt("text")?;
+            let mut rest: Vec<String> = Vec::new();
+            match (&text, &payload_doc) {
+                (Some(t), None) => rest.push(t.clone()),
+                (None, Some(_)) => {}
+                (Some(_), Some(_)) => {
+                    return Err(a.input("give `text` or `payload`, not both".into()))
+                }
+                (None, None) => {
+                    return Err(a.input("`text` (or `type` and `payload`) is required".into()))
+                }
+            }
+            rest.extend(to[1..].iter().cloned());
+            let dur = |k: &str| -> Result<Option<Duration>, Fail> {
+                a.str_opt(k)?
+                    .map(|s| online::parse_duration(&s).map_err(|e| a.input(format!("`{k}`: {e}"))))
+                    .transpose()
+            };
+            let wait = dur("wait")?.unwrap_or(Duration::from_secs(5));
+            if wait > Duration::from_secs(60) {
+                return Err(a.input("`wait` is at most 1m".into()));
+            }
+            online::send(
+                &ctx,
+                id,
+                SendArgs {
+                    to: to[0].clone(),
+                    rest,
+                    msg_type: a.str_opt("type")?,
+                    payload: None,
+                    payload_doc,
+                    ack_deadline: dur("ack_deadline")?,
+                    corr: a.str_opt("corr")?,
+                    wait,
+                },
+            )?;
+        }
+        "inbox" => {
+            a.only(&["after", "limit"])?;
+            let after = a.str_opt("after")?;
+            return page(&ctx, id, after, limit_u32(&a)?, None);
+        }
+        "wait_for_messages" => {
+            a.only(&["after", "timeout_s", "limit"])?;
+            let after = a.str_opt("after")?;
+            let secs = a.u64_opt("timeout_s")?.unwrap_or(WAIT_S_DEFAULT);
+            if !(1..=WAIT_S_MAX).contains(&secs) {
+                return Err(a.input(format!("`timeout_s` is 1..={WAIT_S_MAX}")));
+            }
+            let limit = limit_u32(&a)?;
+            let first = page(&ctx, id, after.clone(), limit, Some(false))?;
+            if first["items"].as_array().is_some_and(|v| !v.is_empty()) {
+                return Ok(first);
+            }
+            // Nothing yet: follow the stream from the same cursor until one item arrives.
+            let s = online::session(&ctx, id)?;
+            let mut came = false;
+            watch::follow(
+                &s,
+                after.clone(),
+                Some(Duration::from_secs(secs)),
+                false,
+                |_, _| {
+                    came = true;
+                    Ok(false)
+                },
+            )?;
+            return if came {
+                page(&ctx, id, after, limit, Some(false))
+            } else {
+                Ok(first_with_timeout(first))
+            };
+        }
+        "ack" => {
+            a.only(&["id", "status", "reason", "from"])?;
+            let status = match a.str_opt("status")? {
+                None => AckStatus::Received,
+                Some(s) => words(name, "status", &s, AckStatus::WORDS)?,
+            };
+            online::ack(
+                &ctx,
+                id,
+                &a.str_req("id")?,
+                status,
+                a.str_opt("reason")?,
+                a.str_opt("from")?.as_deref(),
+            )?;
+        }
+        "status" => {
+            a.only(&["id"])?;
+            online::status(&ctx, id, &a.str_req("id")?)?;
+        }
+        "resolve" => {
+            a.only(&["handle"])?;
+            online::resolve(&ctx, &a.str_req("handle")?, id)?;
+        }
+        "contacts_list" => {
+            a.only(&[])?;
+            online::contacts_list(&ctx, id)?;
+            return Ok(Json::Object(list_of("contacts", out.take())));
+        }
+        "contacts_add" => {
+            a.only(&["handle", "level"])?;
+            let level = words(name, "level", &a.str_req("level")?, ContactLevel::WORDS)?;
+            online::contacts_add(&ctx, id, &a.str_req("handle")?, level)?;
+        }
+        "contacts_remove" => {
+            a.only(&["handle"])?;
+            online::contacts_remove(&ctx, id, &a.str_req("handle")?)?;
+        }
+        "contact_request" => {
+            a.only(&["handle", "level", "note"])?;
+            let level = words(name, "level", &a.str_req("level")?, ContactLevel::WORDS)?;
+            online::contact_request(&ctx, id, &a.str_req("handle")?, level, a.str_opt("note")?)?;
+        }
+        "requests_list" => {
+            a.only(&[])?;
+            online::requests_list(&ctx, id)?;
+            return Ok(Json::Object(list_of("requests", out.take())));
+        }
+        "requests_accept" => {
+            a.only(&["id", "level"])?;
+            let level = a
+                .str_opt("level")?
+                .map(|l| words(name, "level", &l, ContactLevel::WORDS))
+                .transpose()?;
+            online::requests_answer(&ctx, id, &a.str_req("id")?, Some(level))?;
+        }
+        "requests_reject" => {
+            a.only(&["id"])?;
+            online::requests_answer(&ctx, id, &a.str_req("id")?, None)?;
+        }
+        other => return Err(Fail::new(Exit::Input, format!("no tool named {other:?}"))),
+    }
+    let mut results = out.take();
+    Ok(match results.len() {
+        1 => to_json(&results.remove(0)),
+        _ => Json::Object(list_of("results", results)),
+    })
+}
+
+fn list_of(key: &str, items: Vec<Value>) -> Map<String, Json> {
+    let mut m = Map::new();
+    m.insert("ok".into(), Json::Bool(true));
+    m.insert(key.into(), Json::Array(items.iter().map(to_json).collect()));
+    m
+}
+
+fn first_with_timeout(mut v: Json) -> Json {
+    if let Json::Object(m) = &mut v {
+        m.insert("timed_out".into(), Json::Bool(true));
+    }
+    v
+}
+
+/// One inbox page after `after` as `{"ok","items","next"}` (`next` is the cursor to pass next
+/// time: the last item's, or `after` itself when there is none); with `timed_out` when given.
+pub fn page(
+    ctx: &Ctx<'_>,
+    id: &str,
+    after: Option<String>,
+    limit: Option<u32>,
+    timed_out: Option<bool>,
+) -> Result<Json, Fail> {
+    let next = online::inbox(ctx, id, after.as_deref(), limit)?;
+    let items = ctx.out.take();
+    let mut m = list_of("items", items);
+    m.insert("next".into(), Json::String(next));
+    if let Some(t) = timed_out {
+        m.insert("timed_out".into(), Json::Bool(t));
+    }
+    Ok(Json::Object(m))
+}

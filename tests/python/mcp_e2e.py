@@ -1,0 +1,251 @@
+"""`keytool mcp` driven by the official Python MCP client (the PyPI package `mcp`).
+
+Starts a relay on a loopback port chosen by the kernel, registers two identities with the
+keytool command line, starts one MCP server per identity over stdio through the client
+session, and checks, as a client sees them:
+
+- the handshake at MCP revision 2025-11-25 (`initialize`) and at 2026-07-28 (`discover`);
+- the tool list and their input schemas;
+- send, wait_for_messages (no item lost or repeated across calls), ack, status, resolve,
+  contacts and contact requests;
+- a subscription to `formica://inbox` and the `notifications/resources/updated` a new
+  message brings, then reading the resource;
+- tool errors carrying the protocol's error code and keytool's hint for bad input (an unknown
+  handle, a payload over the relay's limit, a malformed id), never an empty result.
+
+Usage: mcp_e2e.py --keytool PATH --relay PATH
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client import Client
+from mcp.client.stdio import stdio_client
+
+# resources/subscribe is the 2025-11-25 way; this test uses it on purpose (and listen at
+# 2026-07-28 below), so the SDK's deprecation warning is noise here.
+warnings.filterwarnings("ignore", message="resources/subscribe is removed")
+
+EXPECTED_TOOLS = {
+    "whoami", "send", "inbox", "wait_for_messages", "ack", "status", "resolve",
+    "contacts_list", "contacts_add", "contacts_remove", "contact_request",
+    "requests_list", "requests_accept", "requests_reject",
+}
+
+
+def fail(msg):
+    print(f"mcp_e2e: FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def start_relay(relay, root):
+    env = dict(os.environ, FORMICA_LOG="warn")
+    p = subprocess.Popen(
+        [relay, "serve", "--listen", "127.0.0.1:0", "--pow-difficulty", "8",
+         "--data-dir", os.path.join(root, "relay-data")],
+        stdout=subprocess.PIPE, env=env, text=True)
+    line = p.stdout.readline()
+    url = next((w for w in line.split() if w.startswith("http://")), None)
+    check(url, f"the relay printed no URL: {line!r}")
+    return p, url
+
+
+def keytool_cli(keytool, home, url, *args):
+    r = subprocess.run([keytool, "--home", home, "--relay", url, "--json", *args],
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0, f"keytool {args}: {r.stdout}{r.stderr}")
+    return json.loads(r.stdout.splitlines()[0])
+
+
+def server(keytool, home, url):
+    return StdioServerParameters(command=keytool, args=["--home", home, "--relay", url, "mcp"])
+
+
+def result(res, what):
+    """The structured content of a successful tool call."""
+    check(not res.is_error, f"{what}: tool error {res.content}")
+    check(res.structured_content is not None, f"{what}: no structured content")
+    return res.structured_content
+
+
+def error(res, what):
+    """The error object of a failed tool call (which must be a tool error, not empty)."""
+    check(res.is_error, f"{what}: expected a tool error, got {res.structured_content}")
+    sc = res.structured_content or {}
+    err = sc.get("error") or {}
+    check(err.get("code"), f"{what}: the tool error has no code: {res}")
+    text = " ".join(getattr(c, "text", "") for c in res.content)
+    check(err["code"] in text, f"{what}: the error text does not name the code: {text}")
+    return err
+
+
+async def main(keytool, relay):
+    root = tempfile.mkdtemp(prefix="formica-mcp-")
+    relay_proc, url = start_relay(relay, root)
+    try:
+        alice_home = os.path.join(root, "alice")
+        bob_home = os.path.join(root, "bob")
+        alice = keytool_cli(keytool, alice_home, url, "register", "@alice")["handle"]
+        bob = keytool_cli(keytool, bob_home, url, "register", "@bob")["handle"]
+
+        updates = asyncio.Queue()
+
+        async def on_message(msg):
+            if getattr(msg, "method", "") == "notifications/resources/updated":
+                await updates.put(msg.params.uri)
+
+        async with stdio_client(server(keytool, alice_home, url)) as (ar, aw), \
+                stdio_client(server(keytool, bob_home, url)) as (br, bw):
+            async with ClientSession(ar, aw) as a, \
+                    ClientSession(br, bw, message_handler=on_message) as b:
+                ia = await a.initialize()
+                await b.initialize()
+                check(ia.protocol_version == "2025-11-25",
+                      f"negotiated {ia.protocol_version}, not 2025-11-25")
+                tools = {t.name: t for t in (await a.list_tools()).tools}
+                check(EXPECTED_TOOLS <= set(tools), f"missing tools: {EXPECTED_TOOLS - set(tools)}")
+                check(tools["send"].input_schema.get("required") == ["to"], "send's schema")
+
+                me = result(await a.call_tool("whoami", {}), "whoami")
+                check(me.get("handle") == alice, f"whoami: {me}")
+
+                # A stranger is refused by bob's relay: a tool error with the code and the hint.
+                err = error(await a.call_tool("send", {"to": [bob], "text": "too early"}),
+                            "send before a grant")
+                check(err["code"] == "not_contact", f"send before a grant: {err}")
+                check("contact" in err.get("hint", ""), f"no hint: {err}")
+                err = error(await a.call_tool("send", {"to": ["@nobody"], "text": "x"}),
+                            "send to an unknown handle")
+                check(err["code"] == "unknown_recipient", f"unknown handle: {err}")
+                err = error(await a.call_tool("send", {"to": [bob], "text": "x" * 200_000}),
+                            "oversized payload")
+                check(err["code"] in ("payload_too_large", "envelope_too_large"),
+                      f"oversized payload: {err}")
+                err = error(await a.call_tool("status", {"id": "not-hex"}), "bad id")
+                check(err["code"] == "invalid_field", f"bad id: {err}")
+                err = error(await a.call_tool("send", {"to": [bob], "text": "x", "as": "@bob"}),
+                            "an identity argument")
+                check("unknown argument" in err["message"], f"identity argument: {err}")
+
+                # Contacts: alice asks, bob accepts.
+                result(await a.call_tool("contact_request",
+                                         {"handle": bob, "level": "message", "note": "hi"}),
+                       "contact_request")
+                reqs = result(await b.call_tool("requests_list", {}), "requests_list")["requests"]
+                check(len(reqs) == 1 and reqs[0]["from"] == alice, f"requests: {reqs}")
+                result(await b.call_tool("requests_accept", {"id": reqs[0]["id"]}), "accept")
+                contacts = result(await b.call_tool("contacts_list", {}), "contacts_list")
+                check(any(c.get("handle") == alice for c in contacts["contacts"]),
+                      f"contacts: {contacts}")
+
+                # wait_for_messages from the start: the contact request is there already.
+                w1 = result(await b.call_tool("wait_for_messages", {"timeout_s": 5}), "wait 1")
+                check(len(w1["items"]) == 1 and not w1["timed_out"], f"wait 1: {w1}")
+                cursor = w1["next"]
+
+                # Push: subscribe, then a new message brings an update notification.
+                await b.subscribe_resource("formica://inbox")
+                await asyncio.sleep(0.5)
+                sent = result(await a.call_tool("send", {"to": [bob], "text": "please ack",
+                                                         "ack_deadline": "60s"}), "send")
+                msg_id = sent["id"]
+                uri = await asyncio.wait_for(updates.get(), timeout=15)
+                check(uri == "formica://inbox", f"update for {uri}")
+                res = await b.read_resource("formica://inbox")
+                body = json.loads(res.contents[0].text)
+                check(any(i["envelope"]["id"] == msg_id for i in body["items"]),
+                      f"the resource after the update: {body}")
+
+                # wait_for_messages from the cursor: exactly the new message, then nothing.
+                w2 = result(await b.call_tool("wait_for_messages",
+                                              {"after": cursor, "timeout_s": 10}), "wait 2")
+                ids = [i["envelope"]["id"] for i in w2["items"]]
+                check(ids == [msg_id], f"wait 2 returned {ids}, not [{msg_id}]")
+                check(w2["items"][0].get("ack") == "pending", f"ack state: {w2['items'][0]}")
+                t0 = time.monotonic()
+                w3 = result(await b.call_tool("wait_for_messages",
+                                              {"after": w2["next"], "timeout_s": 1}), "wait 3")
+                check(w3["items"] == [] and w3["timed_out"], f"wait 3: {w3}")
+                check(time.monotonic() - t0 < 10, "wait 3 did not return after its timeout")
+
+                result(await b.call_tool("ack", {"id": msg_id, "status": "processed"}), "ack")
+                st = result(await a.call_tool("status", {"id": msg_id}), "status")
+                r0 = st["recipients"][0]
+                check(r0["status"] == "acked" and r0["ack_status"] == "processed",
+                      f"status: {st}")
+
+                keys = result(await a.call_tool("resolve", {"handle": bob}), "resolve")
+                check(keys.get("current_key"), f"resolve: {keys}")
+                err = error(await b.call_tool("ack", {"id": msg_id}), "a second ack")
+                check(err["code"] == "ack_settled", f"second ack: {err}")
+
+        # The current revision (2026-07-28: discover, no initialize), through the SDK's
+        # high-level client: a tool call, and a `subscriptions/listen` stream on the inbox
+        # that yields an event when bob's message arrives.
+        async with Client(server(keytool, alice_home, url)) as c:
+            check(c.protocol_version == "2026-07-28",
+                  f"the high-level client negotiated {c.protocol_version}")
+            me = result(await c.call_tool("whoami", {}), "whoami at 2026-07-28")
+            check(me.get("handle") == alice, f"whoami: {me}")
+            async with c.listen(resource_subscriptions=["formica://inbox"]) as sub:
+                await asyncio.sleep(0.5)
+                keytool_cli(keytool, alice_home, url, "contacts", "add", bob, "--level", "message")
+                keytool_cli(keytool, bob_home, url, "send", alice, "hello from the cli")
+                event = await asyncio.wait_for(sub.__anext__(), timeout=15)
+                check("formica://inbox" in repr(event) and "esource" in type(event).__name__ + repr(event), f"listen event: {event!r}")
+                print(f"mcp_e2e: listen event: {event!r}")
+        # A key file encrypted with FORMICA_PASSPHRASE: the server works with the variable,
+        # and without it refuses to start (keytool's exit 9 on standard error), printing
+        # nothing on standard output, where only MCP messages may go.
+        carol_home = os.path.join(root, "carol")
+        env = dict(os.environ, FORMICA_PASSPHRASE="correct horse battery staple")
+        r = subprocess.run([keytool, "--home", carol_home, "--relay", url, "--json",
+                            "register", "@carol"], capture_output=True, text=True,
+                           timeout=120, env=env)
+        check(r.returncode == 0, f"register carol: {r.stdout}{r.stderr}")
+        key_file = os.path.join(carol_home, "identities", "default.json")
+        check("correct horse" not in open(key_file).read(), "the passphrase is in the key file")
+        params = StdioServerParameters(command=keytool,
+                                       args=["--home", carol_home, "--relay", url, "mcp"],
+                                       env={"FORMICA_PASSPHRASE": env["FORMICA_PASSPHRASE"],
+                                            "PATH": os.environ.get("PATH", "")})
+        async with stdio_client(params) as (r2, w2):
+            async with ClientSession(r2, w2) as c:
+                await c.initialize()
+                me = result(await c.call_tool("whoami", {}), "whoami, encrypted key")
+                check(me.get("handle", "").startswith("@carol@"), f"whoami: {me}")
+                check("correct horse" not in json.dumps(me), "the passphrase in a result")
+        no_pass = {k: v for k, v in os.environ.items() if k != "FORMICA_PASSPHRASE"}
+        r = subprocess.run([keytool, "--home", carol_home, "--relay", url, "mcp"],
+                           input="", capture_output=True, text=True, timeout=30, env=no_pass)
+        check(r.returncode == 9 and r.stdout == "",
+              f"mcp without the passphrase: exit {r.returncode}, stdout {r.stdout!r}")
+        check("FORMICA_PASSPHRASE" in r.stderr, f"no hint on stderr: {r.stderr}")
+
+        print("mcp_e2e: ok: two identities over stdio at 2025-11-25 and 2026-07-28: tools, "
+              "errors with codes, contacts, wait_for_messages, subscribe and listen updates, "
+              "ack, status; an encrypted key through FORMICA_PASSPHRASE")
+    finally:
+        relay_proc.kill()
+        relay_proc.wait()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keytool", required=True)
+    ap.add_argument("--relay", required=True)
+    args = ap.parse_args()
+    asyncio.run(asyncio.wait_for(main(args.keytool, args.relay), timeout=300))
