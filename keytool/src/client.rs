@@ -275,6 +275,7 @@ impl Client {
         Ok(SseReader {
             url,
             reader: BufReader::new(resp.into_reader()),
+            report_comments: false,
         })
     }
 
@@ -454,6 +455,8 @@ pub struct SseEvent {
 pub struct SseReader {
     url: String,
     reader: BufReader<Box<dyn Read + Send + Sync + 'static>>,
+    /// Return comments (the relay's keep-alives) as events named `:` instead of skipping them.
+    pub report_comments: bool,
 }
 
 impl std::fmt::Debug for SseReader {
@@ -504,6 +507,12 @@ impl SseReader {
                 )
             })?;
             if text.starts_with(':') {
+                if self.report_comments && !has_data {
+                    return Ok(Some(SseEvent {
+                        event: ":".into(),
+                        ..SseEvent::default()
+                    }));
+                }
                 continue;
             }
             let (field, value) = match text.split_once(':') {
@@ -627,6 +636,7 @@ mod tests {
         let mut r = SseReader {
             url: "u".into(),
             reader: BufReader::new(reader),
+            report_comments: false,
         };
         let Ok(Some(a)) = r.next_event() else {
             panic!("first event")

@@ -388,7 +388,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
-    let out = Out::new(cli.json);
+    // `keytool mcp` speaks MCP on standard output: its own failures (a key that does not load)
+    // go to standard error even with --json.
+    let out = Out::new(cli.json && !matches!(cli.cmd, Cmd::Mcp { .. }));
     let home = match cli
         .home
         .clone()

@@ -30,6 +30,10 @@ const EVENT_BYTES_MAX: usize = 1 << 20;
 
 enum Msg {
     Open,
+    /// A keep-alive: nothing to hand over, but sending it tells the connection whether
+    /// anyone still listens (a follower that returned has dropped the receiver), so an idle
+    /// connection ends within one keep-alive period (15 s) instead of at the next item.
+    Tick,
     Item {
         cursor: String,
         envelope: Value,
@@ -47,6 +51,7 @@ fn connection(client: Client, auth: Auth, after: Option<String>, tx: mpsc::SyncS
             return;
         }
     };
+    stream.report_comments = true;
     if tx.send(Msg::Open).is_err() {
         return;
     }
@@ -54,6 +59,7 @@ fn connection(client: Client, auth: Auth, after: Option<String>, tx: mpsc::SyncS
         let msg = match stream.next_event() {
             Ok(None) => Msg::End(Ok(())),
             Err(f) => Msg::End(Err(f)),
+            Ok(Some(ev)) if ev.event == ":" => Msg::Tick,
             Ok(Some(ev)) if !(ev.event.is_empty() || ev.event == "envelope") => continue,
             Ok(Some(ev)) => match (
                 ev.id,
@@ -109,7 +115,7 @@ pub fn watch(
     let s = online::session(ctx, identity_name)?;
     let mut printed = 0u64;
     let mut stdout = std::io::stdout().lock();
-    follow(&s, after, timeout, true, |cursor, envelope| {
+    follow(&s, after, timeout, true, None, |cursor, envelope| {
         let mut line = canon::canonicalize(&online::obj(vec![
             ("cursor", cursor.into()),
             ("envelope", envelope),
@@ -124,41 +130,65 @@ pub fn watch(
     })
 }
 
+/// How often a follower with a stop flag looks at it while the stream is quiet.
+const STOP_CHECK: Duration = Duration::from_millis(500);
+
 /// Follows `s`'s inbox after `after` over Server-Sent Events, handing each item to `on_item`
 /// in order, never skipping or repeating one across reconnects (each resumes after the last
 /// item handed over, with a freshly signed request). Ends with `Ok` when `on_item` returns
-/// `false`, or when `timeout` passes without an item; with the failure when one cannot be
-/// retried. Reconnects with backoff otherwise (said on standard error if `log`).
+/// `false`, when `stop` is raised, or when `timeout` passes without an item while the stream
+/// was open; with the failure when one cannot be retried, or when `timeout` passes while the
+/// relay could not be reached (so a caller never mistakes an outage for an empty inbox).
+/// Reconnects with backoff otherwise (said on standard error if `log`).
 pub fn follow(
     s: &online::Session,
     after: Option<String>,
     timeout: Option<Duration>,
     log: bool,
+    stop: Option<&std::sync::atomic::AtomicBool>,
     mut on_item: impl FnMut(String, Value) -> Result<bool, Fail>,
 ) -> Result<(), Fail> {
     let mut last = after;
     let mut idle_since = Instant::now();
     let mut backoff_ms = BACKOFF_MS_MIN;
     let mut reconnecting = false;
+    // The failure that ended the last connection, until a new one opens.
+    let mut down: Option<Fail> = None;
+    let stopped = || stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
     loop {
         let (tx, rx) = mpsc::sync_channel(WATCH_QUEUE_MAX);
         let (client, auth, from) = (s.client.clone(), s.auth.clone(), last.clone());
         std::thread::spawn(move || connection(client, auth, from, tx));
         let end = loop {
-            let msg = match timeout {
-                Some(t) => match rx.recv_timeout(t.saturating_sub(idle_since.elapsed())) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => return Ok(()), // idle for the timeout
-                    Err(RecvTimeoutError::Disconnected) => {
-                        Msg::End(Err(Fail::new(Exit::Failure, "the stream reader stopped")))
+            if stopped() {
+                return Ok(());
+            }
+            let wait = match timeout {
+                Some(t) => t.saturating_sub(idle_since.elapsed()),
+                None => Duration::MAX,
+            };
+            let wait = if stop.is_some() {
+                wait.min(STOP_CHECK)
+            } else {
+                wait
+            };
+            let msg = match rx.recv_timeout(wait) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    if timeout.is_some_and(|t| idle_since.elapsed() >= t) {
+                        // Idle for the timeout: done, unless the relay was unreachable.
+                        return down.map_or(Ok(()), Err);
                     }
-                },
-                None => rx.recv().unwrap_or_else(|_| {
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
                     Msg::End(Err(Fail::new(Exit::Failure, "the stream reader stopped")))
-                }),
+                }
             };
             match msg {
+                Msg::Tick => {}
                 Msg::Open => {
+                    down = None;
                     backoff_ms = BACKOFF_MS_MIN;
                     if reconnecting && log {
                         eprintln!(
@@ -185,7 +215,9 @@ pub fn follow(
             Ok(()) => "the relay closed the stream".to_owned(),
             Err(f) if retryable(&f) => {
                 backoff_ms = backoff_ms.max(f.retry_after_s.unwrap_or(0).saturating_mul(1000));
-                f.message
+                let why = f.message.clone();
+                down = Some(f);
+                why
             }
             Err(f) => return Err(f),
         };
@@ -195,7 +227,7 @@ pub fn follow(
             let left = t.saturating_sub(idle_since.elapsed());
             if delay >= left {
                 std::thread::sleep(left);
-                return Ok(());
+                return down.map_or(Ok(()), Err);
             }
         }
         if log {
@@ -204,7 +236,17 @@ pub fn follow(
                 delay.as_millis()
             );
         }
-        std::thread::sleep(delay);
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            if stopped() {
+                return Ok(());
+            }
+            std::thread::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(STOP_CHECK),
+            );
+        }
         backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
         reconnecting = true;
     }

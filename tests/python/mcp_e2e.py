@@ -33,6 +33,7 @@ from mcp.client.stdio import stdio_client
 # resources/subscribe is the 2025-11-25 way; this test uses it on purpose (and listen at
 # 2026-07-28 below), so the SDK's deprecation warning is noise here.
 warnings.filterwarnings("ignore", message="resources/subscribe is removed")
+warnings.filterwarnings("ignore", message="resources/unsubscribe is removed")
 
 EXPECTED_TOOLS = {
     "whoami", "send", "inbox", "wait_for_messages", "ack", "status", "resolve",
@@ -102,14 +103,29 @@ async def main(keytool, relay):
         bob = keytool_cli(keytool, bob_home, url, "register", "@bob")["handle"]
 
         updates = asyncio.Queue()
+        stray = []  # anything the client could not take as MCP (a stray line on stdout)
 
         async def on_message(msg):
-            if getattr(msg, "method", "") == "notifications/resources/updated":
+            if isinstance(msg, Exception):
+                stray.append(msg)
+            elif getattr(msg, "method", "") == "notifications/resources/updated":
                 await updates.put(msg.params.uri)
+
+        async def on_other(msg):
+            if isinstance(msg, Exception):
+                stray.append(msg)
+
+        async def read_inbox(session):
+            res = await session.read_resource("formica://inbox")
+            return json.loads(res.contents[0].text)
+
+        def drain():
+            while not updates.empty():
+                updates.get_nowait()
 
         async with stdio_client(server(keytool, alice_home, url)) as (ar, aw), \
                 stdio_client(server(keytool, bob_home, url)) as (br, bw):
-            async with ClientSession(ar, aw) as a, \
+            async with ClientSession(ar, aw, message_handler=on_other) as a, \
                     ClientSession(br, bw, message_handler=on_message) as b:
                 ia = await a.initialize()
                 await b.initialize()
@@ -140,7 +156,8 @@ async def main(keytool, relay):
                             "an identity argument")
                 check("unknown argument" in err["message"], f"identity argument: {err}")
 
-                # Contacts: alice asks, bob accepts.
+                # Contacts: alice asks, bob accepts; a second request (a higher level) is
+                # rejected.
                 result(await a.call_tool("contact_request",
                                          {"handle": bob, "level": "message", "note": "hi"}),
                        "contact_request")
@@ -150,36 +167,71 @@ async def main(keytool, relay):
                 contacts = result(await b.call_tool("contacts_list", {}), "contacts_list")
                 check(any(c.get("handle") == alice for c in contacts["contacts"]),
                       f"contacts: {contacts}")
+                result(await a.call_tool("contact_request", {"handle": bob, "level": "task"}),
+                       "a second contact_request")
+                reqs = result(await b.call_tool("requests_list", {}), "requests_list 2")["requests"]
+                check(len(reqs) == 1 and reqs[0]["level"] == "task", f"requests: {reqs}")
+                result(await b.call_tool("requests_reject", {"id": reqs[0]["id"]}), "reject")
+                check(result(await b.call_tool("requests_list", {}), "requests_list 3")
+                      ["requests"] == [], "the rejected request is still listed")
 
-                # wait_for_messages from the start: the contact request is there already.
+                # wait_for_messages from the start: the two contact requests are there already.
                 w1 = result(await b.call_tool("wait_for_messages", {"timeout_s": 5}), "wait 1")
-                check(len(w1["items"]) == 1 and not w1["timed_out"], f"wait 1: {w1}")
+                check(len(w1["items"]) == 2 and not w1["timed_out"], f"wait 1: {w1}")
+                page = result(await b.call_tool("inbox", {"limit": 1}), "inbox")
+                check(len(page["items"]) == 1 and page["next"] == w1["items"][0]["cursor"],
+                      f"inbox with limit 1: {page}")
                 cursor = w1["next"]
 
-                # Push: subscribe, then a new message brings an update notification.
+                # Push: subscribing announces what was never read through the resource (the
+                # two requests); reading drains it; a read after that is empty.
                 await b.subscribe_resource("formica://inbox")
-                await asyncio.sleep(0.5)
+                check(await asyncio.wait_for(updates.get(), timeout=15) == "formica://inbox",
+                      "no update for the unread items")
+                body = await read_inbox(b)
+                check(len(body["items"]) == 2, f"first read: {body}")
+                check((await read_inbox(b))["items"] == [], "a second read repeated items")
+                await asyncio.sleep(0.3)
+                drain()
+                # A new message: an update, and reads return exactly it, once.
                 sent = result(await a.call_tool("send", {"to": [bob], "text": "please ack",
                                                          "ack_deadline": "60s"}), "send")
                 msg_id = sent["id"]
-                uri = await asyncio.wait_for(updates.get(), timeout=15)
-                check(uri == "formica://inbox", f"update for {uri}")
-                res = await b.read_resource("formica://inbox")
-                body = json.loads(res.contents[0].text)
-                check(any(i["envelope"]["id"] == msg_id for i in body["items"]),
-                      f"the resource after the update: {body}")
+                seen = []
+                deadline = time.monotonic() + 15
+                while msg_id not in seen:
+                    left = deadline - time.monotonic()
+                    check(left > 0, f"no update brought {msg_id}; read {seen}")
+                    check(await asyncio.wait_for(updates.get(), timeout=left) == "formica://inbox",
+                          "an update for another resource")
+                    seen += [i["envelope"]["id"] for i in (await read_inbox(b))["items"]]
+                check(seen == [msg_id], f"reads after the update returned {seen}")
+                check((await read_inbox(b))["items"] == [], "the message was read twice")
 
-                # wait_for_messages from the cursor: exactly the new message, then nothing.
+                # wait_for_messages from the cursor: exactly the new message.
                 w2 = result(await b.call_tool("wait_for_messages",
                                               {"after": cursor, "timeout_s": 10}), "wait 2")
                 ids = [i["envelope"]["id"] for i in w2["items"]]
                 check(ids == [msg_id], f"wait 2 returned {ids}, not [{msg_id}]")
                 check(w2["items"][0].get("ack") == "pending", f"ack state: {w2['items'][0]}")
+                # A wait that blocks: it returns the message sent while it waits, promptly.
                 t0 = time.monotonic()
-                w3 = result(await b.call_tool("wait_for_messages",
-                                              {"after": w2["next"], "timeout_s": 1}), "wait 3")
-                check(w3["items"] == [] and w3["timed_out"], f"wait 3: {w3}")
-                check(time.monotonic() - t0 < 10, "wait 3 did not return after its timeout")
+                waiting = asyncio.create_task(
+                    b.call_tool("wait_for_messages", {"after": w2["next"], "timeout_s": 30}))
+                await asyncio.sleep(1.0)
+                check(not waiting.done(), f"the wait returned before anything was sent: "
+                      f"{waiting.result() if waiting.done() else ''}")
+                second = result(await a.call_tool("send", {"to": [bob], "text": "while you wait"}),
+                                "send during a wait")["id"]
+                w3 = result(await waiting, "wait 3")
+                check([i["envelope"]["id"] for i in w3["items"]] == [second] and not w3["timed_out"],
+                      f"wait 3: {w3}")
+                check(time.monotonic() - t0 < 15, "the blocked wait did not return promptly")
+                t0 = time.monotonic()
+                w4 = result(await b.call_tool("wait_for_messages",
+                                              {"after": w3["next"], "timeout_s": 1}), "wait 4")
+                check(w4["items"] == [] and w4["timed_out"], f"wait 4: {w4}")
+                check(time.monotonic() - t0 < 10, "wait 4 did not return after its timeout")
 
                 result(await b.call_tool("ack", {"id": msg_id, "status": "processed"}), "ack")
                 st = result(await a.call_tool("status", {"id": msg_id}), "status")
@@ -191,22 +243,29 @@ async def main(keytool, relay):
                 check(keys.get("current_key"), f"resolve: {keys}")
                 err = error(await b.call_tool("ack", {"id": msg_id}), "a second ack")
                 check(err["code"] == "ack_settled", f"second ack: {err}")
+                await b.unsubscribe_resource("formica://inbox")
 
         # The current revision (2026-07-28: discover, no initialize), through the SDK's
-        # high-level client: a tool call, and a `subscriptions/listen` stream on the inbox
+        # high-level client: tool calls, and a `subscriptions/listen` stream on the inbox
         # that yields an event when bob's message arrives.
-        async with Client(server(keytool, alice_home, url)) as c:
+        async with Client(server(keytool, alice_home, url), message_handler=on_other) as c:
             check(c.protocol_version == "2026-07-28",
                   f"the high-level client negotiated {c.protocol_version}")
             me = result(await c.call_tool("whoami", {}), "whoami at 2026-07-28")
             check(me.get("handle") == alice, f"whoami: {me}")
+            result(await c.call_tool("contacts_add", {"handle": bob, "level": "message"}),
+                   "contacts_add")
+            # Everything alice had is read once, so the stream announces only what comes.
+            res = await c.read_resource("formica://inbox")
+            del res
             async with c.listen(resource_subscriptions=["formica://inbox"]) as sub:
-                await asyncio.sleep(0.5)
-                keytool_cli(keytool, alice_home, url, "contacts", "add", bob, "--level", "message")
                 keytool_cli(keytool, bob_home, url, "send", alice, "hello from the cli")
                 event = await asyncio.wait_for(sub.__anext__(), timeout=15)
-                check("formica://inbox" in repr(event) and "esource" in type(event).__name__ + repr(event), f"listen event: {event!r}")
-                print(f"mcp_e2e: listen event: {event!r}")
+                check(type(event).__name__ == "ResourceUpdated"
+                      and getattr(event, "uri", "") == "formica://inbox", f"listen event: {event!r}")
+            result(await c.call_tool("contacts_remove", {"handle": bob}), "contacts_remove")
+        check(stray == [], f"lines on the servers' stdout that are not MCP: {stray}")
+
         # A key file encrypted with FORMICA_PASSPHRASE: the server works with the variable,
         # and without it refuses to start (keytool's exit 9 on standard error), printing
         # nothing on standard output, where only MCP messages may go.
@@ -234,6 +293,18 @@ async def main(keytool, relay):
         check(r.returncode == 9 and r.stdout == "",
               f"mcp without the passphrase: exit {r.returncode}, stdout {r.stdout!r}")
         check("FORMICA_PASSPHRASE" in r.stderr, f"no hint on stderr: {r.stderr}")
+
+        # The relay goes away: a wait is an error with a code, never an empty inbox.
+        relay_proc.kill()
+        relay_proc.wait()
+        async with stdio_client(server(keytool, alice_home, url)) as (r3, w3):
+            async with ClientSession(r3, w3) as c:
+                await c.initialize()
+                err = error(await c.call_tool("wait_for_messages", {"timeout_s": 2}),
+                            "wait with the relay down")
+                check(err["code"] == "keytool.network", f"relay down: {err}")
+                err = error(await c.call_tool("inbox", {}), "inbox with the relay down")
+                check(err["code"] == "keytool.network", f"relay down: {err}")
 
         print("mcp_e2e: ok: two identities over stdio at 2025-11-25 and 2026-07-28: tools, "
               "errors with codes, contacts, wait_for_messages, subscribe and listen updates, "

@@ -46,12 +46,40 @@ pub struct Config {
     pub identity: String,
 }
 
-#[derive(Debug, Default)]
+/// Most tool calls that run at once (each is a blocking relay conversation on its own
+/// thread; more wait their turn).
+const TOOL_CALLS_MAX: usize = 8;
+
+/// The one follower of the relay's inbox stream, shared by every subscription of this session
+/// (legacy `resources/subscribe` and 2026-07-28 `subscriptions/listen` alike): it runs while
+/// at least one subscription does, and wakes them all through `tx`.
+#[derive(Debug)]
+struct Hub {
+    stop: Arc<AtomicBool>,
+    subscribers: usize,
+    tx: tokio::sync::broadcast::Sender<()>,
+}
+
+#[derive(Debug)]
 struct State {
-    /// The cursor after the last item a read of the inbox resource returned.
-    read_cursor: Mutex<Option<String>>,
-    /// Set while the inbox is followed for a subscription; raising it stops the follower.
-    watching: Mutex<Option<Arc<AtomicBool>>>,
+    /// The cursor after the last item a read of the inbox resource returned; reads hold it
+    /// for their whole duration, so concurrent reads neither repeat nor skip.
+    read_cursor: tokio::sync::Mutex<Option<String>>,
+    hub: Mutex<Option<Hub>>,
+    /// The legacy subscription's forwarder, stopped by `resources/unsubscribe`.
+    legacy: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    tool_calls: tokio::sync::Semaphore,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            read_cursor: tokio::sync::Mutex::new(None),
+            hub: Mutex::new(None),
+            legacy: Mutex::new(None),
+            tool_calls: tokio::sync::Semaphore::new(TOOL_CALLS_MAX),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -72,7 +100,7 @@ pub fn serve(cfg: Config) -> Result<(), Fail> {
         .enable_all()
         .build()
         .map_err(|e| Fail::new(crate::output::Exit::Failure, format!("runtime: {e}")))?;
-    rt.block_on(async move {
+    let res = rt.block_on(async move {
         let server = Server {
             cfg,
             state: Arc::default(),
@@ -83,7 +111,11 @@ pub fn serve(cfg: Config) -> Result<(), Fail> {
             .map_err(|e| Fail::new(crate::output::Exit::Failure, format!("mcp: {e}")))?;
         let _ = running.waiting().await;
         Ok(())
-    })
+    });
+    // The client has gone: calls still running (a wait, a send waiting for a remote relay)
+    // have no one to answer, so they are not waited for.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    res
 }
 
 /// A tool's failure as MCP sees it: a tool error whose text says the code, the message and
@@ -108,98 +140,103 @@ fn tool_ok(v: Json) -> CallToolResult {
 }
 
 impl Server {
-    /// Runs `f` (keytool's blocking client) off the async threads.
+    /// Runs `f` (keytool's blocking client) off the async threads, at most
+    /// [`TOOL_CALLS_MAX`] at once.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(Config) -> T + Send + 'static,
     ) -> Result<T, McpError> {
+        let _turn = self
+            .state
+            .tool_calls
+            .acquire()
+            .await
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
         let cfg = self.cfg.clone();
         tokio::task::spawn_blocking(move || f(cfg))
             .await
             .map_err(|e| McpError::internal_error(format!("the tool stopped: {e}"), None))
     }
 
-    /// Starts following the inbox for a subscription, unless it is followed already.
-    fn start_watch(&self, peer: rmcp::Peer<RoleServer>) {
-        let mut w = self
-            .state
-            .watching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if w.is_some() {
-            return;
+    /// Joins the inbox follower (starting it from the resource's read cursor, so that unread
+    /// items announce themselves at once) and returns its wake-ups.
+    async fn join(&self) -> tokio::sync::broadcast::Receiver<()> {
+        let from = self.state.read_cursor.lock().await.clone();
+        let mut hub = self.state.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hub.as_mut() {
+            h.subscribers += 1;
+            return h.tx.subscribe();
         }
+        let (tx, rx) = tokio::sync::broadcast::channel(1);
         let stop = Arc::new(AtomicBool::new(false));
-        *w = Some(stop.clone());
-        // A new item wakes the notifier; a burst while one is pending adds nothing (the
-        // client reads the resource, which returns everything new).
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                let _ = peer
-                    .notify_resource_updated(ResourceUpdatedNotificationParam::new(INBOX_URI))
-                    .await;
-            }
+        let (cfg, s2, t2) = (self.cfg.clone(), stop.clone(), tx.clone());
+        std::thread::spawn(move || follow_inbox(&cfg, from, &s2, &t2));
+        *hub = Some(Hub {
+            stop,
+            subscribers: 1,
+            tx,
         });
-        let cfg = self.cfg.clone();
-        std::thread::spawn(move || follow_inbox(&cfg, &stop, &tx));
+        rx
     }
-}
 
-/// The newest cursor of the inbox (pages through it), so that a subscription announces only
-/// what arrives after it.
-fn newest_cursor(ctx: &online::Ctx<'_>, identity: &str) -> Result<Option<String>, Fail> {
-    let mut after: Option<String> = None;
-    for _ in 0..10_000 {
-        let next = online::inbox(ctx, identity, after.as_deref(), None)?;
-        let got = ctx.out.take().len();
-        if got == 0 || Some(next.as_str()) == after.as_deref() {
-            return Ok(after);
+    /// Leaves the follower; the last subscriber stops it (within half a second).
+    fn leave(&self) {
+        let mut hub = self.state.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hub.as_mut() {
+            h.subscribers = h.subscribers.saturating_sub(1);
+            if h.subscribers == 0 {
+                h.stop.store(true, Ordering::SeqCst);
+                *hub = None;
+            }
         }
-        after = Some(next);
     }
-    Ok(after)
 }
 
-/// Follows the inbox until `stop`, sending a wake-up per new item; reconnects (with backoff)
-/// after failures that can pass, resuming after the last item seen.
-fn follow_inbox(cfg: &Config, stop: &AtomicBool, tx: &tokio::sync::mpsc::Sender<()>) {
+/// Follows the inbox after `from` until `stop`, waking the subscribers per new item (a burst
+/// while a wake-up is pending adds none); reconnects with backoff after failures that can pass,
+/// resuming after the last item seen; after `cursor_too_old` it starts again from the oldest
+/// item kept, and says so with a wake-up.
+fn follow_inbox(
+    cfg: &Config,
+    from: Option<String>,
+    stop: &AtomicBool,
+    tx: &tokio::sync::broadcast::Sender<()>,
+) {
     let out = Out::capturing();
     let ctx = online::Ctx {
         out: &out,
         home: &cfg.home,
         relay: cfg.relay.as_deref(),
     };
-    let mut last: Option<Option<String>> = None;
+    let mut last = from;
     let mut pause = Duration::from_secs(1);
     while !stop.load(Ordering::SeqCst) {
-        let res = (|| -> Result<(), Fail> {
-            let s = online::session(&ctx, &cfg.identity)?;
-            let from = match &last {
-                Some(c) => c.clone(),
-                None => {
-                    let c = newest_cursor(&ctx, &cfg.identity)?;
-                    last = Some(c.clone());
-                    c
-                }
-            };
-            watch::follow(&s, from, None, false, |cursor, _| {
-                last = Some(Some(cursor));
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(false);
-                }
-                let _ = tx.try_send(());
+        let res = online::session(&ctx, &cfg.identity).and_then(|s| {
+            pause = Duration::from_secs(1);
+            watch::follow(&s, last.clone(), None, false, Some(stop), |cursor, _| {
+                last = Some(cursor);
+                let _ = tx.send(());
                 Ok(true)
             })
-        })();
-        if let Err(f) = res {
-            eprintln!(
-                "keytool mcp: following the inbox: {}; again in {} s",
-                f.message,
-                pause.as_secs()
-            );
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_secs(60));
+        });
+        match res {
+            Ok(()) => {}
+            Err(f) if f.code == Some(formica_protocol::ErrorCode::CursorTooOld) => {
+                last = None;
+                let _ = tx.send(());
+            }
+            Err(f) => {
+                eprintln!(
+                    "keytool mcp: following the inbox: {}; again in {} s",
+                    f.message,
+                    pause.as_secs()
+                );
+                let until = std::time::Instant::now() + pause;
+                while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
         }
     }
 }
@@ -251,9 +288,16 @@ impl ServerHandler for Server {
             ));
         }
         let args = request.arguments.unwrap_or_default();
+        // A tool that panics is a tool error too, not a protocol error the model cannot read.
         let res = self
             .blocking(move |cfg| tools::call(&cfg, &name, &args))
-            .await?;
+            .await
+            .unwrap_or_else(|e| {
+                Err(Fail::new(
+                    crate::output::Exit::Failure,
+                    format!("the tool stopped unexpectedly: {}", e.message),
+                ))
+            });
         Ok(match res {
             Ok(v) => tool_ok(v),
             Err(f) => tool_error(&f),
@@ -282,12 +326,10 @@ impl ServerHandler for Server {
                 None,
             ));
         }
-        let state = self.state.clone();
-        let after = state
-            .read_cursor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // Held for the whole read: concurrent reads go one after the other, each after the
+        // items the previous one returned, and the cursor only moves forward.
+        let mut cursor = self.state.read_cursor.lock().await;
+        let after = cursor.clone();
         let res = self
             .blocking(move |cfg| {
                 let out = Out::capturing();
@@ -296,25 +338,46 @@ impl ServerHandler for Server {
                     home: &cfg.home,
                     relay: cfg.relay.as_deref(),
                 };
-                tools::page(&ctx, &cfg.identity, after, None, None)
+                match tools::page(&ctx, &cfg.identity, after, None, None) {
+                    // The items after the cursor are gone (retention): start again from the
+                    // oldest kept, which the answer says.
+                    Err(f) if f.code == Some(formica_protocol::ErrorCode::CursorTooOld) => {
+                        tools::page(&ctx, &cfg.identity, None, None, None).map(|mut v| {
+                            v["restarted"] = Json::Bool(true);
+                            v
+                        })
+                    }
+                    other => other,
+                }
             })
             .await?;
         let v = res.map_err(|f| {
+            let e = tools::to_json(&f.to_value());
             McpError::internal_error(
                 format!(
-                    "reading the inbox: {}",
-                    tool_error(&f)
-                        .content
-                        .first()
-                        .and_then(|c| c.as_text())
-                        .map(|t| t.text.clone())
-                        .unwrap_or_default()
+                    "reading the inbox: error [{}]: {}",
+                    e["error"]["code"].as_str().unwrap_or(""),
+                    f.message
                 ),
-                Some(tools::to_json(&f.to_value())),
+                Some(e),
             )
         })?;
         if let Some(next) = v["next"].as_str() {
-            *state.read_cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(next.to_owned());
+            *cursor = Some(next.to_owned());
+        }
+        drop(cursor);
+        // A page may not be all there is: while reads return items, the subscribers are woken
+        // to read again (the read that finds nothing ends it).
+        if v["items"].as_array().is_some_and(|i| !i.is_empty()) {
+            if let Some(h) = self
+                .state
+                .hub
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                let _ = h.tx.send(());
+            }
         }
         Ok(
             ReadResourceResult::new(vec![ResourceContents::TextResourceContents {
@@ -345,24 +408,21 @@ impl ServerHandler for Server {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let (cfg, s2) = (self.cfg.clone(), stop.clone());
-        std::thread::spawn(move || follow_inbox(&cfg, &s2, &tx));
+        let mut rx = self.join().await;
         loop {
             tokio::select! {
                 _ = context.cancelled() => break,
                 got = rx.recv() => match got {
-                    Some(()) => {
+                    Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         if context.sink().notify_resource_updated(INBOX_URI).await.is_err() {
                             break;
                         }
                     }
-                    None => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
             }
         }
-        stop.store(true, Ordering::SeqCst);
+        self.leave();
         Ok(())
     }
 
@@ -378,7 +438,48 @@ impl ServerHandler for Server {
                 None,
             ));
         }
-        self.start_watch(context.peer.clone());
+        if self
+            .state
+            .legacy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Ok(()); // subscribed already: one subscription per resource
+        }
+        let mut rx = self.join().await;
+        let (done_tx, mut done) = tokio::sync::oneshot::channel::<()>();
+        *self.state.legacy.lock().unwrap_or_else(|p| p.into_inner()) = Some(done_tx);
+        let (peer, me) = (context.peer.clone(), self.clone());
+        tokio::spawn(async move {
+            let mut unsubscribed = false;
+            loop {
+                tokio::select! {
+                    _ = &mut done => {
+                        unsubscribed = true;
+                        break;
+                    }
+                    got = rx.recv() => match got {
+                        Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let p = ResourceUpdatedNotificationParam::new(INBOX_URI);
+                            if peer.notify_resource_updated(p).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+            if !unsubscribed {
+                // Ended by itself (the client is gone): a later subscribe starts a new one.
+                me.state
+                    .legacy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+            }
+            me.leave();
+        });
         Ok(())
     }
 
@@ -389,14 +490,14 @@ impl ServerHandler for Server {
         _context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         if request.uri == INBOX_URI {
-            if let Some(stop) = self
+            if let Some(done) = self
                 .state
-                .watching
+                .legacy
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take()
             {
-                stop.store(true, Ordering::SeqCst);
+                let _ = done.send(());
             }
         }
         Ok(())

@@ -69,7 +69,7 @@ pub const TOOLS: &[ToolDef] = &[
             "id":{"type":"string"},
             "status":{"type":"string","enum":["received","processed","rejected"]},
             "reason":{"type":"string"},
-            "from":{"type":"string"}},
+            "from":{"type":"string","description":"The sender, if the message is no longer in the first pages of the inbox"}},
           "required":["id"],"additionalProperties":false}"#,
     },
     ToolDef {
@@ -84,13 +84,13 @@ pub const TOOLS: &[ToolDef] = &[
     },
     ToolDef {
         name: "contacts_list",
-        description: "Who may send you messages, and at which level (message, task, ...).",
+        description: "Who may send you messages, and at which level (read, message, task).",
         schema: NO_ARGS,
     },
     ToolDef {
         name: "contacts_add",
-        description: "Allow `handle` to send you messages up to `level` (message, task).",
-        schema: r#"{"type":"object","properties":{"handle":{"type":"string"},"level":{"type":"string"}},"required":["handle","level"],"additionalProperties":false}"#,
+        description: "Allow `handle` to send you messages up to `level` (read, message, task).",
+        schema: r#"{"type":"object","properties":{"handle":{"type":"string"},"level":{"type":"string","enum":["read","message","task"]}},"required":["handle","level"],"additionalProperties":false}"#,
     },
     ToolDef {
         name: "contacts_remove",
@@ -99,8 +99,8 @@ pub const TOOLS: &[ToolDef] = &[
     },
     ToolDef {
         name: "contact_request",
-        description: "Ask `handle` to let you message them at `level` (message, task), with an optional `note`. They answer later; their answer reaches your inbox.",
-        schema: r#"{"type":"object","properties":{"handle":{"type":"string"},"level":{"type":"string"},"note":{"type":"string"}},"required":["handle","level"],"additionalProperties":false}"#,
+        description: "Ask `handle` to let you message them at `level` (read, message, task), with an optional `note`. They answer later; their answer reaches your inbox.",
+        schema: r#"{"type":"object","properties":{"handle":{"type":"string"},"level":{"type":"string","enum":["read","message","task"]},"note":{"type":"string"}},"required":["handle","level"],"additionalProperties":false}"#,
     },
     ToolDef {
         name: "requests_list",
@@ -110,7 +110,7 @@ pub const TOOLS: &[ToolDef] = &[
     ToolDef {
         name: "requests_accept",
         description: "Accept contact request `id` (at the level asked, or `level`).",
-        schema: r#"{"type":"object","properties":{"id":{"type":"string"},"level":{"type":"string"}},"required":["id"],"additionalProperties":false}"#,
+        schema: r#"{"type":"object","properties":{"id":{"type":"string"},"level":{"type":"string","enum":["read","message","task"]}},"required":["id"],"additionalProperties":false}"#,
     },
     ToolDef {
         name: "requests_reject",
@@ -297,6 +297,7 @@ pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, 
                 after.clone(),
                 Some(Duration::from_secs(secs)),
                 false,
+                None,
                 |_, _| {
                     came = true;
                     Ok(false)
@@ -407,4 +408,47 @@ pub fn page(
         m.insert("timed_out".into(), Json::Bool(t));
     }
     Ok(Json::Object(m))
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Every schema is a JSON object schema, the level enums are the protocol's words, and an
+    /// argument outside the schema is refused by the tool itself.
+    #[test]
+    fn every_schema_parses_and_names_what_the_tool_takes() {
+        let levels: Vec<&str> = ContactLevel::WORDS.iter().map(|(w, _)| *w).collect();
+        for t in TOOLS {
+            let v: Json = serde_json::from_str(t.schema)
+                .unwrap_or_else(|e| panic!("{}: schema is not JSON: {e}", t.name));
+            assert_eq!(v["type"], "object", "{}", t.name);
+            assert_eq!(v["additionalProperties"], false, "{}", t.name);
+            let props = v["properties"].as_object().expect("properties");
+            if let Some(p) = props.get("level") {
+                let e: Vec<&str> = p["enum"]
+                    .as_array()
+                    .expect("level enum")
+                    .iter()
+                    .filter_map(Json::as_str)
+                    .collect();
+                assert_eq!(e, levels, "{}", t.name);
+            }
+            let mut args = Map::new();
+            args.insert("no_such_argument".into(), Json::Bool(true));
+            let cfg = Config {
+                home: std::env::temp_dir().join("formica-mcp-schema-test-nonexistent"),
+                relay: Some("http://127.0.0.1:1".into()),
+                identity: "x".into(),
+            };
+            let e = call(&cfg, t.name, &args).expect_err(t.name);
+            assert!(
+                e.message.contains("unknown argument"),
+                "{}: {}",
+                t.name,
+                e.message
+            );
+        }
+    }
 }
