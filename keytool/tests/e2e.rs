@@ -182,6 +182,21 @@ fn every_json_failure_is_one_json_line_with_a_code() {
         (&["--json", "no-such-command"][..], 2, "keytool.usage"),
         (&["send", "--json", "--limit", "3"][..], 2, "keytool.usage"),
         (&["--json", "whoami"][..], 9, "keytool.key_file"),
+        // Text and a payload file: the text is not taken for a recipient.
+        (
+            &[
+                "--json",
+                "send",
+                "@bob",
+                "t",
+                "--type",
+                "message",
+                "--payload",
+                "/dev/null",
+            ][..],
+            3,
+            "keytool.input",
+        ),
         (
             &["--json", "--relay", "http://127.0.0.1:1", "resolve", "@x"][..],
             6,

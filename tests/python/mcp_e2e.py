@@ -155,6 +155,16 @@ async def main(keytool, relay):
                 err = error(await a.call_tool("send", {"to": [bob], "text": "x", "as": "@bob"}),
                             "an identity argument")
                 check("unknown argument" in err["message"], f"identity argument: {err}")
+                err = error(await a.call_tool("send", {"to": [bob], "payload": {"text": "x"}}),
+                            "a payload without its type")
+                check("`type`" in err["message"], f"payload without type: {err}")
+                # keytool's command-line words become tool words in messages and hints.
+                err = error(await a.call_tool("ack", {"id": "0" * 64}), "ack of an unknown id")
+                check("--" not in err["message"] + err.get("hint", "")
+                      and "`from`" in err.get("hint", ""), f"ack hint: {err}")
+                err = error(await a.call_tool("send", {"to": [bob], "text": "x",
+                                                       "ack_deadline": "30d"}), "ack_deadline")
+                check("`ack_deadline`" in err["message"], f"ack_deadline message: {err}")
 
                 # Contacts: alice asks, bob accepts; a second request (a higher level) is
                 # rejected.
@@ -171,6 +181,10 @@ async def main(keytool, relay):
                        "a second contact_request")
                 reqs = result(await b.call_tool("requests_list", {}), "requests_list 2")["requests"]
                 check(len(reqs) == 1 and reqs[0]["level"] == "task", f"requests: {reqs}")
+                err = error(await a.call_tool("contact_request", {"handle": bob, "level": "task"}),
+                            "a request while one is pending")
+                check(err["code"] == "rate_limited" and "3600" not in err.get("hint", ""),
+                      f"pending request: {err}")
                 result(await b.call_tool("requests_reject", {"id": reqs[0]["id"]}), "reject")
                 check(result(await b.call_tool("requests_list", {}), "requests_list 3")
                       ["requests"] == [], "the rejected request is still listed")

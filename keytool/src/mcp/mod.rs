@@ -121,15 +121,48 @@ pub fn serve(cfg: Config) -> Result<(), Fail> {
 /// A tool's failure as MCP sees it: a tool error whose text says the code, the message and
 /// the hint, with keytool's JSON failure as structured content.
 fn tool_error(f: &Fail) -> CallToolResult {
-    let v = tools::to_json(&f.to_value());
+    let mut v = tools::to_json(&f.to_value());
     let code = v["error"]["code"].as_str().unwrap_or("").to_owned();
-    let mut text = format!("error [{code}]: {}", f.message);
-    if let Some(h) = &f.hint {
+    // keytool's words are for its command line; a model calls tools and passes arguments.
+    let message = for_tools(&f.message);
+    let hint = f.hint.as_deref().map(for_tools);
+    v["error"]["message"] = Json::String(message.clone());
+    if let Some(h) = &hint {
+        v["error"]["hint"] = Json::String(h.clone());
+    }
+    let mut text = format!("error [{code}]: {message}");
+    if let Some(h) = &hint {
         text.push_str(&format!("\nhint: {h}"));
     }
     let mut r = CallToolResult::structured_error(v);
     r.content = vec![ContentBlock::text(text)];
     r
+}
+
+/// keytool's command lines and flags in a message, as the tools and arguments that do the same.
+fn for_tools(text: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        (
+            "pass --from @sender if you know it",
+            "pass `from` (the sender's handle) if you know it",
+        ),
+        ("`--ack-deadline`", "`ack_deadline`"),
+        ("--ack-deadline", "`ack_deadline`"),
+        ("--type T --payload FILE", "`type` and `payload`"),
+        ("keytool contact-request", "the contact_request tool:"),
+        ("keytool requests list", "the requests_list tool"),
+        ("keytool contacts add", "the contacts_add tool:"),
+        ("keytool inbox", "the inbox tool"),
+        ("keytool status", "the status tool"),
+        ("keytool resolve", "the resolve tool"),
+        ("keytool send printed it", "send returned it"),
+        ("keytool send", "the send tool"),
+    ];
+    let mut s = text.to_owned();
+    for (cli, tool) in WORDS {
+        s = s.replace(cli, tool);
+    }
+    s
 }
 
 fn tool_ok(v: Json) -> CallToolResult {

@@ -99,7 +99,7 @@ pub const TOOLS: &[ToolDef] = &[
     },
     ToolDef {
         name: "contact_request",
-        description: "Ask `handle` to let you message them at `level` (read, message, task), with an optional `note`. They answer later; their answer reaches your inbox.",
+        description: "Ask `handle` to let you message them at `level` (read, message, task), with an optional `note`. They answer later, and no notice comes back either way: once they accept, send to them works (until then it fails with not_contact).",
         schema: r#"{"type":"object","properties":{"handle":{"type":"string"},"level":{"type":"string","enum":["read","message","task"]},"note":{"type":"string"}},"required":["handle","level"],"additionalProperties":false}"#,
     },
     ToolDef {
@@ -239,6 +239,11 @@ pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, 
             let mut rest: Vec<String> = Vec::new();
             match (&text, &payload_doc) {
                 (Some(t), None) => rest.push(t.clone()),
+                (None, Some(_)) if args.get("type").is_none_or(Json::is_null) => {
+                    return Err(
+                        a.input("`payload` needs `type` (the payload's message type)".into())
+                    )
+                }
                 (None, Some(_)) => {}
                 (Some(_), Some(_)) => {
                     return Err(a.input("give `text` or `payload`, not both".into()))

@@ -127,14 +127,25 @@ pub fn requests_answer(
         )
     })?;
     let s = session(ctx, identity_name)?;
+    let unknown = |f: Fail| {
+        match f.code {
+        Some(ErrorCode::NotFound) => f.hint(
+            "no pending request of yours has that id (answered already, or never sent to you): keytool requests list shows the pending ones",
+        ),
+        _ => f,
+    }
+    };
     match accept {
         Some(level) => {
-            let a = s.client.call(
-                "POST",
-                &format!("/v1/contact-requests/{rid}/accept"),
-                Some(&level_body(level)),
-                Some(&s.auth),
-            )?;
+            let a = s
+                .client
+                .call(
+                    "POST",
+                    &format!("/v1/contact-requests/{rid}/accept"),
+                    Some(&level_body(level)),
+                    Some(&s.auth),
+                )
+                .map_err(unknown)?;
             let h = a.str("handle").unwrap_or("?").to_owned();
             let lv = a.str("level").unwrap_or("?").to_owned();
             ctx.out.emit(
@@ -151,12 +162,14 @@ pub fn requests_answer(
             );
         }
         None => {
-            s.client.call(
-                "POST",
-                &format!("/v1/contact-requests/{rid}/reject"),
-                None,
-                Some(&s.auth),
-            )?;
+            s.client
+                .call(
+                    "POST",
+                    &format!("/v1/contact-requests/{rid}/reject"),
+                    None,
+                    Some(&s.auth),
+                )
+                .map_err(unknown)?;
             ctx.out.emit(
                 &format!("rejected request {rid} (the requester is not told)"),
                 ok_obj(vec![

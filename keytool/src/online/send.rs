@@ -184,7 +184,7 @@ fn refused(id: &MessageId, r: &RemoteOutcome, all: &[RemoteOutcome]) -> Fail {
     .detail("remote", outcomes_value(all));
     match r.reason.as_deref() {
         Some("not_contact") => f.hint(format!(
-            "{} accepts messages only from its contacts: ask first with `keytool contact-request {} --level message`, and send again once they accept (keytool inbox shows their answer)",
+            "{} accepts messages only from its contacts: ask first with `keytool contact-request {} --level message`; no notice comes back when they answer, so send again later (it fails with not_contact until they accept)",
             r.handle, r.handle
         )),
         Some("unknown_recipient") => f.hint(format!("{} has no agent {}; check the handle", r.handle.host(), r.handle)),
@@ -203,6 +203,17 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
         )
         .hint("a registered type (message, task_request, task_result, ...) or an x- extension type")
     })?;
+    // With a payload, the words after the first recipient are recipients: one that is not a
+    // handle is most likely text given as well.
+    if a.payload.is_some() || a.payload_doc.is_some() {
+        if let Some(t) = a.rest.iter().find(|w| !w.starts_with('@')) {
+            return Err(Fail::new(
+                Exit::Input,
+                format!("{t:?} is not a handle: with a payload, give no text (the payload is the message)"),
+            )
+            .hint("keytool send @them \"text\" for a message, or keytool send @them --type T --payload FILE"));
+        }
+    }
     let payload_v = match (a.payload_doc, a.payload) {
         (Some(doc), _) => {
             to_args.extend(a.rest);
@@ -326,9 +337,19 @@ pub fn contact_request(
         Payload::ContactRequest { level, note },
         None,
         None,
-    )?;
+    )
+    .map_err(|f| {
+        if f.code == Some(ErrorCode::RateLimited) && f.message.contains("already pending") {
+            // Waiting does not help: the request stays pending until they answer it.
+            f.hint(format!(
+                "your earlier request to {to} waits for their answer (no notice comes back when they answer); if they have accepted, sending to them works already"
+            ))
+        } else {
+            f
+        }
+    })?;
     let note = format!(
-        "\n  asked {to} for level {level}; they have not answered yet: they see it in `keytool requests list` and accept or reject it, and their answer reaches your inbox"
+        "\n  asked {to} for level {level}; they have not answered yet: they see it in `keytool requests list` and accept or reject it; no notice comes back either way (SPEC CONTACT-8): once they accept, sending to them works"
     );
     emit_posted(
         ctx.out,
