@@ -179,9 +179,6 @@ pub fn copy_data_dir(
     r
 }
 
-/// The marker a range scan of a backup stops with (not an error).
-const RANGE_END: &str = "\0backup range end";
-
 fn copy_into(
     store: &dyn Store,
     len: u64,
@@ -207,19 +204,11 @@ fn copy_into(
         // written (and synced) after it ends: the live store is not held open for the whole
         // copy, so its writer can reopen it after a failed write, and it can reuse its pages.
         while first <= len {
-            let from_seq = first;
-            let scanned = store.scan(from_seq, &mut |seq, record| {
-                if seq > len || chunk.len() == COPY_CHUNK {
-                    return Err(StoreError::Io(RANGE_END.into()));
-                }
+            let last = len.min(first + COPY_CHUNK as u64 - 1);
+            store.scan(first, last, &mut |_, record| {
                 chunk.push(record.to_vec());
                 Ok(())
-            });
-            match scanned {
-                Ok(()) => {}
-                Err(StoreError::Io(m)) if m == RANGE_END => {}
-                Err(e) => return Err(e),
-            }
+            })?;
             if chunk.is_empty() {
                 break;
             }

@@ -80,10 +80,7 @@ impl EventLog {
     ) -> Result<EventLog, StoreError> {
         let mut expect = 1u64;
         let mut head = [0u8; 32];
-        store.scan(1, &mut |seq, value| {
-            if len.is_some_and(|l| seq > l) {
-                return Ok(());
-            }
+        store.scan(1, len.unwrap_or(u64::MAX), &mut |seq, value| {
             if seq != expect {
                 return Err(StoreError::Corrupt {
                     seq: expect,
@@ -170,7 +167,7 @@ impl EventLog {
         if self.len > 0 {
             let mut tail = None;
             let len = self.len;
-            self.store.scan(len, &mut |seq, value| {
+            self.store.scan(len, len, &mut |seq, value| {
                 if seq == len {
                     tail = value.get(..32).map(|h| h.to_vec());
                 }

@@ -57,13 +57,16 @@ impl Store for MemStore {
         r.extend(records.iter().cloned());
         Ok(())
     }
-    fn scan(&self, from: u64, f: &mut Visit<'_>) -> Result<(), StoreError> {
+    fn scan(&self, from: u64, to: u64, f: &mut Visit<'_>) -> Result<(), StoreError> {
         let r = self
             .records
             .lock()
             .map_err(|_| StoreError::Io("poisoned".into()))?
             .clone();
         for (i, rec) in r.iter().enumerate().skip(from.saturating_sub(1) as usize) {
+            if i as u64 + 1 > to {
+                break;
+            }
             f(i as u64 + 1, rec)?;
         }
         Ok(())

@@ -50,8 +50,9 @@ pub trait Store: Send + Sync + 'static {
     /// Appends `records` after the last one, all or none, and returns only once they are on
     /// disk (fsync).
     fn append(&self, first_seq: u64, records: &[Vec<u8>]) -> Result<(), StoreError>;
-    /// Calls `f` with each record from `from` (1-based) in order.
-    fn scan(&self, from: u64, f: &mut Visit<'_>) -> Result<(), StoreError>;
+    /// Calls `f` with each record from `from` to `to` (1-based, both included) in order; `to`
+    /// may be past the end (`u64::MAX`: every record from `from`).
+    fn scan(&self, from: u64, to: u64, f: &mut Visit<'_>) -> Result<(), StoreError>;
     /// Number of records.
     fn len(&self) -> Result<u64, StoreError>;
     /// True when the store holds no record.

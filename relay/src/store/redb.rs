@@ -291,11 +291,14 @@ impl Store for RedbStore {
         r
     }
 
-    fn scan(&self, from: u64, f: &mut Visit<'_>) -> Result<(), StoreError> {
+    fn scan(&self, from: u64, to: u64, f: &mut Visit<'_>) -> Result<(), StoreError> {
+        if from > to {
+            return Ok(());
+        }
         self.with_db(|db| {
             let txn = db.begin_read().map_err(io)?;
             let t = txn.open_table(LOG).map_err(io)?;
-            for item in t.range(from..).map_err(io)? {
+            for item in t.range(from..=to).map_err(io)? {
                 let (k, v) = item.map_err(|e| StoreError::Corrupt {
                     seq: 0,
                     reason: e.to_string(),
