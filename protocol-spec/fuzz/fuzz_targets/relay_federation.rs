@@ -277,7 +277,7 @@ fn base() -> &'static Base {
         shut_down(&rt, relay);
         let mut records = Vec::new();
         store
-            .scan(1, &mut |_, r| {
+            .scan(1, u64::MAX, &mut |_, r| {
                 records.push(r.to_vec());
                 Ok(())
             })
@@ -303,7 +303,7 @@ fn base() -> &'static Base {
 /// Drops the relay and waits for its writer thread, driving the runtime until the tasks a
 /// handler spawned (key log pushes, refused by the guard) have let go of it.
 fn shut_down(rt: &tokio::runtime::Runtime, relay: Relay) {
-    let Relay { app, writer_thread } = relay;
+    let Relay { app, writer_thread, .. } = relay;
     for _ in 0..10_000 {
         if Arc::strong_count(&app) == 1 {
             break;

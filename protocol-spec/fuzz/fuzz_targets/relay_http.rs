@@ -316,7 +316,7 @@ fn base() -> &'static Base {
         shut_down(&rt, relay);
         let mut records = Vec::new();
         store
-            .scan(1, &mut |_, r| {
+            .scan(1, u64::MAX, &mut |_, r| {
                 records.push(r.to_vec());
                 Ok(())
             })
@@ -342,7 +342,7 @@ fn base() -> &'static Base {
 /// the peers, of which there are none) hold the relay until they have run, so the runtime is
 /// driven until they have.
 fn shut_down(rt: &tokio::runtime::Runtime, relay: Relay) {
-    let Relay { app, writer_thread } = relay;
+    let Relay { app, writer_thread, .. } = relay;
     for _ in 0..1000 {
         if Arc::strong_count(&app) == 1 {
             break;
