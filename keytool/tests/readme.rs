@@ -15,9 +15,8 @@
 
 mod common;
 
-use common::relay_bin;
+use common::{first_line, relay_bin, url_of};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -234,15 +233,8 @@ fn every_readme_command_line_runs_as_written() {
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let mut first = String::new();
-            BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut first)
-                .unwrap();
-            url = first
-                .split_whitespace()
-                .find(|w| w.starts_with("http://"))
-                .unwrap_or_else(|| panic!("{line}: no URL in {first:?}"))
-                .to_owned();
+            let first = first_line(&mut child);
+            url = url_of(&first).unwrap_or_else(|| panic!("{line}: no URL in {first:?}"));
             server = Some(Killed(child));
             ran += 1;
             continue;
@@ -379,10 +371,7 @@ fn every_readme_toml_block_is_a_configuration_the_relay_accepts() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
+        let first = first_line(&mut child);
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
         assert!(

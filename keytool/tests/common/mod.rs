@@ -60,16 +60,24 @@ pub fn start_relay_named(dir: &Path, name: &str, config: Option<&Path>) -> Relay
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let url = url_of(&first_line(&mut child)).expect("relay prints its URL");
+    Relay { child, url, data }
+}
+
+/// The first line a relay prints on its (piped) standard output: its start line.
+pub fn first_line(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let url = line
-        .split_whitespace()
+    line
+}
+
+/// The URL in a relay's start line.
+pub fn url_of(line: &str) -> Option<String> {
+    line.split_whitespace()
         .find(|w| w.starts_with("http://"))
-        .expect("relay prints its URL")
-        .to_owned();
-    Relay { child, url, data }
+        .map(str::to_owned)
 }
 
 pub struct Kt<'a> {

@@ -229,13 +229,10 @@ fn store_failure(what: &str, e: crate::store::StoreError) -> ApiError {
 /// `POST /admin/v1/check`: `relay check` on a running relay. The durable log, as of the
 /// request, is replayed beside the live state (every record's chain hash and event); 200 with
 /// the counts when it is sound, 500 `internal` naming the damage when not.
-pub(crate) async fn admin_check(
-    AxState(app): AxState<Shared>,
-    req: Request,
-) -> Result<Response, Response> {
-    admin_auth(&app, &req).map_err(IntoResponse::into_response)?;
-    drop(req);
+pub(crate) async fn admin_check(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
+        admin_auth(&app, &req)?;
+        drop(req);
         let engine = app.engine.clone();
         let report = one_at_a_time(&app, move || {
             engine
@@ -254,7 +251,7 @@ pub(crate) async fn admin_check(
         ))
     }
     .await;
-    Ok(res.unwrap_or_else(|e: ApiError| e.into_response()))
+    res.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
 /// `POST /admin/v1/backup` with `{"to": "/absolute/new/dir"}`: a consistent copy of the data

@@ -109,6 +109,11 @@ impl DirLock {
     }
 }
 
+/// An I/O error on `what`, as the store reports errors.
+fn io(what: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("{}: {e}", what.display()))
+}
+
 /// What a backup holds, checked on the copy after it was written.
 #[derive(Debug, Clone)]
 pub struct BackupReport {
@@ -133,7 +138,6 @@ pub fn copy_data_dir(
     from: &Path,
     to: &Path,
 ) -> Result<BackupReport, StoreError> {
-    let io = |what: &Path, e: std::io::Error| StoreError::Io(format!("{}: {e}", what.display()));
     let name = to
         .file_name()
         .and_then(|n| n.to_str())
@@ -185,7 +189,6 @@ fn copy_into(
     from: &Path,
     to: &Path,
 ) -> Result<BackupReport, StoreError> {
-    let io = |what: &Path, e: std::io::Error| StoreError::Io(format!("{}: {e}", what.display()));
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(DIR_MODE))
         .map_err(|e| io(to, e))?;
     {
