@@ -224,8 +224,10 @@ impl Relay {
             );
         }
         let path = dir.join(LOG_FILE);
-        // 1. What the file holds is checked (every record's chain hash, every event) on a
-        //    read-only view, so that a damaged store is refused without having been written.
+        // 1. What the file holds is checked on a read-only view, so that a damaged store is
+        //    refused without having been written: the log at its head and the projection tables
+        //    loaded, when they are the replay of that head; otherwise the whole log (and the
+        //    tables are rebuilt below).
         let checked = if path.exists() {
             let view = RedbStore::open_read_only(&path)?;
             if view.recovered() {
@@ -233,9 +235,9 @@ impl Relay {
                     "the store was not closed cleanly (a crash or a kill); it is sound and is recovered now"
                 );
             }
-            let (log, state) = engine::replay::replay(Arc::new(view), host)?;
-            // The view goes now: its lock on the file would keep it from being opened below.
-            Some((log.release(), state))
+            // The view goes with this call: its lock on the file would keep it from being
+            // opened below.
+            Some(engine::replay::open_checked(Arc::new(view), host)?)
         } else {
             None
         };
@@ -244,7 +246,7 @@ impl Relay {
         //    what it checked and refuses writes until the writer can reopen the store.
         let (store, health): (Arc<dyn Store>, _) = match RedbStore::open_with(&path, relaxed) {
             Ok(s) => (Arc::new(s), StoreHealth::default()),
-            Err(StoreError::Full(why)) if checked.is_some() => {
+            Err(StoreError::Full(why)) if matches!(checked, Some((_, Ok(_)))) => {
                 tracing::warn!(error = %why, "the store cannot be opened for writing; serving reads, refusing writes until it can");
                 (
                     Arc::new(RedbStore::closed(&path, relaxed)),
@@ -254,14 +256,32 @@ impl Relay {
             Err(e) => return Err(e.into()),
         };
         let (log, state) = match checked {
-            Some((at, state)) if health.writable() => (at.resume(store)?, state),
-            Some((at, state)) => (at.resume_unchecked(store), state),
+            Some((at, Ok(mut state))) => {
+                state.rebind(store.clone());
+                if health.writable() {
+                    (at.resume(store)?, state)
+                } else {
+                    (at.resume_unchecked(store), state)
+                }
+            }
+            Some((at, Err(why))) => {
+                tracing::warn!(records = at.len, reason = %why, "rebuilding the projection tables from the log (once; later starts load them)");
+                let t0 = std::time::Instant::now();
+                let (log, state) = engine::replay::rebuild(store, host)?;
+                tracing::info!(
+                    records = log.len(),
+                    seconds = t0.elapsed().as_secs_f64(),
+                    "projection tables rebuilt"
+                );
+                (log, state)
+            }
             None => {
                 sync_dir(dir).map_err(|e| OpenError::DataDir {
                     path: dir.display().to_string(),
                     err: e.to_string(),
                 })?;
-                engine::replay::replay(store, host)?
+                let (log, state, _) = engine::replay::open(store, host)?;
+                (log, state)
             }
         };
         let mut relay = Relay::start(cfg, host, log, state, key, clock, Arc::new(health));
@@ -279,7 +299,7 @@ impl Relay {
         key: SecretKey,
         clock: Clock,
     ) -> Result<Relay, StoreError> {
-        let (log, state) = engine::replay::replay(store, host)?;
+        let (log, state, _) = engine::replay::open(store, host)?;
         Ok(Relay::from_replayed(cfg, host, log, state, key, clock))
     }
 
@@ -379,6 +399,7 @@ impl Relay {
     /// Starts the background tasks of a serving relay on the current tokio runtime: the
     /// deadline ticker and (when federation is enabled) the forwarding workers.
     pub fn spawn_background(&self) {
+        self.app.engine.verify_log_in_background();
         tokio::spawn(run_deadlines(self.app.engine.clone()));
         tokio::spawn(self.app.fed.clone().run_forwarding());
     }

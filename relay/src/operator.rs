@@ -210,14 +210,14 @@ pub fn check(data_dir: &Path, public_host: Option<&RelayHost>) -> ExitCode {
         Err(e) => return report(e),
     };
     let recovered = view.recovered();
-    match replay::replay(Arc::new(view), &host) {
-        Ok((log, st)) => {
+    match replay::check(Arc::new(view), &host, None, true) {
+        Ok(c) => {
             println!(
-                "relay check: ok: {} records, chain head {}, {} agents, {} messages",
-                log.len(),
-                formica_protocol::hex::encode(&log.head()),
-                st.agents.len(),
-                st.messages.len()
+                "relay check: ok: {} records, chain head {}, {} agents, {} messages; the projection tables are the replay of the log",
+                c.log.len,
+                formica_protocol::hex::encode(&c.log.head),
+                c.agents,
+                c.messages
             );
             if recovered {
                 println!(
@@ -348,9 +348,14 @@ pub fn backup(data_dir: &Path, to: &Path) -> ExitCode {
         };
     };
     let path = data_dir.join(LOG_FILE);
+    let host = crate::recorded_host(data_dir).ok().flatten();
+    let project = move |s: Arc<dyn crate::store::Store>| match &host {
+        Some(h) => replay::rebuild(s, h).map(|_| ()),
+        None => Ok(()),
+    };
     let copied = RedbStore::open_read_only(&path).and_then(|view| {
         let len = view.len()?;
-        copy_data_dir(&view, len, data_dir, &to)
+        copy_data_dir(&view, len, data_dir, &to, Some(&project))
     });
     match copied {
         Ok(r) => done(&r.records.to_string(), &r.chain_head, ""),

@@ -615,18 +615,11 @@ async fn nothing_is_answered_from_a_batch_before_it_is_on_disk() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The pre-checks see the batch; a durable read does not get through.
-    assert!(r
-        .relay
-        .app
-        .engine
-        .state
-        .read_unsettled()
-        .seen
-        .contains(&m.id()));
+    assert!(r.relay.app.engine.state.read_unsettled().seen(&m.id()));
     let durable = {
         let r = r.clone();
         let id = m.id();
-        tokio::task::spawn_blocking(move || r.relay.app.engine.read().seen.contains(&id))
+        tokio::task::spawn_blocking(move || r.relay.app.engine.read().seen(&id))
     };
     let replay = {
         let (r, a, m) = (r.clone(), a.clone(), m.clone());
@@ -662,7 +655,7 @@ async fn nothing_is_answered_from_a_batch_before_it_is_on_disk() {
         status == 507 || status == 201,
         "replay answered {status}: {body:?}"
     );
-    assert_eq!(r.state(|s| s.seen.contains(&m.id())).await, status == 201);
+    assert_eq!(r.state(|s| s.seen(&m.id())).await, status == 201);
     // And with a working disk, the envelope is stored once. The store is reopened with a
     // later write, at most every second (and less often after a reopen that failed, which
     // the replay may have caused while the disk was still failing): until then writes are

@@ -762,11 +762,7 @@ async fn a_full_peer_queue_refuses_new_envelopes_for_that_peer_at_ingest() {
     let refused = send_remote(2);
     let resp = a.send(&r, &refused).await;
     resp.expect(502, "peer_unavailable");
-    assert_eq!(
-        r.state(|s| s.outbound.get(&peer).map_or(0, |q| q.len()))
-            .await,
-        2
-    );
+    assert_eq!(r.state(|s| s.queue_len(&peer)).await, 2);
     // Nothing of the refused envelope was accepted, for any recipient.
     let both = a
         .envelope(
@@ -781,7 +777,7 @@ async fn a_full_peer_queue_refuses_new_envelopes_for_that_peer_at_ingest() {
         .unwrap();
     a.send(&r, &both).await.expect(502, "peer_unavailable");
     assert!(b.inbox(&r, 0).await.is_empty());
-    assert!(r.state(|s| !s.seen.contains(&refused.id())).await);
+    assert!(r.state(|s| !s.seen(&refused.id())).await);
     // Local delivery is unaffected.
     a.send(&r, &a.text(&r, &b.handle, "local"))
         .await

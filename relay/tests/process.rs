@@ -226,26 +226,35 @@ fn a_damaged_store_is_refused_by_serve_and_named_by_check() {
     let log = data.join("log.redb");
     let pristine = std::fs::read(&log).unwrap();
 
-    // A flipped byte inside a stored envelope.
-    let mut bytes = pristine.clone();
-    let at = bytes
-        .windows(16)
-        .position(|w| w == b"MARKER-0007-MARK")
-        .expect("record bytes in the file");
-    bytes[at + 7] ^= 0x01;
+    // A flipped byte in the last record (the log's head; its bytes are also in the inbox
+    // table): start-up checks the head, so serve refuses, and check names the record.
+    let flip = |marker: &[u8]| {
+        let mut bytes = pristine.clone();
+        let mut found = 0;
+        let mut at = 0;
+        while let Some(p) = bytes[at..].windows(marker.len()).position(|w| w == marker) {
+            bytes[at + p + 7] ^= 0x01;
+            at += p + marker.len();
+            found += 1;
+        }
+        assert!(found > 0, "record bytes in the file");
+        bytes
+    };
+    let bytes = flip(b"MARKER-0019-MARK");
     std::fs::write(&log, &bytes).unwrap();
     let out = check_data(&data);
     assert!(!out.status.success(), "check passed a flipped byte");
     let msg = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(msg.contains("DAMAGED"), "{msg}");
     // The message names the damaged record by its number.
-    let named = msg
-        .split("record ")
-        .skip(1)
-        .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-        .filter_map(|n| n.parse::<u64>().ok())
-        .any(|n| n > 0);
-    assert!(named, "check does not name the damaged record: {msg}");
+    let named = |msg: &str| {
+        msg.split("record ")
+            .skip(1)
+            .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .any(|n| n > 0)
+    };
+    assert!(named(&msg), "check does not name the damaged record: {msg}");
     let refused = serve_refuses(&data, &config);
     assert!(refused.contains("refusing to start"), "{refused}");
     // Neither check nor the refused start changed the damaged file.
@@ -254,6 +263,38 @@ fn a_damaged_store_is_refused_by_serve_and_named_by_check() {
         std::fs::read(&log).unwrap() == bytes,
         "check or serve wrote to a damaged store"
     );
+
+    // A flipped byte in an older record: check names it; serve starts (it checks the head and
+    // serves its tables) and its background check of the chain reports the record.
+    let bytes = flip(b"MARKER-0007-MARK");
+    std::fs::write(&log, &bytes).unwrap();
+    let out = check_data(&data);
+    let msg = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && msg.contains("DAMAGED") && named(&msg),
+        "{msg}"
+    );
+    {
+        let mut r = RelayProc::start(&data, &config);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, text) = r.request_text("GET", "/metrics").unwrap();
+            let damaged = text
+                .lines()
+                .find_map(|l| l.strip_prefix("formica_store_log_damaged_record "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if damaged > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the background check did not report the damaged record"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(r.terminate(), Some(0));
+    }
 
     // A truncated file.
     let truncated = &pristine[..pristine.len() / 2];

@@ -244,9 +244,7 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
             Op::Forward(kind) => {
                 let head = {
                     let st = r.relay.app.engine.read();
-                    st.outbound
-                        .get(&peer)
-                        .and_then(|q| q.values().next().map(|x| x.id))
+                    st.queued(&peer, 1).first().map(|(_, x)| x.id)
                 };
                 if let Some(id) = head {
                     let res = match kind {
@@ -372,7 +370,7 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
                     };
                     let sender = {
                         let st = r.relay.app.engine.read();
-                        st.messages.get(&msg).map(|m| m.sender.clone())
+                        st.message(&msg).map(|m| m.sender)
                     };
                     if let Some(sender) = sender {
                         let se = Envelope {
@@ -418,22 +416,32 @@ async fn run(ops: Vec<Op>) -> Vec<String> {
     // cannot append meanwhile, and it never releases the lock with events that are not on disk.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let live = r.relay.app.engine.read();
-    let (log, rebuilt) = formica_relay::engine::replay::replay(
-        r.store.clone() as Arc<dyn formica_relay::store::Store>,
-        &r.host(),
-    )
-    .unwrap();
-    assert_eq!(log.len(), live.events);
-    assert!(*live == rebuilt, "rebuilt state differs from the live one");
+    let store = r.store.clone() as Arc<dyn formica_relay::store::Store>;
+    // The tables the writer committed are, row for row, the replay of the log.
+    let checked = formica_relay::engine::replay::check(store.clone(), &r.host(), None, true)
+        .unwrap_or_else(|e| panic!("the live tables differ from the replay of the log: {e}"));
+    assert_eq!(checked.log.len, live.events);
+    // And what the live relay holds in memory is what a start loads from them.
+    let loaded = formica_relay::engine::state::State::load(r.host(), store.clone()).unwrap();
+    assert!(
+        live.memory_eq(&loaded),
+        "the state in memory differs from the one loaded from the store"
+    );
     // What federation did, for the fixed-sequence test below.
-    let mut seen: Vec<String> = live
-        .messages
-        .values()
-        .flat_map(|m| m.recipients.iter().map(|x| x.state.as_str().to_owned()))
+    let dump = formica_relay::engine::state::Db::dump(&*store).unwrap();
+    let mut seen: Vec<String> = dump
+        .iter()
+        .filter(|((t, _), _)| *t == formica_relay::store::Table::Messages)
+        .filter_map(|(_, v)| formica_relay::engine::state::codec::message_record(v))
+        .flat_map(|m| {
+            m.recipients
+                .into_iter()
+                .map(|x| x.state.as_str().to_owned())
+        })
         .collect();
     seen.push(format!(
         "queued={}",
-        live.outbound.values().map(|q| q.len()).sum::<usize>()
+        live.outbound_len.values().sum::<usize>()
     ));
     seen.push(format!("dead_letters={}", live.dead_letters));
     seen.push(format!("remote_logs={}", live.remote_logs.len()));

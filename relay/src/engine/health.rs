@@ -18,6 +18,9 @@ pub struct StoreHealth {
     pub free_bytes: AtomicU64,
     /// Syncs to disk the store has made (when its engine counts them).
     pub syncs: AtomicU64,
+    /// The background check of the log's chain after start-up: 0 running, 1 sound, or the
+    /// number of the first damaged record plus one.
+    pub log_check: AtomicU64,
 }
 
 impl Default for StoreHealth {
@@ -30,6 +33,7 @@ impl Default for StoreHealth {
             low_space_refusals: AtomicU64::new(0),
             free_bytes: AtomicU64::new(u64::MAX),
             syncs: AtomicU64::new(0),
+            log_check: AtomicU64::new(0),
         }
     }
 }

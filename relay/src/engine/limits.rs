@@ -1,7 +1,10 @@
-//! In-memory limiters: token buckets per agent key and per client IP, request nonces seen within
-//! the freshness window, and outstanding proof-of-work challenges. None of this is durable on
-//! purpose: after a restart buckets start full, challenges must be fetched again, and nonces
-//! are bounded by the freshness window (SPEC.md AUTH-6 notes what a restart allows).
+//! Admission limiters: token buckets per agent key and per client IP, request nonces seen within
+//! the freshness window, and outstanding proof-of-work challenges. Buckets are in memory only
+//! (after a restart they start full). Nonces and challenges survive a restart: each change is
+//! written to their [`Journal`], which the writer commits with its next batch (a deadline tick
+//! makes one when nothing else writes), and a start loads them back ([`Nonces::restore`],
+//! [`Challenges::restore`]), so that a request captured before a restart cannot be replayed
+//! after it (SPEC.md AUTH-6).
 //!
 //! Every table has a hard cap on its entries. When a table is full, entries that no longer
 //! carry information are dropped first (a bucket that has refilled completely, a nonce older
@@ -13,6 +16,23 @@ use formica_protocol::auth::Nonce;
 use formica_protocol::pow::Challenge;
 use formica_protocol::Handle;
 use std::collections::{HashMap, VecDeque};
+
+/// Rows of the store's `admission` table changed and not yet committed: key -> value, or
+/// `None` to remove it. Keys are unique, so it holds at most one row per live nonce or
+/// challenge (bounded by `limits.nonces_max` and `limits.challenges_max`) plus the removals
+/// of expired ones.
+pub type Journal = std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The `admission` row of a nonce: `n NUL handle NUL nonce(hex)`; its value is the time seen.
+pub fn nonce_key(h: &Handle, n: &Nonce) -> Vec<u8> {
+    format!("n\0{h}\0{}", n.to_hex()).into_bytes()
+}
+
+/// The `admission` row of a challenge: `c NUL challenge(hex)`; its value is
+/// `expires difficulty address` as text.
+pub fn challenge_key(c: &Challenge) -> Vec<u8> {
+    format!("c\0{}", c.to_hex()).into_bytes()
+}
 use std::hash::Hash;
 use std::net::IpAddr;
 
@@ -114,6 +134,8 @@ pub struct Nonces {
     per: HashMap<Handle, usize>,
     max: usize,
     per_max: usize,
+    /// Changes for the store.
+    pub journal: Journal,
 }
 
 impl Default for Nonces {
@@ -133,7 +155,26 @@ impl Nonces {
             per: HashMap::new(),
             max: max.max(1),
             per_max: per_max.max(1),
+            journal: Journal::new(),
         }
+    }
+
+    /// A nonce seen at `at`, loaded from the store at start-up (in the order they were
+    /// seen). One that has expired by `now` is removed from the store instead.
+    pub fn restore(&mut self, h: Handle, n: Nonce, at: i64, now: i64, retention_ms: i64) {
+        let key = (h.clone(), n);
+        if at <= now - retention_ms || self.seen.contains_key(&key) {
+            self.journal.insert(nonce_key(&h, &n), None);
+            return;
+        }
+        *self.per.entry(h.clone()).or_insert(0) += 1;
+        self.seen.insert(key, at);
+        self.order.push_back((at, h, n));
+    }
+
+    /// Sorts what [`restore`](Self::restore) loaded into the order nonces expire in.
+    pub fn restored(&mut self) {
+        self.order.make_contiguous().sort_by_key(|(t, _, _)| *t);
     }
 
     /// Number of remembered nonces.
@@ -167,6 +208,7 @@ impl Nonces {
                         self.per.remove(&hh);
                     }
                 }
+                self.journal.insert(nonce_key(&hh, &nn), None);
                 self.seen.remove(&(hh, nn));
             }
         }
@@ -189,6 +231,8 @@ impl Nonces {
         *self.per.entry(h.clone()).or_insert(0) += 1;
         self.seen.insert(key, now);
         self.order.push_back((now, h.clone(), n));
+        self.journal
+            .insert(nonce_key(h, &n), Some(now.to_be_bytes().to_vec()));
         Ok(())
     }
 }
@@ -208,6 +252,8 @@ pub struct Challenges {
     per: HashMap<IpAddr, usize>,
     max: usize,
     per_max: usize,
+    /// Changes for the store.
+    pub journal: Journal,
 }
 
 /// What [`Challenges::check`] found.
@@ -243,7 +289,46 @@ impl Challenges {
             per: HashMap::new(),
             max: max.max(1),
             per_max: per_max.max(1),
+            journal: Journal::new(),
         }
+    }
+
+    /// The value of a challenge's `admission` row.
+    fn row(expires: i64, difficulty: u32, client: Option<IpAddr>) -> Vec<u8> {
+        let ip = client.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+        format!("{expires} {difficulty} {ip}").into_bytes()
+    }
+
+    /// A challenge loaded from the store at start-up (`row` as [`issue`](Self::issue) wrote
+    /// it). One that has expired by `now`, or does not read back, is removed instead.
+    pub fn restore(&mut self, c: Challenge, row: &[u8], now: i64) {
+        let parsed = std::str::from_utf8(row).ok().and_then(|s| {
+            let mut it = s.split(' ');
+            let expires: i64 = it.next()?.parse().ok()?;
+            let difficulty: u32 = it.next()?.parse().ok()?;
+            let ip = match it.next()? {
+                "-" => None,
+                a => Some(a.parse::<IpAddr>().ok()?),
+            };
+            Some((expires, difficulty, ip))
+        });
+        match parsed {
+            Some((expires, difficulty, ip)) if expires > now && !self.open.contains_key(&c) => {
+                if let Some(ip) = ip {
+                    *self.per.entry(ip).or_insert(0) += 1;
+                }
+                self.open.insert(c, (expires, difficulty, ip));
+                self.order.push_back((expires, c));
+            }
+            _ => {
+                self.journal.insert(challenge_key(&c), None);
+            }
+        }
+    }
+
+    /// Sorts what [`restore`](Self::restore) loaded into expiry order.
+    pub fn restored(&mut self) {
+        self.order.make_contiguous().sort_by_key(|(e, _)| *e);
     }
 
     /// Number of live (issued, unused) challenges, expired ones not yet swept included.
@@ -272,6 +357,7 @@ impl Challenges {
     }
 
     fn forget(&mut self, c: &Challenge) {
+        self.journal.insert(challenge_key(c), None);
         if let Some((_, _, Some(ip))) = self.open.remove(c) {
             if let Some(n) = self.per.get_mut(&ip) {
                 *n -= 1;
@@ -311,6 +397,10 @@ impl Challenges {
         }
         self.open.insert(c, (expires, difficulty, client));
         self.order.push_back((expires, c));
+        self.journal.insert(
+            challenge_key(&c),
+            Some(Self::row(expires, difficulty, client)),
+        );
         Ok(())
     }
 

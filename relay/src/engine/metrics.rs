@@ -35,13 +35,13 @@ impl Metrics {
             (
                 st.agents.len(),
                 st.events,
-                st.messages.len(),
-                st.deadlines.len(),
+                st.messages_len as usize,
+                st.deadlines_len as usize,
                 st.peers
                     .values()
                     .filter(|p| p.status == PeerStatus::Active)
                     .count(),
-                st.outbound.values().map(|q| q.len()).sum::<usize>(),
+                st.outbound_len.values().sum::<usize>(),
                 st.dead_letters,
             )
         };
@@ -186,6 +186,19 @@ impl Metrics {
             "Syncs to disk made by the store (none in the benchmark-only relaxed mode).",
             h.syncs.load(Ordering::Relaxed) as i64,
         );
+        let lc = h.log_check.load(Ordering::Relaxed);
+        line(
+            "formica_store_log_damaged_record",
+            "gauge",
+            "The first record the background check found damaged since start (0: none found; see formica_store_log_checked).",
+            lc.saturating_sub(1) as i64,
+        );
+        line(
+            "formica_store_log_checked",
+            "gauge",
+            "1 once the background check of the log's chain since start has finished.",
+            i64::from(lc > 0),
+        );
         // Per peer (bounded by the peering caps): queue depth and the age of its oldest item.
         let now = engine.now();
         let per_peer: Vec<(String, usize, i64)> = {
@@ -193,12 +206,12 @@ impl Metrics {
             st.peers
                 .keys()
                 .map(|p| {
-                    let q = st.outbound.get(p);
-                    let oldest = q
-                        .and_then(|q| q.values().map(|x| x.at).min())
-                        .map(|at| (now - at).max(0))
+                    let oldest = st
+                        .queued(p, 1)
+                        .first()
+                        .map(|(_, x)| (now - x.at).max(0))
                         .unwrap_or(0);
-                    (p.to_string(), q.map(|q| q.len()).unwrap_or(0), oldest)
+                    (p.to_string(), st.queue_len(p), oldest)
                 })
                 .collect()
         };

@@ -71,6 +71,8 @@ pub struct Engine {
     pub store_health: Arc<StoreHealth>,
     /// The log's store, for reads of durable records beside the writer (check, backup).
     store: Arc<dyn Store>,
+    /// Nonce and challenge rows the writer commits with its next batch (`limits::Journal`).
+    admission: Arc<std::sync::Mutex<limits::Journal>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -95,15 +97,17 @@ impl Engine {
         let store = log.store().clone();
         let notifier = Arc::new(Notifier::default());
         let policy = Arc::new(policy);
-        let (writer, writer_thread) = writer::spawn(
+        let admission = Arc::new(std::sync::Mutex::new(limits::Journal::new()));
+        let (writer, writer_thread) = writer::spawn(writer::Setup {
             log,
-            state.clone(),
-            notifier.clone(),
-            relay_key.clone(),
-            policy.clone(),
-            clock.clone(),
-            store_health.clone(),
-        );
+            state: state.clone(),
+            notifier: notifier.clone(),
+            relay_key: relay_key.clone(),
+            policy: policy.clone(),
+            clock: clock.clone(),
+            health: store_health.clone(),
+            admission: admission.clone(),
+        });
         let engine = Arc::new(Engine {
             host,
             policy,
@@ -117,8 +121,27 @@ impl Engine {
             stopping: tokio::sync::watch::channel(false).0,
             store_health,
             store,
+            admission,
         });
         (engine, writer_thread)
+    }
+
+    /// Hands the changes of a nonce or challenge table (`limits`) to the writer, which commits
+    /// them with its next batch.
+    pub fn journal(&self, j: &mut limits::Journal) {
+        if !j.is_empty() {
+            let mut a = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+            a.append(j);
+        }
+    }
+
+    /// True when nonce or challenge changes wait for a commit.
+    pub fn journal_pending(&self) -> bool {
+        !self
+            .admission
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// The time now, from the engine's clock.
@@ -142,18 +165,52 @@ impl Engine {
         &self.store
     }
 
+    /// Checks the whole log's chain on a thread of its own, as of now: start-up checks only
+    /// the head. Damage is logged (run `relay check`) and shown by `/metrics`; the relay goes
+    /// on serving (it serves its projection tables, not old records).
+    pub fn verify_log_in_background(self: &Arc<Self>) {
+        let engine = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("formica-verify".into())
+            .spawn(move || {
+                let len = engine.durable_len();
+                let t0 = std::time::Instant::now();
+                let r = crate::store::EventLog::verify_chain(&**engine.store(), len, 10_000);
+                let h = &engine.store_health;
+                match r {
+                    Ok(()) => {
+                        h.log_check.store(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(records = len, seconds = t0.elapsed().as_secs_f64(), "the log's chain is sound");
+                    }
+                    Err(StoreError::Corrupt { seq, reason }) => {
+                        h.log_check
+                            .store(seq.max(1) + 1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(record = seq, reason = %reason, "the log is damaged; the relay serves its projection tables, but stop it and run relay check");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the background check of the log could not read it");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the background check of the log");
+        }
+    }
+
     /// `relay check` on a running relay: replays the durable log, as of now, into a new state
     /// beside the live one (every record's chain hash and event, as at start-up), without
     /// stopping the writer. Blocking, and as costly as a start-up (time, and memory for a
     /// second state): call it on a blocking thread, one at a time.
     pub fn check_log(&self) -> Result<CheckReport, StoreError> {
         let len = self.durable_len();
-        let (log, st) = replay::replay_prefix(self.store.clone(), &self.host, Some(len))?;
+        // The live tables move on while the replay runs: they are compared by `relay check`
+        // on a stopped relay only.
+        let c = replay::check(self.store.clone(), &self.host, Some(len), false)?;
         Ok(CheckReport {
-            records: log.len(),
-            chain_head: formica_protocol::hex::encode(&log.head()),
-            agents: st.agents.len() as u64,
-            messages: st.messages.len() as u64,
+            records: c.log.len,
+            chain_head: formica_protocol::hex::encode(&c.log.head),
+            agents: c.agents,
+            messages: c.messages,
         })
     }
 }

@@ -1,10 +1,205 @@
-//! Start-up: replays the event log into a fresh state, checking every record's chain hash
-//! first (also what `relay check` runs).
+//! Rebuilding the projections: replays the event log into fresh tables, checking every
+//! record's chain hash first (a store from before the tables, damaged tables, `relay check`).
 
 use super::events::Event;
-use super::state::State;
-use crate::store::{EventLog, Store, StoreError};
+use super::state::{Db, State};
+use crate::store::{EventLog, LogPosition, MemStore, Rows, Store, StoreError};
 use std::sync::Arc;
+
+/// How [`open`] found the projections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// They were the replay of the log's head: loaded, nothing replayed.
+    Loaded,
+    /// They had to be rebuilt from the log, for this reason.
+    Rebuilt(String),
+}
+
+/// Why the projections of `store` cannot be loaded as they are (`None`: they can, and here
+/// they are): they must be the replay of exactly the log's head.
+fn loadable(
+    store: &Arc<dyn Store>,
+    host: &formica_protocol::RelayHost,
+    at: LogPosition,
+) -> Result<State, String> {
+    match LogPosition::projected(&**store) {
+        Ok(Some(p)) if p == at => {}
+        Ok(Some(p)) => {
+            return Err(format!(
+                "the projection tables are the replay of {} records, the log holds {}",
+                p.len, at.len
+            ))
+        }
+        Ok(None) => {
+            return Err("the store has no projection tables (written by an earlier release, or a rebuild was interrupted)".into())
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    match State::load(host.clone(), store.clone()) {
+        Ok(st) if st.events == at.len => Ok(st),
+        Ok(st) => Err(format!(
+            "the projection tables count {} events, the log holds {}",
+            st.events, at.len
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Start-up: checks the log at its head and loads the projections when they are its replay;
+/// otherwise (none yet, another position, damage) rebuilds them from the whole log, which is
+/// then checked from its first record.
+pub fn open(
+    store: Arc<dyn Store>,
+    host: &formica_protocol::RelayHost,
+) -> Result<(EventLog, State, Opened), StoreError> {
+    let log = EventLog::open_head(store.clone())?;
+    match loadable(&store, host, log.position()) {
+        Ok(st) => Ok((log, st, Opened::Loaded)),
+        Err(why) => {
+            if !log.is_empty() {
+                tracing::warn!(reason = %why, "rebuilding the projection tables from the log");
+            }
+            let (log, st) = rebuild(store, host)?;
+            Ok((log, st, Opened::Rebuilt(why)))
+        }
+    }
+}
+
+/// [`open`]'s first half on a store that must not be written (a read-only view): the log's
+/// head position and the loaded state, or why the projections need a rebuild (and then the
+/// whole chain is checked here, so that a damaged log is refused before anything writes).
+pub fn open_checked(
+    store: Arc<dyn Store>,
+    host: &formica_protocol::RelayHost,
+) -> Result<(LogPosition, Result<State, String>), StoreError> {
+    let log = EventLog::open_head(store.clone())?;
+    let at = log.position();
+    match loadable(&store, host, at) {
+        Ok(mut st) => {
+            // Let go of the view (its lock keeps the store from being opened for writing);
+            // the caller binds the state to the store it opens.
+            st.rebind(Arc::new(MemStore::default()));
+            Ok((at, Ok(st)))
+        }
+        Err(why) => {
+            let full = EventLog::open(store, &mut |seq, payload| {
+                Event::decode(payload)
+                    .map(|_| ())
+                    .map_err(|reason| StoreError::Corrupt { seq, reason })
+            })?;
+            Ok((full.release(), Err(why)))
+        }
+    }
+}
+
+/// What `relay check` found in a sound store.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub log: LogPosition,
+    pub agents: u64,
+    pub messages: u64,
+    /// Whether the store's projection tables were compared with the replay.
+    pub compared: bool,
+}
+
+/// `relay check`: replays the first `len` records (every record's chain hash and event) into
+/// projections in memory, and, when `compare` is set, compares them row by row with the
+/// store's own tables, naming the first table and key that differ. Memory: the projections of
+/// the whole log.
+pub fn check(
+    store: Arc<dyn Store>,
+    host: &formica_protocol::RelayHost,
+    len: Option<u64>,
+    compare: bool,
+) -> Result<Checked, StoreError> {
+    let mem: Arc<dyn Store> = Arc::new(MemStore::default());
+    let (log, st) = replay_into(store.clone(), host, len, mem.clone())?;
+    if compare {
+        match LogPosition::projected(&*store)? {
+            Some(p) if p == log.position() => {}
+            Some(p) => {
+                return Err(StoreError::Corrupt {
+                    seq: 0,
+                    reason: format!("the projection tables are the replay of {} records, the log holds {} (relay check --rebuild repairs them)", p.len, log.len()),
+                })
+            }
+            None => {
+                return Err(StoreError::Corrupt {
+                    seq: 0,
+                    reason: "the store has no projection tables (relay serve or relay check --rebuild builds them)".into(),
+                })
+            }
+        }
+        let want = Db::dump(&*mem)?;
+        let got = Db::dump(&*store)?;
+        if let Some(diff) = first_difference(&want, &got) {
+            return Err(StoreError::Corrupt {
+                seq: 0,
+                reason: format!("{diff} (relay check --rebuild repairs it from the log)"),
+            });
+        }
+    }
+    Ok(Checked {
+        log: log.position(),
+        agents: st.agents.len() as u64,
+        messages: st.messages_len,
+        compared: compare,
+    })
+}
+
+/// The first row where the store's tables (`got`) differ from the replay (`want`).
+fn first_difference(want: &Rows, got: &Rows) -> Option<String> {
+    let show = |k: &[u8]| {
+        let s = String::from_utf8_lossy(k);
+        if s.chars().all(|c| !c.is_control() || c == '\0') {
+            s.replace('\0', " ")
+        } else {
+            formica_protocol::hex::encode(k)
+        }
+    };
+    let mut a = want.iter();
+    let mut b = got.iter();
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return None,
+            (Some(((t, k), _)), None) => {
+                return Some(format!(
+                    "projection table {}: row {} is missing",
+                    t.name(),
+                    show(k)
+                ))
+            }
+            (None, Some(((t, k), _))) => {
+                return Some(format!(
+                    "projection table {}: row {} should not be there",
+                    t.name(),
+                    show(k)
+                ))
+            }
+            (Some(((t1, k1), v1)), Some(((t2, k2), v2))) => {
+                if (t1, k1) != (t2, k2) {
+                    let ((t, k), what) = if (t1, k1) < (t2, k2) {
+                        ((t1, k1), "is missing")
+                    } else {
+                        ((t2, k2), "should not be there")
+                    };
+                    return Some(format!(
+                        "projection table {}: row {} {what}",
+                        t.name(),
+                        show(k)
+                    ));
+                }
+                if v1 != v2 {
+                    return Some(format!(
+                        "projection table {}: row {} differs from the replay of the log",
+                        t1.name(),
+                        show(k1)
+                    ));
+                }
+            }
+        }
+    }
+}
 
 /// Records handed from one replay stage to the next at a time.
 const REPLAY_CHUNK: usize = 1024;
@@ -34,37 +229,48 @@ impl RawChunk {
     }
 }
 
-/// Replays a log into a fresh state (the start-up path and `relay check`).
+/// Rows a rebuild applies before it commits them: bounds the memory it holds (each row is at
+/// most an envelope's bytes and a little more).
+pub const REBUILD_FLUSH_ROWS: usize = 100_000;
+
+/// Rebuilds the projection tables of `store` from its log: empties them, replays every record
+/// (checking every record's chain hash, as `relay check` does) and commits the rows as it goes,
+/// the position they are the replay of last. An interrupted rebuild leaves no position, so the
+/// next start rebuilds again. This is the path of a store written before the tables existed, of
+/// damaged tables and of `relay check --rebuild`.
+pub fn rebuild(
+    store: Arc<dyn Store>,
+    host: &formica_protocol::RelayHost,
+) -> Result<(EventLog, State), StoreError> {
+    store.clear_projections()?;
+    replay_into(store.clone(), host, None, store)
+}
+
+/// Replays the first `len` records of `store`'s log (all when `None`) into projections kept in
+/// `target` (another store, or the same one with its tables emptied), committing as it goes.
+/// Returns the log checked from its first record and the state.
 ///
 /// Two stages overlap on a machine with more than one core: this thread reads records and
 /// checks their chain hashes, a second thread decodes and applies them in order; read buffers
 /// travel back to be reused. The result is the same as applying each record as it is read; the
 /// first error (a broken chain or an undecodable record, with its record number) is the one
-/// returned. (Decoding and applying stay on one thread: with a third stage the allocator,
-/// freeing across threads, cost more than the overlap gained.)
-pub fn replay(
-    store: Arc<dyn Store>,
-    host: &formica_protocol::RelayHost,
-) -> Result<(EventLog, State), StoreError> {
-    replay_prefix(store, host, None)
-}
-
-/// [`replay`] of only the first `len` records, when `len` is given: after a failed write, the
-/// state is rebuilt from what was durable before it.
-pub fn replay_prefix(
+/// returned.
+pub fn replay_into(
     store: Arc<dyn Store>,
     host: &formica_protocol::RelayHost,
     len: Option<u64>,
+    target: Arc<dyn Store>,
 ) -> Result<(EventLog, State), StoreError> {
     use std::sync::mpsc::{channel, sync_channel};
     std::thread::scope(|s| {
         let (raw_tx, raw_rx) = sync_channel::<RawChunk>(REPLAY_CHUNKS_IN_FLIGHT);
         let (reuse_tx, reuse_rx) = channel::<RawChunk>();
         let host = host.clone();
+        let tgt = target.clone();
         let applier = std::thread::Builder::new()
             .name("formica-replay".into())
             .spawn_scoped(s, move || -> Result<State, StoreError> {
-                let mut st = State::new(host);
+                let mut st = State::new(host, tgt.clone());
                 for mut chunk in raw_rx {
                     for (seq, payload) in chunk.records() {
                         let ev = Event::decode(payload)
@@ -73,6 +279,11 @@ pub fn replay_prefix(
                     }
                     chunk.clear();
                     let _ = reuse_tx.send(chunk);
+                    if st.pending_rows() >= REBUILD_FLUSH_ROWS {
+                        let c = st.take_changes()?;
+                        tgt.commit(0, &[], &[&c])?;
+                        st.committed();
+                    }
                 }
                 Ok(st)
             })
@@ -102,8 +313,11 @@ pub fn replay_prefix(
             .join()
             .unwrap_or_else(|_| Err(StoreError::Io("the replay thread panicked".into())));
         // A decoding error stops the scan (its sends fail), so it comes first; then the scan's.
-        let st = applied?;
+        let mut st = applied?;
         let log = opened?;
+        let c = st.take_changes()?;
+        target.commit(0, &[], &[&c, &log.position().projected_change()])?;
+        st.committed();
         Ok((log, st))
     })
 }
@@ -117,13 +331,13 @@ mod tests {
     use formica_protocol::Handle;
     use formica_protocol::RelayHost;
 
-    /// The staged replay gives the state of applying each record in turn, across many chunks,
-    /// and reports a record that does not decode by its number.
+    /// The staged replay, committing in chunks, gives the tables of applying each record in
+    /// turn, across many chunks, and reports a record that does not decode by its number.
     #[test]
     fn staged_replay_equals_applying_in_turn() {
         let host = RelayHost::parse("relay.test").unwrap();
         let store: Arc<dyn Store> = Arc::new(MemStore::default());
-        let (mut log, _) = replay(store.clone(), &host).unwrap();
+        let (mut log, _, _) = open(store.clone(), &host).unwrap();
         let owner = Handle::parse("@a@relay.test").unwrap();
         let n = REPLAY_CHUNK * 2 + 7;
         let events: Vec<Event> = (0..n)
@@ -135,18 +349,29 @@ mod tests {
             })
             .collect();
         let records: Vec<Vec<u8>> = events.iter().map(Event::encode).collect();
-        log.append(&records).unwrap();
-        let mut expect = State::new(host.clone());
+        let expect_store: Arc<dyn Store> = Arc::new(MemStore::default());
+        let mut expect = State::new(host.clone(), expect_store.clone());
         for e in &events {
             expect.apply(e);
         }
-        let (_, got) = replay(store.clone(), &host).unwrap();
-        assert_eq!(got, expect);
+        let c = expect.take_changes().unwrap();
+        log.append(&records).unwrap();
+        expect_store
+            .commit(0, &[], &[&c, &log.position().projected_change()])
+            .unwrap();
+        let (_, got) = rebuild(store.clone(), &host).unwrap();
         assert_eq!(got.events, n as u64);
+        assert_eq!(
+            Db::dump(&*store).unwrap(),
+            Db::dump(&*expect_store).unwrap()
+        );
+        // Loaded again, nothing is replayed.
+        let (_, _, how) = open(store.clone(), &host).unwrap();
+        assert_eq!(how, Opened::Loaded);
         // A record that is chained correctly but does not decode is named by its number.
-        let (mut log, _) = replay(store.clone(), &host).unwrap();
+        let (mut log, _, _) = open(store.clone(), &host).unwrap();
         log.append(&[b"{\"t\":\"nonsense\"}".to_vec()]).unwrap();
-        match replay(store, &host) {
+        match open(store, &host) {
             Err(StoreError::Corrupt { seq, .. }) => assert_eq!(seq, n as u64 + 1),
             other => panic!("expected a corrupt record, got {:?}", other.map(|_| ())),
         }

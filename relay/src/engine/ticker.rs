@@ -26,11 +26,14 @@ pub async fn run_deadlines(engine: Arc<Engine>) {
             // While writes are refused (a store to reopen, free space to check again), a tick
             // lets the writer look again even when no client writes.
             !engine.store_health.takes_writes()
-                || st.deadlines.iter().next().is_some_and(|(by, _)| *by < now)
-                || st
-                    .outbound
-                    .values()
-                    .any(|q| q.values().next().is_some_and(|x| now - x.at > max_age))
+                // Nonces and challenges wait for a commit: one while nothing else writes.
+                || engine.journal_pending()
+                || !st.deadlines_before(now, 1).is_empty()
+                || st.outbound_len.keys().any(|p| {
+                    st.queued(p, 1)
+                        .first()
+                        .is_some_and(|(_, x)| now - x.at > max_age)
+                })
         };
         if due {
             if let Err(e) = engine.writer.submit(Command::Tick).await {

@@ -18,10 +18,9 @@ use super::events::Event;
 use super::health::StoreHealth;
 use super::notifier::Notifier;
 use super::policy::Policy;
-use super::replay::replay_prefix;
 use super::state::State;
 use super::Clock;
-use crate::store::{EventLog, StoreError};
+use crate::store::{EventLog, LogPosition, StoreError};
 use formica_protocol::SecretKey;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,19 +117,41 @@ pub const EXIT_STATE_LOST: i32 = 74;
 
 /// Starts the writer thread. It ends when every `Writer` is dropped, and then drops the log, so
 /// that the store is closed cleanly.
-pub fn spawn(
-    log: EventLog,
-    state: Arc<StateCell>,
-    notifier: Arc<Notifier>,
-    relay_key: SecretKey,
-    policy: Arc<Policy>,
-    clock: Clock,
-    health: Arc<StoreHealth>,
-) -> (Writer, std::thread::JoinHandle<()>) {
+/// What the writer thread works with.
+pub struct Setup {
+    pub log: EventLog,
+    pub state: Arc<StateCell>,
+    pub notifier: Arc<Notifier>,
+    pub relay_key: SecretKey,
+    pub policy: Arc<Policy>,
+    pub clock: Clock,
+    pub health: Arc<StoreHealth>,
+    /// Nonce and challenge rows to commit with the next batch.
+    pub admission: Arc<std::sync::Mutex<super::limits::Journal>>,
+}
+
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writer::Setup({:?})", self.log)
+    }
+}
+
+pub fn spawn(setup: Setup) -> (Writer, std::thread::JoinHandle<()>) {
+    let Setup {
+        log,
+        state,
+        notifier,
+        relay_key,
+        policy,
+        clock,
+        health,
+        admission,
+    } = setup;
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_COMMANDS_MAX);
     let stats = Arc::new(WriterStats::default());
     let st2 = stats.clone();
     let mut core = WriterCore {
+        admission,
         log,
         state,
         notifier,
@@ -188,6 +209,8 @@ pub fn spawn(
 
 /// What the writer thread owns.
 struct WriterCore {
+    /// Nonce and challenge rows to commit with the next batch.
+    admission: Arc<std::sync::Mutex<super::limits::Journal>>,
     log: EventLog,
     state: Arc<StateCell>,
     notifier: Arc<Notifier>,
@@ -316,11 +339,36 @@ impl WriterCore {
                 self.carry.extend(jobs.by_ref());
             }
         }
+        // The rows the batch changed go into the same commit as its records. A store error met
+        // while deciding or applying (a table that could not be read) fails the whole batch.
+        let changes = st.take_changes();
         // Only this thread changes the state, so the write lock can go while the disk works: the
         // ingest pre-checks read on, durable readers still wait at the gate.
         drop(st);
-        if !records.is_empty() {
-            if let Err(e) = self.log.append(&records) {
+        let changes = match changes {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "a projection table could not be read; the batch is refused");
+                self.reload_state();
+                let err = ApiError::from(e);
+                for (reply, res) in replies {
+                    let _ = reply.send(res.and(Err(err.clone())));
+                }
+                return 0;
+            }
+        };
+        let admission = self.take_admission();
+        if records.is_empty() {
+            // Nonces and challenges alone (a tick while nothing else writes).
+            if !admission.is_empty() {
+                if let Err(e) = self.log.store().commit(0, &[], &[&admission]) {
+                    self.give_back(admission);
+                    self.failed_append(&e);
+                }
+            }
+        } else {
+            if let Err(e) = self.log.append_with(&records, &[&changes, &admission]) {
+                self.give_back(admission);
                 self.failed_append(&e);
                 let err = ApiError::from(e);
                 for (reply, res) in replies {
@@ -328,6 +376,8 @@ impl WriterCore {
                 }
                 return 0;
             }
+            // The rows are in the store now; reads stop looking at the batch's copy.
+            self.state.read_unsettled().committed();
             if let Some(n) = self.log.store().syncs() {
                 self.health.syncs.store(n, Ordering::Relaxed);
             }
@@ -345,12 +395,28 @@ impl WriterCore {
         records.len()
     }
 
-    /// The batch's events are applied in memory but not on disk: the state goes back to the
-    /// replay of the durable log (read from a read-only view, since the store refuses I/O after
-    /// a failed write), and writes are refused until the store is reopened. If even that replay
-    /// fails (the file cannot be read back: an I/O error, not a full disk), the process ends
-    /// with [`EXIT_STATE_LOST`]: open streams and forwarding workers read the state, and it
-    /// holds events that are not durable.
+    /// The nonce and challenge rows waiting for a commit.
+    fn take_admission(&self) -> crate::store::Changes {
+        let j = std::mem::take(&mut *self.admission.lock().unwrap_or_else(|p| p.into_inner()));
+        j.into_iter()
+            .map(|(k, v)| ((crate::store::Table::Admission, k), v))
+            .collect()
+    }
+
+    /// Rows of a commit that failed go back, behind any newer change to the same row.
+    fn give_back(&self, rows: crate::store::Changes) {
+        let mut a = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        for ((_, k), v) in rows {
+            a.entry(k).or_insert(v);
+        }
+    }
+
+    /// The batch's events are applied in memory but not on disk: the state goes back to what
+    /// the store holds (read through a read-only view while the store refuses I/O after a
+    /// failed write), and writes are refused until the store is reopened. If that fails (the
+    /// file cannot be read back, or its tables are not the replay of the durable log), the
+    /// process ends with [`EXIT_STATE_LOST`]: open streams and forwarding workers read the
+    /// state, and it holds events that are not durable; a restart loads or rebuilds what is.
     fn failed_append(&mut self, e: &StoreError) {
         tracing::error!(error = %e, "append failed; nothing of the batch is kept, writes are refused until the store can be written again");
         self.health.failures.fetch_add(1, Ordering::Relaxed);
@@ -362,17 +428,32 @@ impl WriterCore {
             n => Some(Instant::now() + Self::backoff(n)),
         };
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        self.reload_state();
+    }
+
+    /// Loads the state again from the store's committed tables, which must be the replay of
+    /// the durable log (see [`failed_append`](Self::failed_append)).
+    fn reload_state(&mut self) {
         let mut st = self.state.write();
+        st.discard_changes();
         let host = st.host.clone();
-        let rebuilt = self
-            .log
-            .store()
-            .read_only()
-            .and_then(|view| replay_prefix(view, &host, Some(self.log.len())));
-        match rebuilt {
-            Ok((_, s)) => *st = s,
+        let store = self.log.store().clone();
+        let at = self.log.position();
+        let loaded = LogPosition::projected(&*store).and_then(|p| {
+            if p == Some(at) {
+                return super::state::State::load(host, store);
+            }
+            // The failed commit reached the file (its sync failed): the tables hold it. Until
+            // the store is reopened (and its tables rebuilt), the state is the replay of the
+            // durable records, held in memory.
+            tracing::warn!(records = at.len, "the failed commit reached the file; serving the replay of the durable log from memory until the store is reopened");
+            let mem: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemStore::default());
+            super::replay::replay_into(store, &host, Some(at.len), mem).map(|(_, s)| s)
+        });
+        match loaded {
+            Ok(s) => *st = s,
             Err(e2) => {
-                tracing::error!(error = %e2, code = EXIT_STATE_LOST, "the state cannot be rebuilt from the durable log after a failed write; stopping (a restart replays what is durable)");
+                tracing::error!(error = %e2, code = EXIT_STATE_LOST, "the state cannot be loaded from the store after a failed write; stopping (a restart loads or rebuilds what is durable)");
                 std::process::exit(EXIT_STATE_LOST);
             }
         }
@@ -385,9 +466,22 @@ impl WriterCore {
     /// answered 507; a retry is answered `duplicate`).
     fn close(&mut self) {
         if self.health.writable() {
+            // Nonces and challenges of the last moments, so that a clean stop keeps them all.
+            let admission = self.take_admission();
+            if !admission.is_empty() {
+                if let Err(e) = self.log.store().commit(0, &[], &[&admission]) {
+                    tracing::warn!(error = %e, "the last request nonces could not be stored");
+                }
+            }
             return;
         }
-        match self.log.store().reopen().and_then(|()| self.log.resync()) {
+        let reopened = self
+            .log
+            .store()
+            .reopen()
+            .and_then(|()| self.log.resync())
+            .and_then(|()| self.tables_match_log());
+        match reopened {
             Ok(()) => tracing::info!(
                 records = self.log.len(),
                 "store reopened at shutdown: it holds exactly what was acknowledged"
@@ -396,6 +490,28 @@ impl WriterCore {
                 tracing::warn!(error = %e, "the store could not be reopened at shutdown; a failed write may have left records in it that the next start will serve")
             }
         }
+    }
+
+    /// After a reopen: a failed commit whose bytes reached the file took its table rows with
+    /// it, and `resync` removed only its records. Tables that are not the replay of the log
+    /// are rebuilt from it before anything is written.
+    fn tables_match_log(&mut self) -> Result<(), StoreError> {
+        let store = self.log.store().clone();
+        if LogPosition::projected(&*store)? == Some(self.log.position()) {
+            // The state may be a replay held in memory (see `reload_state`): it reads the
+            // store's tables again.
+            let mut st = self.state.write();
+            let host = st.host.clone();
+            *st = super::state::State::load(host, store)?;
+            return Ok(());
+        }
+        tracing::warn!("the projection tables are not the replay of the durable log after a failed write; rebuilding them");
+        let mut st = self.state.write();
+        let host = st.host.clone();
+        let (log, s) = super::replay::rebuild(store, &host)?;
+        *st = s;
+        self.log = log;
+        Ok(())
     }
 
     /// The wait before the next reopen after `n` failed appends in a row.
@@ -425,7 +541,12 @@ impl WriterCore {
                 return false;
             }
         }
-        let reopened = self.log.store().reopen().and_then(|()| self.log.resync());
+        let reopened = self
+            .log
+            .store()
+            .reopen()
+            .and_then(|()| self.log.resync())
+            .and_then(|()| self.tables_match_log());
         match reopened {
             Ok(()) => {
                 self.health.set_writable(true);

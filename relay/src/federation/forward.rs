@@ -79,19 +79,15 @@ impl Federation {
                     .limits
                     .batch_bytes_max
                     .saturating_sub(1024);
-                st.outbound
-                    .get(&peer)
-                    .map(|q| {
-                        q.values()
-                            .take(self.engine.policy.limits.batch_envelopes_max)
-                            .take_while(|x| {
-                                bytes += x.wire.len() + 1;
-                                bytes <= budget
-                            })
-                            .map(|x| (x.id, x.wire.clone()))
-                            .collect()
+                st.queued(&peer, self.engine.policy.limits.batch_envelopes_max)
+                    .into_iter()
+                    .map(|(_, x)| x)
+                    .take_while(|x| {
+                        bytes += x.wire.len() + 1;
+                        bytes <= budget
                     })
-                    .unwrap_or_default()
+                    .map(|x| (x.id, x.wire))
+                    .collect()
             };
             if batch.is_empty() {
                 attempts.clear();

@@ -78,10 +78,7 @@ pub(crate) async fn admin_list(AxState(app): AxState<Shared>, req: Request) -> R
                 let mut v = crate::engine::decide::peer_value(h, &p.key, p.status);
                 if let Value::Object(o) = &mut v {
                     o.insert("since", Value::Int(p.since));
-                    o.insert(
-                        "queued",
-                        Value::Int(st.outbound.get(h).map(|q| q.len()).unwrap_or(0) as i64),
-                    );
+                    o.insert("queued", Value::Int(st.queue_len(h) as i64));
                 }
                 v
             })
@@ -292,7 +289,17 @@ pub(crate) async fn admin_backup(AxState(app): AxState<Shared>, req: Request) ->
         let engine = app.engine.clone();
         let report = one_at_a_time(&app, move || {
             let len = engine.durable_len();
-            crate::store::datadir::copy_data_dir(engine.store().as_ref(), len, &from, &to)
+            let host = engine.host.clone();
+            let project = move |s: std::sync::Arc<dyn crate::store::Store>| {
+                crate::engine::replay::rebuild(s, &host).map(|_| ())
+            };
+            crate::store::datadir::copy_data_dir(
+                engine.store().as_ref(),
+                len,
+                &from,
+                &to,
+                Some(&project),
+            )
                 .map_err(|e| match e {
                     // The target (not empty, a leftover partial copy, no space there).
                     crate::store::StoreError::Io(m) => {

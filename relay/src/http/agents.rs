@@ -35,11 +35,12 @@ pub(crate) async fn challenge(AxState(app): AxState<Shared>, req: Request) -> Re
     if let Err(e) = read_body(req.into_body(), app.engine.policy.limits.body_bytes_max).await {
         return e.into_response();
     }
-    let issued = app
-        .challenges
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .issue(c, expires, difficulty, client, app.engine.now());
+    let issued = {
+        let mut t = app.challenges.lock().unwrap_or_else(|p| p.into_inner());
+        let r = t.issue(c, expires, difficulty, client, app.engine.now());
+        app.engine.journal(&mut t.journal);
+        r
+    };
     if let Err(r) = issued {
         return r.to_error().into_response();
     }
@@ -88,7 +89,7 @@ pub(crate) async fn register(AxState(app): AxState<Shared>, req: Request) -> Res
             ChallengeState::Open { difficulty } => difficulty,
             ChallengeState::Expired => return Err(ApiError::new(ErrorCode::ChallengeExpired, "the challenge expired; fetch a new one")),
             ChallengeState::Unknown => {
-                let used = app.engine.read().challenges_used.contains(&proof.challenge);
+                let used = app.engine.read().challenge_used(&proof.challenge);
                 return Err(if used {
                     ApiError::new(ErrorCode::ChallengeUsed, "this challenge was already used; fetch a new one")
                 } else {
@@ -99,7 +100,11 @@ pub(crate) async fn register(AxState(app): AxState<Shared>, req: Request) -> Res
         let prefix = pow::preimage_prefix(&app.engine.host, &e.handle, &key, &proof.challenge, proof.difficulty);
         pow::check(&prefix, &proof, difficulty).map_err(|err| ApiError::new(err.code(), err.to_string()))?;
         let out = app.engine.writer.submit(Command::Register { entry, challenge: proof.challenge }).await?;
-        app.challenges.lock().unwrap_or_else(|p| p.into_inner()).consume(&proof.challenge);
+        {
+            let mut t = app.challenges.lock().unwrap_or_else(|p| p.into_inner());
+            t.consume(&proof.challenge);
+            app.engine.journal(&mut t.journal);
+        }
         match out {
             Outcome::Registered { handle, key_id, head } => {
                 app.engine.metrics.registrations.fetch_add(1, Ordering::Relaxed);

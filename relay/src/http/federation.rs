@@ -353,7 +353,7 @@ async fn judge_remote(
                 format!("{} is not the relay address of {origin}", env.from),
             ));
         }
-        if app.engine.read().seen.contains(&se.id()) {
+        if app.engine.read().seen(&se.id()) {
             return Ok(Err(se.id()));
         }
         let key = app
@@ -377,7 +377,7 @@ async fn judge_remote(
     if env.ts > now + app.engine.policy.time.skew_ms {
         app.engine.policy.time.check(env.ts, now)?;
     }
-    if app.engine.read().seen.contains(&se.id()) {
+    if app.engine.read().seen(&se.id()) {
         return Ok(Err(se.id()));
     }
     let (key, fetched) = app

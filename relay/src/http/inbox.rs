@@ -111,14 +111,14 @@ fn check_cursor(app: &Shared, me: &Handle, after: u64) -> Result<(), ApiError> {
         .agents
         .get(me)
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "not registered"))?;
-    let newest = a.next_cursor() - 1;
+    let newest = a.newest();
     if after > newest {
         return Err(ApiError::new(
             ErrorCode::InvalidCursor,
             format!("cursor {after} is beyond the newest item {newest}"),
         ));
     }
-    let oldest = a.inbox.first().map(|i| i.cursor).unwrap_or(1);
+    let oldest = st.inbox_oldest_kept(a);
     if after + 1 < oldest {
         return Err(ApiError::new(
             ErrorCode::CursorTooOld,
@@ -134,17 +134,13 @@ fn start_of(app: &Shared, me: &Handle) -> u64 {
     let st = app.engine.read();
     st.agents
         .get(me)
-        .and_then(|a| a.inbox.first())
-        .map(|i| i.cursor - 1)
+        .map(|a| st.inbox_oldest_kept(a) - 1)
         .unwrap_or(0)
 }
 
 fn page(app: &Shared, me: &Handle, after: u64, max: usize) -> Vec<InboxItem> {
     let st = app.engine.read();
-    st.agents
-        .get(me)
-        .map(|a| a.items_after(after, max).to_vec())
-        .unwrap_or_default()
+    st.inbox_after(me, after, max)
 }
 
 /// Records that items up to `upto` were handed out (they become `delivered`). Not awaited: if
@@ -193,7 +189,7 @@ fn ack_state(
     item: &InboxItem,
     now: i64,
 ) -> Option<&'static str> {
-    let m = st.messages.get(&item.id)?;
+    let m = st.message(&item.id)?;
     let by = m.ack_by?;
     let r = m.recipients.iter().find(|r| &r.handle == me)?;
     Some(match r.state {
@@ -244,7 +240,7 @@ pub(crate) async fn inbox(AxState(app): AxState<Shared>, req: Request) -> Respon
             let st = app.engine.read();
             st.agents
                 .get(&me)
-                .and_then(|a| a.inbox.first().map(|i| i.cursor))
+                .map(|a| st.inbox_oldest_kept(a))
                 .unwrap_or(1)
         };
         // The ack states under the read lock, the parsing after it.

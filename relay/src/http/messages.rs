@@ -21,11 +21,7 @@ pub(crate) async fn message_status(
         let nf = || ApiError::new(ErrorCode::NotFound, format!("no message {id} sent by you"));
         let mid = MessageId::parse_hex(&id).ok_or_else(nf)?;
         let st = app.engine.read();
-        let m = st
-            .messages
-            .get(&mid)
-            .filter(|m| m.sender == me)
-            .ok_or_else(nf)?;
+        let m = st.message(&mid).filter(|m| m.sender == me).ok_or_else(nf)?;
         let recipients = m
             .recipients
             .iter()

@@ -64,15 +64,14 @@ impl std::fmt::Debug for App {
 pub type Shared = Arc<App>;
 
 impl App {
-    /// The edge of `engine`, with its tables sized by the engine's policy.
+    /// The edge of `engine`, with its tables sized by the engine's policy, and the nonces and
+    /// challenges that were live when the relay last stopped.
     pub fn new(engine: Arc<Engine>, trusted_proxies: Vec<IpAddr>) -> App {
         let limits = &engine.policy.limits;
+        let (nonces, challenges) = restore_admission(&engine);
         App {
-            challenges: Mutex::new(Challenges::new(
-                limits.challenges_max,
-                limits.challenges_per_ip_max,
-            )),
-            nonces: Mutex::new(Nonces::new(limits.nonces_max, limits.nonces_per_handle_max)),
+            challenges: Mutex::new(challenges),
+            nonces: Mutex::new(nonces),
             key_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
             ip_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
             trusted_proxies,
@@ -160,4 +159,60 @@ pub fn bind(routes: Router<Shared>, app: Shared) -> Router {
             observe::observe,
         ))
         .with_state(app)
+}
+
+/// The nonce and challenge tables as the store kept them (`engine::limits`); expired rows are
+/// removed with the writer's next commit. A row that does not read back is removed too (it
+/// cannot be checked against anything).
+fn restore_admission(engine: &Engine) -> (Nonces, Challenges) {
+    use crate::engine::limits::Journal;
+    let l = &engine.policy.limits;
+    let mut nonces = Nonces::new(l.nonces_max, l.nonces_per_handle_max);
+    let mut challenges = Challenges::new(l.challenges_max, l.challenges_per_ip_max);
+    let now = engine.now();
+    let retention = engine.policy.time.retention_ms();
+    let mut bad = Journal::new();
+    let read = engine
+        .store()
+        .range(crate::store::Table::Admission, &[], None, &mut |k, v| {
+            let text = std::str::from_utf8(k).unwrap_or("");
+            let mut parts = text.split('\0');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("n"), Some(h), Some(n)) => {
+                    let h = formica_protocol::Handle::parse(h).ok();
+                    let n = formica_protocol::auth::Nonce::parse_hex(n);
+                    let at = v
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(i64::from_be_bytes);
+                    match (h, n, at) {
+                        (Some(h), Some(n), Some(at)) => nonces.restore(h, n, at, now, retention),
+                        _ => {
+                            bad.insert(k.to_vec(), None);
+                        }
+                    }
+                }
+                (Some("c"), Some(c), None) => {
+                    match formica_protocol::pow::Challenge::parse_hex(c) {
+                        Some(c) => challenges.restore(c, v, now),
+                        None => {
+                            bad.insert(k.to_vec(), None);
+                        }
+                    }
+                }
+                _ => {
+                    bad.insert(k.to_vec(), None);
+                }
+            }
+            true
+        });
+    if let Err(e) = read {
+        tracing::warn!(error = %e, "the stored request nonces and challenges could not be read; they start empty");
+    }
+    nonces.restored();
+    challenges.restored();
+    engine.journal(&mut nonces.journal);
+    engine.journal(&mut challenges.journal);
+    engine.journal(&mut bad);
+    (nonces, challenges)
 }

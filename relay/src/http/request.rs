@@ -232,16 +232,7 @@ pub(crate) fn authenticate(
     };
     auth.verify(&key, &target, &app.engine.host)
         .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-    app.nonces
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            &auth.handle,
-            auth.nonce,
-            now,
-            app.engine.policy.time.retention_ms(),
-        )
-        .map_err(|r| r.to_error("request"))?;
+    remember_nonce(app, &auth.handle, auth.nonce, now, "request")?;
     Ok(auth.handle)
 }
 
@@ -315,16 +306,13 @@ pub(crate) fn authenticate_relay(
     };
     auth.verify(&key, &target, &app.engine.host)
         .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))?;
-    app.nonces
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            &Handle::relay(&auth.origin),
-            auth.nonce,
-            now,
-            app.engine.policy.time.retention_ms(),
-        )
-        .map_err(|r| r.to_error("relay request"))?;
+    remember_nonce(
+        app,
+        &Handle::relay(&auth.origin),
+        auth.nonce,
+        now,
+        "relay request",
+    )?;
     Ok(auth.origin)
 }
 
@@ -395,6 +383,21 @@ pub(crate) fn take_envelopes(body: Value) -> Vec<Value> {
         },
         _ => Vec::new(),
     }
+}
+
+/// Records a verified request's nonce (AUTH-6), refusing a replay; the writer stores it with
+/// its next commit, so that it is still refused after a restart.
+fn remember_nonce(
+    app: &App,
+    h: &Handle,
+    n: formica_protocol::auth::Nonce,
+    now: i64,
+    what: &str,
+) -> Result<(), ApiError> {
+    let mut nonces = app.nonces.lock().unwrap_or_else(|p| p.into_inner());
+    let r = nonces.insert(h, n, now, app.engine.policy.time.retention_ms());
+    app.engine.journal(&mut nonces.journal);
+    r.map_err(|r| r.to_error(what))
 }
 
 #[cfg(test)]

@@ -137,6 +137,7 @@ pub fn copy_data_dir(
     len: u64,
     from: &Path,
     to: &Path,
+    project: Project<'_>,
 ) -> Result<BackupReport, StoreError> {
     let name = to
         .file_name()
@@ -167,7 +168,7 @@ pub fn copy_data_dir(
         create_private_dir(parent).map_err(|e| io(parent, e))?;
     }
     create_private_dir(&partial).map_err(|e| io(&partial, e))?;
-    let r = copy_into(store, len, from, &partial).and_then(|report| {
+    let r = copy_into(store, len, from, &partial, project).and_then(|report| {
         if to_exists {
             std::fs::remove_dir(to).map_err(|e| io(to, e))?;
         }
@@ -183,16 +184,22 @@ pub fn copy_data_dir(
     r
 }
 
+/// What builds the projection tables of a copy from its records (the engine's rebuild; the
+/// store layer does not know what the records mean). Without it the copy holds only the log,
+/// and its first start builds them.
+pub type Project<'a> = Option<&'a dyn Fn(Arc<dyn Store>) -> Result<(), StoreError>>;
+
 fn copy_into(
     store: &dyn Store,
     len: u64,
     from: &Path,
     to: &Path,
+    project: Project<'_>,
 ) -> Result<BackupReport, StoreError> {
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(DIR_MODE))
         .map_err(|e| io(to, e))?;
     {
-        let copy = RedbStore::open(&to.join(LOG_FILE))?;
+        let copy = Arc::new(RedbStore::open(&to.join(LOG_FILE))?);
         let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(COPY_CHUNK);
         let mut first = 1u64;
         let flush = |chunk: &mut Vec<Vec<u8>>, first: &mut u64| -> Result<(), StoreError> {
@@ -222,6 +229,9 @@ fn copy_into(
                 seq: first,
                 reason: format!("the store holds {} of the {len} records to copy", first - 1),
             });
+        }
+        if let Some(project) = project {
+            project(copy.clone())?;
         }
         // Dropped here: closed cleanly before it is checked.
     }

@@ -2,8 +2,13 @@
 //! opens a store and extends the chain on every append (see the layer's documentation for the
 //! record format).
 
-use super::{Store, StoreError, Visit};
+use super::{Changes, Store, StoreError, Table, Visit};
 use std::sync::Arc;
+
+/// The row of [`Table::Meta`] that says which log position the projection tables are the
+/// replay of: the record count (u64 BE) and the chain hash of the last record. Every commit of
+/// records through [`EventLog::append_with`] writes it in the same transaction.
+pub const PROJECTED: &[u8] = b"projected";
 
 const CHAIN_TAG: &[u8] = b"formica/relay-log/v1\0";
 
@@ -24,6 +29,41 @@ pub struct LogPosition {
 }
 
 impl LogPosition {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = self.len.to_be_bytes().to_vec();
+        v.extend_from_slice(&self.head);
+        v
+    }
+
+    /// The position the store's projection tables say they are the replay of (`None`: no
+    /// projections, a store written before they existed or whose rebuild did not finish).
+    pub fn projected(store: &dyn Store) -> Result<Option<LogPosition>, StoreError> {
+        let Some(v) = store.get(Table::Meta, PROJECTED)? else {
+            return Ok(None);
+        };
+        if v.len() != 40 {
+            return Err(StoreError::Corrupt {
+                seq: 0,
+                reason: "projection table meta: the projected position is not 40 bytes".into(),
+            });
+        }
+        let mut head = [0u8; 32];
+        head.copy_from_slice(&v[8..]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&v[..8]);
+        Ok(Some(LogPosition {
+            len: u64::from_be_bytes(len),
+            head,
+        }))
+    }
+
+    /// The change that records this position as the projections' (written by a rebuild).
+    pub fn projected_change(&self) -> Changes {
+        let mut c = Changes::new();
+        c.insert((Table::Meta, PROJECTED.to_vec()), Some(self.encode()));
+        c
+    }
+
     /// The log checked earlier, on `store` (another handle of the same records: the store
     /// opened for writing after the log was checked on a read-only view). It must hold exactly
     /// the checked records: the same count, and the last record's stored chain hash the checked
@@ -126,6 +166,108 @@ impl EventLog {
         })
     }
 
+    /// Opens the log checking only its head: the last record's chain hash against the one
+    /// before it, and the record count against the numbering. This is the start-up path when the
+    /// projection tables say they are the replay of exactly this head (the whole chain is
+    /// checked by `relay check`).
+    pub fn open_head(store: Arc<dyn Store>) -> Result<EventLog, StoreError> {
+        let len = store.len()?;
+        let mut prev = [0u8; 32];
+        let mut head = [0u8; 32];
+        let mut seen = 0u64;
+        if len > 0 {
+            store.scan(len.saturating_sub(1).max(1), len, &mut |seq, value| {
+                if value.len() < 32 {
+                    return Err(StoreError::Corrupt {
+                        seq,
+                        reason: "record shorter than its chain hash".into(),
+                    });
+                }
+                let (stored, payload) = value.split_at(32);
+                if seq < len {
+                    prev.copy_from_slice(stored);
+                } else {
+                    let h = chain(&prev, seq, payload);
+                    if stored != h {
+                        return Err(StoreError::Corrupt {
+                            seq,
+                            reason: "chain hash mismatch (the record or one before it was altered)"
+                                .into(),
+                        });
+                    }
+                    head = h;
+                }
+                seen += 1;
+                Ok(())
+            })?;
+            if seen != len.min(2) {
+                return Err(StoreError::Corrupt {
+                    seq: len,
+                    reason: format!("the store says it holds {len} records, but its last ones are not numbered so"),
+                });
+            }
+        }
+        Ok(EventLog {
+            store,
+            len,
+            head,
+            attempted: len,
+        })
+    }
+
+    /// Checks the chain hash of every record from the first to `len`, reading `chunk`
+    /// records per read transaction (a long read would keep the store from reusing pages
+    /// while a relay serves). What start-up leaves out when it checks only the head; a
+    /// running relay does it in the background.
+    pub fn verify_chain(store: &dyn Store, len: u64, chunk: u64) -> Result<(), StoreError> {
+        let mut head = [0u8; 32];
+        let mut expect = 1u64;
+        while expect <= len {
+            let last = len.min(expect + chunk.max(1) - 1);
+            store.scan(expect, last, &mut |seq, value| {
+                if seq != expect {
+                    return Err(StoreError::Corrupt {
+                        seq: expect,
+                        reason: format!("record {expect} is missing (next present is {seq})"),
+                    });
+                }
+                if value.len() < 32 {
+                    return Err(StoreError::Corrupt {
+                        seq,
+                        reason: "record shorter than its chain hash".into(),
+                    });
+                }
+                let (stored, payload) = value.split_at(32);
+                let h = chain(&head, seq, payload);
+                if stored != h {
+                    return Err(StoreError::Corrupt {
+                        seq,
+                        reason: "chain hash mismatch (the record or one before it was altered)"
+                            .into(),
+                    });
+                }
+                head = h;
+                expect += 1;
+                Ok(())
+            })?;
+            if expect <= last {
+                return Err(StoreError::Corrupt {
+                    seq: expect,
+                    reason: format!("record {expect} is missing"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Where this log stands.
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            len: self.len,
+            head: self.head,
+        }
+    }
+
     /// Lets go of the store this log was checked on (a read-only view holds a lock on the file
     /// that would keep the store from being opened for writing), keeping what was checked: the
     /// length and the chain head.
@@ -185,6 +327,24 @@ impl EventLog {
 
     /// Appends payloads durably; returns the number of the first.
     pub fn append(&mut self, payloads: &[Vec<u8>]) -> Result<u64, StoreError> {
+        self.append_inner(payloads, None)
+    }
+
+    /// Appends payloads and applies `changes` to the projection tables in one durable commit,
+    /// recording the new head as the projections' position ([`PROJECTED`]).
+    pub fn append_with(
+        &mut self,
+        payloads: &[Vec<u8>],
+        changes: &[&Changes],
+    ) -> Result<u64, StoreError> {
+        self.append_inner(payloads, Some(changes))
+    }
+
+    fn append_inner(
+        &mut self,
+        payloads: &[Vec<u8>],
+        changes: Option<&[&Changes]>,
+    ) -> Result<u64, StoreError> {
         let first = self.len + 1;
         let mut head = self.head;
         let mut records = Vec::with_capacity(payloads.len());
@@ -196,7 +356,19 @@ impl EventLog {
             records.push(r);
         }
         self.attempted = self.attempted.max(self.len + payloads.len() as u64);
-        self.store.append(first, &records)?;
+        match changes {
+            Some(c) => {
+                let at = LogPosition {
+                    len: self.len + payloads.len() as u64,
+                    head,
+                };
+                let meta = at.projected_change();
+                let mut sets = c.to_vec();
+                sets.push(&meta);
+                self.store.commit(first, &records, &sets)?;
+            }
+            None => self.store.append(first, &records)?,
+        }
         self.len += payloads.len() as u64;
         self.head = head;
         Ok(first)

@@ -1,13 +1,17 @@
 //! An in-memory [`Store`] for tests, with fault injection (failing appends) and a pause that
 //! holds the writer in its "fsync".
 
-use super::{Store, StoreError, Visit};
+use super::{Changes, RowVisit, Store, StoreError, Table, Visit};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+type Rows = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 
 /// A store in memory, for tests and for the fault-injection double.
 #[derive(Debug, Default)]
 pub struct MemStore {
     records: std::sync::Mutex<Vec<Vec<u8>>>,
+    rows: std::sync::Mutex<Rows>,
     /// When set, appends fail with this error (disk full, I/O error).
     pub fail_appends: std::sync::Mutex<Option<StoreError>>,
     /// While true, appends wait (as if the disk were slow) until [`MemStore::resume`].
@@ -29,7 +33,12 @@ impl MemStore {
 }
 
 impl Store for MemStore {
-    fn append(&self, first_seq: u64, records: &[Vec<u8>]) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        first_seq: u64,
+        records: &[Vec<u8>],
+        changes: &[&Changes],
+    ) -> Result<(), StoreError> {
         {
             use std::sync::atomic::Ordering;
             let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,10 +60,51 @@ impl Store for MemStore {
             .records
             .lock()
             .map_err(|_| StoreError::Io("poisoned".into()))?;
-        if r.len() as u64 + 1 != first_seq {
+        if !records.is_empty() && r.len() as u64 + 1 != first_seq {
             return Err(StoreError::Io("append out of order".into()));
         }
         r.extend(records.iter().cloned());
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        for ((t, k), v) in changes.iter().flat_map(|c| c.iter()) {
+            match v {
+                Some(v) => rows.insert((*t, k.clone()), v.clone()),
+                None => rows.remove(&(*t, k.clone())),
+            };
+        }
+        Ok(())
+    }
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rows.get(&(table, key.to_vec())).cloned())
+    }
+    fn range(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut RowVisit<'_>,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let hi = match to {
+            Some(t) => Bound::Excluded((table, t.to_vec())),
+            None => match Table::ALL.iter().position(|x| *x == table) {
+                Some(i) if i + 1 < Table::ALL.len() => {
+                    Bound::Excluded((Table::ALL[i + 1], Vec::new()))
+                }
+                _ => Bound::Unbounded,
+            },
+        };
+        for ((t, k), v) in rows.range((Bound::Included((table, from.to_vec())), hi)) {
+            if *t != table || !f(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn clear_projections(&self) -> Result<(), StoreError> {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.retain(|(t, _), _| !t.is_projection());
         Ok(())
     }
     fn scan(&self, from: u64, to: u64, f: &mut Visit<'_>) -> Result<(), StoreError> {
@@ -96,8 +146,10 @@ impl Store for MemStore {
             .lock()
             .map_err(|_| StoreError::Io("poisoned".into()))?
             .clone();
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok(Arc::new(MemStore {
             records: std::sync::Mutex::new(records),
+            rows: std::sync::Mutex::new(rows),
             ..MemStore::default()
         }))
     }

@@ -24,14 +24,19 @@ pub mod datadir;
 mod log;
 mod mem;
 mod redb;
+pub mod tables;
 
 pub use self::backend::StoreFaults;
 pub use self::log::{EventLog, LogPosition};
 pub use self::mem::MemStore;
 pub use self::redb::RedbStore;
+pub use self::tables::{Changes, Row, Rows, Table};
 
 /// What `scan` calls for each record: its number and bytes.
 pub type Visit<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + 'a;
+
+/// What `range` calls for each row of a table: its key and value; `false` stops the range.
+pub type RowVisit<'a> = dyn FnMut(&[u8], &[u8]) -> bool + 'a;
 
 /// Why the store failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,11 +50,35 @@ pub enum StoreError {
     Corrupt { seq: u64, reason: String },
 }
 
-/// The storage engine behind the event log: an append-only sequence of byte records.
+/// The storage engine behind the event log: an append-only sequence of byte records, and the
+/// projection tables ([`Table`]) that change with them.
 pub trait Store: Send + Sync + 'static {
-    /// Appends `records` after the last one, all or none, and returns only once they are on
-    /// disk (fsync).
-    fn append(&self, first_seq: u64, records: &[Vec<u8>]) -> Result<(), StoreError>;
+    /// Appends `records` after the last one and applies the sets of `changes` to the tables, in
+    /// order, all or none, and returns only once they are on disk (fsync). `records` may be
+    /// empty (a rebuild writes projections only).
+    fn commit(
+        &self,
+        first_seq: u64,
+        records: &[Vec<u8>],
+        changes: &[&Changes],
+    ) -> Result<(), StoreError>;
+    /// [`commit`](Self::commit) of records alone.
+    fn append(&self, first_seq: u64, records: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.commit(first_seq, records, &[])
+    }
+    /// One row of a table, as last committed.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Calls `f` with each row of `table` whose key is at least `from` and below `to` (every
+    /// key from `from` when `to` is `None`), in key order, until `f` returns false.
+    fn range(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut RowVisit<'_>,
+    ) -> Result<(), StoreError>;
+    /// Empties every projection table ([`Table::is_projection`]), durably: a rebuild starts here.
+    fn clear_projections(&self) -> Result<(), StoreError>;
     /// Calls `f` with each record from `from` to `to` (1-based, both included) in order; `to`
     /// may be past the end (`u64::MAX`: every record from `from`).
     fn scan(&self, from: u64, to: u64, f: &mut Visit<'_>) -> Result<(), StoreError>;

@@ -7,7 +7,7 @@
 //! drops it and opens the file again, which succeeds once the file system takes writes again.
 
 use super::backend::{FileStorage, OverlayStorage, StoreFaults};
-use super::{io, Store, StoreError, Visit};
+use super::{io, Changes, RowVisit, Store, StoreError, Table, Visit};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,11 +15,27 @@ use std::sync::{Arc, RwLock};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 
+/// The redb table of a projection table.
+fn def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(t.name())
+}
+
+/// A read error inside a table: the file's pages are damaged.
+fn damaged(t: Table, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        seq: 0,
+        reason: format!("projection table {}: {e}", t.name()),
+    }
+}
+
 /// The redb store: one table, key = record number.
 pub struct RedbStore {
     path: PathBuf,
     /// `None` after a failed write until [`Store::reopen`] succeeds.
     db: RwLock<Option<Database>>,
+    /// While `db` is `None`: the file opened read-only (an overlay), so that what is durable
+    /// can still be read. Dropped before the file is opened for writing again.
+    fallback: RwLock<Option<Database>>,
     durability: redb::Durability,
     read_only: bool,
     /// True when opening found a file that was not closed cleanly (a crash, a kill) and redb
@@ -123,6 +139,7 @@ impl RedbStore {
         let store = RedbStore {
             path: path.to_path_buf(),
             db: RwLock::new(None),
+            fallback: RwLock::new(None),
             durability: if unsafe_relaxed_fsync {
                 redb::Durability::None
             } else {
@@ -144,6 +161,7 @@ impl RedbStore {
         RedbStore {
             path: path.to_path_buf(),
             db: RwLock::new(None),
+            fallback: RwLock::new(None),
             durability: if unsafe_relaxed_fsync {
                 redb::Durability::None
             } else {
@@ -163,6 +181,7 @@ impl RedbStore {
         let store = RedbStore {
             path: path.to_path_buf(),
             db: RwLock::new(None),
+            fallback: RwLock::new(None),
             durability: redb::Durability::Immediate,
             read_only: true,
             recovered: AtomicBool::new(false),
@@ -181,8 +200,12 @@ impl RedbStore {
     }
 
     fn open_db(&self) -> Result<Database, StoreError> {
+        self.open_db_as(self.read_only)
+    }
+
+    fn open_db_as(&self, read_only: bool) -> Result<Database, StoreError> {
         let path = &self.path;
-        let file = if self.read_only {
+        let file = if read_only {
             std::fs::File::open(path)
         } else {
             std::os::unix::fs::OpenOptionsExt::mode(
@@ -207,7 +230,7 @@ impl RedbStore {
         let flag = recovered.clone();
         let mut builder = Database::builder();
         builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
-        let opened = if self.read_only {
+        let opened = if read_only {
             let storage = OverlayStorage::new(file).map_err(in_use)?;
             quietly(|| builder.create_with_backend(storage))
         } else {
@@ -263,6 +286,34 @@ impl RedbStore {
         }
     }
 
+    /// Runs a read on the store, or, while it is closed after a failed write, on the file
+    /// opened read-only: what was committed stays readable while writes are refused.
+    fn read_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        {
+            let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(db) = db.as_ref() {
+                return f(db);
+            }
+        }
+        {
+            let fb = self.fallback.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(db) = fb.as_ref() {
+                return f(db);
+            }
+        }
+        let mut fb = self.fallback.write().unwrap_or_else(|p| p.into_inner());
+        if fb.is_none() {
+            *fb = Some(self.open_db_as(true)?);
+        }
+        match fb.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Io("the store cannot be read".into())),
+        }
+    }
+
     /// Drops the handle after a failed write: redb refuses all I/O on it from then on.
     fn close_failed(&self) {
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
@@ -270,7 +321,12 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
-    fn append(&self, first_seq: u64, records: &[Vec<u8>]) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        first_seq: u64,
+        records: &[Vec<u8>],
+        changes: &[&Changes],
+    ) -> Result<(), StoreError> {
         if self.read_only {
             return Err(StoreError::Io("this store was opened read-only".into()));
         }
@@ -283,6 +339,22 @@ impl Store for RedbStore {
                     t.insert(first_seq + i as u64, r.as_slice()).map_err(io)?;
                 }
             }
+            // Each set comes sorted by table: one open table at a time.
+            type Open<'t> = Option<(Table, redb::Table<'t, &'static [u8], &'static [u8]>)>;
+            let mut open: Open<'_> = None;
+            for ((table, k), v) in changes.iter().flat_map(|c| c.iter()) {
+                if open.as_ref().map(|(t, _)| *t) != Some(*table) {
+                    open = Some((*table, txn.open_table(def(*table)).map_err(io)?));
+                }
+                if let Some((_, t)) = open.as_mut() {
+                    match v {
+                        Some(v) => t.insert(k.as_slice(), v.as_slice()).map(|_| ()),
+                        None => t.remove(k.as_slice()).map(|_| ()),
+                    }
+                    .map_err(io)?;
+                }
+            }
+            drop(open);
             txn.commit().map_err(io)
         });
         if matches!(r, Err(StoreError::Full(_)) | Err(StoreError::Io(_))) {
@@ -295,7 +367,7 @@ impl Store for RedbStore {
         if from > to {
             return Ok(());
         }
-        self.with_db(|db| {
+        self.read_db(|db| {
             let txn = db.begin_read().map_err(io)?;
             let t = txn.open_table(LOG).map_err(io)?;
             for item in t.range(from..=to).map_err(io)? {
@@ -309,8 +381,68 @@ impl Store for RedbStore {
         })
     }
 
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_db(|db| {
+            let txn = db.begin_read().map_err(io)?;
+            let t = match txn.open_table(def(table)) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(damaged(table, e)),
+            };
+            let v = t.get(key).map_err(|e| damaged(table, e))?;
+            Ok(v.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn range(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut RowVisit<'_>,
+    ) -> Result<(), StoreError> {
+        self.read_db(|db| {
+            let txn = db.begin_read().map_err(io)?;
+            let t = match txn.open_table(def(table)) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(damaged(table, e)),
+            };
+            let iter = match to {
+                Some(to) => t.range::<&[u8]>(from..to),
+                None => t.range::<&[u8]>(from..),
+            }
+            .map_err(|e| damaged(table, e))?;
+            for item in iter {
+                let (k, v) = item.map_err(|e| damaged(table, e))?;
+                if !f(k.value(), v.value()) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn clear_projections(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Io("this store was opened read-only".into()));
+        }
+        let r = self.with_db(|db| {
+            let mut txn = db.begin_write().map_err(io)?;
+            txn.set_durability(self.durability);
+            for t in Table::ALL.into_iter().filter(|t| t.is_projection()) {
+                txn.delete_table(def(t)).map_err(io)?;
+            }
+            txn.commit().map_err(io)
+        });
+        if matches!(r, Err(StoreError::Full(_)) | Err(StoreError::Io(_))) {
+            self.close_failed();
+        }
+        r
+    }
+
     fn len(&self) -> Result<u64, StoreError> {
-        self.with_db(|db| {
+        self.read_db(|db| {
             let txn = db.begin_read().map_err(io)?;
             let t = txn.open_table(LOG).map_err(io)?;
             t.len().map_err(io)
@@ -322,8 +454,9 @@ impl Store for RedbStore {
             return Ok(());
         }
         let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
-        // The failed handle first: it holds the file's lock.
+        // The failed handle first: it holds the file's lock; and the read-only one.
         *db = None;
+        *self.fallback.write().unwrap_or_else(|p| p.into_inner()) = None;
         *db = Some(self.open_db()?);
         Ok(())
     }

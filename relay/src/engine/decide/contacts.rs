@@ -160,7 +160,7 @@ pub(super) fn grant_allows(st: &State, env: &Envelope) -> Result<(), ApiError> {
                 .corr
                 .as_deref()
                 .and_then(MessageId::parse_hex)
-                .and_then(|c| st.messages.get(&c))
+                .and_then(|c| st.message(&c))
                 .is_some_and(|m| {
                     m.sender == *to
                         && m.msg_type == MessageType::TaskRequest

@@ -20,7 +20,7 @@ pub(super) fn ack(
     status: AckStatus,
     events: &mut Vec<Event>,
 ) -> Result<(), ApiError> {
-    let rec = st.messages.get(msg).ok_or_else(|| {
+    let rec = st.message(msg).ok_or_else(|| {
         ApiError::new(
             ErrorCode::AckForbidden,
             format!("no message {msg} was delivered to {}", env.from),
@@ -78,12 +78,13 @@ pub(super) fn read(st: &State, ctx: &Ctx<'_>, handle: Handle, upto: u64) -> Deci
         upto,
     }];
     // A message that asked for an ack tells its sender when it is delivered.
-    for item in a
-        .inbox
-        .iter()
-        .filter(|i| i.cursor > a.read_upto && i.cursor <= upto)
+    let span = usize::try_from(upto - a.read_upto).unwrap_or(usize::MAX);
+    for item in st
+        .inbox_after(&handle, a.read_upto, span)
+        .into_iter()
+        .filter(|i| i.cursor <= upto)
     {
-        let Some(m) = st.messages.get(&item.id) else {
+        let Some(m) = st.message(&item.id) else {
             continue;
         };
         // A remote sender's home relay is told with a delivery notice it turns into its own

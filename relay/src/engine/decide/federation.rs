@@ -179,9 +179,12 @@ pub fn peer_value(host: &RelayHost, key: &PublicKey, status: PeerStatus) -> Valu
 }
 
 fn queued(st: &State, peer: &RelayHost, id: &MessageId) -> bool {
-    st.outbound
-        .get(peer)
-        .is_some_and(|q| q.values().any(|x| &x.id == id))
+    st.db
+        .get(
+            crate::store::Table::OutboundIds,
+            &crate::engine::state::codec::outbound_id_key(peer, id),
+        )
+        .is_some()
 }
 
 /// True if `events` already hold a terminal receipt for (`id`, `recipient`).
@@ -211,7 +214,7 @@ pub(super) fn dead_letter(
         id,
         reason: reason.to_owned(),
     });
-    if let Some(m) = st.messages.get(&id) {
+    if let Some(m) = st.message(&id) {
         if st.agents.contains_key(&m.sender) {
             for r in m
                 .recipients
@@ -272,8 +275,7 @@ pub(super) fn remote_delivered(
         ));
     }
     let m = st
-        .messages
-        .get(msg)
+        .message(msg)
         .filter(|m| st.agents.contains_key(&m.sender))
         .ok_or_else(|| {
             ApiError::new(

@@ -26,7 +26,7 @@ pub(super) fn envelope(
     let id = v.id();
     let env = v.envelope();
     // 7. Dedup: an exact replay is a success that says so, and stores nothing.
-    if st.seen.contains(&id) {
+    if st.seen(&id) {
         return Ok((vec![], Outcome::Duplicate { id }));
     }
     if let (Some(origin), true) = (origin, env.from.is_relay()) {
@@ -130,7 +130,7 @@ pub(super) fn envelope(
                 ));
             }
             // FED-16: a peer's queue holds at most queue_depth_max envelopes.
-            let depth = st.outbound.get(to.host()).map_or(0, |q| q.len());
+            let depth = st.queue_len(to.host());
             if depth >= ctx.policy.federation.queue_depth_max {
                 return Err(ApiError::new(
                     ErrorCode::PeerUnavailable,

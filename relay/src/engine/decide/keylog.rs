@@ -27,7 +27,7 @@ pub(super) fn register(
             format!("{handle} is already registered"),
         ));
     }
-    if st.challenges_used.contains(&challenge) {
+    if st.challenge_used(&challenge) {
         return Err(ApiError::new(
             ErrorCode::ChallengeUsed,
             "this challenge was already used; fetch a new one",

@@ -13,11 +13,11 @@ pub const TICK_RECEIPTS_MAX: usize = 1000;
 
 pub(super) fn tick(st: &State, ctx: &Ctx<'_>) -> Decision {
     let mut events = Vec::new();
-    for (by, id) in st.deadlines.iter() {
-        if *by >= ctx.now || events.len() >= TICK_RECEIPTS_MAX {
+    for (_, id) in st.deadlines_before(ctx.now, TICK_RECEIPTS_MAX) {
+        if events.len() >= TICK_RECEIPTS_MAX {
             break;
         }
-        let Some(m) = st.messages.get(id) else {
+        let Some(m) = st.message(&id) else {
             continue;
         };
         for r in m.recipients.iter().filter(|r| !r.state.is_terminal()) {
@@ -25,7 +25,7 @@ pub(super) fn tick(st: &State, ctx: &Ctx<'_>) -> Decision {
                 let rc = receipt(
                     st,
                     ctx,
-                    *id,
+                    id,
                     &m.sender,
                     &r.handle,
                     DeliveryState::TimedOut,
@@ -41,16 +41,20 @@ pub(super) fn tick(st: &State, ctx: &Ctx<'_>) -> Decision {
     let n = events.len();
     // FED-10: queued deliveries past the dead-letter age.
     let max_age = ctx.policy.federation.dead_letter_ms;
-    let expired: Vec<(RelayHost, MessageId)> = st
-        .outbound
-        .iter()
-        .flat_map(|(p, q)| {
-            q.values()
-                .filter(|x| ctx.now - x.at > max_age)
-                .map(|x| (p.clone(), x.id))
-        })
-        .take(TICK_RECEIPTS_MAX)
-        .collect();
+    let mut expired: Vec<(RelayHost, MessageId)> = Vec::new();
+    for p in st.outbound_len.keys() {
+        let room = TICK_RECEIPTS_MAX - expired.len();
+        // Each queue is in the order it was accepted: its expired entries come first.
+        expired.extend(
+            st.queued(p, room)
+                .into_iter()
+                .take_while(|(_, x)| ctx.now - x.at > max_age)
+                .map(|(_, x)| (p.clone(), x.id)),
+        );
+        if expired.len() >= TICK_RECEIPTS_MAX {
+            break;
+        }
+    }
     for (peer, id) in expired {
         federation::dead_letter(st, ctx, &peer, id, "expired", &mut events)?;
     }

@@ -1,73 +1,90 @@
 //! Projections of the event log: agents and their key logs, inboxes, contacts, pending contact
-//! requests, message delivery status, deadlines, vouches and reports.
+//! requests, message delivery status, deadlines, peers and their queues, vouches and reports.
 //!
 //! [`State::apply`] is the only function that changes a `State`, and it is pure: the same events
-//! in the same order give the same state, which is how the relay starts (replaying its log) and
-//! what the rebuild test checks. Nothing here does I/O or reads a clock.
+//! in the same order give the same projections, which is what the rebuild test checks. Nothing
+//! here reads a clock.
+//!
+//! Where they live: what grows with the number of messages (inbox items and their bytes,
+//! message records, seen ids, deadlines, outbound queues) is only in the store's tables, read
+//! through [`Db`] (the committed rows under the writer's uncommitted changes); what grows with
+//! the number of agents and peers (agents with their key logs, contacts and requests, peers,
+//! cached remote key logs, vouches, reports, counters) is held in memory in full, in
+//! [`Tracked`] maps whose changed rows the writer commits with the batch's records. Start-up
+//! loads the second kind ([`State::load`]); nothing is replayed unless the tables are missing or
+//! damaged.
 
 use super::events::{Event, PeerStatus};
-use super::policy::Policy;
+use crate::store::{Store, Table};
 use formica_protocol::envelope::{AckStatus, DeliveryState, MessageId, Payload, SignedEnvelope};
 use formica_protocol::keylog::KeyLog;
-use formica_protocol::pow::Challenge;
 use formica_protocol::{Handle, RelayHost};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+pub mod codec;
+mod db;
+mod persist;
+mod reads;
 mod records;
+mod tracked;
+mod trust;
 
+pub use db::Db;
 pub use records::{
     Agent, InboxItem, MessageRecord, PeerRecord, PendingRequest, Queued, RecipientStatus, RemoteLog,
 };
+pub use tracked::Tracked;
 
 /// All projections.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct State {
     pub host: RelayHost,
-    pub agents: BTreeMap<Handle, Agent>,
-    pub messages: HashMap<MessageId, MessageRecord>,
-    /// Ids of every envelope in the log (dedup).
-    pub seen: HashSet<MessageId>,
-    /// (ack_by, message) for messages with a deadline and a recipient not yet settled.
-    pub deadlines: BTreeSet<(i64, MessageId)>,
-    pub challenges_used: HashSet<Challenge>,
+    pub agents: Tracked<Handle, Agent>,
     /// (voucher, subject) -> time of the vouch.
-    pub vouches: BTreeMap<(Handle, Handle), i64>,
+    pub vouches: Tracked<(Handle, Handle), i64>,
     /// (subject, reporter) -> time of the latest report.
-    pub reports: BTreeMap<(Handle, Handle), i64>,
-    pub peers: BTreeMap<RelayHost, PeerRecord>,
-    pub remote_logs: BTreeMap<Handle, RemoteLog>,
+    pub reports: Tracked<(Handle, Handle), i64>,
+    pub peers: Tracked<RelayHost, PeerRecord>,
+    pub remote_logs: Tracked<Handle, RemoteLog>,
     /// Cached remote key logs per home relay (`federation.remote_keylogs_per_peer_max`).
     pub remote_logs_per_host: BTreeMap<RelayHost, usize>,
     /// Entries held by cached remote key logs, conflicts included
     /// (`federation.remote_keylog_entries_max`).
     pub remote_keylog_entries: usize,
-    /// Per peer, envelopes still to forward, in the order they were accepted (keyed by the
-    /// event number that queued them), so order per (sender, recipient) survives restarts.
-    pub outbound: BTreeMap<RelayHost, BTreeMap<u64, Queued>>,
+    /// Per peer, envelopes queued (the rows are in the `outbound` table).
+    pub outbound_len: BTreeMap<RelayHost, usize>,
+    /// Message records kept.
+    pub messages_len: u64,
+    /// Messages with a deadline and a recipient not yet settled.
+    pub deadlines_len: u64,
     /// Deliveries dead-lettered so far.
     pub dead_letters: u64,
+    /// Events applied (the log's length, once committed).
     pub events: u64,
+    counters_dirty: bool,
+    pub db: Db,
 }
 
 impl State {
-    pub fn new(host: RelayHost) -> State {
+    /// Empty projections over `store`'s tables (which must hold none: a rebuild clears them).
+    pub fn new(host: RelayHost, store: Arc<dyn Store>) -> State {
         State {
             host,
-            agents: BTreeMap::new(),
-            messages: HashMap::new(),
-            seen: HashSet::new(),
-            deadlines: BTreeSet::new(),
-            challenges_used: HashSet::new(),
-            vouches: BTreeMap::new(),
-            reports: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            remote_logs: BTreeMap::new(),
+            agents: Tracked::default(),
+            vouches: Tracked::default(),
+            reports: Tracked::default(),
+            peers: Tracked::default(),
+            remote_logs: Tracked::default(),
             remote_logs_per_host: BTreeMap::new(),
             remote_keylog_entries: 0,
-            outbound: BTreeMap::new(),
+            outbound_len: BTreeMap::new(),
+            messages_len: 0,
+            deadlines_len: 0,
             dead_letters: 0,
             events: 0,
+            counters_dirty: false,
+            db: Db::new(store),
         }
     }
 
@@ -82,39 +99,77 @@ impl State {
             .filter(|p| p.status == PeerStatus::Active)
     }
 
+    // ---- changes to the tables ----
+
+    fn put_message(&mut self, id: &MessageId, m: &MessageRecord) {
+        self.db
+            .put(Table::Messages, id.0.to_vec(), codec::message_value(m));
+    }
+
     fn dequeue(&mut self, peer: &RelayHost, id: &MessageId) -> bool {
-        let Some(q) = self.outbound.get_mut(peer) else {
+        let idk = codec::outbound_id_key(peer, id);
+        let Some(n) = self.db.get(Table::OutboundIds, &idk) else {
             return false;
         };
-        let Some(k) = q.iter().find(|(_, x)| &x.id == id).map(|(k, _)| *k) else {
+        let Some(n) = n
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+        else {
             return false;
         };
-        q.remove(&k);
-        if q.is_empty() {
-            self.outbound.remove(peer);
+        self.db.del(Table::OutboundIds, idk);
+        self.db.del(Table::Outbound, codec::outbound_key(peer, n));
+        if let Some(c) = self.outbound_len.get_mut(peer) {
+            *c -= 1;
+            if *c == 0 {
+                self.outbound_len.remove(peer);
+            }
         }
         true
     }
 
-    fn push_inbox(&mut self, to: &Handle, id: MessageId, wire: &Arc<Vec<u8>>) {
-        if let Some(a) = self.agents.get_mut(to) {
-            let cursor = a.next_cursor();
-            a.inbox.push(InboxItem {
-                cursor,
-                id,
-                wire: wire.clone(),
-            });
+    fn enqueue(&mut self, peer: &RelayHost, n: u64, id: &MessageId, at: i64, wire: &[u8]) {
+        let idk = codec::outbound_id_key(peer, id);
+        if self.db.get(Table::OutboundIds, &idk).is_some() {
+            return;
         }
+        self.db
+            .put(Table::OutboundIds, idk, n.to_be_bytes().to_vec());
+        self.db.put(
+            Table::Outbound,
+            codec::outbound_key(peer, n),
+            codec::item_value(id, at, wire),
+        );
+        *self.outbound_len.entry(peer.clone()).or_default() += 1;
     }
 
-    fn settle_deadline(&mut self, id: &MessageId) {
-        if let Some(m) = self.messages.get(id) {
-            if let Some(by) = m.ack_by {
-                if m.recipients.iter().all(|r| r.state.is_terminal()) {
-                    self.deadlines.remove(&(by, *id));
-                }
-            }
+    fn push_inbox(&mut self, to: &Handle, id: MessageId, at: i64, wire: &[u8]) {
+        let Some(a) = self.agents.get_mut(to) else {
+            return;
+        };
+        let cursor = a.next_cursor;
+        a.next_cursor += 1;
+        self.db.put(
+            Table::Inbox,
+            codec::inbox_key(to, cursor),
+            codec::item_value(&id, at, wire),
+        );
+        self.db.put(
+            Table::InboxByTime,
+            codec::inbox_time_key(at, to, cursor),
+            Vec::new(),
+        );
+    }
+
+    fn mark_seen(&mut self, id: &MessageId, ts: i64) {
+        if self.seen(id) {
+            return;
         }
+        self.db
+            .put(Table::Seen, id.0.to_vec(), ts.to_be_bytes().to_vec());
+        self.db
+            .put(Table::SeenByTs, codec::time_id_key(ts, id), Vec::new());
     }
 
     fn set_status(
@@ -124,13 +179,24 @@ impl State {
         at: i64,
         f: impl FnOnce(&mut RecipientStatus),
     ) {
-        if let Some(m) = self.messages.get_mut(id) {
-            if let Some(r) = m.recipients.iter_mut().find(|r| &r.handle == recipient) {
-                f(r);
-                r.updated = at;
+        let Some(mut m) = self.message(id) else {
+            return;
+        };
+        if let Some(r) = m.recipients.iter_mut().find(|r| &r.handle == recipient) {
+            f(r);
+            r.updated = at;
+        }
+        if let Some(by) = m.ack_by {
+            if m.recipients.iter().all(|r| r.state.is_terminal()) {
+                let k = codec::time_id_key(by, id);
+                if self.db.get(Table::Deadlines, &k).is_some() {
+                    self.db.del(Table::Deadlines, k);
+                    self.deadlines_len = self.deadlines_len.saturating_sub(1);
+                    self.counters_dirty = true;
+                }
             }
         }
-        self.settle_deadline(id);
+        self.put_message(id, &m);
     }
 
     /// Applies one event. Events come from the writer (already decided valid) or from the log
@@ -138,13 +204,18 @@ impl State {
     /// unknown changes nothing.
     pub fn apply(&mut self, ev: &Event) {
         self.events += 1;
+        self.counters_dirty = true;
         match ev {
             Event::Registered {
                 at,
                 entry,
                 challenge,
             } => {
-                self.challenges_used.insert(*challenge);
+                self.db.put(
+                    Table::UsedChallenges,
+                    challenge.to_hex().into_bytes(),
+                    at.to_be_bytes().to_vec(),
+                );
                 if let Ok(log) = KeyLog::start(entry.clone()) {
                     let handle = log.handle().clone();
                     self.agents.insert(
@@ -156,7 +227,7 @@ impl State {
                             conflicts: Vec::new(),
                             contacts: BTreeMap::new(),
                             requests: BTreeMap::new(),
-                            inbox: Vec::new(),
+                            next_cursor: 1,
                             read_upto: 0,
                             acked_sent: 0,
                             requests_sent: VecDeque::new(),
@@ -185,10 +256,13 @@ impl State {
                     return;
                 }
                 a.read_upto = *upto;
-                // Cursors are increasing: find the range instead of scanning the whole inbox.
-                let lo = a.inbox.partition_point(|i| i.cursor <= from);
-                let hi = a.inbox.partition_point(|i| i.cursor <= *upto);
-                let ids: Vec<MessageId> = a.inbox[lo..hi].iter().map(|i| i.id).collect();
+                let span = usize::try_from(*upto - from).unwrap_or(usize::MAX);
+                let ids: Vec<MessageId> = self
+                    .inbox_after(handle, from, span)
+                    .into_iter()
+                    .filter(|i| i.cursor <= *upto)
+                    .map(|i| i.id)
+                    .collect();
                 for id in ids {
                     self.set_status(&id, handle, *at, |r| {
                         if matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded) {
@@ -268,13 +342,17 @@ impl State {
             }
             Event::Transferred { at, peer, id } => {
                 self.dequeue(peer, id);
-                let peer = peer.clone();
-                if let Some(m) = self.messages.get_mut(id) {
+                if let Some(mut m) = self.message(id) {
+                    let mut changed = false;
                     for r in m.recipients.iter_mut() {
-                        if r.handle.host() == &peer && r.state == DeliveryState::Accepted {
+                        if r.handle.host() == peer && r.state == DeliveryState::Accepted {
                             r.state = DeliveryState::Forwarded;
                             r.updated = *at;
+                            changed = true;
                         }
+                    }
+                    if changed {
+                        self.put_message(id, &m);
                     }
                 }
             }
@@ -284,7 +362,7 @@ impl State {
                 msg,
                 recipient,
             } => {
-                self.seen.insert(*id);
+                self.mark_seen(id, *at);
                 self.set_status(msg, recipient, *at, |r| {
                     if matches!(r.state, DeliveryState::Accepted | DeliveryState::Forwarded) {
                         r.state = DeliveryState::Delivered;
@@ -318,7 +396,7 @@ impl State {
     fn apply_envelope(&mut self, at: i64, se: &SignedEnvelope) {
         let env = se.envelope();
         let id = se.id();
-        self.seen.insert(id);
+        self.mark_seen(&id, env.ts);
         let wire = se.wire().clone();
         // FED-4: what a local agent sends to agents homed elsewhere is queued for their home
         // relays (never what arrived from another relay: no transit), and so are this relay's
@@ -333,14 +411,7 @@ impl State {
                 .map(|h| h.host().clone())
                 .collect();
             for h in hosts {
-                self.outbound.entry(h).or_default().insert(
-                    self.events,
-                    Queued {
-                        id,
-                        wire: wire.clone(),
-                        at,
-                    },
-                );
+                self.enqueue(&h, self.events, &id, at, &wire);
             }
         }
         match &env.payload {
@@ -357,11 +428,7 @@ impl State {
                 if sender_acked {
                     // TRUST-2 counts acks from others: an agent acking its own message to
                     // itself does not raise its own tier.
-                    let sender = self
-                        .messages
-                        .get(msg)
-                        .map(|m| m.sender.clone())
-                        .filter(|s| *s != acker);
+                    let sender = self.message(msg).map(|m| m.sender).filter(|s| *s != acker);
                     if let Some(sender) = sender {
                         if let Some(a) = self.agents.get_mut(&sender) {
                             a.acked_sent += 1;
@@ -369,7 +436,7 @@ impl State {
                     }
                 }
                 for to in &env.to {
-                    self.push_inbox(to, id, &wire);
+                    self.push_inbox(to, id, at, &wire);
                 }
             }
             Payload::Receipt {
@@ -389,7 +456,7 @@ impl State {
                     });
                 }
                 for to in &env.to {
-                    self.push_inbox(to, id, &wire);
+                    self.push_inbox(to, id, at, &wire);
                 }
             }
             Payload::Vouch { subject, action } => {
@@ -425,19 +492,32 @@ impl State {
                         reason: None,
                     })
                     .collect();
-                self.messages.insert(
-                    id,
-                    MessageRecord {
+                if self.message(&id).is_none() {
+                    self.messages_len += 1;
+                    self.db.put(
+                        Table::MessagesByTime,
+                        codec::time_id_key(at, &id),
+                        Vec::new(),
+                    );
+                }
+                self.put_message(
+                    &id,
+                    &MessageRecord {
                         sender: env.from.clone(),
                         msg_type: env.msg_type.clone(),
                         ts: env.ts,
+                        at,
                         ack_by: env.ack_by,
                         recipients,
                     },
                 );
                 // Deadlines are the sender's home relay's to enforce (ACK-4, FED-11).
                 if let (Some(by), true) = (env.ack_by, self.is_local(&env.from)) {
-                    self.deadlines.insert((by, id));
+                    let k = codec::time_id_key(by, &id);
+                    if self.db.get(Table::Deadlines, &k).is_none() {
+                        self.db.put(Table::Deadlines, k, Vec::new());
+                        self.deadlines_len += 1;
+                    }
                 }
                 if let Payload::ContactRequest { level, note } = &env.payload {
                     if let Some(a) = self.agents.get_mut(&env.from) {
@@ -461,79 +541,9 @@ impl State {
                     }
                 }
                 for to in &env.to {
-                    self.push_inbox(to, id, &wire);
+                    self.push_inbox(to, id, at, &wire);
                 }
             }
         }
-    }
-
-    /// The agent's tier index at `now` (TRUST-1..5): the highest tier whose thresholds hold,
-    /// lowered one step per `reports_per_demotion` active reports from reporters at
-    /// `report_min_tier` or above (computed without demotion, so reports cannot cascade).
-    pub fn tier_of(&self, handle: &Handle, now: i64, policy: &Policy) -> usize {
-        let base = self.base_tier(handle, now, policy);
-        let tr = &policy.trust;
-        let reports = self
-            .reports
-            .iter()
-            .filter(|((s, reporter), at)| {
-                s == handle
-                    && now - **at < tr.report_ttl_ms
-                    && self.base_tier(reporter, now, policy) >= tr.report_min_tier
-            })
-            .count() as u64;
-        let demotion = reports.checked_div(tr.reports_per_demotion).unwrap_or(0) as usize;
-        base.saturating_sub(demotion)
-    }
-
-    fn base_tier(&self, handle: &Handle, now: i64, policy: &Policy) -> usize {
-        let Some(a) = self.agents.get(handle) else {
-            return 0;
-        };
-        let age = now - a.registered_at;
-        let vouches = self
-            .vouches
-            .iter()
-            .filter(|((voucher, subject), at)| {
-                subject == handle
-                    && now - **at < policy.trust.vouch_ttl_ms
-                    // A voucher's own tier is judged by age and acks alone, so vouches cannot
-                    // bootstrap each other in a cycle.
-                    && self.tier_without_vouches(voucher, now, policy) >= policy.trust.vouch_min_tier
-            })
-            .count() as u64;
-        policy
-            .tiers
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(_, t)| {
-                age >= t.min_age_ms && a.acked_sent >= t.min_acked && vouches >= t.min_vouches
-            })
-            .map(|(i, _)| i)
-            .unwrap_or(0)
-    }
-
-    fn tier_without_vouches(&self, handle: &Handle, now: i64, policy: &Policy) -> usize {
-        let Some(a) = self.agents.get(handle) else {
-            return 0;
-        };
-        let age = now - a.registered_at;
-        policy
-            .tiers
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(_, t)| age >= t.min_age_ms && a.acked_sent >= t.min_acked && t.min_vouches == 0)
-            .map(|(i, _)| i)
-            .unwrap_or(0)
-    }
-
-    /// Active vouches given by `voucher`.
-    pub fn vouches_given(&self, voucher: &Handle, now: i64, policy: &Policy) -> usize {
-        self.vouches
-            .iter()
-            .filter(|((v, _), at)| v == voucher && now - **at < policy.trust.vouch_ttl_ms)
-            .count()
     }
 }

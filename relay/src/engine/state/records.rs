@@ -14,6 +14,8 @@ use std::sync::Arc;
 pub struct InboxItem {
     pub cursor: u64,
     pub id: MessageId,
+    /// When it was stored (retention counts from here).
+    pub at: i64,
     pub wire: Arc<Vec<u8>>,
 }
 
@@ -37,7 +39,8 @@ pub struct Agent {
     /// Who may send to this agent, at which level, since when.
     pub contacts: BTreeMap<Handle, (ContactLevel, i64)>,
     pub requests: BTreeMap<MessageId, PendingRequest>,
-    pub inbox: Vec<InboxItem>,
+    /// The cursor the next inbox item gets (items are rows of the `inbox` table).
+    pub next_cursor: u64,
     /// Highest cursor handed to the agent.
     pub read_upto: u64,
     /// Messages this agent sent that a recipient acked with received or processed.
@@ -49,18 +52,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn next_cursor(&self) -> u64 {
-        self.inbox.last().map(|i| i.cursor + 1).unwrap_or(1)
+    /// The newest cursor given out (0: none yet).
+    pub fn newest(&self) -> u64 {
+        self.next_cursor - 1
     }
     /// Items not yet handed out. Cursors are consecutive, so this is a subtraction.
     pub fn unread(&self) -> usize {
-        (self.next_cursor() - 1).saturating_sub(self.read_upto) as usize
-    }
-    /// Items with a cursor above `after`, at most `max`.
-    pub fn items_after(&self, after: u64, max: usize) -> &[InboxItem] {
-        let start = self.inbox.partition_point(|i| i.cursor <= after);
-        let end = (start + max).min(self.inbox.len());
-        &self.inbox[start..end]
+        self.newest().saturating_sub(self.read_upto) as usize
     }
 }
 
@@ -82,6 +80,8 @@ pub struct MessageRecord {
     pub sender: Handle,
     pub msg_type: MessageType,
     pub ts: i64,
+    /// When this relay accepted it (retention counts from here).
+    pub at: i64,
     pub ack_by: Option<i64>,
     pub recipients: Vec<RecipientStatus>,
 }

@@ -1,0 +1,243 @@
+//! Loading the projections held in memory from the store at start-up, and the rows the writer
+//! commits for a batch.
+
+use super::{codec, Db, State, Tracked};
+use crate::store::{Changes, Row, Rows, Store, StoreError, Table};
+use formica_protocol::pow::Challenge;
+use formica_protocol::{Handle, RelayHost};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const COUNTERS: &[u8] = b"counters";
+
+fn damaged(t: Table, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        seq: 0,
+        reason: format!("projection table {}: {what}", t.name()),
+    }
+}
+
+fn rows(store: &dyn Store, t: Table) -> Result<Vec<Row>, StoreError> {
+    let mut out = Vec::new();
+    store.range(t, &[], None, &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        true
+    })?;
+    Ok(out)
+}
+
+impl State {
+    /// Whether a registration consumed this challenge.
+    pub fn challenge_used(&self, c: &Challenge) -> bool {
+        self.db
+            .get(Table::UsedChallenges, c.to_hex().as_bytes())
+            .is_some()
+    }
+
+    /// The projections committed in `store`, with the agent-level ones loaded into memory.
+    /// Rows that do not decode are damage (a rebuild repairs them).
+    pub fn load(host: RelayHost, store: Arc<dyn Store>) -> Result<State, StoreError> {
+        let mut st = State::new(host, store.clone());
+        let mut agents = BTreeMap::new();
+        for (k, v) in rows(&*store, Table::Agents)? {
+            let a = codec::agent(&v).ok_or_else(|| {
+                damaged(
+                    Table::Agents,
+                    format!("the row of {} does not decode", String::from_utf8_lossy(&k)),
+                )
+            })?;
+            agents.insert(a.handle.clone(), a);
+        }
+        st.agents = Tracked::loaded(agents);
+        let (mut peers, mut remote, mut vouches, mut reports) = (
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        let bad = |k: &[u8]| {
+            damaged(
+                Table::Small,
+                format!("the row {:?} does not decode", String::from_utf8_lossy(k)),
+            )
+        };
+        for (k, v) in rows(&*store, Table::Small)? {
+            if k == COUNTERS {
+                let n = |i: usize| -> Option<u64> {
+                    Some(u64::from_be_bytes(
+                        v.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+                    ))
+                };
+                st.events = n(0).ok_or_else(|| bad(&k))?;
+                st.dead_letters = n(1).ok_or_else(|| bad(&k))?;
+                st.messages_len = n(2).ok_or_else(|| bad(&k))?;
+                st.deadlines_len = n(3).ok_or_else(|| bad(&k))?;
+                continue;
+            }
+            let (kind, a, b) = codec::small_parts(&k).ok_or_else(|| bad(&k))?;
+            let h = |s: &str| Handle::parse(s).ok();
+            match (kind, b) {
+                ("peer", None) => {
+                    let host = RelayHost::parse(a).map_err(|_| bad(&k))?;
+                    peers.insert(host, codec::peer(&v).ok_or_else(|| bad(&k))?);
+                }
+                ("remote", None) => {
+                    let r = codec::remote(&v).ok_or_else(|| bad(&k))?;
+                    remote.insert(h(a).ok_or_else(|| bad(&k))?, r);
+                }
+                ("vouch", Some(b)) | ("report", Some(b)) => {
+                    let t = i64::from_be_bytes(
+                        v.get(..8)
+                            .and_then(|x| x.try_into().ok())
+                            .ok_or_else(|| bad(&k))?,
+                    );
+                    let key = (h(a).ok_or_else(|| bad(&k))?, h(b).ok_or_else(|| bad(&k))?);
+                    if kind == "vouch" {
+                        vouches.insert(key, t);
+                    } else {
+                        reports.insert(key, t);
+                    }
+                }
+                _ => return Err(bad(&k)),
+            }
+        }
+        for (h, r) in &remote {
+            *st.remote_logs_per_host.entry(h.host().clone()).or_default() += 1;
+            st.remote_keylog_entries += r.log.entries().len() + r.conflicts.len();
+        }
+        st.peers = Tracked::loaded(peers);
+        st.remote_logs = Tracked::loaded(remote);
+        st.vouches = Tracked::loaded(vouches);
+        st.reports = Tracked::loaded(reports);
+        // Queue lengths: the id index has one short row per queued envelope.
+        store.range(Table::OutboundIds, &[], None, &mut |k, _| {
+            if let Some(host) = codec::host_of_prefixed(k) {
+                *st.outbound_len.entry(host).or_default() += 1;
+            }
+            true
+        })?;
+        Ok(st)
+    }
+
+    /// The rows to commit with the batch just applied: the table changes it made and the rows
+    /// of every agent, peer, remote key log, vouch and report it changed, plus the counters.
+    /// A store error met while applying fails the batch instead.
+    pub fn take_changes(&mut self) -> Result<Arc<Changes>, StoreError> {
+        if let Some(e) = self.db.take_error() {
+            // What was applied is not what the store would hold: forget it.
+            self.db.discard();
+            return Err(e);
+        }
+        let mut put = |t: Table, k: Vec<u8>, v: Option<Vec<u8>>| match v {
+            Some(v) => self.db.put(t, k, v),
+            None => self.db.del(t, k),
+        };
+        for (h, a) in self.agents.take_dirty() {
+            put(
+                Table::Agents,
+                h.as_str().as_bytes().to_vec(),
+                a.map(codec::agent_value),
+            );
+        }
+        for (host, p) in self.peers.take_dirty() {
+            put(
+                Table::Small,
+                codec::small_key("peer", host.as_str(), None),
+                p.map(codec::peer_value),
+            );
+        }
+        for (h, r) in self.remote_logs.take_dirty() {
+            put(
+                Table::Small,
+                codec::small_key("remote", h.as_str(), None),
+                r.map(codec::remote_value),
+            );
+        }
+        for ((a, b), t) in self.vouches.take_dirty() {
+            put(
+                Table::Small,
+                codec::small_key("vouch", a.as_str(), Some(b.as_str())),
+                t.map(|t| t.to_be_bytes().to_vec()),
+            );
+        }
+        for ((a, b), t) in self.reports.take_dirty() {
+            put(
+                Table::Small,
+                codec::small_key("report", a.as_str(), Some(b.as_str())),
+                t.map(|t| t.to_be_bytes().to_vec()),
+            );
+        }
+        if std::mem::take(&mut self.counters_dirty) {
+            let mut v = Vec::with_capacity(32);
+            for n in [
+                self.events,
+                self.dead_letters,
+                self.messages_len,
+                self.deadlines_len,
+            ] {
+                v.extend_from_slice(&n.to_be_bytes());
+            }
+            put(Table::Small, COUNTERS.to_vec(), Some(v));
+        }
+        Ok(self.db.take_changes())
+    }
+
+    /// Forgets changes applied and not committed (a batch whose commit failed); the state in
+    /// memory must then be loaded again ([`State::load`]).
+    pub fn discard_changes(&mut self) {
+        self.db.discard();
+        let _ = self.db.take_error();
+    }
+
+    /// The changes taken by [`take_changes`](Self::take_changes) are committed.
+    pub fn committed(&self) {
+        self.db.committed();
+    }
+
+    /// Rows applied and not yet taken.
+    pub fn pending_rows(&self) -> usize {
+        self.db.pending_len()
+    }
+
+    /// Reads the tables from `store` from now on (the same records, opened for writing after
+    /// the state was loaded from a read-only view).
+    pub fn rebind(&mut self, store: Arc<dyn Store>) {
+        self.db = Db::new(store);
+    }
+
+    /// Whether what `self` holds in memory equals `other`'s (the tables are compared by
+    /// `relay check`).
+    pub fn memory_eq(&self, other: &State) -> bool {
+        self.host == other.host
+            && *self.agents == *other.agents
+            && *self.vouches == *other.vouches
+            && *self.reports == *other.reports
+            && *self.peers == *other.peers
+            && *self.remote_logs == *other.remote_logs
+            && self.remote_logs_per_host == other.remote_logs_per_host
+            && self.remote_keylog_entries == other.remote_keylog_entries
+            && self.outbound_len == other.outbound_len
+            && self.messages_len == other.messages_len
+            && self.deadlines_len == other.deadlines_len
+            && self.dead_letters == other.dead_letters
+            && self.events == other.events
+    }
+
+    /// The store this state's tables are in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        self.db.store()
+    }
+}
+
+impl Db {
+    /// Every row of the projection tables, as committed (for comparisons: `relay check`, tests).
+    pub fn dump(store: &dyn Store) -> Result<Rows, StoreError> {
+        let mut out = BTreeMap::new();
+        for t in Table::ALL.into_iter().filter(|t| t.is_projection()) {
+            for (k, v) in rows(store, t)? {
+                out.insert((t, k), v);
+            }
+        }
+        Ok(out)
+    }
+}
