@@ -1,7 +1,7 @@
 //! Relay configuration: built-in defaults, then a TOML file (`--config`), then environment
 //! variables, then flags; each later source overrides the earlier ones.
 
-use crate::engine::policy::{FederationPolicy, Limits, Policy, Tier, TrustPolicy};
+use crate::engine::policy::{FederationPolicy, Limits, Policy, RetentionPolicy, Tier, TrustPolicy};
 use formica_protocol::time::TimeWindow;
 use formica_protocol::RelayHost;
 use serde::Deserialize;
@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub tiers: Option<Vec<Tier>>,
     pub trust: Option<TrustPolicy>,
     pub federation: Option<FederationPolicy>,
+    pub retention: Option<RetentionPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +120,9 @@ impl RelayConfig {
         }
         if let Some(f) = fc.federation {
             policy.federation = f;
+        }
+        if let Some(r) = fc.retention {
+            policy.retention = r;
         }
         policy.validate()?;
         Ok(RelayConfig {

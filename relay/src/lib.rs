@@ -244,7 +244,10 @@ impl Relay {
         // 2. Then it is opened for writing. A file system too full for that (redb marks the
         //    file as open, and recovers it after a crash) does not stop the relay: it serves
         //    what it checked and refuses writes until the writer can reopen the store.
-        let (store, health): (Arc<dyn Store>, _) = match RedbStore::open_with(&path, relaxed) {
+        let cache = cfg.policy.limits.store_cache_bytes;
+        let (store, health): (Arc<dyn Store>, _) = match RedbStore::open_cached(
+            &path, relaxed, cache,
+        ) {
             Ok(s) => (Arc::new(s), StoreHealth::default()),
             Err(StoreError::Full(why)) if matches!(checked, Some((_, Ok(_)))) => {
                 tracing::warn!(error = %why, "the store cannot be opened for writing; serving reads, refusing writes until it can");
@@ -255,6 +258,9 @@ impl Relay {
             }
             Err(e) => return Err(e.into()),
         };
+        // Whether the whole chain was checked here (a rebuild reads it all): the background
+        // check after start is then not needed.
+        let checked_all = !matches!(checked, Some((_, Ok(_))));
         let (log, state) = match checked {
             Some((at, Ok(mut state))) => {
                 state.rebind(store.clone());
@@ -284,6 +290,11 @@ impl Relay {
                 (log, state)
             }
         };
+        if checked_all {
+            health
+                .log_check
+                .store(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut relay = Relay::start(cfg, host, log, state, key, clock, Arc::new(health));
         relay.lock = Some(lock);
         let _ = relay.app.admin_token.set(token);
@@ -375,6 +386,7 @@ impl Relay {
             writer_thread,
             lock,
         } = self;
+        app.engine.stop_verify();
         drop(app);
         let (tx, rx) = std::sync::mpsc::channel();
         let joiner = std::thread::spawn(move || {

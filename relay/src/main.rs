@@ -54,12 +54,17 @@ enum Cmd {
         #[arg(long, hide = true)]
         unsafe_relaxed_fsync_benchmark_only: bool,
     },
-    /// Check the store: every record's chain hash and event, then the projections, without
-    /// changing it (asks the relay serving the directory if one does). Exits 0 if the store is
-    /// sound, 1 naming the damage if not, 3 if a relay serves the directory and did not answer.
+    /// Check the store: every record's chain hash and event, then the projection tables
+    /// against the replay of the log, without changing it (asks the relay serving the
+    /// directory if one does; it checks the log only). Exits 0 if the store is sound, 1 naming
+    /// the damage if not, 3 if a relay serves the directory and did not answer.
     Check {
         #[command(flatten)]
         common: Common,
+        /// Rebuild the projection tables from the log (after `relay check` named damage in
+        /// them). The relay must be stopped.
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Copy the data directory consistently into a new directory (every durable record, the
     /// relay key, the host), checked after it is written; works while the relay serves (it
@@ -150,14 +155,16 @@ fn main() -> ExitCode {
             &data_dir.unwrap_or_else(|| PathBuf::from(formica_relay::config::DATA_DIR_DEFAULT)),
             &to,
         ),
-        Cmd::Check { common } => {
+        Cmd::Check { common, rebuild } => {
             let o = Overrides {
                 data_dir: common.data_dir,
                 public_host: common.public_host,
                 ..Overrides::default()
             };
             match RelayConfig::load(common.config.as_deref(), o) {
-                Ok(cfg) => formica_relay::operator::check(&cfg.data_dir, cfg.public_host.as_ref()),
+                Ok(cfg) => {
+                    formica_relay::operator::check(&cfg.data_dir, cfg.public_host.as_ref(), rebuild)
+                }
                 Err(e) => {
                     eprintln!("relay: configuration: {e}");
                     ExitCode::from(2)

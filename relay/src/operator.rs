@@ -151,7 +151,7 @@ pub fn peer(dir: &Path, method: &str, path: &str, body: &[u8]) -> ExitCode {
 /// a directory a relay serves, asks that relay to do the same (`POST /admin/v1/check`). Exit 0
 /// sound, 1 damaged or unreadable, 2 usage, [`EXIT_IN_USE`] when the serving relay could not
 /// be asked.
-pub fn check(data_dir: &Path, public_host: Option<&RelayHost>) -> ExitCode {
+pub fn check(data_dir: &Path, public_host: Option<&RelayHost>, rebuild: bool) -> ExitCode {
     if !data_dir.is_dir() {
         eprintln!(
             "relay check: {}: no such data directory",
@@ -167,6 +167,13 @@ pub fn check(data_dir: &Path, public_host: Option<&RelayHost>) -> ExitCode {
         }
     };
     let Some(_lock) = lock else {
+        if rebuild {
+            eprintln!(
+                "relay check --rebuild: a relay is serving {}; stop it first (a rebuild needs the store to itself)",
+                data_dir.display()
+            );
+            return ExitCode::from(EXIT_IN_USE);
+        }
         return check_online(data_dir);
     };
     let path = data_dir.join(LOG_FILE);
@@ -205,6 +212,9 @@ pub fn check(data_dir: &Path, public_host: Option<&RelayHost>) -> ExitCode {
         eprintln!("relay check: {} was not changed", path.display());
         code
     };
+    if rebuild {
+        return rebuild_tables(&path, &host);
+    }
     let view = match RedbStore::open_read_only(&path) {
         Ok(s) => s,
         Err(e) => return report(e),
@@ -227,6 +237,43 @@ pub fn check(data_dir: &Path, public_host: Option<&RelayHost>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => report(e),
+    }
+}
+
+/// `relay check --rebuild` on a stopped relay: checks the whole chain first (a damaged log
+/// cannot be rebuilt from, and is left as it is), then empties the projection tables and
+/// replays the log into them.
+fn rebuild_tables(path: &Path, host: &RelayHost) -> ExitCode {
+    let done = RedbStore::open(path).and_then(|store| {
+        let store: Arc<dyn crate::store::Store> = Arc::new(store);
+        let len = store.len()?;
+        crate::store::EventLog::verify_chain(&*store, len, 10_000)?;
+        let t0 = std::time::Instant::now();
+        let (log, st) = replay::rebuild(store, host)?;
+        Ok((
+            log.position(),
+            st.agents.len(),
+            st.messages_len,
+            t0.elapsed(),
+        ))
+    });
+    match done {
+        Ok((at, agents, messages, took)) => {
+            println!(
+                "relay check: rebuilt the projection tables from {} records (chain head {}) in {:.1} s: {agents} agents, {messages} messages",
+                at.len,
+                formica_protocol::hex::encode(&at.head),
+                took.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relay check --rebuild: {e}");
+            match e {
+                StoreError::Corrupt { .. } => ExitCode::FAILURE,
+                _ => ExitCode::from(EXIT_IN_USE),
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub fn cases() -> Vec<Case> {
         case("desc.relay-host", &["DESC-3", "HANDLE-4", "HANDLE-5"], "the descriptor names the host the client contacted", relay_host),
         case("desc.units", &["ENC-4"], "published durations and limits are integers named with their unit", units),
         case("desc.tiers", &["TRUST-1"], "tiers are an ordered list with levels 0..n and their thresholds and limits; a new agent is at level 0", tiers),
+        case("desc.retention", &["DESC-1", "RET-1", "RET-3"], "retention publishes delivered_ms, max_ms >= delivered_ms, and dedup_ms covering the freshness window", retention),
         case("desc.peering", &["FED-2"], "federation.peering is allowlist, open, manual or none, and none exactly when federation is disabled", peering),
         case("ops.endpoints", &["API-2"], "/health, /ready, /metrics and /v1/openapi.json answer as API-2 says", ops),
         case("json.answers-strict", &["JSON-12", "HTTP-3"], "answers of every kind are strict-JSON documents with Content-Type application/json", answers_strict),
@@ -298,7 +299,15 @@ fn units(e: &Env<'_>) -> R {
         }
         Value::String(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_) | Value::Null => {}
     };
-    for sect in ["limits", "time", "pow", "ack", "trust", "federation"] {
+    for sect in [
+        "limits",
+        "time",
+        "pow",
+        "ack",
+        "trust",
+        "federation",
+        "retention",
+    ] {
         if let Some(o) = at(&d, &[sect]).and_then(Value::as_object) {
             for (k, v) in o.iter() {
                 check(format!("{sect}.{k}"), k, v);
@@ -762,4 +771,30 @@ pub fn flip_hex(h: &str) -> String {
         *first = std::char::from_digit(d, 16).unwrap_or('0');
     }
     c.into_iter().collect()
+}
+
+fn retention(e: &Env<'_>) -> R {
+    let d = descriptor(e)?;
+    let delivered = req_int(&d, &["retention", "delivered_ms"])?;
+    let max = req_int(&d, &["retention", "max_ms"])?;
+    let dedup = req_int(&d, &["retention", "dedup_ms"])?;
+    ensure!(
+        delivered > 0 && max >= delivered,
+        "retention.max_ms {max} is less than retention.delivered_ms {delivered}, or that is not positive (RET-1)"
+    );
+    let ret = req_int(&d, &["time", "retention_ms"])?;
+    let skew = req_int(&d, &["time", "skew_ms"])?;
+    ensure!(
+        dedup >= ret + skew,
+        "retention.dedup_ms {dedup} does not cover the freshness window time.retention_ms + time.skew_ms = {} (RET-3)",
+        ret + skew
+    );
+    if let Some(dl) = at(&d, &["federation", "dead_letter_ms"]).and_then(Value::as_i64) {
+        ensure!(
+            dedup >= dl + skew,
+            "retention.dedup_ms {dedup} is less than federation.dead_letter_ms + time.skew_ms = {} (RET-3)",
+            dl + skew
+        );
+    }
+    Ok(())
 }

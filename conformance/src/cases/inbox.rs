@@ -12,7 +12,7 @@ pub fn cases() -> Vec<Case> {
         case("inbox.page", &["API-9", "ENV-15", "HTTP-3"], "pages hold the items after `after`, oldest first, at most `limit`, with `next` and `oldest`", page),
         case("inbox.limit", &["API-9"], "limit is 1..=inbox_page_max; anything else is invalid_field (limit)", limit).codes(&[E::InvalidField]),
         case("inbox.invalid-cursor", &["API-9"], "a cursor the relay did not issue, or beyond the newest item, is invalid_cursor", invalid_cursor).codes(&[E::InvalidCursor]),
-        case("inbox.cursor-too-old", &["API-9"], "a cursor before the oldest retained item is 410 cursor_too_old with `oldest`", cursor_too_old).codes(&[E::CursorTooOld]),
+        case("inbox.cursor-too-old", &["API-9", "RET-2"], "a cursor before the oldest retained item is 410 cursor_too_old with `oldest`", cursor_too_old).codes(&[E::CursorTooOld]),
         case("inbox.delivered-on-read", &["DELIV-1", "DELIV-4", "API-9", "API-13"], "a message is accepted until its recipient reads it, then delivered", delivered_on_read),
         case("sse.stream", &["API-10", "INGEST-1", "ENV-15"], "the event stream sends each item as event envelope, id cursor, data canonical, then new items live", sse_stream),
         case("sse.resume", &["API-10"], "Last-Event-ID (or after) resumes exactly after that cursor, without gaps or repeats; Last-Event-ID wins", sse_resume),

@@ -107,6 +107,23 @@ pub enum Event {
         id: MessageId,
         reason: String,
     },
+    /// Retention (SPEC.md RET-1..RET-3): what the bounds make removable goes, examining at most
+    /// `max` rows of each kind, oldest first. The bounds are in the event, so a replay removes
+    /// exactly what the live relay removed whatever the configuration is then.
+    Retained { at: i64, bounds: Retention },
+}
+
+/// The bounds of one retention sweep (times in ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Inbox items stored and message records made before this go once settled.
+    pub delivered_before: i64,
+    /// Inbox items and message records made before this go in any state.
+    pub any_before: i64,
+    /// Dedup ids of envelopes whose `ts` is before this go.
+    pub seen_before: i64,
+    /// Most rows of each kind examined.
+    pub max: u64,
 }
 
 /// Limits for reading back what the relay itself wrote: generous, since the input was checked
@@ -166,7 +183,8 @@ impl Event {
             | Event::RemoteKeyLogConflict { at, .. }
             | Event::Transferred { at, .. }
             | Event::RemoteDelivered { at, .. }
-            | Event::DeadLettered { at, .. } => *at,
+            | Event::DeadLettered { at, .. }
+            | Event::Retained { at, .. } => *at,
         }
     }
 
@@ -283,6 +301,13 @@ impl Event {
                 o.insert("peer", peer.as_str().into());
                 o.insert("id", id.to_hex().into());
                 o.insert("reason", reason.as_str().into());
+            }
+            Event::Retained { bounds, .. } => {
+                o.insert("t", "retained".into());
+                o.insert("delivered_before", Value::Int(bounds.delivered_before));
+                o.insert("any_before", Value::Int(bounds.any_before));
+                o.insert("seen_before", Value::Int(bounds.seen_before));
+                o.insert("max", Value::Int(bounds.max as i64));
             }
         }
         canon::canonicalize(&Value::Object(o))
@@ -403,6 +428,21 @@ impl Event {
                 id: msg_id(&mut f, "id")?,
                 reason: f.req_str("reason").map_err(e)?.to_owned(),
             },
+            "retained" => {
+                let mut t = |k: &str| {
+                    f.req_int(k, 0, formica_protocol::json::INT_ABS_MAX)
+                        .map_err(e)
+                };
+                Event::Retained {
+                    at,
+                    bounds: Retention {
+                        delivered_before: t("delivered_before")?,
+                        any_before: t("any_before")?,
+                        seen_before: t("seen_before")?,
+                        max: t("max")? as u64,
+                    },
+                }
+            }
             other => return Err(format!("unknown event type {other:?}")),
         };
         f.finish().map_err(e)?;

@@ -19,6 +19,7 @@ pub mod events;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod notable;
 pub mod notifier;
 pub mod policy;
 pub mod replay;
@@ -73,6 +74,9 @@ pub struct Engine {
     store: Arc<dyn Store>,
     /// Nonce and challenge rows the writer commits with its next batch (`limits::Journal`).
     admission: Arc<std::sync::Mutex<limits::Journal>>,
+    /// The background check of the log's chain, joined when the relay stops (it holds the
+    /// store, which closes only when nothing holds it).
+    verify: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -122,6 +126,7 @@ impl Engine {
             store_health,
             store,
             admission,
+            verify: std::sync::Mutex::new(None),
         });
         (engine, writer_thread)
     }
@@ -168,17 +173,25 @@ impl Engine {
     /// Checks the whole log's chain on a thread of its own, as of now: start-up checks only
     /// the head. Damage is logged (run `relay check`) and shown by `/metrics`; the relay goes
     /// on serving (it serves its projection tables, not old records).
-    pub fn verify_log_in_background(self: &Arc<Self>) {
-        let engine = self.clone();
+    pub fn verify_log_in_background(&self) {
+        let h = self.store_health.clone();
+        if h.log_check.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+            // Start-up already checked the whole chain (a new store, or a rebuild).
+            return;
+        }
+        // Not the engine: holding it would keep the writer (and so the store) open at stop.
+        let store = self.store.clone();
+        let stopping = self.stopping.subscribe();
+        let len = self.durable_len();
         let spawned = std::thread::Builder::new()
             .name("formica-verify".into())
             .spawn(move || {
-                let len = engine.durable_len();
                 let t0 = std::time::Instant::now();
-                let r = crate::store::EventLog::verify_chain(&**engine.store(), len, 10_000);
-                let h = &engine.store_health;
+                let stop = || *stopping.borrow();
+                let r = crate::store::EventLog::verify_chain_until(&*store, len, 10_000, &stop);
                 match r {
-                    Ok(()) => {
+                    Ok(false) => {}
+                    Ok(true) => {
                         h.log_check.store(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::debug!(records = len, seconds = t0.elapsed().as_secs_f64(), "the log's chain is sound");
                     }
@@ -192,8 +205,18 @@ impl Engine {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the background check of the log");
+        match spawned {
+            Ok(t) => *self.verify.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
+            Err(e) => tracing::warn!(error = %e, "cannot start the background check of the log"),
+        }
+    }
+
+    /// Stops the background check of the log and waits for it (it lets go of the store).
+    pub fn stop_verify(&self) {
+        let _ = self.stopping.send(true);
+        let t = self.verify.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
         }
     }
 

@@ -67,6 +67,11 @@ pub struct Limits {
     /// A store that failed a write is reopened once 1 MiB more than this is free. Not
     /// published.
     pub store_free_bytes_min: u64,
+    /// Memory the store may use to cache pages of its file: 64 MiB. Inbox pages and message
+    /// records are read from the store, and recent ones are what readers ask for; the engine's
+    /// own default (1 GiB) would let a relay's memory grow by that much as it reads old
+    /// records (a check, a backup). Not published.
+    pub store_cache_bytes: usize,
     /// Most open (issued, unused, unexpired) challenges: 100,000. Past it new challenges are
     /// refused with `unavailable` until the oldest expire; open ones are never dropped early,
     /// which would cancel registrations in progress. Not published.
@@ -117,6 +122,7 @@ impl Default for Limits {
             ip_requests_per_min: 60,
             challenge_ttl_ms: 10 * 60 * 1000,
             store_free_bytes_min: 64 << 20,
+            store_cache_bytes: 64 << 20,
             challenges_max: 100_000,
             challenges_per_ip_max: 32,
             deadline_check_ms: 250,
@@ -254,6 +260,50 @@ pub struct Policy {
     pub tiers: Vec<Tier>,
     pub trust: TrustPolicy,
     pub federation: FederationPolicy,
+    pub retention: RetentionPolicy,
+}
+
+/// How long the relay keeps what it stored (SPEC.md RET-1..RET-4): inbox items, message
+/// records and the ids that deduplicate envelopes. Published in the descriptor (`retention`).
+/// What is removed is removed by a logged event, so the projections stay the replay of the
+/// log, and the store stops growing with every message ever carried.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// An inbox item handed to its reader, acked when its sender asked for an ack (or settled
+    /// otherwise: timed out), and a message record whose deliveries are all settled, are
+    /// removed once older than this: 7 days. A week lets an agent page back through what it
+    /// read and a sender look up the status of what it sent, and keeps the store to about a
+    /// week of traffic.
+    pub delivered_ms: i64,
+    /// Any inbox item and any message record, read or not, is removed once older than this:
+    /// 30 days. An agent that has not read its inbox for a month gets `cursor_too_old` and
+    /// knows it missed items; without this bound an abandoned inbox would keep its items (up
+    /// to `limits.inbox_pending_max`) for ever.
+    pub max_ms: i64,
+    /// Envelope ids are kept for deduplication this long after their `ts`: 2 days. It must
+    /// cover the freshness window (older envelopes are refused `stale` anyway) and the
+    /// dead-letter age of a peer's queue (a peer retries a transfer until then); transferred
+    /// envelopes older than this are refused `stale` (FED-7), so a replay can never be
+    /// delivered twice.
+    pub dedup_ms: i64,
+    /// How often the relay looks for what to remove: 60 s.
+    pub sweep_ms: u64,
+    /// Most rows of each kind (inbox items, message records, ids) one sweep examines: 10,000,
+    /// which bounds the size of one commit; a backlog is removed over several sweeps.
+    pub sweep_max: usize,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            delivered_ms: 7 * 24 * 3600 * 1000,
+            max_ms: 30 * 24 * 3600 * 1000,
+            dedup_ms: 2 * 24 * 3600 * 1000,
+            sweep_ms: 60_000,
+            sweep_max: 10_000,
+        }
+    }
 }
 
 /// Peering and forwarding (SPEC.md section 16). Off unless `enabled`.
@@ -368,6 +418,7 @@ impl Default for Policy {
             tiers: default_tiers(),
             trust: TrustPolicy::default(),
             federation: FederationPolicy::default(),
+            retention: RetentionPolicy::default(),
         }
     }
 }
@@ -380,7 +431,7 @@ impl Tier {
         }
     }
 
-    fn to_value(&self, level: usize) -> Value {
+    pub(super) fn to_value(&self, level: usize) -> Value {
         let mut o = Object::new();
         let int = |n: i64| Value::Int(n);
         o.insert("name", self.name.clone().into());
@@ -410,6 +461,27 @@ impl Tier {
 impl Policy {
     /// Checks the policy is usable; a bad configuration is refused at start.
     pub fn validate(&self) -> Result<(), String> {
+        let r = &self.retention;
+        if r.delivered_ms <= 0 || r.max_ms < r.delivered_ms {
+            return Err(
+                "retention.delivered_ms must be positive and retention.max_ms at least as long"
+                    .into(),
+            );
+        }
+        let covers = self.time.retention_ms() + self.time.skew_ms;
+        if r.dedup_ms < covers || r.dedup_ms < self.federation.dead_letter_ms + self.time.skew_ms {
+            return Err(format!(
+                "retention.dedup_ms {} must cover the freshness window ({covers} ms) and federation.dead_letter_ms plus time.skew_ms ({} ms)",
+                r.dedup_ms,
+                self.federation.dead_letter_ms + self.time.skew_ms
+            ));
+        }
+        if r.sweep_ms < 10 || !(1..=100_000).contains(&r.sweep_max) {
+            return Err(
+                "retention.sweep_ms must be at least 10 and retention.sweep_max within 1..=100000"
+                    .into(),
+            );
+        }
         if !(1..=1024).contains(&self.federation.keylog_lookups_max) {
             return Err(format!(
                 "federation.keylog_lookups_max {} is not within 1..=1024",
@@ -510,91 +582,5 @@ impl Policy {
             }
         }
         Ok(())
-    }
-
-    /// The `limits`, `time`, `pow`, `ack`, `tiers` and `trust` members of the descriptor.
-    pub fn descriptor_members(&self, o: &mut Object) {
-        let l = &self.limits;
-        let int = |n: i64| Value::Int(n);
-        let mut lim = Object::new();
-        lim.insert("body_bytes_max", int(l.body_bytes_max as i64));
-        lim.insert("envelope_bytes_max", int(l.envelope_bytes_max as i64));
-        lim.insert("batch_bytes_max", int(l.batch_bytes_max as i64));
-        lim.insert("batch_envelopes_max", int(l.batch_envelopes_max as i64));
-        lim.insert("json_depth_max", int(l.json_depth_max as i64));
-        lim.insert("recipients_max", int(l.recipients_max as i64));
-        lim.insert("inbox_page_max", int(l.inbox_page_max as i64));
-        lim.insert("inbox_pending_max", int(l.inbox_pending_max as i64));
-        lim.insert(
-            "contact_requests_pending_max",
-            int(l.contact_requests_pending_max as i64),
-        );
-        lim.insert("connections_max", int(l.connections_max as i64));
-        lim.insert(
-            "connections_per_ip_max",
-            int(l.connections_per_ip_max as i64),
-        );
-        lim.insert(
-            "header_read_timeout_ms",
-            int(l.header_read_timeout_ms as i64),
-        );
-        lim.insert("body_read_timeout_ms", int(l.body_read_timeout_ms as i64));
-        lim.insert(
-            "write_stall_timeout_ms",
-            int(l.write_stall_timeout_ms as i64),
-        );
-        lim.insert("ip_requests_per_min", int(i64::from(l.ip_requests_per_min)));
-        o.insert("limits", Value::Object(lim));
-        let mut t = Object::new();
-        t.insert("window_ms", int(self.time.window_ms));
-        t.insert("skew_ms", int(self.time.skew_ms));
-        t.insert("retention_ms", int(self.time.retention_ms()));
-        o.insert("time", Value::Object(t));
-        let mut p = Object::new();
-        p.insert("difficulty", int(i64::from(self.pow_difficulty)));
-        p.insert("challenge_ttl_ms", int(l.challenge_ttl_ms));
-        o.insert("pow", Value::Object(p));
-        let mut a = Object::new();
-        a.insert(
-            "window_ms_max",
-            int(formica_protocol::envelope::ACK_WINDOW_MS_MAX),
-        );
-        a.insert("deadline_check_ms", int(l.deadline_check_ms as i64));
-        o.insert("ack", Value::Object(a));
-        o.insert(
-            "tiers",
-            Value::Array(
-                self.tiers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| t.to_value(i))
-                    .collect(),
-            ),
-        );
-        let tr = &self.trust;
-        let mut tv = Object::new();
-        tv.insert("vouch_ttl_ms", int(tr.vouch_ttl_ms));
-        tv.insert("report_ttl_ms", int(tr.report_ttl_ms));
-        tv.insert("reports_per_demotion", int(tr.reports_per_demotion as i64));
-        tv.insert("report_min_tier", int(tr.report_min_tier as i64));
-        tv.insert("vouch_min_tier", int(tr.vouch_min_tier as i64));
-        o.insert("trust", Value::Object(tv));
-        let f = &self.federation;
-        let mut fed = Object::new();
-        fed.insert("enabled", Value::Bool(f.enabled));
-        fed.insert(
-            "peering",
-            if f.enabled {
-                f.peering.as_str().into()
-            } else {
-                "none".into()
-            },
-        );
-        if f.enabled {
-            fed.insert("remote_tier", int(f.remote_tier as i64));
-            fed.insert("dead_letter_ms", int(f.dead_letter_ms));
-            fed.insert("attempts_max", int(i64::from(f.attempts_max)));
-        }
-        o.insert("federation", Value::Object(fed));
     }
 }

@@ -1,6 +1,7 @@
 //! The deadline ticker: every `limits.deadline_check_ms`, if a deadline has passed or a queued
 //! delivery is older than `federation.dead_letter_ms`, it submits a `Tick` to the writer, which
-//! makes the `timed_out` receipts and dead letters (`decide::tick`).
+//! makes the `timed_out` receipts and dead letters (`decide::tick`); every
+//! `retention.sweep_ms` it submits a `Retain` (`decide::tick::retain`).
 
 use super::decide::Command;
 use super::Engine;
@@ -14,10 +15,28 @@ pub async fn run_deadlines(engine: Arc<Engine>) {
     let every = Duration::from_millis(engine.policy.limits.deadline_check_ms.max(10));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sweep_every = Duration::from_millis(engine.policy.retention.sweep_ms);
+    let mut last_sweep = std::time::Instant::now();
     loop {
         tick.tick().await;
         if *engine.stopping.borrow() {
             return;
+        }
+        // Retention (SPEC.md RET-1..RET-3): the writer looks for what to remove.
+        if last_sweep.elapsed() >= sweep_every && engine.store_health.takes_writes() {
+            last_sweep = std::time::Instant::now();
+            match engine.writer.submit(Command::Retain).await {
+                Ok(crate::engine::decide::Outcome::Retained { removed }) if removed > 0 => {
+                    tracing::debug!(removed, "retention removed rows");
+                }
+                Ok(_) => {}
+                Err(e) if e.code == ErrorCode::Unavailable && *engine.stopping.borrow() => return,
+                Err(e) => {
+                    if e.code != ErrorCode::StorageFull {
+                        tracing::warn!(code = %e.code, "retention sweep failed: {}", e.message);
+                    }
+                }
+            }
         }
         let due = {
             let st = engine.read();

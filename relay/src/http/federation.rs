@@ -372,10 +372,21 @@ async fn judge_remote(
             format!("{} is not homed on {origin}", env.from),
         ));
     }
-    // FED-7: no staleness check (queues delay), but nothing from the future.
+    // FED-7: no freshness-window check (queues delay), but nothing from the future, and
+    // nothing older than the dedup window (RET-3): its id may be forgotten, so it could be
+    // delivered twice.
     let now = app.engine.now();
     if env.ts > now + app.engine.policy.time.skew_ms {
         app.engine.policy.time.check(env.ts, now)?;
+    }
+    if env.ts < now - app.engine.policy.retention.dedup_ms {
+        return Err(ApiError::new(
+            ErrorCode::Stale,
+            format!(
+                "the envelope is older than this relay's dedup window (retention.dedup_ms = {} ms)",
+                app.engine.policy.retention.dedup_ms
+            ),
+        ));
     }
     if app.engine.read().seen(&se.id()) {
         return Ok(Err(se.id()));

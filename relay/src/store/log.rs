@@ -220,9 +220,23 @@ impl EventLog {
     /// while a relay serves). What start-up leaves out when it checks only the head; a
     /// running relay does it in the background.
     pub fn verify_chain(store: &dyn Store, len: u64, chunk: u64) -> Result<(), StoreError> {
+        Self::verify_chain_until(store, len, chunk, &|| false).map(|_| ())
+    }
+
+    /// [`verify_chain`](Self::verify_chain), giving up between two reads once `stop` says so:
+    /// `Ok(false)` then, `Ok(true)` when every record was checked.
+    pub fn verify_chain_until(
+        store: &dyn Store,
+        len: u64,
+        chunk: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<bool, StoreError> {
         let mut head = [0u8; 32];
         let mut expect = 1u64;
         while expect <= len {
+            if stop() {
+                return Ok(false);
+            }
             let last = len.min(expect + chunk.max(1) - 1);
             store.scan(expect, last, &mut |seq, value| {
                 if seq != expect {
@@ -257,7 +271,7 @@ impl EventLog {
                 });
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Where this log stands.

@@ -43,7 +43,14 @@ pub struct RedbStore {
     recovered: AtomicBool,
     syncs: Arc<AtomicU64>,
     faults: Arc<StoreFaults>,
+    /// Bytes of the file's pages the engine may cache ([`CACHE_BYTES_DEFAULT`] unless the
+    /// relay's `limits.store_cache_bytes` says otherwise).
+    cache_bytes: usize,
 }
+
+/// The page cache of a store opened without a size: 64 MiB (the relay passes its
+/// `limits.store_cache_bytes`; redb's own default is 1 GiB).
+pub const CACHE_BYTES_DEFAULT: usize = 64 << 20;
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,7 +156,21 @@ impl RedbStore {
             recovered: AtomicBool::new(false),
             syncs: Arc::default(),
             faults,
+            cache_bytes: CACHE_BYTES_DEFAULT,
         };
+        let db = store.open_db()?;
+        *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
+        Ok(store)
+    }
+
+    /// [`open_with`](Self::open_with) with a page cache of `cache_bytes`.
+    pub fn open_cached(
+        path: &Path,
+        unsafe_relaxed_fsync: bool,
+        cache_bytes: usize,
+    ) -> Result<RedbStore, StoreError> {
+        let mut store = Self::closed(path, unsafe_relaxed_fsync);
+        store.cache_bytes = cache_bytes;
         let db = store.open_db()?;
         *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
         Ok(store)
@@ -171,6 +192,7 @@ impl RedbStore {
             recovered: AtomicBool::new(false),
             syncs: Arc::default(),
             faults: Arc::default(),
+            cache_bytes: CACHE_BYTES_DEFAULT,
         }
     }
 
@@ -187,6 +209,7 @@ impl RedbStore {
             recovered: AtomicBool::new(false),
             syncs: Arc::default(),
             faults: Arc::default(),
+            cache_bytes: CACHE_BYTES_DEFAULT,
         };
         let db = store.open_db()?;
         *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
@@ -229,6 +252,7 @@ impl RedbStore {
         let recovered = Arc::new(AtomicBool::new(false));
         let flag = recovered.clone();
         let mut builder = Database::builder();
+        builder.set_cache_size(self.cache_bytes);
         builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
         let opened = if read_only {
             let storage = OverlayStorage::new(file).map_err(in_use)?;

@@ -74,6 +74,8 @@ pub enum Command {
     /// Time passed: produce timed_out receipts for deadlines before `ctx.now`, and dead-letter
     /// queued deliveries older than `federation.dead_letter_ms`.
     Tick,
+    /// A retention sweep (SPEC.md RET-1..RET-3), every `retention.sweep_ms`.
+    Retain,
     /// An envelope a peer forwarded (FED-6), its agent signature verified again here.
     RemoteEnvelope {
         env: VerifiedEnvelope,
@@ -141,6 +143,10 @@ pub enum Outcome {
         id: MessageId,
     },
     Done(Value),
+    /// Rows a retention sweep removed.
+    Retained {
+        removed: usize,
+    },
     Ticked {
         timed_out: usize,
     },
@@ -198,6 +204,7 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
             accept,
         } => contacts::answer_request(st, ctx, owner, request, accept),
         Command::Tick => tick::tick(st, ctx),
+        Command::Retain => tick::retain(st, ctx),
     }
 }
 

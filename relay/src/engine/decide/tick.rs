@@ -60,3 +60,26 @@ pub(super) fn tick(st: &State, ctx: &Ctx<'_>) -> Decision {
     }
     Ok((events, Outcome::Ticked { timed_out: n }))
 }
+
+/// A retention sweep: a `retained` event with the bounds of now, only when it removes
+/// something (an idle relay's log does not grow with sweeps).
+pub(super) fn retain(st: &State, ctx: &Ctx<'_>) -> Decision {
+    let r = &ctx.policy.retention;
+    let bounds = crate::engine::events::Retention {
+        delivered_before: (ctx.now - r.delivered_ms).max(0),
+        any_before: (ctx.now - r.max_ms).max(0),
+        seen_before: (ctx.now - r.dedup_ms).max(0),
+        max: r.sweep_max as u64,
+    };
+    let found = st.retention_candidates(&bounds);
+    let removed = found.inbox.len() + found.messages.len() + found.seen.len();
+    let events = if found.is_empty() {
+        Vec::new()
+    } else {
+        vec![Event::Retained {
+            at: ctx.now,
+            bounds,
+        }]
+    };
+    Ok((events, Outcome::Retained { removed }))
+}

@@ -27,6 +27,7 @@ mod db;
 mod persist;
 mod reads;
 mod records;
+pub mod retention;
 mod tracked;
 mod trust;
 
@@ -374,6 +375,7 @@ impl State {
                     self.dead_letters += 1;
                 }
             }
+            Event::Retained { bounds, .. } => self.apply_retention(bounds),
             Event::RequestAnswered {
                 at,
                 owner,
