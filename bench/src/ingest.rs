@@ -133,7 +133,7 @@ pub async fn relay_metric(addr: &str, name: &str) -> Result<u64> {
 }
 
 /// Counts `"result":"accepted"` in an answer (a batch answer has one per envelope).
-fn count_accepted(body: &[u8]) -> u64 {
+pub fn count_accepted(body: &[u8]) -> u64 {
     let pat = b"\"result\":\"accepted\"";
     body.windows(pat.len()).filter(|w| *w == pat).count() as u64
 }

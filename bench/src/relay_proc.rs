@@ -1,6 +1,6 @@
 //! Relay processes: a configuration that lifts rate limits (so the benchmark measures
 //! throughput, not policy), start on 127.0.0.1 with an OS-chosen port, pinned with `taskset`,
-//! and stop with SIGTERM.
+//! and stop with SIGTERM (or, to time a start after a crash, kill with SIGKILL).
 
 use anyhow::{bail, Context, Result};
 use formica_protocol::RelayHost;
@@ -226,6 +226,20 @@ impl RelayProc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL (`kill -9`: no drain, the store is not closed), and wait for the process to be
+    /// gone, which also releases the data directory's lock. Under `taskset` the process is the
+    /// relay itself (taskset execs it).
+    pub fn kill(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        child
+            .kill()
+            .with_context(|| format!("SIGKILL to relay {}", self.pid))?;
+        child.wait()?;
+        Ok(())
     }
 }
 
