@@ -167,6 +167,17 @@ impl Event {
         )
     }
 
+    /// The envelope's bytes inside the payload of a record that [`encode`](Self::encode) wrote
+    /// for an envelope event (`{"at":N,"envelope":<bytes>,"t":"envelope"}`): inbox and queue
+    /// rows point at the record instead of holding a copy.
+    pub fn envelope_bytes(payload: &[u8]) -> Option<&[u8]> {
+        let rest = payload.strip_prefix(b"{\"at\":")?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        rest.get(digits..)?
+            .strip_prefix(b",\"envelope\":")?
+            .strip_suffix(b",\"t\":\"envelope\"}")
+    }
+
     pub fn at(&self) -> i64 {
         match self {
             Event::Registered { at, .. }

@@ -267,10 +267,11 @@ pub fn replay_into(
         let (reuse_tx, reuse_rx) = channel::<RawChunk>();
         let host = host.clone();
         let tgt = target.clone();
+        let src = store.clone();
         let applier = std::thread::Builder::new()
             .name("formica-replay".into())
             .spawn_scoped(s, move || -> Result<State, StoreError> {
-                let mut st = State::new(host, tgt.clone());
+                let mut st = State::new_for_log(host, tgt.clone(), src);
                 for mut chunk in raw_rx {
                     for (seq, payload) in chunk.records() {
                         let ev = Event::decode(payload)

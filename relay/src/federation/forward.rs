@@ -79,7 +79,7 @@ impl Federation {
                     .limits
                     .batch_bytes_max
                     .saturating_sub(1024);
-                st.queued(&peer, self.engine.policy.limits.batch_envelopes_max)
+                st.queued_with_wire(&peer, self.engine.policy.limits.batch_envelopes_max)
                     .into_iter()
                     .map(|(_, x)| x)
                     .take_while(|x| {

@@ -12,6 +12,9 @@ pub const PROJECTED: &[u8] = b"projected";
 
 const CHAIN_TAG: &[u8] = b"formica/relay-log/v1\0";
 
+/// Records read per read transaction when a log is opened and checked in full.
+const OPEN_CHUNK: u64 = 10_000;
+
 fn chain(prev: &[u8; 32], seq: u64, payload: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(CHAIN_TAG);
@@ -104,6 +107,11 @@ impl std::fmt::Debug for EventLog {
     }
 }
 
+/// The payload of a stored record (what follows its chain hash).
+pub fn payload(value: &[u8]) -> Option<&[u8]> {
+    value.get(32..)
+}
+
 impl EventLog {
     /// Opens the log, checking every record's number and chain hash, and hands each payload to
     /// `f` in order (this is how projections are rebuilt).
@@ -120,35 +128,22 @@ impl EventLog {
     ) -> Result<EventLog, StoreError> {
         let mut expect = 1u64;
         let mut head = [0u8; 32];
-        store.scan(1, len.unwrap_or(u64::MAX), &mut |seq, value| {
-            if seq != expect {
-                return Err(StoreError::Corrupt {
-                    seq: expect,
-                    reason: format!("record {expect} is missing (next present is {seq})"),
-                });
+        let end = match len {
+            Some(l) => l,
+            None => store.len()?,
+        };
+        // In ranges, each read in its own read transaction: a rebuild writes the tables while
+        // this reads, and a read transaction held for the whole log would keep the store from
+        // reusing any page those writes free (the file grew eightfold in a 1M-record rebuild).
+        let mut from = 1u64;
+        while from <= end {
+            let to = end.min(from + OPEN_CHUNK - 1);
+            Self::check_range(&*store, from, to, &mut expect, &mut head, f)?;
+            if expect <= to {
+                break;
             }
-            if value.len() < 32 {
-                return Err(StoreError::Corrupt {
-                    seq,
-                    reason: "record shorter than its chain hash".into(),
-                });
-            }
-            let (stored, payload) = value.split_at(32);
-            let h = chain(&head, seq, payload);
-            if stored != h {
-                return Err(StoreError::Corrupt {
-                    seq,
-                    reason: "chain hash mismatch (the record or one before it was altered)".into(),
-                });
-            }
-            f(seq, payload).map_err(|e| match e {
-                StoreError::Corrupt { reason, .. } => StoreError::Corrupt { seq, reason },
-                other => other,
-            })?;
-            head = h;
-            expect += 1;
-            Ok(())
-        })?;
+            from = to + 1;
+        }
         let checked = expect - 1;
         let stored_len = store.len()?;
         let want = len.unwrap_or(stored_len);
@@ -163,6 +158,48 @@ impl EventLog {
             len: checked,
             head,
             attempted: checked,
+        })
+    }
+
+    /// Checks records `from..=to` against the chain, continuing `expect` and `head`.
+    fn check_range(
+        store: &dyn Store,
+        from: u64,
+        to: u64,
+        expect: &mut u64,
+        head: &mut [u8; 32],
+        f: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        store.scan(from, to, &mut |seq, value| {
+            let expect_now = *expect;
+            if seq != expect_now {
+                let expect = expect_now;
+                return Err(StoreError::Corrupt {
+                    seq: expect,
+                    reason: format!("record {expect} is missing (next present is {seq})"),
+                });
+            }
+            if value.len() < 32 {
+                return Err(StoreError::Corrupt {
+                    seq,
+                    reason: "record shorter than its chain hash".into(),
+                });
+            }
+            let (stored, payload) = value.split_at(32);
+            let h = chain(head, seq, payload);
+            if stored != h {
+                return Err(StoreError::Corrupt {
+                    seq,
+                    reason: "chain hash mismatch (the record or one before it was altered)".into(),
+                });
+            }
+            f(seq, payload).map_err(|e| match e {
+                StoreError::Corrupt { reason, .. } => StoreError::Corrupt { seq, reason },
+                other => other,
+            })?;
+            *head = h;
+            *expect += 1;
+            Ok(())
         })
     }
 
@@ -238,30 +275,7 @@ impl EventLog {
                 return Ok(false);
             }
             let last = len.min(expect + chunk.max(1) - 1);
-            store.scan(expect, last, &mut |seq, value| {
-                if seq != expect {
-                    return Err(StoreError::Corrupt {
-                        seq: expect,
-                        reason: format!("record {expect} is missing (next present is {seq})"),
-                    });
-                }
-                if value.len() < 32 {
-                    return Err(StoreError::Corrupt {
-                        seq,
-                        reason: "record shorter than its chain hash".into(),
-                    });
-                }
-                let (stored, payload) = value.split_at(32);
-                let h = chain(&head, seq, payload);
-                if stored != h {
-                    return Err(StoreError::Corrupt {
-                        seq,
-                        reason: "chain hash mismatch (the record or one before it was altered)"
-                            .into(),
-                    });
-                }
-                head = h;
-                expect += 1;
+            Self::check_range(store, expect, last, &mut expect, &mut head, &mut |_, _| {
                 Ok(())
             })?;
             if expect <= last {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 mod backend;
 pub mod datadir;
-mod log;
+pub mod log;
 mod mem;
 mod redb;
 pub mod tables;

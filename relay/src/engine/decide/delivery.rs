@@ -80,7 +80,7 @@ pub(super) fn read(st: &State, ctx: &Ctx<'_>, handle: Handle, upto: u64) -> Deci
     // A message that asked for an ack tells its sender when it is delivered.
     let span = usize::try_from(upto - a.read_upto).unwrap_or(usize::MAX);
     for item in st
-        .inbox_after(&handle, a.read_upto, span)
+        .inbox_ids_after(&handle, a.read_upto, span)
         .into_iter()
         .filter(|i| i.cursor <= upto)
     {

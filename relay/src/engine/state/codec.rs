@@ -132,32 +132,44 @@ pub fn host_of_prefixed(k: &[u8]) -> Option<RelayHost> {
     RelayHost::parse(std::str::from_utf8(&k[..nul]).ok()?).ok()
 }
 
-// ---- inbox items and queued transfers: id (32) || at (8, sortable) || wire ----
+// ---- inbox items and queued transfers: id (32) || at (8, sortable) || log record (8) ----
+// The envelope's bytes are in the log record that stored it: a row points there instead of
+// holding a second copy (which doubled what every commit writes).
 
-pub fn item_value(id: &MessageId, at: i64, wire: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(40 + wire.len());
+pub fn item_value(id: &MessageId, at: i64, seq: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(48);
     v.extend_from_slice(&id.0);
     v.extend_from_slice(&sortable_i64(at));
-    v.extend_from_slice(wire);
+    v.extend_from_slice(&seq.to_be_bytes());
     v
 }
-fn split_item(v: &[u8]) -> Option<(MessageId, i64, Arc<Vec<u8>>)> {
+fn split_item(v: &[u8]) -> Option<(MessageId, i64, u64)> {
+    if v.len() != 48 {
+        return None;
+    }
     let id = MessageId(v.get(..32)?.try_into().ok()?);
     let at = from_sortable_i64(v.get(32..40)?)?;
-    Some((id, at, Arc::new(v.get(40..)?.to_vec())))
+    let seq = u64::from_be_bytes(v.get(40..48)?.try_into().ok()?);
+    Some((id, at, seq))
 }
 pub fn inbox_item(k: &[u8], v: &[u8]) -> Option<InboxItem> {
-    let (id, at, wire) = split_item(v)?;
+    let (id, at, seq) = split_item(v)?;
     Some(InboxItem {
         cursor: inbox_key_cursor(k)?,
         id,
         at,
-        wire,
+        seq,
+        wire: Arc::default(),
     })
 }
 pub fn queued(v: &[u8]) -> Option<Queued> {
-    let (id, at, wire) = split_item(v)?;
-    Some(Queued { id, wire, at })
+    let (id, at, seq) = split_item(v)?;
+    Some(Queued {
+        id,
+        seq,
+        wire: Arc::default(),
+        at,
+    })
 }
 
 // ---- records ----
@@ -251,9 +263,6 @@ pub fn agent_value(a: &Agent) -> Vec<u8> {
         requests.insert(id.to_hex(), Value::Object(x));
     }
     o.insert("requests", Value::Object(requests));
-    o.insert("next_cursor", Value::Int(a.next_cursor as i64));
-    o.insert("read_upto", Value::Int(a.read_upto as i64));
-    o.insert("acked_sent", Value::Int(a.acked_sent as i64));
     o.insert("requests_sent", ints(&a.requests_sent));
     o.insert("reports_sent", ints(&a.reports_sent));
     json_bytes(o)
@@ -292,12 +301,36 @@ pub fn agent(v: &[u8]) -> Option<Agent> {
         conflicts: read_entries(&o, "conflicts")?,
         contacts,
         requests,
-        next_cursor: int(&o, "next_cursor")? as u64,
-        read_upto: int(&o, "read_upto")? as u64,
-        acked_sent: int(&o, "acked_sent")? as u64,
+        // From the agent's hot row (`hot_value`), read after this one.
+        next_cursor: 1,
+        read_upto: 0,
+        acked_sent: 0,
         requests_sent: read_ints(&o, "requests_sent")?,
         reports_sent: read_ints(&o, "reports_sent")?,
     })
+}
+
+/// An agent's hot row: its next cursor, read mark and acks counted, 8 bytes each. They change
+/// with nearly every message, so they are not in the agent's large row ([`agent_value`]).
+pub fn hot_value(a: &Agent) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    for n in [a.next_cursor, a.read_upto, a.acked_sent] {
+        v.extend_from_slice(&n.to_be_bytes());
+    }
+    v
+}
+
+/// Sets `a`'s hot fields from its hot row.
+pub fn read_hot(a: &mut Agent, v: &[u8]) -> Option<()> {
+    let n = |i: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(
+            v.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    a.next_cursor = n(0)?;
+    a.read_upto = n(1)?;
+    a.acked_sent = n(2)?;
+    Some(())
 }
 
 pub fn peer_value(p: &PeerRecord) -> Vec<u8> {

@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 
 pub struct Db {
     store: Arc<dyn Store>,
+    /// Where the log records are (the same store, except when a replay builds tables in
+    /// another one): inbox and queue rows point at them for the envelopes' bytes.
+    log: Arc<dyn Store>,
     pending: Changes,
     /// The changes of the batch being committed: read like pending ones until the commit is
     /// done, so that the ingest pre-checks see the batch at the disk (as the writer will).
@@ -26,8 +29,14 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     pub fn new(store: Arc<dyn Store>) -> Db {
+        Db::with_log(store.clone(), store)
+    }
+
+    /// Tables in `store`, records in `log`.
+    pub fn with_log(store: Arc<dyn Store>, log: Arc<dyn Store>) -> Db {
         Db {
             store,
+            log,
             pending: Changes::new(),
             committing: Mutex::new(None),
             error: Mutex::new(None),
@@ -96,6 +105,22 @@ impl Db {
 
     pub fn del(&mut self, t: Table, k: Vec<u8>) {
         self.pending.insert((t, k), None);
+    }
+
+    /// The bytes of the envelope stored by log record `seq`, or an error (a record that is
+    /// not an envelope event is damage).
+    pub fn envelope_bytes(&self, seq: u64) -> Result<Arc<Vec<u8>>, StoreError> {
+        let mut out = None;
+        self.log.scan(seq, seq, &mut |_, value| {
+            out = crate::store::log::payload(value)
+                .and_then(crate::engine::events::Event::envelope_bytes)
+                .map(|b| Arc::new(b.to_vec()));
+            Ok(())
+        })?;
+        out.ok_or_else(|| StoreError::Corrupt {
+            seq,
+            reason: "an inbox or queue row points at a record that holds no envelope".into(),
+        })
     }
 
     /// One row, or an error from the store.

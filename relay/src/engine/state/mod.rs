@@ -70,6 +70,15 @@ pub struct State {
 impl State {
     /// Empty projections over `store`'s tables (which must hold none: a rebuild clears them).
     pub fn new(host: RelayHost, store: Arc<dyn Store>) -> State {
+        Self::with_db(host, Db::new(store))
+    }
+
+    /// Empty projections in `tables` for the log in `log` (a replay into another store).
+    pub fn new_for_log(host: RelayHost, tables: Arc<dyn Store>, log: Arc<dyn Store>) -> State {
+        Self::with_db(host, Db::with_log(tables, log))
+    }
+
+    fn with_db(host: RelayHost, db: Db) -> State {
         State {
             host,
             agents: Tracked::default(),
@@ -85,7 +94,7 @@ impl State {
             dead_letters: 0,
             events: 0,
             counters_dirty: false,
-            db: Db::new(store),
+            db,
         }
     }
 
@@ -130,7 +139,7 @@ impl State {
         true
     }
 
-    fn enqueue(&mut self, peer: &RelayHost, n: u64, id: &MessageId, at: i64, wire: &[u8]) {
+    fn enqueue(&mut self, peer: &RelayHost, n: u64, id: &MessageId, at: i64) {
         let idk = codec::outbound_id_key(peer, id);
         if self.db.get(Table::OutboundIds, &idk).is_some() {
             return;
@@ -140,13 +149,16 @@ impl State {
         self.db.put(
             Table::Outbound,
             codec::outbound_key(peer, n),
-            codec::item_value(id, at, wire),
+            // `n` is the number of the record being applied: it holds the bytes.
+            codec::item_value(id, at, n),
         );
         *self.outbound_len.entry(peer.clone()).or_default() += 1;
     }
 
-    fn push_inbox(&mut self, to: &Handle, id: MessageId, at: i64, wire: &[u8]) {
-        let Some(a) = self.agents.get_mut(to) else {
+    /// Puts `id`, whose bytes are in the record being applied (number `self.events`), into
+    /// `to`'s inbox.
+    fn push_inbox(&mut self, to: &Handle, id: MessageId, at: i64) {
+        let Some(a) = self.agents.get_mut_hot(to) else {
             return;
         };
         let cursor = a.next_cursor;
@@ -154,7 +166,7 @@ impl State {
         self.db.put(
             Table::Inbox,
             codec::inbox_key(to, cursor),
-            codec::item_value(&id, at, wire),
+            codec::item_value(&id, at, self.events),
         );
         self.db.put(
             Table::InboxByTime,
@@ -167,6 +179,13 @@ impl State {
         if self.seen(id) {
             return;
         }
+        self.mark_new(id, ts);
+    }
+
+    /// [`mark_seen`](Self::mark_seen) of an id known to be new: an accepted envelope's (the
+    /// writer decided it was not seen, INGEST-2, and ids are never accepted again after their
+    /// row goes: RET-3), so the store is not asked.
+    fn mark_new(&mut self, id: &MessageId, ts: i64) {
         self.db
             .put(Table::Seen, id.0.to_vec(), ts.to_be_bytes().to_vec());
         self.db
@@ -249,7 +268,7 @@ impl State {
             }
             Event::Envelope { at, envelope } => self.apply_envelope(*at, envelope),
             Event::Read { at, handle, upto } => {
-                let Some(a) = self.agents.get_mut(handle) else {
+                let Some(a) = self.agents.get_mut_hot(handle) else {
                     return;
                 };
                 let from = a.read_upto;
@@ -259,7 +278,7 @@ impl State {
                 a.read_upto = *upto;
                 let span = usize::try_from(*upto - from).unwrap_or(usize::MAX);
                 let ids: Vec<MessageId> = self
-                    .inbox_after(handle, from, span)
+                    .inbox_ids_after(handle, from, span)
                     .into_iter()
                     .filter(|i| i.cursor <= *upto)
                     .map(|i| i.id)
@@ -398,8 +417,7 @@ impl State {
     fn apply_envelope(&mut self, at: i64, se: &SignedEnvelope) {
         let env = se.envelope();
         let id = se.id();
-        self.mark_seen(&id, env.ts);
-        let wire = se.wire().clone();
+        self.mark_new(&id, env.ts);
         // FED-4: what a local agent sends to agents homed elsewhere is queued for their home
         // relays (never what arrived from another relay: no transit), and so are this relay's
         // delivery notices for remote senders (FED-11).
@@ -413,7 +431,7 @@ impl State {
                 .map(|h| h.host().clone())
                 .collect();
             for h in hosts {
-                self.enqueue(&h, self.events, &id, at, &wire);
+                self.enqueue(&h, self.events, &id, at);
             }
         }
         match &env.payload {
@@ -432,13 +450,13 @@ impl State {
                     // itself does not raise its own tier.
                     let sender = self.message(msg).map(|m| m.sender).filter(|s| *s != acker);
                     if let Some(sender) = sender {
-                        if let Some(a) = self.agents.get_mut(&sender) {
+                        if let Some(a) = self.agents.get_mut_hot(&sender) {
                             a.acked_sent += 1;
                         }
                     }
                 }
                 for to in &env.to {
-                    self.push_inbox(to, id, at, &wire);
+                    self.push_inbox(to, id, at);
                 }
             }
             Payload::Receipt {
@@ -458,7 +476,7 @@ impl State {
                     });
                 }
                 for to in &env.to {
-                    self.push_inbox(to, id, at, &wire);
+                    self.push_inbox(to, id, at);
                 }
             }
             Payload::Vouch { subject, action } => {
@@ -494,14 +512,13 @@ impl State {
                         reason: None,
                     })
                     .collect();
-                if self.message(&id).is_none() {
-                    self.messages_len += 1;
-                    self.db.put(
-                        Table::MessagesByTime,
-                        codec::time_id_key(at, &id),
-                        Vec::new(),
-                    );
-                }
+                // A new id (see `mark_new`): its record and deadline are new too.
+                self.messages_len += 1;
+                self.db.put(
+                    Table::MessagesByTime,
+                    codec::time_id_key(at, &id),
+                    Vec::new(),
+                );
                 self.put_message(
                     &id,
                     &MessageRecord {
@@ -515,11 +532,9 @@ impl State {
                 );
                 // Deadlines are the sender's home relay's to enforce (ACK-4, FED-11).
                 if let (Some(by), true) = (env.ack_by, self.is_local(&env.from)) {
-                    let k = codec::time_id_key(by, &id);
-                    if self.db.get(Table::Deadlines, &k).is_none() {
-                        self.db.put(Table::Deadlines, k, Vec::new());
-                        self.deadlines_len += 1;
-                    }
+                    self.db
+                        .put(Table::Deadlines, codec::time_id_key(by, &id), Vec::new());
+                    self.deadlines_len += 1;
                 }
                 if let Payload::ContactRequest { level, note } = &env.payload {
                     if let Some(a) = self.agents.get_mut(&env.from) {
@@ -543,7 +558,7 @@ impl State {
                     }
                 }
                 for to in &env.to {
-                    self.push_inbox(to, id, at, &wire);
+                    self.push_inbox(to, id, at);
                 }
             }
         }

@@ -48,7 +48,7 @@ impl State {
             })?;
             agents.insert(a.handle.clone(), a);
         }
-        st.agents = Tracked::loaded(agents);
+        let mut hot = Vec::new();
         let (mut peers, mut remote, mut vouches, mut reports) = (
             BTreeMap::new(),
             BTreeMap::new(),
@@ -77,6 +77,7 @@ impl State {
             let (kind, a, b) = codec::small_parts(&k).ok_or_else(|| bad(&k))?;
             let h = |s: &str| Handle::parse(s).ok();
             match (kind, b) {
+                ("hot", None) => hot.push((h(a).ok_or_else(|| bad(&k))?, v.clone(), k.clone())),
                 ("peer", None) => {
                     let host = RelayHost::parse(a).map_err(|_| bad(&k))?;
                     peers.insert(host, codec::peer(&v).ok_or_else(|| bad(&k))?);
@@ -101,6 +102,11 @@ impl State {
                 _ => return Err(bad(&k)),
             }
         }
+        for (h, v, k) in hot {
+            let a = agents.get_mut(&h).ok_or_else(|| bad(&k))?;
+            codec::read_hot(a, &v).ok_or_else(|| bad(&k))?;
+        }
+        st.agents = Tracked::loaded(agents);
         for (h, r) in &remote {
             *st.remote_logs_per_host.entry(h.host().clone()).or_default() += 1;
             st.remote_keylog_entries += r.log.entries().len() + r.conflicts.len();
@@ -132,6 +138,13 @@ impl State {
             Some(v) => self.db.put(t, k, v),
             None => self.db.del(t, k),
         };
+        for (h, a) in self.agents.take_hot() {
+            put(
+                Table::Small,
+                codec::small_key("hot", h.as_str(), None),
+                a.map(codec::hot_value),
+            );
+        }
         for (h, a) in self.agents.take_dirty() {
             put(
                 Table::Agents,

@@ -22,8 +22,26 @@ impl State {
         m
     }
 
-    /// Inbox items of `h` with a cursor above `after`, at most `max`.
+    /// Inbox items of `h` with a cursor above `after`, at most `max`, with their bytes (read
+    /// from the log records that stored them). An item whose bytes cannot be read ends the
+    /// page there (the error is logged): the page never skips an item.
     pub fn inbox_after(&self, h: &Handle, after: u64, max: usize) -> Vec<InboxItem> {
+        let mut items = self.inbox_ids_after(h, after, max);
+        for (i, item) in items.iter_mut().enumerate() {
+            match self.db.envelope_bytes(item.seq) {
+                Ok(w) => item.wire = w,
+                Err(e) => {
+                    tracing::error!(error = %e, handle = %h, cursor = item.cursor, "an inbox item's bytes cannot be read (run relay check)");
+                    items.truncate(i);
+                    break;
+                }
+            }
+        }
+        items
+    }
+
+    /// [`inbox_after`](Self::inbox_after) without the bytes.
+    pub fn inbox_ids_after(&self, h: &Handle, after: u64, max: usize) -> Vec<InboxItem> {
         let from = codec::inbox_key(h, after.saturating_add(1));
         let to = crate::store::tables::prefix_end(&codec::inbox_prefix(h));
         self.db
@@ -35,7 +53,7 @@ impl State {
 
     /// The cursor of the oldest item `h`'s inbox still holds.
     pub fn inbox_oldest(&self, h: &Handle) -> Option<u64> {
-        self.inbox_after(h, 0, 1).first().map(|i| i.cursor)
+        self.inbox_ids_after(h, 0, 1).first().map(|i| i.cursor)
     }
 
     /// The cursor of the oldest item kept for `a`, or the next cursor when none is (every
@@ -63,6 +81,23 @@ impl State {
             .into_iter()
             .filter_map(|(k, v)| Some((codec::inbox_key_cursor(&k)?, codec::queued(&v)?)))
             .collect()
+    }
+
+    /// [`queued`](Self::queued) with the envelopes' bytes; stops before one whose bytes
+    /// cannot be read (the error is logged).
+    pub fn queued_with_wire(&self, peer: &RelayHost, max: usize) -> Vec<(u64, Queued)> {
+        let mut q = self.queued(peer, max);
+        for (i, (_, x)) in q.iter_mut().enumerate() {
+            match self.db.envelope_bytes(x.seq) {
+                Ok(w) => x.wire = w,
+                Err(e) => {
+                    tracing::error!(error = %e, peer = %peer, "a queued envelope's bytes cannot be read (run relay check)");
+                    q.truncate(i);
+                    break;
+                }
+            }
+        }
+        q
     }
 
     /// Envelopes queued for `peer`.

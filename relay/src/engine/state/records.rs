@@ -16,6 +16,9 @@ pub struct InboxItem {
     pub id: MessageId,
     /// When it was stored (retention counts from here).
     pub at: i64,
+    /// The log record that holds its bytes (the row does not copy them).
+    pub seq: u64,
+    /// The bytes, when read with them (`State::inbox_after`), else empty.
     pub wire: Arc<Vec<u8>>,
 }
 
@@ -106,6 +109,9 @@ pub struct RemoteLog {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     pub id: MessageId,
+    /// The log record that holds its bytes.
+    pub seq: u64,
+    /// The bytes, when read with them (`State::queued_with_wire`), else empty.
     pub wire: Arc<Vec<u8>>,
     /// When this relay accepted it (the dead-letter age counts from here).
     pub at: i64,

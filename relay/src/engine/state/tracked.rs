@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Tracked<K: Ord + Clone, V> {
     map: BTreeMap<K, V>,
     dirty: BTreeSet<K>,
+    /// Keys changed only in their hot part (see [`get_mut_hot`](Self::get_mut_hot)).
+    hot: BTreeSet<K>,
 }
 
 impl<K: Ord + Clone, V> Default for Tracked<K, V> {
@@ -18,6 +20,7 @@ impl<K: Ord + Clone, V> Default for Tracked<K, V> {
         Tracked {
             map: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            hot: BTreeSet::new(),
         }
     }
 }
@@ -35,11 +38,20 @@ impl<K: Ord + Clone, V> Tracked<K, V> {
         Tracked {
             map,
             dirty: BTreeSet::new(),
+            hot: BTreeSet::new(),
         }
     }
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
         let v = self.map.get_mut(k)?;
         self.dirty.insert(k.clone());
+        Some(v)
+    }
+    /// Like [`get_mut`](Self::get_mut) for a change to the value's small, often changed part
+    /// only (an agent's cursors and counters), which is stored in a row of its own: the large
+    /// row is not written again for it.
+    pub fn get_mut_hot(&mut self, k: &K) -> Option<&mut V> {
+        let v = self.map.get_mut(k)?;
+        self.hot.insert(k.clone());
         Some(v)
     }
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
@@ -50,6 +62,18 @@ impl<K: Ord + Clone, V> Tracked<K, V> {
         let v = self.map.remove(k)?;
         self.dirty.insert(k.clone());
         Some(v)
+    }
+    /// The keys whose hot part changed since the last call (the fully changed ones included),
+    /// each with its value now (`None`: removed).
+    pub fn take_hot(&mut self) -> Vec<(K, Option<&V>)> {
+        let mut hot = std::mem::take(&mut self.hot);
+        hot.extend(self.dirty.iter().cloned());
+        hot.into_iter()
+            .map(|k| {
+                let v = self.map.get(&k);
+                (k, v)
+            })
+            .collect()
     }
     /// The keys changed since the last call, each with its value now (`None`: removed).
     pub fn take_dirty(&mut self) -> Vec<(K, Option<&V>)> {
