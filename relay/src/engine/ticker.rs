@@ -17,17 +17,23 @@ pub async fn run_deadlines(engine: Arc<Engine>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sweep_every = Duration::from_millis(engine.policy.retention.sweep_ms);
     let mut last_sweep = std::time::Instant::now();
+    // The last sweep removed something: more may be due, so the next tick sweeps again.
+    let mut again = false;
     loop {
         tick.tick().await;
         if *engine.stopping.borrow() {
             return;
         }
         // Retention (SPEC.md RET-1..RET-3): the writer looks for what to remove.
-        if last_sweep.elapsed() >= sweep_every && engine.store_health.takes_writes() {
+        if (again || last_sweep.elapsed() >= sweep_every) && engine.store_health.takes_writes() {
             last_sweep = std::time::Instant::now();
+            again = false;
             match engine.writer.submit(Command::Retain).await {
                 Ok(crate::engine::decide::Outcome::Retained { removed }) if removed > 0 => {
                     tracing::debug!(removed, "retention removed rows");
+                    // More may be due: sweep again at the next tick, not a whole `sweep_ms`
+                    // later, so that removal keeps up with what arrives.
+                    again = true;
                 }
                 Ok(_) => {}
                 Err(e) if e.code == ErrorCode::Unavailable && *engine.stopping.borrow() => return,

@@ -48,6 +48,15 @@ impl Db {
     }
 
     fn keep(&self, e: StoreError) {
+        // Only the writer's own reads (deciding, applying, rebuilding) may fail its batch; a
+        // reader's failed read (an inbox page, a status) answers that reader only.
+        let writer = std::thread::current()
+            .name()
+            .is_some_and(|n| n == "formica-writer" || n == "formica-replay");
+        if !writer {
+            tracing::warn!(error = %e, "a projection table could not be read");
+            return;
+        }
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(e);

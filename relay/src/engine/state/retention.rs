@@ -89,13 +89,22 @@ impl State {
             let Some((at, id)) = codec::split_time_id_key(&k) else {
                 continue;
             };
-            let removable = at < b.any_before
-                || self.message(&id).is_none_or(|m| {
-                    m.recipients.iter().all(|r| {
-                        r.state.is_terminal()
-                            || (m.ack_by.is_none() && r.state == DeliveryState::Delivered)
-                    })
-                });
+            let m = self.message(&id);
+            // A record whose deadline is still pending stays whatever its age (ACK-4: its
+            // sender gets `timed_out`, a late ack is judged against it).
+            let pending_deadline = m.as_ref().and_then(|m| m.ack_by).is_some_and(|by| {
+                self.db
+                    .get(Table::Deadlines, &codec::time_id_key(by, &id))
+                    .is_some()
+            });
+            let removable = !pending_deadline
+                && (at < b.any_before
+                    || m.is_none_or(|m| {
+                        m.recipients.iter().all(|r| {
+                            r.state.is_terminal()
+                                || (m.ack_by.is_none() && r.state == DeliveryState::Delivered)
+                        })
+                    }));
             if removable {
                 out.messages.push((at, id));
             }
@@ -114,10 +123,27 @@ impl State {
     /// Applies a `retained` event.
     pub(super) fn apply_retention(&mut self, b: &Retention) {
         let r = self.retention_candidates(b);
+        let mut touched = std::collections::BTreeSet::new();
         for (at, h, cursor) in r.inbox {
             self.db.del(Table::Inbox, codec::inbox_key(&h, cursor));
             self.db
                 .del(Table::InboxByTime, codec::inbox_time_key(at, &h, cursor));
+            touched.insert(h);
+        }
+        // Unread items go only by age, oldest first: they are the items between the read mark
+        // and the oldest item kept. They count as handed out from now on, so that the inbox
+        // cap (`unread`) does not count what is gone (an agent back after `max_ms` would
+        // otherwise stay `inbox_full`).
+        for h in touched {
+            let oldest = match self.agents.get(&h) {
+                Some(a) => self.inbox_oldest_kept(a),
+                None => continue,
+            };
+            if let Some(a) = self.agents.get_mut_hot(&h) {
+                if oldest.saturating_sub(1) > a.read_upto {
+                    a.read_upto = oldest - 1;
+                }
+            }
         }
         for (at, id) in r.messages {
             if let Some(m) = self.message(&id) {
