@@ -43,10 +43,6 @@ impl Db {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     fn keep(&self, e: StoreError) {
         // Only the writer's own reads (deciding, applying, rebuilding) may fail its batch; a
         // reader's failed read (an inbox page, a status) answers that reader only.

@@ -235,11 +235,6 @@ impl State {
             && self.dead_letters == other.dead_letters
             && self.events == other.events
     }
-
-    /// The store this state's tables are in.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        self.db.store()
-    }
 }
 
 impl Db {
