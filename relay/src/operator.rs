@@ -222,8 +222,12 @@ pub fn check(data_dir: &Path, public_host: Option<&RelayHost>, rebuild: bool) ->
     let recovered = view.recovered();
     match replay::check(Arc::new(view), &host, None, true) {
         Ok(c) => {
+            let dropped = match c.first {
+                1 => String::new(),
+                f => format!(" (records 1 to {} dropped behind a checkpoint)", f - 1),
+            };
             println!(
-                "relay check: ok: {} records, chain head {}, {} agents, {} messages; the projection tables are the replay of the log",
+                "relay check: ok: {} records{dropped}, chain head {}, {} agents, {} messages; the projection tables are the replay of the log",
                 c.log.len,
                 formica_protocol::hex::encode(&c.log.head),
                 c.agents,

@@ -212,12 +212,14 @@ fn sigkill_during_concurrent_writes_loses_nothing_acknowledged() {
 /// the reader was never handed is still in the inbox, and after the rounds the tables are the
 /// replay of the log (`relay check`).
 #[test]
-fn sigkill_during_retention_removals_loses_nothing_acknowledged() {
+fn sigkill_during_retention_removals_and_checkpoints_loses_nothing_acknowledged() {
     const ROUNDS: usize = 8;
     let dir = tempdir("crash-retention");
+    // A checkpoint every 100 records: snapshots, checkpoint records and dropped records all
+    // happen while the relay is killed.
     let config = write_config_with(
         &dir,
-        "[retention]\nsweep_ms = 20\ndelivered_ms = 50\nmax_ms = 3600000",
+        "[retention]\nsweep_ms = 20\ndelivered_ms = 50\nmax_ms = 3600000\ncheckpoint_records = 100",
     );
     let data = dir.join("data");
     let (a, b) = {
@@ -306,6 +308,11 @@ fn sigkill_during_retention_removals_loses_nothing_acknowledged() {
         out.status.success(),
         "relay check after crashes during retention: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("dropped behind a checkpoint"),
+        "no record was dropped behind a checkpoint: {said}"
     );
     let r = RelayProc::start(&data, &config);
     // What is still kept: every acknowledged envelope the reader was never handed.

@@ -223,3 +223,71 @@ async fn below_the_free_space_reserve_writes_are_refused_early_and_resume_above_
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Dropping records behind a checkpoint, on the file store: the kept log reopens and checks
+/// from its base (the chain hash of the last dropped record), its last record's number stays
+/// the length, a damaged base or kept record is named, and a backup copies the kept records
+/// with the base.
+#[test]
+fn a_log_whose_first_records_were_dropped_reopens_checks_and_backs_up_from_its_base() {
+    let dir = tempdir("dropped");
+    let path = dir.join("log.redb");
+    let head_at_6;
+    {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).unwrap());
+        let mut log = EventLog::open(store.clone(), &mut |_, _| Ok(())).unwrap();
+        for i in 0..10u8 {
+            log.append(&[vec![b'r', i]]).unwrap();
+        }
+        head_at_6 = EventLog::chain_hash_at(&*store, 6).unwrap().unwrap();
+        // Not past the last record, which stays.
+        assert!(log.drop_before(11).is_err());
+        log.drop_before(7).unwrap();
+        assert_eq!(store.base().unwrap().first, 7);
+        assert_eq!(store.base().unwrap().prev, head_at_6);
+        assert_eq!(store.len().unwrap(), 10);
+        // Dropping less than what is already dropped changes nothing.
+        log.drop_before(3).unwrap();
+        assert_eq!(store.base().unwrap().first, 7);
+        log.append(&[b"after".to_vec()]).unwrap();
+    }
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).unwrap());
+    let mut seen = Vec::new();
+    let log = EventLog::open(store.clone(), &mut |seq, _| {
+        seen.push(seq);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, vec![7, 8, 9, 10, 11]);
+    assert_eq!(log.len(), 11);
+    let head = EventLog::open_head(store.clone()).unwrap();
+    assert_eq!(head.position(), log.position());
+    EventLog::verify_chain(&*store, 11, 2).unwrap();
+    let copy_dir = dir.join("copy");
+    std::fs::write(dir.join(formica_relay::KEY_FILE), [0u8; 32]).unwrap();
+    std::fs::write(dir.join(formica_relay::HOST_FILE), "relay.test\n").unwrap();
+    let report =
+        formica_relay::store::datadir::copy_data_dir(&*store, 11, &dir, &copy_dir, None).unwrap();
+    assert_eq!(report.records, 11);
+    drop((log, head, store));
+    let copy: Arc<dyn Store> =
+        Arc::new(RedbStore::open_read_only(&copy_dir.join("log.redb")).unwrap());
+    assert_eq!(copy.base().unwrap().first, 7);
+    assert_eq!(EventLog::open(copy, &mut |_, _| Ok(())).unwrap().len(), 11);
+    // A kept record changed (here: one whose base says another chain) is named.
+    {
+        let store = RedbStore::open(&path).unwrap();
+        store
+            .drop_before(formica_relay::store::LogBase {
+                first: 7,
+                prev: [1; 32],
+            })
+            .unwrap();
+    }
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_read_only(&path).unwrap());
+    match EventLog::open(store, &mut |_, _| Ok(())) {
+        Err(formica_relay::store::StoreError::Corrupt { seq, .. }) => assert_eq!(seq, 7),
+        other => panic!("a wrong base went unnoticed: {:?}", other.map(|l| l.len())),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -111,6 +111,27 @@ pub enum Event {
     /// `max` rows of each kind, oldest first. The bounds are in the event, so a replay removes
     /// exactly what the live relay removed whatever the configuration is then.
     Retained { at: i64, bounds: Retention },
+    /// A checkpoint (`engine::checkpoint`): the snapshot of the projection tables as they stood
+    /// after record `cp.len` is in the data directory, and this record commits to it (the chain
+    /// hash of record `cp.len` and the snapshot's hash). Records before `cp.keep_from` may be
+    /// dropped once a later checkpoint is logged.
+    Checkpoint { at: i64, cp: CheckpointMark },
+}
+
+/// What a checkpoint record says (see [`Event::Checkpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointMark {
+    /// The log position the snapshot is the replay of.
+    pub len: u64,
+    /// The chain hash of record `len`.
+    pub head: [u8; 32],
+    /// Rows in the snapshot.
+    pub rows: u64,
+    /// The snapshot's hash (`store::snapshot`).
+    pub hash: [u8; 32],
+    /// The oldest record anything in the snapshot still needs: the least record an inbox item
+    /// or a queued transfer points at, or `len + 1`.
+    pub keep_from: u64,
 }
 
 /// The bounds of one retention sweep (times in ms since the epoch).
@@ -195,7 +216,8 @@ impl Event {
             | Event::Transferred { at, .. }
             | Event::RemoteDelivered { at, .. }
             | Event::DeadLettered { at, .. }
-            | Event::Retained { at, .. } => *at,
+            | Event::Retained { at, .. }
+            | Event::Checkpoint { at, .. } => *at,
         }
     }
 
@@ -319,6 +341,14 @@ impl Event {
                 o.insert("any_before", Value::Int(bounds.any_before));
                 o.insert("seen_before", Value::Int(bounds.seen_before));
                 o.insert("max", Value::Int(bounds.max as i64));
+            }
+            Event::Checkpoint { cp, .. } => {
+                o.insert("t", "checkpoint".into());
+                o.insert("len", Value::Int(cp.len as i64));
+                o.insert("head", formica_protocol::hex::encode(&cp.head).into());
+                o.insert("rows", Value::Int(cp.rows as i64));
+                o.insert("hash", formica_protocol::hex::encode(&cp.hash).into());
+                o.insert("keep_from", Value::Int(cp.keep_from as i64));
             }
         }
         canon::canonicalize(&Value::Object(o))
@@ -451,6 +481,26 @@ impl Event {
                         any_before: t("any_before")?,
                         seen_before: t("seen_before")?,
                         max: t("max")? as u64,
+                    },
+                }
+            }
+            "checkpoint" => {
+                let n = |f: &mut Fields<'_>, k: &str| -> Result<u64, String> {
+                    Ok(f.req_int(k, 0, formica_protocol::json::INT_ABS_MAX)
+                        .map_err(e)? as u64)
+                };
+                let h32 = |f: &mut Fields<'_>, k: &str| -> Result<[u8; 32], String> {
+                    formica_protocol::hex::decode_array::<32>(f.req_str(k).map_err(e)?)
+                        .ok_or_else(|| format!("bad {k}"))
+                };
+                Event::Checkpoint {
+                    at,
+                    cp: CheckpointMark {
+                        len: n(&mut f, "len")?,
+                        head: h32(&mut f, "head")?,
+                        rows: n(&mut f, "rows")?,
+                        hash: h32(&mut f, "hash")?,
+                        keep_from: n(&mut f, "keep_from")?,
                     },
                 }
             }

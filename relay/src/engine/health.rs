@@ -21,6 +21,27 @@ pub struct StoreHealth {
     /// The background check of the log's chain after start-up: 0 running, 1 sound, or the
     /// number of the first damaged record plus one.
     pub log_check: AtomicU64,
+    /// The first record the log keeps (records before it were dropped behind a checkpoint).
+    pub log_first: AtomicU64,
+    /// Records are due to be dropped: the ticker asks the writer for a batch even when no
+    /// client writes, so that dropping goes on.
+    pub drop_pending: AtomicBool,
+    /// Checkpoints made since start, and the log position of the last one.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_len: AtomicU64,
+    /// Readers of old records beside the writer (a check, a backup, on a running relay): while
+    /// any holds, records are not dropped nor snapshots removed ([`StoreHealth::hold_drops`]).
+    drop_holds: AtomicU64,
+}
+
+/// Keeps the log's records and snapshots from being dropped while it lives.
+#[derive(Debug)]
+pub struct DropHold(std::sync::Arc<StoreHealth>);
+
+impl Drop for DropHold {
+    fn drop(&mut self) {
+        self.0.drop_holds.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Default for StoreHealth {
@@ -34,6 +55,11 @@ impl Default for StoreHealth {
             free_bytes: AtomicU64::new(u64::MAX),
             syncs: AtomicU64::new(0),
             log_check: AtomicU64::new(0),
+            log_first: AtomicU64::new(1),
+            drop_pending: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_len: AtomicU64::new(0),
+            drop_holds: AtomicU64::new(0),
         }
     }
 }
@@ -61,6 +87,18 @@ impl StoreHealth {
     /// reserve.
     pub fn takes_writes(&self) -> bool {
         self.writable() && !self.low_space()
+    }
+
+    /// Holds records and snapshots where they are until the hold is dropped (the writer
+    /// drops nothing meanwhile): a check or a backup reads them beside the writer.
+    pub fn hold_drops(self: &std::sync::Arc<Self>) -> DropHold {
+        self.drop_holds.fetch_add(1, Ordering::SeqCst);
+        DropHold(self.clone())
+    }
+
+    /// True while a hold is taken.
+    pub fn drops_held(&self) -> bool {
+        self.drop_holds.load(Ordering::SeqCst) > 0
     }
 
     pub(super) fn set_writable(&self, v: bool) {

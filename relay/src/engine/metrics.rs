@@ -199,6 +199,24 @@ impl Metrics {
             "1 once the background check of the log's chain since start has finished.",
             i64::from(lc > 0),
         );
+        line(
+            "formica_store_log_first_record",
+            "gauge",
+            "The first record the log keeps (those before were dropped behind a checkpoint).",
+            h.log_first.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_checkpoints_total",
+            "counter",
+            "Checkpoints made since start (a snapshot of the tables and its record).",
+            h.checkpoints.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_checkpoint_record",
+            "gauge",
+            "The log position of the last checkpoint made since start (0: none).",
+            h.checkpoint_len.load(Ordering::Relaxed) as i64,
+        );
         // Per peer (bounded by the peering caps): queue depth and the age of its oldest item.
         let now = engine.now();
         let per_peer: Vec<(String, usize, i64)> = {

@@ -12,6 +12,7 @@
 //! `replay` touch the store, and only the writer changes the state.
 
 pub mod cell;
+pub mod checkpoint;
 pub mod decide;
 pub mod descriptor;
 pub mod error;
@@ -77,6 +78,8 @@ pub struct Engine {
     /// The background check of the log's chain, joined when the relay stops (it holds the
     /// store, which closes only when nothing holds it).
     verify: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// True while a checkpoint is being made (`checkpoint::start_if_due`).
+    pub checkpointing: AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -97,8 +100,23 @@ impl Engine {
         clock: Clock,
         store_health: Arc<StoreHealth>,
     ) -> (Arc<Engine>, std::thread::JoinHandle<()>) {
-        let state = Arc::new(StateCell::new(state));
         let store = log.store().clone();
+        if let Ok(base) = log.base() {
+            store_health
+                .log_first
+                .store(base.first, std::sync::atomic::Ordering::Relaxed);
+        }
+        store_health.drop_pending.store(
+            state.keep_from()
+                > store_health
+                    .log_first
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if let Err(e) = checkpoint::tidy(&*store, &state) {
+            tracing::warn!(error = %e, "the checkpoint folder could not be tidied");
+        }
+        let state = Arc::new(StateCell::new(state));
         let notifier = Arc::new(Notifier::default());
         let policy = Arc::new(policy);
         let admission = Arc::new(std::sync::Mutex::new(limits::Journal::new()));
@@ -127,6 +145,7 @@ impl Engine {
             store,
             admission,
             verify: std::sync::Mutex::new(None),
+            checkpointing: AtomicBool::new(false),
         });
         (engine, writer_thread)
     }
@@ -225,6 +244,8 @@ impl Engine {
     /// stopping the writer. Blocking, and as costly as a start-up (time, and memory for a
     /// second state): call it on a blocking thread, one at a time.
     pub fn check_log(&self) -> Result<CheckReport, StoreError> {
+        // The records and snapshots it reads stay until it is done.
+        let _hold = self.store_health.hold_drops();
         let len = self.durable_len();
         // The live tables move on while the replay runs: they are compared by `relay check`
         // on a stopped relay only.

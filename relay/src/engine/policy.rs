@@ -292,6 +292,11 @@ pub struct RetentionPolicy {
     /// Most rows of each kind (inbox items, message records, ids) one sweep examines: 10,000,
     /// which bounds the size of one commit; a backlog is removed over several sweeps.
     pub sweep_max: usize,
+    /// A checkpoint (a snapshot of the tables, then dropping the log records behind the one
+    /// before) is made once this many records were logged since the last: 1,000,000. A
+    /// snapshot costs a read of every table row, so not much more often than that; the log
+    /// then holds about twice this plus what kept inbox items and queues point at.
+    pub checkpoint_records: u64,
 }
 
 impl Default for RetentionPolicy {
@@ -302,6 +307,7 @@ impl Default for RetentionPolicy {
             dedup_ms: 2 * 24 * 3600 * 1000,
             sweep_ms: 60_000,
             sweep_max: 10_000,
+            checkpoint_records: 1_000_000,
         }
     }
 }
@@ -476,11 +482,8 @@ impl Policy {
                 self.federation.dead_letter_ms + self.time.skew_ms
             ));
         }
-        if r.sweep_ms < 10 || !(1..=100_000).contains(&r.sweep_max) {
-            return Err(
-                "retention.sweep_ms must be at least 10 and retention.sweep_max within 1..=100000"
-                    .into(),
-            );
+        if r.sweep_ms < 10 || !(1..=100_000).contains(&r.sweep_max) || r.checkpoint_records < 100 {
+            return Err("retention.sweep_ms must be at least 10, retention.sweep_max within 1..=100000 and retention.checkpoint_records at least 100".into());
         }
         if !(1..=1024).contains(&self.federation.keylog_lookups_max) {
             return Err(format!(

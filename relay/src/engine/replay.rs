@@ -1,9 +1,10 @@
 //! Rebuilding the projections: replays the event log into fresh tables, checking every
 //! record's chain hash first (a store from before the tables, damaged tables, `relay check`).
 
-use super::events::Event;
+use super::events::{CheckpointMark, Event};
 use super::state::{Db, State};
-use crate::store::{EventLog, LogPosition, MemStore, Rows, Store, StoreError};
+use crate::store::snapshot::{self, SnapshotInfo};
+use crate::store::{EventLog, LogPosition, MemStore, Rows, Store, StoreError, Table};
 use std::sync::Arc;
 
 /// How [`open`] found the projections.
@@ -95,6 +96,8 @@ pub fn open_checked(
 /// What `relay check` found in a sound store.
 #[derive(Debug, Clone)]
 pub struct Checked {
+    /// The first record the log keeps (those before were dropped behind a checkpoint).
+    pub first: u64,
     pub log: LogPosition,
     pub agents: u64,
     pub messages: u64,
@@ -114,6 +117,46 @@ pub fn check(
 ) -> Result<Checked, StoreError> {
     let mem: Arc<dyn Store> = Arc::new(MemStore::default());
     let (log, st) = replay_into(store.clone(), host, len, mem.clone())?;
+    // Every inbox item and queued transfer points at a record the log keeps (the envelope's
+    // bytes are there).
+    let base = store.base()?;
+    for t in [Table::Inbox, Table::Outbound] {
+        let mut dangling = None;
+        mem.range(
+            t,
+            &[],
+            None,
+            &mut |_, v| match super::state::codec::item_seq(v) {
+                Some(seq) if seq >= base.first && seq <= log.len() => true,
+                other => {
+                    dangling = Some(other.unwrap_or(0));
+                    false
+                }
+            },
+        )?;
+        if let Some(seq) = dangling {
+            return Err(StoreError::Corrupt {
+                seq,
+                reason: format!(
+                    "projection table {}: a row points at record {seq}, which the log does not keep (it starts at {})",
+                    t.name(),
+                    base.first
+                ),
+            });
+        }
+    }
+    // Every snapshot the log may need must read whole and be the one its record names.
+    let (good, damaged) = snapshots(&*store, base.first - 1, log.len())?;
+    if let Some((_, e)) = damaged.into_iter().next() {
+        return Err(e);
+    }
+    for info in &good {
+        let marks: Vec<CheckpointMark> = st.checkpoints.iter().map(|c| c.mark).collect();
+        // Snapshots of checkpoints before the last two go once their records are dropped.
+        if marks.iter().any(|m| m.len == info.len) {
+            vouch_for(&*store, info, &marks)?;
+        }
+    }
     if compare {
         match LogPosition::projected(&*store)? {
             Some(p) if p == log.position() => {}
@@ -140,6 +183,7 @@ pub fn check(
         }
     }
     Ok(Checked {
+        first: base.first,
         log: log.position(),
         agents: st.agents.len() as u64,
         messages: st.messages_len,
@@ -243,7 +287,16 @@ pub fn rebuild(
     host: &formica_protocol::RelayHost,
 ) -> Result<(EventLog, State), StoreError> {
     store.clear_projections()?;
-    replay_into(store.clone(), host, None, store)
+    let r = replay_into(store.clone(), host, None, store.clone())?;
+    // Snapshots that do not read whole are set aside (renamed `*.damaged`): the tables were
+    // rebuilt without them, and the writer never drops records behind a missing one.
+    let (_, damaged) = snapshots(&*store, 0, u64::MAX)?;
+    for (p, e) in damaged {
+        let aside = p.with_extension("snap.damaged");
+        tracing::error!(file = %p.display(), error = %e, "a damaged checkpoint snapshot is set aside");
+        std::fs::rename(&p, &aside).map_err(|x| StoreError::Io(format!("{}: {x}", p.display())))?;
+    }
+    Ok(r)
 }
 
 /// Replays the first `len` records of `store`'s log (all when `None`) into projections kept in
@@ -262,36 +315,67 @@ pub fn replay_into(
     target: Arc<dyn Store>,
 ) -> Result<(EventLog, State), StoreError> {
     use std::sync::mpsc::{channel, sync_channel};
+    // A log whose first records were dropped starts from a checkpoint's snapshot.
+    let base = store.base()?;
+    let from = if base.first > 1 {
+        let end = match len {
+            Some(l) => l,
+            None => store.len()?,
+        };
+        Some(from_snapshot(&store, host, &target, base.first - 1, end)?)
+    } else {
+        None
+    };
+    let skip_to = from.as_ref().map(|(info, _)| info.len).unwrap_or(0);
     std::thread::scope(|s| {
         let (raw_tx, raw_rx) = sync_channel::<RawChunk>(REPLAY_CHUNKS_IN_FLIGHT);
         let (reuse_tx, reuse_rx) = channel::<RawChunk>();
         let host = host.clone();
         let tgt = target.clone();
         let src = store.clone();
+        let (info, start) = match from {
+            Some((info, st)) => (Some(info), Some(st)),
+            None => (None, None),
+        };
         let applier = std::thread::Builder::new()
             .name("formica-replay".into())
-            .spawn_scoped(s, move || -> Result<State, StoreError> {
-                let mut st = State::new_for_log(host, tgt.clone(), src);
-                for mut chunk in raw_rx {
-                    for (seq, payload) in chunk.records() {
-                        let ev = Event::decode(payload)
-                            .map_err(|reason| StoreError::Corrupt { seq, reason })?;
-                        st.apply(&ev);
+            .spawn_scoped(
+                s,
+                move || -> Result<(State, Vec<CheckpointMark>), StoreError> {
+                    let mut st = match start {
+                        Some(st) => st,
+                        None => State::new_for_log(host, tgt.clone(), src),
+                    };
+                    let mut marks = Vec::new();
+                    for mut chunk in raw_rx {
+                        for (seq, payload) in chunk.records() {
+                            let ev = Event::decode(payload)
+                                .map_err(|reason| StoreError::Corrupt { seq, reason })?;
+                            if let Event::Checkpoint { cp, .. } = &ev {
+                                marks.push(*cp);
+                            }
+                            st.apply(&ev);
+                        }
+                        chunk.clear();
+                        let _ = reuse_tx.send(chunk);
+                        if st.pending_rows() >= REBUILD_FLUSH_ROWS {
+                            let c = st.take_changes()?;
+                            tgt.commit(0, &[], &[&c])?;
+                            st.committed();
+                        }
                     }
-                    chunk.clear();
-                    let _ = reuse_tx.send(chunk);
-                    if st.pending_rows() >= REBUILD_FLUSH_ROWS {
-                        let c = st.take_changes()?;
-                        tgt.commit(0, &[], &[&c])?;
-                        st.committed();
-                    }
-                }
-                Ok(st)
-            })
+                    Ok((st, marks))
+                },
+            )
             .map_err(|e| StoreError::Io(format!("cannot start the replay thread: {e}")))?;
         let mut chunk = RawChunk::default();
         let stopped = || StoreError::Io("replay stopped".into());
-        let opened = EventLog::open_prefix(store, len, &mut |seq, payload| {
+        let opened = EventLog::open_prefix(store.clone(), len, &mut |seq, payload| {
+            // Records up to the snapshot's position are checked (their chain) but not applied:
+            // the snapshot holds what they made.
+            if seq <= skip_to {
+                return Ok(());
+            }
             chunk.seqs.push(seq);
             chunk.bytes.extend_from_slice(payload);
             chunk.ends.push(chunk.bytes.len());
@@ -314,13 +398,135 @@ pub fn replay_into(
             .join()
             .unwrap_or_else(|_| Err(StoreError::Io("the replay thread panicked".into())));
         // A decoding error stops the scan (its sends fail), so it comes first; then the scan's.
-        let mut st = applied?;
+        let (mut st, marks) = applied?;
         let log = opened?;
+        if let Some(info) = info {
+            vouch_for(&*store, &info, &marks)?;
+        }
         let c = st.take_changes()?;
         target.commit(0, &[], &[&c, &log.position().projected_change()])?;
         st.committed();
         Ok((log, st))
     })
+}
+
+/// Checks that the checkpoint record of snapshot `info` is in the replayed records (`marks`)
+/// and says what the snapshot holds, and that its chain hash is the log's at that position.
+fn vouch_for(
+    store: &dyn Store,
+    info: &SnapshotInfo,
+    marks: &[CheckpointMark],
+) -> Result<(), StoreError> {
+    let bad = |why: String| StoreError::Corrupt {
+        seq: info.len,
+        reason: format!("checkpoint snapshot of record {}: {why}", info.len),
+    };
+    let Some(m) = marks.iter().find(|m| m.len == info.len) else {
+        return Err(bad("no checkpoint record in the log names it".into()));
+    };
+    if (m.head, m.hash, m.rows) != (info.head, info.hash, info.rows) {
+        return Err(bad(
+            "it is not the snapshot its checkpoint record names".into()
+        ));
+    }
+    if EventLog::chain_hash_at(store, info.len)? != Some(info.head) {
+        return Err(bad("its chain hash is not the log's at that record".into()));
+    }
+    Ok(())
+}
+
+/// A snapshot file that does not read whole, and why.
+pub type Damaged = (std::path::PathBuf, StoreError);
+
+/// The snapshots of `store` a replay could start from (position at least `at_least`, at most
+/// `end`), newest first, each checked whole, with the damaged ones apart.
+pub fn snapshots(
+    store: &dyn Store,
+    at_least: u64,
+    end: u64,
+) -> Result<(Vec<SnapshotInfo>, Vec<Damaged>), StoreError> {
+    let mut good = Vec::new();
+    let mut damaged = Vec::new();
+    if let Some(dir) = store.snapshot_dir() {
+        for (n, p) in snapshot::list(&dir)?.into_iter().rev() {
+            if n < at_least || n > end {
+                continue;
+            }
+            match snapshot::check(&p) {
+                Ok(info) if info.len == n => good.push(info),
+                Ok(_) => damaged.push((
+                    p.clone(),
+                    StoreError::Corrupt {
+                        seq: 0,
+                        reason: format!(
+                            "checkpoint snapshot {}: its header names another record",
+                            p.display()
+                        ),
+                    },
+                )),
+                Err(e @ StoreError::Corrupt { .. }) => damaged.push((p, e)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((good, damaged))
+}
+
+/// Loads the newest sound snapshot at or after record `at_least` (the record before the kept
+/// log) into `target`'s tables, in chunks, and returns it with the state it holds. Damaged
+/// snapshots passed over are logged.
+fn from_snapshot(
+    store: &Arc<dyn Store>,
+    host: &formica_protocol::RelayHost,
+    target: &Arc<dyn Store>,
+    at_least: u64,
+    end: u64,
+) -> Result<(SnapshotInfo, State), StoreError> {
+    let (good, damaged) = snapshots(&**store, at_least, end)?;
+    for (p, e) in &damaged {
+        tracing::error!(file = %p.display(), error = %e, "a checkpoint snapshot is damaged; an older one is used");
+    }
+    let Some(info) = good.first().copied() else {
+        return Err(StoreError::Corrupt {
+            seq: at_least + 1,
+            reason: format!(
+                "the log starts at record {} and no sound checkpoint snapshot covers the records before it{}",
+                at_least + 1,
+                damaged
+                    .first()
+                    .map(|(_, e)| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+        });
+    };
+    let dir = store
+        .snapshot_dir()
+        .ok_or_else(|| StoreError::Io("this store keeps no snapshots".into()))?;
+    let mut c = crate::store::Changes::new();
+    snapshot::read(&snapshot::path(&dir, info.len), &mut |t, k, v| {
+        // The position last, by the replay: an interrupted load leaves none.
+        if t == Table::Meta && k == crate::store::log::PROJECTED {
+            return Ok(());
+        }
+        c.insert((t, k.to_vec()), Some(v.to_vec()));
+        if c.len() >= REBUILD_FLUSH_ROWS {
+            target.commit(0, &[], &[&std::mem::take(&mut c)])?;
+        }
+        Ok(())
+    })?;
+    target.commit(0, &[], &[&c])?;
+    let mut st = State::load(host.clone(), target.clone())?;
+    st.db = Db::with_log(target.clone(), store.clone());
+    if st.events != info.len {
+        return Err(StoreError::Corrupt {
+            seq: 0,
+            reason: format!(
+                "checkpoint snapshot of record {}: its counters say {} records",
+                info.len, st.events
+            ),
+        });
+    }
+    Ok((info, st))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The deadline ticker: every `limits.deadline_check_ms`, if a deadline has passed or a queued
 //! delivery is older than `federation.dead_letter_ms`, it submits a `Tick` to the writer, which
 //! makes the `timed_out` receipts and dead letters (`decide::tick`); every
-//! `retention.sweep_ms` it submits a `Retain` (`decide::tick::retain`).
+//! `retention.sweep_ms` it submits a `Retain` (`decide::tick::retain`) and starts a checkpoint
+//! when one is due (`checkpoint::start_if_due`).
 
 use super::decide::Command;
 use super::Engine;
@@ -43,6 +44,7 @@ pub async fn run_deadlines(engine: Arc<Engine>) {
                     }
                 }
             }
+            super::checkpoint::start_if_due(&engine);
         }
         let due = {
             let st = engine.read();
@@ -53,6 +55,8 @@ pub async fn run_deadlines(engine: Arc<Engine>) {
             !engine.store_health.takes_writes()
                 // Nonces and challenges wait for a commit: one while nothing else writes.
                 || engine.journal_pending()
+                // Old records to drop behind a checkpoint (`checkpoint::compact`).
+                || engine.store_health.drop_pending.load(std::sync::atomic::Ordering::Relaxed)
                 || !st.deadlines_before(now, 1).is_empty()
                 || st.outbound_len.keys().any(|p| {
                     st.queued(p, 1)

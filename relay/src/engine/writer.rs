@@ -196,6 +196,7 @@ pub fn spawn(setup: Setup) -> (Writer, std::thread::JoinHandle<()>) {
                     }
                 }
                 let events = core.run_batch(batch);
+                core.compact();
                 if events > 0 {
                     st2.commits.fetch_add(1, Ordering::Relaxed);
                     st2.events.fetch_add(events as u64, Ordering::Relaxed);
@@ -394,6 +395,19 @@ impl WriterCore {
             let _ = reply.send(res);
         }
         records.len()
+    }
+
+    /// Drops log records the checkpoints no longer need (`checkpoint::after_batch`). A failed
+    /// drop is a failed write (one transaction: nothing half done): writes are refused until
+    /// the store is reopened.
+    fn compact(&mut self) {
+        let r = super::checkpoint::after_batch(&mut self.log, &self.state, &self.health);
+        if let Err(e) = r {
+            tracing::error!(error = %e, "dropping old log records failed; writes are refused until the store can be written again");
+            self.health.failures.fetch_add(1, Ordering::Relaxed);
+            self.health.set_writable(false);
+            self.retry_at = None;
+        }
     }
 
     /// The nonce and challenge rows waiting for a commit.

@@ -288,6 +288,8 @@ pub(crate) async fn admin_backup(AxState(app): AxState<Shared>, req: Request) ->
         })?;
         let engine = app.engine.clone();
         let report = one_at_a_time(&app, move || {
+            // The records and snapshots it copies stay until it is done.
+            let _hold = engine.store_health.hold_drops();
             let len = engine.durable_len();
             let host = engine.host.clone();
             let project = move |s: std::sync::Arc<dyn crate::store::Store>| {

@@ -184,6 +184,34 @@ pub fn copy_data_dir(
     r
 }
 
+/// Copies the checkpoint snapshots of positions `at_least..=len` into `to`'s snapshot folder.
+fn copy_snapshots(store: &dyn Store, at_least: u64, len: u64, to: &Path) -> Result<(), StoreError> {
+    let Some(src) = store.snapshot_dir() else {
+        return Ok(());
+    };
+    let dst = to.join(super::snapshot::DIR);
+    create_private_dir(&dst).map_err(|e| io(&dst, e))?;
+    for (n, p) in super::snapshot::list(&src)? {
+        if n < at_least || n > len {
+            continue;
+        }
+        let name = p
+            .file_name()
+            .map(|f| dst.join(f))
+            .unwrap_or_else(|| dst.join("x"));
+        let mut r = File::open(&p).map_err(|e| io(&p, e))?;
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&name)
+            .map_err(|e| io(&name, e))?;
+        std::io::copy(&mut r, &mut w).map_err(|e| io(&name, e))?;
+        w.sync_all().map_err(|e| io(&name, e))?;
+    }
+    sync_dir(&dst).map_err(|e| io(&dst, e))
+}
+
 /// What builds the projection tables of a copy from its records (the engine's rebuild; the
 /// store layer does not know what the records mean). Without it the copy holds only the log,
 /// and its first start builds them.
@@ -200,8 +228,15 @@ fn copy_into(
         .map_err(|e| io(to, e))?;
     {
         let copy = Arc::new(RedbStore::open(&to.join(LOG_FILE))?);
+        // A log whose first records were dropped: the copy starts where it does, with the
+        // checkpoint snapshots that can stand for the records before.
+        let base = store.base()?;
+        if base.first > 1 {
+            copy.drop_before(base)?;
+            copy_snapshots(store, base.first - 1, len, to)?;
+        }
         let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(COPY_CHUNK);
-        let mut first = 1u64;
+        let mut first = base.first;
         let flush = |chunk: &mut Vec<Vec<u8>>, first: &mut u64| -> Result<(), StoreError> {
             if !chunk.is_empty() {
                 copy.append(*first, chunk)?;
@@ -227,7 +262,11 @@ fn copy_into(
         if first - 1 != len {
             return Err(StoreError::Corrupt {
                 seq: first,
-                reason: format!("the store holds {} of the {len} records to copy", first - 1),
+                reason: format!(
+                    "the store holds records {} to {} of the {len} to copy (were records dropped behind a checkpoint meanwhile? try again)",
+                    base.first,
+                    first - 1
+                ),
             });
         }
         if let Some(project) = project {

@@ -2,7 +2,7 @@
 //! opens a store and extends the chain on every append (see the layer's documentation for the
 //! record format).
 
-use super::{Changes, Store, StoreError, Table, Visit};
+use super::{Changes, LogBase, Store, StoreError, Table, Visit};
 use std::sync::Arc;
 
 /// The row of [`Table::Meta`] that says which log position the projection tables are the
@@ -41,9 +41,14 @@ impl LogPosition {
     /// The position the store's projection tables say they are the replay of (`None`: no
     /// projections, a store written before they existed or whose rebuild did not finish).
     pub fn projected(store: &dyn Store) -> Result<Option<LogPosition>, StoreError> {
-        let Some(v) = store.get(Table::Meta, PROJECTED)? else {
-            return Ok(None);
-        };
+        match store.get(Table::Meta, PROJECTED)? {
+            Some(v) => Self::decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A position as the [`PROJECTED`] row holds it.
+    pub fn decode(v: &[u8]) -> Result<LogPosition, StoreError> {
         if v.len() != 40 {
             return Err(StoreError::Corrupt {
                 seq: 0,
@@ -54,10 +59,10 @@ impl LogPosition {
         head.copy_from_slice(&v[8..]);
         let mut len = [0u8; 8];
         len.copy_from_slice(&v[..8]);
-        Ok(Some(LogPosition {
+        Ok(LogPosition {
             len: u64::from_be_bytes(len),
             head,
-        }))
+        })
     }
 
     /// The change that records this position as the projections' (written by a rebuild).
@@ -126,8 +131,9 @@ impl EventLog {
         len: Option<u64>,
         f: &mut Visit<'_>,
     ) -> Result<EventLog, StoreError> {
-        let mut expect = 1u64;
-        let mut head = [0u8; 32];
+        let base = store.base()?;
+        let mut expect = base.first;
+        let mut head = base.prev;
         let end = match len {
             Some(l) => l,
             None => store.len()?,
@@ -135,7 +141,7 @@ impl EventLog {
         // In ranges, each read in its own read transaction: a rebuild writes the tables while
         // this reads, and a read transaction held for the whole log would keep the store from
         // reusing any page those writes free (the file grew eightfold in a 1M-record rebuild).
-        let mut from = 1u64;
+        let mut from = base.first;
         while from <= end {
             let to = end.min(from + OPEN_CHUNK - 1);
             Self::check_range(&*store, from, to, &mut expect, &mut head, f)?;
@@ -150,7 +156,10 @@ impl EventLog {
         if checked != want || stored_len < want {
             return Err(StoreError::Corrupt {
                 seq: checked + 1,
-                reason: format!("the store holds {stored_len} records but only {checked} form a chain from record 1"),
+                reason: format!(
+                    "the store holds records up to {stored_len} but only those up to {checked} form a chain from record {}",
+                    base.first
+                ),
             });
         }
         Ok(EventLog {
@@ -209,38 +218,44 @@ impl EventLog {
     /// checked by `relay check`).
     pub fn open_head(store: Arc<dyn Store>) -> Result<EventLog, StoreError> {
         let len = store.len()?;
-        let mut prev = [0u8; 32];
-        let mut head = [0u8; 32];
+        let base = store.base()?;
+        let mut prev = base.prev;
+        let mut head = base.prev;
         let mut seen = 0u64;
-        if len > 0 {
-            store.scan(len.saturating_sub(1).max(1), len, &mut |seq, value| {
-                if value.len() < 32 {
-                    return Err(StoreError::Corrupt {
-                        seq,
-                        reason: "record shorter than its chain hash".into(),
-                    });
-                }
-                let (stored, payload) = value.split_at(32);
-                if seq < len {
-                    prev.copy_from_slice(stored);
-                } else {
-                    let h = chain(&prev, seq, payload);
-                    if stored != h {
+        if len >= base.first {
+            store.scan(
+                len.saturating_sub(1).max(base.first),
+                len,
+                &mut |seq, value| {
+                    if value.len() < 32 {
                         return Err(StoreError::Corrupt {
                             seq,
-                            reason: "chain hash mismatch (the record or one before it was altered)"
-                                .into(),
+                            reason: "record shorter than its chain hash".into(),
                         });
                     }
-                    head = h;
-                }
-                seen += 1;
-                Ok(())
-            })?;
-            if seen != len.min(2) {
+                    let (stored, payload) = value.split_at(32);
+                    if seq < len {
+                        prev.copy_from_slice(stored);
+                    } else {
+                        let h = chain(&prev, seq, payload);
+                        if stored != h {
+                            return Err(StoreError::Corrupt {
+                                seq,
+                                reason:
+                                    "chain hash mismatch (the record or one before it was altered)"
+                                        .into(),
+                            });
+                        }
+                        head = h;
+                    }
+                    seen += 1;
+                    Ok(())
+                },
+            )?;
+            if seen != (len - base.first + 1).min(2) {
                 return Err(StoreError::Corrupt {
                     seq: len,
-                    reason: format!("the store says it holds {len} records, but its last ones are not numbered so"),
+                    reason: format!("the store says its last record is {len}, but its last ones are not numbered so"),
                 });
             }
         }
@@ -252,7 +267,55 @@ impl EventLog {
         })
     }
 
-    /// Checks the chain hash of every record from the first to `len`, reading `chunk`
+    /// The chain hash of record `seq` as stored (`base.prev` for the record just before the
+    /// kept log): what a checkpoint record's `head` must equal. `None` when the record is not
+    /// kept. Checks nothing: the caller checked the chain.
+    pub fn chain_hash_at(store: &dyn Store, seq: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        let base = store.base()?;
+        if seq + 1 == base.first {
+            return Ok(Some(base.prev));
+        }
+        let mut out = None;
+        store.scan(seq, seq, &mut |s, value| {
+            if s == seq && value.len() >= 32 {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&value[..32]);
+                out = Some(h);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Where the kept log starts.
+    pub fn base(&self) -> Result<LogBase, StoreError> {
+        self.store.base()
+    }
+
+    /// Drops the records before `first` (at most up to this log's last record, which stays),
+    /// durably: the chain hash of record `first - 1` becomes the base the kept chain continues.
+    /// Only behind a checkpoint whose snapshot holds what they made (`engine::checkpoint`).
+    pub fn drop_before(&mut self, first: u64) -> Result<(), StoreError> {
+        let base = self.store.base()?;
+        if first <= base.first {
+            return Ok(());
+        }
+        if first > self.len {
+            return Err(StoreError::Io(format!(
+                "cannot drop records up to {}: the log's last record is {}",
+                first - 1,
+                self.len
+            )));
+        }
+        let prev =
+            Self::chain_hash_at(&*self.store, first - 1)?.ok_or_else(|| StoreError::Corrupt {
+                seq: first - 1,
+                reason: "the record is missing".into(),
+            })?;
+        self.store.drop_before(LogBase { first, prev })
+    }
+
+    /// Checks the chain hash of every kept record up to `len`, reading `chunk`
     /// records per read transaction (a long read would keep the store from reusing pages
     /// while a relay serves). What start-up leaves out when it checks only the head; a
     /// running relay does it in the background.
@@ -268,8 +331,9 @@ impl EventLog {
         chunk: u64,
         stop: &dyn Fn() -> bool,
     ) -> Result<bool, StoreError> {
-        let mut head = [0u8; 32];
-        let mut expect = 1u64;
+        let base = store.base()?;
+        let mut head = base.prev;
+        let mut expect = base.first;
         while expect <= len {
             if stop() {
                 return Ok(false);

@@ -1,7 +1,7 @@
 //! An in-memory [`Store`] for tests, with fault injection (failing appends) and a pause that
 //! holds the writer in its "fsync".
 
-use super::{Changes, RowVisit, Store, StoreError, Table, Visit};
+use super::{Changes, LogBase, RowVisit, Store, StoreError, Table, TableVisit, Visit};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -10,7 +10,9 @@ type Rows = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 /// A store in memory, for tests and for the fault-injection double.
 #[derive(Debug, Default)]
 pub struct MemStore {
+    /// Records from `base.first` on.
     records: std::sync::Mutex<Vec<Vec<u8>>>,
+    base: std::sync::Mutex<LogBase>,
     rows: std::sync::Mutex<Rows>,
     /// When set, appends fail with this error (disk full, I/O error).
     pub fail_appends: std::sync::Mutex<Option<StoreError>>,
@@ -19,9 +21,18 @@ pub struct MemStore {
     resumed: std::sync::Condvar,
     /// True while an append is waiting because of [`MemStore::pause`].
     pub held: std::sync::atomic::AtomicBool,
+    /// Where checkpoint snapshots go (none: no checkpoints).
+    snapshots: Option<std::path::PathBuf>,
 }
 
 impl MemStore {
+    /// A store whose checkpoint snapshots go to `dir`.
+    pub fn with_snapshot_dir(dir: std::path::PathBuf) -> MemStore {
+        MemStore {
+            snapshots: Some(dir),
+            ..MemStore::default()
+        }
+    }
     /// Makes appends wait until [`resume`](Self::resume): tests hold the writer in its fsync.
     pub fn pause(&self) {
         *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
@@ -60,7 +71,8 @@ impl Store for MemStore {
             .records
             .lock()
             .map_err(|_| StoreError::Io("poisoned".into()))?;
-        if !records.is_empty() && r.len() as u64 + 1 != first_seq {
+        let first = self.base.lock().unwrap_or_else(|p| p.into_inner()).first;
+        if !records.is_empty() && first + r.len() as u64 != first_seq {
             return Err(StoreError::Io("append out of order".into()));
         }
         r.extend(records.iter().cloned());
@@ -108,25 +120,59 @@ impl Store for MemStore {
         Ok(())
     }
     fn scan(&self, from: u64, to: u64, f: &mut Visit<'_>) -> Result<(), StoreError> {
+        let first = self.base.lock().unwrap_or_else(|p| p.into_inner()).first;
         let r = self
             .records
             .lock()
             .map_err(|_| StoreError::Io("poisoned".into()))?
             .clone();
-        for (i, rec) in r.iter().enumerate().skip(from.saturating_sub(1) as usize) {
-            if i as u64 + 1 > to {
+        let skip = from.saturating_sub(first) as usize;
+        for (i, rec) in r.iter().enumerate().skip(skip) {
+            let seq = first + i as u64;
+            if seq > to {
                 break;
             }
-            f(i as u64 + 1, rec)?;
+            f(seq, rec)?;
         }
         Ok(())
     }
     fn len(&self) -> Result<u64, StoreError> {
-        Ok(self
+        let first = self.base.lock().unwrap_or_else(|p| p.into_inner()).first;
+        Ok(first - 1
+            + self
+                .records
+                .lock()
+                .map_err(|_| StoreError::Io("poisoned".into()))?
+                .len() as u64)
+    }
+    fn base(&self) -> Result<LogBase, StoreError> {
+        Ok(*self.base.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    fn drop_before(&self, base: LogBase) -> Result<(), StoreError> {
+        let mut r = self
             .records
             .lock()
-            .map_err(|_| StoreError::Io("poisoned".into()))?
-            .len() as u64)
+            .map_err(|_| StoreError::Io("poisoned".into()))?;
+        let mut b = self.base.lock().unwrap_or_else(|p| p.into_inner());
+        let last = b.first - 1 + r.len() as u64;
+        if base.first > last + 1 {
+            return Err(StoreError::Io(format!(
+                "cannot drop records up to {}: the log ends before",
+                base.first - 1
+            )));
+        }
+        let n = base.first.saturating_sub(b.first) as usize;
+        let n = n.min(r.len());
+        r.drain(..n);
+        *b = base;
+        Ok(())
+    }
+    fn projections(&self, f: &mut TableVisit<'_>) -> Result<(), StoreError> {
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for ((t, k), v) in rows.iter().filter(|((t, _), _)| t.is_projection()) {
+            f(*t, k, v)?;
+        }
+        Ok(())
     }
     fn reopen(&self) -> Result<(), StoreError> {
         // A test's failing appends make the store refuse until they are switched off.
@@ -147,17 +193,24 @@ impl Store for MemStore {
             .map_err(|_| StoreError::Io("poisoned".into()))?
             .clone();
         let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let base = *self.base.lock().unwrap_or_else(|p| p.into_inner());
         Ok(Arc::new(MemStore {
             records: std::sync::Mutex::new(records),
+            base: std::sync::Mutex::new(base),
+            snapshots: self.snapshots.clone(),
             rows: std::sync::Mutex::new(rows),
             ..MemStore::default()
         }))
     }
+    fn snapshot_dir(&self) -> Option<std::path::PathBuf> {
+        self.snapshots.clone()
+    }
     fn truncate(&self, len: u64) -> Result<(), StoreError> {
+        let first = self.base.lock().unwrap_or_else(|p| p.into_inner()).first;
         self.records
             .lock()
             .map_err(|_| StoreError::Io("poisoned".into()))?
-            .truncate(len as usize);
+            .truncate(len.saturating_sub(first - 1) as usize);
         Ok(())
     }
 }

@@ -24,6 +24,8 @@ pub mod datadir;
 pub mod log;
 mod mem;
 mod redb;
+mod redb_damage;
+pub mod snapshot;
 pub mod tables;
 
 pub use self::backend::StoreFaults;
@@ -37,6 +39,53 @@ pub type Visit<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + 'a;
 
 /// What `range` calls for each row of a table: its key and value; `false` stops the range.
 pub type RowVisit<'a> = dyn FnMut(&[u8], &[u8]) -> bool + 'a;
+
+/// What `projections` calls for each row of every projection table: table, key, value.
+pub type TableVisit<'a> = dyn FnMut(Table, &[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
+/// Where the kept log starts once its oldest records were dropped behind a checkpoint
+/// (`engine::checkpoint`): the number of its first record, and the chain hash of the record
+/// before it, which the first kept record's chain hash continues. A log that never dropped
+/// anything starts at record 1 after 32 zero bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBase {
+    pub first: u64,
+    pub prev: [u8; 32],
+}
+
+impl Default for LogBase {
+    fn default() -> Self {
+        LogBase {
+            first: 1,
+            prev: [0; 32],
+        }
+    }
+}
+
+impl LogBase {
+    /// 8 bytes of `first` (BE) then `prev`: how stores keep it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.first.to_be_bytes().to_vec();
+        v.extend_from_slice(&self.prev);
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<LogBase, StoreError> {
+        let bad = || StoreError::Corrupt {
+            seq: 0,
+            reason: "the log base (where the kept log starts) is not 40 bytes".into(),
+        };
+        if v.len() != 40 {
+            return Err(bad());
+        }
+        let first = u64::from_be_bytes(v[..8].try_into().map_err(|_| bad())?);
+        let prev: [u8; 32] = v[8..].try_into().map_err(|_| bad())?;
+        if first == 0 {
+            return Err(bad());
+        }
+        Ok(LogBase { first, prev })
+    }
+}
 
 /// Why the store failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,12 +131,21 @@ pub trait Store: Send + Sync + 'static {
     /// Calls `f` with each record from `from` to `to` (1-based, both included) in order; `to`
     /// may be past the end (`u64::MAX`: every record from `from`).
     fn scan(&self, from: u64, to: u64, f: &mut Visit<'_>) -> Result<(), StoreError>;
-    /// Number of records.
+    /// The number of the last record (0: none was ever appended). Records before
+    /// [`base`](Self::base)`.first` may have been dropped, so this is not always their count.
     fn len(&self) -> Result<u64, StoreError>;
     /// True when the store holds no record.
     fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
     }
+    /// Where the kept log starts ([`LogBase::default`] until records are dropped).
+    fn base(&self) -> Result<LogBase, StoreError>;
+    /// Removes every record before `base.first` and records `base` as where the log starts,
+    /// all or none, durably. `base.first` is at most one past the last record.
+    fn drop_before(&self, base: LogBase) -> Result<(), StoreError>;
+    /// Calls `f` with every row of every projection table, in table then key order, all from
+    /// one consistent read: the tables as one commit left them (a checkpoint's snapshot).
+    fn projections(&self, f: &mut TableVisit<'_>) -> Result<(), StoreError>;
     /// Opens the engine again after a failed write (a full disk): `Ok` once it can write again.
     fn reopen(&self) -> Result<(), StoreError> {
         Ok(())
@@ -97,6 +155,11 @@ pub trait Store: Send + Sync + 'static {
     fn read_only(&self) -> Result<Arc<dyn Store>, StoreError>;
     /// Removes every record after the first `len`, durably: what a failed write may have left.
     fn truncate(&self, len: u64) -> Result<(), StoreError>;
+    /// The folder of this store's checkpoint snapshots ([`snapshot`]), when it keeps them
+    /// (a store in files does; one in memory only when a test gives it a folder).
+    fn snapshot_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Free space on the store's file system, when it lives on one.
     fn free_bytes(&self) -> Option<u64> {
         None

@@ -7,8 +7,9 @@
 //! drops it and opens the file again, which succeeds once the file system takes writes again.
 
 use super::backend::{FileStorage, OverlayStorage, StoreFaults};
-use super::{io, Changes, RowVisit, Store, StoreError, Table, Visit};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use super::redb_damage::{damage, quietly};
+use super::{io, Changes, LogBase, RowVisit, Store, StoreError, Table, TableVisit, Visit};
+use redb::{Database, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -21,25 +22,13 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// the projections drops this one whole and must leave it.
 const PROJECTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("projections");
 const ADMISSION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("admission");
+/// One row, [`BASE_KEY`]: where the kept log starts ([`LogBase`]), once records were dropped.
+const LOG_BASE: TableDefinition<&str, &[u8]> = TableDefinition::new("log_base");
+const BASE_KEY: &str = "base";
 
 /// The prefix of a projection table's rows in [`PROJECTIONS`]: part of the file format.
 fn tag(t: Table) -> u8 {
-    match t {
-        Table::Meta => 1,
-        Table::Agents => 2,
-        Table::Small => 3,
-        Table::Inbox => 4,
-        Table::InboxByTime => 5,
-        Table::Messages => 6,
-        Table::MessagesByTime => 7,
-        Table::Seen => 8,
-        Table::SeenByTs => 9,
-        Table::Deadlines => 10,
-        Table::Outbound => 11,
-        Table::OutboundIds => 12,
-        Table::UsedChallenges => 13,
-        Table::Admission => 0,
-    }
+    t.code()
 }
 
 /// Where `t`'s row `key` is: the redb table and the key in it.
@@ -57,6 +46,19 @@ fn place(
     k.push(tag(t));
     k.extend_from_slice(key);
     (PROJECTIONS, k)
+}
+
+/// Where the kept log starts, as `txn` sees it.
+fn read_base(txn: &redb::ReadTransaction) -> Result<LogBase, StoreError> {
+    let t = match txn.open_table(LOG_BASE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(LogBase::default()),
+        Err(e) => return Err(io(e)),
+    };
+    match t.get(BASE_KEY).map_err(io)? {
+        Some(v) => LogBase::decode(v.value()),
+        None => Ok(LogBase::default()),
+    }
 }
 
 /// A read error inside a table: the file's pages are damaged.
@@ -94,70 +96,6 @@ pub const CACHE_BYTES_DEFAULT: usize = 64 << 20;
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "RedbStore({})", self.path.display())
-    }
-}
-
-/// What a panic in the store engine said.
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
-
-/// Runs `f`, turning a panic into an error without printing it: redb 2 answers some damage (a
-/// truncated or extended file) with a failed assertion, whose text and backtrace are not for an
-/// operator. The panic hook is process-wide, so while `f` runs it is replaced by one that is
-/// silent for this thread only and hands a panic on any other thread to the hook it replaced.
-pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    type Hook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
-    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = HOOK.lock().unwrap_or_else(|p| p.into_inner());
-    let previous: Arc<Hook> = Arc::new(std::panic::take_hook());
-    let quiet = std::thread::current().id();
-    let others = previous.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().id() != quiet {
-            others(info);
-        }
-    }));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    // Dropping this thread's hook lets go of its handle on the previous one.
-    drop(std::panic::take_hook());
-    match Arc::try_unwrap(previous) {
-        Ok(hook) => std::panic::set_hook(hook),
-        Err(shared) => std::panic::set_hook(Box::new(move |info| shared(info))),
-    }
-    r.map_err(|p| panic_text(p.as_ref()))
-}
-
-/// What is wrong with a store file that could not be opened, in words an operator can act on:
-/// the kind of damage where the engine's complaint tells it (cut short, extended, header), then
-/// the engine's own words (first line only), and what to do.
-fn damage(path: &Path, engine_said: &str) -> StoreError {
-    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let said = engine_said.lines().next().unwrap_or("").trim();
-    let kind = if len == 0 {
-        "it is empty".to_owned()
-    } else if said.contains("raw_file_len") {
-        format!("it was cut short: its {len} bytes are fewer than its header says the store holds")
-    } else if said.contains("invalid data") || said.contains("magic number") {
-        "its header is damaged: it does not start like a store file".to_owned()
-    } else if !len.is_multiple_of(4096) {
-        format!(
-            "its length, {len} bytes, is not a whole number of 4 KiB pages: bytes were appended to it or it was cut in the middle of a page"
-        )
-    } else {
-        format!(
-            "its {len} bytes do not hold a store the engine can read (for example, bytes appended after its end)"
-        )
-    };
-    StoreError::Corrupt {
-        seq: 0,
-        reason: format!(
-            "{}: {kind} (the storage engine says: {said}). Restore it from a backup",
-            path.display()
-        ),
     }
 }
 
@@ -516,7 +454,66 @@ impl Store for RedbStore {
         self.read_db(|db| {
             let txn = db.begin_read().map_err(io)?;
             let t = txn.open_table(LOG).map_err(io)?;
-            t.len().map_err(io)
+            let last = t.last().map_err(io)?.map(|(k, _)| k.value());
+            match last {
+                Some(l) => Ok(l),
+                // Every record dropped (or none yet): the log ends just before its base.
+                None => Ok(read_base(&txn)?.first - 1),
+            }
+        })
+    }
+
+    fn base(&self) -> Result<LogBase, StoreError> {
+        self.read_db(|db| read_base(&db.begin_read().map_err(io)?))
+    }
+
+    fn drop_before(&self, base: LogBase) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Io("this store was opened read-only".into()));
+        }
+        let r = self.with_db(|db| {
+            let mut txn = db.begin_write().map_err(io)?;
+            txn.set_durability(self.durability);
+            {
+                let mut t = txn.open_table(LOG).map_err(io)?;
+                let last = t.last().map_err(io)?.map(|(k, _)| k.value());
+                if last.is_some_and(|l| base.first > l + 1) {
+                    return Err(StoreError::Io(format!(
+                        "cannot drop records up to {}: the log ends before",
+                        base.first - 1
+                    )));
+                }
+                t.retain_in(..base.first, |_, _| false).map_err(io)?;
+                let mut b = txn.open_table(LOG_BASE).map_err(io)?;
+                b.insert(BASE_KEY, base.encode().as_slice()).map_err(io)?;
+            }
+            txn.commit().map_err(io)
+        });
+        if matches!(r, Err(StoreError::Full(_)) | Err(StoreError::Io(_))) {
+            self.close_failed();
+        }
+        r
+    }
+
+    fn projections(&self, f: &mut TableVisit<'_>) -> Result<(), StoreError> {
+        self.read_db(|db| {
+            let txn = db.begin_read().map_err(io)?;
+            let t = match txn.open_table(PROJECTIONS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(damaged(Table::Meta, e)),
+            };
+            for item in t.iter().map_err(|e| damaged(Table::Meta, e))? {
+                let (k, v) = item.map_err(|e| damaged(Table::Meta, e))?;
+                let k = k.value();
+                let table = k
+                    .first()
+                    .and_then(|c| Table::from_code(*c))
+                    .filter(|t| t.is_projection())
+                    .ok_or_else(|| damaged(Table::Meta, "a row has no table's prefix"))?;
+                f(table, &k[1..], v.value())?;
+            }
+            Ok(())
         })
     }
 
@@ -559,6 +556,15 @@ impl Store for RedbStore {
             self.close_failed();
         }
         r
+    }
+
+    fn snapshot_dir(&self) -> Option<PathBuf> {
+        Some(
+            self.path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(super::snapshot::DIR),
+        )
     }
 
     fn free_bytes(&self) -> Option<u64> {

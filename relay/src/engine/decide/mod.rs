@@ -76,6 +76,8 @@ pub enum Command {
     Tick,
     /// A retention sweep (SPEC.md RET-1..RET-3), every `retention.sweep_ms`.
     Retain,
+    /// Log a checkpoint whose snapshot is written (`engine::checkpoint`).
+    Checkpoint(crate::engine::events::CheckpointMark),
     /// An envelope a peer forwarded (FED-6), its agent signature verified again here.
     RemoteEnvelope {
         env: VerifiedEnvelope,
@@ -147,6 +149,8 @@ pub enum Outcome {
     Retained {
         removed: usize,
     },
+    /// A checkpoint record was logged.
+    Checkpointed,
     Ticked {
         timed_out: usize,
     },
@@ -205,6 +209,7 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
         } => contacts::answer_request(st, ctx, owner, request, accept),
         Command::Tick => tick::tick(st, ctx),
         Command::Retain => tick::retain(st, ctx),
+        Command::Checkpoint(mark) => tick::checkpoint(st, ctx, mark),
     }
 }
 

@@ -83,3 +83,29 @@ pub(super) fn retain(st: &State, ctx: &Ctx<'_>) -> Decision {
     };
     Ok((events, Outcome::Retained { removed }))
 }
+
+/// A checkpoint record for a snapshot written at `mark.len`: refused unless that is past the
+/// last checkpoint's position and not past the log's end.
+pub(super) fn checkpoint(
+    st: &State,
+    ctx: &Ctx<'_>,
+    mark: crate::engine::events::CheckpointMark,
+) -> Decision {
+    let last = st.last_checkpoint().map(|c| c.mark.len).unwrap_or(0);
+    if mark.len <= last || mark.len > st.events || mark.keep_from > mark.len + 1 {
+        return Err(crate::engine::error::ApiError::new(
+            formica_protocol::ErrorCode::Internal,
+            format!(
+                "a snapshot at record {} cannot be a checkpoint (last checkpoint at {last}, log at {})",
+                mark.len, st.events
+            ),
+        ));
+    }
+    Ok((
+        vec![Event::Checkpoint {
+            at: ctx.now,
+            cp: mark,
+        }],
+        Outcome::Checkpointed,
+    ))
+}

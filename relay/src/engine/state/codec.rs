@@ -152,6 +152,10 @@ fn split_item(v: &[u8]) -> Option<(MessageId, i64, u64)> {
     let seq = u64::from_be_bytes(v.get(40..48)?.try_into().ok()?);
     Some((id, at, seq))
 }
+/// The log record an inbox item's or a queued transfer's row points at.
+pub fn item_seq(v: &[u8]) -> Option<u64> {
+    split_item(v).map(|(_, _, seq)| seq)
+}
 pub fn inbox_item(k: &[u8], v: &[u8]) -> Option<InboxItem> {
     let (id, at, seq) = split_item(v)?;
     Some(InboxItem {

@@ -22,6 +22,7 @@ use formica_protocol::{Handle, RelayHost};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+mod checkpoints;
 pub mod codec;
 mod db;
 mod persist;
@@ -31,6 +32,7 @@ pub mod retention;
 mod tracked;
 mod trust;
 
+pub use checkpoints::Logged;
 pub use db::Db;
 pub use records::{
     Agent, InboxItem, MessageRecord, PeerRecord, PendingRequest, Queued, RecipientStatus, RemoteLog,
@@ -63,6 +65,8 @@ pub struct State {
     pub dead_letters: u64,
     /// Events applied (the log's length, once committed).
     pub events: u64,
+    /// The last two checkpoints logged, oldest first (`engine::checkpoint`).
+    pub checkpoints: Vec<Logged>,
     counters_dirty: bool,
     pub db: Db,
 }
@@ -93,6 +97,7 @@ impl State {
             deadlines_len: 0,
             dead_letters: 0,
             events: 0,
+            checkpoints: Vec::new(),
             counters_dirty: false,
             db,
         }
@@ -395,6 +400,7 @@ impl State {
                 }
             }
             Event::Retained { bounds, .. } => self.apply_retention(bounds),
+            Event::Checkpoint { cp, .. } => self.apply_checkpoint(cp),
             Event::RequestAnswered {
                 at,
                 owner,

@@ -115,6 +115,7 @@ impl State {
         st.remote_logs = Tracked::loaded(remote);
         st.vouches = Tracked::loaded(vouches);
         st.reports = Tracked::loaded(reports);
+        st.checkpoints = super::checkpoints::load(&*store)?;
         // Queue lengths: the id index has one short row per queued envelope.
         store.range(Table::OutboundIds, &[], None, &mut |k, _| {
             if let Some(host) = codec::host_of_prefixed(k) {
@@ -234,6 +235,7 @@ impl State {
             && self.deadlines_len == other.deadlines_len
             && self.dead_letters == other.dead_letters
             && self.events == other.events
+            && self.checkpoints == other.checkpoints
     }
 }
 

@@ -1,0 +1,250 @@
+//! Checkpoints: how the log stops growing for ever.
+//!
+//! Once `retention.checkpoint_records` records were logged since the last checkpoint, a thread
+//! of its own ([`snapshot`]) writes every row of the projection tables, from one read of the
+//! store, to a snapshot file (`store::snapshot`): the tables as one commit left them, so they
+//! are exactly the replay of the `projected` position they hold. The writer then logs a
+//! `checkpoint` record ([`Event::Checkpoint`](super::events::Event::Checkpoint)) that commits
+//! to that position's chain hash and to the snapshot's hash.
+//!
+//! Once a second checkpoint is logged, the writer drops the records before the first one's
+//! `keep_from` ([`State::keep_from`]), [`DROP_CHUNK`] per batch, and then removes the snapshots
+//! older than it. So the log always keeps:
+//! - every record after the older of the last two checkpoints' positions, so that a damaged
+//!   newest snapshot still leaves one to rebuild from;
+//! - every record an inbox item or a queued transfer points at (their envelopes' bytes are
+//!   there, not in the tables).
+//!
+//! A rebuild (`replay`) loads the newest snapshot that reads whole and whose checkpoint record
+//! is in the kept log, then replays the records after its position. `relay check` checks the
+//! kept chain from the log's base, each snapshot against its checkpoint record, and the tables
+//! against the replay.
+
+use super::cell::StateCell;
+use super::events::CheckpointMark;
+use super::health::StoreHealth;
+use super::state::{codec, State};
+use crate::store::log::PROJECTED;
+use crate::store::snapshot::{self, SnapshotWriter};
+use crate::store::{EventLog, LogPosition, Store, StoreError, Table};
+
+/// Records dropped per commit: bounds the time one drop holds the writer (tens of ms).
+pub const DROP_CHUNK: u64 = 50_000;
+
+/// Whether the state is far enough past its last checkpoint for a new one.
+pub fn due(st: &State, every: u64) -> bool {
+    let last = st.last_checkpoint().map(|c| c.mark.len).unwrap_or(0);
+    st.events >= last.saturating_add(every)
+}
+
+/// Writes the snapshot of `store`'s tables as last committed into its snapshot folder and
+/// returns what the checkpoint record is to say. Reads the tables once, in one read; gives up
+/// (and leaves nothing) once `stop` says so.
+pub fn snapshot(store: &dyn Store, stop: &dyn Fn() -> bool) -> Result<CheckpointMark, StoreError> {
+    let dir = store
+        .snapshot_dir()
+        .ok_or_else(|| StoreError::Io("this store keeps no snapshots".into()))?;
+    snapshot::remove_partials(&dir)?;
+    // The `meta` table comes first: its rows wait until the `projected` row gives the position
+    // the file's header names.
+    let mut meta: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut at: Option<LogPosition> = None;
+    let mut w: Option<SnapshotWriter> = None;
+    let mut min_ref = u64::MAX;
+    let mut seen = 0u64;
+    let start = |at: Option<LogPosition>| -> Result<SnapshotWriter, StoreError> {
+        let p = at.ok_or_else(|| StoreError::Corrupt {
+            seq: 0,
+            reason: "projection table meta: no projected position".into(),
+        })?;
+        SnapshotWriter::create(&dir, p.len, p.head)
+    };
+    store.projections(&mut |t, k, v| {
+        seen += 1;
+        if seen.is_multiple_of(4096) && stop() {
+            return Err(StoreError::Io("the relay is stopping".into()));
+        }
+        if matches!(t, Table::Inbox | Table::Outbound) {
+            if let Some(seq) = codec::item_seq(v) {
+                min_ref = min_ref.min(seq);
+            }
+        }
+        if w.is_none() {
+            if t == Table::Meta {
+                if k == PROJECTED {
+                    at = Some(LogPosition::decode(v)?);
+                }
+                meta.push((k.to_vec(), v.to_vec()));
+                return Ok(());
+            }
+            let mut nw = start(at)?;
+            for (k, v) in meta.drain(..) {
+                nw.row(Table::Meta, &k, &v)?;
+            }
+            w = Some(nw);
+        }
+        match w.as_mut() {
+            Some(w) => w.row(t, k, v),
+            None => Ok(()),
+        }
+    })?;
+    let w = match w {
+        Some(w) => w,
+        None => {
+            let mut nw = start(at)?;
+            for (k, v) in meta.drain(..) {
+                nw.row(Table::Meta, &k, &v)?;
+            }
+            nw
+        }
+    };
+    let info = w.finish()?;
+    Ok(CheckpointMark {
+        len: info.len,
+        head: info.head,
+        rows: info.rows,
+        hash: info.hash,
+        keep_from: min_ref.min(info.len + 1),
+    })
+}
+
+/// The writer's part after each batch: when the state's checkpoints allow records to go that
+/// the log still holds, drops a chunk of them ([`compact`]) and says in `health` whether more
+/// are due (the ticker then asks for a batch) and where the log now starts.
+pub fn after_batch(
+    log: &mut EventLog,
+    state: &StateCell,
+    health: &StoreHealth,
+) -> Result<(), StoreError> {
+    use std::sync::atomic::Ordering;
+    let (keep_from, older) = {
+        let st = state.read_unsettled();
+        (st.keep_from(), st.checkpoints.first().map(|c| c.mark.len))
+    };
+    if keep_from <= health.log_first.load(Ordering::Relaxed) || !health.writable() {
+        return Ok(());
+    }
+    if health.drops_held() {
+        // A check or a backup reads the records; the ticker asks again.
+        health.drop_pending.store(true, Ordering::Relaxed);
+        return Ok(());
+    }
+    let more = compact(log, keep_from, older)?;
+    let first = log.base()?.first;
+    health.log_first.store(first, Ordering::Relaxed);
+    health.drop_pending.store(more, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Drops up to [`DROP_CHUNK`] records before `keep_from`;
+/// once none is left to drop, removes the snapshots older than position `older` (the older
+/// checkpoint's). Returns whether records are still to drop.
+pub fn compact(log: &mut EventLog, keep_from: u64, older: Option<u64>) -> Result<bool, StoreError> {
+    let first = log.base()?.first;
+    if first >= keep_from {
+        return Ok(false);
+    }
+    // Only behind a snapshot that is there (a damaged one is set aside by a rebuild).
+    let dir = log.store().snapshot_dir();
+    if let (Some(dir), Some(older)) = (&dir, older) {
+        if !snapshot::path(dir, older).exists() {
+            return Ok(false);
+        }
+    }
+    let to = keep_from.min(first.saturating_add(DROP_CHUNK));
+    log.drop_before(to)?;
+    if to < keep_from {
+        return Ok(true);
+    }
+    tracing::info!(
+        first = to,
+        "log records behind the older checkpoint dropped"
+    );
+    if let (Some(dir), Some(older)) = (dir, older) {
+        for (len, p) in snapshot::list(&dir)? {
+            if len < older {
+                snapshot::remove(&p)?;
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// At start: removes snapshots no checkpoint record of the state names (one written when the
+/// relay stopped before logging its record) and what an interrupted one left. A snapshot the
+/// state does name but that is gone or damaged is only reported here; `relay check` names it.
+pub fn tidy(store: &dyn Store, st: &State) -> Result<(), StoreError> {
+    let Some(dir) = store.snapshot_dir() else {
+        return Ok(());
+    };
+    snapshot::remove_partials(&dir)?;
+    for (len, p) in snapshot::list(&dir)? {
+        if !st.checkpoints.iter().any(|c| c.mark.len == len) {
+            tracing::info!(file = %p.display(), "removing a snapshot no checkpoint record names");
+            snapshot::remove(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a checkpoint on a thread of its own when one is due and none is being made: the
+/// snapshot, then the record, through the writer. Called by the ticker.
+pub fn start_if_due(engine: &std::sync::Arc<super::Engine>) {
+    use std::sync::atomic::Ordering;
+    let every = engine.policy.retention.checkpoint_records;
+    if engine.store().snapshot_dir().is_none() || !due(&engine.read(), every) {
+        return;
+    }
+    if engine.checkpointing.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let e = engine.clone();
+    tokio::spawn(async move {
+        let store = e.store().clone();
+        let stopping = e.stopping.subscribe();
+        let t0 = std::time::Instant::now();
+        let made =
+            tokio::task::spawn_blocking(move || snapshot(&*store, &|| *stopping.borrow())).await;
+        let r = match made {
+            Ok(Ok(mark)) => {
+                let logged = e
+                    .writer
+                    .submit(super::decide::Command::Checkpoint(mark))
+                    .await;
+                if logged.is_err() {
+                    // No record names it: it goes (a start would remove it too).
+                    if let Some(dir) = e.store().snapshot_dir() {
+                        let _ = snapshot::remove(&snapshot::path(&dir, mark.len));
+                    }
+                }
+                logged.map(|_| mark).map_err(|x| x.message)
+            }
+            Ok(Err(x)) => Err(x.to_string()),
+            Err(x) => Err(x.to_string()),
+        };
+        match r {
+            Ok(mark) => {
+                e.store_health.checkpoints.fetch_add(1, Ordering::Relaxed);
+                e.store_health
+                    .checkpoint_len
+                    .store(mark.len, Ordering::Relaxed);
+                tracing::info!(
+                    position = mark.len,
+                    rows = mark.rows,
+                    keep_from = mark.keep_from,
+                    seconds = t0.elapsed().as_secs_f64(),
+                    "checkpoint made"
+                );
+            }
+            Err(why) => {
+                if !*e.stopping.borrow() {
+                    tracing::warn!(error = %why, "a checkpoint could not be made; trying again after retention.sweep_ms");
+                    let wait = std::time::Duration::from_millis(e.policy.retention.sweep_ms);
+                    let mut stop = e.stopping.subscribe();
+                    let _ = tokio::time::timeout(wait, stop.wait_for(|s| *s)).await;
+                }
+            }
+        }
+        e.checkpointing.store(false, Ordering::SeqCst);
+    });
+}
