@@ -202,9 +202,12 @@ impl Engine {
         let store = self.store.clone();
         let stopping = self.stopping.subscribe();
         let len = self.durable_len();
+        // The records it reads stay until it is done.
+        let hold = h.hold_drops();
         let spawned = std::thread::Builder::new()
             .name("formica-verify".into())
             .spawn(move || {
+                let _hold = hold;
                 let t0 = std::time::Instant::now();
                 let stop = || *stopping.borrow();
                 let r = crate::store::EventLog::verify_chain_until(&*store, len, 10_000, &stop);
