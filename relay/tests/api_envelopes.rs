@@ -615,11 +615,12 @@ async fn nothing_is_answered_from_a_batch_before_it_is_on_disk() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The pre-checks see the batch; a durable read does not get through.
-    assert!(r.relay.app.engine.state.read_unsettled().seen(&m.id()));
+    let ts = m.envelope().ts;
+    assert!(r.relay.app.engine.state.read_unsettled().seen(&m.id(), ts));
     let durable = {
         let r = r.clone();
         let id = m.id();
-        tokio::task::spawn_blocking(move || r.relay.app.engine.read().seen(&id))
+        tokio::task::spawn_blocking(move || r.relay.app.engine.read().seen(&id, ts))
     };
     let replay = {
         let (r, a, m) = (r.clone(), a.clone(), m.clone());
@@ -655,7 +656,15 @@ async fn nothing_is_answered_from_a_batch_before_it_is_on_disk() {
         status == 507 || status == 201,
         "replay answered {status}: {body:?}"
     );
-    assert_eq!(r.state(|s| s.seen(&m.id())).await, status == 201);
+    let ts = m.envelope().ts;
+    assert_eq!(
+        {
+            let id = m.id();
+            r.state(move |s| s.seen(&id, ts))
+        }
+        .await,
+        status == 201
+    );
     // And with a working disk, the envelope is stored once. The store is reopened with a
     // later write, at most every second (and less often after a reopen that failed, which
     // the replay may have caused while the disk was still failing): until then writes are

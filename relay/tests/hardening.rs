@@ -777,7 +777,14 @@ async fn a_full_peer_queue_refuses_new_envelopes_for_that_peer_at_ingest() {
         .unwrap();
     a.send(&r, &both).await.expect(502, "peer_unavailable");
     assert!(b.inbox(&r, 0).await.is_empty());
-    assert!(r.state(|s| !s.seen(&refused.id())).await);
+    let ts = refused.envelope().ts;
+    assert!(
+        {
+            let id = refused.id();
+            r.state(move |s| !s.seen(&id, ts))
+        }
+        .await
+    );
     // Local delivery is unaffected.
     a.send(&r, &a.text(&r, &b.handle, "local"))
         .await

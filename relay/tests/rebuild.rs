@@ -510,7 +510,7 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
     ));
     seen.push(format!(
         "seen_rows={}",
-        rows(formica_relay::store::Table::Seen)
+        rows(formica_relay::store::Table::SeenByTs)
     ));
     seen.push(format!("first={}", store.base().unwrap().first));
     seen.push(format!("checkpoints={}", live.checkpoints.len()));

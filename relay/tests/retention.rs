@@ -153,7 +153,14 @@ async fn unread_and_unacked_items_wait_for_max_ms_and_ids_for_dedup_ms() {
     r.advance(30_000);
     // Past delivered_ms and dedup_ms: the item stays (not read), its id goes.
     assert!(sweep(&r).await >= 1);
-    assert!(!r.state(|s| s.seen(&unread.id())).await);
+    let ts = unread.envelope().ts;
+    assert!(
+        !{
+            let id = unread.id();
+            r.state(move |s| s.seen(&id, ts))
+        }
+        .await
+    );
     assert_eq!(b.inbox(&r, 0).await.len(), 1);
     // A replay now is refused stale (its ts is long out of the window), never delivered again.
     a.send(&r, &unread).await.expect(400, "stale");

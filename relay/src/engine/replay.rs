@@ -36,6 +36,16 @@ fn loadable(
         }
         Err(e) => return Err(e.to_string()),
     }
+    match store.get(Table::Meta, crate::engine::state::FORMAT) {
+        Ok(Some(v)) if v == crate::engine::state::FORMAT_VERSION => {}
+        Ok(_) => {
+            return Err(format!(
+                "the projection tables are not of format {} (written by an earlier release)",
+                String::from_utf8_lossy(crate::engine::state::FORMAT_VERSION)
+            ))
+        }
+        Err(e) => return Err(e.to_string()),
+    }
     match State::load(host.clone(), store.clone()) {
         Ok(st) if st.events == at.len => Ok(st),
         Ok(st) => Err(format!(
@@ -404,7 +414,8 @@ pub fn replay_into(
             vouch_for(&*store, &info, &marks)?;
         }
         let c = st.take_changes()?;
-        target.commit(0, &[], &[&c, &log.position().projected_change()])?;
+        let format = crate::engine::state::format_change();
+        target.commit(0, &[], &[&c, &format, &log.position().projected_change()])?;
         st.committed();
         Ok((log, st))
     })
@@ -564,7 +575,15 @@ mod tests {
         let c = expect.take_changes().unwrap();
         log.append(&records).unwrap();
         expect_store
-            .commit(0, &[], &[&c, &log.position().projected_change()])
+            .commit(
+                0,
+                &[],
+                &[
+                    &c,
+                    &crate::engine::state::format_change(),
+                    &log.position().projected_change(),
+                ],
+            )
             .unwrap();
         let (_, got) = rebuild(store.clone(), &host).unwrap();
         assert_eq!(got.events, n as u64);
@@ -575,6 +594,15 @@ mod tests {
         // Loaded again, nothing is replayed.
         let (_, _, how) = open(store.clone(), &host).unwrap();
         assert_eq!(how, Opened::Loaded);
+        // Tables of an earlier format (no format row) are rebuilt once, then loaded.
+        let mut c = crate::store::Changes::new();
+        c.insert((Table::Meta, crate::engine::state::FORMAT.to_vec()), None);
+        store.commit(0, &[], &[&c]).unwrap();
+        match open(store.clone(), &host).unwrap().2 {
+            Opened::Rebuilt(why) => assert!(why.contains("format"), "{why}"),
+            Opened::Loaded => panic!("tables of format 1 were loaded"),
+        }
+        assert_eq!(open(store.clone(), &host).unwrap().2, Opened::Loaded);
         // A record that is chained correctly but does not decode is named by its number.
         let (mut log, _, _) = open(store.clone(), &host).unwrap();
         log.append(&[b"{\"t\":\"nonsense\"}".to_vec()]).unwrap();

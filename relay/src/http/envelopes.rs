@@ -85,7 +85,7 @@ pub(crate) fn verify_envelope(
 fn sender_key(app: &App, st: &State, se: &SignedEnvelope) -> Result<Option<PublicKey>, ApiError> {
     let env = se.envelope();
     // 7. Dedup before the key lookup, so a replay after a rotation is still `duplicate`.
-    if st.seen(&se.id()) {
+    if st.seen(&se.id(), env.ts) {
         return Ok(None);
     }
     if env.from.host() != &app.engine.host {

@@ -353,7 +353,7 @@ async fn judge_remote(
                 format!("{} is not the relay address of {origin}", env.from),
             ));
         }
-        if app.engine.read().seen(&se.id()) {
+        if app.engine.read().seen(&se.id(), env.ts) {
             return Ok(Err(se.id()));
         }
         let key = app
@@ -388,7 +388,7 @@ async fn judge_remote(
             ),
         ));
     }
-    if app.engine.read().seen(&se.id()) {
+    if app.engine.read().seen(&se.id(), env.ts) {
         return Ok(Err(se.id()));
     }
     let (key, fetched) = app

@@ -23,9 +23,11 @@ pub enum Table {
     Messages,
     /// Message records by (time accepted, id), for retention.
     MessagesByTime,
-    /// Ids of stored envelopes (dedup), by id: the envelope's `ts`.
+    /// Ids of peers' delivery notices (dedup), by id: the time that stands for their `ts`
+    /// (their event has no `ts`). Tables of format 1 kept every id here too.
     Seen,
-    /// The same ids by (`ts`, id), so that ids leave once their `ts` is past the freshness window.
+    /// Ids of stored envelopes (dedup) by (`ts`, id): found by an envelope's `ts` and id, and
+    /// removed once their `ts` is past `retention.dedup_ms`.
     SeenByTs,
     /// (ack_by, id) of messages with a deadline and a recipient not yet settled.
     Deadlines,

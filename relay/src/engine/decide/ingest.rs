@@ -26,7 +26,7 @@ pub(super) fn envelope(
     let id = v.id();
     let env = v.envelope();
     // 7. Dedup: an exact replay is a success that says so, and stores nothing.
-    if st.seen(&id) {
+    if st.seen(&id, env.ts) {
         return Ok((vec![], Outcome::Duplicate { id }));
     }
     if let (Some(origin), true) = (origin, env.from.is_relay()) {

@@ -34,6 +34,7 @@ mod trust;
 
 pub use checkpoints::Logged;
 pub use db::Db;
+pub use persist::{format_change, FORMAT, FORMAT_VERSION};
 pub use records::{
     Agent, InboxItem, MessageRecord, PeerRecord, PendingRequest, Queued, RecipientStatus, RemoteLog,
 };
@@ -180,19 +181,21 @@ impl State {
         );
     }
 
+    /// Keeps the id of a peer's delivery notice, whose event has only `at`, which stands for
+    /// its `ts`: by id too, so that the notice's dedup finds it without its `ts`.
     fn mark_seen(&mut self, id: &MessageId, ts: i64) {
-        if self.seen(id) {
+        if self.db.get(Table::Seen, &id.0).is_some() {
             return;
         }
+        self.db
+            .put(Table::Seen, id.0.to_vec(), ts.to_be_bytes().to_vec());
         self.mark_new(id, ts);
     }
 
-    /// [`mark_seen`](Self::mark_seen) of an id known to be new: an accepted envelope's (the
-    /// writer decided it was not seen, INGEST-2, and ids are never accepted again after their
-    /// row goes: RET-3), so the store is not asked.
+    /// Keeps the id of an envelope known to be new (the writer decided it was not seen,
+    /// INGEST-2, and ids are never accepted again after their row goes: RET-3), so the store
+    /// is not asked: under its `ts` only (see [`State::seen`]).
     fn mark_new(&mut self, id: &MessageId, ts: i64) {
-        self.db
-            .put(Table::Seen, id.0.to_vec(), ts.to_be_bytes().to_vec());
         self.db
             .put(Table::SeenByTs, codec::time_id_key(ts, id), Vec::new());
     }

@@ -10,6 +10,22 @@ use std::sync::Arc;
 
 const COUNTERS: &[u8] = b"counters";
 
+/// The `meta` row that says how the tables are laid out: [`FORMAT_VERSION`]. Tables of
+/// another format are rebuilt from the log at start (once). Format 2: dedup ids of envelopes
+/// only under their `ts` (`seen_by_ts`); format 1 (no row) kept them by id too.
+pub const FORMAT: &[u8] = b"format";
+pub const FORMAT_VERSION: &[u8] = b"2";
+
+/// The change that records the tables' format (written by a rebuild, with the position).
+pub fn format_change() -> Changes {
+    let mut c = Changes::new();
+    c.insert(
+        (Table::Meta, FORMAT.to_vec()),
+        Some(FORMAT_VERSION.to_vec()),
+    );
+    c
+}
+
 fn damaged(t: Table, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         seq: 0,

@@ -6,9 +6,17 @@ use formica_protocol::envelope::MessageId;
 use formica_protocol::{Handle, RelayHost};
 
 impl State {
-    /// Whether an envelope with this id is stored (or its id still kept for dedup).
-    pub fn seen(&self, id: &MessageId) -> bool {
-        self.db.get(Table::Seen, &id.0).is_some()
+    /// Whether an envelope with this id and `ts` is stored (or its id still kept for dedup).
+    /// An envelope's id is kept in `seen_by_ts` under its `ts` (an id hashes the envelope, so
+    /// the same id always comes with the same `ts`): a key that grows with time, which a
+    /// commit appends near the end instead of at a random place. `seen` by id alone holds
+    /// only the ids of delivery notices from peers (their event has no `ts`: `at` stands for
+    /// it) and the rows of tables written before format 2.
+    pub fn seen(&self, id: &MessageId, ts: i64) -> bool {
+        self.db
+            .get(Table::SeenByTs, &codec::time_id_key(ts, id))
+            .is_some()
+            || self.db.get(Table::Seen, &id.0).is_some()
     }
 
     /// The record of an accepted message.
