@@ -245,8 +245,9 @@ impl Relay {
         //    file as open, and recovers it after a crash) does not stop the relay: it serves
         //    what it checked and refuses writes until the writer can reopen the store.
         let cache = cfg.policy.limits.store_cache_bytes;
+        let quick = cfg.policy.limits.store_quick_repair;
         let (store, health): (Arc<dyn Store>, _) = match RedbStore::open_cached(
-            &path, relaxed, cache,
+            &path, relaxed, cache, quick,
         ) {
             Ok(s) => (Arc::new(s), StoreHealth::default()),
             Err(StoreError::Full(why)) if matches!(checked, Some((_, Ok(_)))) => {

@@ -87,6 +87,9 @@ pub struct RedbStore {
     /// Bytes of the file's pages the engine may cache ([`CACHE_BYTES_DEFAULT`] unless the
     /// relay's `limits.store_cache_bytes` says otherwise).
     cache_bytes: usize,
+    /// Every write transaction saves redb's allocator state and commits in two phases, so that
+    /// opening the file after a crash needs no full repair (`limits.store_quick_repair`).
+    quick_repair: bool,
 }
 
 /// The page cache of a store opened without a size: 64 MiB (the relay passes its
@@ -134,20 +137,24 @@ impl RedbStore {
             syncs: Arc::default(),
             faults,
             cache_bytes: CACHE_BYTES_DEFAULT,
+            quick_repair: false,
         };
         let db = store.open_db()?;
         *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
         Ok(store)
     }
 
-    /// [`open_with`](Self::open_with) with a page cache of `cache_bytes`.
+    /// [`open_with`](Self::open_with) with a page cache of `cache_bytes`, and quick repair
+    /// (see [`RedbStore::write_txn`]) when `quick_repair` is set: what the serving relay opens.
     pub fn open_cached(
         path: &Path,
         unsafe_relaxed_fsync: bool,
         cache_bytes: usize,
+        quick_repair: bool,
     ) -> Result<RedbStore, StoreError> {
         let mut store = Self::closed(path, unsafe_relaxed_fsync);
         store.cache_bytes = cache_bytes;
+        store.quick_repair = quick_repair;
         let db = store.open_db()?;
         *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
         Ok(store)
@@ -170,6 +177,7 @@ impl RedbStore {
             syncs: Arc::default(),
             faults: Arc::default(),
             cache_bytes: CACHE_BYTES_DEFAULT,
+            quick_repair: false,
         }
     }
 
@@ -187,6 +195,7 @@ impl RedbStore {
             syncs: Arc::default(),
             faults: Arc::default(),
             cache_bytes: CACHE_BYTES_DEFAULT,
+            quick_repair: false,
         };
         let db = store.open_db()?;
         *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
@@ -266,11 +275,20 @@ impl RedbStore {
             Ok(Err(e)) | Err(e) => return Err(damage(path, &e)),
         };
         if missing {
-            let txn = db.begin_write().map_err(io)?;
+            let txn = self.write_txn(&db)?;
             txn.open_table(LOG).map_err(io)?;
             txn.commit().map_err(io)?;
         }
         Ok(db)
+    }
+
+    /// A write transaction with this store's durability and, when asked, quick repair (the
+    /// allocator state saved with the commit, in two phases: a crash needs no full repair).
+    fn write_txn(&self, db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = db.begin_write().map_err(io)?;
+        txn.set_durability(self.durability);
+        txn.set_quick_repair(self.quick_repair);
+        Ok(txn)
     }
 
     fn with_db<T>(
@@ -332,8 +350,7 @@ impl Store for RedbStore {
             return Err(StoreError::Io("this store was opened read-only".into()));
         }
         let r = self.with_db(|db| {
-            let mut txn = db.begin_write().map_err(io)?;
-            txn.set_durability(self.durability);
+            let txn = self.write_txn(db)?;
             {
                 let mut t = txn.open_table(LOG).map_err(io)?;
                 for (i, r) in records.iter().enumerate() {
@@ -439,8 +456,7 @@ impl Store for RedbStore {
             return Err(StoreError::Io("this store was opened read-only".into()));
         }
         let r = self.with_db(|db| {
-            let mut txn = db.begin_write().map_err(io)?;
-            txn.set_durability(self.durability);
+            let txn = self.write_txn(db)?;
             txn.delete_table(PROJECTIONS).map_err(io)?;
             txn.commit().map_err(io)
         });
@@ -472,8 +488,7 @@ impl Store for RedbStore {
             return Err(StoreError::Io("this store was opened read-only".into()));
         }
         let r = self.with_db(|db| {
-            let mut txn = db.begin_write().map_err(io)?;
-            txn.set_durability(self.durability);
+            let txn = self.write_txn(db)?;
             {
                 let mut t = txn.open_table(LOG).map_err(io)?;
                 let last = t.last().map_err(io)?.map(|(k, _)| k.value());
@@ -538,7 +553,7 @@ impl Store for RedbStore {
             return Err(StoreError::Io("this store was opened read-only".into()));
         }
         let r = self.with_db(|db| {
-            let txn = db.begin_write().map_err(io)?;
+            let txn = self.write_txn(db)?;
             {
                 let mut t = txn.open_table(LOG).map_err(io)?;
                 let extra: Vec<u64> = t
