@@ -100,8 +100,8 @@ fn obj(members: Vec<(&str, Value)>) -> Value {
     Value::Object(o)
 }
 
-/// Registers one agent: challenge, proof-of-work, signed register entry.
-async fn register_one(conn: &mut Conn, addr: &str, a: &Agent) -> Result<()> {
+/// Registers one agent: challenge, proof-of-work, signed register entry claiming time `ts`.
+async fn register_one(conn: &mut Conn, addr: &str, a: &Agent, ts: i64) -> Result<()> {
     let r = conn
         .send(&http::request("POST", "/v1/challenges", addr, &[], b"{}"))
         .await?;
@@ -126,7 +126,7 @@ async fn register_one(conn: &mut Conn, addr: &str, a: &Agent) -> Result<()> {
         handle: a.handle.clone(),
         seq: 0,
         prev: None,
-        ts: registration_ts(),
+        ts,
         op: KeyOp::Register {
             key: a.key.public(),
             recovery: None,
@@ -224,13 +224,24 @@ pub async fn register_all(
     agents: Arc<Vec<Agent>>,
     range: std::ops::Range<usize>,
 ) -> Result<()> {
+    register_all_at(addr, agents, range, registration_ts()).await
+}
+
+/// [`register_all`] with register entries that claim time `ts`: for a relay whose freshness
+/// window is shorter than the run, where [`registration_ts`] may already be stale.
+pub async fn register_all_at(
+    addr: &str,
+    agents: Arc<Vec<Agent>>,
+    range: std::ops::Range<usize>,
+    ts: i64,
+) -> Result<()> {
     let start = range.start;
     let n = range.len();
     let addr2 = addr.to_owned();
     on_connections(addr, n, 32, move |mut conn, i| {
         let (agents, addr) = (agents.clone(), addr2.clone());
         async move {
-            register_one(&mut conn, &addr, &agents[start + i]).await?;
+            register_one(&mut conn, &addr, &agents[start + i], ts).await?;
             Ok(conn)
         }
     })

@@ -14,6 +14,8 @@ pub const PUBLIC_HOST: &str = "relay.bench";
 /// Proof-of-work bits for registrations during set-up: the PoW figure is measured in-process
 /// (item 7); here it only has to be cheap.
 pub const SETUP_POW_DIFFICULTY: u32 = 8;
+/// What relays log (`FORMICA_LOG`) unless an item asks for more.
+const LOG_FILTER: &str = "warn";
 /// Longest a relay may take to print its address (a 1,000,000-entry log included).
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -37,7 +39,14 @@ connections_per_ip_max = 30000
 [time]
 window_ms = 3600000
 skew_ms = 30000
-[[tiers]]
+{}"#,
+        tier_text()
+    )
+}
+
+/// The benchmark's one tier (see [`config_text`]): limits far above anything it sends.
+pub fn tier_text() -> &'static str {
+    r#"[[tiers]]
 name = "bench"
 min_age_ms = 0
 min_acked = 0
@@ -50,7 +59,6 @@ vouches_max = 10
 reports_per_day = 100
 may_send = ["message", "task_request", "task_result", "ack", "contact_request", "vouch", "report", "x-*"]
 "#
-    )
 }
 
 /// How to start relays.
@@ -84,7 +92,33 @@ impl Launcher {
     }
 
     pub fn start_in(&self, dir: &Path, relaxed_fsync: bool) -> Result<RelayProc> {
-        self.spawn(dir, relaxed_fsync, "127.0.0.1:0", PUBLIC_HOST, "")
+        self.spawn(
+            dir,
+            relaxed_fsync,
+            "127.0.0.1:0",
+            PUBLIC_HOST,
+            &config_text(),
+            LOG_FILTER,
+        )
+    }
+
+    /// Starts a relay (durable fsync) on `work_dir/name` with a configuration of the caller's
+    /// own (not [`config_text`]) and its own `FORMICA_LOG` filter (its stderr goes to
+    /// `relay.stderr.log` in that directory).
+    pub fn start_with_config(
+        &self,
+        name: &str,
+        config: &str,
+        log_filter: &str,
+    ) -> Result<RelayProc> {
+        self.spawn(
+            &self.work_dir.join(name),
+            false,
+            "127.0.0.1:0",
+            PUBLIC_HOST,
+            config,
+            log_filter,
+        )
     }
 
     /// Starts a relay that federates: it listens on `127.0.0.1:<port>` and that is also its
@@ -97,7 +131,15 @@ impl Launcher {
         let hp = format!("127.0.0.1:{port}");
         let host = RelayHost::parse(&hp).map_err(|e| anyhow::anyhow!("{hp}: {e:?}"))?;
         let fed = "\n[federation]\nenabled = true\nscheme = \"http\"\npeering = \"open\"\nallow_private_peers = true\n";
-        let relay = self.spawn(&self.work_dir.join(name), false, &hp, &hp, fed)?;
+        let config = config_text() + fed;
+        let relay = self.spawn(
+            &self.work_dir.join(name),
+            false,
+            &hp,
+            &hp,
+            &config,
+            LOG_FILTER,
+        )?;
         Ok((relay, host))
     }
 
@@ -127,11 +169,12 @@ impl Launcher {
         relaxed_fsync: bool,
         listen: &str,
         public_host: &str,
-        extra_config: &str,
+        config_text: &str,
+        log_filter: &str,
     ) -> Result<RelayProc> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("bench-relay.toml");
-        std::fs::write(&config, config_text() + extra_config)?;
+        std::fs::write(&config, config_text)?;
         let stderr = std::fs::File::create(dir.join("relay.stderr.log"))?;
         let mut cmd = match &self.relay_cpus {
             Some(cpus) => {
@@ -152,7 +195,7 @@ impl Launcher {
         .arg(dir.join("data"))
         .arg("--config")
         .arg(&config)
-        .env("FORMICA_LOG", "warn")
+        .env("FORMICA_LOG", log_filter)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr);
