@@ -372,6 +372,16 @@ fn sigkill_during_retention_removals_and_checkpoints_loses_nothing_acknowledged(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `relay <args> --data-dir <data>`, run to its end.
+fn relay_cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
 fn check_data(data: &std::path::Path) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
         .args(["check", "--public-host", "relay.test", "--data-dir"])
@@ -982,14 +992,7 @@ fn a_damaged_projection_is_named_by_check_and_repaired_by_rebuild() {
         assert_eq!(r.terminate(), Some(0));
         (inbox, b)
     };
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| relay_cli(&data, args);
     assert!(run(&["check"]).status.success());
     let log = data.join("log.redb");
     let pristine = std::fs::read(&log).unwrap();
@@ -1146,14 +1149,7 @@ fn a_damaged_checkpoint_snapshot_is_named_by_check_and_set_aside_by_rebuild() {
         assert_eq!(r.terminate(), Some(0));
         (a, b, before)
     };
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| relay_cli(&data, args);
     let out = run(&["check"]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -554,13 +554,17 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
     seen
 }
 
-#[test]
-fn federation_operations_reach_the_log() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn federation_operations_reach_the_log() {
+    let rt = runtime();
     let ops = vec![
         Op::Register(0),
         Op::Register(1),
@@ -593,11 +597,7 @@ fn federation_operations_reach_the_log() {
 /// of the log (checked in `run`), and a sweep with nothing to remove logs nothing.
 #[test]
 fn retention_removes_through_the_log() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let ops = vec![
         Op::Register(0),
         Op::Register(1),
@@ -642,11 +642,7 @@ fn retention_removes_through_the_log() {
 /// made.
 #[test]
 fn checkpoints_drop_records_and_the_rest_still_rebuilds() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let ops = vec![
         Op::Register(0),
         Op::Register(1),
@@ -682,7 +678,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
     fn rebuilding_projections_from_the_log_gives_the_live_state(ops in prop::collection::vec(op(), 1..60)) {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = runtime();
         let _ = rt.block_on(run(ops));
     }
 }

@@ -211,7 +211,8 @@ pub fn start_if_due(engine: &std::sync::Arc<super::Engine>) {
                     .writer
                     .submit(super::decide::Command::Checkpoint(mark))
                     .await;
-                if logged.is_err() {
+                let named = e.read().checkpoints.iter().any(|c| c.mark.len == mark.len);
+                if logged.is_err() && !named {
                     // No record names it: it goes (a start would remove it too).
                     if let Some(dir) = e.store().snapshot_dir() {
                         let _ = snapshot::remove(&snapshot::path(&dir, mark.len));
