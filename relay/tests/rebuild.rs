@@ -243,8 +243,17 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
                 .await
                 .unwrap()
                 .unwrap();
-                // Refused only when nothing was logged since the last one.
-                let _ = w.submit(Command::Checkpoint(mark)).await;
+                // Refused only when nothing was logged since the last one; published once its
+                // record is durable, removed otherwise (what the relay's checkpoint task does).
+                match w.submit(Command::Checkpoint(mark)).await {
+                    Ok(_) => {
+                        formica_relay::engine::checkpoint::publish(&*r.store, mark.len).unwrap()
+                    }
+                    Err(_) => {
+                        let p = formica_relay::store::snapshot::partial_path(&snaps, mark.len);
+                        std::fs::remove_file(p).unwrap();
+                    }
+                }
             }
             Op::Ask(i, j) => {
                 if let (Some(a), Some(b)) = (&agents[i], &agents[j]) {
@@ -515,6 +524,24 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
     seen.push(format!("first={}", store.base().unwrap().first));
     seen.push(format!("checkpoints={}", live.checkpoints.len()));
     if damage {
+        // A snapshot written but never logged (a stop between the two) is no snapshot: check
+        // passes beside it, and a start removes it.
+        let s2 = r.store.clone();
+        let extra = tokio::task::spawn_blocking(move || {
+            formica_relay::engine::checkpoint::snapshot(&*s2, &|| false)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            formica_relay::store::snapshot::list_partial(&snaps).unwrap(),
+            vec![extra.len]
+        );
+        formica_relay::engine::replay::check(store.clone(), &r.host(), None, true).unwrap();
+        formica_relay::engine::checkpoint::tidy(&*store, &live).unwrap();
+        assert!(formica_relay::store::snapshot::list_partial(&snaps)
+            .unwrap()
+            .is_empty());
         let newest = live.last_checkpoint().unwrap().mark.len;
         let p = formica_relay::store::snapshot::path(&snaps, newest);
         let mut b = std::fs::read(&p).unwrap();

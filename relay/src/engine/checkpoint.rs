@@ -5,7 +5,9 @@
 //! store, to a snapshot file (`store::snapshot`): the tables as one commit left them, so they
 //! are exactly the replay of the `projected` position they hold. The writer then logs a
 //! `checkpoint` record ([`Event::Checkpoint`](super::events::Event::Checkpoint)) that commits
-//! to that position's chain hash and to the snapshot's hash.
+//! to that position's chain hash (checked against the log when it is decided) and to the
+//! snapshot's hash; only once that record is durable is the file published under its name
+//! ([`publish`]), so every published snapshot has its record in the log.
 //!
 //! Once a second checkpoint is logged, the writer drops the records before the first one's
 //! `keep_from` ([`State::keep_from`]), [`DROP_CHUNK`] per batch, and then removes the snapshots
@@ -15,18 +17,20 @@
 //! - every record an inbox item or a queued transfer points at (their envelopes' bytes are
 //!   there, not in the tables).
 //!
-//! A rebuild (`replay`) loads the newest snapshot that reads whole and whose checkpoint record
-//! is in the kept log, then replays the records after its position. `relay check` checks the
+//! A rebuild (`replay`) loads the newest published snapshot that reads whole, then replays the
+//! records after its position, checking the snapshot against its checkpoint record. `relay check` checks the
 //! kept chain from the log's base, each snapshot against its checkpoint record, and the tables
 //! against the replay.
 
 use super::cell::StateCell;
 use super::events::CheckpointMark;
 use super::health::StoreHealth;
+use super::state::Db;
 use super::state::{codec, State};
 use crate::store::log::PROJECTED;
-use crate::store::snapshot::{self, SnapshotWriter};
+use crate::store::snapshot::{self, SnapshotInfo, SnapshotWriter};
 use crate::store::{EventLog, LogPosition, Store, StoreError, Table};
+use std::sync::Arc;
 
 /// Records dropped per commit: bounds the time one drop holds the writer (tens of ms).
 pub const DROP_CHUNK: u64 = 50_000;
@@ -124,11 +128,12 @@ pub fn after_batch(
     if keep_from <= health.log_first.load(Ordering::Relaxed) || !health.writable() {
         return Ok(());
     }
-    if health.drops_held() {
+    // Held until the drop is done, so that no reader takes a hold in between.
+    let Some(_free) = health.drops_free() else {
         // A check or a backup reads the records; the ticker asks again.
         health.drop_pending.store(true, Ordering::Relaxed);
         return Ok(());
-    }
+    };
     let more = compact(log, keep_from, older)?;
     let first = log.base()?.first;
     health.log_first.store(first, Ordering::Relaxed);
@@ -161,30 +166,58 @@ pub fn compact(log: &mut EventLog, keep_from: u64, older: Option<u64>) -> Result
         "log records behind the older checkpoint dropped"
     );
     if let (Some(dir), Some(older)) = (dir, older) {
-        for (len, p) in snapshot::list(&dir)? {
-            if len < older {
-                snapshot::remove(&p)?;
+        // A snapshot that cannot be removed is only space: the store is sound.
+        let old = snapshot::list(&dir).map(|l| l.into_iter().filter(|(n, _)| *n < older));
+        match old {
+            Ok(old) => {
+                for (_, p) in old {
+                    if let Err(e) = snapshot::remove(&p) {
+                        tracing::warn!(file = %p.display(), error = %e, "an old snapshot could not be removed");
+                    }
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "the snapshot folder could not be listed"),
         }
     }
     Ok(false)
 }
 
-/// At start: removes snapshots no checkpoint record of the state names (one written when the
-/// relay stopped before logging its record) and what an interrupted one left. A snapshot the
-/// state does name but that is gone or damaged is only reported here; `relay check` names it.
+/// At start: publishes a snapshot whose checkpoint record became durable just before a stop
+/// (it reads whole and is the one the record names), and removes what no record names: an
+/// unfinished or unlogged snapshot, a published one of a checkpoint no longer kept.
 pub fn tidy(store: &dyn Store, st: &State) -> Result<(), StoreError> {
     let Some(dir) = store.snapshot_dir() else {
         return Ok(());
     };
+    let named = |len: u64| st.checkpoints.iter().find(|c| c.mark.len == len);
+    for len in snapshot::list_partial(&dir)? {
+        let p = snapshot::partial_path(&dir, len);
+        let ok = named(len).is_some_and(|c| {
+            snapshot::check(&p).is_ok_and(|i| (i.hash, i.rows) == (c.mark.hash, c.mark.rows))
+        });
+        if ok {
+            tracing::info!(file = %p.display(), "publishing the snapshot of a logged checkpoint");
+            snapshot::publish(&dir, len)?;
+        } else {
+            snapshot::remove(&p)?;
+        }
+    }
     snapshot::remove_partials(&dir)?;
     for (len, p) in snapshot::list(&dir)? {
-        if !st.checkpoints.iter().any(|c| c.mark.len == len) {
+        if named(len).is_none() {
             tracing::info!(file = %p.display(), "removing a snapshot no checkpoint record names");
             snapshot::remove(&p)?;
         }
     }
     Ok(())
+}
+
+/// Publishes the snapshot of position `len` of `store` once its checkpoint record is durable.
+pub fn publish(store: &dyn Store, len: u64) -> Result<(), StoreError> {
+    match store.snapshot_dir() {
+        Some(dir) => snapshot::publish(&dir, len),
+        None => Ok(()),
+    }
 }
 
 /// Makes a checkpoint on a thread of its own when one is due and none is being made: the
@@ -211,14 +244,19 @@ pub fn start_if_due(engine: &std::sync::Arc<super::Engine>) {
                     .writer
                     .submit(super::decide::Command::Checkpoint(mark))
                     .await;
-                let named = e.read().checkpoints.iter().any(|c| c.mark.len == mark.len);
-                if logged.is_err() && !named {
-                    // No record names it: it goes (a start would remove it too).
-                    if let Some(dir) = e.store().snapshot_dir() {
-                        let _ = snapshot::remove(&snapshot::path(&dir, mark.len));
+                match logged {
+                    // Its record is durable: the snapshot is published.
+                    Ok(_) => publish(&**e.store(), mark.len)
+                        .map(|()| mark)
+                        .map_err(|x| x.to_string()),
+                    Err(x) => {
+                        // No record names it: it goes (a start would remove it too).
+                        if let Some(dir) = e.store().snapshot_dir() {
+                            let _ = snapshot::remove(&snapshot::partial_path(&dir, mark.len));
+                        }
+                        Err(x.message)
                     }
                 }
-                logged.map(|_| mark).map_err(|x| x.message)
             }
             Ok(Err(x)) => Err(x.to_string()),
             Err(x) => Err(x.to_string()),
@@ -248,4 +286,123 @@ pub fn start_if_due(engine: &std::sync::Arc<super::Engine>) {
         }
         e.checkpointing.store(false, Ordering::SeqCst);
     });
+}
+
+/// Checks that the checkpoint record of snapshot `info` is in the replayed records (`marks`)
+/// and says what the snapshot holds, and that its chain hash is the log's at that position.
+pub(crate) fn vouch_for(
+    store: &dyn Store,
+    info: &SnapshotInfo,
+    marks: &[CheckpointMark],
+) -> Result<(), StoreError> {
+    let bad = |why: String| StoreError::Corrupt {
+        seq: info.len,
+        reason: format!("checkpoint snapshot of record {}: {why}", info.len),
+    };
+    let Some(m) = marks.iter().find(|m| m.len == info.len) else {
+        return Err(bad("no checkpoint record in the log names it".into()));
+    };
+    if (m.head, m.hash, m.rows) != (info.head, info.hash, info.rows) {
+        return Err(bad(
+            "it is not the snapshot its checkpoint record names".into()
+        ));
+    }
+    if EventLog::chain_hash_at(store, info.len)? != Some(info.head) {
+        return Err(bad("its chain hash is not the log's at that record".into()));
+    }
+    Ok(())
+}
+
+/// A snapshot file that does not read whole, and why.
+pub type Damaged = (std::path::PathBuf, StoreError);
+
+/// The snapshots of `store` a replay could start from (position at least `at_least`, at most
+/// `end`), newest first, each checked whole, with the damaged ones apart.
+pub fn snapshots(
+    store: &dyn Store,
+    at_least: u64,
+    end: u64,
+) -> Result<(Vec<SnapshotInfo>, Vec<Damaged>), StoreError> {
+    let mut good = Vec::new();
+    let mut damaged = Vec::new();
+    if let Some(dir) = store.snapshot_dir() {
+        for (n, p) in snapshot::list(&dir)?.into_iter().rev() {
+            if n < at_least || n > end {
+                continue;
+            }
+            match snapshot::check(&p) {
+                Ok(info) if info.len == n => good.push(info),
+                Ok(_) => damaged.push((
+                    p.clone(),
+                    StoreError::Corrupt {
+                        seq: 0,
+                        reason: format!(
+                            "checkpoint snapshot {}: its header names another record",
+                            p.display()
+                        ),
+                    },
+                )),
+                Err(e @ StoreError::Corrupt { .. }) => damaged.push((p, e)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((good, damaged))
+}
+
+/// Loads the newest sound snapshot at or after record `at_least` (the record before the kept
+/// log) into `target`'s tables, in chunks, and returns it with the state it holds. Damaged
+/// snapshots passed over are logged.
+pub(crate) fn from_snapshot(
+    store: &Arc<dyn Store>,
+    host: &formica_protocol::RelayHost,
+    target: &Arc<dyn Store>,
+    at_least: u64,
+    end: u64,
+) -> Result<(SnapshotInfo, State), StoreError> {
+    let (good, damaged) = snapshots(&**store, at_least, end)?;
+    for (p, e) in &damaged {
+        tracing::error!(file = %p.display(), error = %e, "a checkpoint snapshot is damaged; an older one is used");
+    }
+    let Some(info) = good.first().copied() else {
+        return Err(StoreError::Corrupt {
+            seq: at_least + 1,
+            reason: format!(
+                "the log starts at record {} and no sound checkpoint snapshot covers the records before it{}",
+                at_least + 1,
+                damaged
+                    .first()
+                    .map(|(_, e)| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+        });
+    };
+    let dir = store
+        .snapshot_dir()
+        .ok_or_else(|| StoreError::Io("this store keeps no snapshots".into()))?;
+    let mut c = crate::store::Changes::new();
+    snapshot::read(&snapshot::path(&dir, info.len), &mut |t, k, v| {
+        // The position last, by the replay: an interrupted load leaves none.
+        if t == Table::Meta && k == crate::store::log::PROJECTED {
+            return Ok(());
+        }
+        c.insert((t, k.to_vec()), Some(v.to_vec()));
+        if c.len() >= super::replay::REBUILD_FLUSH_ROWS {
+            target.commit(0, &[], &[&std::mem::take(&mut c)])?;
+        }
+        Ok(())
+    })?;
+    target.commit(0, &[], &[&c])?;
+    let mut st = State::load(host.clone(), target.clone())?;
+    st.db = Db::with_log(target.clone(), store.clone());
+    if st.events != info.len {
+        return Err(StoreError::Corrupt {
+            seq: 0,
+            reason: format!(
+                "checkpoint snapshot of record {}: its counters say {} records",
+                info.len, st.events
+            ),
+        });
+    }
+    Ok((info, st))
 }

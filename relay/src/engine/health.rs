@@ -29,9 +29,11 @@ pub struct StoreHealth {
     /// Checkpoints made since start, and the log position of the last one.
     pub checkpoints: AtomicU64,
     pub checkpoint_len: AtomicU64,
-    /// Readers of old records beside the writer (a check, a backup, on a running relay): while
-    /// any holds, records are not dropped nor snapshots removed ([`StoreHealth::hold_drops`]).
-    drop_holds: AtomicU64,
+    /// Readers of old records beside the writer (a check, a backup, the background chain check):
+    /// while any holds, the writer drops no record and removes no old snapshot
+    /// ([`StoreHealth::hold_drops`]).
+    /// A mutex, so that a hold cannot be taken while a drop is under way.
+    drop_holds: std::sync::Mutex<u64>,
 }
 
 /// Keeps the log's records and snapshots from being dropped while it lives.
@@ -40,7 +42,8 @@ pub struct DropHold(std::sync::Arc<StoreHealth>);
 
 impl Drop for DropHold {
     fn drop(&mut self) {
-        self.0.drop_holds.fetch_sub(1, Ordering::SeqCst);
+        let mut n = self.0.drop_holds.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
     }
 }
 
@@ -59,7 +62,7 @@ impl Default for StoreHealth {
             drop_pending: AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
             checkpoint_len: AtomicU64::new(0),
-            drop_holds: AtomicU64::new(0),
+            drop_holds: std::sync::Mutex::new(0),
         }
     }
 }
@@ -91,14 +94,17 @@ impl StoreHealth {
 
     /// Holds records and snapshots where they are until the hold is dropped (the writer
     /// drops nothing meanwhile): a check or a backup reads them beside the writer.
+    /// Waits while records are being dropped.
     pub fn hold_drops(self: &std::sync::Arc<Self>) -> DropHold {
-        self.drop_holds.fetch_add(1, Ordering::SeqCst);
+        *self.drop_holds.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         DropHold(self.clone())
     }
 
-    /// True while a hold is taken.
-    pub fn drops_held(&self) -> bool {
-        self.drop_holds.load(Ordering::SeqCst) > 0
+    /// When no hold is taken: a guard under which none can be (the writer drops records while
+    /// it lives).
+    pub fn drops_free(&self) -> Option<std::sync::MutexGuard<'_, u64>> {
+        let g = self.drop_holds.lock().unwrap_or_else(|p| p.into_inner());
+        (*g == 0).then_some(g)
     }
 
     pub(super) fn set_writable(&self, v: bool) {

@@ -301,7 +301,7 @@ pub struct RetentionPolicy {
     /// A checkpoint (a snapshot of the tables, then dropping the log records behind the one
     /// before) is made once this many records were logged since the last: 1,000,000. A
     /// snapshot costs a read of every table row, so not much more often than that; the log
-    /// then holds about twice this plus what kept inbox items and queues point at.
+    /// then holds about twice this, or from the oldest record a kept item points at.
     pub checkpoint_records: u64,
 }
 

@@ -3,7 +3,6 @@
 
 use super::events::{CheckpointMark, Event};
 use super::state::{Db, State};
-use crate::store::snapshot::{self, SnapshotInfo};
 use crate::store::{EventLog, LogPosition, MemStore, Rows, Store, StoreError, Table};
 use std::sync::Arc;
 
@@ -156,7 +155,7 @@ pub fn check(
         }
     }
     // Every snapshot the log may need must read whole and be the one its record names.
-    let (good, damaged) = snapshots(&*store, base.first - 1, log.len())?;
+    let (good, damaged) = super::checkpoint::snapshots(&*store, base.first - 1, log.len())?;
     if let Some((_, e)) = damaged.into_iter().next() {
         return Err(e);
     }
@@ -164,10 +163,20 @@ pub fn check(
         let marks: Vec<CheckpointMark> = st.checkpoints.iter().map(|c| c.mark).collect();
         // Snapshots of checkpoints before the last two go once their records are dropped.
         if marks.iter().any(|m| m.len == info.len) {
-            vouch_for(&*store, info, &marks)?;
+            super::checkpoint::vouch_for(&*store, info, &marks)?;
         }
     }
     if compare {
+        if store
+            .get(Table::Meta, crate::engine::state::FORMAT)?
+            .as_deref()
+            != Some(crate::engine::state::FORMAT_VERSION)
+        {
+            return Err(StoreError::Corrupt {
+                seq: 0,
+                reason: "the projection tables are of an earlier format (relay serve or relay check --rebuild rebuilds them)".into(),
+            });
+        }
         match LogPosition::projected(&*store)? {
             Some(p) if p == log.position() => {}
             Some(p) => {
@@ -296,15 +305,35 @@ pub fn rebuild(
     store: Arc<dyn Store>,
     host: &formica_protocol::RelayHost,
 ) -> Result<(EventLog, State), StoreError> {
+    // A log that starts after record 1 can only be rebuilt from a sound snapshot: without one,
+    // the tables are left as they are (they may be all that is left of the records dropped).
+    let base = store.base()?;
+    if base.first > 1
+        && super::checkpoint::snapshots(&*store, base.first - 1, store.len()?)?
+            .0
+            .is_empty()
+    {
+        return Err(StoreError::Corrupt {
+            seq: base.first,
+            reason: format!(
+                "the log starts at record {} and no sound checkpoint snapshot covers the records before it; the tables were left as they are",
+                base.first
+            ),
+        });
+    }
     store.clear_projections()?;
     let r = replay_into(store.clone(), host, None, store.clone())?;
     // Snapshots that do not read whole are set aside (renamed `*.damaged`): the tables were
     // rebuilt without them, and the writer never drops records behind a missing one.
-    let (_, damaged) = snapshots(&*store, 0, u64::MAX)?;
+    let (_, damaged) = super::checkpoint::snapshots(&*store, 0, u64::MAX)?;
     for (p, e) in damaged {
         let aside = p.with_extension("snap.damaged");
         tracing::error!(file = %p.display(), error = %e, "a damaged checkpoint snapshot is set aside");
         std::fs::rename(&p, &aside).map_err(|x| StoreError::Io(format!("{}: {x}", p.display())))?;
+        if let Some(dir) = p.parent() {
+            crate::store::sync_dir(dir)
+                .map_err(|x| StoreError::Io(format!("{}: {x}", dir.display())))?;
+        }
     }
     Ok(r)
 }
@@ -332,7 +361,13 @@ pub fn replay_into(
             Some(l) => l,
             None => store.len()?,
         };
-        Some(from_snapshot(&store, host, &target, base.first - 1, end)?)
+        Some(super::checkpoint::from_snapshot(
+            &store,
+            host,
+            &target,
+            base.first - 1,
+            end,
+        )?)
     } else {
         None
     };
@@ -411,7 +446,7 @@ pub fn replay_into(
         let (mut st, marks) = applied?;
         let log = opened?;
         if let Some(info) = info {
-            vouch_for(&*store, &info, &marks)?;
+            super::checkpoint::vouch_for(&*store, &info, &marks)?;
         }
         let c = st.take_changes()?;
         let format = crate::engine::state::format_change();
@@ -419,125 +454,6 @@ pub fn replay_into(
         st.committed();
         Ok((log, st))
     })
-}
-
-/// Checks that the checkpoint record of snapshot `info` is in the replayed records (`marks`)
-/// and says what the snapshot holds, and that its chain hash is the log's at that position.
-fn vouch_for(
-    store: &dyn Store,
-    info: &SnapshotInfo,
-    marks: &[CheckpointMark],
-) -> Result<(), StoreError> {
-    let bad = |why: String| StoreError::Corrupt {
-        seq: info.len,
-        reason: format!("checkpoint snapshot of record {}: {why}", info.len),
-    };
-    let Some(m) = marks.iter().find(|m| m.len == info.len) else {
-        return Err(bad("no checkpoint record in the log names it".into()));
-    };
-    if (m.head, m.hash, m.rows) != (info.head, info.hash, info.rows) {
-        return Err(bad(
-            "it is not the snapshot its checkpoint record names".into()
-        ));
-    }
-    if EventLog::chain_hash_at(store, info.len)? != Some(info.head) {
-        return Err(bad("its chain hash is not the log's at that record".into()));
-    }
-    Ok(())
-}
-
-/// A snapshot file that does not read whole, and why.
-pub type Damaged = (std::path::PathBuf, StoreError);
-
-/// The snapshots of `store` a replay could start from (position at least `at_least`, at most
-/// `end`), newest first, each checked whole, with the damaged ones apart.
-pub fn snapshots(
-    store: &dyn Store,
-    at_least: u64,
-    end: u64,
-) -> Result<(Vec<SnapshotInfo>, Vec<Damaged>), StoreError> {
-    let mut good = Vec::new();
-    let mut damaged = Vec::new();
-    if let Some(dir) = store.snapshot_dir() {
-        for (n, p) in snapshot::list(&dir)?.into_iter().rev() {
-            if n < at_least || n > end {
-                continue;
-            }
-            match snapshot::check(&p) {
-                Ok(info) if info.len == n => good.push(info),
-                Ok(_) => damaged.push((
-                    p.clone(),
-                    StoreError::Corrupt {
-                        seq: 0,
-                        reason: format!(
-                            "checkpoint snapshot {}: its header names another record",
-                            p.display()
-                        ),
-                    },
-                )),
-                Err(e @ StoreError::Corrupt { .. }) => damaged.push((p, e)),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok((good, damaged))
-}
-
-/// Loads the newest sound snapshot at or after record `at_least` (the record before the kept
-/// log) into `target`'s tables, in chunks, and returns it with the state it holds. Damaged
-/// snapshots passed over are logged.
-fn from_snapshot(
-    store: &Arc<dyn Store>,
-    host: &formica_protocol::RelayHost,
-    target: &Arc<dyn Store>,
-    at_least: u64,
-    end: u64,
-) -> Result<(SnapshotInfo, State), StoreError> {
-    let (good, damaged) = snapshots(&**store, at_least, end)?;
-    for (p, e) in &damaged {
-        tracing::error!(file = %p.display(), error = %e, "a checkpoint snapshot is damaged; an older one is used");
-    }
-    let Some(info) = good.first().copied() else {
-        return Err(StoreError::Corrupt {
-            seq: at_least + 1,
-            reason: format!(
-                "the log starts at record {} and no sound checkpoint snapshot covers the records before it{}",
-                at_least + 1,
-                damaged
-                    .first()
-                    .map(|(_, e)| format!(" ({e})"))
-                    .unwrap_or_default()
-            ),
-        });
-    };
-    let dir = store
-        .snapshot_dir()
-        .ok_or_else(|| StoreError::Io("this store keeps no snapshots".into()))?;
-    let mut c = crate::store::Changes::new();
-    snapshot::read(&snapshot::path(&dir, info.len), &mut |t, k, v| {
-        // The position last, by the replay: an interrupted load leaves none.
-        if t == Table::Meta && k == crate::store::log::PROJECTED {
-            return Ok(());
-        }
-        c.insert((t, k.to_vec()), Some(v.to_vec()));
-        if c.len() >= REBUILD_FLUSH_ROWS {
-            target.commit(0, &[], &[&std::mem::take(&mut c)])?;
-        }
-        Ok(())
-    })?;
-    target.commit(0, &[], &[&c])?;
-    let mut st = State::load(host.clone(), target.clone())?;
-    st.db = Db::with_log(target.clone(), store.clone());
-    if st.events != info.len {
-        return Err(StoreError::Corrupt {
-            seq: 0,
-            reason: format!(
-                "checkpoint snapshot of record {}: its counters say {} records",
-                info.len, st.events
-            ),
-        });
-    }
-    Ok((info, st))
 }
 
 #[cfg(test)]

@@ -15,7 +15,10 @@
 //! ```
 //! `hash = BLAKE3("formica/relay-snapshot/v1\0" || len || head || every row as encoded)`: the
 //! projections' hash the checkpoint record carries. A file is written as `<name>.partial`,
-//! synced, and renamed; a reader checks the order, the count and the hash.
+//! synced, and left under that name until the checkpoint record that names it is durable; only
+//! then is it renamed ([`publish`]). So a `.snap` file always has its record in the log, and a
+//! `.partial` one is either unfinished (removed) or waiting for its record (published at start
+//! when the record is there). A reader checks the order, the count and the hash.
 
 use super::{io, StoreError, Table, TableVisit};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -73,6 +76,39 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     Ok(out)
 }
 
+/// The snapshot of position `len` in `dir` before it is published.
+pub fn partial_path(dir: &Path, len: u64) -> PathBuf {
+    path(dir, len).with_extension("snap.partial")
+}
+
+/// The positions of the snapshots in `dir` that are written but not published.
+pub fn list_partial(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(format!("{}: {e}", dir.display()))),
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".snap.partial")) {
+            if let (20, Ok(len)) = (stem.len(), stem.parse::<u64>()) {
+                out.push(len);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Publishes the snapshot of position `len` (its checkpoint record is durable): renames it to
+/// its name and syncs the folder.
+pub fn publish(dir: &Path, len: u64) -> Result<(), StoreError> {
+    let (from, to) = (partial_path(dir, len), path(dir, len));
+    std::fs::rename(&from, &to).map_err(|e| io(format!("{}: {e}", from.display())))?;
+    super::sync_dir(dir).map_err(|e| io(format!("{}: {e}", dir.display())))
+}
+
 /// Removes what an interrupted snapshot left (`*.partial`) from `dir`.
 pub fn remove_partials(dir: &Path) -> Result<(), StoreError> {
     let entries = match std::fs::read_dir(dir) {
@@ -128,7 +164,6 @@ pub struct SnapshotWriter {
     /// `None` once finished.
     file: Option<BufWriter<std::fs::File>>,
     partial: PathBuf,
-    fin: PathBuf,
     hasher: blake3::Hasher,
     len: u64,
     head: [u8; 32],
@@ -139,12 +174,16 @@ pub struct SnapshotWriter {
 
 impl SnapshotWriter {
     /// Starts the snapshot of position `len` (chain hash `head`) in `dir`, created 0700 if
-    /// missing. A snapshot of that position already there is replaced when this one finishes.
+    /// missing.
     pub fn create(dir: &Path, len: u64, head: [u8; 32]) -> Result<SnapshotWriter, StoreError> {
-        super::datadir::create_private_dir(dir)
-            .map_err(|e| io(format!("{}: {e}", dir.display())))?;
-        let fin = path(dir, len);
-        let partial = fin.with_extension("snap.partial");
+        if !dir.exists() {
+            super::datadir::create_private_dir(dir)
+                .map_err(|e| io(format!("{}: {e}", dir.display())))?;
+            if let Some(parent) = dir.parent() {
+                super::sync_dir(parent).map_err(|e| io(format!("{}: {e}", parent.display())))?;
+            }
+        }
+        let partial = partial_path(dir, len);
         let file = std::os::unix::fs::OpenOptionsExt::mode(
             std::fs::OpenOptions::new()
                 .write(true)
@@ -157,7 +196,6 @@ impl SnapshotWriter {
         let mut w = SnapshotWriter {
             file: Some(BufWriter::with_capacity(1 << 20, file)),
             partial,
-            fin,
             hasher: hasher(len, &head),
             len,
             head,
@@ -204,7 +242,8 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the trailer, syncs the file, renames it to its name and syncs the folder.
+    /// Writes the trailer and syncs the file and the folder; the file keeps its `.partial`
+    /// name until [`publish`].
     pub fn finish(mut self) -> Result<SnapshotInfo, StoreError> {
         let hash = *self.hasher.finalize().as_bytes();
         self.put(&[END])?;
@@ -215,14 +254,17 @@ impl SnapshotWriter {
         let Some(file) = self.file.take() else {
             return Err(StoreError::Io("the snapshot is finished".into()));
         };
-        let file = file
+        let synced = file
             .into_inner()
-            .map_err(|e| at(e.into_error(), &self.partial))?;
-        file.sync_all().map_err(|e| at(e, &self.partial))?;
-        drop(file);
-        std::fs::rename(&self.partial, &self.fin).map_err(|e| at(e, &self.fin))?;
-        if let Some(dir) = self.fin.parent() {
-            super::sync_dir(dir).map_err(|e| at(e, dir))?;
+            .map_err(|e| at(e.into_error(), &self.partial))
+            .and_then(|f| f.sync_all().map_err(|e| at(e, &self.partial)))
+            .and_then(|()| match self.partial.parent() {
+                Some(dir) => super::sync_dir(dir).map_err(|e| at(e, dir)),
+                None => Ok(()),
+            });
+        if let Err(e) = synced {
+            let _ = std::fs::remove_file(&self.partial);
+            return Err(e);
         }
         Ok(SnapshotInfo {
             len: self.len,
@@ -369,6 +411,11 @@ mod tests {
         assert!(w.row(Table::Agents, b"@b@x", b"").is_err());
         let info = w.finish().unwrap();
         assert_eq!((info.len, info.rows), (42, 4));
+        // Not a snapshot until published.
+        assert!(list(&d).unwrap().is_empty());
+        assert_eq!(list_partial(&d).unwrap(), vec![42]);
+        publish(&d, 42).unwrap();
+        assert!(list_partial(&d).unwrap().is_empty());
         assert_eq!(list(&d).unwrap(), vec![(42, path(&d, 42))]);
         let mut got = Vec::new();
         let again = read(&path(&d, 42), &mut |t, k, v| {

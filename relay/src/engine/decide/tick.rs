@@ -92,7 +92,13 @@ pub(super) fn checkpoint(
     mark: crate::engine::events::CheckpointMark,
 ) -> Decision {
     let last = st.last_checkpoint().map(|c| c.mark.len).unwrap_or(0);
-    if mark.len <= last || mark.len > st.events || mark.keep_from > mark.len + 1 {
+    // The snapshot was read beside the writer: record `mark.len` must still be the one it saw
+    // (a store reopened after a failed write may have put other records there since).
+    if mark.len <= last
+        || mark.len > st.events
+        || mark.keep_from > mark.len + 1
+        || st.db.chain_hash_at(mark.len) != Some(mark.head)
+    {
         return Err(crate::engine::error::ApiError::new(
             formica_protocol::ErrorCode::Internal,
             format!(

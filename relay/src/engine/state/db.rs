@@ -128,6 +128,14 @@ impl Db {
         })
     }
 
+    /// The chain hash of log record `seq` as the store holds it now (`None`: not there, or not
+    /// readable): what a checkpoint record's `head` must be.
+    pub fn chain_hash_at(&self, seq: u64) -> Option<[u8; 32]> {
+        crate::store::EventLog::chain_hash_at(&*self.log, seq)
+            .ok()
+            .flatten()
+    }
+
     /// One row, or an error from the store.
     pub fn try_get(&self, t: Table, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = (t, k.to_vec());
