@@ -6,9 +6,12 @@ use super::{Changes, LogBase, Store, StoreError, Table, Visit};
 use std::sync::Arc;
 
 /// The row of [`Table::Meta`] that says which log position the projection tables are the
-/// replay of: the record count (u64 BE) and the chain hash of the last record. Every commit of
-/// records through [`EventLog::append_with`] writes it in the same transaction.
-pub const PROJECTED: &[u8] = b"projected";
+/// replay of: the last record's number (u64 BE) and its chain hash. Every commit of records
+/// through [`EventLog::append_with`] writes it in the same transaction. Named `projected-2`
+/// since the tables' format 2 (dedup ids by `ts` only): a binary of the previous release looks
+/// for `projected`, finds none and rebuilds its tables from the log (or refuses a log whose
+/// first records were dropped), instead of loading tables it would misread.
+pub const PROJECTED: &[u8] = b"projected-2";
 
 const CHAIN_TAG: &[u8] = b"formica/relay-log/v1\0";
 
