@@ -56,12 +56,17 @@ pub fn snapshot(store: &dyn Store, stop: &dyn Fn() -> bool) -> Result<Checkpoint
     let mut w: Option<SnapshotWriter> = None;
     let mut min_ref = u64::MAX;
     let mut seen = 0u64;
-    let start = |at: Option<LogPosition>| -> Result<SnapshotWriter, StoreError> {
+    // The writer, once the position is known, with the `meta` rows read before it.
+    let start = |at: Option<LogPosition>, meta: &mut Vec<(Vec<u8>, Vec<u8>)>| {
         let p = at.ok_or_else(|| StoreError::Corrupt {
             seq: 0,
             reason: "projection table meta: no projected position".into(),
         })?;
-        SnapshotWriter::create(&dir, p.len, p.head)
+        let mut w = SnapshotWriter::create(&dir, p.len, p.head)?;
+        for (k, v) in meta.drain(..) {
+            w.row(Table::Meta, &k, &v)?;
+        }
+        Ok::<_, StoreError>(w)
     };
     store.projections(&mut |t, k, v| {
         seen += 1;
@@ -73,34 +78,26 @@ pub fn snapshot(store: &dyn Store, stop: &dyn Fn() -> bool) -> Result<Checkpoint
                 min_ref = min_ref.min(seq);
             }
         }
-        if w.is_none() {
-            if t == Table::Meta {
-                if k == PROJECTED {
-                    at = Some(LogPosition::decode(v)?);
-                }
-                meta.push((k.to_vec(), v.to_vec()));
-                return Ok(());
+        if w.is_none() && t == Table::Meta {
+            if k == PROJECTED {
+                at = Some(LogPosition::decode(v)?);
             }
-            let mut nw = start(at)?;
-            for (k, v) in meta.drain(..) {
-                nw.row(Table::Meta, &k, &v)?;
-            }
-            w = Some(nw);
+            meta.push((k.to_vec(), v.to_vec()));
+            return Ok(());
         }
-        match w.as_mut() {
+        match &mut w {
             Some(w) => w.row(t, k, v),
-            None => Ok(()),
+            None => {
+                let mut nw = start(at, &mut meta)?;
+                nw.row(t, k, v)?;
+                w = Some(nw);
+                Ok(())
+            }
         }
     })?;
     let w = match w {
         Some(w) => w,
-        None => {
-            let mut nw = start(at)?;
-            for (k, v) in meta.drain(..) {
-                nw.row(Table::Meta, &k, &v)?;
-            }
-            nw
-        }
+        None => start(at, &mut meta)?,
     };
     let info = w.finish()?;
     Ok(CheckpointMark {

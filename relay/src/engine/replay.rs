@@ -159,8 +159,8 @@ pub fn check(
     if let Some((_, e)) = damaged.into_iter().next() {
         return Err(e);
     }
+    let marks: Vec<CheckpointMark> = st.checkpoints.iter().map(|c| c.mark).collect();
     for info in &good {
-        let marks: Vec<CheckpointMark> = st.checkpoints.iter().map(|c| c.mark).collect();
         // Snapshots of checkpoints before the last two go once their records are dropped.
         if marks.iter().any(|m| m.len == info.len) {
             super::checkpoint::vouch_for(&*store, info, &marks)?;

@@ -51,9 +51,9 @@ pub fn path(dir: &Path, len: u64) -> PathBuf {
     dir.join(format!("{len:020}.snap"))
 }
 
-/// The snapshots in `dir`, by position (a missing folder holds none). Files with other names
-/// are left alone.
-pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+/// The positions of the files in `dir` named `<position, 20 digits><suffix>`, in order, with
+/// their paths (a missing folder holds none; other names are left alone).
+fn positions(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -63,17 +63,19 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     for e in entries {
         let e = e.map_err(|e| io(format!("{}: {e}", dir.display())))?;
         let name = e.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".snap")) else {
-            continue;
-        };
-        if stem.len() == 20 {
-            if let Ok(len) = stem.parse::<u64>() {
+        if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix)) {
+            if let (20, Ok(len)) = (stem.len(), stem.parse::<u64>()) {
                 out.push((len, e.path()));
             }
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// The published snapshots in `dir`, by position.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    positions(dir, ".snap")
 }
 
 /// The snapshot of position `len` in `dir` before it is published.
@@ -83,22 +85,10 @@ pub fn partial_path(dir: &Path, len: u64) -> PathBuf {
 
 /// The positions of the snapshots in `dir` that are written but not published.
 pub fn list_partial(dir: &Path) -> Result<Vec<u64>, StoreError> {
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io(format!("{}: {e}", dir.display()))),
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".snap.partial")) {
-            if let (20, Ok(len)) = (stem.len(), stem.parse::<u64>()) {
-                out.push(len);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(positions(dir, ".snap.partial")?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
 }
 
 /// Publishes the snapshot of position `len` (its checkpoint record is durable): renames it to
