@@ -291,3 +291,89 @@ fn a_log_whose_first_records_were_dropped_reopens_checks_and_backs_up_from_its_b
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A store written by a release on redb 2 (file format v2, which redb 3 and later cannot read):
+/// `relay check` (read-only) reads it through an upgrade in its overlay and leaves the file as
+/// it was; opening it for writing upgrades it in place, once, keeping every record and row.
+#[test]
+fn a_store_in_redb_file_format_v2_is_upgraded_in_the_overlay_to_check_and_in_place_to_serve() {
+    let dir = tempdir("format-v2");
+    let v3 = dir.join("v3.redb");
+    let path = dir.join("log.redb");
+    let records: Vec<(u64, Vec<u8>)> = {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&v3).unwrap());
+        let mut log = EventLog::open(store.clone(), &mut |_, _| Ok(())).unwrap();
+        for i in 0..5u8 {
+            log.append(&[vec![b'r', i]]).unwrap();
+        }
+        let mut out = Vec::new();
+        store
+            .scan(1, 5, &mut |seq, r| {
+                out.push((seq, r.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        out
+    };
+    // The same records and one meta row, written by redb 2.6 in its default format (v2), in the
+    // tables the store keeps them in.
+    {
+        let db = redb2::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn
+                .open_table(redb2::TableDefinition::<u64, &[u8]>::new("log"))
+                .unwrap();
+            for (seq, r) in &records {
+                t.insert(*seq, r.as_slice()).unwrap();
+            }
+            let mut p = txn
+                .open_table(redb2::TableDefinition::<&[u8], &[u8]>::new("projections"))
+                .unwrap();
+            let key = [&[formica_relay::store::Table::Meta.code()][..], b"x"].concat();
+            p.insert(key.as_slice(), b"kept".as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    assert!(
+        matches!(
+            redb::Database::open(&path),
+            Err(redb::DatabaseError::UpgradeRequired(2))
+        ),
+        "the fixture is not of format v2"
+    );
+    let before = std::fs::read(&path).unwrap();
+    let same = |store: Arc<dyn Store>| {
+        let mut got = Vec::new();
+        store
+            .scan(1, 5, &mut |seq, r| {
+                got.push((seq, r.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(got, records);
+        assert_eq!(
+            EventLog::open(store.clone(), &mut |_, _| Ok(()))
+                .unwrap()
+                .len(),
+            5
+        );
+        assert_eq!(
+            store
+                .get(formica_relay::store::Table::Meta, b"x")
+                .unwrap()
+                .as_deref(),
+            Some(&b"kept"[..])
+        );
+    };
+    same(Arc::new(RedbStore::open_read_only(&path).unwrap()));
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "a read-only open changed the file"
+    );
+    same(Arc::new(RedbStore::open(&path).unwrap()));
+    // Upgraded on disk: redb opens it as it is now, and it still holds everything.
+    drop(redb::Database::open(&path).unwrap());
+    same(Arc::new(RedbStore::open_read_only(&path).unwrap()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -10,7 +10,7 @@
 //!   check before `relay serve` trusts a file, the rebuild after a failed write) is opened on
 //!   this: the file stays byte for byte as it was, whatever redb does.
 
-use redb::StorageBackend;
+use redb::{BackendError, StorageBackend};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
@@ -77,33 +77,32 @@ impl FileStorage {
 }
 
 impl StorageBackend for FileStorage {
-    fn len(&self) -> io::Result<u64> {
+    fn len(&self) -> Result<u64, BackendError> {
         Ok(self.file.metadata()?.len())
     }
 
-    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0; len];
-        self.file.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.file.read_exact_at(out, offset)?;
+        Ok(())
     }
 
-    fn set_len(&self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> Result<(), BackendError> {
         self.faults.check()?;
-        self.file.set_len(len)
+        Ok(self.file.set_len(len)?)
     }
 
-    fn sync_data(&self, _eventual: bool) -> io::Result<()> {
+    fn sync_data(&self) -> Result<(), BackendError> {
         self.faults.check()?;
         if self.faults.sync_full.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(28));
+            return Err(io::Error::from_raw_os_error(28).into());
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.file.sync_data()
+        Ok(self.file.sync_data()?)
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         self.faults.check()?;
-        self.file.write_all_at(data, offset)
+        Ok(self.file.write_all_at(data, offset)?)
     }
 }
 
@@ -168,30 +167,32 @@ impl OverlayStorage {
 }
 
 impl StorageBackend for OverlayStorage {
-    fn len(&self) -> io::Result<u64> {
+    fn len(&self) -> Result<u64, BackendError> {
         Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()).len)
     }
 
-    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let len = out.len();
         let o = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let end = offset
             .checked_add(len as u64)
             .filter(|e| *e <= o.len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
-        let mut out = Vec::with_capacity(len);
+        let mut filled = 0;
         let mut at = offset;
         while at < end {
             let n = at / BLOCK;
             let block = self.block(&o, n)?;
             let from = (at - n * BLOCK) as usize;
             let to = ((end - n * BLOCK).min(BLOCK)) as usize;
-            out.extend_from_slice(&block[from..to]);
+            out[filled..filled + (to - from)].copy_from_slice(&block[from..to]);
+            filled += to - from;
             at = n * BLOCK + to as u64;
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn set_len(&self, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> Result<(), BackendError> {
         let mut o = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if len < o.len {
             // Blocks wholly beyond the new end go; a block cut in two keeps its head.
@@ -211,11 +212,11 @@ impl StorageBackend for OverlayStorage {
         Ok(())
     }
 
-    fn sync_data(&self, _eventual: bool) -> io::Result<()> {
+    fn sync_data(&self) -> Result<(), BackendError> {
         Ok(())
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         let mut o = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let end = offset + data.len() as u64;
         let mut at = offset;
@@ -250,6 +251,10 @@ mod tests {
         let original: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &original).unwrap();
         let o = OverlayStorage::new(File::open(&path).unwrap()).unwrap();
+        let read = |at: u64, len: usize| {
+            let mut out = vec![0; len];
+            o.read(at, &mut out).map(|()| out)
+        };
         let mut model = original.clone();
         {
             let mut write = |at: usize, data: &[u8]| {
@@ -262,14 +267,14 @@ mod tests {
             write(4000, &[7; 300]);
             write(9_990, &[9; 40]);
         }
-        assert_eq!(o.read(0, model.len()).unwrap(), model);
+        assert_eq!(read(0, model.len()).unwrap(), model);
         // Truncate inside a written block, then grow: the cut part reads as zeros.
         o.set_len(4100).unwrap();
         model.truncate(4100);
         o.set_len(12_000).unwrap();
         model.resize(12_000, 0);
-        assert_eq!(o.read(0, 12_000).unwrap(), model);
-        assert!(o.read(11_999, 2).is_err());
+        assert_eq!(read(0, 12_000).unwrap(), model);
+        assert!(read(11_999, 2).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), original);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -25,6 +25,7 @@ pub mod log;
 mod mem;
 mod redb;
 mod redb_damage;
+mod redb_upgrade;
 pub mod snapshot;
 pub mod tables;
 

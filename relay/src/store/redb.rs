@@ -8,7 +8,9 @@
 
 use super::backend::{FileStorage, OverlayStorage, StoreFaults};
 use super::redb_damage::{damage, quietly};
+use super::redb_upgrade::{self, SharedOverlay};
 use super::{io, Changes, LogBase, RowVisit, Store, StoreError, Table, TableVisit, Visit};
+use redb::ReadableDatabase;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,10 +57,11 @@ fn read_base(txn: &redb::ReadTransaction) -> Result<LogBase, StoreError> {
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(LogBase::default()),
         Err(e) => return Err(io(e)),
     };
-    match t.get(BASE_KEY).map_err(io)? {
+    let base = match t.get(BASE_KEY).map_err(io)? {
         Some(v) => LogBase::decode(v.value()),
         None => Ok(LogBase::default()),
-    }
+    };
+    base
 }
 
 /// A read error inside a table: the file's pages are damaged.
@@ -124,20 +127,8 @@ impl RedbStore {
         faults: Arc<StoreFaults>,
     ) -> Result<RedbStore, StoreError> {
         let store = RedbStore {
-            path: path.to_path_buf(),
-            db: RwLock::new(None),
-            fallback: RwLock::new(None),
-            durability: if unsafe_relaxed_fsync {
-                redb::Durability::None
-            } else {
-                redb::Durability::Immediate
-            },
-            read_only: false,
-            recovered: AtomicBool::new(false),
-            syncs: Arc::default(),
             faults,
-            cache_bytes: CACHE_BYTES_DEFAULT,
-            quick_repair: false,
+            ..Self::closed(path, unsafe_relaxed_fsync)
         };
         let db = store.open_db()?;
         *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
@@ -186,16 +177,8 @@ impl RedbStore {
     /// is left byte for byte as it was. Appending is refused.
     pub fn open_read_only(path: &Path) -> Result<RedbStore, StoreError> {
         let store = RedbStore {
-            path: path.to_path_buf(),
-            db: RwLock::new(None),
-            fallback: RwLock::new(None),
-            durability: redb::Durability::Immediate,
             read_only: true,
-            recovered: AtomicBool::new(false),
-            syncs: Arc::default(),
-            faults: Arc::default(),
-            cache_bytes: CACHE_BYTES_DEFAULT,
-            quick_repair: false,
+            ..Self::closed(path, false)
         };
         let db = store.open_db()?;
         *store.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
@@ -240,14 +223,29 @@ impl RedbStore {
         let mut builder = Database::builder();
         builder.set_cache_size(self.cache_bytes);
         builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
-        let opened = if read_only {
-            let storage = OverlayStorage::new(file).map_err(in_use)?;
-            quietly(|| builder.create_with_backend(storage))
+        let mut opened = if read_only {
+            let overlay = SharedOverlay(Arc::new(OverlayStorage::new(file).map_err(in_use)?));
+            let first = quietly(|| builder.create_with_backend(overlay.clone()));
+            if let Ok(Err(redb::DatabaseError::UpgradeRequired(2))) = first {
+                redb_upgrade::in_overlay(&overlay, path)?;
+                quietly(|| builder.create_with_backend(overlay))
+            } else {
+                first
+            }
         } else {
             let storage =
                 FileStorage::new(file, self.syncs.clone(), self.faults.clone()).map_err(in_use)?;
             quietly(|| builder.create_with_backend(storage))
         };
+        if !read_only {
+            if let Ok(Err(redb::DatabaseError::UpgradeRequired(2))) = opened {
+                // The failed open closed the file (and its lock): redb 2 opens it to upgrade it.
+                let file = redb_upgrade::in_place(path, self.cache_bytes)?;
+                let storage = FileStorage::new(file, self.syncs.clone(), self.faults.clone())
+                    .map_err(in_use)?;
+                opened = quietly(|| builder.create_with_backend(storage));
+            }
+        }
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
@@ -286,7 +284,7 @@ impl RedbStore {
     /// allocator state saved with the commit, in two phases: a crash needs no full repair).
     fn write_txn(&self, db: &Database) -> Result<redb::WriteTransaction, StoreError> {
         let mut txn = db.begin_write().map_err(io)?;
-        txn.set_durability(self.durability);
+        txn.set_durability(self.durability).map_err(io)?;
         txn.set_quick_repair(self.quick_repair);
         Ok(txn)
     }
@@ -437,8 +435,8 @@ impl Store for RedbStore {
                 Err(e) => return Err(damaged(table, e)),
             };
             let iter = match &hi {
-                Some(hi) => t.range::<&[u8]>(lo.as_slice()..hi.as_slice()),
-                None => t.range::<&[u8]>(lo.as_slice()..),
+                Some(hi) => t.range(lo.as_slice()..hi.as_slice()),
+                None => t.range(lo.as_slice()..),
             }
             .map_err(|e| damaged(table, e))?;
             for item in iter {

@@ -47,7 +47,7 @@ pub(crate) fn damage(path: &Path, engine_said: &str) -> StoreError {
     let said = engine_said.lines().next().unwrap_or("").trim();
     let kind = if len == 0 {
         "it is empty".to_owned()
-    } else if said.contains("raw_file_len") {
+    } else if said.contains("raw_file_len") || said.contains("truncated below") {
         format!("it was cut short: its {len} bytes are fewer than its header says the store holds")
     } else if said.contains("invalid data") || said.contains("magic number") {
         "its header is damaged: it does not start like a store file".to_owned()
