@@ -219,6 +219,20 @@ fn serve_until_ready(
 /// the stop clean: the check's thread holds the store, and a relay stopped while it runs exits
 /// without closing the store (the relay logs "the store is closed" all the same), so that the
 /// next start finds a file to repair.
+/// Waits until the relay at `addr` has checked its whole log (the background check after start).
+pub async fn until_log_checked(addr: &str) -> Result<()> {
+    let deadline = Instant::now() + LOG_CHECK_TIMEOUT;
+    loop {
+        if crate::ingest::relay_metric(addr, "formica_store_log_checked").await? == 1 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the relay's background check of the log did not finish within {LOG_CHECK_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub fn time_serve(
     launcher: &Launcher,
     dir: &Path,
@@ -227,16 +241,8 @@ pub fn time_serve(
     let (mut relay, to_ready, rss_after_ready, rss_peak_at_ready) =
         serve_until_ready(launcher, dir, rt)?;
     let to_log_checked = rt.block_on(async {
-        let deadline = Instant::now() + LOG_CHECK_TIMEOUT;
-        loop {
-            if crate::ingest::relay_metric(&relay.addr, "formica_store_log_checked").await? == 1 {
-                return Ok(relay.spawned_at.elapsed());
-            }
-            if Instant::now() > deadline {
-                bail!("the relay's background check of the log did not finish within {LOG_CHECK_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_log_checked(&relay.addr).await?;
+        Ok::<_, anyhow::Error>(relay.spawned_at.elapsed())
     })?;
     let (rss_after_log_check, rss_peak_after_log_check) = crate::sys::rss(relay.pid)?;
     relay.stop()?;
