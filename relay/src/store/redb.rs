@@ -57,6 +57,7 @@ fn read_base(txn: &redb::ReadTransaction) -> Result<LogBase, StoreError> {
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(LogBase::default()),
         Err(e) => return Err(io(e)),
     };
+    // Bound before it is returned: the guard `get` gives borrows `t`, which goes first.
     let base = match t.get(BASE_KEY).map_err(io)? {
         Some(v) => LogBase::decode(v.value()),
         None => Ok(LogBase::default()),

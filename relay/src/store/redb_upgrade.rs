@@ -3,9 +3,10 @@
 //! `Database::upgrade`, before the store opens them: redb 3 and later cannot read format v2,
 //! and converting it is not ours to write.
 //!
-//! A store opened for writing is upgraded in place (redb commits the conversion like any
-//! transaction: a crash during it leaves the old file or the new one). A store opened only to
-//! read (`relay check`) is upgraded in its overlay: the file on disk is left as it was.
+//! The conversion moves no data: after two two-phase commits that settle pending frees, redb 2.6
+//! rewrites the header's two commit slots, over the same roots, with the new version. A store
+//! opened for writing is upgraded in place; a store opened only to read (`relay check`) is
+//! upgraded in its overlay: the file on disk is left as it was.
 
 use super::backend::OverlayStorage;
 use super::StoreError;
