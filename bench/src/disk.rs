@@ -72,11 +72,7 @@ pub fn config_text(plan: &DiskPlan) -> String {
     format!(
         r#"pow_difficulty = {SETUP_POW_DIFFICULTY}
 [limits]
-inbox_pending_max = 100000000
-ip_requests_per_min = 100000000
-connections_max = 30000
-connections_per_ip_max = 30000
-batch_envelopes_max = {batch}
+{limits}batch_envelopes_max = {batch}
 inbox_page_max = {page}
 [time]
 window_ms = {WINDOW_MS}
@@ -94,6 +90,7 @@ checkpoint_records = {checkpoint_records}
         batch = plan.batch,
         page = plan.page,
         checkpoint_records = plan.checkpoint_records,
+        limits = relay_proc::LIMITS_TEXT,
         tier = relay_proc::tier_text(),
     )
 }

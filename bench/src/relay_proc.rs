@@ -32,17 +32,21 @@ pub fn config_text() -> String {
     format!(
         r#"pow_difficulty = {SETUP_POW_DIFFICULTY}
 [limits]
-inbox_pending_max = 100000000
-ip_requests_per_min = 100000000
-connections_max = 30000
-connections_per_ip_max = 30000
-[time]
+{}[time]
 window_ms = 3600000
 skew_ms = 30000
 {}"#,
+        LIMITS_TEXT,
         tier_text()
     )
 }
+
+/// The `[limits]` lines every benchmark relay has (see [`config_text`]), without the header.
+pub const LIMITS_TEXT: &str = "inbox_pending_max = 100000000
+ip_requests_per_min = 100000000
+connections_max = 30000
+connections_per_ip_max = 30000
+";
 
 /// The benchmark's one tier (see [`config_text`]): limits far above anything it sends.
 pub fn tier_text() -> &'static str {

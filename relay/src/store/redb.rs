@@ -224,7 +224,7 @@ impl RedbStore {
         let mut builder = Database::builder();
         builder.set_cache_size(self.cache_bytes);
         builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
-        let mut opened = if read_only {
+        let opened = if read_only {
             let overlay = SharedOverlay(Arc::new(OverlayStorage::new(file).map_err(in_use)?));
             let first = quietly(|| builder.create_with_backend(overlay.clone()));
             if let Ok(Err(redb::DatabaseError::UpgradeRequired(2))) = first {
@@ -234,19 +234,19 @@ impl RedbStore {
                 first
             }
         } else {
-            let storage =
-                FileStorage::new(file, self.syncs.clone(), self.faults.clone()).map_err(in_use)?;
-            quietly(|| builder.create_with_backend(storage))
-        };
-        if !read_only {
-            if let Ok(Err(redb::DatabaseError::UpgradeRequired(2))) = opened {
+            let storage = |file| {
+                FileStorage::new(file, self.syncs.clone(), self.faults.clone()).map_err(in_use)
+            };
+            let backend = storage(file)?;
+            let first = quietly(|| builder.create_with_backend(backend));
+            if let Ok(Err(redb::DatabaseError::UpgradeRequired(2))) = first {
                 // The failed open closed the file (and its lock): redb 2 opens it to upgrade it.
-                let file = redb_upgrade::in_place(path, self.cache_bytes)?;
-                let storage = FileStorage::new(file, self.syncs.clone(), self.faults.clone())
-                    .map_err(in_use)?;
-                opened = quietly(|| builder.create_with_backend(storage));
+                let backend = storage(redb_upgrade::in_place(path, self.cache_bytes)?)?;
+                quietly(|| builder.create_with_backend(backend))
+            } else {
+                first
             }
-        }
+        };
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
