@@ -137,6 +137,8 @@ registry! {
     PeerUnknown = "peer_unknown", 403, No, "The requesting relay is not a peer of this relay.";
     OriginMismatch = "origin_mismatch", 403, No, "A forwarded envelope's sender is not homed on the relay that forwarded it.";
     PeerUnavailable = "peer_unavailable", 502, Later, "The recipient's home relay could not be reached, or its queue at this relay is full; what is queued stays queued.";
+    ProfileOutdated = "profile_outdated", 409, No, "The profile's seq is not above that of the profile the relay holds for the agent.";
+    StatusOutdated = "status_outdated", 409, No, "The presence status's ts is not after that of the status the relay holds for the agent.";
     // Server state
     MethodNotAllowed = "method_not_allowed", 405, No, "The endpoint does not accept this HTTP method.";
     RequestTimeout = "request_timeout", 408, Later, "The request body did not arrive within the relay's body read time; nothing was accepted.";

@@ -35,11 +35,15 @@ pub enum Domain {
     Pow,
     /// Key id derivation (hashed, not signed).
     KeyId,
+    /// An agent's profile (PROF-2).
+    Profile,
+    /// An agent's presence status (PRES-2).
+    Presence,
 }
 
 impl Domain {
     /// Every domain, for tests that check the tags are prefix-free.
-    pub const ALL: [Domain; 9] = [
+    pub const ALL: [Domain; 11] = [
         Domain::Envelope,
         Domain::Receipt,
         Domain::KeyLog,
@@ -49,6 +53,8 @@ impl Domain {
         Domain::RelayRequest,
         Domain::Pow,
         Domain::KeyId,
+        Domain::Profile,
+        Domain::Presence,
     ];
 
     /// The tag bytes that start every input of this purpose.
@@ -63,6 +69,8 @@ impl Domain {
             Domain::RelayRequest => b"formica/v1/relay-request\0",
             Domain::Pow => b"formica/v1/pow\0",
             Domain::KeyId => b"formica/v1/key-id\0",
+            Domain::Profile => b"formica/v1/profile\0",
+            Domain::Presence => b"formica/v1/presence\0",
         }
     }
 
@@ -74,6 +82,36 @@ impl Domain {
         v.extend_from_slice(canonical);
         v
     }
+}
+
+/// A document an agent signs itself (a profile, a presence status): `v` (an object without
+/// `sig`) signed under `domain` with `sk`, with `sig` added. `None` when `sk` is not the key the
+/// document names (`named`), with the key id `sk` has.
+pub(crate) fn sign_document(
+    domain: Domain,
+    mut v: crate::json::Value,
+    sk: &SecretKey,
+    named: &KeyId,
+) -> Result<crate::json::Value, KeyId> {
+    let given = sk.public().key_id();
+    if given != *named {
+        return Err(given);
+    }
+    let input = domain.input(&crate::canon::canonicalize(&v));
+    let sig = sk.sign_input(&input);
+    if let crate::json::Value::Object(o) = &mut v {
+        o.insert("sig", sig.to_hex().into());
+    }
+    Ok(v)
+}
+
+/// The signing input (`tag || JCS(object without sig)`) and the canonical bytes of a signed
+/// document `obj`.
+pub(crate) fn document_bytes(domain: Domain, obj: &crate::json::Object) -> (Vec<u8>, Vec<u8>) {
+    let mut input = domain.tag().to_vec();
+    crate::canon::write_object(obj, Some(&["sig"]), &mut input);
+    let wire = crate::canon::canonicalize(&crate::json::Value::Object(obj.clone()));
+    (input, wire)
 }
 
 /// Why a key or signature was refused.

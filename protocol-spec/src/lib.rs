@@ -16,6 +16,8 @@ pub mod json;
 pub mod keylog;
 pub mod keys;
 pub mod pow;
+pub mod presence;
+pub mod profile;
 pub mod schema;
 pub mod time;
 
@@ -28,3 +30,5 @@ pub use handle::{Handle, LocalName, RelayHost};
 pub use json::{JsonError, JsonLimits, Object, Value};
 pub use keylog::{KeyLog, KeyLogEntry, KeyLogError, KeyOp, SignedKeyLogEntry};
 pub use keys::{Domain, KeyId, PublicKey, SecretKey, Signature};
+pub use presence::{Availability, SignedStatus, Status, StatusError};
+pub use profile::{Capability, Profile, ProfileError, SignedProfile};

@@ -21,6 +21,12 @@ use formica_protocol::json::{self, JsonLimits, Object, Value};
 use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
 use formica_protocol::keys::{Domain, PublicKey, SecretKey};
 use formica_protocol::pow;
+use formica_protocol::presence::{Availability, SignedStatus, Status, StatusError, NOTE_CHARS_MAX};
+use formica_protocol::profile::{
+    Capability, Profile, ProfileError, SignedProfile, ACCEPTS_MAX, CAPABILITIES_MAX,
+    DESCRIPTION_CHARS_MAX, NAME_CHARS_MAX, VERSION_CHARS_MAX, WORD_BYTES_MAX,
+};
+use formica_protocol::schema::SchemaError;
 use formica_protocol::{ErrorCode, Handle, RelayHost};
 use std::collections::BTreeMap;
 
@@ -2166,6 +2172,1132 @@ fn gen_ed25519() -> Value {
     ])
 }
 
+// ---------------------------------------------------------------- profiles.json
+
+/// The profile of `who` signed by `key`, as of `T0`, valid for 30 days: only the required
+/// members.
+fn base_profile(who: &Handle, key: &SecretKey, name: &str) -> Profile {
+    Profile {
+        handle: who.clone(),
+        key: key.public().key_id(),
+        seq: 1,
+        ts: T0,
+        expires: T0 + 30 * 24 * 3600 * 1000,
+        name: name.to_owned(),
+        description: None,
+        capabilities: Vec::new(),
+        accepts: Vec::new(),
+        platform: None,
+        model: None,
+        listed: false,
+    }
+}
+
+fn cap(id: &str, version: Option<&str>, tags: &[&str]) -> Capability {
+    Capability {
+        id: id.to_owned(),
+        version: version.map(str::to_owned),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+    }
+}
+
+/// The valid profiles: (comment, seed start, profile without `sig`).
+fn valid_profiles() -> Vec<(&'static str, u8, Value)> {
+    let a = sk(1);
+    let b = sk(0x21);
+    let mut v = Vec::new();
+    v.push((
+        "minimal profile: only the required members (listed is false when absent)",
+        1,
+        base_profile(&alice(), &a, "Alice").to_value(),
+    ));
+    let mut full = base_profile(&alice(), &a, "Alice's scheduler");
+    full.seq = 42;
+    full.ts = T0 + 60_000;
+    full.expires = T0 + 7 * 24 * 3600 * 1000;
+    full.description = Some("Reviews Rust and SQL, summarizes long threads.".into());
+    full.capabilities = vec![
+        cap("code-review", Some("1.4.0-beta"), &["rust", "sql.postgres"]),
+        cap("summarize", None, &[]),
+        cap("translate", Some("2"), &["de", "fr_ch", "ja"]),
+    ];
+    full.accepts = vec![
+        MessageType::Message,
+        MessageType::TaskRequest,
+        MessageType::Extension("x-demo.ping".into()),
+    ];
+    full.platform = Some("formica-keytool 0.1".into());
+    full.model = Some("example-model-2".into());
+    full.listed = true;
+    v.push((
+        "full profile: description, capabilities with versions and tags, accepts with an extension type, platform, model, listed",
+        1,
+        full.to_value(),
+    ));
+    let mut intl = base_profile(
+        &bob(),
+        &b,
+        "Zo\u{eb} \u{1f41c} \u{30a8}\u{30fc}\u{30b8}\u{30a7}\u{30f3}\u{30c8}",
+    );
+    intl.description = Some("caf\u{e9} \"quoted\" \\ tab\there \u{2028} \u{e000}".into());
+    intl.capabilities = vec![cap("0day.triage", Some("1+build.7"), &["a", "b_c"])];
+    intl.listed = true;
+    v.push((
+        "non-ASCII name (Latin-1, an astral emoji, CJK) and a description with escapes, U+2028 and private use",
+        0x21,
+        intl.to_value(),
+    ));
+    let mut limits = base_profile(&alice(), &a, &"\u{e9}".repeat(NAME_CHARS_MAX));
+    limits.seq = (1 << 53) - 1;
+    limits.description = Some("\u{1f41c}".repeat(DESCRIPTION_CHARS_MAX));
+    limits.capabilities = (0..CAPABILITIES_MAX)
+        .map(|n| cap(&format!("c{n}"), None, &[]))
+        .collect();
+    limits.capabilities[0] = cap(
+        &"w".repeat(WORD_BYTES_MAX),
+        Some(&"V".repeat(VERSION_CHARS_MAX)),
+        &["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"],
+    );
+    v.push((
+        "every limit reached: 64-character name (128 bytes), 280-character description (astral characters), 32 capabilities, 8 tags, a 64-byte id, a 32-character version, seq 2^53-1",
+        1,
+        limits.to_value(),
+    ));
+    v.push((
+        "listed false given explicitly: a valid member, kept in the signed bytes (a relay stores and serves the profile as signed)",
+        1,
+        with(&base_profile(&alice(), &a, "Alice").to_value(), "listed", Value::Bool(false)),
+    ));
+    v
+}
+
+fn gen_profiles() -> Value {
+    let mut valid = Vec::new();
+    for (comment, seed_start, profile) in valid_profiles() {
+        let key = sk(seed_start);
+        let signed = sign_raw(Domain::Profile, profile.clone(), &key);
+        let wire = canonicalize(&signed);
+        // The vector must survive the path a relay and a reader take: parse, then verify.
+        let sp = SignedProfile::parse(&wire, JsonLimits::default())
+            .unwrap_or_else(|e| panic!("profile case {comment:?}: {e}"));
+        sp.verify(&key.public())
+            .unwrap_or_else(|e| panic!("profile case {comment:?}: {e}"));
+        assert_eq!(sp.wire(), wire.as_slice(), "profile case {comment:?}");
+        // Profile::sign gives the same bytes, unless the case spells out a default.
+        if sp.profile().to_value() == profile {
+            assert_eq!(sp.profile().sign(&key).unwrap().wire(), wire.as_slice());
+        }
+        valid.push(obj(&[
+            ("comment", s(comment)),
+            ("seed_hex", s(&hex::encode(&seed(seed_start)))),
+            ("public_key", s(&key.public().to_hex())),
+            ("key_id", s(&key.public().key_id().to_hex())),
+            ("profile", profile),
+            ("signing_input_hex", s(&hex::encode(sp.signing_input()))),
+            ("sig", s(&sp.signature().to_hex())),
+            ("wire", s(&String::from_utf8(wire).unwrap())),
+        ]));
+    }
+    obj(&[
+        ("comment", s("Agent profiles (SPEC.md section 18, PROF-1 to PROF-3). `valid`: the public key and key id follow from seed_hex; `profile` is the profile without `sig`; signing_input = the tag \"formica/v1/profile\", one 0x00 byte, then the RFC 8785 form of `profile`; sig = Ed25519(seed, signing_input); `wire` is the canonical form with `sig`, which must parse and verify with public_key. `invalid`: `input` must be refused with `error`, parsing with the default limits (65536 bytes, depth 32); with `public_key` the profile parses and the error comes from verifying it with that key; `field`, when present, is the path of the member the error names (HTTP-4).")),
+        ("valid", arr(valid)),
+        ("invalid", arr(invalid_profiles())),
+    ])
+}
+
+/// The path a schema error names (the `field` of its HTTP-4 answer).
+fn profile_error_field(e: &ProfileError) -> Option<String> {
+    match e {
+        ProfileError::Schema(
+            SchemaError::UnknownField { path }
+            | SchemaError::MissingField { path }
+            | SchemaError::InvalidField { path, .. }
+            | SchemaError::InvalidHandle { path, .. }
+            | SchemaError::InvalidKey { path, .. },
+        ) => Some(path.clone()),
+        _ => None,
+    }
+}
+
+/// An invalid profile case: comment, input value, expected code, field, key to verify with.
+type ProfileCase = (
+    String,
+    Value,
+    ErrorCode,
+    Option<&'static str>,
+    Option<PublicKey>,
+);
+
+fn invalid_profiles() -> Vec<Value> {
+    use ErrorCode::*;
+    let a = sk(1);
+    let b = sk(0x21);
+    let mut good = base_profile(&alice(), &a, "Alice");
+    good.capabilities = vec![cap("code-review", Some("1.4.0"), &["rust"])];
+    good.accepts = vec![MessageType::Message];
+    good.listed = true;
+    let good_v = good.to_value();
+    let signed = |v: &Value| sign_raw(Domain::Profile, v.clone(), &a);
+    let sgood = signed(&good_v);
+    let sig_of = |v: &Value| {
+        v.as_object()
+            .unwrap()
+            .get("sig")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let capv = |members: &[(&str, Value)]| with(&good_v, "capabilities", arr(vec![obj(members)]));
+    let words = |ws: &[&str]| arr(ws.iter().map(|w| s(w)).collect());
+    // (comment, input value, expected code, field, key to verify with)
+    let mut cases: Vec<ProfileCase> = Vec::new();
+    let mut add =
+        |c: &str, v: Value, code: ErrorCode, f: Option<&'static str>, k: Option<PublicKey>| {
+            cases.push((c.to_owned(), v, code, f, k))
+        };
+
+    // Signatures (PROF-2): the profile parses; verifying it with `public_key` fails.
+    let mut flipped = hex::decode(&sig_of(&sgood)).unwrap();
+    flipped[0] ^= 0x01;
+    add(
+        "one bit of the signature flipped",
+        with(&sgood, "sig", s(&hex::encode(&flipped))),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "name changed after signing",
+        with(&sgood, "name", s("Mallory")),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "listed set to true after signing a profile that was not listed",
+        with(
+            &signed(&without(&good_v, "listed")),
+            "listed",
+            Value::Bool(true),
+        ),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "signed under the envelope tag instead of the profile tag",
+        sign_raw(Domain::Envelope, good_v.clone(), &a),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "signed under the descriptor tag instead of the profile tag",
+        sign_raw(Domain::Descriptor, good_v.clone(), &a),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "signed by a different key than the one named",
+        sign_raw(Domain::Profile, good_v.clone(), &b),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    let mut sig_b = hex::decode(&sig_of(&sgood)).unwrap();
+    add_scalar_l(&mut sig_b[32..]);
+    add(
+        "signature with S + l (non-canonical scalar)",
+        with(&sgood, "sig", s(&hex::encode(&sig_b))),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "verified with a key other than the one the profile names (unknown_key)",
+        sgood.clone(),
+        UnknownKey,
+        None,
+        Some(b.public()),
+    );
+
+    // The document (PROF-1, PROF-3): refused by parsing alone.
+    add(
+        "not an object",
+        arr(vec![]),
+        InvalidField,
+        Some("(root)"),
+        None,
+    );
+    add(
+        "protocol version 2",
+        signed(&with(&good_v, "v", i(2))),
+        UnsupportedVersion,
+        None,
+        None,
+    );
+    add(
+        "protocol version missing",
+        signed(&without(&good_v, "v")),
+        MissingField,
+        Some("v"),
+        None,
+    );
+    add(
+        "unknown top-level member",
+        signed(&with(&good_v, "avatar", s("https://example.org/a.png"))),
+        UnknownField,
+        Some("avatar"),
+        None,
+    );
+    add(
+        "unknown member inside a capability",
+        signed(&capv(&[("id", s("code-review")), ("level", s("expert"))])),
+        UnknownField,
+        Some("capabilities[0].level"),
+        None,
+    );
+    add(
+        "name missing",
+        signed(&without(&good_v, "name")),
+        MissingField,
+        Some("name"),
+        None,
+    );
+    add(
+        "signature missing",
+        good_v.clone(),
+        MissingField,
+        Some("sig"),
+        None,
+    );
+    add(
+        "capability without id",
+        signed(&capv(&[("version", s("1"))])),
+        MissingField,
+        Some("capabilities[0].id"),
+        None,
+    );
+    add(
+        "handle in local form",
+        signed(&with(&good_v, "handle", s("@alice"))),
+        InvalidHandle,
+        Some("handle"),
+        None,
+    );
+    add(
+        "key id in upper case",
+        signed(&with(&good_v, "key", s(&good.key.to_hex().to_uppercase()))),
+        InvalidField,
+        Some("key"),
+        None,
+    );
+    add(
+        "signature too short",
+        with(&sgood, "sig", s("abcd")),
+        InvalidField,
+        Some("sig"),
+        None,
+    );
+    add(
+        "seq 0",
+        signed(&with(&good_v, "seq", i(0))),
+        InvalidField,
+        Some("seq"),
+        None,
+    );
+    add(
+        "seq as a string",
+        signed(&with(&good_v, "seq", s("1"))),
+        InvalidField,
+        Some("seq"),
+        None,
+    );
+    add(
+        "negative ts",
+        signed(&with(&good_v, "ts", i(-1))),
+        InvalidField,
+        Some("ts"),
+        None,
+    );
+    add(
+        "expires equal to ts",
+        signed(&with(&good_v, "expires", i(T0))),
+        InvalidField,
+        Some("expires"),
+        None,
+    );
+    add(
+        "expires before ts",
+        signed(&with(&good_v, "expires", i(T0 - 1))),
+        InvalidField,
+        Some("expires"),
+        None,
+    );
+    add(
+        "empty name",
+        signed(&with(&good_v, "name", s(""))),
+        InvalidField,
+        Some("name"),
+        None,
+    );
+    add(
+        "name of 65 characters",
+        signed(&with(
+            &good_v,
+            "name",
+            s(&"\u{e9}".repeat(NAME_CHARS_MAX + 1)),
+        )),
+        InvalidField,
+        Some("name"),
+        None,
+    );
+    add(
+        "control character (BEL) in the name",
+        signed(&with(&good_v, "name", s("Al\u{7}ice"))),
+        InvalidField,
+        Some("name"),
+        None,
+    );
+    add(
+        "line feed in the name",
+        signed(&with(&good_v, "name", s("Alice\n"))),
+        InvalidField,
+        Some("name"),
+        None,
+    );
+    add(
+        "C1 control character (U+0085) in the platform",
+        signed(&with(&good_v, "platform", s("rt\u{85}"))),
+        InvalidField,
+        Some("platform"),
+        None,
+    );
+    add(
+        "empty model",
+        signed(&with(&good_v, "model", s(""))),
+        InvalidField,
+        Some("model"),
+        None,
+    );
+    add(
+        "description of 281 characters",
+        signed(&with(
+            &good_v,
+            "description",
+            s(&"\u{e9}".repeat(DESCRIPTION_CHARS_MAX + 1)),
+        )),
+        InvalidField,
+        Some("description"),
+        None,
+    );
+    add(
+        "description not a string",
+        signed(&with(&good_v, "description", i(5))),
+        InvalidField,
+        Some("description"),
+        None,
+    );
+    add(
+        "listed not a boolean (the string \"true\")",
+        signed(&with(&good_v, "listed", s("true"))),
+        InvalidField,
+        Some("listed"),
+        None,
+    );
+    add(
+        "listed not a boolean (1)",
+        signed(&with(&good_v, "listed", i(1))),
+        InvalidField,
+        Some("listed"),
+        None,
+    );
+    add(
+        "capabilities not an array",
+        signed(&with(
+            &good_v,
+            "capabilities",
+            obj(&[("id", s("code-review"))]),
+        )),
+        InvalidField,
+        Some("capabilities"),
+        None,
+    );
+    add(
+        "a capability that is not an object",
+        signed(&with(&good_v, "capabilities", words(&["code-review"]))),
+        InvalidField,
+        Some("capabilities[0]"),
+        None,
+    );
+    let many: Vec<Value> = (0..=CAPABILITIES_MAX)
+        .map(|n| obj(&[("id", s(&format!("c{n}")))]))
+        .collect();
+    add(
+        "33 capabilities, more than 32",
+        signed(&with(&good_v, "capabilities", arr(many))),
+        InvalidField,
+        Some("capabilities"),
+        None,
+    );
+    add(
+        "9 tags in a capability, more than 8",
+        signed(&capv(&[
+            ("id", s("code-review")),
+            (
+                "tags",
+                words(&["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8"]),
+            ),
+        ])),
+        InvalidField,
+        Some("capabilities[0].tags"),
+        None,
+    );
+    add(
+        "capability id listed twice",
+        signed(&with(
+            &good_v,
+            "capabilities",
+            arr(vec![
+                obj(&[("id", s("code-review"))]),
+                obj(&[("id", s("code-review")), ("version", s("2"))]),
+            ]),
+        )),
+        InvalidField,
+        Some("capabilities[1].id"),
+        None,
+    );
+    add(
+        "tag listed twice in one capability",
+        signed(&capv(&[
+            ("id", s("code-review")),
+            ("tags", words(&["rust", "rust"])),
+        ])),
+        InvalidField,
+        Some("capabilities[0].tags[1]"),
+        None,
+    );
+    add(
+        "capability id with upper case",
+        signed(&capv(&[("id", s("Code-review"))])),
+        InvalidField,
+        Some("capabilities[0].id"),
+        None,
+    );
+    add(
+        "tag starting with '-'",
+        signed(&capv(&[
+            ("id", s("code-review")),
+            ("tags", words(&["-rust"])),
+        ])),
+        InvalidField,
+        Some("capabilities[0].tags[0]"),
+        None,
+    );
+    add(
+        "capability id of 65 bytes",
+        signed(&capv(&[("id", s(&"w".repeat(WORD_BYTES_MAX + 1)))])),
+        InvalidField,
+        Some("capabilities[0].id"),
+        None,
+    );
+    add(
+        "empty tag",
+        signed(&capv(&[("id", s("code-review")), ("tags", words(&[""]))])),
+        InvalidField,
+        Some("capabilities[0].tags[0]"),
+        None,
+    );
+    add(
+        "capability id with a space",
+        signed(&capv(&[("id", s("code review"))])),
+        InvalidField,
+        Some("capabilities[0].id"),
+        None,
+    );
+    add(
+        "version with a space",
+        signed(&capv(&[
+            ("id", s("code-review")),
+            ("version", s("1.0 beta")),
+        ])),
+        InvalidField,
+        Some("capabilities[0].version"),
+        None,
+    );
+    add(
+        "empty version",
+        signed(&capv(&[("id", s("code-review")), ("version", s(""))])),
+        InvalidField,
+        Some("capabilities[0].version"),
+        None,
+    );
+    add(
+        "version of 33 characters",
+        signed(&capv(&[
+            ("id", s("code-review")),
+            ("version", s(&"1".repeat(VERSION_CHARS_MAX + 1))),
+        ])),
+        InvalidField,
+        Some("capabilities[0].version"),
+        None,
+    );
+    add(
+        "accepts with an unregistered type without the x- prefix",
+        signed(&with(&good_v, "accepts", words(&["message", "chat"]))),
+        InvalidField,
+        Some("accepts[1]"),
+        None,
+    );
+    add(
+        "accepts with a type in upper case",
+        signed(&with(&good_v, "accepts", words(&["Message"]))),
+        InvalidField,
+        Some("accepts[0]"),
+        None,
+    );
+    add(
+        "accepts with x- alone",
+        signed(&with(&good_v, "accepts", words(&["x-"]))),
+        InvalidField,
+        Some("accepts[0]"),
+        None,
+    );
+    add(
+        "accepts with a type listed twice",
+        signed(&with(
+            &good_v,
+            "accepts",
+            words(&["message", "x-demo.ping", "message"]),
+        )),
+        InvalidField,
+        Some("accepts[2]"),
+        None,
+    );
+    let types: Vec<String> = (0..=ACCEPTS_MAX).map(|n| format!("x-t{n}")).collect();
+    let types: Vec<&str> = types.iter().map(String::as_str).collect();
+    add(
+        "33 accepted types, more than 32",
+        signed(&with(&good_v, "accepts", words(&types))),
+        InvalidField,
+        Some("accepts"),
+        None,
+    );
+    add(
+        "duplicate member name",
+        Value::Null,
+        DuplicateKey,
+        None,
+        None,
+    ); // raw text below
+    add("ts as a float", Value::Null, FloatNotAllowed, None, None); // raw text below
+
+    let mut out = Vec::new();
+    for (comment, v, code, field, key) in cases {
+        let input = match comment.as_str() {
+            "duplicate member name" => text(&sgood).replacen("{", "{\"name\":\"Eve\",", 1),
+            "ts as a float" => {
+                text(&sgood).replace(&format!("\"ts\":{T0}"), &format!("\"ts\":{T0}.0"))
+            }
+            _ => text(&v),
+        };
+        if key.as_ref() == Some(&a.public()) || key.is_none() {
+            assert_ne!(
+                input,
+                text(&sgood),
+                "profile case {comment:?} changed nothing"
+            );
+        }
+        let res =
+            SignedProfile::parse(input.as_bytes(), JsonLimits::default()).and_then(
+                |sp| match &key {
+                    Some(k) => sp.verify(k),
+                    None => Ok(()),
+                },
+            );
+        match res {
+            Err(e) => {
+                assert_eq!(e.code(), code, "profile case {comment:?}: {e}");
+                assert_eq!(
+                    profile_error_field(&e).as_deref(),
+                    field,
+                    "profile case {comment:?}: {e}"
+                );
+            }
+            Ok(()) => panic!("profile case {comment:?} was accepted"),
+        }
+        let mut case = obj(&[
+            ("comment", s(&comment)),
+            ("input", s(&input)),
+            ("error", s(code.as_str())),
+        ]);
+        if let Some(f) = field {
+            case = with(&case, "field", s(f));
+        }
+        if let Some(k) = key {
+            case = with(&case, "public_key", s(&k.to_hex()));
+        }
+        out.push(case);
+    }
+    out
+}
+
+// ---------------------------------------------------------------- presence.json
+
+/// The status of `who` signed by `key`, as of `T0`, valid for an hour: `available`, no note.
+fn base_status(who: &Handle, key: &SecretKey) -> Status {
+    Status {
+        handle: who.clone(),
+        key: key.public().key_id(),
+        ts: T0,
+        expires: T0 + 3_600_000,
+        status: Availability::Available,
+        note: None,
+    }
+}
+
+/// The valid statuses: (comment, seed start, status without `sig`).
+fn valid_statuses() -> Vec<(&'static str, u8, Value)> {
+    let a = sk(1);
+    let b = sk(0x21);
+    let mut v = Vec::new();
+    v.push((
+        "minimal status: available, no note",
+        1,
+        base_status(&alice(), &a).to_value(),
+    ));
+    let mut busy = base_status(&alice(), &a);
+    busy.ts = T0 + 60_000;
+    busy.expires = busy.ts + 1_800_000;
+    busy.status = Availability::Busy;
+    busy.note = Some("In a code review until 15:00 UTC.".into());
+    v.push(("busy with a note", 1, busy.to_value()));
+    let mut away = base_status(&bob(), &b);
+    away.status = Availability::Away;
+    away.expires = T0 + 86_400_000;
+    v.push((
+        "away, for a day (the reference relay's presence.status_ttl_ms_max), another agent's key",
+        0x21,
+        away.to_value(),
+    ));
+    let mut intl = base_status(&alice(), &a);
+    intl.status = Availability::Busy;
+    intl.note = Some(
+        "caf\u{e9} \u{1f41c} \u{30a8}\u{30fc}\u{30b8}\u{30a7}\u{30f3}\u{30c8} \"quoted\" \\ \u{2028} \u{e000}"
+            .into(),
+    );
+    v.push((
+        "non-ASCII note: Latin-1, an astral emoji, CJK, escapes, U+2028 and private use",
+        1,
+        intl.to_value(),
+    ));
+    let mut long = base_status(&alice(), &a);
+    long.status = Availability::Away;
+    long.note = Some("\u{1f41c}".repeat(NOTE_CHARS_MAX));
+    v.push((
+        "note of 280 characters (astral, 1120 bytes): the longest note text",
+        1,
+        long.to_value(),
+    ));
+    let mut short = base_status(&alice(), &a);
+    short.expires = T0 + 1;
+    short.note = Some(String::new());
+    v.push((
+        "empty note and the shortest lifetime: expires one millisecond after ts",
+        1,
+        short.to_value(),
+    ));
+    let mut ctl = base_status(&alice(), &a);
+    ctl.status = Availability::Busy;
+    ctl.note = Some("line one\nline two\twith a tab".into());
+    v.push((
+        "note with a line feed and a tab (note text allows control characters, TYPE-13)",
+        1,
+        ctl.to_value(),
+    ));
+    v
+}
+
+fn gen_presence() -> Value {
+    let mut valid = Vec::new();
+    for (comment, seed_start, status) in valid_statuses() {
+        let key = sk(seed_start);
+        let signed = sign_raw(Domain::Presence, status.clone(), &key);
+        let wire = canonicalize(&signed);
+        // The vector must survive the path a relay and a reader take: parse, then verify.
+        let ss = SignedStatus::parse(&wire, JsonLimits::default())
+            .unwrap_or_else(|e| panic!("status case {comment:?}: {e}"));
+        ss.verify(&key.public())
+            .unwrap_or_else(|e| panic!("status case {comment:?}: {e}"));
+        assert_eq!(ss.wire(), wire.as_slice(), "status case {comment:?}");
+        assert_eq!(ss.status().to_value(), status, "status case {comment:?}");
+        assert_eq!(
+            ss.status().sign(&key).unwrap().wire(),
+            wire.as_slice(),
+            "status case {comment:?}"
+        );
+        valid.push(obj(&[
+            ("comment", s(comment)),
+            ("seed_hex", s(&hex::encode(&seed(seed_start)))),
+            ("public_key", s(&key.public().to_hex())),
+            ("key_id", s(&key.public().key_id().to_hex())),
+            ("status", status),
+            ("signing_input_hex", s(&hex::encode(ss.signing_input()))),
+            ("sig", s(&ss.signature().to_hex())),
+            ("wire", s(&String::from_utf8(wire).unwrap())),
+        ]));
+    }
+    obj(&[
+        ("comment", s("Presence statuses (SPEC.md section 18.4, PRES-2). `valid`: the public key and key id follow from seed_hex; `status` is the status without `sig`; signing_input = the tag \"formica/v1/presence\", one 0x00 byte, then the RFC 8785 form of `status`; sig = Ed25519(seed, signing_input); `wire` is the canonical form with `sig`, which must parse and verify with public_key. `invalid`: `input` must be refused with `error`, parsing with the default limits (65536 bytes, depth 32); with `public_key` the status parses and the error comes from verifying it with that key; `field`, when present, is the path of the member the error names (HTTP-4).")),
+        ("valid", arr(valid)),
+        ("invalid", arr(invalid_statuses())),
+    ])
+}
+
+/// The path a status's schema error names (the `field` of its HTTP-4 answer).
+fn status_error_field(e: &StatusError) -> Option<String> {
+    match e {
+        StatusError::Schema(
+            SchemaError::UnknownField { path }
+            | SchemaError::MissingField { path }
+            | SchemaError::InvalidField { path, .. }
+            | SchemaError::InvalidHandle { path, .. }
+            | SchemaError::InvalidKey { path, .. },
+        ) => Some(path.clone()),
+        _ => None,
+    }
+}
+
+fn invalid_statuses() -> Vec<Value> {
+    use ErrorCode::*;
+    let a = sk(1);
+    let b = sk(0x21);
+    let mut good = base_status(&alice(), &a);
+    good.status = Availability::Busy;
+    good.note = Some("In a meeting".into());
+    let good_v = good.to_value();
+    let signed = |v: &Value| sign_raw(Domain::Presence, v.clone(), &a);
+    let sgood = signed(&good_v);
+    let sig_of = |v: &Value| {
+        v.as_object()
+            .unwrap()
+            .get("sig")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // (comment, input value, expected code, field, key to verify with)
+    let mut cases: Vec<ProfileCase> = Vec::new();
+    let mut add =
+        |c: &str, v: Value, code: ErrorCode, f: Option<&'static str>, k: Option<PublicKey>| {
+            cases.push((c.to_owned(), v, code, f, k))
+        };
+
+    // Signatures (PRES-2): the status parses; verifying it with `public_key` fails.
+    let mut flipped = hex::decode(&sig_of(&sgood)).unwrap();
+    flipped[0] ^= 0x01;
+    add(
+        "one bit of the signature flipped",
+        with(&sgood, "sig", s(&hex::encode(&flipped))),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "status changed from busy to away after signing",
+        with(&sgood, "status", s("away")),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "note added after signing a status that had none",
+        with(
+            &signed(&without(&good_v, "note")),
+            "note",
+            s("In a meeting"),
+        ),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "signed under the profile tag instead of the presence tag",
+        sign_raw(Domain::Profile, good_v.clone(), &a),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "signed under the envelope tag instead of the presence tag",
+        sign_raw(Domain::Envelope, good_v.clone(), &a),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "signed by a different key than the one named",
+        sign_raw(Domain::Presence, good_v.clone(), &b),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    let mut sig_b = hex::decode(&sig_of(&sgood)).unwrap();
+    add_scalar_l(&mut sig_b[32..]);
+    add(
+        "signature with S + l (non-canonical scalar)",
+        with(&sgood, "sig", s(&hex::encode(&sig_b))),
+        BadSignature,
+        None,
+        Some(a.public()),
+    );
+    add(
+        "verified with a key other than the one the status names (unknown_key)",
+        sgood.clone(),
+        UnknownKey,
+        None,
+        Some(b.public()),
+    );
+
+    // The document (PRES-2): refused by parsing alone.
+    add(
+        "not an object",
+        arr(vec![]),
+        InvalidField,
+        Some("(root)"),
+        None,
+    );
+    add(
+        "protocol version 2",
+        signed(&with(&good_v, "v", i(2))),
+        UnsupportedVersion,
+        None,
+        None,
+    );
+    add(
+        "protocol version missing",
+        signed(&without(&good_v, "v")),
+        MissingField,
+        Some("v"),
+        None,
+    );
+    add(
+        "unknown member",
+        signed(&with(&good_v, "mood", s("cheerful"))),
+        UnknownField,
+        Some("mood"),
+        None,
+    );
+    add(
+        "handle missing",
+        signed(&without(&good_v, "handle")),
+        MissingField,
+        Some("handle"),
+        None,
+    );
+    add(
+        "handle in local form",
+        signed(&with(&good_v, "handle", s("@alice"))),
+        InvalidHandle,
+        Some("handle"),
+        None,
+    );
+    add(
+        "key missing",
+        signed(&without(&good_v, "key")),
+        MissingField,
+        Some("key"),
+        None,
+    );
+    add(
+        "key id in upper case",
+        signed(&with(&good_v, "key", s(&good.key.to_hex().to_uppercase()))),
+        InvalidField,
+        Some("key"),
+        None,
+    );
+    add(
+        "ts missing",
+        signed(&without(&good_v, "ts")),
+        MissingField,
+        Some("ts"),
+        None,
+    );
+    add(
+        "negative ts",
+        signed(&with(&good_v, "ts", i(-1))),
+        InvalidField,
+        Some("ts"),
+        None,
+    );
+    add(
+        "ts as a string",
+        signed(&with(&good_v, "ts", s(&T0.to_string()))),
+        InvalidField,
+        Some("ts"),
+        None,
+    );
+    add(
+        "ts of 2^53, outside the strict profile's integers (JSON-6)",
+        signed(&with(
+            &with(&good_v, "ts", i(1 << 53)),
+            "expires",
+            i((1 << 53) + 1),
+        )),
+        IntegerOutOfRange,
+        None,
+        None,
+    );
+    add(
+        "expires missing",
+        signed(&without(&good_v, "expires")),
+        MissingField,
+        Some("expires"),
+        None,
+    );
+    add(
+        "expires equal to ts",
+        signed(&with(&good_v, "expires", i(T0))),
+        InvalidField,
+        Some("expires"),
+        None,
+    );
+    add(
+        "expires before ts",
+        signed(&with(&good_v, "expires", i(T0 - 1))),
+        InvalidField,
+        Some("expires"),
+        None,
+    );
+    add(
+        "status missing",
+        signed(&without(&good_v, "status")),
+        MissingField,
+        Some("status"),
+        None,
+    );
+    add(
+        "status offline: never an agent's own word (the relay observes it)",
+        signed(&with(&good_v, "status", s("offline"))),
+        InvalidField,
+        Some("status"),
+        None,
+    );
+    add(
+        "status in upper case",
+        signed(&with(&good_v, "status", s("Busy"))),
+        InvalidField,
+        Some("status"),
+        None,
+    );
+    add(
+        "status not a string",
+        signed(&with(&good_v, "status", i(1))),
+        InvalidField,
+        Some("status"),
+        None,
+    );
+    add(
+        "note of 281 characters",
+        signed(&with(
+            &good_v,
+            "note",
+            s(&"\u{e9}".repeat(NOTE_CHARS_MAX + 1)),
+        )),
+        InvalidField,
+        Some("note"),
+        None,
+    );
+    add(
+        "note not a string",
+        signed(&with(&good_v, "note", i(5))),
+        InvalidField,
+        Some("note"),
+        None,
+    );
+    add(
+        "note null",
+        signed(&with(&good_v, "note", Value::Null)),
+        InvalidField,
+        Some("note"),
+        None,
+    );
+    add(
+        "signature missing",
+        good_v.clone(),
+        MissingField,
+        Some("sig"),
+        None,
+    );
+    add(
+        "signature too short",
+        with(&sgood, "sig", s("abcd")),
+        InvalidField,
+        Some("sig"),
+        None,
+    );
+    add(
+        "duplicate member name",
+        Value::Null,
+        DuplicateKey,
+        None,
+        None,
+    ); // raw text below
+    add("ts as a float", Value::Null, FloatNotAllowed, None, None); // raw text below
+
+    let mut out = Vec::new();
+    for (comment, v, code, field, key) in cases {
+        let input = match comment.as_str() {
+            "duplicate member name" => text(&sgood).replacen("{", "{\"status\":\"away\",", 1),
+            "ts as a float" => {
+                text(&sgood).replace(&format!("\"ts\":{T0}"), &format!("\"ts\":{T0}.0"))
+            }
+            _ => text(&v),
+        };
+        if key.as_ref() == Some(&a.public()) || key.is_none() {
+            assert_ne!(
+                input,
+                text(&sgood),
+                "status case {comment:?} changed nothing"
+            );
+        }
+        let res =
+            SignedStatus::parse(input.as_bytes(), JsonLimits::default()).and_then(
+                |ss| match &key {
+                    Some(k) => ss.verify(k),
+                    None => Ok(()),
+                },
+            );
+        match res {
+            Err(e) => {
+                assert_eq!(e.code(), code, "status case {comment:?}: {e}");
+                assert_eq!(
+                    status_error_field(&e).as_deref(),
+                    field,
+                    "status case {comment:?}: {e}"
+                );
+            }
+            Ok(()) => panic!("status case {comment:?} was accepted"),
+        }
+        let mut case = obj(&[
+            ("comment", s(&comment)),
+            ("input", s(&input)),
+            ("error", s(code.as_str())),
+        ]);
+        if let Some(f) = field {
+            case = with(&case, "field", s(f));
+        }
+        if let Some(k) = key {
+            case = with(&case, "public_key", s(&k.to_hex()));
+        }
+        out.push(case);
+    }
+    out
+}
+
 fn generate() -> BTreeMap<&'static str, String> {
     let mut files = BTreeMap::new();
     let mut put = |name: &'static str, v: Value| {
@@ -2179,6 +3311,8 @@ fn generate() -> BTreeMap<&'static str, String> {
     put("pow.json", gen_pow());
     put("auth.json", gen_auth());
     put("ed25519.json", gen_ed25519());
+    put("profiles.json", gen_profiles());
+    put("presence.json", gen_presence());
     files
 }
 

@@ -13,6 +13,9 @@ use formica_protocol::json::{self, JsonLimits, Value};
 use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
 use formica_protocol::keys::{PublicKey, SecretKey, Signature};
 use formica_protocol::pow;
+use formica_protocol::presence::{SignedStatus, StatusError};
+use formica_protocol::profile::{ProfileError, SignedProfile};
+use formica_protocol::schema::SchemaError;
 use formica_protocol::{Handle, KeyId, RelayHost};
 
 fn input_bytes(case: &Value) -> Vec<u8> {
@@ -374,4 +377,196 @@ fn ed25519_vectors() {
     }
     // Of the paper's cases 0-11, strict verification accepts only case 3.
     assert_eq!(accepted, vec![3]);
+}
+
+/// The path a profile's schema error names (the `field` of its HTTP-4 answer).
+fn profile_error_field(e: &ProfileError) -> Option<&str> {
+    match e {
+        ProfileError::Schema(
+            SchemaError::UnknownField { path }
+            | SchemaError::MissingField { path }
+            | SchemaError::InvalidField { path, .. }
+            | SchemaError::InvalidHandle { path, .. }
+            | SchemaError::InvalidKey { path, .. },
+        ) => Some(path),
+        _ => None,
+    }
+}
+
+#[test]
+fn profile_vectors() {
+    let file = load("profiles.json");
+    let valid = file.list("valid");
+    assert!(valid.len() >= 4);
+    for case in valid {
+        let comment = case.str_("comment");
+        let seed: [u8; 32] = hex::decode_array(case.str_("seed_hex")).unwrap();
+        let sk = SecretKey::from_seed(&seed);
+        assert_eq!(sk.public().to_hex(), case.str_("public_key"), "{comment}");
+        assert_eq!(
+            sk.public().key_id().to_hex(),
+            case.str_("key_id"),
+            "{comment}"
+        );
+        // PROF-2: the profile tag, then the canonical form of `profile`.
+        let mut want_input = b"formica/v1/profile\0".to_vec();
+        want_input.extend(canonicalize(case.get("profile")));
+        assert_eq!(
+            hex::encode(&want_input),
+            case.str_("signing_input_hex"),
+            "{comment}"
+        );
+        assert_eq!(
+            sk.sign_input(&want_input).to_hex(),
+            case.str_("sig"),
+            "{comment}"
+        );
+        // The wire form is the canonical form of the profile with `sig`; it parses and verifies.
+        let mut whole = case.get("profile").clone();
+        if let Value::Object(o) = &mut whole {
+            o.insert("sig", Value::String(case.str_("sig").to_owned()));
+        }
+        assert_eq!(
+            canonicalize(&whole),
+            case.str_("wire").as_bytes(),
+            "{comment}"
+        );
+        let sp = SignedProfile::parse(case.str_("wire").as_bytes(), JsonLimits::default())
+            .unwrap_or_else(|e| panic!("{comment}: {e}"));
+        assert_eq!(sp.signing_input(), want_input.as_slice(), "{comment}");
+        assert_eq!(sp.wire(), case.str_("wire").as_bytes(), "{comment}");
+        assert_eq!(*sp.value(), whole, "{comment}");
+        let key = PublicKey::parse_hex(case.str_("public_key")).unwrap();
+        sp.verify(&key).unwrap_or_else(|e| panic!("{comment}: {e}"));
+        assert_eq!(sp.profile().key.to_hex(), case.str_("key_id"), "{comment}");
+        // Typed round trip: the members as read, optional ones left out when at their default.
+        let mut typed = case.get("profile").clone();
+        if let Value::Object(o) = &mut typed {
+            if o.get("listed") == Some(&Value::Bool(false)) {
+                o.remove("listed");
+            }
+        }
+        assert_eq!(
+            sp.profile().to_value(),
+            typed,
+            "{comment}: typed round trip"
+        );
+    }
+    let invalid = file.list("invalid");
+    assert!(invalid.len() >= 30);
+    for case in invalid {
+        let comment = case.str_("comment");
+        let res = SignedProfile::parse(case.str_("input").as_bytes(), JsonLimits::default());
+        let err = match (res, case.opt("public_key")) {
+            (Err(e), None) => e,
+            (Ok(_), None) => panic!("{comment}: accepted"),
+            (Err(e), Some(_)) => panic!("{comment}: refused before verification: {e}"),
+            (Ok(sp), Some(k)) => {
+                let key = PublicKey::parse_hex(k.as_str().unwrap()).unwrap();
+                sp.verify(&key).expect_err(comment)
+            }
+        };
+        assert_eq!(err.code().as_str(), case.str_("error"), "{comment}: {err}");
+        assert_eq!(
+            profile_error_field(&err),
+            case.opt("field").and_then(Value::as_str),
+            "{comment}: {err}"
+        );
+    }
+}
+
+/// The path a status's schema error names (the `field` of its HTTP-4 answer).
+fn status_error_field(e: &StatusError) -> Option<&str> {
+    match e {
+        StatusError::Schema(
+            SchemaError::UnknownField { path }
+            | SchemaError::MissingField { path }
+            | SchemaError::InvalidField { path, .. }
+            | SchemaError::InvalidHandle { path, .. }
+            | SchemaError::InvalidKey { path, .. },
+        ) => Some(path),
+        _ => None,
+    }
+}
+
+#[test]
+fn presence_vectors() {
+    let file = load("presence.json");
+    let valid = file.list("valid");
+    assert!(valid.len() >= 5);
+    let mut seen = std::collections::BTreeSet::new();
+    for case in valid {
+        let comment = case.str_("comment");
+        let seed: [u8; 32] = hex::decode_array(case.str_("seed_hex")).unwrap();
+        let sk = SecretKey::from_seed(&seed);
+        assert_eq!(sk.public().to_hex(), case.str_("public_key"), "{comment}");
+        assert_eq!(
+            sk.public().key_id().to_hex(),
+            case.str_("key_id"),
+            "{comment}"
+        );
+        // PRES-2: the presence tag, then the canonical form of `status`.
+        let mut want_input = b"formica/v1/presence\0".to_vec();
+        want_input.extend(canonicalize(case.get("status")));
+        assert_eq!(
+            hex::encode(&want_input),
+            case.str_("signing_input_hex"),
+            "{comment}"
+        );
+        assert_eq!(
+            sk.sign_input(&want_input).to_hex(),
+            case.str_("sig"),
+            "{comment}"
+        );
+        // The wire form is the canonical form of the status with `sig`; it parses and verifies.
+        let mut whole = case.get("status").clone();
+        if let Value::Object(o) = &mut whole {
+            o.insert("sig", Value::String(case.str_("sig").to_owned()));
+        }
+        assert_eq!(
+            canonicalize(&whole),
+            case.str_("wire").as_bytes(),
+            "{comment}"
+        );
+        let ss = SignedStatus::parse(case.str_("wire").as_bytes(), JsonLimits::default())
+            .unwrap_or_else(|e| panic!("{comment}: {e}"));
+        assert_eq!(ss.signing_input(), want_input.as_slice(), "{comment}");
+        assert_eq!(ss.wire(), case.str_("wire").as_bytes(), "{comment}");
+        let key = PublicKey::parse_hex(case.str_("public_key")).unwrap();
+        ss.verify(&key).unwrap_or_else(|e| panic!("{comment}: {e}"));
+        assert_eq!(ss.status().key.to_hex(), case.str_("key_id"), "{comment}");
+        // Typed round trip: the members as read.
+        assert_eq!(
+            &ss.status().to_value(),
+            case.get("status"),
+            "{comment}: typed round trip"
+        );
+        seen.insert(ss.status().status.as_str());
+    }
+    // Each status an agent may sign appears among the valid cases.
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec!["available", "away", "busy"]
+    );
+    let invalid = file.list("invalid");
+    assert!(invalid.len() >= 25);
+    for case in invalid {
+        let comment = case.str_("comment");
+        let res = SignedStatus::parse(case.str_("input").as_bytes(), JsonLimits::default());
+        let err = match (res, case.opt("public_key")) {
+            (Err(e), None) => e,
+            (Ok(_), None) => panic!("{comment}: accepted"),
+            (Err(e), Some(_)) => panic!("{comment}: refused before verification: {e}"),
+            (Ok(ss), Some(k)) => {
+                let key = PublicKey::parse_hex(k.as_str().unwrap()).unwrap();
+                ss.verify(&key).expect_err(comment)
+            }
+        };
+        assert_eq!(err.code().as_str(), case.str_("error"), "{comment}: {err}");
+        assert_eq!(
+            status_error_field(&err),
+            case.opt("field").and_then(Value::as_str),
+            "{comment}: {err}"
+        );
+    }
 }

@@ -24,6 +24,20 @@ c. Key logs (vectors/keylogs.json): for the valid logs, entry hashes, the prev c
 d. Proof-of-work (vectors/pow.json): prefix, hash, leading zero bits, and the ok/refused result.
 e. Authenticated requests (vectors/auth.json valid and relay_valid): signing inputs rebuilt
    from the case fields, header fields, and signatures.
+f. Profiles (vectors/profiles.json): for the valid profiles, signing input = profile tag, 0x00,
+   RFC 8785 form of `profile`; public key and key id from the seed (the key id is the profile's
+   `key`); the signature verifies and is the deterministic Ed25519 one; the wire form is the
+   RFC 8785 form of the profile with `sig`. For the invalid profiles refused with bad_signature,
+   the signature must fail to verify here too (with the case's key, over the profile tag and the
+   RFC 8785 form of the input without `sig`); for unknown_key, the case's key is not the one the
+   profile names.
+g. Presence statuses (vectors/presence.json): the same for the valid statuses over the presence
+   tag (the key id is the status's `key`, and `status` is never `offline`); the invalid ones
+   refused with bad_signature do not verify here either, and for unknown_key the case's key is
+   not the one the status names. The statuses refused by parsing alone are checked for the
+   rules Python can see without the Rust code: `offline` and words out of the list refused with
+   invalid_field at `status`, `expires` not after `ts` at `expires`, a note over 280 characters
+   at `note`, and `v` other than 1 with unsupported_version.
 
 Why it is independent
 ---------------------
@@ -75,6 +89,8 @@ TAG_KEYLOG_POP = b"formica/v1/keylog-pop\x00"
 TAG_POW = b"formica/v1/pow\x00"
 TAG_REQUEST = b"formica/v1/request\x00"
 TAG_RELAY_REQUEST = b"formica/v1/relay-request\x00"
+TAG_PROFILE = b"formica/v1/profile\x00"
+TAG_PRESENCE = b"formica/v1/presence\x00"
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,6 +645,131 @@ def check_auth(res: Results) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# f. Profiles
+
+
+def check_profiles(res: Results) -> None:
+    print("== f. profiles.json (valid, and invalid with bad_signature or unknown_key)")
+    vectors = load("profiles.json")
+    for i, case in enumerate(vectors["valid"]):
+        name = f"profile valid {i} ({case['comment'][:50]})"
+        profile = case["profile"]
+        res.check("sig" not in profile, f"{name}: `profile` carries a sig")
+        signing_input = TAG_PROFILE + jcs(profile)
+        res.equal(f"{name}: signing input", hexs(signing_input), case["signing_input_hex"])
+        public = public_from_seed(case["seed_hex"])
+        res.equal(f"{name}: public key from seed", hexs(public), case["public_key"])
+        res.equal(f"{name}: key id of public key", key_id(public), case["key_id"])
+        res.equal(f"{name}: profile key", profile.get("key"), case["key_id"])
+        res.check(verifies(public, bytes.fromhex(case["sig"]), signing_input),
+                  f"{name}: signature does not verify over the signing input")
+        res.check(not verifies(public, bytes.fromhex(case["sig"]), TAG_REQUEST + jcs(profile)),
+                  f"{name}: signature also verifies under another tag (SIG-1)")
+        private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(case["seed_hex"]))
+        res.equal(f"{name}: deterministic Ed25519 signature", hexs(private.sign(signing_input)), case["sig"])
+        res.equal(f"{name}: wire = RFC 8785 form of the profile with sig", jcs(dict(profile, sig=case["sig"])),
+                  case["wire"].encode("utf-8"))
+        wire = json.loads(case["wire"])
+        res.equal(f"{name}: wire without sig", jcs({k: v for k, v in wire.items() if k != "sig"}), jcs(profile))
+    n_sig = 0
+    for i, case in enumerate(vectors["invalid"]):
+        if "public_key" not in case:
+            continue
+        name = f"profile invalid {i} ({case['comment'][:50]})"
+        public = bytes.fromhex(case["public_key"])
+        doc = json.loads(case["input"])
+        if case["error"] == "unknown_key":
+            res.check(doc.get("key") != key_id(public), f"{name}: the key is the one the profile names")
+            continue
+        res.equal(f"{name}: error", case["error"], "bad_signature")
+        body = {k: v for k, v in doc.items() if k != "sig"}
+        res.check(not verifies(public, bytes.fromhex(doc["sig"]), TAG_PROFILE + jcs(body)),
+                  f"{name}: the signature verifies here")
+        n_sig += 1
+    res.check(n_sig >= 3, f"only {n_sig} invalid profiles with bad_signature")
+
+
+# --------------------------------------------------------------------------------------------
+# g. Presence statuses
+
+STATUS_WORDS = ("available", "busy", "away")
+
+
+def status_rule_broken(doc) -> tuple[str, str] | None:
+    """The first PRES-2 rule this parsed status breaks that is checked here, as (error, field);
+    None when none of them is. Members are read in PRES-2's order, as the relay reads them."""
+    if not isinstance(doc, dict):
+        return None
+    v = doc.get("v")
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0 and v != 1:
+        return ("unsupported_version", "")
+    ts, expires = doc.get("ts"), doc.get("expires")
+    if all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= SAFE_MAX for x in (ts, expires)):
+        if expires <= ts:
+            return ("invalid_field", "expires")
+    st = doc.get("status")
+    if isinstance(st, str) and st not in STATUS_WORDS:
+        return ("invalid_field", "status")
+    note = doc.get("note")
+    if isinstance(note, str) and len(note) > 280:  # Python counts code points, as PRES-2 does
+        return ("invalid_field", "note")
+    return None
+
+
+def check_presence(res: Results) -> None:
+    print("== g. presence.json (valid, and invalid with bad_signature, unknown_key or a PRES-2 rule)")
+    vectors = load("presence.json")
+    words = set()
+    for i, case in enumerate(vectors["valid"]):
+        name = f"status valid {i} ({case['comment'][:50]})"
+        status = case["status"]
+        res.check("sig" not in status, f"{name}: `status` carries a sig")
+        res.check(status.get("status") in STATUS_WORDS, f"{name}: status {status.get('status')!r} is not signable")
+        res.check(status_rule_broken(status) is None, f"{name}: breaks {status_rule_broken(status)}")
+        words.add(status.get("status"))
+        signing_input = TAG_PRESENCE + jcs(status)
+        res.equal(f"{name}: signing input", hexs(signing_input), case["signing_input_hex"])
+        public = public_from_seed(case["seed_hex"])
+        res.equal(f"{name}: public key from seed", hexs(public), case["public_key"])
+        res.equal(f"{name}: key id of public key", key_id(public), case["key_id"])
+        res.equal(f"{name}: status key", status.get("key"), case["key_id"])
+        res.check(verifies(public, bytes.fromhex(case["sig"]), signing_input),
+                  f"{name}: signature does not verify over the signing input")
+        res.check(not verifies(public, bytes.fromhex(case["sig"]), TAG_PROFILE + jcs(status)),
+                  f"{name}: signature also verifies under the profile tag (SIG-1)")
+        private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(case["seed_hex"]))
+        res.equal(f"{name}: deterministic Ed25519 signature", hexs(private.sign(signing_input)), case["sig"])
+        res.equal(f"{name}: wire = RFC 8785 form of the status with sig", jcs(dict(status, sig=case["sig"])),
+                  case["wire"].encode("utf-8"))
+    res.equal("presence.json: the statuses of the valid cases", sorted(words), sorted(STATUS_WORDS))
+    n_sig = n_rule = 0
+    for i, case in enumerate(vectors["invalid"]):
+        name = f"status invalid {i} ({case['comment'][:50]})"
+        if "public_key" not in case:
+            try:
+                doc = json.loads(case["input"])
+            except ValueError:
+                continue
+            broken = status_rule_broken(doc)
+            if broken is not None:
+                res.equal(f"{name}: error and field", (case["error"], case.get("field", "")), broken)
+                n_rule += 1
+            continue
+        public = bytes.fromhex(case["public_key"])
+        doc = json.loads(case["input"])
+        if case["error"] == "unknown_key":
+            res.check(doc.get("key") != key_id(public), f"{name}: the key is the one the status names")
+            continue
+        res.equal(f"{name}: error", case["error"], "bad_signature")
+        body = {k: v for k, v in doc.items() if k != "sig"}
+        res.check(not verifies(public, bytes.fromhex(doc["sig"]), TAG_PRESENCE + jcs(body)),
+                  f"{name}: the signature verifies here")
+        n_sig += 1
+    res.check(n_sig >= 3, f"only {n_sig} invalid statuses with bad_signature")
+    res.check(n_rule >= 5, f"only {n_rule} invalid statuses checked against a PRES-2 rule")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -652,7 +793,9 @@ def main() -> int:
                     lambda: check_envelopes(res, keytool),
                     lambda: check_keylogs(res, keytool),
                     lambda: check_pow(res),
-                    lambda: check_auth(res)):
+                    lambda: check_auth(res),
+                    lambda: check_profiles(res),
+                    lambda: check_presence(res)):
         try:
             section()
         except Exception as e:  # a crash in one section is a failure, not the end of the run
