@@ -2,7 +2,8 @@
 """Writes the fuzz targets' starting inputs from the spec's test vectors into seeds/<target>/.
 
 The vectors hold the inputs a fuzzer is least likely to find on its own: envelopes with valid
-signatures, key logs whose chains and signatures check, request authentication headers. Seeds
+signatures, key logs whose chains and signatures check, request authentication headers, signed
+profiles and presence statuses. Seeds
 are named by the SHA-1 of their content, as libFuzzer names corpus files, so running this again
 writes the same files. It also writes seeds/protocol.dict, a libFuzzer dictionary (`-dict=`) of
 the protocol's words: the lower-case string literals of the protocol crate's sources (field
@@ -97,6 +98,8 @@ def generate():
     invalid = load("envelopes_invalid.json")["cases"]
     keylogs = load("keylogs.json")
     auth = load("auth.json")
+    profiles = load("profiles.json")
+    presence = load("presence.json")
 
     # parse_envelope: JSON documents and envelopes, accepted and refused.
     for c in canon:
@@ -117,6 +120,30 @@ def generate():
     for group in ("invalid", "relay_valid", "relay_invalid"):
         for c in auth[group]:
             write("request_auth", c["header"].encode("utf-8"))
+
+    # parse_profile: signed profiles, accepted and refused.
+    for c in profiles["valid"]:
+        write("parse_profile", c["wire"].encode("utf-8"))
+    for c in profiles["invalid"]:
+        write("parse_profile", raw(c))
+
+    # parse_status: signed presence statuses, accepted and refused.
+    for c in presence["valid"]:
+        write("parse_status", c["wire"].encode("utf-8"))
+    for c in presence["invalid"]:
+        write("parse_status", raw(c))
+
+    # directory_query: query strings of GET /v1/directory, as clients and relays send them.
+    for q in [
+        "capability=code-review",
+        "capability=code-review&text=rust+code&limit=5",
+        "text=%C4%B0stanbul&min_tier=1",
+        "text=zo%C3%AB&cursor=%40alice%40relay-a.test",
+        "federated=1&capability=translation&limit=50",
+        "capability=Code&limit=0&federated=2",
+        "text=%00&cursor=nonsense",
+    ]:
+        write("directory_query", q.encode("utf-8"))
 
     # relay_http: an input is up to 16 records separated by SEP; a record's first byte picks the
     # endpoint, signing mode or clock step (see relay_http.rs). Single records first.

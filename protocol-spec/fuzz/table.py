@@ -26,7 +26,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = str(HERE.parents[1]) + "/"
 LOGS = HERE / "logs"
 OWN = ("protocol-spec/src/", "relay/src/")
-TARGETS = ["parse_envelope", "keylog", "request_auth", "relay_http", "relay_federation"]
+TARGETS = ["parse_envelope", "keylog", "request_auth", "parse_profile", "parse_status", "directory_query", "relay_http",
+           "relay_federation"]
 
 
 def main():

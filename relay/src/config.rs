@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub trust: Option<TrustPolicy>,
     pub federation: Option<FederationPolicy>,
     pub retention: Option<RetentionPolicy>,
+    pub directory: Option<crate::engine::directory::DirectoryPolicy>,
+    pub presence: Option<crate::engine::presence::PresencePolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +125,12 @@ impl RelayConfig {
         }
         if let Some(r) = fc.retention {
             policy.retention = r;
+        }
+        if let Some(d) = fc.directory {
+            policy.directory = d;
+        }
+        if let Some(p) = fc.presence {
+            policy.presence = p;
         }
         policy.validate()?;
         Ok(RelayConfig {

@@ -414,6 +414,7 @@ impl Relay {
     pub fn spawn_background(&self) {
         self.app.engine.verify_log_in_background();
         tokio::spawn(run_deadlines(self.app.engine.clone()));
+        tokio::spawn(engine::presence::run_presence(self.app.engine.clone()));
         tokio::spawn(self.app.fed.clone().run_forwarding());
     }
 }

@@ -5,9 +5,12 @@
 //! double holding a relay key) whose bad transfers are refused with the spec's codes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/fed.rs"]
+mod fed;
 #[path = "common/process.rs"]
 mod process;
 
+use fed::*;
 use formica_protocol::auth::{Nonce, RelayAuth, RequestTarget};
 use formica_protocol::envelope::{
     AckStatus, ContactLevel, Envelope, MessageId, MessageType, Payload, SignedEnvelope,
@@ -16,129 +19,7 @@ use formica_protocol::keylog::{KeyLogEntry, KeyOp};
 use formica_protocol::{canon, Domain, Handle, Object, RelayHost, SecretKey, Value};
 use process::*;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// A test's directory under the system temp dir, removed when the test ends, passed or failed
-/// (declared first in a test, it is dropped after the relays, which are killed on drop).
-struct TempRoot(PathBuf);
-
-impl std::ops::Deref for TempRoot {
-    type Target = PathBuf;
-    fn deref(&self) -> &PathBuf {
-        &self.0
-    }
-}
-
-impl Drop for TempRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir(name: &str) -> TempRoot {
-    let d = std::env::temp_dir().join(format!(
-        "formica-fed-{name}-{}-{}",
-        std::process::id(),
-        now_ms()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    TempRoot(d)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn fed_config(dir: &Path, dead_letter_ms: i64, extra_federation: &str) -> PathBuf {
-    let base = write_config(dir);
-    let mut text = std::fs::read_to_string(&base).unwrap();
-    text = text.replace("[limits]\n", "[limits]\ndeadline_check_ms = 100\n");
-    text.push_str(&format!(
-        r#"
-[federation]
-enabled = true
-scheme = "http"
-peering = "open"
-allow_private_peers = true
-dead_letter_ms = {dead_letter_ms}
-retry_base_ms = 50
-retry_max_ms = 400
-breaker_failures = 4
-breaker_cooldown_ms = 400
-request_timeout_ms = 2000
-{extra_federation}"#
-    ));
-    std::fs::write(&base, text).unwrap();
-    base
-}
-
-/// A relay on a fixed loopback port, so that it keeps its host across restarts.
-struct Node {
-    proc_: RelayProc,
-    port: u16,
-    dir: PathBuf,
-    config: PathBuf,
-}
-
-impl Node {
-    fn start(root: &Path, name: &str, dead_letter_ms: i64) -> Node {
-        Node::start_with(root, name, dead_letter_ms, "")
-    }
-    /// Like `start`, with extra lines in the `[federation]` table.
-    fn start_with(root: &Path, name: &str, dead_letter_ms: i64, extra_federation: &str) -> Node {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = fed_config(&dir, dead_letter_ms, extra_federation);
-        let port = free_port();
-        let proc_ = RelayProc::start_on(
-            &dir.join("data"),
-            &config,
-            &format!("127.0.0.1:{port}"),
-            &format!("127.0.0.1:{port}"),
-        );
-        Node {
-            proc_,
-            port,
-            dir,
-            config,
-        }
-    }
-    fn restart(&mut self) {
-        let hp = format!("127.0.0.1:{}", self.port);
-        self.proc_ = RelayProc::start_on(&self.dir.join("data"), &self.config, &hp, &hp);
-    }
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-    /// `relay peer ...` against this relay (the operator's command).
-    fn peer_cmd(&self, args: &[&str]) -> (bool, String) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
-            .arg("peer")
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    }
-    fn peer_with(&self, other: &Node) {
-        let (ok, out) = self.peer_cmd(&["add", &format!("http://{}", other.host())]);
-        assert!(ok, "peer add: {out}");
-        assert!(out.contains("\"active\""), "{out}");
-    }
-}
 
 fn envelope(from: &Peer, to: &[&Handle], payload: Payload, ack_by: Option<i64>) -> SignedEnvelope {
     let ts = now_ms();

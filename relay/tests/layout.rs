@@ -35,6 +35,8 @@ const HANDLERS: &[&str] = &[
     "inbox",
     "messages",
     "ops",
+    "presence",
+    "profiles",
 ];
 
 /// External crates each layer may not name.

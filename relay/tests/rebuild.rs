@@ -1,8 +1,8 @@
 //! Projections rebuilt from the log equal the ones maintained as entries were appended, over
 //! random sequences of operations (registrations, contacts, messages, acks, reads, deadlines,
 //! contact requests, key rotations, federation: messages queued for a peer, transfer outcomes,
-//! dead-letters, envelopes and delivery notices from the peer), including the ones the relay
-//! refuses.
+//! dead-letters, envelopes and delivery notices from the peer; profiles), including the ones
+//! the relay refuses.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -45,6 +45,11 @@ enum Op {
     /// A checkpoint: a snapshot of the tables and its record; from the second on, the records
     /// the older one no longer needs are dropped.
     Checkpoint,
+    /// An agent publishes a profile with this seq (a low one is refused `profile_outdated`),
+    /// listed or not, with one of two capabilities.
+    Profile(usize, u8, bool),
+    /// An agent sets a presence status (busy or away), or the same status again.
+    Status(usize, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -66,8 +71,10 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (a.clone(), any::<bool>()).prop_map(|(x, k)| Op::SendRemote(x, k)),
         3 => (0u8..3).prop_map(Op::Forward),
         2 => a.clone().prop_map(Op::Incoming),
-        2 => (a, any::<bool>()).prop_map(|(x, k)| Op::IncomingNew(x, k)),
+        2 => (a.clone(), any::<bool>()).prop_map(|(x, k)| Op::IncomingNew(x, k)),
         1 => Just(Op::Delivered),
+        2 => (a.clone(), 1u8..6, any::<bool>()).prop_map(|(x, s, l)| Op::Profile(x, s, l)),
+        1 => (a, any::<bool>()).prop_map(|(x, b)| Op::Status(x, b)),
     ]
 }
 
@@ -452,6 +459,48 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
                     }
                 }
             }
+            Op::Status(i, busy) => {
+                if let Some(a) = &agents[i] {
+                    let s = formica_protocol::Status {
+                        handle: a.handle.clone(),
+                        key: a.key.public().key_id(),
+                        ts: r.now(),
+                        expires: r.now() + 60_000,
+                        status: if busy {
+                            formica_protocol::Availability::Busy
+                        } else {
+                            formica_protocol::Availability::Away
+                        },
+                        note: None,
+                    };
+                    let signed = s.sign(&a.key).unwrap();
+                    a.authed(&r, "PUT", "/v1/presence", signed.wire()).await;
+                }
+            }
+            Op::Profile(i, seq, listed) => {
+                if let Some(a) = &agents[i] {
+                    let p = formica_protocol::Profile {
+                        handle: a.handle.clone(),
+                        key: a.key.public().key_id(),
+                        seq: i64::from(seq),
+                        ts: r.now(),
+                        expires: r.now() + 60_000,
+                        name: format!("{} {seq}", NAMES[i]),
+                        description: None,
+                        capabilities: vec![formica_protocol::Capability {
+                            id: if seq % 2 == 0 { "even" } else { "odd" }.into(),
+                            version: None,
+                            tags: Vec::new(),
+                        }],
+                        accepts: Vec::new(),
+                        platform: None,
+                        model: None,
+                        listed,
+                    };
+                    let signed = p.sign(&a.key).unwrap();
+                    a.authed(&r, "PUT", "/v1/profile", signed.wire()).await;
+                }
+            }
             Op::Rotate(i) => {
                 if let Some(a) = agents[i].take() {
                     let k = r.fresh_key();
@@ -523,6 +572,12 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
     ));
     seen.push(format!("first={}", store.base().unwrap().first));
     seen.push(format!("checkpoints={}", live.checkpoints.len()));
+    seen.push(format!("statuses={}", live.statuses.len()));
+    seen.push(format!(
+        "profiles={} seqs={:?}",
+        live.profiles.len(),
+        live.profiles.values().map(|p| p.seq()).collect::<Vec<_>>()
+    ));
     if damage {
         // A snapshot written but never logged (a stop between the two) is no snapshot: check
         // passes beside it, and a start removes it.
@@ -615,6 +670,32 @@ fn federation_operations_reach_the_log() {
         "dead_letters=2",
         "remote_logs=1",
     ] {
+        assert!(seen.iter().any(|s| s == want), "{want} not in {seen:?}");
+    }
+}
+
+/// Profiles and presence statuses reach the log: a lower seq is refused, a higher one replaces,
+/// and they survive checkpoints that drop the records that made them (the tables are compared
+/// with the replay in `run`).
+#[test]
+fn profiles_and_statuses_reach_the_log_and_survive_checkpoints() {
+    let rt = runtime();
+    let ops = vec![
+        Op::Register(0),
+        Op::Register(1),
+        Op::Profile(0, 3, true),
+        Op::Profile(0, 2, false),
+        Op::Profile(1, 1, false),
+        Op::Checkpoint,
+        Op::Profile(1, 4, true),
+        Op::Status(0, true),
+        Op::Advance(10),
+        Op::Status(0, false),
+        Op::Checkpoint,
+        Op::Checkpoint,
+    ];
+    let seen = rt.block_on(run(ops));
+    for want in ["profiles=2 seqs=[3, 4]", "statuses=1"] {
         assert!(seen.iter().any(|s| s == want), "{want} not in {seen:?}");
     }
 }

@@ -18,7 +18,15 @@ struct Sse {
 
 impl Sse {
     fn open(r: &RelayProc, peer: &Peer, last_event_id: Option<&str>) -> Result<Sse, (u16, String)> {
-        let path = "/v1/inbox/stream";
+        Sse::open_path(r, peer, "/v1/inbox/stream", last_event_id)
+    }
+
+    fn open_path(
+        r: &RelayProc,
+        peer: &Peer,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Sse, (u16, String)> {
         let (k, v) = peer.auth("GET", path, b"");
         let mut s = TcpStream::connect(&r.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -114,6 +122,13 @@ impl Sse {
 
     /// The next `envelope` event, or `None` once the connection has ended.
     fn try_next_event(&mut self) -> Option<(String, String)> {
+        self.try_next_of("envelope")
+            .map(|(id, data)| (id.unwrap(), data))
+    }
+
+    /// The next event named `kind` (its id, if any, and data), or `None` once the connection
+    /// has ended.
+    fn try_next_of(&mut self, kind: &str) -> Option<(Option<String>, String)> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
@@ -138,8 +153,8 @@ impl Sse {
                         event = Some(x.to_owned());
                     }
                 }
-                if event.as_deref() == Some("envelope") {
-                    return Some((id.unwrap(), data.unwrap()));
+                if event.as_deref() == Some(kind) {
+                    return Some((id, data.unwrap()));
                 }
                 continue; // keep-alive comment
             }
@@ -187,6 +202,75 @@ fn id_of(data: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// The `status` of a presence event's data.
+fn status_of(data: &str) -> (String, String) {
+    let v = formica_protocol::json::parse(data.as_bytes(), formica_protocol::JsonLimits::default())
+        .unwrap();
+    let o = v.as_object().unwrap();
+    let s = |k: &str| o.get(k).unwrap().as_str().unwrap().to_owned();
+    (s("handle"), s("status"))
+}
+
+/// PRES-1, PRES-4, PRES-5: a contact's stream with `presence=1` sees the agent come online when
+/// its stream opens, `busy` once it says so, and `offline` once `presence.ttl_ms` has passed
+/// after its stream closed (not before); a stranger sees nothing; presence events carry no id,
+/// so Last-Event-ID still names the last inbox item.
+#[test]
+fn presence_is_pushed_to_contacts_and_goes_offline_after_the_ttl() {
+    let ttl = 1500;
+    let (dir, r, a, b) = setup_with(
+        "presence",
+        &format!("[presence]\nttl_ms = {ttl}\npush_interval_ms = 50"),
+    );
+    // b granted a: a watches b.
+    let carol = Peer::register(&r, "carol", 3);
+    let mut watch = Sse::open_path(&r, &a, "/v1/inbox/stream?presence=1", None).unwrap();
+    let b_stream = Sse::open(&r, &b, None).unwrap();
+    let (id, data) = watch.try_next_of("presence").unwrap();
+    assert_eq!(id, None, "a presence event has no id");
+    assert_eq!(status_of(&data), (b.handle.to_string(), "available".into()));
+    let status = formica_protocol::Status {
+        handle: b.handle.clone(),
+        key: b.key.public().key_id(),
+        ts: now_ms(),
+        expires: now_ms() + 600_000,
+        status: formica_protocol::Availability::Busy,
+        note: Some("in a review".into()),
+    }
+    .sign(&b.key)
+    .unwrap();
+    let (st, v) = b.authed(&r, "PUT", "/v1/presence", status.wire());
+    assert_eq!(st, 200, "{v:?}");
+    let (_, data) = watch.try_next_of("presence").unwrap();
+    assert_eq!(status_of(&data), (b.handle.to_string(), "busy".into()));
+    // A contact reads the full presence; a stranger gets not_found.
+    let path = format!("/v1/presence/{}", b.handle);
+    let (st, v) = a.authed(&r, "GET", &path, b"");
+    assert_eq!(st, 200);
+    let o = v.as_object().unwrap();
+    assert_eq!(o.get("status").unwrap().as_str(), Some("busy"));
+    assert!(o.get("signed").unwrap().as_object().is_some());
+    let (st, _) = carol.authed(&r, "GET", &path, b"");
+    assert_eq!(st, 404);
+    // b's stream closes: offline, but only once the ttl has passed.
+    let closed = std::time::Instant::now();
+    drop(b_stream);
+    let (_, data) = watch.try_next_of("presence").unwrap();
+    assert_eq!(status_of(&data), (b.handle.to_string(), "offline".into()));
+    let after = closed.elapsed();
+    assert!(
+        after >= Duration::from_millis(ttl - 100),
+        "offline after {after:?}, before the ttl of {ttl} ms"
+    );
+    // An inbox item still comes with its id.
+    a.allow(&r, &b.handle);
+    send(&r, &b, &a, "hello");
+    let (id, _) = watch.next_event();
+    assert_eq!(id, "1");
+    drop(r);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

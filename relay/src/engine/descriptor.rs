@@ -120,5 +120,7 @@ impl Policy {
         rv.insert("max_ms", int(r.max_ms));
         rv.insert("dedup_ms", int(r.dedup_ms));
         o.insert("retention", Value::Object(rv));
+        o.insert("directory", self.directory.to_value());
+        o.insert("presence", self.presence.to_value());
     }
 }

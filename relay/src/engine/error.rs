@@ -76,6 +76,26 @@ impl From<formica_protocol::EnvelopeError> for ApiError {
     }
 }
 
+impl From<formica_protocol::ProfileError> for ApiError {
+    fn from(e: formica_protocol::ProfileError) -> Self {
+        let mut a = ApiError::new(e.code(), e.to_string());
+        if let formica_protocol::ProfileError::Schema(s) = &e {
+            a = a.with("field", schema_field(s).into());
+        }
+        a
+    }
+}
+
+impl From<formica_protocol::StatusError> for ApiError {
+    fn from(e: formica_protocol::StatusError) -> Self {
+        let mut a = ApiError::new(e.code(), e.to_string());
+        if let formica_protocol::StatusError::Schema(s) = &e {
+            a = a.with("field", schema_field(s).into());
+        }
+        a
+    }
+}
+
 impl From<formica_protocol::KeyLogError> for ApiError {
     fn from(e: formica_protocol::KeyLogError) -> Self {
         use formica_protocol::KeyLogError::{BadProof, Schema};

@@ -6,7 +6,9 @@ use formica_protocol::json::{self, JsonLimits};
 use formica_protocol::keylog::SignedKeyLogEntry;
 use formica_protocol::pow::Challenge;
 use formica_protocol::schema::Fields;
-use formica_protocol::{canon, Handle, Object, PublicKey, RelayHost, Value};
+use formica_protocol::{
+    canon, Handle, Object, PublicKey, RelayHost, SignedProfile, SignedStatus, Value,
+};
 
 /// Where a peering stands on this side (SPEC.md FED-3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,6 +68,10 @@ pub enum Event {
         owner: Handle,
         contact: Handle,
     },
+    /// An agent's profile, checked (SPEC.md PROF-4), replaces the one held.
+    ProfileSet { at: i64, profile: SignedProfile },
+    /// An agent's presence status, checked (SPEC.md PRES-3), replaces the one held.
+    StatusSet { at: i64, status: SignedStatus },
     /// `owner` answered contact request `request` (accepting at `level`, or rejecting).
     RequestAnswered {
         at: i64,
@@ -208,6 +214,8 @@ impl Event {
             | Event::Read { at, .. }
             | Event::ContactSet { at, .. }
             | Event::ContactRemoved { at, .. }
+            | Event::ProfileSet { at, .. }
+            | Event::StatusSet { at, .. }
             | Event::RequestAnswered { at, .. }
             | Event::PeerSet { at, .. }
             | Event::PeerRemoved { at, .. }
@@ -301,6 +309,15 @@ impl Event {
                 o.insert("host", host.as_str().into());
                 o.insert("key", key.to_hex().into());
                 o.insert("status", status.as_str().into());
+            }
+            Event::ProfileSet { profile, .. } => {
+                o.insert("t", "profile_set".into());
+                o.insert("profile", profile.value().clone());
+            }
+            Event::StatusSet { status, .. } => {
+                o.insert("t", "status_set".into());
+                let v = json::parse(status.wire(), log_limits()).unwrap_or(Value::Null);
+                o.insert("status", v);
             }
             Event::PeerRemoved { host, .. } => {
                 o.insert("t", "peer_removed".into());
@@ -439,6 +456,16 @@ impl Event {
                     .map_err(|x| x.to_string())?,
                 status: PeerStatus::parse(f.req_str("status").map_err(e)?)
                     .ok_or("bad peer status")?,
+            },
+            "status_set" => Event::StatusSet {
+                at,
+                status: SignedStatus::from_value(f.req("status").map_err(e)?.clone())
+                    .map_err(|x| x.to_string())?,
+            },
+            "profile_set" => Event::ProfileSet {
+                at,
+                profile: SignedProfile::from_value(f.req("profile").map_err(e)?.clone())
+                    .map_err(|x| x.to_string())?,
             },
             "peer_removed" => Event::PeerRemoved {
                 at,

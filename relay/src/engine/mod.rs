@@ -15,6 +15,7 @@ pub mod cell;
 pub mod checkpoint;
 pub mod decide;
 pub mod descriptor;
+pub mod directory;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -23,9 +24,11 @@ pub mod metrics;
 pub mod notable;
 pub mod notifier;
 pub mod policy;
+pub mod presence;
 pub mod replay;
 pub mod state;
 pub mod ticker;
+mod validate;
 pub mod writer;
 
 use crate::store::{EventLog, Store, StoreError};
@@ -80,6 +83,8 @@ pub struct Engine {
     verify: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// True while a checkpoint is being made (`checkpoint::start_if_due`).
     pub checkpointing: AtomicBool,
+    /// Who is connected, and the presence feeds of open streams (SPEC.md 18.4).
+    pub presence: Arc<presence::Hub>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -146,6 +151,7 @@ impl Engine {
             admission,
             verify: std::sync::Mutex::new(None),
             checkpointing: AtomicBool::new(false),
+            presence: Arc::default(),
         });
         (engine, writer_thread)
     }

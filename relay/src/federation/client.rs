@@ -64,8 +64,39 @@ impl Federation {
         body: Vec<u8>,
         sign: bool,
     ) -> Result<(u16, Value), Unreachable> {
-        self.call_via(self.client_for(host), method, host, path, body, sign)
-            .await
+        let timeout = Duration::from_millis(self.engine.policy.federation.request_timeout_ms);
+        self.call_via(
+            self.client_for(host),
+            method,
+            host,
+            path,
+            body,
+            sign,
+            timeout,
+        )
+        .await
+    }
+
+    /// [`call`](Self::call) bounded by `timeout` instead of the federation request timeout (a
+    /// federated search waits less than a transfer).
+    pub async fn call_within(
+        &self,
+        method: &str,
+        host: &RelayHost,
+        path: &str,
+        sign: bool,
+        timeout: Duration,
+    ) -> Result<(u16, Value), Unreachable> {
+        self.call_via(
+            self.client_for(host),
+            method,
+            host,
+            path,
+            Vec::new(),
+            sign,
+            timeout,
+        )
+        .await
     }
 
     /// The HTTP client for requests to `host`: one that connects only to public addresses unless
@@ -81,7 +112,9 @@ impl Federation {
         }
     }
 
-    /// [`call`] with a given HTTP client.
+    /// [`call`] with a given HTTP client and timeout.
+    // The request's parts, each needed: grouping them would only move the list.
+    #[allow(clippy::too_many_arguments)]
     async fn call_via(
         &self,
         agent: &ureq::Agent,
@@ -90,6 +123,7 @@ impl Federation {
         path: &str,
         body: Vec<u8>,
         sign: bool,
+        timeout: Duration,
     ) -> Result<(u16, Value), Unreachable> {
         let url = format!(
             "{}://{}{}",
@@ -111,7 +145,6 @@ impl Federation {
                 },
             )
         });
-        let timeout = Duration::from_millis(self.engine.policy.federation.request_timeout_ms);
         let agent = agent.clone();
         let (m, u) = (method.to_owned(), url.clone());
         let sent = tokio::task::spawn_blocking(move || -> Result<(u16, Vec<u8>), Unreachable> {

@@ -9,6 +9,7 @@
 //! so a restart resumes forwarding where it stopped.
 
 pub mod client;
+pub mod directory;
 pub mod forward;
 pub mod keylogs;
 pub mod peer_addr;

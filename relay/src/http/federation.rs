@@ -467,3 +467,56 @@ pub(crate) async fn keylog_push(AxState(app): AxState<Shared>, req: Request) -> 
     .await;
     res.unwrap_or_else(|e: ApiError| e.into_response())
 }
+
+/// `GET /v1/federation/directory` (FED-18): a peer searches this relay's listed profiles for
+/// its agents' federated search (PROF-11). The query is PROF-9's, without a cursor or
+/// `federated` (a relay never asks its own peers for another's search), and the answer a
+/// PROF-9 page.
+pub(crate) async fn directory(AxState(app): AxState<Shared>, req: Request) -> Response {
+    let res = async {
+        federation_enabled(&app)?;
+        let path = path_of(&req);
+        let (parts, body) = req.into_parts();
+        let body = read_body(body, 0).await?;
+        let origin = authenticate_relay(&app, &parts.method, &path, &parts.headers, &body, None)?;
+        let policy = &app.engine.policy;
+        // FED-18: a relay never forwards a peer's search, and a peer gets one page.
+        for name in ["federated", "cursor"] {
+            let given = parts
+                .uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some(name)));
+            if given {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidField,
+                    "a peer's search takes neither `federated` nor `cursor`",
+                )
+                .with("field", name.into()));
+            }
+        }
+        let q = crate::engine::directory::parse_query(parts.uri.query(), policy, &app.engine.host)?;
+        let per_min = policy.directory.peer_searches_per_min;
+        let now = app.engine.now();
+        app.search_buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(&Handle::relay(&origin), per_min, (per_min / 4).max(10), now)
+            .map_err(|wait| {
+                ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!("{per_min} directory searches per minute from one peer"),
+                )
+                .with("retry_after_s", Value::Int(wait))
+            })?;
+        let (found, _) = {
+            let st = app.engine.read();
+            crate::engine::directory::search(&st, &q, now, policy, &app.engine.presence)
+        };
+        Ok(ok(
+            200,
+            Value::Object(crate::engine::directory::page_value(&found, None)),
+        ))
+    }
+    .await;
+    res.unwrap_or_else(|e: ApiError| e.into_response())
+}

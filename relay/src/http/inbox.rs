@@ -16,11 +16,12 @@
 use super::answer::ok;
 use super::request::{auth_request, authenticate};
 use super::server::{ClientHold, ConnHold, ReadMeter};
+use super::stream::{close_policy, presence_param, ClientFrames, StreamPresence};
 use super::Shared;
 use crate::engine::decide::Command;
 use crate::engine::error::ApiError;
 use crate::engine::state::InboxItem;
-use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -42,9 +43,6 @@ pub const WS_CLIENT_FRAME_BYTES_MAX: usize = 125;
 /// Read buffer of one inbox WebSocket (the library's default is 128 KiB per connection; a
 /// client's frames are at most 131 bytes).
 pub const WS_READ_BUFFER_BYTES: usize = 4096;
-
-/// The header of a masked client frame with a payload of at most 125 bytes.
-const WS_CLIENT_FRAME_HEADER_BYTES: u64 = 6;
 
 /// Longest time an idle stream goes without checking that the key that opened it is still the
 /// agent's current key (API-16). The check is also made before every page is read, so nothing
@@ -308,13 +306,15 @@ pub(crate) async fn sse(
         return ApiError::internal("the accepted Authorization header does not parse")
             .into_response();
     };
-    let cursor = match resume_cursor(&app, &me, &headers, &uri)
+    let (cursor, want) = match resume_cursor(&app, &me, &headers, &uri)
         .and_then(|c| check_cursor(&app, &me, c).map(|_| c))
+        .and_then(|c| Ok((c, presence_param(&uri)?)))
     {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     let rx = app.engine.notifier.subscribe(&me);
+    let pres = StreamPresence::open(&app, &me, want);
     app.engine
         .metrics
         .streams
@@ -327,7 +327,7 @@ pub(crate) async fn sse(
         (me, kid, false, cursor),
         cursor,
         rx,
-        VecDeque::<InboxItem>::new(),
+        (VecDeque::<InboxItem>::new(), pres),
         guard,
         stop,
     );
@@ -338,7 +338,17 @@ pub(crate) async fn sse(
                 return None;
             }
             loop {
-                if let Some(item) = buf.pop_front() {
+                // PRES-5: presence events carry no id, so Last-Event-ID still names an item.
+                if let Some(v) = buf.1.pop() {
+                    let data = String::from_utf8_lossy(&formica_protocol::canon::canonicalize(&v))
+                        .into_owned();
+                    let ev = SseEvent::default().event("presence").data(data);
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (app, (me, kid, false, marked), cursor, rx, buf, guard, stop),
+                    ));
+                }
+                if let Some(item) = buf.0.pop_front() {
                     let data = String::from_utf8_lossy(&item.wire).into_owned();
                     let ev = SseEvent::default()
                         .event("envelope")
@@ -367,7 +377,7 @@ pub(crate) async fn sse(
                 let items = page(&app, &me, cursor, app.engine.policy.limits.inbox_page_max);
                 if let Some(last) = items.last() {
                     cursor = last.cursor;
-                    buf.extend(items);
+                    buf.0.extend(items);
                     continue;
                 }
                 // Shutdown ends the stream cleanly; the client resumes from its last event id.
@@ -377,6 +387,7 @@ pub(crate) async fn sse(
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { return None },
                     _ = stop.changed() => return None,
+                    _ = buf.1.wait() => buf.1.collect(&app, &me),
                     _ = tokio::time::sleep(Duration::from_millis(KEY_CHECK_MS)) => {}
                 }
             }
@@ -429,8 +440,9 @@ pub(crate) async fn ws(
         return ApiError::internal("the accepted Authorization header does not parse")
             .into_response();
     };
-    let cursor = match resume_cursor(&app, &me, &headers, &uri)
+    let (cursor, want) = match resume_cursor(&app, &me, &headers, &uri)
         .and_then(|c| check_cursor(&app, &me, c).map(|_| c))
+        .and_then(|c| Ok((c, presence_param(&uri)?)))
     {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -444,7 +456,7 @@ pub(crate) async fn ws(
                 // Keep the connection's places under the connection limits while the socket lives.
                 let _hold = (hold, client_hold);
                 let frames = ClientFrames::new(meter.map(|m| m.0));
-                ws_loop(app, me, kid, cursor, socket, frames).await
+                ws_loop(app, me, kid, (cursor, want), socket, frames).await
             }),
         Err(e) => ApiError::new(
             ErrorCode::InvalidField,
@@ -455,59 +467,11 @@ pub(crate) async fn ws(
     }
 }
 
-/// What the client of an inbox WebSocket has sent, against the bytes read from its connection:
-/// bytes beyond the frames received are a frame the client began and has not finished.
-struct ClientFrames {
-    /// Absent only when the connection was not made by `server::serve` (tests without sockets).
-    meter: Option<ReadMeter>,
-    /// Bytes of the connection accounted for: everything before the upgrade, then each frame.
-    accounted: u64,
-    /// Since when bytes beyond `accounted` have been seen.
-    partial_since: Option<std::time::Instant>,
-}
-
-impl ClientFrames {
-    fn new(meter: Option<ReadMeter>) -> ClientFrames {
-        let accounted = meter.as_ref().map_or(0, ReadMeter::bytes);
-        ClientFrames {
-            meter,
-            accounted,
-            partial_since: None,
-        }
-    }
-
-    /// A control frame with `payload` bytes was received whole.
-    fn received(&mut self, payload: usize) {
-        self.accounted += WS_CLIENT_FRAME_HEADER_BYTES + payload as u64;
-        self.partial_since = None;
-    }
-
-    /// How long a frame the client began has been unfinished, if one is.
-    fn unfinished_for(&mut self, now: std::time::Instant) -> Option<Duration> {
-        let read = self.meter.as_ref()?.bytes();
-        if read > self.accounted {
-            Some(now - *self.partial_since.get_or_insert(now))
-        } else {
-            self.partial_since = None;
-            None
-        }
-    }
-}
-
-/// Closes an inbox WebSocket with a policy-violation status (1008) and `reason`.
-async fn close_policy(socket: &mut WebSocket, reason: &'static str) {
-    let frame = CloseFrame {
-        code: close_code::POLICY,
-        reason: reason.into(),
-    };
-    let _ = socket.send(Message::Close(Some(frame))).await;
-}
-
 async fn ws_loop(
     app: Shared,
     me: Handle,
     kid: KeyId,
-    mut cursor: u64,
+    (mut cursor, want): (u64, bool),
     mut socket: WebSocket,
     mut frames: ClientFrames,
 ) {
@@ -517,6 +481,7 @@ async fn ws_loop(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _guard = StreamGuard(app.clone());
     let mut rx = app.engine.notifier.subscribe(&me);
+    let mut pres = StreamPresence::open(&app, &me, want);
     let mut stop = app.engine.stopping.subscribe();
     let mut ping = tokio::time::interval(Duration::from_millis(KEEPALIVE_MS));
     let mut recheck = tokio::time::interval(Duration::from_millis(KEY_CHECK_MS));
@@ -550,6 +515,17 @@ async fn ws_loop(
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             _ = stop.changed() => {},
+            // PRES-5: presence frames, coalesced.
+            _ = pres.wait() => {
+                pres.collect(&app, &me);
+                while let Some(v) = pres.pop() {
+                    let mut o = Object::new();
+                    o.insert("presence", v);
+                    let frame = formica_protocol::canon::canonicalize(&Value::Object(o));
+                    let text = String::from_utf8_lossy(&frame).into_owned();
+                    if socket.send(Message::Text(text.into())).await.is_err() { return }
+                }
+            },
             // API-11: a client sends only control frames. A frame over
             // WS_CLIENT_FRAME_BYTES_MAX fails in the library and ends the connection at once.
             msg = socket.recv() => match msg {

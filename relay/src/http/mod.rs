@@ -19,8 +19,11 @@ pub mod inbox;
 pub mod messages;
 pub mod observe;
 pub mod ops;
+pub mod presence;
+pub mod profiles;
 pub mod request;
 pub mod server;
+pub mod stream;
 
 use crate::engine::limits::{Buckets, Challenges, Nonces};
 use crate::engine::Engine;
@@ -40,6 +43,12 @@ pub struct App {
     pub nonces: Mutex<Nonces>,
     pub key_buckets: Mutex<Buckets<KeyId>>,
     pub ip_buckets: Mutex<Buckets<IpAddr>>,
+    /// Directory searches per agent (PROF-9).
+    pub search_buckets: Mutex<Buckets<formica_protocol::Handle>>,
+    /// Federated searches in progress (`directory.federated_searches_max`).
+    pub federated_searches: Arc<tokio::sync::Semaphore>,
+    /// Presence statuses and heartbeats per agent (PRES-3).
+    pub presence_buckets: Mutex<Buckets<formica_protocol::Handle>>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
     /// Bearer token of the admin endpoints (set when the relay runs on a data directory).
@@ -74,6 +83,11 @@ impl App {
             nonces: Mutex::new(nonces),
             key_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
             ip_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
+            search_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
+            presence_buckets: Mutex::new(Buckets::new(limits.rate_limit_keys_max)),
+            federated_searches: Arc::new(tokio::sync::Semaphore::new(
+                engine.policy.directory.federated_searches_max,
+            )),
             trusted_proxies,
             admin_token: OnceLock::new(),
             data_dir: OnceLock::new(),
@@ -129,9 +143,23 @@ pub fn routes() -> Router<Shared> {
             "/v1/contact-requests/{id}/reject",
             post(contacts::reject_request),
         )
+        .route("/v1/profile", axum::routing::put(profiles::put_profile))
+        .route("/v1/profiles/{handle}", get(profiles::get_profile))
+        .route(
+            "/v1/profiles/{handle}/agent-card",
+            get(profiles::agent_card),
+        )
+        .route("/v1/directory", get(profiles::directory))
+        .route(
+            "/v1/presence",
+            get(presence::list_presence).put(presence::put_status),
+        )
+        .route("/v1/presence/heartbeat", post(presence::heartbeat))
+        .route("/v1/presence/{handle}", get(presence::get_presence))
         .route("/v1/federation/peers", post(federation::handshake))
         .route("/v1/federation/transfer", post(federation::transfer))
         .route("/v1/federation/keylog", post(federation::keylog_push))
+        .route("/v1/federation/directory", get(federation::directory))
         .route(
             "/admin/v1/peers",
             get(admin::admin_list).post(admin::admin_add),

@@ -236,6 +236,33 @@ pub(crate) fn authenticate(
     Ok(auth.handle)
 }
 
+/// PROF-4 steps 3-5, PRES-3: a document the authenticated agent `me` signed itself (a profile,
+/// a presence status) names `me` (`forbidden` otherwise), is fresh, and names a key of `me`
+/// valid at its `ts`: that key, which the caller verifies the signature with.
+pub(crate) fn own_document_key(
+    app: &App,
+    me: &Handle,
+    what: &str,
+    (handle, key, ts): (&Handle, &formica_protocol::KeyId, i64),
+) -> Result<PublicKey, ApiError> {
+    if handle != me {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("the {what} is {handle}'s; the request is signed by {me}"),
+        ));
+    }
+    app.engine.policy.time.check(ts, app.engine.now())?;
+    let st = app.engine.read();
+    let a = st
+        .agents
+        .get(me)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "not registered"))?;
+    a.keylog
+        .key_at(key, ts)
+        .copied()
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))
+}
+
 /// Splits a request into what authentication needs.
 pub(crate) async fn auth_request(
     app: &App,

@@ -13,7 +13,8 @@ pub enum Table {
     Meta,
     /// Agents homed here (key log, contacts, pending requests, counters), by handle.
     Agents,
-    /// Peers, cached remote key logs, vouches and reports: small maps, one row each.
+    /// Peers, cached remote key logs, vouches, reports and agents' profiles: small maps, one
+    /// row each.
     Small,
     /// Inbox items by (handle, cursor): the message id, when it was stored, its wire bytes.
     Inbox,

@@ -53,6 +53,12 @@ impl Resp {
     pub fn str_(&self, k: &str) -> &str {
         self.get(k).as_str().unwrap()
     }
+    /// The `field` member of an error answer ("" when absent).
+    pub fn field_of_error(&self) -> &str {
+        field(&self.body, &["error", "field"])
+            .as_str()
+            .unwrap_or("")
+    }
     #[track_caller]
     pub fn expect(&self, status: u16, code: &str) -> &Self {
         assert_eq!(

@@ -29,6 +29,8 @@ mod delivery;
 mod federation;
 mod ingest;
 mod keylog;
+mod presence;
+mod profiles;
 mod tick;
 
 pub use federation::{peer_caps, peer_value, transfer_item};
@@ -64,6 +66,14 @@ pub enum Command {
     ContactRemove {
         owner: Handle,
         contact: Handle,
+    },
+    /// An agent's profile, its signature verified by the handler (PROF-4).
+    ProfileSet {
+        profile: formica_protocol::SignedProfile,
+    },
+    /// An agent's presence status, its signature verified by the handler (PRES-3).
+    StatusSet {
+        status: formica_protocol::SignedStatus,
     },
     /// `accept`: `None` rejects; `Some(level)` accepts at `level` (or at the requested level).
     AnswerRequest {
@@ -207,6 +217,8 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
             request,
             accept,
         } => contacts::answer_request(st, ctx, owner, request, accept),
+        Command::ProfileSet { profile } => profiles::set(st, ctx, profile),
+        Command::StatusSet { status } => presence::set(st, ctx, status),
         Command::Tick => tick::tick(st, ctx),
         Command::Retain => tick::retain(st, ctx),
         Command::Checkpoint(mark) => tick::checkpoint(st, ctx, mark),

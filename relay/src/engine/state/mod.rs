@@ -8,11 +8,11 @@
 //! Where they live: what grows with the number of messages (inbox items and their bytes,
 //! message records, seen ids, deadlines, outbound queues) is only in the store's tables, read
 //! through [`Db`] (the committed rows under the writer's uncommitted changes); what grows with
-//! the number of agents and peers (agents with their key logs, contacts and requests, peers,
-//! cached remote key logs, vouches, reports, counters) is held in memory in full, in
-//! [`Tracked`] maps whose changed rows the writer commits with the batch's records. Start-up
-//! loads the second kind ([`State::load`]); nothing is replayed unless the tables are missing or
-//! damaged.
+//! the number of agents and peers (agents with their key logs, contacts and requests,
+//! profiles, peers, cached remote key logs, vouches, reports, counters) is held in memory in
+//! full, in [`Tracked`] maps whose changed rows the writer commits with the batch's records.
+//! Start-up loads the second kind ([`State::load`]); nothing is replayed unless the tables are
+//! missing or damaged.
 
 use super::events::{Event, PeerStatus};
 use crate::store::{Store, Table};
@@ -26,6 +26,7 @@ mod checkpoints;
 pub mod codec;
 mod db;
 mod persist;
+mod profiles;
 mod reads;
 mod records;
 pub mod retention;
@@ -35,6 +36,7 @@ mod trust;
 pub use checkpoints::Logged;
 pub use db::Db;
 pub use persist::{format_change, FORMAT, FORMAT_VERSION};
+pub use profiles::{ProfileIndex, StoredProfile};
 pub use records::{
     Agent, InboxItem, MessageRecord, PeerRecord, PendingRequest, Queued, RecipientStatus, RemoteLog,
 };
@@ -51,6 +53,12 @@ pub struct State {
     pub reports: Tracked<(Handle, Handle), i64>,
     pub peers: Tracked<RelayHost, PeerRecord>,
     pub remote_logs: Tracked<Handle, RemoteLog>,
+    /// The latest profile of each agent homed here (SPEC.md section 18).
+    pub profiles: Tracked<Handle, StoredProfile>,
+    /// Listed profiles by capability (derived from `profiles`).
+    pub profile_index: ProfileIndex,
+    /// The latest signed presence status of each agent homed here (SPEC.md PRES-3).
+    pub statuses: Tracked<Handle, formica_protocol::SignedStatus>,
     /// Cached remote key logs per home relay (`federation.remote_keylogs_per_peer_max`).
     pub remote_logs_per_host: BTreeMap<RelayHost, usize>,
     /// Entries held by cached remote key logs, conflicts included
@@ -91,6 +99,9 @@ impl State {
             reports: Tracked::default(),
             peers: Tracked::default(),
             remote_logs: Tracked::default(),
+            profiles: Tracked::default(),
+            profile_index: ProfileIndex::default(),
+            statuses: Tracked::default(),
             remote_logs_per_host: BTreeMap::new(),
             remote_keylog_entries: 0,
             outbound_len: BTreeMap::new(),
@@ -311,6 +322,11 @@ impl State {
                     // A grant answers any pending request from the same agent.
                     a.requests.retain(|_, r| &r.from != contact);
                 }
+            }
+            Event::ProfileSet { profile, .. } => self.set_profile(profile),
+            Event::StatusSet { status, .. } => {
+                self.statuses
+                    .insert(status.status().handle.clone(), status.clone());
             }
             Event::ContactRemoved { owner, contact, .. } => {
                 if let Some(a) = self.agents.get_mut(owner) {

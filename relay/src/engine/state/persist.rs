@@ -65,6 +65,9 @@ impl State {
             agents.insert(a.handle.clone(), a);
         }
         let mut hot = Vec::new();
+        let mut profiles = BTreeMap::new();
+        let mut index = super::ProfileIndex::default();
+        let mut statuses = BTreeMap::new();
         let (mut peers, mut remote, mut vouches, mut reports) = (
             BTreeMap::new(),
             BTreeMap::new(),
@@ -98,6 +101,19 @@ impl State {
                     let host = RelayHost::parse(a).map_err(|_| bad(&k))?;
                     peers.insert(host, codec::peer(&v).ok_or_else(|| bad(&k))?);
                 }
+                ("status", None) => {
+                    let s = formica_protocol::SignedStatus::parse(&v, super::profiles::limits())
+                        .map_err(|_| bad(&k))?;
+                    statuses.insert(h(a).ok_or_else(|| bad(&k))?, s);
+                }
+                ("profile", None) => {
+                    let signed =
+                        formica_protocol::SignedProfile::parse(&v, super::profiles::limits())
+                            .map_err(|_| bad(&k))?;
+                    let handle = h(a).ok_or_else(|| bad(&k))?;
+                    index.add(&handle, signed.profile());
+                    profiles.insert(handle, super::StoredProfile::new(&signed));
+                }
                 ("remote", None) => {
                     let r = codec::remote(&v).ok_or_else(|| bad(&k))?;
                     remote.insert(h(a).ok_or_else(|| bad(&k))?, r);
@@ -129,6 +145,9 @@ impl State {
         }
         st.peers = Tracked::loaded(peers);
         st.remote_logs = Tracked::loaded(remote);
+        st.profiles = Tracked::loaded(profiles);
+        st.statuses = Tracked::loaded(statuses);
+        st.profile_index = index;
         st.vouches = Tracked::loaded(vouches);
         st.reports = Tracked::loaded(reports);
         st.checkpoints = super::checkpoints::load(&*store)?;
@@ -181,6 +200,20 @@ impl State {
                 Table::Small,
                 codec::small_key("remote", h.as_str(), None),
                 r.map(codec::remote_value),
+            );
+        }
+        for (h, p) in self.profiles.take_dirty() {
+            put(
+                Table::Small,
+                codec::small_key("profile", h.as_str(), None),
+                p.map(|p| p.wire().to_vec()),
+            );
+        }
+        for (h, s) in self.statuses.take_dirty() {
+            put(
+                Table::Small,
+                codec::small_key("status", h.as_str(), None),
+                s.map(|s| s.wire().to_vec()),
             );
         }
         for ((a, b), t) in self.vouches.take_dirty() {
@@ -244,6 +277,9 @@ impl State {
             && *self.reports == *other.reports
             && *self.peers == *other.peers
             && *self.remote_logs == *other.remote_logs
+            && *self.profiles == *other.profiles
+            && self.profile_index == other.profile_index
+            && *self.statuses == *other.statuses
             && self.remote_logs_per_host == other.remote_logs_per_host
             && self.remote_keylog_entries == other.remote_keylog_entries
             && self.outbound_len == other.outbound_len
