@@ -14,6 +14,8 @@ pub const KEYLOGS: &str = include_str!("../../protocol-spec/vectors/keylogs.json
 pub const POW: &str = include_str!("../../protocol-spec/vectors/pow.json");
 pub const AUTH: &str = include_str!("../../protocol-spec/vectors/auth.json");
 pub const ED25519: &str = include_str!("../../protocol-spec/vectors/ed25519.json");
+pub const PROFILES: &str = include_str!("../../protocol-spec/vectors/profiles.json");
+pub const PRESENCE: &str = include_str!("../../protocol-spec/vectors/presence.json");
 
 fn parse(text: &str) -> Value {
     // The vector files are strict-JSON documents (JSON-12); a file that is not is a bug in the
@@ -45,6 +47,8 @@ file!(keylogs, KEYLOGS);
 file!(pow, POW);
 file!(auth, AUTH);
 file!(ed25519, ED25519);
+file!(profiles, PROFILES);
+file!(presence, PRESENCE);
 
 /// The array `key` of a vector file.
 pub fn list(file: &'static Value, key: &str) -> &'static [Value] {
@@ -84,6 +88,8 @@ mod tests {
             ("pow", pow()),
             ("auth", auth()),
             ("ed25519", ed25519()),
+            ("profiles", profiles()),
+            ("presence", presence()),
         ] {
             assert!(v.as_object().is_some(), "{name}.json did not parse");
         }

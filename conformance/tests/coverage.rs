@@ -67,6 +67,8 @@ fn every_vector_file_drives_cases() {
         "vec.auth.",
         "vec.pow.",
         "vec.ed25519.",
+        "vec.profiles.",
+        "vec.presence.",
     ] {
         assert!(
             ids.iter().any(|i| i.starts_with(prefix)),
@@ -95,5 +97,31 @@ fn every_vector_file_drives_cases() {
             .filter(|i| i.starts_with("vec.env-valid."))
             .count(),
         n_valid
+    );
+    let n_profiles = ["valid", "invalid"]
+        .iter()
+        .map(|k| {
+            formica_conformance::vectors::list(formica_conformance::vectors::profiles(), k).len()
+        })
+        .sum::<usize>();
+    assert!(n_profiles > 0, "profiles.json has no cases");
+    assert_eq!(
+        ids.iter()
+            .filter(|i| i.starts_with("vec.profiles."))
+            .count(),
+        n_profiles
+    );
+    let n_presence = ["valid", "invalid"]
+        .iter()
+        .map(|k| {
+            formica_conformance::vectors::list(formica_conformance::vectors::presence(), k).len()
+        })
+        .sum::<usize>();
+    assert!(n_presence > 0, "presence.json has no cases");
+    assert_eq!(
+        ids.iter()
+            .filter(|i| i.starts_with("vec.presence."))
+            .count(),
+        n_presence
     );
 }

@@ -115,6 +115,10 @@ const SELECTIONS: &[&str] = &[
     "POW-5",
     "CONTACT-4",
     "JSON-4",
+    "PROF-5",
+    "PROF-8",
+    "PRES-3",
+    "PRES-4",
 ];
 
 #[test]
@@ -312,5 +316,131 @@ fn a_relay_that_answers_with_the_wrong_error_code_or_status_fails() {
             "INGEST-3",
         ],
     );
+    assert_eq!(rep.exit_code(), 1);
+}
+
+#[test]
+fn a_relay_that_accepts_an_outdated_profile_fails_prof_5() {
+    // profile_outdated answered as a stored profile (the relay behind still keeps the newer one).
+    let rewrite: Rewrite = Arc::new(|ex: &Exchange| {
+        if ex.path != "/v1/profile" || code_of(ex).as_deref() != Some("profile_outdated") {
+            return None;
+        }
+        let p = formica_protocol::SignedProfile::parse(
+            &ex.req_body,
+            formica_protocol::JsonLimits::default(),
+        )
+        .ok()?;
+        let p = p.profile();
+        Some(Answer {
+            status: 200,
+            body: json(obj(vec![
+                ("handle", p.handle.as_str().into()),
+                ("seq", Value::Int(p.seq)),
+                ("listed", Value::Bool(p.listed)),
+                ("expires", Value::Int(p.expires)),
+                ("result", "stored".into()),
+            ])),
+        })
+    });
+    let rep = run_through(rewrite, &["PROF-5"]);
+    assert!(failed(&rep, "PROF-5"), "{}", summary(&rep));
+    assert!(case_failed(&rep, "prof.seq"), "{}", summary(&rep));
+    only_failing(&rep, &["PROF-4", "PROF-5", "PROF-6", "PROF-8", "PROF-9"]);
+    assert_eq!(rep.exit_code(), 1);
+}
+
+#[test]
+fn a_relay_whose_hidden_profile_answers_differ_fails_prof_8() {
+    // A 404 of the profile endpoints that names the handle asked for: an unlisted agent's answer
+    // then differs from an unregistered handle's, which tells a stranger what PROF-8 hides.
+    let rewrite: Rewrite = Arc::new(|ex: &Exchange| {
+        if !ex.path.starts_with("/v1/profiles/") || code_of(ex).as_deref() != Some("not_found") {
+            return None;
+        }
+        let v = formica_protocol::json::parse_default(&ex.resp_body).ok()?;
+        let mut err = v.as_object()?.get("error")?.as_object()?.clone();
+        err.insert(
+            "message",
+            format!("no profile shown for {}", ex.path).into(),
+        );
+        Some(Answer {
+            status: ex.status,
+            body: json(obj(vec![("error", Value::Object(err))])),
+        })
+    });
+    let rep = run_through(rewrite, &["PROF-8"]);
+    assert!(failed(&rep, "PROF-8"), "{}", summary(&rep));
+    assert!(case_failed(&rep, "prof.hidden"), "{}", summary(&rep));
+    // A hidden presence is answered as PROF-8's 404 (PRES-4), which the tampering changed too.
+    only_failing(
+        &rep,
+        &[
+            "PROF-5", "PROF-6", "PROF-7", "PROF-8", "PROF-9", "PROF-10", "API-14", "API-18",
+            "PRES-4", "API-21", "HTTP-9",
+        ],
+    );
+    assert_eq!(rep.exit_code(), 1);
+}
+
+#[test]
+fn a_relay_that_accepts_an_outdated_status_fails_pres_3() {
+    // status_outdated answered as a stored status (the relay behind still holds the newer one).
+    let rewrite: Rewrite = Arc::new(|ex: &Exchange| {
+        if ex.path != "/v1/presence" || code_of(ex).as_deref() != Some("status_outdated") {
+            return None;
+        }
+        let s = formica_protocol::SignedStatus::parse(
+            &ex.req_body,
+            formica_protocol::JsonLimits::default(),
+        )
+        .ok()?;
+        let s = s.status();
+        Some(Answer {
+            status: 200,
+            body: json(obj(vec![
+                ("handle", s.handle.as_str().into()),
+                ("status", s.status.as_str().into()),
+                ("expires", Value::Int(s.expires)),
+                ("result", "stored".into()),
+            ])),
+        })
+    });
+    let rep = run_through(rewrite, &["PRES-3"]);
+    assert!(failed(&rep, "PRES-3"), "{}", summary(&rep));
+    assert!(case_failed(&rep, "pres.set"), "{}", summary(&rep));
+    assert!(case_failed(&rep, "pres.check-order"), "{}", summary(&rep));
+    only_failing(
+        &rep,
+        &[
+            "PRES-2", "PRES-3", "PRES-4", "API-19", "HTTP-2", "HTTP-3", "TIME-1", "TIME-2",
+        ],
+    );
+    assert_eq!(rep.exit_code(), 1);
+}
+
+#[test]
+fn a_relay_whose_hidden_presence_answers_differ_fails_pres_4() {
+    // A 404 of the presence endpoint that names the handle asked for: a hidden agent's answer
+    // then differs from PROF-8's, which tells a stranger what PRES-4 hides.
+    let rewrite: Rewrite = Arc::new(|ex: &Exchange| {
+        if !ex.path.starts_with("/v1/presence/") || code_of(ex).as_deref() != Some("not_found") {
+            return None;
+        }
+        let v = formica_protocol::json::parse_default(&ex.resp_body).ok()?;
+        let mut err = v.as_object()?.get("error")?.as_object()?.clone();
+        err.insert(
+            "message",
+            format!("no presence shown for {}", ex.path).into(),
+        );
+        Some(Answer {
+            status: ex.status,
+            body: json(obj(vec![("error", Value::Object(err))])),
+        })
+    });
+    let rep = run_through(rewrite, &["PRES-4"]);
+    assert!(failed(&rep, "PRES-4"), "{}", summary(&rep));
+    assert!(case_failed(&rep, "pres.visibility"), "{}", summary(&rep));
+    only_failing(&rep, &["PRES-4", "API-21", "PROF-8", "HTTP-9"]);
     assert_eq!(rep.exit_code(), 1);
 }

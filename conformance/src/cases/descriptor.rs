@@ -10,7 +10,7 @@ use formica_protocol::{PublicKey, RelayHost, Signature};
 
 pub fn cases() -> Vec<Case> {
     vec![
-        case("desc.members", &["API-1", "DESC-1", "ENC-3", "TIME-3"], "the descriptor has every member of DESC-1 with its type", members),
+        case("desc.members", &["API-1", "DESC-1", "ENC-3", "TIME-3", "PRES-6"], "the descriptor has every member of DESC-1 with its type (tiers with searches_per_min, the directory object with the federated search limits, the presence object)", members),
         case("desc.signature", &["DESC-2", "SIG-1", "SIG-2", "KEY-1", "KEY-2", "KEY-3"], "the descriptor verifies with its relay key under the descriptor tag", signature),
         case("desc.relay-host", &["DESC-3", "HANDLE-4", "HANDLE-5"], "the descriptor names the host the client contacted", relay_host),
         case("desc.units", &["ENC-4"], "published durations and limits are integers named with their unit", units),
@@ -155,6 +155,36 @@ fn members(e: &Env<'_>) -> R {
         "descriptor federation.enabled is not a boolean (DESC-1)"
     );
     req_str(&d, &["federation", "peering"])?;
+    ensure!(
+        matches!(at(&d, &["directory", "public"]), Some(Value::Bool(_))),
+        "descriptor directory.public is not a boolean (DESC-1, PROF-7)"
+    );
+    for k in [
+        "profile_bytes_max",
+        "profile_capabilities_max",
+        "profile_ttl_ms_max",
+        "page_max",
+        "federated_timeout_ms",
+        "peer_searches_per_min",
+    ] {
+        ensure!(
+            req_int(&d, &["directory", k])? >= 1,
+            "descriptor directory.{k} is 0 (DESC-1, PROF-4, PROF-9, PROF-11, FED-18)"
+        );
+    }
+    // A relay may ask no peer at all (PROF-11): 0 is a valid federated_peers_max.
+    req_int(&d, &["directory", "federated_peers_max"])?;
+    for k in [
+        "ttl_ms",
+        "status_ttl_ms_max",
+        "updates_per_min",
+        "push_interval_ms",
+    ] {
+        ensure!(
+            req_int(&d, &["presence", k])? >= 1,
+            "descriptor presence.{k} is 0 (DESC-1, PRES-6)"
+        );
+    }
     let tiers = at(&d, &["tiers"])
         .and_then(Value::as_array)
         .ok_or_else(|| Stop::Fail("descriptor `tiers` is not an array (DESC-1)".into()))?;
@@ -177,6 +207,7 @@ fn members(e: &Env<'_>) -> R {
             "contact_requests_per_hour",
             "vouches_max",
             "reports_per_day",
+            "searches_per_min",
         ] {
             ensure!(
                 matches!(at(t, &[k]), Some(Value::Int(n)) if *n >= 0),
@@ -307,6 +338,8 @@ fn units(e: &Env<'_>) -> R {
         "trust",
         "federation",
         "retention",
+        "directory",
+        "presence",
     ] {
         if let Some(o) = at(&d, &[sect]).and_then(Value::as_object) {
             for (k, v) in o.iter() {

@@ -12,10 +12,21 @@ pub mod auth;
 pub mod contacts;
 pub mod delivery;
 pub mod descriptor;
+pub mod directory;
 pub mod envelopes;
+pub mod federated;
 pub mod federation;
 pub mod inbox;
 pub mod keylog;
+pub mod presence;
+pub mod presence_access;
+pub mod presence_kit;
+pub mod presence_push;
+pub mod presence_vectors;
+pub mod profile_access;
+pub mod profile_kit;
+pub mod profile_vectors;
+pub mod profiles;
 pub mod proofs;
 pub mod registration;
 pub mod signatures;
@@ -37,6 +48,15 @@ pub fn all() -> Vec<Case> {
     v.extend(delivery::cases());
     v.extend(contacts::cases());
     v.extend(tiers::cases());
+    v.extend(profiles::cases());
+    v.extend(profile_access::cases());
+    v.extend(directory::cases());
+    v.extend(profile_vectors::cases());
+    v.extend(federated::cases());
+    v.extend(presence::cases());
+    v.extend(presence_access::cases());
+    v.extend(presence_push::cases());
+    v.extend(presence_vectors::cases());
     v.extend(federation::cases());
     v
 }
