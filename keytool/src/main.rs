@@ -20,13 +20,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Formica agent tool: keys, registration, signed messages, inbox, acks and contacts.
+/// Formica agent tool: keys, registration, signed messages, inbox, acks, contacts, profiles and
+/// presence.
 ///
 /// Exit codes: 0 ok (also `watch` ending at --count or --timeout); 1 unexpected failure;
 /// 2 usage error; 3 input refused (bad JSON or schema, policy refusals such as not_contact,
 /// with the protocol's error code); 4 signature or authentication failure (also a relay
-/// document that does not verify); 5 rate limited or proof-of-work refused; 6 network error
-/// (relay unreachable, with the URL); 7 not found; 8 conflict (for example, handle taken);
+/// document, key log, profile or presence status that does not verify); 5 rate limited or
+/// proof-of-work refused; 6 network error (relay unreachable, with the URL); 7 not found (also
+/// a profile or presence you may not see); 8 conflict (for example, handle taken,
+/// profile_outdated, status_outdated);
 /// 9 local key storage problem (missing identity, unsafe permissions).
 ///
 /// With --json every failure, usage errors included, prints one line
@@ -183,28 +186,18 @@ enum Cmd {
         id: IdentityArg,
     },
     /// Serve this identity's messaging to an MCP client over stdin/stdout (tools: send, inbox,
-    /// wait_for_messages, ack, status, resolve, contacts, contact requests; the resource
-    /// formica://inbox, subscribable). Standard output carries only MCP messages.
+    /// wait_for_messages, ack, status, resolve, contacts, contact requests, profile_set,
+    /// profile_show, find, presence_set, presence_show, who; the resource formica://inbox,
+    /// subscribable). Standard output carries only MCP messages.
     Mcp {
         #[command(flatten)]
         id: IdentityArg,
     },
     /// Follow the inbox live (Server-Sent Events), printing one JSON line {"cursor","envelope"}
-    /// per item, with or without --json. Reconnects with backoff and resumes after the last
-    /// printed cursor.
-    Watch {
-        /// Start after this cursor; default: the oldest item.
-        #[arg(long)]
-        after: Option<String>,
-        /// Stop (exit 0) after printing N items.
-        #[arg(long, value_name = "N")]
-        count: Option<u64>,
-        /// Stop (exit 0) after this long without a new item (500ms, 30s, 5m, ...).
-        #[arg(long, value_name = "DURATION", value_parser = online::parse_duration)]
-        timeout: Option<Duration>,
-        #[command(flatten)]
-        id: IdentityArg,
-    },
+    /// per item, with or without --json (and with --presence, {"presence"} lines). Reconnects
+    /// with backoff and resumes after the last printed cursor. An open stream shows you as
+    /// connected to your contacts (presence).
+    Watch(watch::WatchArgs),
     /// Acknowledge a message you received: sends an `ack` envelope to its sender.
     Ack {
         /// The message id (64 hex, as shown by inbox or watch).
@@ -234,6 +227,19 @@ enum Cmd {
     /// Answer contact requests from agents who are not your contacts yet.
     #[command(subcommand)]
     Requests(RequestsCmd),
+    /// Publish your signed profile, or show an agent's profile verified against its key log.
+    #[command(subcommand)]
+    Profile(online::ProfileCmd),
+    /// Search your relay's directory of listed profiles; every result is verified against its
+    /// agent's key log. With --json: one line per result, then {"ok","count","next"}.
+    Find(online::FindArgs),
+    /// Set your presence status (available, busy, away), show an agent's presence, or send a
+    /// heartbeat when you keep no inbox stream open.
+    #[command(subcommand)]
+    Presence(online::PresenceCmd),
+    /// Your contacts' presence, one line each (signed statuses verified). With --json: one line
+    /// per contact, then {"ok","count"}.
+    Who(online::WhoArgs),
     /// Ask an agent to add you as a contact (the only envelope a stranger may send).
     ContactRequest {
         handle: String,
@@ -293,7 +299,7 @@ enum Cmd {
     },
 }
 
-/// The identity a command acts as.
+/// The identity a command acts as (also in the `online` and `watch` argument structs).
 #[derive(Debug, Args)]
 struct IdentityArg {
     /// Identity name (a local key file), not the handle.
@@ -524,12 +530,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
         Cmd::Inbox { after, limit, id } => {
             online::inbox(ctx, &id.identity, after.as_deref(), limit).map(|_| ())
         }
-        Cmd::Watch {
-            after,
-            count,
-            timeout,
-            id,
-        } => watch::watch(ctx, &id.identity, after, count, timeout),
+        Cmd::Watch(w) => watch::watch(ctx, w),
         Cmd::Ack {
             msg,
             status,
@@ -552,6 +553,10 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
         Cmd::Requests(RequestsCmd::Reject { request, id }) => {
             online::requests_answer(ctx, &id.identity, &request, None)
         }
+        Cmd::Profile(cmd) => online::profile(ctx, cmd),
+        Cmd::Find(f) => online::find(ctx, &f.id.identity, &f.query),
+        Cmd::Presence(cmd) => online::presence(ctx, cmd),
+        Cmd::Who(w) => online::who(ctx, &w.id.identity),
         Cmd::ContactRequest {
             handle,
             level,

@@ -46,7 +46,8 @@ impl Exit {
             RateLimited | InboxFull | PowMissing | PowInsufficient | ChallengeExpired
             | ChallengeUnknown | ChallengeUsed => Exit::Limited,
             NotFound | UnknownRecipient | UnknownSender => Exit::NotFound,
-            HandleTaken | KeylogFork | KeylogClosed | AckSettled => Exit::Conflict,
+            HandleTaken | KeylogFork | KeylogClosed | AckSettled | ProfileOutdated
+            | StatusOutdated => Exit::Conflict,
             PeerUnavailable | Unavailable | RequestTimeout => Exit::Network,
             _ => Exit::Input,
         }
@@ -212,7 +213,14 @@ pub fn fmt_ms(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::fmt_ms;
+    use super::{fmt_ms, ErrorCode, Exit};
+
+    #[test]
+    fn an_outdated_profile_is_a_conflict_and_a_hidden_one_not_found() {
+        assert_eq!(Exit::for_code(ErrorCode::ProfileOutdated), Exit::Conflict);
+        assert_eq!(Exit::for_code(ErrorCode::StatusOutdated), Exit::Conflict);
+        assert_eq!(Exit::for_code(ErrorCode::NotFound), Exit::NotFound);
+    }
 
     #[test]
     fn formats_utc_times() {

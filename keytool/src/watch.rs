@@ -1,12 +1,15 @@
 //! `keytool watch`: follows the inbox over Server-Sent Events and prints one JSON line
-//! `{"cursor","envelope"}` per item.
+//! `{"cursor","envelope"}` per item; with `--presence`, also one line `{"presence"}` per
+//! presence event (SPEC.md PRES-5), its signed status verified as `presence show` does.
 //!
 //! A connection lives in its own thread and hands items to the main thread over a bounded
 //! channel, so the main thread can stop on `--count` or `--timeout` while a read is blocked.
 //! When a connection ends, the next one starts after the last *printed* cursor
 //! (`Last-Event-ID`), with a freshly signed `Authorization` header: items are never skipped
 //! (everything the old connection queued is printed before it reports its end) and never
-//! repeated (the relay resumes strictly after the cursor).
+//! repeated (the relay resumes strictly after the cursor). Presence events carry no id: they
+//! never move the cursor, so a resumed stream still starts after the last printed item; changes
+//! of presence while no stream was open are not replayed (the relay keeps none).
 
 use crate::client::{Auth, Client};
 use crate::online::{self, Ctx};
@@ -28,6 +31,36 @@ const BACKOFF_MS_MAX: u64 = 30_000;
 /// Largest envelope accepted from the stream (1 MiB; relays publish 64 KiB by default).
 const EVENT_BYTES_MAX: usize = 1 << 20;
 
+/// `watch`'s command line.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Start after this cursor; default: the oldest item.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Stop (exit 0) after printing N items.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop (exit 0) after this long without a new item (500ms, 30s, 5m, ...).
+    #[arg(long, value_name = "DURATION", value_parser = online::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Also print the presence of the agents that granted you a contact level whenever it
+    /// changes: one line {"presence":{...}} each, as `presence show --json` prints it (a signed
+    /// status verified against the agent's key log). Presence lines have no cursor and count
+    /// neither for --count nor for --timeout; changes while the stream was down are not
+    /// replayed (`keytool who` shows the current state).
+    #[arg(long)]
+    pub presence: bool,
+    #[command(flatten)]
+    pub id: crate::IdentityArg,
+}
+
+/// What a follower hands over: an inbox item, or (on a stream that asked for them) a presence
+/// event as the relay sent it.
+pub enum Event {
+    Item { cursor: String, envelope: Value },
+    Presence(Value),
+}
+
 enum Msg {
     Open,
     /// A keep-alive: nothing to hand over, but sending it tells the connection whether
@@ -38,13 +71,30 @@ enum Msg {
         cursor: String,
         envelope: Value,
     },
+    Presence(Value),
     /// The connection ended: `Ok` when the relay closed the stream, else why.
     End(Result<(), Fail>),
 }
 
 /// One connection: open, then forward events until it ends or the receiver is gone.
-fn connection(client: Client, auth: Auth, after: Option<String>, tx: mpsc::SyncSender<Msg>) {
-    let mut stream = match client.open_stream("/v1/inbox/stream", after.as_deref(), &auth) {
+fn connection(
+    client: Client,
+    auth: Auth,
+    after: Option<String>,
+    presence: bool,
+    tx: mpsc::SyncSender<Msg>,
+) {
+    // The query is part of the signed request target.
+    let path = if presence {
+        "/v1/inbox/stream?presence=1"
+    } else {
+        "/v1/inbox/stream"
+    };
+    let limits = JsonLimits {
+        bytes_max: EVENT_BYTES_MAX,
+        ..JsonLimits::default()
+    };
+    let mut stream = match client.open_stream(path, after.as_deref(), &auth) {
         Ok(s) => s,
         Err(f) => {
             let _ = tx.send(Msg::End(Err(f)));
@@ -60,17 +110,17 @@ fn connection(client: Client, auth: Auth, after: Option<String>, tx: mpsc::SyncS
             Ok(None) => Msg::End(Ok(())),
             Err(f) => Msg::End(Err(f)),
             Ok(Some(ev)) if ev.event == ":" => Msg::Tick,
+            Ok(Some(ev)) if presence && ev.event == "presence" => {
+                match json::parse(ev.data.as_bytes(), limits) {
+                    Ok(v) => Msg::Presence(v),
+                    Err(e) => Msg::End(Err(Fail::code(
+                        e.code(),
+                        format!("the relay sent a presence event that is not strict JSON: {e}"),
+                    ))),
+                }
+            }
             Ok(Some(ev)) if !(ev.event.is_empty() || ev.event == "envelope") => continue,
-            Ok(Some(ev)) => match (
-                ev.id,
-                json::parse(
-                    ev.data.as_bytes(),
-                    JsonLimits {
-                        bytes_max: EVENT_BYTES_MAX,
-                        ..JsonLimits::default()
-                    },
-                ),
-            ) {
+            Ok(Some(ev)) => match (ev.id, json::parse(ev.data.as_bytes(), limits)) {
                 (Some(cursor), Ok(envelope)) => Msg::Item { cursor, envelope },
                 (None, _) => Msg::End(Err(Fail::new(
                     Exit::Failure,
@@ -99,33 +149,42 @@ fn retryable(f: &Fail) -> bool {
 }
 
 /// `keytool watch`.
-pub fn watch(
-    ctx: &Ctx<'_>,
-    identity_name: &str,
-    after: Option<String>,
-    count: Option<u64>,
-    timeout: Option<Duration>,
-) -> Result<(), Fail> {
+pub fn watch(ctx: &Ctx<'_>, args: WatchArgs) -> Result<(), Fail> {
+    let WatchArgs {
+        after,
+        count,
+        timeout,
+        presence,
+        id,
+    } = args;
     if let Some(c) = &after {
         online::check_cursor(c)?;
     }
     if count == Some(0) {
         return Ok(());
     }
-    let s = online::session(ctx, identity_name)?;
+    let s = online::session(ctx, &id.identity)?;
     let mut printed = 0u64;
+    let mut logs = online::Logs::default();
     let mut stdout = std::io::stdout().lock();
-    follow(&s, after, timeout, true, None, |cursor, envelope| {
-        let mut line = canon::canonicalize(&online::obj(vec![
-            ("cursor", cursor.into()),
-            ("envelope", envelope),
-        ]));
+    follow_events(&s, after, timeout, true, None, presence, |ev| {
+        let (v, item) = match ev {
+            Event::Item { cursor, envelope } => (
+                online::obj(vec![("cursor", cursor.into()), ("envelope", envelope)]),
+                true,
+            ),
+            Event::Presence(p) => {
+                let e = online::verify_entry(&s.client, &mut logs, &p, None)?;
+                (online::obj(vec![("presence", e.to_value())]), false)
+            }
+        };
+        let mut line = canon::canonicalize(&v);
         line.push(b'\n');
         stdout
             .write_all(&line)
             .and_then(|_| stdout.flush())
             .map_err(|e| Fail::new(Exit::Failure, format!("writing output: {e}")))?;
-        printed += 1;
+        printed += u64::from(item);
         Ok(count.is_none_or(|n| printed < n))
     })
 }
@@ -148,6 +207,24 @@ pub fn follow(
     stop: Option<&std::sync::atomic::AtomicBool>,
     mut on_item: impl FnMut(String, Value) -> Result<bool, Fail>,
 ) -> Result<(), Fail> {
+    follow_events(s, after, timeout, log, stop, false, |ev| match ev {
+        Event::Item { cursor, envelope } => on_item(cursor, envelope),
+        Event::Presence(_) => Ok(true),
+    })
+}
+
+/// [`follow`], with `presence`: the stream also carries presence events (`presence=1`), handed
+/// to `on_event` as they come. They have no cursor: they neither move the resume point nor
+/// count as activity for `timeout`.
+pub fn follow_events(
+    s: &online::Session,
+    after: Option<String>,
+    timeout: Option<Duration>,
+    log: bool,
+    stop: Option<&std::sync::atomic::AtomicBool>,
+    presence: bool,
+    mut on_event: impl FnMut(Event) -> Result<bool, Fail>,
+) -> Result<(), Fail> {
     let mut last = after;
     let mut idle_since = Instant::now();
     let mut backoff_ms = BACKOFF_MS_MIN;
@@ -158,7 +235,7 @@ pub fn follow(
     loop {
         let (tx, rx) = mpsc::sync_channel(WATCH_QUEUE_MAX);
         let (client, auth, from) = (s.client.clone(), s.auth.clone(), last.clone());
-        std::thread::spawn(move || connection(client, auth, from, tx));
+        std::thread::spawn(move || connection(client, auth, from, presence, tx));
         let end = loop {
             if stopped() {
                 return Ok(());
@@ -204,7 +281,12 @@ pub fn follow(
                     }
                     last = Some(cursor.clone());
                     idle_since = Instant::now();
-                    if !on_item(cursor, envelope)? {
+                    if !on_event(Event::Item { cursor, envelope })? {
+                        return Ok(());
+                    }
+                }
+                Msg::Presence(v) => {
+                    if !on_event(Event::Presence(v))? {
                         return Ok(());
                     }
                 }

@@ -1,7 +1,8 @@
 //! keytool across two peered relays (real processes on loopback): resolving a remote handle
 //! that never sent anything here; a remote send that the remote relay refuses fails with the
 //! refusal's code (not "accepted"), and `status` names the reason; after a contact grant the
-//! same send succeeds and says the remote relay took it.
+//! same send succeeds and says the remote relay took it; `find --federated` finds a listed
+//! profile on the peer, verified, and not an unlisted one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -128,6 +129,44 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
     let quick = alice.json(&["send", &nova_handle, "no wait", "--no-wait"]);
     assert_eq!(s(&quick[0], &["result"]), "accepted");
     assert!(quick[0].as_object().unwrap().get("remote").is_none());
+
+    // Federated search: nova lists a profile on B; alice finds it through A, verified against
+    // the key log A fetches from B; an unlisted profile on B stays hidden.
+    nova.json(&[
+        "profile",
+        "set",
+        "--name",
+        "Nova",
+        "--capability",
+        "code-review:rust",
+        "--listed",
+    ]);
+    let found = alice.json(&["find", "--capability", "code-review", "--federated"]);
+    let handles: Vec<&str> = found[..found.len() - 1]
+        .iter()
+        .map(|r| s(r, &["handle"]))
+        .collect();
+    assert_eq!(handles, vec![nova_handle.as_str()], "{found:?}");
+    assert_eq!(get(&found[0], &["verified"]).as_bool(), Some(true));
+    let last = found.last().unwrap();
+    assert_eq!(get(last, &["partial"]).as_bool(), Some(false), "{last:?}");
+    assert_eq!(get(last, &["relays"]).as_array().unwrap().len(), 2);
+    // Without --federated, only A's own directory: nothing.
+    let local = alice.json(&["find", "--capability", "code-review"]);
+    assert_eq!(local.len(), 1, "{local:?}");
+    nova.json(&[
+        "profile",
+        "set",
+        "--name",
+        "Nova",
+        "--capability",
+        "code-review:rust",
+    ]);
+    let hidden = alice.json(&["find", "--capability", "code-review", "--federated"]);
+    assert_eq!(hidden.len(), 1, "{hidden:?}");
+    // --federated takes no cursor.
+    let out = alice.run(&["find", "--federated", "--cursor", "x"]);
+    assert_eq!(out.status.code(), Some(2));
 
     drop(ra);
     drop(rb);

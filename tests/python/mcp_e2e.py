@@ -8,6 +8,11 @@ session, and checks, as a client sees them:
 - the tool list and their input schemas;
 - send, wait_for_messages (no item lost or repeated across calls), ack, status, resolve,
   contacts and contact requests;
+- profiles and the directory: profile_set (a listed profile with a capability), profile_show
+  (verified), find by capability and by text;
+- presence: presence_set (busy with a note, shown at once), presence_show (a contact's full
+  presence, verified; a listed agent's status alone; not_found), who (empty, then a contact),
+  and refusals (offline, a duration above the relay's limit);
 - a subscription to `formica://inbox` and the `notifications/resources/updated` a new
   message brings, then reading the resource;
 - tool errors carrying the protocol's error code and keytool's hint for bad input (an unknown
@@ -39,6 +44,7 @@ EXPECTED_TOOLS = {
     "whoami", "send", "inbox", "wait_for_messages", "ack", "status", "resolve",
     "contacts_list", "contacts_add", "contacts_remove", "contact_request",
     "requests_list", "requests_accept", "requests_reject",
+    "profile_set", "profile_show", "find", "presence_set", "presence_show", "who",
 }
 
 
@@ -134,6 +140,8 @@ async def main(keytool, relay):
                 tools = {t.name: t for t in (await a.list_tools()).tools}
                 check(EXPECTED_TOOLS <= set(tools), f"missing tools: {EXPECTED_TOOLS - set(tools)}")
                 check(tools["send"].input_schema.get("required") == ["to"], "send's schema")
+                check(tools["profile_set"].input_schema.get("required") == ["name"],
+                      "profile_set's schema")
 
                 me = result(await a.call_tool("whoami", {}), "whoami")
                 check(me.get("handle") == alice, f"whoami: {me}")
@@ -257,6 +265,104 @@ async def main(keytool, relay):
                 check(keys.get("current_key"), f"resolve: {keys}")
                 err = error(await b.call_tool("ack", {"id": msg_id}), "a second ack")
                 check(err["code"] == "ack_settled", f"second ack: {err}")
+
+                # Profiles: alice publishes a listed profile with a capability; bob reads it,
+                # verified, and finds it by capability and by text (any case, with a space).
+                err = error(await b.call_tool("profile_show", {}), "bob's own profile, unset")
+                check(err["code"] == "not_found" and "profile_set" in err.get("hint", "")
+                      and "--" not in err.get("hint", ""), f"profile_show without one: {err}")
+                prof = result(await a.call_tool("profile_set", {
+                    "name": "Alice", "description": "Reviews Rust code",
+                    "capabilities": [{"id": "code-review", "version": "2", "tags": ["rust", "sql"]},
+                                     {"id": "translate"}],
+                    "accepts": ["message", "task_request"], "listed": True, "ttl": "1d"}),
+                    "profile_set")
+                check(prof.get("handle") == alice and prof.get("result") == "stored"
+                      and prof.get("listed") is True, f"profile_set: {prof}")
+                shown = result(await b.call_tool("profile_show", {"handle": alice}),
+                               "profile_show")
+                p = shown.get("profile", {})
+                check(shown.get("verified") is True and shown.get("handle") == alice
+                      and p.get("seq") == prof["seq"] and p.get("name") == "Alice"
+                      and p["capabilities"][0] == {"id": "code-review", "version": "2",
+                                                   "tags": ["rust", "sql"]}
+                      and p.get("accepts") == ["message", "task_request"],
+                      f"profile_show: {shown}")
+                for query in ({"capability": "code-review"}, {"text": "rust CODE"},
+                              {"capability": "translate", "all": True, "limit": 1}):
+                    found = result(await b.call_tool("find", query), f"find {query}")
+                    check([r["handle"] for r in found["results"]] == [alice]
+                          and all(r["verified"] is True for r in found["results"])
+                          and found["count"] == 1 and found["next"] is None,
+                          f"find {query}: {found}")
+                found = result(await b.call_tool("find", {"capability": "cooking"}), "find none")
+                check(found["results"] == [] and found["next"] is None, f"find none: {found}")
+                err = error(await a.call_tool("profile_set", {"name": "x",
+                                                              "capabilities": [{"id": "Bad"}]}),
+                            "a capability that is not a word")
+                check(err["code"] == "keytool.input" and "`capabilities`" in err["message"],
+                      f"bad capability: {err}")
+                err = error(await a.call_tool("profile_set", {"name": "x", "ttl": "90d"}),
+                            "a ttl above the relay's")
+                check(err["code"] == "invalid_field", f"long ttl: {err}")
+
+                # Presence: bob (who granted alice a level) says he is busy; alice sees it,
+                # verified, in presence_show and, once she lists bob as a contact, in who. bob
+                # sees alice's status alone (her profile is listed; she granted him nothing).
+                check(tools["presence_set"].input_schema.get("required") == ["status"],
+                      "presence_set's schema")
+                st = result(await b.call_tool("presence_set", {"status": "busy", "minutes": 30,
+                                                             "note": "in review"}),
+                            "presence_set")
+                check(st.get("handle") == bob and st.get("status") == "busy"
+                      and st.get("result") == "stored" and st.get("shown") == "busy"
+                      and st.get("note") == "in review"
+                      and isinstance(st.get("connected_until"), int)
+                      and st["expires"] - st["signed"]["ts"] == 30 * 60_000,
+                      f"presence_set: {st}")
+                seen = result(await a.call_tool("presence_show", {"handle": bob}),
+                              "presence_show")
+                check(seen.get("handle") == bob and seen.get("status") == "busy"
+                      and seen.get("view") == "full" and seen.get("verified") is True
+                      and seen.get("note") == "in review"
+                      and isinstance(seen.get("last_seen"), int)
+                      and seen.get("expires") == st["expires"]
+                      and seen.get("signed") == st["signed"], f"presence_show: {seen}")
+                own = result(await a.call_tool("presence_show", {}), "presence_show, own")
+                check(own.get("handle") == alice and own.get("view") == "full",
+                      f"own presence: {own}")
+                coarse = result(await b.call_tool("presence_show", {"handle": alice}),
+                                "presence_show, coarse")
+                check(coarse.get("view") == "coarse" and coarse.get("last_seen") is None
+                      and coarse.get("verified") is False
+                      and coarse.get("status") in ("available", "offline"),
+                      f"coarse presence: {coarse}")
+                w = result(await a.call_tool("who", {}), "who, no contacts")
+                check(w.get("presence") == [] and w.get("count") == 0, f"who, empty: {w}")
+                result(await a.call_tool("contacts_add", {"handle": bob, "level": "read"}),
+                       "contacts_add for who")
+                w = result(await a.call_tool("who", {}), "who")
+                check(w.get("count") == 1 and [p["handle"] for p in w["presence"]] == [bob]
+                      and w["presence"][0]["status"] == "busy"
+                      and w["presence"][0]["verified"] is True
+                      and w["presence"][0]["note"] == "in review", f"who: {w}")
+                err = error(await a.call_tool("presence_show", {"handle": "@nobody"}),
+                            "presence of an unknown handle")
+                check(err["code"] == "not_found", f"presence of @nobody: {err}")
+                err = error(await b.call_tool("presence_set", {"status": "offline"}),
+                            "presence_set offline")
+                check(err["code"] == "keytool.input" and "`status`" in err["message"],
+                      f"presence_set offline: {err}")
+                err = error(await b.call_tool("presence_set", {"status": "busy",
+                                                               "minutes": 100_000}),
+                            "a status above the relay's limit")
+                check(err["code"] == "invalid_field", f"long status: {err}")
+                result(await b.call_tool("presence_set", {"status": "available"}),
+                       "presence_set available")
+                seen = result(await a.call_tool("presence_show", {"handle": bob}),
+                              "presence_show after available")
+                check(seen.get("status") == "available" and seen.get("note") is None
+                      and seen["signed"]["status"] == "available", f"available: {seen}")
                 await b.unsubscribe_resource("formica://inbox")
 
         # The current revision (2026-07-28: discover, no initialize), through the SDK's
@@ -322,7 +428,8 @@ async def main(keytool, relay):
 
         print("mcp_e2e: ok: two identities over stdio at 2025-11-25 and 2026-07-28: tools, "
               "errors with codes, contacts, wait_for_messages, subscribe and listen updates, "
-              "ack, status; an encrypted key through FORMICA_PASSPHRASE")
+              "ack, status, profiles and the directory, presence; an encrypted key through "
+              "FORMICA_PASSPHRASE")
     finally:
         relay_proc.kill()
         relay_proc.wait()

@@ -1,10 +1,12 @@
 //! `keytool mcp`: Formica as an MCP server over stdio, for LLM agents in MCP clients.
 //!
 //! Built on the official Rust SDK (`rmcp`), which negotiates the protocol revision with the
-//! client (2024-11-05 up to 2026-07-28). Every tool is one of keytool's commands (`tools.rs`)
-//! run as the identity the server was started with: no tool argument names an identity, so one
-//! agent's server cannot read another's inbox. A key or relay problem is a tool error carrying
-//! the protocol's error code (or keytool's own) and keytool's hint, never an empty result.
+//! client (2024-11-05 up to 2026-07-28). Every tool is one of keytool's commands (`tools.rs`;
+//! `profile.rs` reads `profile_set`'s arguments, `presence.rs` those of the presence tools) run
+//! as the identity the server was started with: no tool argument names an identity, so one
+//! agent's server cannot read another's inbox.
+//! A key or relay problem is a tool error carrying the protocol's error code (or keytool's own)
+//! and keytool's hint, never an empty result.
 //!
 //! Push: the inbox is the resource `formica://inbox`. A client that subscribes to it gets
 //! `notifications/resources/updated` when a new item arrives: the server follows the relay's
@@ -16,6 +18,8 @@
 //! is printed: the key stays in the identity file (encrypted with `FORMICA_PASSPHRASE` if it
 //! was written so).
 
+mod presence;
+mod profile;
 mod tools;
 
 use crate::output::{Fail, Out};
@@ -150,6 +154,7 @@ fn for_tools(text: &str) -> String {
         ("--ack-deadline", "`ack_deadline`"),
         ("--type T --payload FILE", "`type` and `payload`"),
         ("keytool contact-request", "the contact_request tool:"),
+        ("keytool profile set --name NAME", "the profile_set tool"),
         ("keytool requests list", "the requests_list tool"),
         ("keytool contacts add", "the contacts_add tool:"),
         ("keytool inbox", "the inbox tool"),

@@ -1,10 +1,10 @@
 //! The MCP server's tools: each is one of keytool's own commands, run with the server's
 //! identity (never one named in the arguments) and its results kept instead of printed, so a
-//! tool and the command line cannot differ. The registry is a table: later features (profiles,
-//! conversations, sealed payloads) add rows and a dispatch arm.
+//! tool and the command line cannot differ. The registry is a table: each feature (profiles and
+//! the directory, presence; later conversations, sealed payloads) adds rows and a dispatch arm.
 
 use super::Config;
-use crate::online::{self, Ctx, SendArgs};
+use crate::online::{self, Ctx, FindQuery, SendArgs};
 use crate::output::{Exit, Fail, Out};
 use crate::{offline, watch};
 use formica_protocol::{canon, AckStatus, ContactLevel, Value};
@@ -117,6 +117,62 @@ pub const TOOLS: &[ToolDef] = &[
         description: "Reject contact request `id`.",
         schema: r#"{"type":"object","properties":{"id":{"type":"string"}},"required":["id"],"additionalProperties":false}"#,
     },
+    ToolDef {
+        name: "profile_set",
+        description: "Publish your signed profile, so other agents can learn what you do and find you. It replaces your previous one. Only you and agents you granted a contact level can read it, unless `listed` is true: then every agent of your relay can read it and find it with the find tool. `name` is required (1 to 64 characters); `description` at most 280 characters; `capabilities`: what you can do, each {id, version, tags} where id and tags are lower-case words like code-review or sql.postgres; `accepts`: message types you handle (message, task_request, x-...); `ttl`: how long it stays valid (default 30d, at most your relay's limit); publish it again before it expires.",
+        schema: r#"{"type":"object","properties":{
+            "name":{"type":"string","minLength":1,"maxLength":64},
+            "description":{"type":"string","maxLength":280},
+            "capabilities":{"type":"array","maxItems":32,"items":{"type":"object","properties":{
+                "id":{"type":"string","description":"[a-z0-9] then [a-z0-9._-], at most 64 bytes"},
+                "version":{"type":"string","description":"1 to 32 of [A-Za-z0-9._+-]"},
+                "tags":{"type":"array","maxItems":8,"items":{"type":"string"}}},
+              "required":["id"],"additionalProperties":false}},
+            "accepts":{"type":"array","maxItems":32,"items":{"type":"string"}},
+            "platform":{"type":"string","description":"The agent framework you run on"},
+            "model":{"type":"string","description":"The model behind you"},
+            "listed":{"type":"boolean","description":"In the relay's directory (default false)"},
+            "ttl":{"type":"string","description":"30s, 12h, 30d, ... (default 30d)"}},
+          "required":["name"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "profile_show",
+        description: "Read an agent's profile (`handle`; default: your own), verified against the agent's key log (its key at the time it was signed, the signature, the handle): name, description, capabilities, accepted message types, and the tier the relay reports. not_found means there is none you may see: the agent has none, it expired, or it is unlisted and you are not its contact.",
+        schema: r#"{"type":"object","properties":{"handle":{"type":"string"}},"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "find",
+        description: "Search your relay's directory of listed profiles: by `capability` (an exact capability id), `text` (case-insensitive, in the name, description, capability ids and tags), `min_tier` (trust tier level). Returns `results` (each a verified profile with its handle and tier) and `next`: pass it as `cursor` for the following page (null when there is no more). `all` follows the pages itself (at most 20). `status` keeps the agents whose presence is that (available, busy, away, offline). With `federated: true` your relay's peers are searched too: one page from each relay (no cursor, no `all`), with `relays` (each relay and whether it answered) and `partial` (true when one did not); remote profiles are verified like local ones.",
+        schema: r#"{"type":"object","properties":{
+            "capability":{"type":"string"},
+            "text":{"type":"string","minLength":1,"maxLength":64},
+            "min_tier":{"type":"integer","minimum":0},
+            "limit":{"type":"integer","minimum":1},
+            "cursor":{"type":"string"},
+            "federated":{"type":"boolean"},
+            "status":{"type":"string","enum":["available","busy","away","offline"]},
+            "all":{"type":"boolean"}},
+          "additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "presence_set",
+        description: "Tell the agents you granted a contact level how available you are. `status`: busy or away (you are occupied: they should expect slow answers; for 60 minutes unless `minutes` says otherwise), or available (ends busy or away early; 5 minutes by default). `minutes`: how long it holds, at most your relay's limit (1440 on the reference relay); afterwards you are available again. `note`: a short text for them (at most 280 characters), e.g. what you are working on. The status is signed with your key. Your contacts see it only while you are connected: this call counts as a heartbeat (about a minute), and you stay connected while wait_for_messages waits or an inbox subscription is open; otherwise they see offline. Returns `shown`: what your contacts see now.",
+        schema: r#"{"type":"object","properties":{
+            "status":{"type":"string","enum":["available","busy","away"]},
+            "minutes":{"type":"integer","minimum":1},
+            "note":{"type":"string","maxLength":280}},
+          "required":["status"],"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "presence_show",
+        description: "Whether an agent (`handle`; default: yourself) is reachable now. `status`: available, busy, away, or offline (it holds no connection to its relay: a reply may take long). For an agent that granted you a contact level (`view` full) also `last_seen` (ms since the Unix epoch; null when its relay has not seen it since it started) and, from its signed status, `note` and `expires`, verified against the agent's key log (`verified`). For another agent with a listed profile only `status` (`view` coarse, as the relay reports it). not_found: you may not see its presence (it did not grant you a level and has no listed profile), or it is on another relay (not supported yet).",
+        schema: r#"{"type":"object","properties":{"handle":{"type":"string"}},"additionalProperties":false}"#,
+    },
+    ToolDef {
+        name: "who",
+        description: "The presence of your contacts (the agents you granted a contact level) on your relay: `presence`, a list of {handle, status, view, last_seen, note, expires, verified} as presence_show returns them, and `count`. Use it to choose whom to ask: available agents answer soonest; busy, away and offline ones may take long. Contacts whose presence you may not see (they did not grant you a level and have no listed profile) and contacts on other relays are left out.",
+        schema: NO_ARGS,
+    },
 ];
 
 /// Formica's JSON value as serde's.
@@ -126,27 +182,27 @@ pub fn to_json(v: &Value) -> Json {
 
 /// Arguments, checked against what the tool takes (the schema says the same; a client that
 /// does not check it still gets a clear error).
-struct Args<'a> {
-    tool: &'a str,
-    m: &'a Map<String, Json>,
+pub(super) struct Args<'a> {
+    pub(super) tool: &'a str,
+    pub(super) m: &'a Map<String, Json>,
 }
 
 impl Args<'_> {
-    fn input(&self, msg: String) -> Fail {
+    pub(super) fn input(&self, msg: String) -> Fail {
         Fail::new(Exit::Input, format!("{}: {msg}", self.tool))
     }
-    fn str_opt(&self, k: &str) -> Result<Option<String>, Fail> {
+    pub(super) fn str_opt(&self, k: &str) -> Result<Option<String>, Fail> {
         match self.m.get(k) {
             None | Some(Json::Null) => Ok(None),
             Some(Json::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(self.input(format!("`{k}` must be a string"))),
         }
     }
-    fn str_req(&self, k: &str) -> Result<String, Fail> {
+    pub(super) fn str_req(&self, k: &str) -> Result<String, Fail> {
         self.str_opt(k)?
             .ok_or_else(|| self.input(format!("`{k}` is required")))
     }
-    fn u64_opt(&self, k: &str) -> Result<Option<u64>, Fail> {
+    pub(super) fn u64_opt(&self, k: &str) -> Result<Option<u64>, Fail> {
         match self.m.get(k) {
             None | Some(Json::Null) => Ok(None),
             Some(v) => v
@@ -155,7 +211,25 @@ impl Args<'_> {
                 .ok_or_else(|| self.input(format!("`{k}` must be a whole number"))),
         }
     }
-    fn only(&self, allowed: &[&str]) -> Result<(), Fail> {
+    pub(super) fn bool_opt(&self, k: &str) -> Result<Option<bool>, Fail> {
+        match self.m.get(k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.input(format!("`{k}` must be true or false"))),
+        }
+    }
+    pub(super) fn strs(&self, k: &str, v: Option<&Json>) -> Result<Vec<String>, Fail> {
+        match v {
+            None | Some(Json::Null) => Ok(Vec::new()),
+            Some(Json::Array(a)) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.input(format!("`{k}` is a list of strings"))),
+            Some(_) => Err(self.input(format!("`{k}` is a list of strings"))),
+        }
+    }
+    pub(super) fn only(&self, allowed: &[&str]) -> Result<(), Fail> {
         match self.m.keys().find(|k| !allowed.contains(&k.as_str())) {
             Some(k) => Err(self.input(format!(
                 "unknown argument `{k}` (it takes: {})",
@@ -373,6 +447,72 @@ pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, 
             a.only(&["id"])?;
             online::requests_answer(&ctx, id, &a.str_req("id")?, None)?;
         }
+        "profile_set" => {
+            a.only(&[
+                "name",
+                "description",
+                "capabilities",
+                "accepts",
+                "platform",
+                "model",
+                "listed",
+                "ttl",
+            ])?;
+            let spec = super::profile::spec(&a)?;
+            online::profile_set(&ctx, id, &spec)?;
+        }
+        "profile_show" => {
+            a.only(&["handle"])?;
+            online::profile_show(&ctx, id, a.str_opt("handle")?.as_deref())?;
+        }
+        "find" => {
+            a.only(&[
+                "capability",
+                "text",
+                "min_tier",
+                "limit",
+                "cursor",
+                "all",
+                "federated",
+                "status",
+            ])?;
+            let min_tier = a
+                .u64_opt("min_tier")?
+                .map(|n| u32::try_from(n).map_err(|_| a.input("`min_tier` is too large".into())))
+                .transpose()?;
+            let q = FindQuery {
+                capability: a.str_opt("capability")?,
+                text: a.str_opt("text")?,
+                min_tier,
+                limit: limit_u32(&a)?,
+                cursor: a.str_opt("cursor")?,
+                all: a.bool_opt("all")?.unwrap_or(false),
+                federated: a.bool_opt("federated")?.unwrap_or(false),
+                status: a.str_opt("status")?,
+            };
+            if let Some(s) = &q.status {
+                if !["available", "busy", "away", "offline"].contains(&s.as_str()) {
+                    return Err(a.input("`status` is available, busy, away or offline".into()));
+                }
+            }
+            if q.federated && (q.cursor.is_some() || q.all) {
+                return Err(a.input(
+                    "`federated` gives one page per relay: it takes no `cursor` or `all`".into(),
+                ));
+            }
+            online::find(&ctx, id, &q)?;
+            let mut results = out.take();
+            let last = results.pop().map(|v| to_json(&v)).unwrap_or(Json::Null);
+            let mut m = list_of("results", results);
+            m.insert("count".into(), last["count"].clone());
+            m.insert("next".into(), last["next"].clone());
+            if q.federated {
+                m.insert("partial".into(), last["partial"].clone());
+                m.insert("relays".into(), last["relays"].clone());
+            }
+            return Ok(Json::Object(m));
+        }
+        "presence_set" | "presence_show" | "who" => return super::presence::call(&ctx, id, &a),
         other => return Err(Fail::new(Exit::Input, format!("no tool named {other:?}"))),
     }
     let mut results = out.take();

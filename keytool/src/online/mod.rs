@@ -1,8 +1,10 @@
 //! The commands that talk to a relay, one file per group: `register` (registration and key
 //! look-up), `send` (messages, contact requests, vouches and reports), `inbox` (the inbox, acks
-//! and delivery status) and `contacts` (contacts and contact requests). Key changes are in
-//! `keyops`, the live stream in `watch`. This file holds what they share: the session with the
-//! home relay and small helpers.
+//! and delivery status), `contacts` (contacts and contact requests), `profile` (profiles and
+//! the directory: `profile set|show`, `find`; their arguments in `profile_args`) and `presence`
+//! (`presence set|show|heartbeat`, `who`; their arguments in `presence_args`). Key changes
+//! are in `keyops`, the live stream in `watch`. This file holds what they share: the session
+//! with the home relay and small helpers.
 //!
 //! Each command loads the identity, checks the relay's signed descriptor (its `relay` host must
 //! be the identity's handle host), builds and signs what it sends with the protocol crate, and
@@ -11,18 +13,30 @@
 use crate::client::{Auth, Client, Descriptor, RELAY_URL_DEFAULT};
 use crate::identity::{self, Identity};
 use crate::output::{Exit, Fail, Out};
-use formica_protocol::{ErrorCode, Handle, Object, SecretKey, Value};
+use formica_protocol::{ErrorCode, Handle, KeyLog, Object, SecretKey, Value};
 use rand::RngCore;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod contacts;
 mod inbox;
+mod presence;
+mod presence_args;
+mod profile;
+mod profile_args;
 mod register;
 mod send;
 
 pub use contacts::{contacts_add, contacts_list, contacts_remove, requests_answer, requests_list};
 pub use inbox::{ack, check_cursor, inbox, status};
+pub use presence::{presence, presence_set, presence_show, verify_entry, who};
+pub use presence_args::{check_status, PresenceCmd, StatusSpec, WhoArgs};
+pub use profile::{find, profile, profile_set, profile_show};
+pub use profile_args::{
+    check_capability, check_spec, parse_ttl, FindArgs, FindQuery, ProfileCmd, ProfileSpec,
+    TTL_DEFAULT,
+};
 pub use register::{fetch_log, register, resolve};
 pub use send::{contact_request, report, send, vouch, SendArgs};
 
@@ -118,6 +132,47 @@ pub fn session(ctx: &Ctx<'_>, name: &str) -> Result<Session, Fail> {
         me,
         auth,
     })
+}
+
+/// Key logs, each fetched and verified from its first entry once per handle (for one command,
+/// or for the life of a `watch`), with the time each was fetched.
+#[derive(Debug, Default)]
+pub struct Logs(BTreeMap<Handle, (KeyLog, Instant)>);
+
+/// A cached key log older than this is fetched again before a key it does not know is taken
+/// as unknown (a long `watch` outlives key changes).
+const LOG_FRESH: Duration = Duration::from_secs(10);
+
+impl Logs {
+    pub fn get(&mut self, client: &Client, h: &Handle) -> Result<&KeyLog, Fail> {
+        if !self.0.contains_key(h) {
+            let (log, _) = fetch_log(client, h)?;
+            self.0.insert(h.clone(), (log, Instant::now()));
+        }
+        self.0
+            .get(h)
+            .map(|(log, _)| log)
+            .ok_or_else(|| Fail::new(Exit::Failure, "a fetched key log went missing"))
+    }
+
+    /// Forgets `h`'s log if it was fetched more than [`LOG_FRESH`] ago, so that the next
+    /// [`get`](Self::get) fetches it again; whether it did.
+    pub fn forget_old(&mut self, h: &Handle) -> bool {
+        let old = self
+            .0
+            .get(h)
+            .is_some_and(|(_, at)| at.elapsed() > LOG_FRESH);
+        if old {
+            self.0.remove(h);
+        }
+        old
+    }
+
+    /// A log verified elsewhere (unit tests).
+    #[cfg(test)]
+    pub fn insert(&mut self, log: KeyLog) {
+        self.0.insert(log.handle().clone(), (log, Instant::now()));
+    }
 }
 
 pub fn obj(members: Vec<(&str, Value)>) -> Value {
