@@ -7,12 +7,14 @@
 //! prepared bytes over keep-alive connections.
 
 mod agents;
+mod directory;
 mod disk;
 mod http;
 mod ingest;
 mod inproc;
 mod latency;
 mod memory;
+mod presence;
 mod relay_proc;
 mod report;
 mod startup;
@@ -59,8 +61,9 @@ struct Cli {
     /// Keep the scratch directory afterwards.
     #[arg(long)]
     keep: bool,
-    /// Run only these items (comma-separated: bound,ingest,latency,memory,startup,pow,disk).
-    /// `disk` (10-20 minutes) runs only when named here.
+    /// Run only these items (comma-separated: bound,ingest,latency,memory,startup,pow,disk,
+    /// directory,presence). `disk` (10-20 minutes), `directory` and `presence` run only when
+    /// named here.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Envelopes per ingest run [default: 100000; quick 10000].
@@ -125,6 +128,21 @@ struct Cli {
     /// Seconds the disk item waits, once every message was read, for sweeps and checkpoints.
     #[arg(long, default_value_t = 10.0)]
     disk_settle_seconds: f64,
+    /// Listed profiles in the directory item [default: 100000; quick 10000].
+    #[arg(long)]
+    directory_profiles: Option<usize>,
+    /// Seconds each kind of directory query runs [default: 10; quick 3].
+    #[arg(long)]
+    directory_seconds: Option<f64>,
+    /// Keep-alive connections searching the directory at once.
+    #[arg(long, default_value_t = 16)]
+    directory_conns: usize,
+    /// Contacts holding presence streams in the presence item [default: 1000; quick 100].
+    #[arg(long)]
+    presence_watchers: Option<usize>,
+    /// Changes of presence the presence item makes [default: 20; quick 5].
+    #[arg(long)]
+    presence_rounds: Option<usize>,
 }
 
 /// Targets of the issue (ratios hold on any machine; absolute figures are for 2 cores).
@@ -1445,6 +1463,77 @@ fn run() -> Result<()> {
                 )
                 .with("allocated_bytes_per_message_before_first_drop", per_msg),
         );
+    }
+
+    if cli.only.iter().any(|o| o == "directory") {
+        let n = cli
+            .directory_profiles
+            .unwrap_or(if cli.quick { 10_000 } else { 100_000 })
+            .max(1);
+        let seconds = cli
+            .directory_seconds
+            .unwrap_or(if cli.quick { 3.0 } else { 10.0 });
+        progress(&format!("directory: {n} listed profiles"));
+        let agents: Vec<Agent> = (0..n)
+            .map(|i| Agent::new(i, &host))
+            .collect::<Result<_>>()?;
+        let d = directory::run(&launcher, &agents, cli.directory_conns.max(1), seconds)?;
+        let f = |k: &str, m: &str| d.get(&["queries", k, m]).unwrap_or(0.0);
+        for (kind, _) in directory::QUERIES {
+            table.info(
+                "directory",
+                &format!("{kind}: searches/s, p50 / p99"),
+                format!(
+                    "{}, {:.2} / {:.2} ms",
+                    rate(f(kind, "searches_per_s")),
+                    f(kind, "p50_ms"),
+                    f(kind, "p99_ms")
+                ),
+            );
+        }
+        table.info(
+            "directory",
+            "ready, RSS: first start (builds tables) / next start",
+            format!(
+                "{:.1} s, {:.0} MB / {:.2} s, {:.0} MB",
+                d.get(&["first_start_ready_seconds"]).unwrap_or(0.0),
+                d.get(&["first_start_rss_bytes"]).unwrap_or(0.0) / 1e6,
+                d.get(&["start_ready_seconds"]).unwrap_or(0.0),
+                d.get(&["rss_bytes_when_ready"]).unwrap_or(0.0) / 1e6
+            ),
+        );
+        doc.set("directory", d);
+    }
+
+    if cli.only.iter().any(|o| o == "presence") {
+        let watchers = cli
+            .presence_watchers
+            .unwrap_or(if cli.quick { 100 } else { 1000 })
+            .max(1);
+        let rounds = cli
+            .presence_rounds
+            .unwrap_or(if cli.quick { 5 } else { 20 })
+            .max(1);
+        progress(&format!(
+            "presence: {watchers} watching streams, {rounds} changes"
+        ));
+        let p = presence::run(&launcher, &host, watchers, rounds)?;
+        let g = |k: &str| p.get(&[k]).unwrap_or(0.0);
+        table.info(
+            "presence",
+            "fan-out: event latency p50 / p99, last stream p50 / max",
+            format!(
+                "{:.1} / {:.1} ms, {:.1} / {:.1} ms ({} streams, {}/{} rounds complete)",
+                g("event_latency_p50_ms"),
+                g("event_latency_p99_ms"),
+                g("round_last_event_p50_ms"),
+                g("round_last_event_max_ms"),
+                g("watchers"),
+                g("rounds_every_stream_got_its_event"),
+                g("rounds"),
+            ),
+        );
+        doc.set("presence", p);
     }
 
     machine.set("loadavg_at_end", sys::loadavg());

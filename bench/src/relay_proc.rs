@@ -61,6 +61,7 @@ recipients_max = 16
 contact_requests_per_hour = 100000
 vouches_max = 10
 reports_per_day = 100
+searches_per_min = 100000000
 may_send = ["message", "task_request", "task_result", "ack", "contact_request", "vouch", "report", "x-*"]
 "#
 }

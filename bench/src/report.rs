@@ -33,6 +33,20 @@ impl J {
         self
     }
 
+    /// The number at `path` (object members, in order), if there is one.
+    pub fn get(&self, path: &[&str]) -> Option<f64> {
+        let mut cur = self;
+        for k in path {
+            let J::Obj(m) = cur else { return None };
+            cur = &m.iter().find(|(n, _)| n == k)?.1;
+        }
+        match cur {
+            J::Int(n) => Some(*n as f64),
+            J::Num(x) => Some(*x),
+            _ => None,
+        }
+    }
+
     /// A figure that could not be measured, and why. Never a number.
     pub fn not_measurable(reason: &str) -> J {
         J::obj().with("not_measurable", reason)

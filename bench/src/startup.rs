@@ -40,16 +40,9 @@ pub struct Fixture {
     pub build_seconds: f64,
 }
 
-/// Writes a log of exactly `entries` records into `data_dir/log.redb`.
-pub fn build_fixture(
-    data_dir: &Path,
-    entries: u64,
-    agents_n: usize,
-    text_len: usize,
-    sign_cpus: Option<&str>,
-    threads: usize,
-) -> Result<Fixture> {
-    let t0 = Instant::now();
+/// A new, empty log at `data_dir/log.redb` (the directory made private, as a relay wants it; a
+/// file already there is replaced).
+pub fn new_log(data_dir: &Path) -> Result<EventLog> {
     std::fs::create_dir_all(data_dir)?;
     // A relay serves only a private data directory.
     std::fs::set_permissions(
@@ -61,7 +54,46 @@ pub fn build_fixture(
         std::fs::remove_file(&path)?;
     }
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path)?);
-    let mut log = EventLog::open(store, &mut |_, _| Ok(()))?;
+    Ok(EventLog::open(store, &mut |_, _| Ok(()))?)
+}
+
+/// The record of agent `i`'s registration at `at`, its entry dated `ts`.
+pub fn registration(a: &Agent, i: usize, at: i64, ts: i64) -> Result<Vec<u8>> {
+    let entry = KeyLogEntry {
+        handle: a.handle.clone(),
+        seq: 0,
+        prev: None,
+        ts,
+        op: KeyOp::Register {
+            key: a.key.public(),
+            recovery: None,
+        },
+        signer: a.key.public().key_id(),
+    }
+    .sign(&a.key, &[])
+    .context("signing the register entry")?;
+    let mut c = [0u8; 16];
+    c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    Ok(Event::Registered {
+        at,
+        entry,
+        challenge: Challenge(c),
+    }
+    .encode())
+}
+
+/// Writes a log of exactly `entries` records into `data_dir/log.redb`.
+pub fn build_fixture(
+    data_dir: &Path,
+    entries: u64,
+    agents_n: usize,
+    text_len: usize,
+    sign_cpus: Option<&str>,
+    threads: usize,
+) -> Result<Fixture> {
+    let t0 = Instant::now();
+    let mut log = new_log(data_dir)?;
+    let path = data_dir.join(formica_relay::LOG_FILE);
     let host = crate::relay_proc::host();
     let agents: Vec<Agent> = (0..agents_n)
         .map(|i| Agent::new(i, &host))
@@ -73,29 +105,7 @@ pub fn build_fixture(
     // 1. Registrations and grants: agent i+1 lets agent i send.
     let mut head: Vec<Vec<u8>> = Vec::new();
     for (i, a) in agents.iter().enumerate() {
-        let entry = KeyLogEntry {
-            handle: a.handle.clone(),
-            seq: 0,
-            prev: None,
-            ts: at,
-            op: KeyOp::Register {
-                key: a.key.public(),
-                recovery: None,
-            },
-            signer: a.key.public().key_id(),
-        }
-        .sign(&a.key, &[])
-        .context("signing the register entry")?;
-        let mut c = [0u8; 16];
-        c[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        head.push(
-            Event::Registered {
-                at,
-                entry,
-                challenge: Challenge(c),
-            }
-            .encode(),
-        );
+        head.push(registration(a, i, at, at)?);
     }
     for i in 0..agents_n {
         let owner = &agents[(i + 1) % agents_n];
