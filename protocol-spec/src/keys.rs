@@ -105,6 +105,22 @@ pub(crate) fn sign_document(
     Ok(v)
 }
 
+/// Strict verification (SIG-3) of a document an agent signed: `Err(Some(given))` when `key` is
+/// not the key the document names (`named`; `given` is its id), `Err(None)` when the signature
+/// does not verify.
+pub(crate) fn verify_document(
+    key: &PublicKey,
+    named: &KeyId,
+    input: &[u8],
+    sig: &Signature,
+) -> Result<(), Option<KeyId>> {
+    let given = key.key_id();
+    if given != *named {
+        return Err(Some(given));
+    }
+    key.verify_input(input, sig).map_err(|_| None)
+}
+
 /// The signing input (`tag || JCS(object without sig)`) and the canonical bytes of a signed
 /// document `obj`.
 pub(crate) fn document_bytes(domain: Domain, obj: &crate::json::Object) -> (Vec<u8>, Vec<u8>) {

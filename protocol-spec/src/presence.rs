@@ -6,7 +6,7 @@ use crate::envelope::PROTOCOL_VERSION;
 use crate::error::ErrorCode;
 use crate::handle::Handle;
 use crate::json::{self, JsonError, JsonLimits, Object, Value};
-use crate::keys::{Domain, KeyError, KeyId, PublicKey, SecretKey, Signature};
+use crate::keys::{Domain, KeyId, PublicKey, SecretKey, Signature};
 use crate::schema::{check_text, Fields, SchemaError};
 
 /// PRES-2: characters of `note` ("note text", TYPE-13).
@@ -188,14 +188,12 @@ impl SignedStatus {
     /// PRES-2: strict verification with the key the status names (valid at its `ts` in the
     /// agent's verified key log; the caller finds it).
     pub fn verify(&self, key: &PublicKey) -> Result<(), StatusError> {
-        let given = key.key_id();
-        if given != self.status.key {
-            return Err(StatusError::KeyMismatch {
-                given,
-                named: self.status.key,
-            });
-        }
-        key.verify_input(&self.signing_input, &self.sig)
-            .map_err(|_: KeyError| StatusError::BadSignature)
+        let named = self.status.key;
+        crate::keys::verify_document(key, &named, &self.signing_input, &self.sig).map_err(|e| {
+            match e {
+                Some(given) => StatusError::KeyMismatch { given, named },
+                None => StatusError::BadSignature,
+            }
+        })
     }
 }

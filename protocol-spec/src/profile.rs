@@ -8,7 +8,7 @@ use crate::envelope::{MessageType, PROTOCOL_VERSION};
 use crate::error::ErrorCode;
 use crate::handle::Handle;
 use crate::json::{self, JsonError, JsonLimits, Object, Value};
-use crate::keys::{Domain, KeyError, KeyId, PublicKey, SecretKey, Signature};
+use crate::keys::{Domain, KeyId, PublicKey, SecretKey, Signature};
 use crate::schema::{check_text, Fields, SchemaError};
 
 /// PROF-3: the largest number of capabilities a profile may list (relays may publish less).
@@ -385,14 +385,12 @@ impl SignedProfile {
     /// PROF-2: strict verification (SIG-3) with the key the profile names. The caller finds
     /// that key in the agent's verified key log, valid at the profile's `ts` (LOG-12).
     pub fn verify(&self, key: &PublicKey) -> Result<(), ProfileError> {
-        let given = key.key_id();
-        if given != self.profile.key {
-            return Err(ProfileError::KeyMismatch {
-                given,
-                named: self.profile.key,
-            });
-        }
-        key.verify_input(&self.signing_input, &self.sig)
-            .map_err(|_: KeyError| ProfileError::BadSignature)
+        let named = self.profile.key;
+        crate::keys::verify_document(key, &named, &self.signing_input, &self.sig).map_err(|e| {
+            match e {
+                Some(given) => ProfileError::KeyMismatch { given, named },
+                None => ProfileError::BadSignature,
+            }
+        })
     }
 }

@@ -333,6 +333,10 @@ async fn a_public_directory_answers_without_a_header_and_shows_only_listed_profi
         .expect(404, "not_found");
     let d = r.get("/v1/directory").await;
     assert_eq!(handles(&d), vec![a.handle.to_string()]);
+    // Presence is never shown without authentication, not even as a filter (PRES-4).
+    r.get("/v1/directory?status=offline")
+        .await
+        .expect(401, "unauthorized");
     // The agent card carries the signed profile, which verifies.
     let card = r
         .get(&format!("/v1/profiles/{}/agent-card", a.handle))
@@ -403,9 +407,10 @@ async fn a_search_examines_a_bounded_number_of_profiles_and_goes_on_from_next() 
     cfg.policy.directory.scan_max = 2;
     let r = TestRelay::with(cfg, Arc::new(formica_relay::store::MemStore::default()));
     let viewer = r.agent("zed").await;
-    for name in ["a1", "a2", "a3", "a4", "a5"] {
+    for name in ["a1", "a2", "a3", "a4", "a5", "b1", "b2"] {
         let a = r.agent(name).await;
-        let mut p = profile(&r, &a, 1, true, vec![]);
+        // Unlisted ones (b1, b2): never examined, never a cursor (PROF-8).
+        let mut p = profile(&r, &a, 1, !name.starts_with('b'), vec![]);
         p.description = Some(if name == "a5" { "needle" } else { "hay" }.into());
         publish(&r, &a, &p).await.expect(200, "");
     }
@@ -417,11 +422,14 @@ async fn a_search_examines_a_bounded_number_of_profiles_and_goes_on_from_next() 
         pages += 1;
         found.extend(handles(&page));
         match page.get("next").as_str() {
-            Some(n) => path = format!("/v1/directory?text=needle&cursor={n}"),
+            Some(n) => {
+                assert!(!n.starts_with("@b"), "an unlisted handle as a cursor: {n}");
+                path = format!("/v1/directory?text=needle&cursor={n}");
+            }
             None => break,
         }
     }
-    // Six profiles (the viewer has none: five), two examined per page: empty pages first.
+    // Five listed profiles (the viewer has none), two examined per page: empty pages first.
     assert_eq!(found, vec![format!("@a5@{HOST}")]);
     assert_eq!(pages, 3);
 }

@@ -172,9 +172,9 @@ pub fn matches(p: &StoredProfile, q: &Query) -> bool {
 /// One page of the directory at `now`: the matching listed, unexpired profiles after
 /// `q.after`, in handle order, with each agent's effective tier; and the cursor of the next
 /// page, if anything may follow. With a capability the search walks that capability's index;
-/// otherwise every profile after the cursor, in order, until the page is full or
+/// otherwise every listed profile after the cursor, in order, until the page is full or
 /// `directory.scan_max` profiles were examined (then the next page starts after the last one
-/// examined, PROF-9).
+/// examined, always a listed one, PROF-8, PROF-9).
 pub fn search<'s>(
     st: &'s State,
     q: &Query,
@@ -221,12 +221,7 @@ pub fn search<'s>(
             }
         }
         None => {
-            use std::ops::Bound;
-            let from = match &q.after {
-                Some(a) => Bound::Excluded(a.clone()),
-                None => Bound::Unbounded,
-            };
-            for (h, _) in st.profiles.range((from, Bound::Unbounded)) {
+            for h in st.profile_index.listed_after(q.after.as_ref()) {
                 if !take(h) {
                     break;
                 }

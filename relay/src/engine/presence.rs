@@ -4,8 +4,9 @@
 //! what an agent's contacts see is pushed to their streams that asked for presence, coalesced
 //! per stream (`presence.push_interval_ms`).
 //!
-//! Memory: one entry per local agent connected since the relay started, one per open stream
-//! that asked for presence, and one timer per entry at most: bounded by agents and streams.
+//! Memory: one entry per local agent connected or with a status since the relay started, one
+//! feed per open stream that asked for presence, and at most two timers per agent (the end of
+//! its grace, the expiry of its status): bounded by agents and streams.
 
 use super::state::State;
 use formica_protocol::presence::Availability;
@@ -101,6 +102,49 @@ struct Live {
     last_seen: i64,
     /// What its contacts were last told (None: nothing yet, which means offline).
     announced: Option<Shown>,
+    /// Its timers in `Inner::timers` (at most one of each kind): the end of the grace after
+    /// its last stream or heartbeat, and the expiry of its status.
+    grace_at: Option<i64>,
+    status_at: Option<i64>,
+}
+
+/// Which of an agent's two timers.
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    Grace,
+    Status,
+}
+
+impl Inner {
+    /// Sets `who`'s timer of kind `kind` to `at`, replacing the one it had: an agent holds at
+    /// most two entries in `timers`, whatever it does.
+    fn set_timer(&mut self, who: &Handle, kind: Timer, at: i64) {
+        let l = self.live.entry(who.clone()).or_default();
+        let slot = match kind {
+            Timer::Grace => &mut l.grace_at,
+            Timer::Status => &mut l.status_at,
+        };
+        let old = slot.replace(at);
+        let other = match kind {
+            Timer::Grace => l.status_at,
+            Timer::Status => l.grace_at,
+        };
+        if let Some(o) = old {
+            if other != Some(o) {
+                self.timers.remove(&(o, who.clone()));
+            }
+        }
+        self.timers.insert((at, who.clone()));
+    }
+
+    /// Whether `who` is connected at `now`, and when it was last seen.
+    fn connected(&self, who: &Handle, now: i64) -> (bool, Option<i64>) {
+        match self.live.get(who) {
+            None => (false, None),
+            Some(l) if l.streams > 0 => (true, Some(now)),
+            Some(l) => (now < l.until, Some(l.last_seen)),
+        }
+    }
 }
 
 /// One stream's presence events: the agents whose presence changed since it last took them.
@@ -168,7 +212,7 @@ impl Drop for Connection {
             if l.streams == 0 {
                 l.until = l.until.max(now + self.ttl_ms);
                 let until = l.until;
-                g.timers.insert((until, self.who.clone()));
+                g.set_timer(&self.who, Timer::Grace, until);
             }
         }
     }
@@ -206,23 +250,13 @@ impl Hub {
         l.until = l.until.max(now + ttl_ms);
         l.last_seen = now;
         let until = l.until;
-        g.timers.insert((until, who.clone()));
+        g.set_timer(who, Timer::Grace, until);
         until
-    }
-
-    /// A status of `who` that stops applying at `expires` (its contacts see the change then).
-    pub fn status_expires(&self, who: &Handle, expires: i64) {
-        self.lock().timers.insert((expires, who.clone()));
     }
 
     /// Whether `who` is connected at `now`, and when it was last seen (None: not since start).
     pub fn connected(&self, who: &Handle, now: i64) -> (bool, Option<i64>) {
-        let g = self.lock();
-        match g.live.get(who) {
-            None => (false, None),
-            Some(l) if l.streams > 0 => (true, Some(now)),
-            Some(l) => (now < l.until, Some(l.last_seen)),
-        }
+        self.lock().connected(who, now)
     }
 
     /// Presence events for the streams of `watcher` that asked for them.
@@ -247,11 +281,27 @@ impl Hub {
     /// Tells the contacts of `subject` (the agents it granted a level, PRES-5) if what they see
     /// of it changed.
     pub fn refresh(&self, st: &State, subject: &Handle, now: i64) {
-        let shown = shown(st, self, subject, now);
         let Some(agent) = st.agents.get(subject) else {
             return;
         };
+        // One lock for what is seen and what was told, so two refreshes cannot cross.
         let mut g = self.lock();
+        let status = st
+            .statuses
+            .get(subject)
+            .filter(|s| now < s.status().expires);
+        // A status in force gets its expiry timer (also one loaded at start, PRES-5).
+        if let Some(s) = status {
+            let at = s.status().expires;
+            if g.live.get(subject).and_then(|l| l.status_at) != Some(at) {
+                g.set_timer(subject, Timer::Status, at);
+            }
+        }
+        let shown = match (g.connected(subject, now).0, status) {
+            (false, _) => Shown::Offline,
+            (true, Some(s)) => Shown::On(s.status().status),
+            (true, None) => Shown::On(Availability::Available),
+        };
         let announced = g
             .live
             .get(subject)
@@ -297,7 +347,15 @@ impl Hub {
             if *t > now {
                 break;
             }
-            if let Some((_, h)) = g.timers.pop_first() {
+            if let Some((t, h)) = g.timers.pop_first() {
+                if let Some(l) = g.live.get_mut(&h) {
+                    if l.grace_at == Some(t) {
+                        l.grace_at = None;
+                    }
+                    if l.status_at == Some(t) {
+                        l.status_at = None;
+                    }
+                }
                 out.push(h);
             }
         }
@@ -372,5 +430,31 @@ fn status_limits() -> formica_protocol::JsonLimits {
     formica_protocol::JsonLimits {
         bytes_max: 1 << 20,
         depth_max: 64,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_holds_at_most_two_timers_whatever_it_does() {
+        let mut g = Inner::default();
+        let a = Handle::parse("@a@relay.test").unwrap();
+        let b = Handle::parse("@b@relay.test").unwrap();
+        for t in 0..1000 {
+            g.set_timer(&a, Timer::Status, 10_000 + t);
+            g.set_timer(&a, Timer::Grace, 20_000 + t);
+        }
+        g.set_timer(&b, Timer::Grace, 5);
+        assert_eq!(g.timers.len(), 3);
+        // Both kinds at the same time share one entry, and replacing one keeps the other.
+        g.set_timer(&a, Timer::Status, 7);
+        g.set_timer(&a, Timer::Grace, 7);
+        assert_eq!(g.timers.len(), 2);
+        g.set_timer(&a, Timer::Grace, 8);
+        assert!(g.timers.contains(&(7, a.clone())) && g.timers.contains(&(8, a.clone())));
+        assert_eq!(g.timers.len(), 3);
     }
 }

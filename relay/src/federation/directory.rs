@@ -48,22 +48,40 @@ pub fn query_string(q: &Query) -> String {
     parts.join("&")
 }
 
-/// Keeps the results of `peer`'s answer that are its listed, unexpired agents' profiles.
+/// The results of `peer`'s answer, rebuilt from what was checked: each a profile of one of its
+/// own agents, listed and unexpired, once, with its tier; `None` (the answer is `invalid`) for
+/// anything else: another member, a repeated handle, more than `limit` results, a `next`.
 fn keep(peer: &RelayHost, v: &Value, limit: usize, now: i64) -> Option<Vec<Value>> {
-    let results = v.as_object()?.get("results")?.as_array()?;
+    let o = v.as_object()?;
+    if o.keys().any(|k| k != "results" && k != "next") || o.get("next")? != &Value::Null {
+        return None;
+    }
+    let results = o.get("results")?.as_array()?;
     if results.len() > limit {
         return None;
     }
     let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for r in results {
-        let o = r.as_object()?;
-        let tier = o.get("tier")?.as_i64()?;
-        let p = SignedProfile::from_value(o.get("profile")?.clone()).ok()?;
-        let prof = p.profile();
-        if prof.handle.host() != peer || !prof.listed || prof.expired(now) || tier < 0 {
+        let ro = r.as_object()?;
+        if ro.keys().any(|k| k != "profile" && k != "tier") {
             return None;
         }
-        out.push(r.clone());
+        let tier = ro.get("tier")?.as_i64()?;
+        let p = SignedProfile::from_value(ro.get("profile")?.clone()).ok()?;
+        let prof = p.profile();
+        if prof.handle.host() != peer
+            || !prof.listed
+            || prof.expired(now)
+            || tier < 0
+            || !seen.insert(prof.handle.clone())
+        {
+            return None;
+        }
+        let mut e = formica_protocol::Object::new();
+        e.insert("profile", p.value().clone());
+        e.insert("tier", Value::Int(tier));
+        out.push(Value::Object(e));
     }
     Some(out)
 }

@@ -340,6 +340,15 @@ pub(crate) async fn sse(
             loop {
                 // PRES-5: presence events carry no id, so Last-Event-ID still names an item.
                 if let Some(v) = buf.1.pop() {
+                    // API-16 holds for presence too: nothing under a key that is no longer
+                    // current.
+                    if let Some(e) = key_check(&app, &me, &kid) {
+                        let ev = SseEvent::default().event("error").data(error_json(&e));
+                        return Some((
+                            Ok(ev),
+                            (app, (me, kid, true, marked), cursor, rx, buf, guard, stop),
+                        ));
+                    }
                     let data = String::from_utf8_lossy(&formica_protocol::canon::canonicalize(&v))
                         .into_owned();
                     let ev = SseEvent::default().event("presence").data(data);
@@ -518,6 +527,11 @@ async fn ws_loop(
             // PRES-5: presence frames, coalesced.
             _ = pres.wait() => {
                 pres.collect(&app, &me);
+                if let Some(e) = key_check(&app, &me, &kid) {
+                    let _ = socket.send(Message::Text(error_json(&e).into())).await;
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
                 while let Some(v) = pres.pop() {
                     let mut o = Object::new();
                     o.insert("presence", v);

@@ -47,7 +47,6 @@ pub(crate) async fn put_status(AxState(app): AxState<Shared>, req: Request) -> R
             .with("field", "expires".into()));
         }
         update_limit(&app, &me)?;
-        let expires = s.expires;
         let v = match app
             .engine
             .writer
@@ -57,8 +56,8 @@ pub(crate) async fn put_status(AxState(app): AxState<Shared>, req: Request) -> R
             Outcome::Done(v) => v,
             other => return Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
         };
-        // Durable: contacts see the change now, and again when it expires.
-        app.engine.presence.status_expires(&me, expires);
+        // Durable: contacts see the change now, and again when it expires (refresh sets the
+        // status's timer).
         let now = app.engine.now();
         app.engine.presence.refresh(&app.engine.read(), &me, now);
         Ok(ok(200, v))

@@ -218,10 +218,11 @@ pub(crate) async fn directory(AxState(app): AxState<Shared>, req: Request) -> Re
         let q = directory::parse_query(uri.query(), &app.engine.policy, &app.engine.host)?;
         match &who {
             Viewer::Agent(me) => search_limit(&app, me)?,
-            Viewer::Anonymous if q.federated => {
+            // PRES-4: presence is never shown without authentication, not even as a filter.
+            Viewer::Anonymous if q.federated || q.status.is_some() => {
                 return Err(ApiError::new(
                     ErrorCode::Unauthorized,
-                    "a federated search needs an Authorization: Formica header",
+                    "a federated search, and a search by presence, need an Authorization: Formica header",
                 ))
             }
             Viewer::Anonymous => {}

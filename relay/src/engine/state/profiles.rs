@@ -85,11 +85,15 @@ impl StoredProfile {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProfileIndex {
     by_capability: BTreeMap<String, BTreeSet<Handle>>,
+    /// Every listed profile's handle: a search without a capability walks these, so that
+    /// neither its work nor its cursor ever touches an unlisted profile (PROF-8).
+    listed: BTreeSet<Handle>,
 }
 
 impl ProfileIndex {
     pub(super) fn add(&mut self, h: &Handle, p: &Profile) {
         if p.listed {
+            self.listed.insert(h.clone());
             for c in &p.capabilities {
                 self.by_capability
                     .entry(c.id.clone())
@@ -100,6 +104,7 @@ impl ProfileIndex {
     }
 
     fn remove(&mut self, h: &Handle, p: &Profile) {
+        self.listed.remove(h);
         for c in &p.capabilities {
             if let Some(set) = self.by_capability.get_mut(&c.id) {
                 set.remove(h);
@@ -108,6 +113,18 @@ impl ProfileIndex {
                 }
             }
         }
+    }
+
+    /// The listed handles, in order, after `after`.
+    pub fn listed_after<'a>(
+        &'a self,
+        after: Option<&Handle>,
+    ) -> impl Iterator<Item = &'a Handle> + 'a {
+        let from = match after {
+            Some(a) => Bound::Excluded(a.clone()),
+            None => Bound::Unbounded,
+        };
+        self.listed.range((from, Bound::Unbounded))
     }
 
     /// The listed handles with capability `id`, in order, after `after`.
