@@ -252,9 +252,18 @@ pub struct Challenges {
     per: HashMap<IpAddr, usize>,
     max: usize,
     per_max: usize,
+    /// Challenges swept because they expired, for [`EXPIRED_KEPT_MS`] after their expiry (at
+    /// most `max`, oldest first): a registration that comes late is told `challenge_expired`,
+    /// not `challenge_unknown` (API-4 step 12), whatever other clients' challenges swept the
+    /// table meanwhile. They hold no place in the table or an address's count.
+    recent: HashMap<Challenge, i64>,
+    recent_order: VecDeque<(i64, Challenge)>,
     /// Changes for the store.
     pub journal: Journal,
 }
+
+/// How long an expired challenge is still known as expired once swept from the table: 60 s.
+pub const EXPIRED_KEPT_MS: i64 = 60_000;
 
 /// What [`Challenges::check`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +298,8 @@ impl Challenges {
             per: HashMap::new(),
             max: max.max(1),
             per_max: per_max.max(1),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
             journal: Journal::new(),
         }
     }
@@ -341,7 +352,7 @@ impl Challenges {
         self.open.is_empty()
     }
 
-    /// Forgets challenges that expired by `now`.
+    /// Forgets challenges that expired by `now` (remembering them as expired for a while).
     fn sweep(&mut self, now: i64) {
         while let Some((exp, c)) = self.order.front().copied() {
             if exp > now {
@@ -351,8 +362,17 @@ impl Challenges {
             if let Some((e, _, _)) = self.open.get(&c) {
                 if *e == exp {
                     self.forget(&c);
+                    self.recent.insert(c, exp);
+                    self.recent_order.push_back((exp, c));
                 }
             }
+        }
+        while let Some((exp, c)) = self.recent_order.front().copied() {
+            if exp + EXPIRED_KEPT_MS > now && self.recent_order.len() <= self.max {
+                break;
+            }
+            self.recent_order.pop_front();
+            self.recent.remove(&c);
         }
     }
 
@@ -408,6 +428,7 @@ impl Challenges {
         match self.open.get(c) {
             Some((exp, d, _)) if *exp > now => ChallengeState::Open { difficulty: *d },
             Some(_) => ChallengeState::Expired,
+            None if self.recent.contains_key(c) => ChallengeState::Expired,
             None => ChallengeState::Unknown,
         }
     }
@@ -461,5 +482,31 @@ impl NonceRefused {
             )
             .with("retry_after_s", Value::Int(retry_after_s)),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_swept_challenge_is_still_expired_for_a_while_then_unknown() {
+        let mut t = Challenges::new(10, 10);
+        let c1 = Challenge([1; 16]);
+        t.issue(c1, 1_000, 8, None, 0).unwrap();
+        assert_eq!(t.check(&c1, 500), ChallengeState::Open { difficulty: 8 });
+        // Another client's challenge sweeps c1 from the table; a late registration is still
+        // told it expired, and c1 holds no place.
+        t.issue(Challenge([2; 16]), 3_000, 8, None, 2_000).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.check(&c1, 2_000), ChallengeState::Expired);
+        t.issue(Challenge([3; 16]), 70_000, 8, None, 1_000 + EXPIRED_KEPT_MS)
+            .unwrap();
+        assert_eq!(
+            t.check(&c1, 1_000 + EXPIRED_KEPT_MS),
+            ChallengeState::Unknown
+        );
+        assert_eq!(t.check(&Challenge([9; 16]), 0), ChallengeState::Unknown);
     }
 }
