@@ -147,6 +147,7 @@ pub struct SignedStatus {
     status: Status,
     sig: Signature,
     signing_input: Vec<u8>,
+    value: Value,
     wire: Vec<u8>,
 }
 
@@ -166,6 +167,7 @@ impl SignedStatus {
             status,
             sig,
             signing_input: input,
+            value: v,
             wire,
         })
     }
@@ -179,6 +181,10 @@ impl SignedStatus {
     /// `tag || JCS(status without sig)`.
     pub fn signing_input(&self) -> &[u8] {
         &self.signing_input
+    }
+    /// The whole status (with `sig`) as a value.
+    pub fn value(&self) -> &Value {
+        &self.value
     }
     /// The canonical bytes of the whole status (with `sig`).
     pub fn wire(&self) -> &[u8] {

@@ -316,8 +316,7 @@ impl Event {
             }
             Event::StatusSet { status, .. } => {
                 o.insert("t", "status_set".into());
-                let v = json::parse(status.wire(), log_limits()).unwrap_or(Value::Null);
-                o.insert("status", v);
+                o.insert("status", status.value().clone());
             }
             Event::PeerRemoved { host, .. } => {
                 o.insert("t", "peer_removed".into());

@@ -286,10 +286,7 @@ impl Hub {
         };
         // One lock for what is seen and what was told, so two refreshes cannot cross.
         let mut g = self.lock();
-        let status = st
-            .statuses
-            .get(subject)
-            .filter(|s| now < s.status().expires);
+        let status = in_force(st, subject, now);
         // A status in force gets its expiry timer (also one loaded at start, PRES-5).
         if let Some(s) = status {
             let at = s.status().expires;
@@ -297,11 +294,7 @@ impl Hub {
                 g.set_timer(subject, Timer::Status, at);
             }
         }
-        let shown = match (g.connected(subject, now).0, status) {
-            (false, _) => Shown::Offline,
-            (true, Some(s)) => Shown::On(s.status().status),
-            (true, None) => Shown::On(Availability::Available),
-        };
+        let shown = word(g.connected(subject, now).0, status);
         let announced = g
             .live
             .get(subject)
@@ -366,12 +359,26 @@ impl Hub {
 /// PRES-1: what `subject` looks like at `now`: offline unless connected; connected, the
 /// status of its unexpired signed status, else available.
 pub fn shown(st: &State, hub: &Hub, subject: &Handle, now: i64) -> Shown {
-    if !hub.connected(subject, now).0 {
-        return Shown::Offline;
-    }
-    match st.statuses.get(subject) {
-        Some(s) if now < s.status().expires => Shown::On(s.status().status),
-        _ => Shown::On(Availability::Available),
+    word(hub.connected(subject, now).0, in_force(st, subject, now))
+}
+
+/// The signed status of `subject` in force at `now` (unexpired), if any.
+fn in_force<'s>(
+    st: &'s State,
+    subject: &Handle,
+    now: i64,
+) -> Option<&'s formica_protocol::SignedStatus> {
+    st.statuses
+        .get(subject)
+        .filter(|s| now < s.status().expires)
+}
+
+/// PRES-1's word for an agent connected or not, with the status in force.
+fn word(connected: bool, status: Option<&formica_protocol::SignedStatus>) -> Shown {
+    match (connected, status) {
+        (false, _) => Shown::Offline,
+        (true, Some(s)) => Shown::On(s.status().status),
+        (true, None) => Shown::On(Availability::Available),
     }
 }
 
@@ -416,21 +423,10 @@ pub fn view(st: &State, hub: &Hub, viewer: &Handle, subject: &Handle, now: i64) 
     if full {
         let (_, last_seen) = hub.connected(subject, now);
         o.insert("last_seen", last_seen.map_or(Value::Null, Value::Int));
-        let signed = st
-            .statuses
-            .get(subject)
-            .filter(|s| now < s.status().expires)
-            .and_then(|s| formica_protocol::json::parse(s.wire(), status_limits()).ok());
+        let signed = in_force(st, subject, now).map(|s| s.value().clone());
         o.insert("signed", signed.unwrap_or(Value::Null));
     }
     Some(Value::Object(o))
-}
-
-fn status_limits() -> formica_protocol::JsonLimits {
-    formica_protocol::JsonLimits {
-        bytes_max: 1 << 20,
-        depth_max: 64,
-    }
 }
 
 #[cfg(test)]
