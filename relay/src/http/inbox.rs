@@ -457,16 +457,20 @@ pub(crate) async fn ws(
         Err(e) => return e.into_response(),
     };
     match upgrade {
-        Ok(u) => u
-            .max_frame_size(WS_CLIENT_FRAME_BYTES_MAX)
+        Ok(u) => {
+            // Open the presence feed before the 101 goes out, so a change that follows the
+            // upgrade (as the client sees it) is never missed (PRES-5).
+            let pres = StreamPresence::open(&app, &me, want);
+            u.max_frame_size(WS_CLIENT_FRAME_BYTES_MAX)
             .max_message_size(WS_CLIENT_FRAME_BYTES_MAX)
             .read_buffer_size(WS_READ_BUFFER_BYTES)
             .on_upgrade(move |socket| async move {
                 // Keep the connection's places under the connection limits while the socket lives.
                 let _hold = (hold, client_hold);
                 let frames = ClientFrames::new(meter.map(|m| m.0));
-                ws_loop(app, me, kid, (cursor, want), socket, frames).await
-            }),
+                ws_loop(app, me, kid, (cursor, pres), socket, frames).await
+            })
+        }
         Err(e) => ApiError::new(
             ErrorCode::InvalidField,
             format!("this endpoint needs a WebSocket upgrade request: {e}"),
@@ -480,7 +484,7 @@ async fn ws_loop(
     app: Shared,
     me: Handle,
     kid: KeyId,
-    (mut cursor, want): (u64, bool),
+    (mut cursor, mut pres): (u64, StreamPresence),
     mut socket: WebSocket,
     mut frames: ClientFrames,
 ) {
@@ -490,7 +494,6 @@ async fn ws_loop(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _guard = StreamGuard(app.clone());
     let mut rx = app.engine.notifier.subscribe(&me);
-    let mut pres = StreamPresence::open(&app, &me, want);
     let mut stop = app.engine.stopping.subscribe();
     let mut ping = tokio::time::interval(Duration::from_millis(KEEPALIVE_MS));
     let mut recheck = tokio::time::interval(Duration::from_millis(KEY_CHECK_MS));
