@@ -119,6 +119,7 @@ const SELECTIONS: &[&str] = &[
     "PROF-8",
     "PRES-3",
     "PRES-4",
+    "ACK-5",
 ];
 
 #[test]
@@ -442,5 +443,21 @@ fn a_relay_whose_hidden_presence_answers_differ_fails_pres_4() {
     assert!(failed(&rep, "PRES-4"), "{}", summary(&rep));
     assert!(case_failed(&rep, "pres.visibility"), "{}", summary(&rep));
     only_failing(&rep, &["PRES-4", "API-21", "PROF-8", "HTTP-9"]);
+    assert_eq!(rep.exit_code(), 1);
+}
+
+#[test]
+fn a_relay_that_lets_a_child_request_outlive_its_parent_fails_ack_5() {
+    // deadline_after_parent answered as accepted (the relay behind stored nothing).
+    let rewrite: Rewrite = Arc::new(|ex: &Exchange| {
+        if ex.path != "/v1/envelopes" || code_of(ex).as_deref() != Some("deadline_after_parent") {
+            return None;
+        }
+        Some(accepted(ex))
+    });
+    let rep = run_through(rewrite, &["ACK-5"]);
+    assert!(failed(&rep, "ACK-5"), "{}", summary(&rep));
+    assert!(case_failed(&rep, "ack.cascade"), "{}", summary(&rep));
+    only_failing(&rep, &["ACK-5", "INGEST-1"]);
     assert_eq!(rep.exit_code(), 1);
 }

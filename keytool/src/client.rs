@@ -433,9 +433,16 @@ pub fn relay_error(url: &str, status: u16, bytes: &[u8]) -> Fail {
         AckForbidden => Some("only a recipient of the message can ack it".into()),
         TierForbidden | VouchLimit => Some("new agents start on the lowest trust tier; tiers rise with age, acked traffic and vouches".into()),
         KeylogFork => Some("another entry already holds this position in the log; keytool resolve shows the conflict".into()),
+        DeadlineAfterParent => Some(match i("ack_by_max") {
+            Some(t) => format!("the request this one answers must be acked by {}; ask for that or earlier (send shortens it unless --no-shorten)", crate::output::fmt_ms(t)),
+            None => "ask for the deadline of the request this one answers, or earlier".into(),
+        }),
         _ => None,
     };
     let mut f = Fail::code(code, message);
+    if let Some(t) = i("ack_by_max") {
+        f.details.push(("ack_by_max", Value::Int(t)));
+    }
     if let Some(h) = hint {
         f = f.hint(h);
     }

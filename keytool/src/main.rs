@@ -171,6 +171,11 @@ enum Cmd {
         /// Do not wait for other relays' answer (same as --wait 0ms).
         #[arg(long, conflicts_with = "wait")]
         no_wait: bool,
+        /// A task_request answering (--corr) a request you received may not ask for a later
+        /// ack deadline than that request's (ACK-5): send shortens it to that one and says
+        /// so; with --no-shorten it fails with deadline_after_parent instead.
+        #[arg(long)]
+        no_shorten: bool,
         #[command(flatten)]
         id: IdentityArg,
     },
@@ -512,6 +517,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
             corr,
             wait,
             no_wait,
+            no_shorten,
             id,
         } => online::send(
             ctx,
@@ -523,6 +529,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
                 payload,
                 ack_deadline,
                 corr,
+                no_shorten,
                 payload_doc: None,
                 wait: if no_wait { Duration::ZERO } else { wait },
             },

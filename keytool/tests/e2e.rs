@@ -216,3 +216,77 @@ fn every_json_failure_is_one_json_line_with_a_code() {
     assert_eq!(out.status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&home);
 }
+
+#[test]
+fn a_request_answering_a_request_gets_at_most_its_deadline() {
+    let dir = std::env::temp_dir().join(format!("formica-kt-cascade-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let relay = start_relay(&dir);
+    let kt = |n: &str| Kt {
+        home: dir.join(n),
+        relay: &relay,
+    };
+    let (a, b, c) = (kt("a"), kt("b"), kt("c"));
+    a.json(&["register", "@casa"]);
+    b.json(&["register", "@casb"]);
+    c.json(&["register", "@casc"]);
+    b.json(&["contacts", "add", "@casa", "--level", "task"]);
+    c.json(&["contacts", "add", "@casb", "--level", "task"]);
+    let payload = dir.join("task.json");
+    std::fs::write(&payload, br#"{"task":"review","input":"PR 7"}"#).unwrap();
+    let p = payload.to_str().unwrap();
+    let parent = a.json(&[
+        "send",
+        "@casb",
+        "--type",
+        "task_request",
+        "--payload",
+        p,
+        "--ack-deadline",
+        "1m",
+    ]);
+    let parent_id = s(&parent[0], &["id"]).to_owned();
+    let limit = get(&parent[0], &["ack_by"]).as_i64().unwrap();
+    // Asking for more time than the parent has fails with --no-shorten ...
+    let out = b.run(&[
+        "--json",
+        "send",
+        "@casc",
+        "--type",
+        "task_request",
+        "--payload",
+        p,
+        "--corr",
+        &parent_id,
+        "--ack-deadline",
+        "1h",
+        "--no-shorten",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = &lines(&out.stdout)[0];
+    assert_eq!(s(err, &["error", "code"]), "deadline_after_parent");
+    assert_eq!(get(err, &["error", "ack_by_max"]).as_i64(), Some(limit));
+    // ... and is shortened to the parent's deadline by default, saying so.
+    let child = b.json(&[
+        "send",
+        "@casc",
+        "--type",
+        "task_request",
+        "--payload",
+        p,
+        "--corr",
+        &parent_id,
+        "--ack-deadline",
+        "1h",
+    ]);
+    assert_eq!(s(&child[0], &["result"]), "accepted");
+    assert_eq!(get(&child[0], &["ack_by"]).as_i64(), Some(limit));
+    assert!(get(&child[0], &["ack_by_asked"]).as_i64().unwrap() > limit);
+    let _ = std::fs::remove_dir_all(&dir);
+}

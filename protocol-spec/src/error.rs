@@ -139,6 +139,7 @@ registry! {
     PeerUnavailable = "peer_unavailable", 502, Later, "The recipient's home relay could not be reached, or its queue at this relay is full; what is queued stays queued.";
     ProfileOutdated = "profile_outdated", 409, No, "The profile's seq is not above that of the profile the relay holds for the agent.";
     StatusOutdated = "status_outdated", 409, No, "The presence status's ts is not after that of the status the relay holds for the agent.";
+    DeadlineAfterParent = "deadline_after_parent", 400, AfterFix, "The task_request's ack_by is later than that of the request it answers (its corr); ask for the parent's or earlier.";
     // Server state
     MethodNotAllowed = "method_not_allowed", 405, No, "The endpoint does not accept this HTTP method.";
     RequestTimeout = "request_timeout", 408, Later, "The request body did not arrive within the relay's body read time; nothing was accepted.";

@@ -181,3 +181,81 @@ async fn a_task_result_answering_a_task_needs_no_contact_grant() {
         .await
         .expect(403, "not_contact");
 }
+
+/// Lets `owner` receive task requests from `who`.
+async fn grant_task(r: &TestRelay, owner: &Agent, who: &Agent) {
+    let body = canon::canonicalize(&obj(vec![("level", "task".into())]));
+    owner
+        .authed(r, "PUT", &format!("/v1/contacts/{}", who.handle), &body)
+        .await
+        .expect(200, "");
+}
+
+#[tokio::test]
+async fn a_request_answering_a_request_may_not_ask_for_more_time_than_its_parent() {
+    let r = TestRelay::new();
+    let a = r.agent("alice").await;
+    let b = r.agent("bob").await;
+    let c = r.agent("carol").await;
+    grant_task(&r, &b, &a).await;
+    grant_task(&r, &c, &b).await;
+    grant_task(&r, &c, &a).await;
+    let request =
+        |from: &Agent, to: &formica_protocol::Handle, corr: Option<String>, ack_by: Option<i64>| {
+            let mut e = from.envelope(
+                &r,
+                &[to],
+                Payload::TaskRequest {
+                    task: "review".into(),
+                    input: None,
+                },
+            );
+            e.corr = corr;
+            e.ack_by = ack_by;
+            e.sign(&from.key).unwrap()
+        };
+    let limit = r.now() + 60_000;
+    let parent = request(&a, &b.handle, None, Some(limit));
+    a.send(&r, &parent).await.expect(201, "");
+    let pid = Some(parent.id().to_hex());
+    let late = request(&b, &c.handle, pid.clone(), Some(limit + 1));
+    let resp = b.send(&r, &late).await;
+    resp.expect(400, "deadline_after_parent");
+    assert_eq!(resp.field_of_error(), "ack_by");
+    assert_eq!(
+        field(&resp.body, &["error", "ack_by_max"]).as_i64(),
+        Some(limit)
+    );
+    // Nothing was stored: c's inbox is empty.
+    let page = c.authed(&r, "GET", "/v1/inbox", b"").await;
+    assert_eq!(page.get("items").as_array().unwrap().len(), 0);
+    b.send(&r, &request(&b, &c.handle, pid.clone(), Some(limit)))
+        .await
+        .expect(201, "");
+    b.send(&r, &request(&b, &c.handle, pid.clone(), None))
+        .await
+        .expect(201, "");
+    // a sent the parent, it did not receive it: its own corr limits nothing.
+    a.send(
+        &r,
+        &request(&a, &c.handle, pid.clone(), Some(limit + 5_000)),
+    )
+    .await
+    .expect(201, "");
+    // A message is not a request: no limit either.
+    let mut m = b.envelope(
+        &r,
+        &[&a.handle],
+        Payload::Message {
+            text: "later".into(),
+            data: None,
+        },
+    );
+    m.corr = pid;
+    m.ack_by = Some(limit + 5_000);
+    let body = canon::canonicalize(&obj(vec![("level", "message".into())]));
+    a.authed(&r, "PUT", &format!("/v1/contacts/{}", b.handle), &body)
+        .await
+        .expect(200, "");
+    b.send(&r, &m.sign(&b.key).unwrap()).await.expect(201, "");
+}

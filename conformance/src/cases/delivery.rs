@@ -18,6 +18,7 @@ pub fn cases() -> Vec<Case> {
         case("ack.wrong-to", &["ACK-3", "TYPE-7"], "an ack not addressed to the message's sender is invalid_field (to)", ack_wrong_to).codes(&[E::InvalidField]),
         case("ack.settled", &["ACK-3", "DELIV-2"], "a second ack is ack_settled and changes nothing", ack_settled).codes(&[E::AckSettled]),
         case("ack.timeout", &["ACK-4", "DELIV-1", "DELIV-2", "DELIV-3", "RCPT-1", "RCPT-2", "RCPT-3"], "a deadline that passes without an ack times the delivery out, with a timed_out receipt; a late ack is ack_settled; another message's later deadline is left alone", ack_timeout).codes(&[E::AckSettled]),
+        case("ack.cascade", &["ACK-5", "INGEST-1"], "a task_request answering (corr) a task_request its sender received with ack_by may not ask for a later ack_by: deadline_after_parent with field ack_by and ack_by_max; the parent's deadline, an earlier one or none is accepted, as is a later one from an agent that did not receive the parent or for a parent without ack_by", ack_cascade).codes(&[E::DeadlineAfterParent]),
         case("deliv.per-recipient", &["DELIV-1", "DELIV-5"], "each recipient of one message has its own delivery state", per_recipient),
         case("rcpt.none-about-receipts", &["RCPT-2"], "reading receipts makes no receipts about them, and only the listed changes make receipts", no_receipt_about_receipts),
         case("status.access", &["API-13"], "only the sender may read a message's status; others, unknown and malformed ids are not_found", status_access).codes(&[E::NotFound]),
@@ -413,5 +414,82 @@ fn status_access(e: &Env<'_>) -> R {
         .expect_error(ErrorCode::NotFound)?;
     t.status(&x.a, "not-an-id")?
         .expect_error(ErrorCode::NotFound)?;
+    Ok(())
+}
+
+/// A `task_request` from `a` to `to`, answering `corr`, asking for an ack at `ack_by`.
+fn task(t: &Target, a: &Agent, to: &Handle, corr: Option<&str>, ack_by: Option<i64>) -> Signed {
+    let mut o = t.envelope(
+        a,
+        "task_request",
+        &[to],
+        obj(vec![("task", s("review")), ("input", s(&t.uniq("in")))]),
+    );
+    if let Some(c) = corr {
+        o.insert("corr", s(c));
+    }
+    if let Some(b) = ack_by {
+        o.insert("ack_by", int(b));
+    }
+    t.sign(&o, &a.key)
+}
+
+fn ack_cascade(e: &Env<'_>) -> R {
+    let t = e.t;
+    let a = t.register("casa")?;
+    let b = t.register("casb")?;
+    let c = t.register("casc")?;
+    let d = t.register("casd")?;
+    t.grant(&b, &a.handle, "task")?;
+    t.grant(&c, &b.handle, "task")?;
+    t.grant(&c, &d.handle, "task")?;
+    // The parent: a asks b, with a deadline a minute away.
+    let parent = task(t, &a, &b.handle, None, Some(t.now() + 60_000));
+    t.send_ok(&parent)?;
+    let limit = parent
+        .value
+        .as_object()
+        .and_then(|o| o.get("ack_by"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    // b passes the work on to c and asks for more time than it has.
+    let late = task(t, &b, &c.handle, Some(&parent.id), Some(limit + 30_000));
+    let r = t.post_envelope(&late.wire)?;
+    r.expect_error_field(ErrorCode::DeadlineAfterParent, "ack_by")?;
+    ensure!(
+        r.error_member("ack_by_max").and_then(Value::as_i64) == Some(limit),
+        "{}: ack_by_max is {:?}, expected the parent's ack_by {limit} (ACK-5): {}",
+        r.what,
+        r.error_member("ack_by_max"),
+        r.brief()
+    );
+    // Nothing was accepted: the same child at the parent's deadline is new, not a duplicate.
+    t.send_ok(&task(t, &b, &c.handle, Some(&parent.id), Some(limit)))?;
+    t.send_ok(&task(
+        t,
+        &b,
+        &c.handle,
+        Some(&parent.id),
+        Some(limit - 10_000),
+    ))?;
+    t.send_ok(&task(t, &b, &c.handle, Some(&parent.id), None))?;
+    // d did not receive the parent: its corr limits nothing.
+    t.send_ok(&task(
+        t,
+        &d,
+        &c.handle,
+        Some(&parent.id),
+        Some(limit + 30_000),
+    ))?;
+    // A parent without ack_by limits nothing either.
+    let open = task(t, &a, &b.handle, None, None);
+    t.send_ok(&open)?;
+    t.send_ok(&task(
+        t,
+        &b,
+        &c.handle,
+        Some(&open.id),
+        Some(t.now() + 120_000),
+    ))?;
     Ok(())
 }

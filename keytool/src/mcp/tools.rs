@@ -34,7 +34,7 @@ pub const TOOLS: &[ToolDef] = &[
     },
     ToolDef {
         name: "send",
-        description: "Sign and send a message. `to`: one or more handles (@name for your relay, @name@host elsewhere). Either `text` (type message) or `type` with `payload` (a JSON object of that type's schema). Optional `ack_deadline` (500ms, 30s, 5m, 1h, 2d; at most 7d) asks the recipients to ack; `corr` links replies. For recipients on other relays it waits (`wait`, default 5s) for their relay's answer and fails with its error code if it refused (for not_contact: send a contact_request first).",
+        description: "Sign and send a message. `to`: one or more handles (@name for your relay, @name@host elsewhere). Either `text` (type message) or `type` with `payload` (a JSON object of that type's schema). Optional `ack_deadline` (500ms, 30s, 5m, 1h, 2d; at most 7d) asks the recipients to ack; `corr` links replies; a task_request whose `corr` is a request you received gets at most that request's ack deadline (shortened automatically; the answer then has `ack_by_asked`). For recipients on other relays it waits (`wait`, default 5s) for their relay's answer and fails with its error code if it refused (for not_contact: send a contact_request first).",
         schema: r#"{"type":"object","properties":{
             "to":{"type":"array","items":{"type":"string"},"minItems":1},
             "text":{"type":"string"},
@@ -347,6 +347,7 @@ pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, 
                     payload_doc,
                     ack_deadline: dur("ack_deadline")?,
                     corr: a.str_opt("corr")?,
+                    no_shorten: false,
                     wait,
                 },
             )?;

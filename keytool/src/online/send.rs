@@ -92,6 +92,9 @@ pub struct SendArgs {
     pub payload_doc: Option<Value>,
     pub ack_deadline: Option<Duration>,
     pub corr: Option<String>,
+    /// Fail with `deadline_after_parent` instead of shortening the ack deadline to the one of
+    /// the request this one answers (ACK-5).
+    pub no_shorten: bool,
     /// How long to wait for the remote relays' outcome of remote recipients (zero: not at all).
     pub wait: Duration,
 }
@@ -259,12 +262,53 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
             Some(ts_now + ms)
         }
     };
-    let (id, result) = post_envelope(&s, to.clone(), msg_type.clone(), payload, a.corr, ack_by)?;
+    let mut ack_by = ack_by;
+    let mut shortened_from = None;
+    let posted = match post_envelope(
+        &s,
+        to.clone(),
+        msg_type.clone(),
+        payload.clone(),
+        a.corr.clone(),
+        ack_by,
+    ) {
+        Err(f) if f.code == Some(ErrorCode::DeadlineAfterParent) && !a.no_shorten => {
+            // ACK-5: a request answering a request gets at most the parent's deadline. Sign it
+            // again with that deadline, unless it has passed (then no deadline is valid).
+            let max = f
+                .details
+                .iter()
+                .find(|(k, _)| *k == "ack_by_max")
+                .and_then(|(_, v)| v.as_i64());
+            match max {
+                Some(max) if max > now_ms() => {
+                    shortened_from = ack_by;
+                    ack_by = Some(max);
+                    post_envelope(&s, to.clone(), msg_type.clone(), payload, a.corr, ack_by)
+                }
+                Some(max) => Err(f.hint(format!(
+                    "the request it answers had to be acked by {}, which has passed; send it without --ack-deadline",
+                    fmt_ms(max)
+                ))),
+                None => Err(f),
+            }
+        }
+        r => r,
+    };
+    let (id, result) = posted?;
     let mut note = ack_by
         .map(|t| format!("\n  ack requested by {}", fmt_ms(t)))
         .unwrap_or_default();
+    if shortened_from.is_some() {
+        note.push_str(
+            "\n  (shortened to the deadline of the request it answers; --no-shorten fails instead)",
+        );
+    }
     let to_v = Value::Array(to.iter().map(|h| h.as_str().into()).collect());
     let mut extra = vec![("to", to_v), ("ack_by", opt(ack_by.map(Value::Int)))];
+    if let Some(old) = shortened_from {
+        extra.push(("ack_by_asked", Value::Int(old)));
+    }
     let remote: Vec<Handle> = to
         .iter()
         .filter(|h| h.host() != s.me.host())

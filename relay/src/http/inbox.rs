@@ -462,14 +462,14 @@ pub(crate) async fn ws(
             // upgrade (as the client sees it) is never missed (PRES-5).
             let pres = StreamPresence::open(&app, &me, want);
             u.max_frame_size(WS_CLIENT_FRAME_BYTES_MAX)
-            .max_message_size(WS_CLIENT_FRAME_BYTES_MAX)
-            .read_buffer_size(WS_READ_BUFFER_BYTES)
-            .on_upgrade(move |socket| async move {
-                // Keep the connection's places under the connection limits while the socket lives.
-                let _hold = (hold, client_hold);
-                let frames = ClientFrames::new(meter.map(|m| m.0));
-                ws_loop(app, me, kid, (cursor, pres), socket, frames).await
-            })
+                .max_message_size(WS_CLIENT_FRAME_BYTES_MAX)
+                .read_buffer_size(WS_READ_BUFFER_BYTES)
+                .on_upgrade(move |socket| async move {
+                    // Keep the connection's places under the connection limits while the socket lives.
+                    let _hold = (hold, client_hold);
+                    let frames = ClientFrames::new(meter.map(|m| m.0));
+                    ws_loop(app, me, kid, (cursor, pres), socket, frames).await
+                })
         }
         Err(e) => ApiError::new(
             ErrorCode::InvalidField,

@@ -168,6 +168,12 @@ pub(super) fn envelope(
         Payload::ContactRequest { .. } => contacts::request_allowed(st, ctx, env, sender, tier)?,
         Payload::Vouch { subject, action } => vouch_allowed(st, ctx, env, subject, *action, tier)?,
         Payload::Report { subject, .. } => report_allowed(st, ctx, subject, sender, tier)?,
+        Payload::TaskRequest { .. } => {
+            if origin.is_none() {
+                within_parent_deadline(st, env)?;
+            }
+            contacts::grant_allows(st, env)?
+        }
         _ => contacts::grant_allows(st, env)?,
     }
     // Per-recipient cap: unread items are never evicted, new ones are refused.
@@ -183,6 +189,37 @@ pub(super) fn envelope(
         }
     }
     Ok((events, Outcome::Accepted { id }))
+}
+
+/// ACK-5: a `task_request` whose `corr` names a `task_request` its sender received with an
+/// `ack_by` may not ask for an ack later than that. Only the sending relay holds the parent,
+/// so only it checks (never on a forwarded envelope); a parent it no longer holds, or a
+/// `corr` that is not a message id, limits nothing.
+fn within_parent_deadline(st: &State, env: &Envelope) -> Result<(), ApiError> {
+    let Some(ack_by) = env.ack_by else {
+        return Ok(());
+    };
+    let Some(parent) = env
+        .corr
+        .as_deref()
+        .and_then(formica_protocol::envelope::MessageId::parse_hex)
+        .and_then(|c| st.message(&c))
+    else {
+        return Ok(());
+    };
+    let received = parent.msg_type == formica_protocol::envelope::MessageType::TaskRequest
+        && parent.recipients.iter().any(|r| r.handle == env.from);
+    match parent.ack_by {
+        Some(limit) if received && ack_by > limit => Err(ApiError::new(
+            ErrorCode::DeadlineAfterParent,
+            format!(
+                "ack_by {ack_by} is later than {limit}, the ack_by of the request this one answers (corr); ask for {limit} or earlier"
+            ),
+        )
+        .with("field", "ack_by".into())
+        .with("ack_by_max", Value::Int(limit))),
+        _ => Ok(()),
+    }
 }
 
 /// TRUST-3: a vouch names a subject registered here; a grant is within the sender's tier's
