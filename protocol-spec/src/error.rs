@@ -140,6 +140,11 @@ registry! {
     ProfileOutdated = "profile_outdated", 409, No, "The profile's seq is not above that of the profile the relay holds for the agent.";
     StatusOutdated = "status_outdated", 409, No, "The presence status's ts is not after that of the status the relay holds for the agent.";
     DeadlineAfterParent = "deadline_after_parent", 400, AfterFix, "The task_request's ack_by is later than that of the request it answers (its corr); ask for the parent's or earlier.";
+    NotParticipant = "not_participant", 403, No, "The sender, or a recipient, is not a participant of the conversation in a state that allows this.";
+    ConversationClosed = "conversation_closed", 409, No, "The conversation is closed; `reason` says why.";
+    TurnLimitReached = "turn_limit_reached", 409, No, "The conversation reached its turn limit and closed.";
+    ActionNotAllowed = "action_not_allowed", 409, No, "This conversation action does not apply in the participant's current state.";
+    TooManyConversations = "too_many_conversations", 409, No, "The agent already takes part in as many open conversations as the relay allows.";
     // Server state
     MethodNotAllowed = "method_not_allowed", 405, No, "The endpoint does not accept this HTTP method.";
     RequestTimeout = "request_timeout", 408, Later, "The request body did not arrive within the relay's body read time; nothing was accepted.";

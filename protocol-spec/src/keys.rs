@@ -39,11 +39,13 @@ pub enum Domain {
     Profile,
     /// An agent's presence status (PRES-2).
     Presence,
+    /// A conversation entry's hash link (CONVO-4; hashed, not signed).
+    Conversation,
 }
 
 impl Domain {
     /// Every domain, for tests that check the tags are prefix-free.
-    pub const ALL: [Domain; 11] = [
+    pub const ALL: [Domain; 12] = [
         Domain::Envelope,
         Domain::Receipt,
         Domain::KeyLog,
@@ -55,6 +57,7 @@ impl Domain {
         Domain::KeyId,
         Domain::Profile,
         Domain::Presence,
+        Domain::Conversation,
     ];
 
     /// The tag bytes that start every input of this purpose.
@@ -71,6 +74,7 @@ impl Domain {
             Domain::KeyId => b"formica/v1/key-id\0",
             Domain::Profile => b"formica/v1/profile\0",
             Domain::Presence => b"formica/v1/presence\0",
+            Domain::Conversation => b"formica/v1/conversation\0",
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod canon;
+pub mod conversation;
 pub mod envelope;
 pub mod error;
 pub mod handle;

@@ -276,6 +276,7 @@ fn base_env(from: &Handle, key: &SecretKey, ty: MessageType, payload: Payload) -
         ts: T0,
         corr: None,
         ack_by: None,
+        conv: None,
         payload,
     }
 }
@@ -3313,6 +3314,7 @@ fn generate() -> BTreeMap<&'static str, String> {
     put("ed25519.json", gen_ed25519());
     put("profiles.json", gen_profiles());
     put("presence.json", gen_presence());
+    put("conversations.json", gen_conversations());
     files
 }
 
@@ -3335,4 +3337,913 @@ fn vector_files_are_current() {
         stale.is_empty(),
         "vector files differ from the generator: {stale:?}; run UPDATE_VECTORS=1 cargo test -p formica-protocol --test gen_vectors and review the diff"
     );
+}
+
+// ---------------------------------------------------------------- conversations.json
+
+/// The agents of the conversation vectors, all homed on relay-a (CONVO-3): (handle, seed start).
+const CONV_OWNER: (&str, u8) = ("@alice@relay-a.example", 1);
+const CONV_CAROL: (&str, u8) = ("@carol@relay-a.example", 0x61);
+const CONV_DAVE: (&str, u8) = ("@dave@relay-a.example", 0x81);
+const CONV_ERIN: (&str, u8) = ("@erin@relay-a.example", 0xa1);
+
+/// The limits the vectors' conversation is judged under: the reference relay's defaults.
+const CONV_VEC_LIMITS: formica_protocol::conversation::ConvLimits =
+    formica_protocol::conversation::ConvLimits {
+        participants_max: 8,
+        turns_max: 1000,
+        ttl_max_ms: 30 * 24 * 3600 * 1000,
+    };
+/// The reference relay's `conversations.ring_ms`.
+const CONV_VEC_RING_MS: i64 = 60_000;
+
+fn conv_env(
+    who: (&str, u8),
+    ty: MessageType,
+    to: &[(&str, u8)],
+    ts: i64,
+    conv: Option<MessageId>,
+    payload: Payload,
+) -> Envelope {
+    Envelope {
+        msg_type: ty,
+        type_version: 1,
+        from: h(who.0),
+        key: sk(who.1).public().key_id(),
+        to: to.iter().map(|t| h(t.0)).collect(),
+        ts,
+        corr: None,
+        ack_by: None,
+        conv,
+        payload,
+    }
+}
+
+fn invitee(who: (&str, u8), role: ConvRole) -> Invitee {
+    Invitee {
+        handle: h(who.0),
+        role,
+    }
+}
+
+/// The call that starts the vectors' conversation: alice calls carol (member), dave (observer)
+/// and erin (member), live, with a turn limit of 3 and an expiry an hour after `ts`.
+fn conv_call() -> Envelope {
+    let ts = T0 + 1_000;
+    conv_env(
+        CONV_OWNER,
+        MessageType::Call,
+        &[CONV_CAROL, CONV_DAVE, CONV_ERIN],
+        ts,
+        None,
+        Payload::Call {
+            topic: "Review PR 7: the retry loop".into(),
+            mode: ConvMode::Live,
+            participants: vec![
+                invitee(CONV_CAROL, ConvRole::Member),
+                invitee(CONV_DAVE, ConvRole::Observer),
+                invitee(CONV_ERIN, ConvRole::Member),
+            ],
+            turns: Some(3),
+            expires: Some(ts + 3_600_000),
+        },
+    )
+}
+
+fn conv_action(
+    who: (&str, u8),
+    to: &[(&str, u8)],
+    ts: i64,
+    conv: MessageId,
+    action: ConvActionKind,
+    reason: Option<&str>,
+    participants: Option<Vec<Invitee>>,
+) -> Envelope {
+    conv_env(
+        who,
+        MessageType::ConvAction,
+        to,
+        ts,
+        Some(conv),
+        Payload::ConvAction {
+            action,
+            reason: reason.map(str::to_owned),
+            participants,
+        },
+    )
+}
+
+fn conv_post(who: (&str, u8), to: &[(&str, u8)], ts: i64, conv: MessageId, text: &str) -> Envelope {
+    conv_env(
+        who,
+        MessageType::Message,
+        to,
+        ts,
+        Some(conv),
+        Payload::Message {
+            text: text.into(),
+            data: None,
+        },
+    )
+}
+
+fn conv_sign(e: &Envelope, seed_start: u8) -> SignedEnvelope {
+    e.sign(&sk(seed_start)).unwrap()
+}
+
+/// The valid conversation envelopes: (comment, seed start, envelope).
+fn valid_conv_envelopes() -> Vec<(&'static str, u8, Envelope)> {
+    let call = conv_call();
+    let id = conv_sign(&call, CONV_OWNER.1).id();
+    let o = CONV_OWNER;
+    let mut v = vec![("a live call with a turn limit and an expiry, inviting two members and an observer (CONVO-5): entry 1 of the conversation whose id is its id", o.1, call)];
+    let mut async_call = conv_env(
+        o,
+        MessageType::Call,
+        &[CONV_DAVE],
+        T0 + 500,
+        None,
+        Payload::Call {
+            topic: "Nightly build report".into(),
+            mode: ConvMode::Async,
+            participants: vec![invitee(CONV_DAVE, ConvRole::Observer)],
+            turns: None,
+            expires: None,
+        },
+    );
+    async_call.corr = Some("build-2026-12-06".into());
+    v.push((
+        "an async call with only the required members and a correlation id",
+        o.1,
+        async_call,
+    ));
+    let c = CONV_CAROL;
+    v.push((
+        "accept (CONVO-6), addressed to the owner",
+        c.1,
+        conv_action(c, &[o], T0 + 2_000, id, ConvActionKind::Accept, None, None),
+    ));
+    v.push((
+        "decline with a reason",
+        CONV_ERIN.1,
+        conv_action(
+            CONV_ERIN,
+            &[o],
+            T0 + 2_100,
+            id,
+            ConvActionKind::Decline,
+            Some("On another review until 5 pm"),
+            None,
+        ),
+    ));
+    v.push((
+        "decline without a reason",
+        CONV_ERIN.1,
+        conv_action(
+            CONV_ERIN,
+            &[o],
+            T0 + 2_150,
+            id,
+            ConvActionKind::Decline,
+            None,
+            None,
+        ),
+    ));
+    v.push((
+        "leave with a reason",
+        c.1,
+        conv_action(
+            c,
+            &[o],
+            T0 + 2_200,
+            id,
+            ConvActionKind::Leave,
+            Some("done here"),
+            None,
+        ),
+    ));
+    v.push((
+        "close by the owner, addressed to itself, with a reason",
+        o.1,
+        conv_action(
+            o,
+            &[o],
+            T0 + 2_300,
+            id,
+            ConvActionKind::Close,
+            Some("merged"),
+            None,
+        ),
+    ));
+    v.push((
+        "invite of two new participants, addressed to exactly them in their order",
+        o.1,
+        conv_action(
+            o,
+            &[("@frank@relay-a.example", 0), ("@gina@relay-a.example", 0)],
+            T0 + 2_400,
+            id,
+            ConvActionKind::Invite,
+            None,
+            Some(vec![
+                invitee(("@frank@relay-a.example", 0), ConvRole::Member),
+                invitee(("@gina@relay-a.example", 0), ConvRole::Observer),
+            ]),
+        ),
+    ));
+    let mut post = conv_post(
+        o,
+        &[c],
+        T0 + 3_000,
+        id,
+        "The retry loop never backs off; see line 42.",
+    );
+    post.ack_by = Some(T0 + 63_000);
+    v.push((
+        "a post (a message with conv, CONVO-8) asking for an ack",
+        o.1,
+        post,
+    ));
+    let mut task = conv_env(
+        c,
+        MessageType::TaskRequest,
+        &[o],
+        T0 + 3_100,
+        Some(id),
+        Payload::TaskRequest {
+            task: "run_tests".into(),
+            input: Some(obj(&[("pr", i(7))])),
+        },
+    );
+    task.corr = Some("pr-7".into());
+    v.push(("a task_request posted in the conversation", c.1, task));
+    v.push((
+        "an extension type posted in the conversation",
+        c.1,
+        conv_env(
+            c,
+            MessageType::Extension("x-demo.vote".into()),
+            &[o],
+            T0 + 3_200,
+            Some(id),
+            Payload::Extension(match obj(&[("choice", s("approve"))]) {
+                Value::Object(o) => o,
+                _ => unreachable!(),
+            }),
+        ),
+    ));
+    v
+}
+
+/// The path an envelope's schema error names (the `field` of its HTTP-4 answer).
+fn envelope_error_field(e: &EnvelopeError) -> Option<String> {
+    match e {
+        EnvelopeError::Schema(
+            SchemaError::UnknownField { path }
+            | SchemaError::MissingField { path }
+            | SchemaError::InvalidField { path, .. }
+            | SchemaError::InvalidHandle { path, .. }
+            | SchemaError::InvalidKey { path, .. },
+        ) => Some(path.clone()),
+        _ => None,
+    }
+}
+
+/// Conversation envelopes that parsing alone (ENV-16) refuses: (comment, value, code, field).
+fn invalid_conv_envelopes() -> Vec<Value> {
+    use ErrorCode::*;
+    let call = conv_call();
+    let id = conv_sign(&call, CONV_OWNER.1).id();
+    let o = CONV_OWNER;
+    let c = CONV_CAROL;
+    let a = sk(o.1);
+    let kc = sk(c.1);
+    let call_v = call.to_value();
+    let accept_v =
+        conv_action(c, &[o], T0 + 2_000, id, ConvActionKind::Accept, None, None).to_value();
+    let post_v = conv_post(o, &[c], T0 + 3_000, id, "hi").to_value();
+    let ack_v = conv_env(
+        c,
+        MessageType::Ack,
+        &[o],
+        T0 + 3_500,
+        None,
+        Payload::Ack {
+            msg: MessageId([0xab; 32]),
+            status: AckStatus::Processed,
+            reason: None,
+        },
+    )
+    .to_value();
+    let signed_a = |v: &Value| sign_raw(Domain::Envelope, v.clone(), &a);
+    let signed_c = |v: &Value| sign_raw(Domain::Envelope, v.clone(), &kc);
+    let payload_of = |v: &Value| v.as_object().unwrap().get("payload").unwrap().clone();
+    let with_payload =
+        |v: &Value, k: &str, x: Value| with(v, "payload", with(&payload_of(v), k, x));
+    let without_payload = |v: &Value, k: &str| with(v, "payload", without(&payload_of(v), k));
+    let part = |who: &str, role: &str| obj(&[("handle", s(who)), ("role", s(role))]);
+    let to_of = |hs: &[&str]| arr(hs.iter().map(|x| s(x)).collect());
+    let conv_hex = s(&id.to_hex());
+    let mut cases: Vec<(&str, Value, ErrorCode, Option<&str>)> = Vec::new();
+    let mut add =
+        |cm: &'static str, v: Value, code, f: Option<&'static str>| cases.push((cm, v, code, f));
+
+    add(
+        "a call carrying conv",
+        signed_a(&with(&call_v, "conv", conv_hex.clone())),
+        InvalidField,
+        Some("conv"),
+    );
+    add(
+        "a call asking for an ack (ack_by)",
+        signed_a(&with(&call_v, "ack_by", i(T0 + 60_000))),
+        InvalidField,
+        Some("ack_by"),
+    );
+    add(
+        "a conv_action asking for an ack (ack_by)",
+        signed_c(&with(&accept_v, "ack_by", i(T0 + 60_000))),
+        InvalidField,
+        Some("ack_by"),
+    );
+    add(
+        "a conv_action without conv",
+        signed_c(&without(&accept_v, "conv")),
+        MissingField,
+        Some("conv"),
+    );
+    add(
+        "conv on an ack",
+        signed_c(&with(&ack_v, "conv", conv_hex.clone())),
+        InvalidField,
+        Some("conv"),
+    );
+    add(
+        "conv on a contact_request",
+        signed_a(&with(
+            &with(
+                &with(&post_v, "type", s("contact_request")),
+                "payload",
+                obj(&[("level", s("message"))]),
+            ),
+            "conv",
+            conv_hex.clone(),
+        )),
+        InvalidField,
+        Some("conv"),
+    );
+    add(
+        "conv in upper-case hex",
+        signed_a(&with(&post_v, "conv", s(&id.to_hex().to_uppercase()))),
+        InvalidField,
+        Some("conv"),
+    );
+    add(
+        "conv of 63 hex characters",
+        signed_a(&with(&post_v, "conv", s(&id.to_hex()[..63]))),
+        InvalidField,
+        Some("conv"),
+    );
+    add(
+        "conv not a string",
+        signed_a(&with(&post_v, "conv", i(7))),
+        InvalidField,
+        Some("conv"),
+    );
+    add(
+        "a call whose to is not its participants (one missing)",
+        signed_a(&with(&call_v, "to", to_of(&[CONV_CAROL.0, CONV_DAVE.0]))),
+        InvalidField,
+        Some("to"),
+    );
+    add(
+        "a call whose to lists its participants in another order",
+        signed_a(&with(
+            &call_v,
+            "to",
+            to_of(&[CONV_DAVE.0, CONV_CAROL.0, CONV_ERIN.0]),
+        )),
+        InvalidField,
+        Some("to"),
+    );
+    add(
+        "a call naming the caller as a participant",
+        signed_a(&with(
+            &with_payload(
+                &call_v,
+                "participants",
+                arr(vec![part(CONV_CAROL.0, "member"), part(o.0, "member")]),
+            ),
+            "to",
+            to_of(&[CONV_CAROL.0, o.0]),
+        )),
+        InvalidField,
+        Some("payload.participants"),
+    );
+    add(
+        "a call naming a participant twice",
+        signed_a(&with(
+            &with_payload(
+                &call_v,
+                "participants",
+                arr(vec![
+                    part(CONV_CAROL.0, "member"),
+                    part(CONV_CAROL.0, "observer"),
+                ]),
+            ),
+            "to",
+            to_of(&[CONV_CAROL.0]),
+        )),
+        InvalidField,
+        Some("payload.participants[1].handle"),
+    );
+    add(
+        "a call inviting a participant with role owner",
+        signed_a(&with(
+            &with_payload(
+                &call_v,
+                "participants",
+                arr(vec![part(CONV_CAROL.0, "owner")]),
+            ),
+            "to",
+            to_of(&[CONV_CAROL.0]),
+        )),
+        InvalidField,
+        Some("payload.participants[0].role"),
+    );
+    add(
+        "a call with no participants",
+        signed_a(&with_payload(&call_v, "participants", arr(vec![]))),
+        InvalidField,
+        Some("payload.participants"),
+    );
+    add(
+        "a participant with an unknown member",
+        signed_a(&with(
+            &with_payload(
+                &call_v,
+                "participants",
+                arr(vec![with(
+                    &part(CONV_CAROL.0, "member"),
+                    "mute",
+                    Value::Bool(true),
+                )]),
+            ),
+            "to",
+            to_of(&[CONV_CAROL.0]),
+        )),
+        UnknownField,
+        Some("payload.participants[0].mute"),
+    );
+    add(
+        "a participant handle in local form",
+        signed_a(&with_payload(
+            &call_v,
+            "participants",
+            arr(vec![part("@carol", "member")]),
+        )),
+        InvalidHandle,
+        Some("payload.participants[0].handle"),
+    );
+    add(
+        "a call without a topic",
+        signed_a(&without_payload(&call_v, "topic")),
+        MissingField,
+        Some("payload.topic"),
+    );
+    add(
+        "a call with a topic of 281 characters",
+        signed_a(&with_payload(&call_v, "topic", s(&"\u{e9}".repeat(281)))),
+        InvalidField,
+        Some("payload.topic"),
+    );
+    add(
+        "a call with mode sync",
+        signed_a(&with_payload(&call_v, "mode", s("sync"))),
+        InvalidField,
+        Some("payload.mode"),
+    );
+    add(
+        "a call with turns 0",
+        signed_a(&with_payload(&call_v, "turns", i(0))),
+        InvalidField,
+        Some("payload.turns"),
+    );
+    add(
+        "a call with an unknown payload member",
+        signed_a(&with_payload(&call_v, "priority", i(1))),
+        UnknownField,
+        Some("payload.priority"),
+    );
+    let invite_v = conv_action(
+        o,
+        &[CONV_DAVE],
+        T0 + 2_400,
+        id,
+        ConvActionKind::Invite,
+        None,
+        Some(vec![invitee(CONV_DAVE, ConvRole::Member)]),
+    )
+    .to_value();
+    add(
+        "an invite without participants",
+        signed_a(&without_payload(&invite_v, "participants")),
+        MissingField,
+        Some("payload.participants"),
+    );
+    add(
+        "an accept with participants",
+        signed_c(&with_payload(
+            &accept_v,
+            "participants",
+            arr(vec![part(CONV_DAVE.0, "member")]),
+        )),
+        InvalidField,
+        Some("payload.participants"),
+    );
+    add(
+        "an accept with a reason",
+        signed_c(&with_payload(&accept_v, "reason", s("glad to"))),
+        InvalidField,
+        Some("payload.reason"),
+    );
+    add(
+        "an invite with a reason",
+        signed_a(&with_payload(&invite_v, "reason", s("you know the code"))),
+        InvalidField,
+        Some("payload.reason"),
+    );
+    add(
+        "an invite with an empty participants array",
+        signed_a(&with_payload(&invite_v, "participants", arr(vec![]))),
+        InvalidField,
+        Some("payload.participants"),
+    );
+    add(
+        "an unknown action",
+        signed_c(&with_payload(&accept_v, "action", s("snooze"))),
+        InvalidField,
+        Some("payload.action"),
+    );
+    add(
+        "a decline with a reason of 281 characters",
+        signed_c(&with_payload(
+            &with_payload(&accept_v, "action", s("decline")),
+            "reason",
+            s(&"x".repeat(281)),
+        )),
+        InvalidField,
+        Some("payload.reason"),
+    );
+    add(
+        "conv_action type_version 2",
+        signed_c(&with(&accept_v, "type_version", i(2))),
+        UnsupportedTypeVersion,
+        None,
+    );
+    add(
+        "call type_version 2",
+        signed_a(&with(&call_v, "type_version", i(2))),
+        UnsupportedTypeVersion,
+        None,
+    );
+
+    let mut out = Vec::new();
+    for (comment, v, code, field) in cases {
+        let input = text(&v);
+        match SignedEnvelope::parse(input.as_bytes(), &EnvelopeLimits::default()) {
+            Err(e) => {
+                assert_eq!(e.code(), code, "conversation case {comment:?}: {e}");
+                assert_eq!(
+                    envelope_error_field(&e).as_deref(),
+                    field,
+                    "conversation case {comment:?}: {e}"
+                );
+            }
+            Ok(_) => panic!("conversation case {comment:?} was accepted"),
+        }
+        let mut case = obj(&[
+            ("comment", s(comment)),
+            ("input", s(&input)),
+            ("error", s(code.as_str())),
+        ]);
+        if let Some(f) = field {
+            case = with(&case, "field", s(f));
+        }
+        out.push(case);
+    }
+    out
+}
+
+/// The vectors' conversation as its home relay sequences it, with the sender's seed start of
+/// each envelope entry (0 for events).
+fn conv_chain() -> (
+    Vec<(&'static str, u8, formica_protocol::conversation::Entry)>,
+    formica_protocol::conversation::Conversation,
+) {
+    use formica_protocol::conversation::*;
+    let lim = &CONV_VEC_LIMITS;
+    let o = CONV_OWNER;
+    let c = CONV_CAROL;
+    let call = conv_sign(&conv_call(), o.1);
+    let at0 = T0 + 1_010;
+    let mut conv = Conversation::start(&call, at0, lim).unwrap();
+    let id = conv.id;
+    let mut out = vec![(
+        "entry 1: the call (prev is 64 zeros)",
+        o.1,
+        Entry {
+            conv: id,
+            seq: 1,
+            at: at0,
+            prev: FIRST_PREV,
+            body: EntryBody::Envelope(call),
+        },
+    )];
+    assert_eq!(out[0].2.hash(), conv.head);
+    let mut push =
+        |conv: &mut Conversation, cm: &'static str, seed: u8, body: EntryBody, at: i64| {
+            if let EntryBody::Envelope(se) = &body {
+                conv.judge(se.envelope(), at, lim)
+                    .unwrap_or_else(|e| panic!("{cm}: {e}"));
+            }
+            let e = conv.next_entry(body, at);
+            conv.apply(&e);
+            out.push((cm, seed, e));
+        };
+    // Erin's presence status is busy: the relay declines for it in the call's append (CONVO-7).
+    push(
+        &mut conv,
+        "entry 2: the relay declines for erin, whose status is busy (event `declined`, reason busy)",
+        0,
+        EntryBody::Event(ConvEvent::Declined { handle: h(CONV_ERIN.0), reason: "busy".into() }),
+        at0,
+    );
+    push(
+        &mut conv,
+        "entry 3: carol accepts",
+        c.1,
+        EntryBody::Envelope(conv_sign(
+            &conv_action(c, &[o], T0 + 2_000, id, ConvActionKind::Accept, None, None),
+            c.1,
+        )),
+        T0 + 2_004,
+    );
+    let mut p1 = conv_post(
+        o,
+        &[c],
+        T0 + 3_000,
+        id,
+        "The retry loop never backs off; see line 42.",
+    );
+    p1.ack_by = Some(T0 + 63_000);
+    push(
+        &mut conv,
+        "entry 4: alice posts to carol, asking for an ack",
+        o.1,
+        EntryBody::Envelope(conv_sign(&p1, o.1)),
+        T0 + 3_003,
+    );
+    // Dave's live invitation rings out ring_ms after the call's entry.
+    let due = conv.due_events(at0 + CONV_VEC_RING_MS + 1, CONV_VEC_RING_MS, lim);
+    assert_eq!(
+        due,
+        vec![ConvEvent::Missed {
+            handle: h(CONV_DAVE.0)
+        }]
+    );
+    for ev in due {
+        push(
+            &mut conv,
+            "entry 5: dave's invitation rang out (event `missed`)",
+            0,
+            EntryBody::Event(ev),
+            at0 + CONV_VEC_RING_MS + 1,
+        );
+    }
+    push(
+        &mut conv,
+        "entry 6: carol posts to alice",
+        c.1,
+        EntryBody::Envelope(conv_sign(
+            &conv_post(c, &[o], T0 + 62_000, id, "Agreed; I will add jitter too."),
+            c.1,
+        )),
+        T0 + 62_002,
+    );
+    push(
+        &mut conv,
+        "entry 7: alice's post reaches the turn limit of 3",
+        o.1,
+        EntryBody::Envelope(conv_sign(
+            &conv_post(o, &[c], T0 + 63_000, id, "Thanks, merging."),
+            o.1,
+        )),
+        T0 + 63_001,
+    );
+    let follow = conv.follow_ups(lim);
+    assert_eq!(
+        follow,
+        vec![ConvEvent::Closed {
+            reason: CloseReason::TurnLimit
+        }]
+    );
+    for ev in follow {
+        push(&mut conv, "entry 8: the relay closes the conversation on its turn limit in the same append (event `closed`)", 0, EntryBody::Event(ev), T0 + 63_001);
+    }
+    (out, conv)
+}
+
+/// Served entries that a reader must refuse (`Entry::from_value`): (comment, input text, code).
+fn invalid_conv_entries(
+    chain: &[(&'static str, u8, formica_protocol::conversation::Entry)],
+) -> Vec<Value> {
+    use formica_protocol::conversation::Entry;
+    use ErrorCode::*;
+    let wire_v = |k: usize| json::parse_default(&chain[k].2.wire()).unwrap();
+    let rehash = |v: &Value| -> Value {
+        let body = without(v, "hash");
+        let mut input = Domain::Conversation.tag().to_vec();
+        input.extend(canonicalize(&body));
+        with(
+            &body,
+            "hash",
+            s(&hex::encode(blake3::hash(&input).as_bytes())),
+        )
+    };
+    let call_e = wire_v(0);
+    let post_e = wire_v(3);
+    let missed_e = wire_v(4);
+    let closed_e = wire_v(7);
+    let event_of = |v: &Value| v.as_object().unwrap().get("event").unwrap().clone();
+    let env_of = |v: &Value| v.as_object().unwrap().get("envelope").unwrap().clone();
+    let mut cases: Vec<(&str, Value, ErrorCode)> = Vec::new();
+    let mut add = |cm: &'static str, v: Value, code| cases.push((cm, v, code));
+    add(
+        "hash of another entry (entry 4 carrying entry 3's hash)",
+        with(&post_e, "hash", s(&hex::encode(&chain[2].2.hash()))),
+        InvalidField,
+    );
+    add(
+        "at changed after hashing",
+        with(&missed_e, "at", i(T0 + 61_012)),
+        InvalidField,
+    );
+    add(
+        "prev changed after hashing",
+        with(&post_e, "prev", s(&"00".repeat(32))),
+        InvalidField,
+    );
+    add("the envelope's text changed after hashing, id left as signed, hash recomputed: id_mismatch", rehash(&with(&post_e, "envelope", with(&env_of(&post_e), "payload", obj(&[("text", s("Nothing to see."))])))), IdMismatch);
+    add(
+        "hash in upper-case hex",
+        with(
+            &post_e,
+            "hash",
+            s(&hex::encode(&chain[3].2.hash()).to_uppercase()),
+        ),
+        InvalidField,
+    );
+    add("hash missing", without(&post_e, "hash"), MissingField);
+    add(
+        "both an envelope and an event",
+        rehash(&with(&missed_e, "envelope", env_of(&post_e))),
+        InvalidField,
+    );
+    add(
+        "neither an envelope nor an event",
+        rehash(&without(&missed_e, "event")),
+        InvalidField,
+    );
+    add(
+        "an event of an unknown kind",
+        rehash(&with(
+            &missed_e,
+            "event",
+            with(&event_of(&missed_e), "kind", s("rang")),
+        )),
+        InvalidField,
+    );
+    add(
+        "an event `closed` with reason closed_by_owner (the owner's close is its own envelope)",
+        rehash(&with(
+            &closed_e,
+            "event",
+            obj(&[("kind", s("closed")), ("reason", s("closed_by_owner"))]),
+        )),
+        InvalidField,
+    );
+    add(
+        "an event `closed` with an unknown reason",
+        rehash(&with(
+            &closed_e,
+            "event",
+            obj(&[("kind", s("closed")), ("reason", s("bored"))]),
+        )),
+        InvalidField,
+    );
+    add(
+        "an event `missed` without its handle",
+        rehash(&with(&missed_e, "event", obj(&[("kind", s("missed"))]))),
+        MissingField,
+    );
+    add(
+        "an event with an unknown member",
+        rehash(&with(
+            &missed_e,
+            "event",
+            with(&event_of(&missed_e), "note", s("x")),
+        )),
+        UnknownField,
+    );
+    add(
+        "an entry with an unknown member",
+        rehash(&with(&missed_e, "relay", s("relay-a.example"))),
+        UnknownField,
+    );
+    add("seq 0", rehash(&with(&call_e, "seq", i(0))), InvalidField);
+    add(
+        "seq as a string",
+        rehash(&with(&call_e, "seq", s("1"))),
+        InvalidField,
+    );
+    add(
+        "conv not 64 hex characters",
+        rehash(&with(&missed_e, "conv", s("abc"))),
+        InvalidField,
+    );
+    add("not an object", arr(vec![]), InvalidField);
+
+    let mut out = Vec::new();
+    for (comment, v, code) in cases {
+        let input = text(&v);
+        let parsed = json::parse_default(input.as_bytes()).unwrap();
+        match Entry::from_value(&parsed, &EnvelopeLimits::default()) {
+            Err(e) => assert_eq!(e.code, code, "entry case {comment:?}: {e}"),
+            Ok(_) => panic!("entry case {comment:?} was accepted"),
+        }
+        out.push(obj(&[
+            ("comment", s(comment)),
+            ("input", s(&input)),
+            ("error", s(code.as_str())),
+        ]));
+    }
+    out
+}
+
+fn gen_conversations() -> Value {
+    let mut valid = Vec::new();
+    for (comment, seed_start, env) in valid_conv_envelopes() {
+        let key = sk(seed_start);
+        let signed = env.sign(&key).unwrap();
+        let reparsed = SignedEnvelope::parse(&signed.wire_bytes(), &EnvelopeLimits::default())
+            .unwrap_or_else(|e| panic!("conversation envelope {comment:?}: {e}"));
+        assert_eq!(reparsed.verify(&key.public()).unwrap().id(), signed.id());
+        valid.push(obj(&[
+            ("comment", s(comment)),
+            ("seed_hex", s(&hex::encode(&seed(seed_start)))),
+            ("public_key", s(&key.public().to_hex())),
+            ("key_id", s(&key.public().key_id().to_hex())),
+            ("domain", s("formica/v1/envelope")),
+            ("envelope", env.to_value()),
+            ("signing_input_hex", s(&hex::encode(signed.signing_input()))),
+            ("id", s(&signed.id().to_hex())),
+            ("sig", s(&signed.signature().to_hex())),
+            ("wire", s(&String::from_utf8(signed.wire_bytes()).unwrap())),
+        ]));
+    }
+    let (chain, conv) = conv_chain();
+    let mut entries = Vec::new();
+    for (comment, seed_start, e) in &chain {
+        let hash_input = Domain::Conversation.input(&canonicalize(&e.to_value()));
+        assert_eq!(*blake3::hash(&hash_input).as_bytes(), e.hash());
+        let wire = e.wire();
+        let back = formica_protocol::conversation::Entry::from_value(
+            &json::parse_default(&wire).unwrap(),
+            &EnvelopeLimits::default(),
+        )
+        .unwrap_or_else(|err| panic!("{comment}: {err}"));
+        assert_eq!(&back, e, "{comment}");
+        let mut case = obj(&[
+            ("comment", s(comment)),
+            ("entry", e.to_value()),
+            ("hash_input_hex", s(&hex::encode(&hash_input))),
+            ("hash", s(&hex::encode(&e.hash()))),
+            ("wire", s(&String::from_utf8(wire).unwrap())),
+        ]);
+        if *seed_start != 0 {
+            case = with(&case, "public_key", s(&sk(*seed_start).public().to_hex()));
+        }
+        entries.push(case);
+    }
+    let mut summary = conv.summary(&CONV_VEC_LIMITS);
+    summary = with(&summary, "head", s(&hex::encode(&conv.head)));
+    obj(&[
+        ("comment", s("Conversations (SPEC.md section 19). `valid`: conversation envelopes (calls, every conv_action, posts with conv) as in envelopes_valid.json: the public key and key id follow from seed_hex; signing_input = the tag \"formica/v1/envelope\", one 0x00 byte, then the RFC 8785 form of `envelope`; id = BLAKE3(signing_input); sig = Ed25519(seed, signing_input); `wire` must parse and verify with public_key. `invalid`: `input` must be refused by parsing alone (ENV-16) with `error`, and `field`, when present, is the path the refusal names (HTTP-4). `entries`: one conversation as its home relay served it, entries 1 to n in order (CONVO-4): `entry` is the entry without `hash`; hash_input = the tag \"formica/v1/conversation\", one 0x00 byte, then the RFC 8785 form of `entry`; hash = BLAKE3(hash_input); `wire` is the canonical form of the entry with `hash`; each entry's `prev` is the hash of the one before (64 zeros for seq 1); `public_key` is the key of an envelope entry's sender. `state` is what the entries fold to (CONVO-1, CONVO-2, CONVO-9): the summary of API-23 without `home`, with `head` the last entry's hash. `entries_invalid`: served entries a reader must refuse with `error` (the hash is checked last, after the members, the body and the envelope's id).")),
+        ("valid", arr(valid)),
+        ("invalid", arr(invalid_conv_envelopes())),
+        ("entries", arr(entries)),
+        ("state", summary),
+        ("entries_invalid", arr(invalid_conv_entries(&chain))),
+    ])
 }

@@ -72,6 +72,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                 ts,
                 corr,
                 ack_by: ack.map(|a| ts + a),
+                conv: None,
                 payload: Payload::Message { text, data },
             }
         })

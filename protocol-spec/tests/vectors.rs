@@ -570,3 +570,195 @@ fn presence_vectors() {
         );
     }
 }
+
+/// The path an envelope's schema error names (the `field` of its HTTP-4 answer).
+fn envelope_error_field(e: &formica_protocol::envelope::EnvelopeError) -> Option<&str> {
+    match e {
+        formica_protocol::envelope::EnvelopeError::Schema(
+            SchemaError::UnknownField { path }
+            | SchemaError::MissingField { path }
+            | SchemaError::InvalidField { path, .. }
+            | SchemaError::InvalidHandle { path, .. }
+            | SchemaError::InvalidKey { path, .. },
+        ) => Some(path),
+        _ => None,
+    }
+}
+
+#[test]
+fn conversation_vectors() {
+    use formica_protocol::conversation::{ConvLimits, Conversation, Entry, EntryBody, FIRST_PREV};
+    let file = load("conversations.json");
+    let valid = file.list("valid");
+    let mut kinds = std::collections::BTreeSet::new();
+    for case in valid {
+        let comment = case.str_("comment");
+        let seed: [u8; 32] = hex::decode_array(case.str_("seed_hex")).unwrap();
+        let sk = SecretKey::from_seed(&seed);
+        assert_eq!(sk.public().to_hex(), case.str_("public_key"), "{comment}");
+        assert_eq!(
+            sk.public().key_id().to_hex(),
+            case.str_("key_id"),
+            "{comment}"
+        );
+        let mut want_input = b"formica/v1/envelope\0".to_vec();
+        want_input.extend(canonicalize(case.get("envelope")));
+        assert_eq!(
+            hex::encode(&want_input),
+            case.str_("signing_input_hex"),
+            "{comment}"
+        );
+        assert_eq!(
+            hex::encode(blake3::hash(&want_input).as_bytes()),
+            case.str_("id"),
+            "{comment}"
+        );
+        assert_eq!(
+            sk.sign_input(&want_input).to_hex(),
+            case.str_("sig"),
+            "{comment}"
+        );
+        let se = SignedEnvelope::parse(case.str_("wire").as_bytes(), &EnvelopeLimits::default())
+            .unwrap_or_else(|e| panic!("{comment}: {e}"));
+        assert_eq!(se.id().to_hex(), case.str_("id"), "{comment}");
+        assert_eq!(
+            &se.envelope().to_value(),
+            case.get("envelope"),
+            "{comment}: typed round trip"
+        );
+        let key = PublicKey::parse_hex(case.str_("public_key")).unwrap();
+        let v = se.verify(&key).unwrap_or_else(|e| panic!("{comment}: {e}"));
+        assert_eq!(v.wire_bytes(), case.str_("wire").as_bytes(), "{comment}");
+        let env = case.get("envelope");
+        let ty = env.str_("type");
+        match ty {
+            "call" => assert!(env.opt("conv").is_none(), "{comment}"),
+            _ => assert!(env.opt("conv").is_some(), "{comment}: a {ty} without conv"),
+        }
+        kinds.insert(match ty {
+            "conv_action" => env.get("payload").str_("action").to_owned(),
+            "call" | "message" => ty.to_owned(),
+            _ => "other post".to_owned(),
+        });
+    }
+    // A call, every action and posts.
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        [
+            "accept",
+            "call",
+            "close",
+            "decline",
+            "invite",
+            "leave",
+            "message",
+            "other post"
+        ]
+    );
+
+    let invalid = file.list("invalid");
+    assert!(invalid.len() >= 11);
+    for case in invalid {
+        let comment = case.str_("comment");
+        let err = SignedEnvelope::parse(case.str_("input").as_bytes(), &EnvelopeLimits::default())
+            .map(|_| ())
+            .expect_err(comment);
+        assert_eq!(err.code().as_str(), case.str_("error"), "{comment}: {err}");
+        assert_eq!(
+            envelope_error_field(&err),
+            case.opt("field").and_then(Value::as_str),
+            "{comment}: {err}"
+        );
+    }
+
+    // The served entries: each hash is BLAKE3 of the tag and the canonical entry without `hash`,
+    // each `prev` the hash before it, and the entries fold to `state`.
+    let entries = file.list("entries");
+    assert!(entries.len() >= 4);
+    let mut prev = hex::encode(&FIRST_PREV);
+    let mut conv: Option<Conversation> = None;
+    let mut conv_id = String::new();
+    for (k, case) in entries.iter().enumerate() {
+        let comment = case.str_("comment");
+        let entry = case.get("entry");
+        assert!(entry.opt("hash").is_none(), "{comment}");
+        let mut input = b"formica/v1/conversation\0".to_vec();
+        input.extend(canonicalize(entry));
+        assert_eq!(
+            hex::encode(&input),
+            case.str_("hash_input_hex"),
+            "{comment}"
+        );
+        let hash = hex::encode(blake3::hash(&input).as_bytes());
+        assert_eq!(hash, case.str_("hash"), "{comment}");
+        let mut whole = entry.clone();
+        if let Value::Object(o) = &mut whole {
+            o.insert("hash", Value::String(hash.clone()));
+        }
+        assert_eq!(
+            canonicalize(&whole),
+            case.str_("wire").as_bytes(),
+            "{comment}"
+        );
+        assert_eq!(entry.str_("prev"), prev, "{comment}: prev");
+        assert_eq!(
+            entry.get("seq").as_i64(),
+            Some(k as i64 + 1),
+            "{comment}: seq"
+        );
+        let parsed = json::parse(case.str_("wire").as_bytes(), JsonLimits::default()).unwrap();
+        let e = Entry::from_value(&parsed, &EnvelopeLimits::default())
+            .unwrap_or_else(|err| panic!("{comment}: {err}"));
+        assert_eq!(e.wire(), case.str_("wire").as_bytes(), "{comment}");
+        assert_eq!(hex::encode(&e.hash()), hash, "{comment}");
+        if k == 0 {
+            let EntryBody::Envelope(call) = &e.body else {
+                panic!("{comment}: entry 1 is not the call")
+            };
+            conv_id = call.id().to_hex();
+            conv = Some(Conversation::open(call, e.at).expect("entry 1 is a call"));
+        } else {
+            conv.as_mut().unwrap().apply(&e);
+        }
+        assert_eq!(
+            entry.str_("conv"),
+            conv_id,
+            "{comment}: conv is the call's id"
+        );
+        match (&e.body, case.opt("public_key")) {
+            (EntryBody::Envelope(se), Some(k)) => {
+                let key = PublicKey::parse_hex(k.as_str().unwrap()).unwrap();
+                se.clone()
+                    .verify(&key)
+                    .unwrap_or_else(|err| panic!("{comment}: {err}"));
+            }
+            (EntryBody::Event(_), None) => {}
+            _ => panic!("{comment}: public_key is given exactly for envelope entries"),
+        }
+        prev = hash;
+    }
+    let conv = conv.unwrap();
+    assert_eq!(hex::encode(&conv.head), prev);
+    // The call gives its turn limit and expiry, so the relay's maxima do not show here.
+    let limits = ConvLimits {
+        participants_max: 8,
+        turns_max: 1000,
+        ttl_max_ms: 30 * 24 * 3600 * 1000,
+    };
+    let mut summary = conv.summary(&limits);
+    if let Value::Object(o) = &mut summary {
+        o.insert("head", Value::String(prev.clone()));
+    }
+    assert_eq!(canonicalize(&summary), canonicalize(file.get("state")));
+
+    let bad = file.list("entries_invalid");
+    assert!(bad.len() >= 3);
+    for case in bad {
+        let comment = case.str_("comment");
+        let parsed = json::parse(case.str_("input").as_bytes(), JsonLimits::default()).unwrap();
+        let err = Entry::from_value(&parsed, &EnvelopeLimits::default())
+            .map(|_| ())
+            .expect_err(comment);
+        assert_eq!(err.code.as_str(), case.str_("error"), "{comment}: {err}");
+    }
+}

@@ -83,10 +83,11 @@ use payload::{opt_s, put_opt};
 mod signed;
 mod types;
 
-pub use payload::Payload;
+pub use payload::{Invitee, Payload, CONV_TURNS_MAX};
 pub use signed::{SignedEnvelope, VerifiedEnvelope};
 pub use types::{
-    AckStatus, ContactLevel, DeliveryState, MessageType, ReportReason, TaskStatus, VouchAction,
+    AckStatus, ContactLevel, ConvActionKind, ConvMode, ConvRole, DeliveryState, MessageType,
+    ReportReason, TaskStatus, VouchAction,
 };
 
 /// The content of an envelope, without id and signature.
@@ -102,6 +103,8 @@ pub struct Envelope {
     pub corr: Option<String>,
     /// Ack deadline in milliseconds since the Unix epoch; present means "please ack".
     pub ack_by: Option<i64>,
+    /// The conversation this envelope belongs to (CONVO-6, CONVO-8): the id of its call.
+    pub conv: Option<MessageId>,
     pub payload: Payload,
 }
 
@@ -237,15 +240,27 @@ impl Envelope {
             }
             if matches!(
                 msg_type,
-                MessageType::Ack | MessageType::Receipt | MessageType::Vouch | MessageType::Report
+                MessageType::Ack
+                    | MessageType::Receipt
+                    | MessageType::Vouch
+                    | MessageType::Report
+                    | MessageType::Call
+                    | MessageType::ConvAction
             ) {
                 return Err(SchemaError::invalid(
                     "ack_by",
-                    "acks, receipts, vouches and reports cannot ask for an ack",
+                    "acks, receipts, vouches, reports, calls and conversation actions cannot ask for an ack",
                 )
                 .into());
             }
         }
+        // ENV-16 step 11a: the conversation, a message id (CONVO-6, CONVO-8).
+        let conv = match f.opt_str("conv")? {
+            None => None,
+            Some(c) => Some(MessageId::parse_hex(c).ok_or_else(|| {
+                SchemaError::invalid("conv", "expected 64 lower-case hex characters")
+            })?),
+        };
         let payload_v = f.req("payload")?;
         let payload = Payload::from_value(&msg_type, payload_v)?;
         let payload_len = canon::canonical_len(payload_v);
@@ -268,6 +283,7 @@ impl Envelope {
             ts,
             corr,
             ack_by,
+            conv,
             payload,
         };
         env.check_rules()?;
@@ -287,7 +303,49 @@ impl Envelope {
                 },
             });
         }
+        // CONVO-6, CONVO-8: `conv` on posts and actions only; an action needs it.
+        match (&self.msg_type, self.conv.is_some()) {
+            (MessageType::ConvAction, false) => {
+                return Err(SchemaError::MissingField {
+                    path: "conv".into(),
+                }
+                .into())
+            }
+            (
+                MessageType::Message
+                | MessageType::TaskRequest
+                | MessageType::TaskResult
+                | MessageType::Extension(_)
+                | MessageType::ConvAction,
+                _,
+            )
+            | (_, false) => {}
+            (t, true) => {
+                return Err(SchemaError::invalid(
+                    "conv",
+                    format!("a {t} does not belong to a conversation"),
+                )
+                .into())
+            }
+        }
         match &self.payload {
+            Payload::Call { participants, .. } => {
+                if participants.iter().any(|p| p.handle == self.from) {
+                    return Err(SchemaError::invalid(
+                        "payload.participants",
+                        "the caller is the owner, not an invitee",
+                    )
+                    .into());
+                }
+                if !participants.iter().map(|p| &p.handle).eq(self.to.iter()) {
+                    return Err(SchemaError::invalid(
+                        "to",
+                        "a call is addressed to exactly its participants, in their order",
+                    )
+                    .into());
+                }
+                Ok(())
+            }
             Payload::Ack { .. } | Payload::Receipt { .. } if self.to.len() != 1 => Err(
                 SchemaError::invalid("to", "acks and receipts have exactly one recipient").into(),
             ),
@@ -338,6 +396,7 @@ impl Envelope {
         o.insert("ts", Value::Int(self.ts));
         put_opt(&mut o, "corr", opt_s(&self.corr));
         put_opt(&mut o, "ack_by", self.ack_by.map(Value::Int));
+        put_opt(&mut o, "conv", self.conv.map(|c| c.to_hex().into()));
         o.insert("payload", self.payload.to_value());
         Value::Object(o)
     }

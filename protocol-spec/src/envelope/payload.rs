@@ -2,7 +2,8 @@
 //! the closed-schema rule, and writing it back.
 
 use super::types::{
-    AckStatus, ContactLevel, DeliveryState, MessageType, ReportReason, TaskStatus, VouchAction,
+    AckStatus, ContactLevel, ConvActionKind, ConvMode, ConvRole, DeliveryState, MessageType,
+    ReportReason, TaskStatus, VouchAction,
 };
 use super::{MessageId, NAME_BYTES_MAX, NOTE_CHARS_MAX};
 use crate::handle::Handle;
@@ -51,8 +52,82 @@ pub enum Payload {
         msg: Option<MessageId>,
         note: Option<String>,
     },
+    /// A call (CONVO-5): `participants` are the invitees, in the order of the envelope's `to`.
+    Call {
+        topic: String,
+        mode: ConvMode,
+        participants: Vec<Invitee>,
+        turns: Option<i64>,
+        expires: Option<i64>,
+    },
+    /// A participant's action on the conversation the envelope's `conv` names (CONVO-6).
+    ConvAction {
+        action: ConvActionKind,
+        reason: Option<String>,
+        participants: Option<Vec<Invitee>>,
+    },
     /// The payload of an `x-` type: any object, not interpreted.
     Extension(Object),
+}
+
+/// An invited participant of a call or an invite (CONVO-5): its handle and role, `member` or
+/// `observer` (the owner is the caller and is never invited).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitee {
+    pub handle: Handle,
+    pub role: ConvRole,
+}
+
+/// Most turns a call may ask for in this crate's checks; relays publish lower maxima
+/// (`conversations.turns_max`).
+pub const CONV_TURNS_MAX: i64 = 1_000_000;
+
+fn invitees(f: &mut Fields<'_>, key: &str) -> Result<Vec<Invitee>, SchemaError> {
+    let path = f.path(key);
+    let items = f
+        .req(key)?
+        .as_array()
+        .ok_or_else(|| SchemaError::invalid(&path, "expected an array of participants"))?;
+    if items.is_empty() {
+        return Err(SchemaError::invalid(
+            &path,
+            "at least one participant is invited",
+        ));
+    }
+    let mut out: Vec<Invitee> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let mut p = Fields::new(item, &format!("{path}[{i}]"))?;
+        let handle = p.req_handle("handle")?;
+        let role = p.req_word("role", ConvRole::WORDS)?;
+        p.finish()?;
+        if role == ConvRole::Owner {
+            return Err(SchemaError::invalid(
+                &format!("{path}[{i}].role"),
+                "an invitee is a member or an observer; the caller is the owner",
+            ));
+        }
+        if out.iter().any(|x| x.handle == handle) {
+            return Err(SchemaError::invalid(
+                &format!("{path}[{i}].handle"),
+                "participant listed twice",
+            ));
+        }
+        out.push(Invitee { handle, role });
+    }
+    Ok(out)
+}
+
+fn invitees_value(ps: &[Invitee]) -> Value {
+    Value::Array(
+        ps.iter()
+            .map(|p| {
+                let mut o = Object::new();
+                o.insert("handle", p.handle.as_str().into());
+                o.insert("role", p.role.as_str().into());
+                Value::Object(o)
+            })
+            .collect(),
+    )
 }
 
 pub(super) fn put_opt(o: &mut Object, k: &str, v: Option<Value>) {
@@ -193,6 +268,52 @@ impl Payload {
                 msg: opt_msg_id(&mut f, "msg")?,
                 note: opt_note(&mut f, "note")?,
             },
+            MessageType::Call => {
+                let topic = f.req_str("topic")?;
+                check_text("payload.topic", topic, NOTE_CHARS_MAX)?;
+                Payload::Call {
+                    topic: topic.to_owned(),
+                    mode: f.req_word("mode", ConvMode::WORDS)?,
+                    participants: invitees(&mut f, "participants")?,
+                    turns: f.opt_int("turns", 1, CONV_TURNS_MAX)?,
+                    expires: f.opt_int("expires", 0, crate::json::INT_ABS_MAX)?,
+                }
+            }
+            MessageType::ConvAction => {
+                let action = f.req_word("action", ConvActionKind::WORDS)?;
+                let reason = opt_note(&mut f, "reason")?;
+                let participants = if f.opt("participants").is_some() {
+                    Some(invitees(&mut f, "participants")?)
+                } else {
+                    None
+                };
+                let invite = action == ConvActionKind::Invite;
+                if invite != participants.is_some() {
+                    return Err(if invite {
+                        SchemaError::MissingField {
+                            path: "payload.participants".into(),
+                        }
+                    } else {
+                        SchemaError::invalid(
+                            "payload.participants",
+                            "only an invite names participants",
+                        )
+                    });
+                }
+                if reason.is_some()
+                    && matches!(action, ConvActionKind::Accept | ConvActionKind::Invite)
+                {
+                    return Err(SchemaError::invalid(
+                        "payload.reason",
+                        "accept and invite carry no reason",
+                    ));
+                }
+                Payload::ConvAction {
+                    action,
+                    reason,
+                    participants,
+                }
+            }
             MessageType::Extension(_) => unreachable!("returned above"),
         };
         f.finish()?;
@@ -262,6 +383,32 @@ impl Payload {
                 o.insert("reason", reason.as_str().into());
                 put_opt(&mut o, "msg", msg.map(|m| m.to_hex().into()));
                 put_opt(&mut o, "note", opt_s(note));
+            }
+            Payload::Call {
+                topic,
+                mode,
+                participants,
+                turns,
+                expires,
+            } => {
+                o.insert("topic", Value::String(topic.clone()));
+                o.insert("mode", mode.as_str().into());
+                o.insert("participants", invitees_value(participants));
+                put_opt(&mut o, "turns", turns.map(Value::Int));
+                put_opt(&mut o, "expires", expires.map(Value::Int));
+            }
+            Payload::ConvAction {
+                action,
+                reason,
+                participants,
+            } => {
+                o.insert("action", action.as_str().into());
+                put_opt(&mut o, "reason", opt_s(reason));
+                put_opt(
+                    &mut o,
+                    "participants",
+                    participants.as_deref().map(invitees_value),
+                );
             }
             Payload::Extension(obj) => return Value::Object(obj.clone()),
         }

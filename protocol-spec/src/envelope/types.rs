@@ -52,6 +52,18 @@ words! {
     VouchAction { Grant = "grant", Revoke = "revoke" }
 }
 words! {
+    /// How a conversation's invitations wait (CONVO-1): `live` ones ring out, `async` ones wait.
+    ConvMode { Live = "live", Async = "async" }
+}
+words! {
+    /// What an invitee may do in a conversation (CONVO-1); the caller is its `owner`.
+    ConvRole { Owner = "owner", Member = "member", Observer = "observer" }
+}
+words! {
+    /// A participant's action on a conversation (CONVO-6).
+    ConvActionKind { Accept = "accept", Decline = "decline", Leave = "leave", Close = "close", Invite = "invite" }
+}
+words! {
     /// Why an agent is reported.
     ReportReason { Spam = "spam", Abuse = "abuse", Impersonation = "impersonation", Malware = "malware", Other = "other" }
 }
@@ -78,6 +90,10 @@ pub enum MessageType {
     ContactRequest,
     Vouch,
     Report,
+    /// Invites agents to a new conversation (CONVO-5).
+    Call,
+    /// A participant's action on a conversation (CONVO-6).
+    ConvAction,
     /// An extension type `x-...`, opaque to relays.
     Extension(String),
 }
@@ -92,6 +108,8 @@ impl MessageType {
         MessageType::ContactRequest,
         MessageType::Vouch,
         MessageType::Report,
+        MessageType::Call,
+        MessageType::ConvAction,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -104,6 +122,8 @@ impl MessageType {
             MessageType::ContactRequest => "contact_request",
             MessageType::Vouch => "vouch",
             MessageType::Report => "report",
+            MessageType::Call => "call",
+            MessageType::ConvAction => "conv_action",
             MessageType::Extension(s) => s,
         }
     }
@@ -143,7 +163,11 @@ impl MessageType {
                 Some(ContactLevel::Message)
             }
             MessageType::TaskRequest => Some(ContactLevel::Task),
-            MessageType::Ack
+            // Calling needs `message` from every invitee (CONVO-5); an action needs none (the
+            // invite's own rule is the call's, checked by the conversation rules).
+            MessageType::Call => Some(ContactLevel::Message),
+            MessageType::ConvAction
+            | MessageType::Ack
             | MessageType::ContactRequest
             | MessageType::Vouch
             | MessageType::Report
