@@ -85,6 +85,7 @@ impl Agent {
             ts: now_ms(),
             corr: None,
             ack_by: None,
+            conv: None,
             payload: Payload::Message { text, data: None },
         }
         .sign(&self.key)

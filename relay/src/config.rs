@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub retention: Option<RetentionPolicy>,
     pub directory: Option<crate::engine::directory::DirectoryPolicy>,
     pub presence: Option<crate::engine::presence::PresencePolicy>,
+    pub conversations: Option<crate::engine::conversations::ConversationPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +129,9 @@ impl RelayConfig {
         }
         if let Some(d) = fc.directory {
             policy.directory = d;
+        }
+        if let Some(c) = fc.conversations {
+            policy.conversations = c;
         }
         if let Some(p) = fc.presence {
             policy.presence = p;

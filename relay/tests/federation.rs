@@ -38,6 +38,7 @@ fn envelope(from: &Peer, to: &[&Handle], payload: Payload, ack_by: Option<i64>) 
         ts,
         corr: None,
         ack_by,
+        conv: None,
         payload,
     }
     .sign(&from.key)
@@ -573,6 +574,7 @@ fn misbehaving_peer_is_refused_and_nothing_is_stored() {
             ts: now_ms(),
             corr: None,
             ack_by: None,
+            conv: None,
             payload: Payload::Message {
                 text: "evil".into(),
                 data: None,
@@ -872,6 +874,7 @@ fn a_peer_cannot_make_this_relay_store_key_logs_with_envelopes_it_refuses() {
             ts: now_ms(),
             corr: None,
             ack_by: None,
+            conv: None,
             payload: Payload::Message {
                 text: text.into(),
                 data: None,

@@ -30,6 +30,7 @@ const HANDLERS: &[&str] = &[
     "admin",
     "agents",
     "contacts",
+    "conversations",
     "envelopes",
     "federation",
     "inbox",

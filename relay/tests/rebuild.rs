@@ -50,6 +50,11 @@ enum Op {
     Profile(usize, u8, bool),
     /// An agent sets a presence status (busy or away), or the same status again.
     Status(usize, bool),
+    /// An agent calls another to a conversation with a turn limit of 3, live or async.
+    Call(usize, usize, bool),
+    /// An agent acts in its newest conversation: 0 accept, 1 decline, 2 post to the other
+    /// joined participants, 3 leave, 4 close.
+    Conv(usize, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -74,7 +79,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (a.clone(), any::<bool>()).prop_map(|(x, k)| Op::IncomingNew(x, k)),
         1 => Just(Op::Delivered),
         2 => (a.clone(), 1u8..6, any::<bool>()).prop_map(|(x, s, l)| Op::Profile(x, s, l)),
-        1 => (a, any::<bool>()).prop_map(|(x, b)| Op::Status(x, b)),
+        1 => (a.clone(), any::<bool>()).prop_map(|(x, b)| Op::Status(x, b)),
+        2 => (a.clone(), a.clone(), any::<bool>()).prop_map(|(x, y, l)| Op::Call(x, y, l)),
+        4 => (a, 0u8..5).prop_map(|(x, k)| Op::Conv(x, k)),
     ]
 }
 
@@ -342,6 +349,7 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
                         ts: r.now(),
                         corr: None,
                         ack_by: None,
+                        conv: None,
                         payload: Payload::Message {
                             text: "from afar".into(),
                             data: None,
@@ -404,6 +412,7 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
                         ts: r.now(),
                         corr: None,
                         ack_by: None,
+                        conv: None,
                         payload,
                     }
                     .sign(&k)
@@ -429,6 +438,7 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
                         ts: r.now(),
                         corr: None,
                         ack_by: None,
+                        conv: None,
                         payload: Payload::Receipt {
                             msg,
                             recipient: remote.clone(),
@@ -456,6 +466,81 @@ async fn run_with(ops: Vec<Op>, damage: bool) -> Vec<String> {
                                 origin: peer.clone(),
                             })
                             .await;
+                    }
+                }
+            }
+            Op::Call(i, j, live) => {
+                if let (Some(a), Some(b)) = (&agents[i], &agents[j]) {
+                    r.advance(1);
+                    let e = a.envelope(
+                        &r,
+                        &[&b.handle],
+                        Payload::Call {
+                            topic: "t".into(),
+                            mode: if live {
+                                ConvMode::Live
+                            } else {
+                                ConvMode::Async
+                            },
+                            participants: vec![Invitee {
+                                handle: b.handle.clone(),
+                                role: ConvRole::Member,
+                            }],
+                            turns: Some(3),
+                            expires: None,
+                        },
+                    );
+                    a.send(&r, &e.sign(&a.key).unwrap()).await;
+                }
+            }
+            Op::Conv(i, k) => {
+                if let Some(a) = &agents[i] {
+                    let newest = {
+                        let st = r.relay.app.engine.read();
+                        let found = st.convs_of(&a.handle).next().map(|c| {
+                            let others: Vec<formica_protocol::Handle> = c
+                                .conv
+                                .participants
+                                .iter()
+                                .filter(|p| {
+                                    p.handle != a.handle
+                                        && p.state
+                                            == formica_protocol::conversation::PartState::Joined
+                                })
+                                .map(|p| p.handle.clone())
+                                .collect();
+                            (c.conv.id, c.conv.owner().clone(), others)
+                        });
+                        found
+                    };
+                    if let Some((id, owner, others)) = newest {
+                        r.advance(1);
+                        let (to, payload) = match k {
+                            2 if !others.is_empty() => (
+                                others,
+                                Payload::Message {
+                                    text: "p".into(),
+                                    data: None,
+                                },
+                            ),
+                            _ => (
+                                vec![owner],
+                                Payload::ConvAction {
+                                    action: [
+                                        ConvActionKind::Accept,
+                                        ConvActionKind::Decline,
+                                        ConvActionKind::Accept,
+                                        ConvActionKind::Leave,
+                                        ConvActionKind::Close,
+                                    ][k as usize],
+                                    reason: None,
+                                    participants: None,
+                                },
+                            ),
+                        };
+                        let mut e = a.envelope(&r, &to.iter().collect::<Vec<_>>(), payload);
+                        e.conv = Some(id);
+                        a.send(&r, &e.sign(&a.key).unwrap()).await;
                     }
                 }
             }

@@ -122,5 +122,6 @@ impl Policy {
         o.insert("retention", Value::Object(rv));
         o.insert("directory", self.directory.to_value());
         o.insert("presence", self.presence.to_value());
+        o.insert("conversations", self.conversations.to_value());
     }
 }

@@ -122,6 +122,22 @@ pub enum Event {
     /// hash of record `cp.len` and the snapshot's hash). Records before `cp.keep_from` may be
     /// dropped once a later checkpoint is logged.
     Checkpoint { at: i64, cp: CheckpointMark },
+    /// A conversation changed without an agent's envelope (SPEC.md CONVO-4, CONVO-7, CONVO-9): the
+    /// relay appended an event entry, or removed a closed conversation (`closed_keep_ms`).
+    Conv {
+        at: i64,
+        conv: MessageId,
+        change: ConvChange,
+    },
+}
+
+/// What an [`Event::Conv`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConvChange {
+    /// The next entry of the conversation is this event.
+    Entry(formica_protocol::conversation::ConvEvent),
+    /// The (closed) conversation and its entries are removed.
+    Removed,
 }
 
 /// What a checkpoint record says (see [`Event::Checkpoint`]).
@@ -225,7 +241,8 @@ impl Event {
             | Event::RemoteDelivered { at, .. }
             | Event::DeadLettered { at, .. }
             | Event::Retained { at, .. }
-            | Event::Checkpoint { at, .. } => *at,
+            | Event::Checkpoint { at, .. }
+            | Event::Conv { at, .. } => *at,
         }
     }
 
@@ -366,6 +383,14 @@ impl Event {
                 o.insert("hash", formica_protocol::hex::encode(&cp.hash).into());
                 o.insert("keep_from", Value::Int(cp.keep_from as i64));
             }
+            Event::Conv { conv, change, .. } => {
+                o.insert("t", "conv".into());
+                o.insert("conv", conv.to_hex().into());
+                match change {
+                    ConvChange::Entry(ev) => o.insert("event", ev.to_value()),
+                    ConvChange::Removed => o.insert("removed", Value::Bool(true)),
+                };
+            }
         }
         canon::canonicalize(&Value::Object(o))
     }
@@ -489,6 +514,20 @@ impl Event {
                 msg: msg_id(&mut f, "msg")?,
                 recipient: f.req_handle("recipient").map_err(e)?,
             },
+            "conv" => Event::Conv {
+                at,
+                conv: msg_id(&mut f, "conv")?,
+                change: match f.opt("event") {
+                    Some(v) => ConvChange::Entry(
+                        formica_protocol::conversation::ConvEvent::from_value(v)
+                            .map_err(|x| x.to_string())?,
+                    ),
+                    None => match f.req("removed").map_err(e)? {
+                        Value::Bool(true) => ConvChange::Removed,
+                        _ => return Err("bad conv change".into()),
+                    },
+                },
+            },
             "dead_lettered" => Event::DeadLettered {
                 at,
                 peer: host(&mut f, "peer")?,
@@ -559,6 +598,7 @@ mod tests {
                 ts: 1_700_000_000_000,
                 corr: Some("c-1".into()),
                 ack_by: None,
+                conv: None,
                 payload: Payload::Message {
                     text: text.into(),
                     data: None,

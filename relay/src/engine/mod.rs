@@ -13,6 +13,7 @@
 
 pub mod cell;
 pub mod checkpoint;
+pub mod conversations;
 pub mod decide;
 pub mod descriptor;
 pub mod directory;

@@ -211,6 +211,8 @@ fn all_types() -> Vec<String> {
         "contact_request",
         "vouch",
         "report",
+        "call",
+        "conv_action",
         "x-*",
     ]
     .iter()
@@ -280,6 +282,7 @@ pub struct Policy {
     pub retention: RetentionPolicy,
     pub directory: super::directory::DirectoryPolicy,
     pub presence: super::presence::PresencePolicy,
+    pub conversations: super::conversations::ConversationPolicy,
 }
 
 /// How long the relay keeps what it stored (SPEC.md RET-1..RET-4): inbox items, message
@@ -446,6 +449,7 @@ impl Default for Policy {
             retention: RetentionPolicy::default(),
             directory: Default::default(),
             presence: Default::default(),
+            conversations: Default::default(),
         }
     }
 }

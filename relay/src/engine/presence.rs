@@ -363,7 +363,7 @@ pub fn shown(st: &State, hub: &Hub, subject: &Handle, now: i64) -> Shown {
 }
 
 /// The signed status of `subject` in force at `now` (unexpired), if any.
-fn in_force<'s>(
+pub(crate) fn in_force<'s>(
     st: &'s State,
     subject: &Handle,
     now: i64,

@@ -1,4 +1,5 @@
-//! The deadline ticker: every `limits.deadline_check_ms`, if a deadline has passed or a queued
+//! The deadline ticker: every `limits.deadline_check_ms`, if a deadline has passed (an ack's,
+//! or a conversation's ring or expiry timer) or a queued
 //! delivery is older than `federation.dead_letter_ms`, it submits a `Tick` to the writer, which
 //! makes the `timed_out` receipts and dead letters (`decide::tick`); every
 //! `retention.sweep_ms` it submits a `Retain` (`decide::tick::retain`) and starts a checkpoint
@@ -58,6 +59,8 @@ pub async fn run_deadlines(engine: Arc<Engine>) {
                 // Old records to drop behind a checkpoint (`checkpoint::compact`).
                 || engine.store_health.drop_pending.load(std::sync::atomic::Ordering::Relaxed)
                 || !st.deadlines_before(now, 1).is_empty()
+                // A live invitation that rang out, a conversation that expired.
+                || st.conv_due(now, &engine.policy.conversations)
                 || st.outbound_len.keys().any(|p| {
                     st.queued(p, 1)
                         .first()

@@ -65,6 +65,7 @@ impl Policy {
         }
         self.directory.validate()?;
         self.presence.validate()?;
+        self.conversations.validate()?;
         if self.tiers.is_empty() {
             return Err("at least one tier is required".into());
         }

@@ -306,6 +306,7 @@ impl WriterCore {
                     notable.push(e.clone());
                 }
                 st.apply(e);
+                touched.extend(st.conv_audience(e));
                 let r = e.encode();
                 bytes.set(bytes.get() + r.len());
                 records.push(r);

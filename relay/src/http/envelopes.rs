@@ -106,13 +106,14 @@ fn tier_index(app: &App, st: &State, from: &Handle) -> usize {
 
 fn accepted_value(out: &Outcome) -> Result<(u16, Value), ApiError> {
     match out {
-        Outcome::Accepted { id } => Ok((
-            201,
-            obj(vec![
-                ("id", id.to_hex().into()),
-                ("result", "accepted".into()),
-            ]),
-        )),
+        Outcome::Accepted { id, conv } => {
+            let mut members = vec![("id", id.to_hex().into()), ("result", "accepted".into())];
+            if let Some((c, seq)) = conv {
+                members.push(("conv", c.to_hex().into()));
+                members.push(("seq", Value::Int(*seq as i64)));
+            }
+            Ok((201, obj(members)))
+        }
         Outcome::Duplicate { id } => Ok((
             200,
             obj(vec![

@@ -280,7 +280,7 @@ pub(crate) async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Res
             let mut item = Object::new();
             item.insert("index", Value::Int(i as i64));
             match r {
-                Ok(Outcome::Accepted { id }) => {
+                Ok(Outcome::Accepted { id, .. }) => {
                     item.insert("id", id.to_hex().into());
                     item.insert("result", "accepted".into());
                 }

@@ -26,64 +26,14 @@ use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use formica_protocol::auth::RequestAuth;
 use formica_protocol::{ErrorCode, Handle, KeyId, Object, Value};
 use std::collections::VecDeque;
 use std::time::Duration;
 
-/// Interval of SSE keep-alive comments and WebSocket pings.
-pub const KEEPALIVE_MS: u64 = 15_000;
-
-/// Largest client frame the inbox WebSocket reads, in payload bytes: a client sends only control
-/// frames (API-11), whose payload is at most 125 bytes (RFC 6455 section 5.5). A frame announced
-/// larger ends the connection before its payload is read, so a client cannot make the relay
-/// buffer a message (the library's default was 64 MiB).
-pub const WS_CLIENT_FRAME_BYTES_MAX: usize = 125;
-
-/// Read buffer of one inbox WebSocket (the library's default is 128 KiB per connection; a
-/// client's frames are at most 131 bytes).
-pub const WS_READ_BUFFER_BYTES: usize = 4096;
-
-/// Longest time an idle stream goes without checking that the key that opened it is still the
-/// agent's current key (API-16). The check is also made before every page is read, so nothing
-/// is sent under a rotated or revoked key; this bound is for idle streams.
-pub const KEY_CHECK_MS: u64 = 1_000;
-
-/// The key id of the `Authorization` header that [`authenticate`] accepted.
-fn auth_key(headers: &HeaderMap) -> Option<KeyId> {
-    let v = headers.get("authorization")?.to_str().ok()?;
-    RequestAuth::parse(v).ok().map(|a| a.key)
-}
-
-/// API-16: `None` while `kid` is still `me`'s current key and valid now; otherwise the error
-/// that ends the stream.
-fn key_check(app: &Shared, me: &Handle, kid: &KeyId) -> Option<ApiError> {
-    let st = app.engine.read();
-    let current = st.agents.get(me).is_some_and(|a| {
-        a.keylog.current_key().is_some_and(|k| k.key_id() == *kid)
-            && a.keylog.key_at(kid, app.engine.now()).is_ok()
-    });
-    (!current).then(|| {
-        ApiError::new(
-            ErrorCode::Unauthorized,
-            format!(
-                "the key that opened this stream is no longer {me}'s current key (rotated, revoked or moved); open a new stream with the current key"
-            ),
-        )
-    })
-}
-
-fn error_json(e: &ApiError) -> String {
-    String::from_utf8_lossy(&formica_protocol::canon::canonicalize(&e.body())).into_owned()
-}
-
-fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
-    uri.query()?.split('&').find_map(|kv| {
-        kv.split_once('=')
-            .filter(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-    })
-}
+use super::stream::{auth_key, error_json, key_check, query_param, StreamGuard};
+pub use super::stream::{
+    KEEPALIVE_MS, KEY_CHECK_MS, WS_CLIENT_FRAME_BYTES_MAX, WS_READ_BUFFER_BYTES,
+};
 
 fn parse_cursor(s: &str) -> Result<u64, ApiError> {
     let ok = !s.is_empty()
@@ -409,19 +359,6 @@ pub(crate) async fn sse(
                 .text("keep-alive"),
         )
         .into_response()
-}
-
-/// Counts open streams for `/metrics`.
-struct StreamGuard(Shared);
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.0
-            .engine
-            .metrics
-            .streams
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// `GET /v1/inbox/ws?after=CURSOR`: WebSocket.

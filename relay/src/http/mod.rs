@@ -12,6 +12,7 @@ pub mod admin;
 pub mod agents;
 pub mod answer;
 pub mod contacts;
+pub mod conversations;
 pub mod deadline;
 pub mod envelopes;
 pub mod federation;
@@ -129,6 +130,14 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/inbox/stream", get(inbox::sse))
         .route("/v1/inbox/ws", get(inbox::ws))
         .route("/v1/messages/{id}", get(messages::message_status))
+        .route("/v1/conversations", get(conversations::list))
+        .route("/v1/conversations/{id}", get(conversations::get))
+        .route(
+            "/v1/conversations/{id}/entries",
+            get(conversations::entries),
+        )
+        .route("/v1/conversations/{id}/stream", get(conversations::sse))
+        .route("/v1/conversations/{id}/ws", get(conversations::ws))
         .route("/v1/contacts", get(contacts::list_contacts))
         .route(
             "/v1/contacts/{handle}",

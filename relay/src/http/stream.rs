@@ -1,14 +1,16 @@
 //! What inbox streams (`http::inbox`) share besides the inbox: their presence (SPEC.md PRES-1,
 //! PRES-5: an open stream keeps its agent connected, and one opened with `presence=1` carries
 //! the presence of the agents that granted it a contact level, coalesced), and the accounting of
-//! a WebSocket client's frames. Imports no handler.
+//! a WebSocket client's frames, and what every stream checks (its key, API-16). Imports no
+//! handler; conversation streams (`http::conversations`) use it too.
 
 use super::Shared;
 use crate::engine::error::ApiError;
 use crate::engine::presence::{self, Connection, Feed};
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
-use axum::http::Uri;
-use formica_protocol::{ErrorCode, Handle, Value};
+use axum::http::{HeaderMap, Uri};
+use formica_protocol::auth::RequestAuth;
+use formica_protocol::{ErrorCode, Handle, KeyId, Value};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,4 +154,82 @@ pub(crate) async fn close_policy(socket: &mut WebSocket, reason: &'static str) {
         reason: reason.into(),
     };
     let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+/// Interval of SSE keep-alive comments and WebSocket pings.
+pub const KEEPALIVE_MS: u64 = 15_000;
+
+/// Largest client frame the inbox WebSocket reads, in payload bytes: a client sends only control
+/// frames (API-11), whose payload is at most 125 bytes (RFC 6455 section 5.5). A frame announced
+/// larger ends the connection before its payload is read, so a client cannot make the relay
+/// buffer a message (the library's default was 64 MiB).
+pub const WS_CLIENT_FRAME_BYTES_MAX: usize = 125;
+
+/// Read buffer of one inbox WebSocket (the library's default is 128 KiB per connection; a
+/// client's frames are at most 131 bytes).
+pub const WS_READ_BUFFER_BYTES: usize = 4096;
+
+/// Longest time an idle stream goes without checking that the key that opened it is still the
+/// agent's current key (API-16). The check is also made before every page is read, so nothing
+/// is sent under a rotated or revoked key; this bound is for idle streams.
+pub const KEY_CHECK_MS: u64 = 1_000;
+
+/// The key id of the `Authorization` header that [`authenticate`] accepted.
+pub(crate) fn auth_key(headers: &HeaderMap) -> Option<KeyId> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    RequestAuth::parse(v).ok().map(|a| a.key)
+}
+
+/// API-16: `None` while `kid` is still `me`'s current key and valid now; otherwise the error
+/// that ends the stream.
+pub(crate) fn key_check(app: &Shared, me: &Handle, kid: &KeyId) -> Option<ApiError> {
+    let st = app.engine.read();
+    let current = st.agents.get(me).is_some_and(|a| {
+        a.keylog.current_key().is_some_and(|k| k.key_id() == *kid)
+            && a.keylog.key_at(kid, app.engine.now()).is_ok()
+    });
+    (!current).then(|| {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "the key that opened this stream is no longer {me}'s current key (rotated, revoked or moved); open a new stream with the current key"
+            ),
+        )
+    })
+}
+
+pub(crate) fn error_json(e: &ApiError) -> String {
+    String::from_utf8_lossy(&formica_protocol::canon::canonicalize(&e.body())).into_owned()
+}
+
+pub(crate) fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
+    uri.query()?.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    })
+}
+
+/// Counts open streams for `/metrics` (inbox and conversation streams) while it lives.
+pub(crate) struct StreamGuard(pub(crate) Shared);
+
+impl StreamGuard {
+    /// Counts one more open stream.
+    pub(crate) fn counted(app: &Shared) -> StreamGuard {
+        app.engine
+            .metrics
+            .streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        StreamGuard(app.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0
+            .engine
+            .metrics
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -327,6 +327,8 @@ impl Agent {
             Payload::Vouch { .. } => MessageType::Vouch,
             Payload::Report { .. } => MessageType::Report,
             Payload::Receipt { .. } => MessageType::Receipt,
+            Payload::Call { .. } => MessageType::Call,
+            Payload::ConvAction { .. } => MessageType::ConvAction,
             Payload::Extension(_) => MessageType::Extension("x-test".into()),
         };
         Envelope {
@@ -338,6 +340,7 @@ impl Agent {
             ts: r.now(),
             corr: None,
             ack_by: None,
+            conv: None,
             payload,
         }
     }

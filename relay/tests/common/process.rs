@@ -381,6 +381,7 @@ impl Peer {
             ts: now_ms(),
             corr: None,
             ack_by: None,
+            conv: None,
             payload: Payload::Message {
                 text: text.into(),
                 data: None,

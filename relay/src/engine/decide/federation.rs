@@ -314,5 +314,5 @@ pub(super) fn remote_delivered(
             envelope: rc,
         });
     }
-    Ok((events, Outcome::Accepted { id }))
+    Ok((events, Outcome::Accepted { id, conv: None }))
 }

@@ -3,7 +3,7 @@
 //! the recipients, then the rules of the payload's type. Forwarded envelopes (FED-6) take the
 //! same path with their origin.
 
-use super::{contacts, delivery, federation, local_sender, Ctx, Decision, Outcome};
+use super::{contacts, conversations, delivery, federation, local_sender, Ctx, Decision, Outcome};
 use crate::engine::error::ApiError;
 use crate::engine::events::Event;
 use crate::engine::policy::Tier;
@@ -66,6 +66,13 @@ pub(super) fn envelope(
                 return Err(ApiError::new(
                     ErrorCode::TierForbidden,
                     "vouches and reports are not accepted over federation",
+                ));
+            }
+            // CONVO-3: conversations do not cross relays in this revision.
+            if env.conv.is_some() || matches!(env.payload, Payload::Call { .. }) {
+                return Err(ApiError::new(
+                    ErrorCode::TierForbidden,
+                    "conversation envelopes are not accepted over federation yet",
                 ));
             }
             None
@@ -161,7 +168,16 @@ pub(super) fn envelope(
         at: ctx.now,
         envelope: v.signed().clone(),
     }];
+    let mut conv = None;
     match &env.payload {
+        // Section 19: a call opens a conversation, an action or a post is its next entry.
+        Payload::Call { .. } => conv = Some(conversations::call(st, ctx, v.signed(), &mut events)?),
+        _ if env.conv.is_some() => {
+            if matches!(env.payload, Payload::TaskRequest { .. }) {
+                within_parent_deadline(st, env)?;
+            }
+            conv = Some(conversations::entry(st, ctx, v.signed(), &mut events)?)
+        }
         Payload::Ack { msg, status, .. } => {
             delivery::ack(st, ctx, env, id, msg, *status, &mut events)?
         }
@@ -176,8 +192,11 @@ pub(super) fn envelope(
         }
         _ => contacts::grant_allows(st, env)?,
     }
-    // Per-recipient cap: unread items are never evicted, new ones are refused.
-    for to in &env.to {
+    // Per-recipient cap: unread items are never evicted, new ones are refused. A conversation
+    // action is exempt: answering, leaving and closing must work whatever the owner's inbox
+    // holds (they are bounded by the conversation's roster).
+    let capped = !matches!(env.payload, Payload::ConvAction { .. });
+    for to in env.to.iter().filter(|_| capped) {
         if let Some(r) = st.agents.get(to) {
             if r.unread() >= ctx.policy.limits.inbox_pending_max {
                 return Err(ApiError::new(
@@ -188,7 +207,7 @@ pub(super) fn envelope(
             }
         }
     }
-    Ok((events, Outcome::Accepted { id }))
+    Ok((events, Outcome::Accepted { id, conv }))
 }
 
 /// ACK-5: a `task_request` whose `corr` names a `task_request` its sender received with an

@@ -25,6 +25,7 @@ use formica_protocol::pow::Challenge;
 use formica_protocol::{ErrorCode, Handle, PublicKey, RelayHost, SecretKey, Value};
 
 mod contacts;
+mod conversations;
 mod delivery;
 mod federation;
 mod ingest;
@@ -150,6 +151,8 @@ pub enum Outcome {
     KeyLogForked,
     Accepted {
         id: MessageId,
+        /// For a conversation envelope: its conversation and the entry's seq (CONVO-4).
+        conv: Option<(MessageId, u64)>,
     },
     Duplicate {
         id: MessageId,
@@ -285,6 +288,7 @@ pub fn receipt_with(
         ts: ctx.now,
         corr: None,
         ack_by: None,
+        conv: None,
         payload: Payload::Receipt {
             msg,
             recipient: recipient.clone(),

@@ -58,6 +58,8 @@ pub(super) fn tick(st: &State, ctx: &Ctx<'_>) -> Decision {
     for (peer, id) in expired {
         federation::dead_letter(st, ctx, &peer, id, "expired", &mut events)?;
     }
+    // CONVO-7, CONVO-9: invitations that rang out, conversations that expired.
+    events.extend(super::conversations::due(st, ctx, TICK_RECEIPTS_MAX));
     Ok((events, Outcome::Ticked { timed_out: n }))
 }
 
@@ -72,8 +74,8 @@ pub(super) fn retain(st: &State, ctx: &Ctx<'_>) -> Decision {
         max: r.sweep_max as u64,
     };
     let found = st.retention_candidates(&bounds);
-    let removed = found.inbox.len() + found.messages.len() + found.seen.len();
-    let events = if found.is_empty() {
+    let mut removed = found.inbox.len() + found.messages.len() + found.seen.len();
+    let mut events = if found.is_empty() {
         Vec::new()
     } else {
         vec![Event::Retained {
@@ -81,6 +83,11 @@ pub(super) fn retain(st: &State, ctx: &Ctx<'_>) -> Decision {
             bounds,
         }]
     };
+    // Closed conversations past `conversations.closed_keep_ms` go as a whole (CONVO-11).
+    let mut convs = super::conversations::removals(st, ctx, r.sweep_max);
+    convs.extend(super::conversations::at_lowered_limit(st, ctx, r.sweep_max));
+    removed += convs.len();
+    events.extend(convs);
     Ok((events, Outcome::Retained { removed }))
 }
 

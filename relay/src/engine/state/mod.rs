@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 mod checkpoints;
 pub mod codec;
+mod conversations;
 mod db;
 mod persist;
 mod profiles;
@@ -76,6 +77,8 @@ pub struct State {
     pub events: u64,
     /// The last two checkpoints logged, oldest first (`engine::checkpoint`).
     pub checkpoints: Vec<Logged>,
+    /// The conversations this relay is home to (SPEC.md section 19).
+    pub convs: conversations::Convs,
     counters_dirty: bool,
     pub db: Db,
 }
@@ -110,6 +113,7 @@ impl State {
             dead_letters: 0,
             events: 0,
             checkpoints: Vec::new(),
+            convs: Default::default(),
             counters_dirty: false,
             db,
         }
@@ -285,7 +289,11 @@ impl State {
                     a.conflicts.push(entry.clone());
                 }
             }
-            Event::Envelope { at, envelope } => self.apply_envelope(*at, envelope),
+            Event::Envelope { at, envelope } => {
+                self.apply_envelope(*at, envelope);
+                self.apply_conv_envelope(*at, envelope);
+            }
+            Event::Conv { at, conv, change } => self.apply_conv(*at, conv, change),
             Event::Read { at, handle, upto } => {
                 let Some(a) = self.agents.get_mut_hot(handle) else {
                     return;

@@ -68,6 +68,7 @@ impl State {
         let mut profiles = BTreeMap::new();
         let mut index = super::ProfileIndex::default();
         let mut statuses = BTreeMap::new();
+        let mut conv_rows = BTreeMap::new();
         let (mut peers, mut remote, mut vouches, mut reports) = (
             BTreeMap::new(),
             BTreeMap::new(),
@@ -118,6 +119,10 @@ impl State {
                     let r = codec::remote(&v).ok_or_else(|| bad(&k))?;
                     remote.insert(h(a).ok_or_else(|| bad(&k))?, r);
                 }
+                ("conve", Some(seq)) => {
+                    let seq = seq.parse::<u64>().map_err(|_| bad(&k))?;
+                    conv_rows.insert((a.to_owned(), seq), v);
+                }
                 ("vouch", Some(b)) | ("report", Some(b)) => {
                     let t = i64::from_be_bytes(
                         v.get(..8)
@@ -151,6 +156,8 @@ impl State {
         st.vouches = Tracked::loaded(vouches);
         st.reports = Tracked::loaded(reports);
         st.checkpoints = super::checkpoints::load(&*store)?;
+        st.load_convs(conv_rows)
+            .map_err(|why| damaged(Table::Small, why))?;
         // Queue lengths: the id index has one short row per queued envelope.
         store.range(Table::OutboundIds, &[], None, &mut |k, _| {
             if let Some(host) = codec::host_of_prefixed(k) {
@@ -288,6 +295,7 @@ impl State {
             && self.dead_letters == other.dead_letters
             && self.events == other.events
             && self.checkpoints == other.checkpoints
+            && self.convs == other.convs
     }
 }
 

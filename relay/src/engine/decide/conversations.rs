@@ -1,0 +1,263 @@
+//! Conversations at ingest step 10.3 (SPEC.md section 19): calls (CONVO-3, CONVO-5, CONVO-7),
+//! actions (CONVO-6) and posts (CONVO-8) against the conversation's fold, and the relay's own
+//! entries that follow at once (a `busy` decline, the close on the turn limit or when everyone
+//! left, CONVO-9) or when a timer falls due (a live invitation rang out, the expiry; removal
+//! `closed_keep_ms` after the close). Every such entry is an [`Event::Conv`] of the log, so a
+//! replay never decides again.
+
+use super::{contacts, Ctx};
+use crate::engine::error::ApiError;
+use crate::engine::events::{ConvChange, Event};
+use crate::engine::state::State;
+use formica_protocol::conversation::{ConvError, ConvEvent, Conversation, EntryBody};
+use formica_protocol::envelope::{
+    ConvActionKind, ConvMode, Envelope, MessageId, Payload, SignedEnvelope,
+};
+use formica_protocol::presence::Availability;
+use formica_protocol::{ErrorCode, Handle, Value};
+
+fn api(e: ConvError) -> ApiError {
+    let mut a = ApiError::new(e.code, e.message);
+    if let Some(f) = e.field {
+        a = a.with("field", Value::String(f));
+    }
+    if let Some(r) = e.reason {
+        a = a.with("reason", r.as_str().into());
+    }
+    a
+}
+
+/// CONVO-3: in this revision every participant is an agent of this relay.
+fn all_local(st: &State, names: &[Handle]) -> Result<(), ApiError> {
+    for h in names {
+        if !st.is_local(h) {
+            return Err(ApiError::new(
+                ErrorCode::UnknownRecipient,
+                format!("{h} is homed on another relay; conversations do not cross relays yet"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// CONVO-7: a live invitation to an agent whose signed status in force is `busy` is declined
+/// for it at once.
+fn busy(st: &State, now: i64, h: &Handle) -> bool {
+    crate::engine::presence::in_force(st, h, now)
+        .is_some_and(|s| s.status().status == Availability::Busy)
+}
+
+/// The conversation with `e` appended, and the events that follow from it at once.
+fn then(c: &mut Conversation, ctx: &Ctx<'_>, body: EntryBody, follow: &mut Vec<ConvEvent>) {
+    let e = c.next_entry(body, ctx.now);
+    c.apply(&e);
+    for ev in c.follow_ups(&ctx.policy.conversations.limits()) {
+        let e = c.next_entry(EntryBody::Event(ev.clone()), ctx.now);
+        c.apply(&e);
+        follow.push(ev);
+    }
+}
+
+/// Declines the busy ones of `invited` for them (live mode), in `c`.
+fn decline_busy(
+    st: &State,
+    ctx: &Ctx<'_>,
+    c: &mut Conversation,
+    invited: &[Handle],
+    follow: &mut Vec<ConvEvent>,
+) {
+    if c.mode != ConvMode::Live {
+        return;
+    }
+    for h in invited {
+        if busy(st, ctx.now, h) && !c.is_closed() {
+            let ev = ConvEvent::Declined {
+                handle: h.clone(),
+                reason: "busy".into(),
+            };
+            follow.push(ev.clone());
+            then(c, ctx, EntryBody::Event(ev), follow);
+        }
+    }
+}
+
+fn events_of(conv: MessageId, now: i64, follow: Vec<ConvEvent>) -> impl Iterator<Item = Event> {
+    follow.into_iter().map(move |ev| Event::Conv {
+        at: now,
+        conv,
+        change: ConvChange::Entry(ev),
+    })
+}
+
+/// A call (CONVO-5): the conversation it opens is entry 1; returns its seq (1).
+pub(super) fn call(
+    st: &State,
+    ctx: &Ctx<'_>,
+    se: &SignedEnvelope,
+    events: &mut Vec<Event>,
+) -> Result<(MessageId, u64), ApiError> {
+    let env = se.envelope();
+    all_local(st, &env.to)?;
+    let pol = &ctx.policy.conversations;
+    Conversation::check_call(env, &pol.limits()).map_err(api)?;
+    contacts::grant_allows(st, env)?;
+    open_limit(st, ctx, &env.from)?;
+    // Kept conversations (open, or closed and not yet removed) are bounded too, so that a loop
+    // of calls closed at once cannot pile up records for `closed_keep_ms`.
+    let kept_max = crate::engine::conversations::KEPT_PER_OPEN * ctx.policy.conversations.open_max;
+    let kept = st.convs.by_agent.get(&env.from).map_or(0, |s| s.len());
+    if kept >= kept_max {
+        return Err(ApiError::new(
+            ErrorCode::TooManyConversations,
+            format!("{} takes part in {kept} conversations kept by this relay (at most {kept_max}: {} times conversations.open_max); closed ones are removed conversations.closed_keep_ms after they closed", env.from, crate::engine::conversations::KEPT_PER_OPEN),
+        ));
+    }
+    let mut c = Conversation::open(se, ctx.now)
+        .ok_or_else(|| ApiError::internal("a call that is not a call"))?;
+    let mut follow = Vec::new();
+    decline_busy(st, ctx, &mut c, &env.to, &mut follow);
+    events.extend(events_of(c.id, ctx.now, follow));
+    Ok((c.id, 1))
+}
+
+fn open_limit(st: &State, ctx: &Ctx<'_>, h: &Handle) -> Result<(), ApiError> {
+    let max = ctx.policy.conversations.open_max;
+    if st.open_joined(h) >= max {
+        return Err(ApiError::new(
+            ErrorCode::TooManyConversations,
+            format!("{h} already takes part in {max} open conversations (conversations.open_max); leave or close one"),
+        ));
+    }
+    Ok(())
+}
+
+/// An action (CONVO-6) or a post (CONVO-8) of the conversation `env.conv` names; returns the
+/// conversation and the entry's seq.
+pub(super) fn entry(
+    st: &State,
+    ctx: &Ctx<'_>,
+    se: &SignedEnvelope,
+    events: &mut Vec<Event>,
+) -> Result<(MessageId, u64), ApiError> {
+    let env = se.envelope();
+    let id = env
+        .conv
+        .ok_or_else(|| ApiError::internal("a conversation envelope without conv"))?;
+    let pol = &ctx.policy.conversations;
+    let Some(r) = st.conv(&id) else {
+        return Err(ApiError::new(
+            ErrorCode::NotParticipant,
+            format!("{} is not a participant of conversation {id}", env.from),
+        )
+        .with("field", "conv".into()));
+    };
+    r.conv.judge(env, ctx.now, &pol.limits()).map_err(api)?;
+    let mut c = r.conv.clone();
+    match &env.payload {
+        Payload::ConvAction {
+            action: ConvActionKind::Accept,
+            ..
+        } => open_limit(st, ctx, &env.from)?,
+        Payload::ConvAction {
+            action: ConvActionKind::Invite,
+            ..
+        } => {
+            all_local(st, &env.to)?;
+            invite_allowed(st, env)?;
+        }
+        Payload::ConvAction { .. } => {}
+        _ => {
+            if r.posts_since(ctx.now - 60_000) >= pol.posts_per_min {
+                return Err(ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this conversation takes {} posts per minute (conversations.posts_per_min)",
+                        pol.posts_per_min
+                    ),
+                )
+                .with("retry_after_s", Value::Int(5)));
+            }
+        }
+    }
+    let mut follow = Vec::new();
+    then(&mut c, ctx, EntryBody::Envelope(se.clone()), &mut follow);
+    let seq = c.seq - follow.len() as u64;
+    if let Payload::ConvAction {
+        action: ConvActionKind::Invite,
+        ..
+    } = &env.payload
+    {
+        decline_busy(st, ctx, &mut c, &env.to, &mut follow);
+    }
+    events.extend(events_of(id, ctx.now, follow));
+    Ok((id, seq))
+}
+
+/// An invite needs `message` from every new invitee towards the owner (CONVO-6, as a call).
+fn invite_allowed(st: &State, env: &Envelope) -> Result<(), ApiError> {
+    let mut as_call = env.clone();
+    as_call.msg_type = formica_protocol::MessageType::Call;
+    contacts::grant_allows(st, &as_call)
+}
+
+/// Timers (CONVO-7, CONVO-9): the events due by `ctx.now` in open conversations, at most
+/// about `max`.
+pub(super) fn due(st: &State, ctx: &Ctx<'_>, max: usize) -> Vec<Event> {
+    let pol = &ctx.policy.conversations;
+    let limits = pol.limits();
+    let mut out = Vec::new();
+    for id in st.convs_due(ctx.now, pol, max) {
+        let Some(r) = st.conv(&id) else { continue };
+        let mut c = r.conv.clone();
+        let mut follow = Vec::new();
+        for ev in c.due_events(ctx.now, pol.ring_ms, &limits) {
+            if c.is_closed() {
+                break;
+            }
+            follow.push(ev.clone());
+            then(&mut c, ctx, EntryBody::Event(ev), &mut follow);
+        }
+        out.extend(events_of(id, ctx.now, follow));
+    }
+    out
+}
+
+/// Open conversations whose posts reached a turn limit lowered since their last post: closed
+/// as after that post (the retention sweep looks, every `retention.sweep_ms`).
+pub(super) fn at_lowered_limit(st: &State, ctx: &Ctx<'_>, max: usize) -> Vec<Event> {
+    let limits = ctx.policy.conversations.limits();
+    st.convs
+        .open
+        .iter()
+        .filter_map(|id| st.conv(id))
+        .filter(|r| r.conv.posts >= r.conv.turn_limit(&limits))
+        .take(max)
+        .map(|r| Event::Conv {
+            at: ctx.now,
+            conv: r.conv.id,
+            change: ConvChange::Entry(ConvEvent::Closed {
+                reason: formica_protocol::conversation::CloseReason::TurnLimit,
+            }),
+        })
+        .collect()
+}
+
+/// Conversations closed more than `closed_keep_ms` ago, removed (at most `max`; the retention
+/// sweep calls this).
+pub(super) fn removals(st: &State, ctx: &Ctx<'_>, max: usize) -> Vec<Event> {
+    let keep = ctx.policy.conversations.closed_keep_ms;
+    st.convs
+        .map
+        .iter()
+        .filter(|(_, r)| {
+            r.closed_at
+                .is_some_and(|t| ctx.now > t.saturating_add(keep))
+        })
+        .take(max)
+        .map(|(id, _)| Event::Conv {
+            at: ctx.now,
+            conv: *id,
+            change: ConvChange::Removed,
+        })
+        .collect()
+}
