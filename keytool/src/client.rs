@@ -437,11 +437,19 @@ pub fn relay_error(url: &str, status: u16, bytes: &[u8]) -> Fail {
             Some(t) => format!("the request this one answers must be acked by {}; ask for that or earlier (send shortens it unless --no-shorten)", crate::output::fmt_ms(t)),
             None => "ask for the deadline of the request this one answers, or earlier".into(),
         }),
+        NotParticipant => Some("you (or someone in `to`) are not a participant of this conversation in a state that allows it; keytool conv list --all shows each participant's state".into()),
+        ConversationClosed => Some(format!("the conversation is closed ({}); start a new one with keytool call", s("reason").unwrap_or("see keytool conv list --all"))),
+        TurnLimitReached => Some("the conversation used all its turns and closed; start a new one with keytool call (--turns sets the limit)".into()),
+        ActionNotAllowed => Some("accept and decline answer a ringing or missed call, leave needs you joined, close and invite are the owner's; keytool conv list --all shows your state".into()),
+        TooManyConversations => Some("leave or close one of your open conversations first (keytool conv list shows them)".into()),
         _ => None,
     };
     let mut f = Fail::code(code, message);
     if let Some(t) = i("ack_by_max") {
         f.details.push(("ack_by_max", Value::Int(t)));
+    }
+    if let (ConversationClosed | TurnLimitReached, Some(r)) = (code, s("reason")) {
+        f.details.push(("reason", r.into()));
     }
     if let Some(h) = hint {
         f = f.hint(h);
@@ -582,6 +590,29 @@ mod tests {
             (f.exit, f.hint.as_deref()),
             (Exit::Conflict, Some("choose another name"))
         );
+
+        let f = relay_error(
+            "u",
+            409,
+            br#"{"error":{"code":"conversation_closed","message":"closed","retry":"no","reason":"everyone_left"}}"#,
+        );
+        assert_eq!(f.exit, Exit::Conflict);
+        assert!(f
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("(everyone_left)")));
+        let v = f.to_value();
+        let reason = v
+            .as_object()
+            .and_then(|o| o.get("error")?.as_object()?.get("reason")?.as_str());
+        assert_eq!(reason, Some("everyone_left"));
+        let f = relay_error(
+            "u",
+            403,
+            br#"{"error":{"code":"not_participant","message":"no","retry":"no","field":"to"}}"#,
+        );
+        assert_eq!(f.exit, Exit::NotFound);
+        assert!(f.message.contains("field `to`"));
     }
 
     fn signed_descriptor(sk: &SecretKey, versions: Vec<Value>) -> Value {

@@ -20,16 +20,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Formica agent tool: keys, registration, signed messages, inbox, acks, contacts, profiles and
-/// presence.
+/// Formica agent tool: keys, registration, signed messages, inbox, acks, contacts, profiles,
+/// presence and conversations.
 ///
 /// Exit codes: 0 ok (also `watch` ending at --count or --timeout); 1 unexpected failure;
 /// 2 usage error; 3 input refused (bad JSON or schema, policy refusals such as not_contact,
 /// with the protocol's error code); 4 signature or authentication failure (also a relay
-/// document, key log, profile or presence status that does not verify); 5 rate limited or
-/// proof-of-work refused; 6 network error (relay unreachable, with the URL); 7 not found (also
-/// a profile or presence you may not see); 8 conflict (for example, handle taken,
-/// profile_outdated, status_outdated);
+/// document, key log, profile, presence status or conversation entry that does not verify);
+/// 5 rate limited or proof-of-work refused; 6 network error (relay unreachable, with the URL);
+/// 7 not found (also a profile, presence or conversation you may not see, not_participant);
+/// 8 conflict (for example, handle taken, profile_outdated, status_outdated,
+/// conversation_closed, turn_limit_reached, action_not_allowed, too_many_conversations);
 /// 9 local key storage problem (missing identity, unsafe permissions).
 ///
 /// With --json every failure, usage errors included, prints one line
@@ -192,7 +193,8 @@ enum Cmd {
     },
     /// Serve this identity's messaging to an MCP client over stdin/stdout (tools: send, inbox,
     /// wait_for_messages, ack, status, resolve, contacts, contact requests, profile_set,
-    /// profile_show, find, presence_set, presence_show, who; the resource formica://inbox,
+    /// profile_show, find, presence_set, presence_show, who, call, calls, answer_call,
+    /// conv_send, conv_read, conv_leave, conv_close, conv_list; the resource formica://inbox,
     /// subscribable). Standard output carries only MCP messages.
     Mcp {
         #[command(flatten)]
@@ -245,6 +247,8 @@ enum Cmd {
     /// Your contacts' presence, one line each (signed statuses verified). With --json: one line
     /// per contact, then {"ok","count"}.
     Who(online::WhoArgs),
+    #[command(flatten)]
+    Conversations(online::ConvTop),
     /// Ask an agent to add you as a contact (the only envelope a stranger may send).
     ContactRequest {
         handle: String,
@@ -564,6 +568,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
         Cmd::Find(f) => online::find(ctx, &f.id.identity, &f.query),
         Cmd::Presence(cmd) => online::presence(ctx, cmd),
         Cmd::Who(w) => online::who(ctx, &w.id.identity),
+        Cmd::Conversations(c) => online::conversations(ctx, c),
         Cmd::ContactRequest {
             handle,
             level,

@@ -45,9 +45,12 @@ impl Exit {
             }
             RateLimited | InboxFull | PowMissing | PowInsufficient | ChallengeExpired
             | ChallengeUnknown | ChallengeUsed => Exit::Limited,
-            NotFound | UnknownRecipient | UnknownSender => Exit::NotFound,
+            // A conversation one does not take part in is one the relay does not show
+            // (CONVO-10's 404): not_participant is "not found" too.
+            NotFound | UnknownRecipient | UnknownSender | NotParticipant => Exit::NotFound,
             HandleTaken | KeylogFork | KeylogClosed | AckSettled | ProfileOutdated
-            | StatusOutdated => Exit::Conflict,
+            | StatusOutdated | ConversationClosed | TurnLimitReached | ActionNotAllowed
+            | TooManyConversations => Exit::Conflict,
             PeerUnavailable | Unavailable | RequestTimeout => Exit::Network,
             _ => Exit::Input,
         }
@@ -220,6 +223,19 @@ mod tests {
         assert_eq!(Exit::for_code(ErrorCode::ProfileOutdated), Exit::Conflict);
         assert_eq!(Exit::for_code(ErrorCode::StatusOutdated), Exit::Conflict);
         assert_eq!(Exit::for_code(ErrorCode::NotFound), Exit::NotFound);
+    }
+
+    #[test]
+    fn conversation_refusals_are_conflicts_and_strangers_not_found() {
+        for c in [
+            ErrorCode::ConversationClosed,
+            ErrorCode::TurnLimitReached,
+            ErrorCode::ActionNotAllowed,
+            ErrorCode::TooManyConversations,
+        ] {
+            assert_eq!(Exit::for_code(c), Exit::Conflict, "{c}");
+        }
+        assert_eq!(Exit::for_code(ErrorCode::NotParticipant), Exit::NotFound);
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn connection(
 
 /// Whether a failed connection is worth another try: network trouble and "later" errors are;
 /// a refusal (bad auth, bad cursor, malformed event) would only repeat.
-fn retryable(f: &Fail) -> bool {
+pub fn retryable(f: &Fail) -> bool {
     match f.code {
         Some(c) => c.retry() == Retry::Later,
         None => f.exit == Exit::Network,

@@ -9,8 +9,8 @@
 //! Local differences from a user's terminal, all through documented settings: the relay
 //! listens on a port chosen at run time (`FORMICA_LISTEN=127.0.0.1:0`), mines a small proof
 //! of work (`FORMICA_POW_DIFFICULTY=8`), and keytool is pointed at it with `FORMICA_RELAY`;
-//! `HOME` is a temporary directory; `<request id>` and `<message id>` are taken from the
-//! output of the command that prints them.
+//! `HOME` is a temporary directory; `<request id>`, `<message id>` and `<conversation id>` are
+//! taken from the output of the command that prints them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -312,6 +312,11 @@ fn every_readme_command_line_runs_as_written() {
         if line.contains("requests list") {
             if let Some(id) = hex_id(&r.stdout) {
                 ids.insert("request id", id);
+            }
+        }
+        if words.get(3).map(String::as_str) == Some("call") {
+            if let Some(id) = hex_id(&r.stdout) {
+                ids.insert("conversation id", id);
             }
         }
         if words.get(3).map(String::as_str) == Some("send")

@@ -45,6 +45,8 @@ EXPECTED_TOOLS = {
     "contacts_list", "contacts_add", "contacts_remove", "contact_request",
     "requests_list", "requests_accept", "requests_reject",
     "profile_set", "profile_show", "find", "presence_set", "presence_show", "who",
+    "call", "calls", "answer_call", "conv_send", "conv_read", "conv_leave", "conv_close",
+    "conv_list",
 }
 
 

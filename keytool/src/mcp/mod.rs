@@ -2,7 +2,8 @@
 //!
 //! Built on the official Rust SDK (`rmcp`), which negotiates the protocol revision with the
 //! client (2024-11-05 up to 2026-07-28). Every tool is one of keytool's commands (`tools.rs`;
-//! `profile.rs` reads `profile_set`'s arguments, `presence.rs` those of the presence tools) run
+//! `profile.rs` reads `profile_set`'s arguments, `presence.rs` and `conv.rs` run the presence
+//! and conversation tools) run
 //! as the identity the server was started with: no tool argument names an identity, so one
 //! agent's server cannot read another's inbox.
 //! A key or relay problem is a tool error carrying the protocol's error code (or keytool's own)
@@ -18,6 +19,7 @@
 //! is printed: the key stays in the identity file (encrypted with `FORMICA_PASSPHRASE` if it
 //! was written so).
 
+mod conv;
 mod presence;
 mod profile;
 mod tools;
@@ -153,6 +155,23 @@ fn for_tools(text: &str) -> String {
         ("`--ack-deadline`", "`ack_deadline`"),
         ("--ack-deadline", "`ack_deadline`"),
         ("--type T --payload FILE", "`type` and `payload`"),
+        (
+            "keytool conv list --all",
+            "the conv_list tool (`all`: true)",
+        ),
+        ("--after is beyond", "`after` is beyond"),
+        ("(without --after)", "(`after` 0)"),
+        ("keytool conv list", "the conv_list tool"),
+        ("keytool conv watch", "the conv_read tool (`wait`) on"),
+        ("keytool conv send", "the conv_send tool:"),
+        ("keytool accept|decline", "the answer_call tool:"),
+        (
+            "keytool accept",
+            "the answer_call tool (`answer`: accept) for",
+        ),
+        ("keytool calls", "the calls tool"),
+        ("(--turns sets the limit)", "(`turns` sets the limit)"),
+        ("keytool call", "the call tool"),
         ("keytool contact-request", "the contact_request tool:"),
         ("keytool profile set --name NAME", "the profile_set tool"),
         ("keytool requests list", "the requests_list tool"),
@@ -293,7 +312,7 @@ impl ServerHandler for Server {
             env!("CARGO_PKG_VERSION"),
         ))
         .with_instructions(
-            "Formica messaging for this agent's identity. Use wait_for_messages (pass back `next`) or subscribe to formica://inbox to receive; send to reach other agents (a contact_request first for strangers); ack what asks for an ack.",
+            "Formica messaging for this agent's identity. Use wait_for_messages (pass back `next`) or subscribe to formica://inbox to receive; send to reach other agents (a contact_request first for strangers); ack what asks for an ack. Conversations: call starts one, calls lists calls waiting for you, answer_call answers, conv_read (with `wait`) and conv_send talk, conv_leave ends your part.",
         )
     }
 
@@ -302,8 +321,7 @@ impl ServerHandler for Server {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let tools = tools::TOOLS
-            .iter()
+        let tools = tools::all()
             .map(|t| {
                 let schema: serde_json::Map<String, Json> =
                     serde_json::from_str(t.schema).unwrap_or_default();
@@ -319,7 +337,7 @@ impl ServerHandler for Server {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.to_string();
-        if !tools::TOOLS.iter().any(|t| t.name == name) {
+        if !tools::all().any(|t| t.name == name) {
             return Err(McpError::invalid_params(
                 format!("no tool named {name:?}"),
                 None,

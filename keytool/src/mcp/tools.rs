@@ -1,7 +1,8 @@
 //! The MCP server's tools: each is one of keytool's own commands, run with the server's
 //! identity (never one named in the arguments) and its results kept instead of printed, so a
 //! tool and the command line cannot differ. The registry is a table: each feature (profiles and
-//! the directory, presence; later conversations, sealed payloads) adds rows and a dispatch arm.
+//! the directory, presence, conversations in `conv.rs`; later sealed payloads) adds rows and a
+//! dispatch arm.
 
 use super::Config;
 use crate::online::{self, Ctx, FindQuery, SendArgs};
@@ -174,6 +175,11 @@ pub const TOOLS: &[ToolDef] = &[
         schema: NO_ARGS,
     },
 ];
+
+/// Every tool: [`TOOLS`], then the conversation tools.
+pub fn all() -> impl Iterator<Item = &'static ToolDef> {
+    TOOLS.iter().chain(super::conv::TOOLS)
+}
 
 /// Formica's JSON value as serde's.
 pub fn to_json(v: &Value) -> Json {
@@ -514,6 +520,9 @@ pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, 
             return Ok(Json::Object(m));
         }
         "presence_set" | "presence_show" | "who" => return super::presence::call(&ctx, id, &a),
+        n if super::conv::TOOLS.iter().any(|t| t.name == n) => {
+            return super::conv::call(&ctx, id, &a)
+        }
         other => return Err(Fail::new(Exit::Input, format!("no tool named {other:?}"))),
     }
     let mut results = out.take();
@@ -566,7 +575,7 @@ mod tests {
     #[test]
     fn every_schema_parses_and_names_what_the_tool_takes() {
         let levels: Vec<&str> = ContactLevel::WORDS.iter().map(|(w, _)| *w).collect();
-        for t in TOOLS {
+        for t in all() {
             let v: Json = serde_json::from_str(t.schema)
                 .unwrap_or_else(|e| panic!("{}: schema is not JSON: {e}", t.name));
             assert_eq!(v["type"], "object", "{}", t.name);

@@ -2,7 +2,9 @@
 //! look-up), `send` (messages, contact requests, vouches and reports), `inbox` (the inbox, acks
 //! and delivery status), `contacts` (contacts and contact requests), `profile` (profiles and
 //! the directory: `profile set|show`, `find`; their arguments in `profile_args`) and `presence`
-//! (`presence set|show|heartbeat`, `who`; their arguments in `presence_args`). Key changes
+//! (`presence set|show|heartbeat`, `who`; their arguments in `presence_args`) and `conv`
+//! (conversations: `call`, `calls`, `accept`, `decline`, `conv ...`; reading entries in
+//! `conv_read`, summaries in `conv_list`, the arguments in `conv_args`). Key changes
 //! are in `keyops`, the live stream in `watch`. This file holds what they share: the session
 //! with the home relay and small helpers.
 //!
@@ -20,6 +22,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod contacts;
+mod conv;
+mod conv_args;
+mod conv_list;
+mod conv_read;
 mod inbox;
 mod presence;
 mod presence_args;
@@ -29,6 +35,10 @@ mod register;
 mod send;
 
 pub use contacts::{contacts_add, contacts_list, contacts_remove, requests_answer, requests_list};
+pub use conv::{act, call, conv_send, conversations};
+pub use conv_args::{conv_id, note, parse_mode, positive, CallSpec, ConvTop, PostOpts};
+pub use conv_list::{calls, conv_list};
+pub use conv_read::read_for_tool;
 pub use inbox::{ack, check_cursor, inbox, status};
 pub use presence::{presence, presence_set, presence_show, verify_entry, who};
 pub use presence_args::{check_status, PresenceCmd, StatusSpec, WhoArgs};

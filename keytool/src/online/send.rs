@@ -1,6 +1,7 @@
 //! Posting signed envelopes: `send`, `contact-request`, `vouch` and `report`.
 
 use super::{obj, ok_obj, opt, parse_handle, session, Ctx, Session};
+use crate::client::Answer;
 use crate::offline::{now_ms, parse_doc, read_input};
 use crate::output::{fmt_ms, Exit, Fail, Out};
 use formica_protocol::envelope::{ReportReason, VouchAction, ACK_WINDOW_MS_MAX};
@@ -29,8 +30,16 @@ pub fn post_envelope(
         ts: now_ms(),
         corr,
         ack_by,
+        conv: None,
         payload,
     };
+    let (id, a) = post_built(s, env)?;
+    Ok((id, a.str("result").unwrap_or("accepted").to_owned()))
+}
+
+/// Signs `env` with this session's key, checks it as the relay would, and posts it: its id
+/// and the relay's answer (whose `id` is checked to be the envelope's).
+pub fn post_built(s: &Session, env: Envelope) -> Result<(MessageId, Answer), Fail> {
     let local = |e: formica_protocol::EnvelopeError| Fail::code(e.code(), e.to_string());
     let signed = env.sign(&s.id.key).map_err(local)?;
     // Parse our own envelope under the relay's published limits: a mistake is reported here,
@@ -40,7 +49,6 @@ pub fn post_envelope(
     let a = s
         .client
         .call("POST", "/v1/envelopes", Some(&checked.wire_bytes()), None)?;
-    let result = a.str("result").unwrap_or("accepted").to_owned();
     if a.str("id") != Some(checked.id().to_hex().as_str()) {
         return Err(Fail::new(
             Exit::Failure,
@@ -51,7 +59,7 @@ pub fn post_envelope(
             ),
         ));
     }
-    Ok((checked.id(), result))
+    Ok((checked.id(), a))
 }
 
 pub(super) fn emit_posted(
