@@ -28,7 +28,7 @@ enum LevelArg {
 enum Cmd {
     /// Run the suite against a relay. Run the relay under test with a low proof-of-work
     /// difficulty (for example `relay serve --pow-difficulty 8`): the suite registers about
-    /// 180 agents.
+    /// 270 agents.
     Run {
         /// Base URL of the relay under test, e.g. http://127.0.0.1:7070.
         #[arg(long)]

@@ -16,6 +16,7 @@ pub const AUTH: &str = include_str!("../../protocol-spec/vectors/auth.json");
 pub const ED25519: &str = include_str!("../../protocol-spec/vectors/ed25519.json");
 pub const PROFILES: &str = include_str!("../../protocol-spec/vectors/profiles.json");
 pub const PRESENCE: &str = include_str!("../../protocol-spec/vectors/presence.json");
+pub const CONVERSATIONS: &str = include_str!("../../protocol-spec/vectors/conversations.json");
 
 fn parse(text: &str) -> Value {
     // The vector files are strict-JSON documents (JSON-12); a file that is not is a bug in the
@@ -49,6 +50,7 @@ file!(auth, AUTH);
 file!(ed25519, ED25519);
 file!(profiles, PROFILES);
 file!(presence, PRESENCE);
+file!(conversations, CONVERSATIONS);
 
 /// The array `key` of a vector file.
 pub fn list(file: &'static Value, key: &str) -> &'static [Value] {
@@ -90,6 +92,7 @@ mod tests {
             ("ed25519", ed25519()),
             ("profiles", profiles()),
             ("presence", presence()),
+            ("conversations", conversations()),
         ] {
             assert!(v.as_object().is_some(), "{name}.json did not parse");
         }

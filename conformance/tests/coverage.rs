@@ -69,6 +69,7 @@ fn every_vector_file_drives_cases() {
         "vec.ed25519.",
         "vec.profiles.",
         "vec.presence.",
+        "vec.conversations.",
     ] {
         assert!(
             ids.iter().any(|i| i.starts_with(prefix)),

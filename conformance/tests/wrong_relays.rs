@@ -120,6 +120,7 @@ const SELECTIONS: &[&str] = &[
     "PRES-3",
     "PRES-4",
     "ACK-5",
+    "CONVO-8",
 ];
 
 #[test]
@@ -315,6 +316,9 @@ fn a_relay_that_answers_with_the_wrong_error_code_or_status_fails() {
             "JSON-11",
             "INGEST-1",
             "INGEST-3",
+            // conv.call-contact: a call needs the level message (CONTACT-4 through TYPE-14).
+            "TYPE-14",
+            "CONVO-5",
         ],
     );
     assert_eq!(rep.exit_code(), 1);
@@ -459,5 +463,34 @@ fn a_relay_that_lets_a_child_request_outlive_its_parent_fails_ack_5() {
     assert!(failed(&rep, "ACK-5"), "{}", summary(&rep));
     assert!(case_failed(&rep, "ack.cascade"), "{}", summary(&rep));
     only_failing(&rep, &["ACK-5", "INGEST-1"]);
+    assert_eq!(rep.exit_code(), 1);
+}
+
+#[test]
+fn a_relay_that_lets_a_non_participant_post_fails_convo_8() {
+    // not_participant answered as accepted (the relay behind stored nothing).
+    let rewrite: Rewrite = Arc::new(|ex: &Exchange| {
+        if ex.path != "/v1/envelopes" || code_of(ex).as_deref() != Some("not_participant") {
+            return None;
+        }
+        Some(accepted(ex))
+    });
+    let rep = run_through(rewrite, &["CONVO-8"]);
+    assert!(failed(&rep, "CONVO-8"), "{}", summary(&rep));
+    assert!(case_failed(&rep, "conv.posts"), "{}", summary(&rep));
+    // The cases that run under CONVO-8 also check the rules of the actions and the entries
+    // they make; a post accepted against the rules breaks those too.
+    only_failing(
+        &rep,
+        &[
+            "CONVO-2",
+            "CONVO-4",
+            "CONVO-5",
+            "CONVO-6",
+            "CONVO-8",
+            "ENV-16",
+            "CONTACT-1",
+        ],
+    );
     assert_eq!(rep.exit_code(), 1);
 }

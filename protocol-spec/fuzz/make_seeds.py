@@ -3,7 +3,7 @@
 
 The vectors hold the inputs a fuzzer is least likely to find on its own: envelopes with valid
 signatures, key logs whose chains and signatures check, request authentication headers, signed
-profiles and presence statuses. Seeds
+profiles and presence statuses, conversation entries whose hashes link. Seeds
 are named by the SHA-1 of their content, as libFuzzer names corpus files, so running this again
 writes the same files. It also writes seeds/protocol.dict, a libFuzzer dictionary (`-dict=`) of
 the protocol's words: the lower-case string literals of the protocol crate's sources (field
@@ -100,6 +100,7 @@ def generate():
     auth = load("auth.json")
     profiles = load("profiles.json")
     presence = load("presence.json")
+    conversations = load("conversations.json")
 
     # parse_envelope: JSON documents and envelopes, accepted and refused.
     for c in canon:
@@ -132,6 +133,12 @@ def generate():
         write("parse_status", c["wire"].encode("utf-8"))
     for c in presence["invalid"]:
         write("parse_status", raw(c))
+
+    # parse_entry: conversation entries as served, accepted and refused.
+    for c in conversations["entries"]:
+        write("parse_entry", c["wire"].encode("utf-8"))
+    for c in conversations["entries_invalid"]:
+        write("parse_entry", raw(c))
 
     # directory_query: query strings of GET /v1/directory, as clients and relays send them.
     for q in [

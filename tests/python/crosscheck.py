@@ -38,6 +38,14 @@ g. Presence statuses (vectors/presence.json): the same for the valid statuses ov
    rules Python can see without the Rust code: `offline` and words out of the list refused with
    invalid_field at `status`, `expires` not after `ts` at `expires`, a note over 280 characters
    at `note`, and `v` other than 1 with unsupported_version.
+h. Conversations (vectors/conversations.json): the valid conversation envelopes as in b.; every
+   served entry's hash = BLAKE3("formica/v1/conversation" 0x00 || RFC 8785 form of the entry
+   without `hash`), its wire form, the `prev` chain from 64 zeros, `seq` 1..n, `conv` = the id of
+   the call of entry 1 recomputed here, each envelope's id recomputed from its signing input and
+   its signature verified with the case's key, and `conv` of each later envelope; every entry of
+   `entries_invalid` read by a reader written here from CONVO-4 (members in the protocol crate's
+   order, envelope ids recomputed, the hash checked last) is refused with the vector's code, and
+   every valid entry is accepted by it.
 
 Why it is independent
 ---------------------
@@ -91,6 +99,8 @@ TAG_REQUEST = b"formica/v1/request\x00"
 TAG_RELAY_REQUEST = b"formica/v1/relay-request\x00"
 TAG_PROFILE = b"formica/v1/profile\x00"
 TAG_PRESENCE = b"formica/v1/presence\x00"
+TAG_ENVELOPE = b"formica/v1/envelope\x00"
+TAG_CONVERSATION = b"formica/v1/conversation\x00"
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,36 +447,40 @@ def header_params(header: str, scheme: str) -> dict[str, str] | None:
     return params
 
 
+def check_envelope_case(res: Results, keytool: str | None, name: str, case: dict) -> None:
+    """One case of envelopes_valid.json (or of conversations.json `valid`)."""
+    signing_input = case["domain"].encode("ascii") + b"\x00" + jcs(case["envelope"])
+    res.equal(f"{name}: signing input", hexs(signing_input), case["signing_input_hex"])
+    res.equal(f"{name}: id = BLAKE3(signing input)", blake3.blake3(signing_input).hexdigest(), case["id"])
+
+    public = public_from_seed(case["seed_hex"])
+    res.equal(f"{name}: public key from seed", hexs(public), case["public_key"])
+    res.equal(f"{name}: key id of public key", key_id(public), case["key_id"])
+    res.equal(f"{name}: envelope key", case["envelope"].get("key"), case["key_id"])
+    sig = bytes.fromhex(case["sig"])
+    res.check(verifies(bytes.fromhex(case["public_key"]), sig, signing_input),
+              f"{name}: signature does not verify over the signing input")
+    private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(case["seed_hex"]))
+    res.equal(f"{name}: deterministic Ed25519 signature", hexs(private.sign(signing_input)), case["sig"])
+
+    wire = json.loads(case["wire"])
+    res.equal(f"{name}: wire is canonical", jcs(wire), case["wire"].encode("utf-8"))
+    res.equal(f"{name}: wire id and sig", (wire.get("id"), wire.get("sig")), (case["id"], case["sig"]))
+    stripped = {k: v for k, v in wire.items() if k not in ("id", "sig")}
+    res.equal(f"{name}: wire without id and sig", jcs(stripped), jcs(case["envelope"]))
+
+    if keytool is not None:
+        wire_bytes = case["wire"].encode("utf-8")
+        res.equal(f"{name}: keytool canon --hex of wire", keytool_text(keytool, ["canon", "--hex"], wire_bytes),
+                  hexs(signing_input))
+        res.equal(f"{name}: keytool id of wire", keytool_text(keytool, ["id"], wire_bytes),
+                  blake3.blake3(signing_input).hexdigest())
+
+
 def check_envelopes(res: Results, keytool: str | None) -> None:
     print("== b. envelopes_valid.json")
     for i, case in enumerate(load("envelopes_valid.json")["cases"]):
-        name = f"envelope {i} ({case['comment'][:50]})"
-        signing_input = case["domain"].encode("ascii") + b"\x00" + jcs(case["envelope"])
-        res.equal(f"{name}: signing input", hexs(signing_input), case["signing_input_hex"])
-        res.equal(f"{name}: id = BLAKE3(signing input)", blake3.blake3(signing_input).hexdigest(), case["id"])
-
-        public = public_from_seed(case["seed_hex"])
-        res.equal(f"{name}: public key from seed", hexs(public), case["public_key"])
-        res.equal(f"{name}: key id of public key", key_id(public), case["key_id"])
-        res.equal(f"{name}: envelope key", case["envelope"].get("key"), case["key_id"])
-        sig = bytes.fromhex(case["sig"])
-        res.check(verifies(bytes.fromhex(case["public_key"]), sig, signing_input),
-                  f"{name}: signature does not verify over the signing input")
-        private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(case["seed_hex"]))
-        res.equal(f"{name}: deterministic Ed25519 signature", hexs(private.sign(signing_input)), case["sig"])
-
-        wire = json.loads(case["wire"])
-        res.equal(f"{name}: wire is canonical", jcs(wire), case["wire"].encode("utf-8"))
-        res.equal(f"{name}: wire id and sig", (wire.get("id"), wire.get("sig")), (case["id"], case["sig"]))
-        stripped = {k: v for k, v in wire.items() if k not in ("id", "sig")}
-        res.equal(f"{name}: wire without id and sig", jcs(stripped), jcs(case["envelope"]))
-
-        if keytool is not None:
-            wire_bytes = case["wire"].encode("utf-8")
-            res.equal(f"{name}: keytool canon --hex of wire", keytool_text(keytool, ["canon", "--hex"], wire_bytes),
-                      hexs(signing_input))
-            res.equal(f"{name}: keytool id of wire", keytool_text(keytool, ["id"], wire_bytes),
-                      blake3.blake3(signing_input).hexdigest())
+        check_envelope_case(res, keytool, f"envelope {i} ({case['comment'][:50]})", case)
 
 
 # --------------------------------------------------------------------------------------------
@@ -770,6 +784,149 @@ def check_presence(res: Results) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# h. Conversations
+
+ZERO_HASH = "0" * 64
+ENTRY_MEMBERS = ("conv", "seq", "at", "prev", "envelope", "event", "hash")
+CLOSE_REASONS = ("turn_limit", "expired", "closed_by_owner", "everyone_left")
+
+
+def is_hex64(x) -> bool:
+    return isinstance(x, str) and len(x) == 64 and all(c in "0123456789abcdef" for c in x)
+
+
+def is_int(x, lo: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and lo <= x <= SAFE_MAX
+
+
+def envelope_id(env: dict) -> str:
+    """ENV-10, ENV-11: BLAKE3 of the envelope tag and the RFC 8785 form without id and sig."""
+    return blake3.blake3(TAG_ENVELOPE + jcs({k: v for k, v in env.items() if k not in ("id", "sig")})).hexdigest()
+
+
+def entry_hash(entry: dict) -> str:
+    """CONVO-4: BLAKE3 of the conversation tag and the RFC 8785 form of the entry without hash."""
+    return blake3.blake3(TAG_CONVERSATION + jcs({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+def event_error(ev) -> str | None:
+    """The refusal of an entry's `event` (CONVO-4), members read kind first, then by kind."""
+    if not isinstance(ev, dict):
+        return "invalid_field"
+    kind = ev.get("kind")
+    if kind is None:
+        return "missing_field"
+    if kind not in ("missed", "declined", "closed"):
+        return "invalid_field"
+    known = {"missed": ("kind", "handle"), "declined": ("kind", "handle", "reason"),
+             "closed": ("kind", "reason")}[kind]
+    for m in known[1:]:
+        if m not in ev:
+            return "missing_field"
+        if not isinstance(ev[m], str):
+            return "invalid_field"
+    if kind == "declined" and len(ev["reason"]) > 280:
+        return "invalid_field"
+    if kind == "closed" and (ev["reason"] not in CLOSE_REASONS or ev["reason"] == "closed_by_owner"):
+        return "invalid_field"
+    if any(k not in known for k in ev):
+        return "unknown_field"
+    return None
+
+
+def entry_error(doc) -> str | None:
+    """What a reader of served entries answers (CONVO-4), in the protocol crate's order: conv,
+    seq, at, prev, exactly one of envelope (its id recomputed) and event, hash, unknown members,
+    then the hash itself. The envelope's schema and signature are not checked here."""
+    if not isinstance(doc, dict):
+        return "invalid_field"
+    for m, ok in (("conv", is_hex64), ("seq", lambda x: is_int(x, 1)), ("at", lambda x: is_int(x, 0)),
+                  ("prev", is_hex64)):
+        if m not in doc:
+            return "missing_field"
+        if not ok(doc[m]):
+            return "invalid_field"
+    if ("envelope" in doc) == ("event" in doc):
+        return "invalid_field"
+    if "envelope" in doc:
+        env = doc["envelope"]
+        if not isinstance(env, dict):
+            return "invalid_field"
+        if "id" in env and env["id"] != envelope_id(env):
+            return "id_mismatch"
+    else:
+        err = event_error(doc["event"])
+        if err:
+            return err
+    if "hash" not in doc:
+        return "missing_field"
+    if not is_hex64(doc["hash"]):
+        return "invalid_field"
+    if any(k not in ENTRY_MEMBERS for k in doc):
+        return "unknown_field"
+    if doc["hash"] != entry_hash(doc):
+        return "invalid_field"
+    return None
+
+
+def check_conversations(res: Results, keytool: str | None) -> None:
+    print("== h. conversations.json (valid envelopes, the entry chain, entries_invalid)")
+    vectors = load("conversations.json")
+    for i, case in enumerate(vectors["valid"]):
+        name = f"conversation envelope {i} ({case['comment'][:50]})"
+        check_envelope_case(res, keytool, name, case)
+        env = case["envelope"]
+        res.check((env["type"] == "call") == ("conv" not in env), f"{name}: conv on a call, or missing on a post or action")
+    prev, conv = ZERO_HASH, None
+    entries = vectors["entries"]
+    res.check(len(entries) >= 4, f"only {len(entries)} entries")
+    kinds = set()
+    for k, case in enumerate(entries):
+        name = f"entry {k + 1} ({case['comment'][:50]})"
+        entry = case["entry"]
+        hash_input = TAG_CONVERSATION + jcs(entry)
+        res.equal(f"{name}: hash input", hexs(hash_input), case["hash_input_hex"])
+        h = blake3.blake3(hash_input).hexdigest()
+        res.equal(f"{name}: hash = BLAKE3(hash input)", h, case["hash"])
+        res.equal(f"{name}: wire = RFC 8785 form of the entry with hash", jcs(dict(entry, hash=h)),
+                  case["wire"].encode("utf-8"))
+        res.equal(f"{name}: reader's verdict on the wire form", entry_error(json.loads(case["wire"])), None)
+        res.equal(f"{name}: seq", entry.get("seq"), k + 1)
+        res.equal(f"{name}: prev", entry.get("prev"), prev)
+        if "envelope" in entry:
+            env = entry["envelope"]
+            kinds.add(env["type"] if env["type"] != "conv_action" else env["payload"]["action"])
+            eid = envelope_id(env)
+            res.equal(f"{name}: envelope id", env.get("id"), eid)
+            signing_input = TAG_ENVELOPE + jcs({x: v for x, v in env.items() if x not in ("id", "sig")})
+            res.check("public_key" in case and verifies(bytes.fromhex(case["public_key"]), bytes.fromhex(env["sig"]),
+                                                         signing_input),
+                      f"{name}: the envelope's signature does not verify with public_key")
+            res.equal(f"{name}: envelope key", env.get("key"), key_id(bytes.fromhex(case.get("public_key", "00" * 32))))
+            if k == 0:
+                res.equal(f"{name}: entry 1 is the call", env["type"], "call")
+                conv = eid
+            else:
+                res.equal(f"{name}: the envelope's conv", env.get("conv"), conv)
+        else:
+            kinds.add("event " + entry["event"]["kind"])
+            res.check("public_key" not in case, f"{name}: an event entry with public_key")
+        res.equal(f"{name}: conv is the call's id", entry.get("conv"), conv)
+        prev = h
+    res.equal("entries: head", vectors["state"].get("head"), prev)
+    res.equal("entries: state id", vectors["state"].get("id"), conv)
+    res.equal("entries: seq of the state", vectors["state"].get("seq"), len(entries))
+    res.equal("entries: kinds", sorted(kinds),
+              ["accept", "call", "event closed", "event declined", "event missed", "message"])
+    n_bad = 0
+    for i, case in enumerate(vectors["entries_invalid"]):
+        name = f"invalid entry {i} ({case['comment'][:50]})"
+        res.equal(f"{name}: reader's verdict", entry_error(json.loads(case["input"])), case["error"])
+        n_bad += 1
+    res.check(n_bad >= 3, f"only {n_bad} invalid entries")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -795,7 +952,8 @@ def main() -> int:
                     lambda: check_pow(res),
                     lambda: check_auth(res),
                     lambda: check_profiles(res),
-                    lambda: check_presence(res)):
+                    lambda: check_presence(res),
+                    lambda: check_conversations(res, keytool)):
         try:
             section()
         except Exception as e:  # a crash in one section is a failure, not the end of the run

@@ -10,6 +10,13 @@ use formica_protocol::{canon, Domain, ErrorCode, Handle, Object, Value};
 
 pub mod auth;
 pub mod contacts;
+pub mod conv;
+pub mod conv_actions;
+pub mod conv_kit;
+pub mod conv_live;
+pub mod conv_posts;
+pub mod conv_read;
+pub mod conv_vectors;
 pub mod delivery;
 pub mod descriptor;
 pub mod directory;
@@ -57,6 +64,12 @@ pub fn all() -> Vec<Case> {
     v.extend(presence_access::cases());
     v.extend(presence_push::cases());
     v.extend(presence_vectors::cases());
+    v.extend(conv::cases());
+    v.extend(conv_actions::cases());
+    v.extend(conv_posts::cases());
+    v.extend(conv_read::cases());
+    v.extend(conv_live::cases());
+    v.extend(conv_vectors::cases());
     v.extend(federation::cases());
     v
 }

@@ -27,8 +27,9 @@ pub struct InProcessRelay {
 /// The policy the suite is run with: the reference defaults, except a low proof-of-work
 /// difficulty (the suite registers many agents), a per-IP budget for the unauthenticated
 /// endpoints that a whole run fits in (the last case still exhausts it), a challenge
-/// lifetime short enough for the expiry case to wait for, and a pending contact request cap
-/// small enough to reach. `results/relay.toml` holds the same values for a relay binary.
+/// lifetime short enough for the expiry case to wait for, a pending contact request cap
+/// small enough to reach, and a ring time of live calls short enough for the ring-out case to
+/// wait for. `results/relay.toml` holds the same values for a relay binary.
 pub fn suite_config(dir: &std::path::Path, host: &str) -> RelayConfig {
     let mut cfg = RelayConfig::load(
         None,
@@ -44,6 +45,7 @@ pub fn suite_config(dir: &std::path::Path, host: &str) -> RelayConfig {
     cfg.policy.limits.challenge_ttl_ms = 3000;
     cfg.policy.limits.contact_requests_pending_max = 3;
     cfg.policy.limits.body_read_timeout_ms = 2000;
+    cfg.policy.conversations.ring_ms = 2000;
     cfg
 }
 
