@@ -344,6 +344,15 @@ async fn busy_declines_a_live_call_and_an_unanswered_one_rings_out() {
     entries(&r, &nova, &id, 3)
         .await
         .expect(400, "invalid_cursor");
+    // Its list does not tell it the conversation has closed since: still open as it saw it.
+    let open = nova
+        .authed(&r, "GET", "/v1/conversations?state=open", b"")
+        .await;
+    assert_eq!(open.get("conversations").as_array().unwrap().len(), 1);
+    let open = sage
+        .authed(&r, "GET", "/v1/conversations?state=open", b"")
+        .await;
+    assert_eq!(open.get("conversations").as_array().unwrap().len(), 0);
 }
 
 #[tokio::test]

@@ -125,7 +125,15 @@ pub(crate) async fn list(AxState(app): AxState<Shared>, req: Request) -> Respons
         let mut page = Vec::new();
         let mut more = false;
         for r in all {
-            if open_only && r.conv.is_closed() {
+            // As `me` may see it (CONVO-10): a participant that declined or left before the
+            // last entry sees the conversation as it stood then, and a closed conversation has
+            // no entry after its close, so then it was open.
+            let ended_before = r
+                .conv
+                .participant(&me)
+                .and_then(|p| p.end)
+                .is_some_and(|e| e < r.conv.seq);
+            if open_only && r.conv.is_closed() && !ended_before {
                 continue;
             }
             if ringing {
