@@ -366,7 +366,7 @@ impl Conversation {
                             "only joined owners and members post ({} is a {} {})",
                             env.from,
                             me.state.as_str(),
-                            role_word(me.role)
+                            me.role.as_str()
                         ),
                     )
                     .field("conv"));
@@ -501,10 +501,6 @@ impl Conversation {
         let p = self.participant(h)?;
         Some(p.end.unwrap_or(self.seq))
     }
-}
-
-fn role_word(r: ConvRole) -> &'static str {
-    r.as_str()
 }
 
 fn invited(p: &Invitee, seq: u64, at: i64) -> Participant {

@@ -149,7 +149,16 @@ pub(super) fn request_allowed(
 /// CONTACT-4/6: every recipient homed here has granted the sender the level the envelope's type
 /// needs, unless the envelope is a `task_result` answering a task that recipient sent it.
 pub(super) fn grant_allows(st: &State, env: &Envelope) -> Result<(), ApiError> {
-    let needed = env.msg_type.required_level();
+    grant_at(st, env, env.msg_type.required_level())
+}
+
+/// [`grant_allows`] with the level `needed` given (a conversation's invite needs `message`,
+/// as a call does, CONVO-6).
+pub(super) fn grant_at(
+    st: &State,
+    env: &Envelope,
+    needed: Option<formica_protocol::ContactLevel>,
+) -> Result<(), ApiError> {
     for to in &env.to {
         if to == &env.from {
             continue;

@@ -10,9 +10,7 @@ use crate::engine::error::ApiError;
 use crate::engine::events::{ConvChange, Event};
 use crate::engine::state::State;
 use formica_protocol::conversation::{ConvError, ConvEvent, Conversation, EntryBody};
-use formica_protocol::envelope::{
-    ConvActionKind, ConvMode, Envelope, MessageId, Payload, SignedEnvelope,
-};
+use formica_protocol::envelope::{ConvActionKind, ConvMode, MessageId, Payload, SignedEnvelope};
 use formica_protocol::presence::Availability;
 use formica_protocol::{ErrorCode, Handle, Value};
 
@@ -163,7 +161,7 @@ pub(super) fn entry(
             ..
         } => {
             all_local(st, &env.to)?;
-            invite_allowed(st, env)?;
+            contacts::grant_at(st, env, Some(formica_protocol::ContactLevel::Message))?;
         }
         Payload::ConvAction { .. } => {}
         _ => {
@@ -191,13 +189,6 @@ pub(super) fn entry(
     }
     events.extend(events_of(id, ctx.now, follow));
     Ok((id, seq))
-}
-
-/// An invite needs `message` from every new invitee towards the owner (CONVO-6, as a call).
-fn invite_allowed(st: &State, env: &Envelope) -> Result<(), ApiError> {
-    let mut as_call = env.clone();
-    as_call.msg_type = formica_protocol::MessageType::Call;
-    contacts::grant_allows(st, &as_call)
 }
 
 /// Timers (CONVO-7, CONVO-9): the events due by `ctx.now` in open conversations, at most

@@ -43,6 +43,14 @@ pub struct ConvRecord {
 }
 
 impl ConvRecord {
+    /// Records a post appended at `at` (the latest `POSTS_PER_MIN_MAX` are kept).
+    fn posted(&mut self, at: i64) {
+        self.post_times.push_back(at);
+        while self.post_times.len() > POSTS_PER_MIN_MAX {
+            self.post_times.pop_front();
+        }
+    }
+
     /// Posts appended after `since`.
     pub fn posts_since(&self, since: i64) -> usize {
         self.post_times
@@ -189,10 +197,7 @@ impl State {
         let e = r.conv.next_entry(body, at);
         r.conv.apply(&e);
         if post {
-            r.post_times.push_back(at);
-            while r.post_times.len() > POSTS_PER_MIN_MAX {
-                r.post_times.pop_front();
-            }
+            r.posted(at);
         }
         let closed = r.conv.is_closed() && r.closed_at.is_none();
         if closed {
@@ -245,10 +250,7 @@ impl State {
                 .filter(|r| r.conv.id == e.conv && r.conv.seq + 1 == seq && r.conv.head == e.prev)
                 .ok_or_else(|| bad("does not follow the entry before it"))?;
             if matches!(&e.body, EntryBody::Envelope(se) if is_post(se)) {
-                r.post_times.push_back(e.at);
-                while r.post_times.len() > POSTS_PER_MIN_MAX {
-                    r.post_times.pop_front();
-                }
+                r.posted(e.at);
             }
             r.conv.apply(&e);
             if r.conv.is_closed() && r.closed_at.is_none() {
