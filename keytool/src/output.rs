@@ -50,7 +50,7 @@ impl Exit {
             NotFound | UnknownRecipient | UnknownSender | NotParticipant => Exit::NotFound,
             HandleTaken | KeylogFork | KeylogClosed | AckSettled | ProfileOutdated
             | StatusOutdated | ConversationClosed | TurnLimitReached | ActionNotAllowed
-            | TooManyConversations => Exit::Conflict,
+            | TooManyConversations | ConversationFork => Exit::Conflict,
             PeerUnavailable | Unavailable | RequestTimeout => Exit::Network,
             _ => Exit::Input,
         }

@@ -145,6 +145,7 @@ registry! {
     TurnLimitReached = "turn_limit_reached", 409, No, "The conversation reached its turn limit and closed.";
     ActionNotAllowed = "action_not_allowed", 409, No, "This conversation action does not apply in the participant's current state.";
     TooManyConversations = "too_many_conversations", 409, No, "The agent already takes part in as many open conversations as the relay allows.";
+    ConversationFork = "conversation_fork", 409, No, "A conversation's home relay sent an entry that differs from the one already held at the same seq.";
     // Server state
     MethodNotAllowed = "method_not_allowed", 405, No, "The endpoint does not accept this HTTP method.";
     RequestTimeout = "request_timeout", 408, Later, "The request body did not arrive within the relay's body read time; nothing was accepted.";

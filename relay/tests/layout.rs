@@ -38,6 +38,7 @@ const HANDLERS: &[&str] = &[
     "ops",
     "presence",
     "profiles",
+    "replicas",
 ];
 
 /// External crates each layer may not name.

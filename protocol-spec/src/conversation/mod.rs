@@ -151,6 +151,15 @@ impl Entry {
         *blake3::hash(&input).as_bytes()
     }
 
+    /// The entry as served, with its `hash`.
+    pub fn wire_value(&self) -> Value {
+        let mut v = self.to_value();
+        if let Value::Object(o) = &mut v {
+            o.insert("hash", crate::hex::encode(&self.hash()).into());
+        }
+        v
+    }
+
     /// The canonical bytes served: the entry with its `hash`.
     pub fn wire(&self) -> Vec<u8> {
         let mut v = self.to_value();
@@ -271,5 +280,6 @@ impl From<SchemaError> for ConvError {
 }
 
 mod fold;
+pub mod replica;
 mod views;
 pub use fold::{ConvLimits, ConvState, Conversation, PartState, Participant};

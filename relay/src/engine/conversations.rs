@@ -29,6 +29,11 @@ pub struct ConversationPolicy {
     /// A closed conversation and its entries are removed this long after it closed: 7 days
     /// (as `retention.delivered_ms`), so participants can read how it ended.
     pub closed_keep_ms: i64,
+    /// Replicas of conversations homed on peers (CONVO-17) held in all: 1,024; and ...
+    pub remote_max: usize,
+    /// ... per home relay: 256. Each holds at most its home's turn limit (at most `turns_max`
+    /// here) posts and is removed `closed_keep_ms` after it closed.
+    pub remote_per_peer_max: usize,
 }
 
 impl Default for ConversationPolicy {
@@ -41,6 +46,8 @@ impl Default for ConversationPolicy {
             ttl_max_ms: 30 * 24 * 3600 * 1000,
             posts_per_min: 60,
             closed_keep_ms: 7 * 24 * 3600 * 1000,
+            remote_max: 1024,
+            remote_per_peer_max: 256,
         }
     }
 }
@@ -79,6 +86,12 @@ impl ConversationPolicy {
         if !(0..=365 * 24 * 3600 * 1000).contains(&self.closed_keep_ms) {
             return Err("conversations.closed_keep_ms is not between 0 and a year".into());
         }
+        if !(1..=1_000_000).contains(&self.remote_max) {
+            return Err("conversations.remote_max is not in 1..=1000000".into());
+        }
+        if !(1..=self.remote_max).contains(&self.remote_per_peer_max) {
+            return Err("conversations.remote_per_peer_max is not in 1..=remote_max".into());
+        }
         Ok(())
     }
 
@@ -102,6 +115,8 @@ impl ConversationPolicy {
         o.insert("ttl_max_ms", int(self.ttl_max_ms));
         o.insert("posts_per_min", int(self.posts_per_min as i64));
         o.insert("closed_keep_ms", int(self.closed_keep_ms));
+        o.insert("remote_max", int(self.remote_max as i64));
+        o.insert("remote_per_peer_max", int(self.remote_per_peer_max as i64));
         Value::Object(o)
     }
 }

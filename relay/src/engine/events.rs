@@ -129,6 +129,20 @@ pub enum Event {
         conv: MessageId,
         change: ConvChange,
     },
+    /// Entries of a conversation homed on the peer `home` were added to this relay's replica
+    /// (SPEC.md CONVO-12..CONVO-14), with the turn limit and expiry in force there; `declined`
+    /// are the invitees homed here that this relay declined for (CONVO-14: the invitation is
+    /// not delivered to them). The envelopes inside are delivered to their recipients homed
+    /// here; their inbox items point at this record.
+    ConvReplica {
+        at: i64,
+        home: RelayHost,
+        conv: MessageId,
+        turns: i64,
+        expires: i64,
+        entries: Vec<formica_protocol::conversation::Entry>,
+        declined: Vec<(Handle, String)>,
+    },
 }
 
 /// What an [`Event::Conv`] does.
@@ -242,7 +256,8 @@ impl Event {
             | Event::DeadLettered { at, .. }
             | Event::Retained { at, .. }
             | Event::Checkpoint { at, .. }
-            | Event::Conv { at, .. } => *at,
+            | Event::Conv { at, .. }
+            | Event::ConvReplica { at, .. } => *at,
         }
     }
 
@@ -391,6 +406,39 @@ impl Event {
                     ConvChange::Removed => o.insert("removed", Value::Bool(true)),
                 };
             }
+            Event::ConvReplica {
+                home,
+                conv,
+                turns,
+                expires,
+                entries,
+                declined,
+                ..
+            } => {
+                o.insert("t", "conv_replica".into());
+                o.insert("home", home.as_str().into());
+                o.insert("conv", conv.to_hex().into());
+                o.insert("turns", Value::Int(*turns));
+                o.insert("expires", Value::Int(*expires));
+                o.insert(
+                    "entries",
+                    Value::Array(entries.iter().map(|e| e.wire_value()).collect()),
+                );
+                o.insert(
+                    "declined",
+                    Value::Array(
+                        declined
+                            .iter()
+                            .map(|(h, r)| {
+                                let mut x = Object::new();
+                                x.insert("handle", h.as_str().into());
+                                x.insert("reason", r.as_str().into());
+                                Value::Object(x)
+                            })
+                            .collect(),
+                    ),
+                );
+            }
         }
         canon::canonicalize(&Value::Object(o))
     }
@@ -514,6 +562,57 @@ impl Event {
                 msg: msg_id(&mut f, "msg")?,
                 recipient: f.req_handle("recipient").map_err(e)?,
             },
+            "conv_replica" => {
+                let limits = EnvelopeLimits {
+                    json: log_limits(),
+                    recipients_max: usize::MAX,
+                    payload_bytes_max: usize::MAX,
+                };
+                let entries = f
+                    .req("entries")
+                    .map_err(e)?
+                    .as_array()
+                    .ok_or("bad conv_replica entries")?
+                    .iter()
+                    .map(|v| {
+                        formica_protocol::conversation::Entry::from_value(v, &limits)
+                            .map_err(|x| x.to_string())
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                let declined = f
+                    .req("declined")
+                    .map_err(e)?
+                    .as_array()
+                    .ok_or("bad conv_replica declined")?
+                    .iter()
+                    .map(|v| {
+                        let o = v.as_object().ok_or("bad declined")?;
+                        let h = o
+                            .get("handle")
+                            .and_then(Value::as_str)
+                            .and_then(|s| Handle::parse(s).ok())
+                            .ok_or("bad declined handle")?;
+                        let r = o
+                            .get("reason")
+                            .and_then(Value::as_str)
+                            .ok_or("bad declined reason")?;
+                        Ok((h, r.to_owned()))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Event::ConvReplica {
+                    at,
+                    home: host(&mut f, "home")?,
+                    conv: msg_id(&mut f, "conv")?,
+                    turns: f
+                        .req_int("turns", 1, formica_protocol::json::INT_ABS_MAX)
+                        .map_err(e)?,
+                    expires: f
+                        .req_int("expires", 0, formica_protocol::json::INT_ABS_MAX)
+                        .map_err(e)?,
+                    entries,
+                    declined,
+                }
+            }
             "conv" => Event::Conv {
                 at,
                 conv: msg_id(&mut f, "conv")?,

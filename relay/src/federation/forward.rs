@@ -25,7 +25,7 @@ impl Federation {
         if !self.engine.policy.federation.enabled {
             return;
         }
-        let mut workers: HashMap<RelayHost, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut workers: HashMap<(RelayHost, bool), tokio::task::JoinHandle<()>> = HashMap::new();
         let mut stopping = self.engine.stopping.subscribe();
         loop {
             if *stopping.borrow() {
@@ -41,8 +41,18 @@ impl Federation {
             };
             workers.retain(|_, j| !j.is_finished());
             for h in active {
-                if let std::collections::hash_map::Entry::Vacant(v) = workers.entry(h) {
-                    let j = tokio::spawn(self.clone().forward_to(v.key().clone()));
+                // Two workers per peer: its envelope queue, and the conversations homed here
+                // that it holds replicas of (CONVO-15).
+                if let std::collections::hash_map::Entry::Vacant(v) =
+                    workers.entry((h.clone(), false))
+                {
+                    let j = tokio::spawn(self.clone().forward_to(h.clone()));
+                    v.insert(j);
+                }
+                if let std::collections::hash_map::Entry::Vacant(v) =
+                    workers.entry((h.clone(), true))
+                {
+                    let j = tokio::spawn(self.clone().replicate_to(h));
                     v.insert(j);
                 }
             }
@@ -218,7 +228,7 @@ enum Attempt {
 /// Exponential backoff with jitter after `failures` failures in a row. Circuit breaker: after
 /// `breaker_failures` in a row it is open for at least the cool-down; the next attempt is the
 /// half-open trial, and a transfer that moves anything closes it.
-fn backoff(fed: &FederationPolicy, failures: u32) -> Duration {
+pub(super) fn backoff(fed: &FederationPolicy, failures: u32) -> Duration {
     let exp = fed
         .retry_base_ms
         .saturating_mul(1u64 << failures.min(20).saturating_sub(1));

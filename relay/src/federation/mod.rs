@@ -14,6 +14,7 @@ pub mod forward;
 pub mod keylogs;
 pub mod peer_addr;
 pub mod peering;
+pub mod replicate;
 
 use crate::engine::Engine;
 use client::PeerClient;

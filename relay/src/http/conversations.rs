@@ -46,9 +46,10 @@ fn summary(app: &Shared, st: &State, id: &MessageId, me: &Handle) -> Option<Valu
             &past
         }
     };
-    let mut v = c.summary(&app.engine.policy.conversations.limits());
+    let mut v = c.summary(&r.limits(app.engine.policy.conversations.limits()));
     if let Value::Object(o) = &mut v {
-        o.insert("home", app.engine.host.as_str().into());
+        let home = r.home.as_ref().unwrap_or(&app.engine.host);
+        o.insert("home", home.as_str().into());
         o.insert("head", formica_protocol::hex::encode(&c.head).into());
     }
     Some(v)

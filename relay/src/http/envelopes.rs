@@ -110,7 +110,9 @@ fn accepted_value(out: &Outcome) -> Result<(u16, Value), ApiError> {
             let mut members = vec![("id", id.to_hex().into()), ("result", "accepted".into())];
             if let Some((c, seq)) = conv {
                 members.push(("conv", c.to_hex().into()));
-                members.push(("seq", Value::Int(*seq as i64)));
+                if let Some(seq) = seq {
+                    members.push(("seq", Value::Int(*seq as i64)));
+                }
             }
             Ok((201, obj(members)))
         }

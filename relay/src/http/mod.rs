@@ -22,6 +22,7 @@ pub mod observe;
 pub mod ops;
 pub mod presence;
 pub mod profiles;
+pub mod replicas;
 pub mod request;
 pub mod server;
 pub mod stream;
@@ -168,6 +169,7 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/federation/peers", post(federation::handshake))
         .route("/v1/federation/transfer", post(federation::transfer))
         .route("/v1/federation/keylog", post(federation::keylog_push))
+        .route("/v1/federation/conversation", post(replicas::conversation))
         .route("/v1/federation/directory", get(federation::directory))
         .route(
             "/admin/v1/peers",

@@ -53,7 +53,7 @@ recipients_max = 16
 contact_requests_per_hour = 1000
 vouches_max = 10
 reports_per_day = 100
-may_send = ["message", "task_request", "task_result", "ack", "contact_request", "vouch", "report", "x-*"]
+may_send = ["message", "task_request", "task_result", "ack", "contact_request", "vouch", "report", "call", "conv_action", "x-*"]
 "#
         ),
     )

@@ -25,13 +25,20 @@ fn api(e: ConvError) -> ApiError {
     a
 }
 
-/// CONVO-3: in this revision every participant is an agent of this relay.
-fn all_local(st: &State, names: &[Handle]) -> Result<(), ApiError> {
+/// CONVO-3: every participant is an agent of this relay or of an active peer (whose relay
+/// judges it when the entry arrives, CONVO-14).
+fn all_reachable(st: &State, ctx: &Ctx<'_>, names: &[Handle]) -> Result<(), ApiError> {
     for h in names {
-        if !st.is_local(h) {
+        if st.is_local(h) {
+            continue;
+        }
+        if !ctx.policy.federation.enabled || st.active_peer(h.host()).is_none() {
             return Err(ApiError::new(
                 ErrorCode::UnknownRecipient,
-                format!("{h} is homed on another relay; conversations do not cross relays yet"),
+                format!(
+                    "{h} is homed on {}, which is not an active peer of this relay",
+                    h.host()
+                ),
             ));
         }
     }
@@ -46,7 +53,12 @@ fn busy(st: &State, now: i64, h: &Handle) -> bool {
 }
 
 /// The conversation with `e` appended, and the events that follow from it at once.
-fn then(c: &mut Conversation, ctx: &Ctx<'_>, body: EntryBody, follow: &mut Vec<ConvEvent>) {
+pub(super) fn then(
+    c: &mut Conversation,
+    ctx: &Ctx<'_>,
+    body: EntryBody,
+    follow: &mut Vec<ConvEvent>,
+) {
     let e = c.next_entry(body, ctx.now);
     c.apply(&e);
     for ev in c.follow_ups(&ctx.policy.conversations.limits()) {
@@ -79,7 +91,11 @@ fn decline_busy(
     }
 }
 
-fn events_of(conv: MessageId, now: i64, follow: Vec<ConvEvent>) -> impl Iterator<Item = Event> {
+pub(super) fn events_of(
+    conv: MessageId,
+    now: i64,
+    follow: Vec<ConvEvent>,
+) -> impl Iterator<Item = Event> {
     follow.into_iter().map(move |ev| Event::Conv {
         at: now,
         conv,
@@ -93,9 +109,9 @@ pub(super) fn call(
     ctx: &Ctx<'_>,
     se: &SignedEnvelope,
     events: &mut Vec<Event>,
-) -> Result<(MessageId, u64), ApiError> {
+) -> Result<(MessageId, Option<u64>), ApiError> {
     let env = se.envelope();
-    all_local(st, &env.to)?;
+    all_reachable(st, ctx, &env.to)?;
     let pol = &ctx.policy.conversations;
     Conversation::check_call(env, &pol.limits()).map_err(api)?;
     contacts::grant_allows(st, env)?;
@@ -115,7 +131,7 @@ pub(super) fn call(
     let mut follow = Vec::new();
     decline_busy(st, ctx, &mut c, &env.to, &mut follow);
     events.extend(events_of(c.id, ctx.now, follow));
-    Ok((c.id, 1))
+    Ok((c.id, Some(1)))
 }
 
 fn open_limit(st: &State, ctx: &Ctx<'_>, h: &Handle) -> Result<(), ApiError> {
@@ -130,13 +146,13 @@ fn open_limit(st: &State, ctx: &Ctx<'_>, h: &Handle) -> Result<(), ApiError> {
 }
 
 /// An action (CONVO-6) or a post (CONVO-8) of the conversation `env.conv` names; returns the
-/// conversation and the entry's seq.
+/// conversation and the entry's seq (`None` in a replica: the home relay gives it, CONVO-16).
 pub(super) fn entry(
     st: &State,
     ctx: &Ctx<'_>,
     se: &SignedEnvelope,
     events: &mut Vec<Event>,
-) -> Result<(MessageId, u64), ApiError> {
+) -> Result<(MessageId, Option<u64>), ApiError> {
     let env = se.envelope();
     let id = env
         .conv
@@ -149,7 +165,22 @@ pub(super) fn entry(
         )
         .with("field", "conv".into()));
     };
-    r.conv.judge(env, ctx.now, &pol.limits()).map_err(api)?;
+    r.conv
+        .judge(env, ctx.now, &r.limits(pol.limits()))
+        .map_err(api)?;
+    if r.home.is_some() {
+        // A replica (CONVO-16): the home relay judges again, with its rate, and sequences it.
+        if matches!(
+            env.payload,
+            Payload::ConvAction {
+                action: ConvActionKind::Accept,
+                ..
+            }
+        ) {
+            open_limit(st, ctx, &env.from)?;
+        }
+        return Ok((id, None));
+    }
     let mut c = r.conv.clone();
     match &env.payload {
         Payload::ConvAction {
@@ -160,7 +191,7 @@ pub(super) fn entry(
             action: ConvActionKind::Invite,
             ..
         } => {
-            all_local(st, &env.to)?;
+            all_reachable(st, ctx, &env.to)?;
             contacts::grant_at(st, env, Some(formica_protocol::ContactLevel::Message))?;
         }
         Payload::ConvAction { .. } => {}
@@ -188,7 +219,7 @@ pub(super) fn entry(
         decline_busy(st, ctx, &mut c, &env.to, &mut follow);
     }
     events.extend(events_of(id, ctx.now, follow));
-    Ok((id, seq))
+    Ok((id, Some(seq)))
 }
 
 /// Timers (CONVO-7, CONVO-9): the events due by `ctx.now` in open conversations, at most
@@ -221,7 +252,7 @@ pub(super) fn at_lowered_limit(st: &State, ctx: &Ctx<'_>, max: usize) -> Vec<Eve
         .open
         .iter()
         .filter_map(|id| st.conv(id))
-        .filter(|r| r.conv.posts >= r.conv.turn_limit(&limits))
+        .filter(|r| r.home.is_none() && r.conv.posts >= r.conv.turn_limit(&limits))
         .take(max)
         .map(|r| Event::Conv {
             at: ctx.now,
@@ -241,8 +272,14 @@ pub(super) fn removals(st: &State, ctx: &Ctx<'_>, max: usize) -> Vec<Event> {
         .map
         .iter()
         .filter(|(_, r)| {
-            r.closed_at
-                .is_some_and(|t| ctx.now > t.saturating_add(keep))
+            // A replica whose home relay stopped sending goes at its expiry + keep, by this
+            // relay's clock (CONVO-17).
+            let end = match (r.closed_at, r.home.is_some()) {
+                (Some(t), _) => Some(t),
+                (None, true) => Some(r.conv.expiry(&r.limits(ctx.policy.conversations.limits()))),
+                (None, false) => None,
+            };
+            end.is_some_and(|t| ctx.now > t.saturating_add(keep))
         })
         .take(max)
         .map(|(id, _)| Event::Conv {

@@ -216,10 +216,11 @@ pub(super) fn dead_letter(
     });
     if let Some(m) = st.message(&id) {
         if st.agents.contains_key(&m.sender) {
+            let all = m.via.as_ref() == Some(peer);
             for r in m
                 .recipients
                 .iter()
-                .filter(|r| r.handle.host() == peer && !r.state.is_terminal())
+                .filter(|r| (all || r.handle.host() == peer) && !r.state.is_terminal())
                 // The same decision may already have settled it (a deadline in the same tick):
                 // one delivery gets one terminal receipt (DELIV-2, RCPT-2).
                 .filter(|r| !settled_in(events, &id, &r.handle))

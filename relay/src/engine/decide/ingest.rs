@@ -56,7 +56,23 @@ pub(super) fn envelope(
                 })?
                 .key_at(&env.key, env.ts)
                 .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
-            if !env.to.iter().any(|h| st.is_local(h)) {
+            // CONVO-16: a conversation envelope comes to the conversation's home relay, for
+            // all its recipients; a call is made at the caller's own relay, never forwarded.
+            if matches!(env.payload, Payload::Call { .. }) {
+                return Err(ApiError::new(
+                    ErrorCode::TierForbidden,
+                    "a call is accepted only from an agent homed here; it is never forwarded",
+                ));
+            }
+            if let Some(c) = env.conv {
+                if st.conv(&c).is_none_or(|r| r.home.is_some()) {
+                    return Err(ApiError::new(
+                        ErrorCode::WrongRelay,
+                        format!("conversation {c} is not homed on this relay"),
+                    )
+                    .with("field", "conv".into()));
+                }
+            } else if !env.to.iter().any(|h| st.is_local(h)) {
                 return Err(ApiError::new(
                     ErrorCode::WrongRelay,
                     "no recipient of this envelope is homed on this relay",
@@ -66,13 +82,6 @@ pub(super) fn envelope(
                 return Err(ApiError::new(
                     ErrorCode::TierForbidden,
                     "vouches and reports are not accepted over federation",
-                ));
-            }
-            // CONVO-3: conversations do not cross relays in this revision.
-            if env.conv.is_some() || matches!(env.payload, Payload::Call { .. }) {
-                return Err(ApiError::new(
-                    ErrorCode::TierForbidden,
-                    "conversation envelopes are not accepted over federation yet",
                 ));
             }
             None
@@ -116,7 +125,31 @@ pub(super) fn envelope(
             ),
         ));
     }
-    for to in &env.to {
+    // CONVO-16: an agent's post or action in a replica goes to the conversation's home relay
+    // only, whose queue must have room (FED-16); its recipients are the roster's (CONVO-8).
+    let home = env
+        .conv
+        .and_then(|c| st.conv(&c))
+        .and_then(|r| r.home.clone())
+        .filter(|_| origin.is_none());
+    if let Some(home) = &home {
+        if !ctx.policy.federation.enabled || st.active_peer(home).is_none() {
+            return Err(ApiError::new(
+                ErrorCode::PeerUnavailable,
+                format!(
+                    "the conversation's home relay {home} is not an active peer of this relay now"
+                ),
+            ));
+        }
+        let depth = st.queue_len(home);
+        if depth >= ctx.policy.federation.queue_depth_max {
+            return Err(ApiError::new(
+                ErrorCode::PeerUnavailable,
+                format!("{depth} envelopes already wait for {home}; nothing was accepted"),
+            ));
+        }
+    }
+    for to in env.to.iter().filter(|_| home.is_none()) {
         if to.host() != &st.host {
             // Forwarded: recipients elsewhere are their home relays' business.
             if origin.is_some() {
@@ -173,7 +206,7 @@ pub(super) fn envelope(
         // Section 19: a call opens a conversation, an action or a post is its next entry.
         Payload::Call { .. } => conv = Some(conversations::call(st, ctx, v.signed(), &mut events)?),
         _ if env.conv.is_some() => {
-            if matches!(env.payload, Payload::TaskRequest { .. }) {
+            if matches!(env.payload, Payload::TaskRequest { .. }) && origin.is_none() {
                 within_parent_deadline(st, env)?;
             }
             conv = Some(conversations::entry(st, ctx, v.signed(), &mut events)?)

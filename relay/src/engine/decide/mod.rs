@@ -32,6 +32,8 @@ mod ingest;
 mod keylog;
 mod presence;
 mod profiles;
+mod replicas;
+pub use replicas::UNAVAILABLE;
 mod tick;
 
 pub use federation::{peer_caps, peer_value, transfer_item};
@@ -126,6 +128,22 @@ pub enum Command {
         peer: RelayHost,
         results: Vec<(MessageId, Result<(), ErrorCode>)>,
     },
+    /// A batch of entries for this relay's replica of a conversation homed on `origin`
+    /// (CONVO-13), its envelopes' signatures verified by the handler; `fetched` as in
+    /// [`Command::Transfer`].
+    ConvReplica {
+        origin: RelayHost,
+        batch: formica_protocol::conversation::replica::Batch,
+        fetched: Vec<KeyLog>,
+    },
+    /// What `peer` answered for a batch of conversation `conv` (CONVO-15): `sent` are the
+    /// envelope entries of the batch (seq, envelope id).
+    ConvReplicated {
+        peer: RelayHost,
+        conv: MessageId,
+        sent: Vec<(u64, MessageId)>,
+        answer: Result<formica_protocol::conversation::replica::Answer, ErrorCode>,
+    },
     /// The forwarding worker gave up on a queued envelope (too many attempts).
     DeadLetter {
         peer: RelayHost,
@@ -152,7 +170,7 @@ pub enum Outcome {
     Accepted {
         id: MessageId,
         /// For a conversation envelope: its conversation and the entry's seq (CONVO-4).
-        conv: Option<(MessageId, u64)>,
+        conv: Option<(MessageId, Option<u64>)>,
     },
     Duplicate {
         id: MessageId,
@@ -205,6 +223,17 @@ pub fn decide(st: &State, ctx: &Ctx<'_>, cmd: Command) -> Decision {
         Command::TransferResults { peer, results } => {
             federation::transfer_results(st, ctx, peer, results)
         }
+        Command::ConvReplica {
+            origin,
+            batch,
+            fetched,
+        } => replicas::batch(st, ctx, origin, batch, fetched),
+        Command::ConvReplicated {
+            peer,
+            conv,
+            sent,
+            answer,
+        } => replicas::replicated(st, ctx, peer, conv, sent, answer),
         Command::DeadLetter { peer, id, reason } => {
             federation::dead_letter_command(st, ctx, peer, id, reason)
         }

@@ -204,6 +204,9 @@ pub fn message_value(m: &MessageRecord) -> Vec<u8> {
         })
         .collect();
     o.insert("recipients", Value::Array(rs));
+    if let Some(h) = &m.via {
+        o.insert("via", h.as_str().into());
+    }
     json_bytes(o)
 }
 
@@ -238,6 +241,10 @@ pub fn message_record(v: &[u8]) -> Option<MessageRecord> {
         at: int(&o, "at")?,
         ack_by: int(&o, "ack_by"),
         recipients,
+        via: match string(&o, "via") {
+            Some(h) => Some(RelayHost::parse(h).ok()?),
+            None => None,
+        },
     })
 }
 

@@ -6,12 +6,15 @@
 //! rebuild the folds: bounded by `turns_max` posts per conversation, `KEPT_PER_OPEN` x
 //! `open_max` conversations per caller and `closed_keep_ms`.
 
+use super::replicas::{replica_key, replica_meta};
 use super::{codec, State};
 use crate::engine::conversations::POSTS_PER_MIN_MAX;
 use crate::store::Table;
-use formica_protocol::conversation::{Conversation, Entry, EntryBody, PartState, FIRST_PREV};
+use formica_protocol::conversation::{
+    ConvLimits, Conversation, Entry, EntryBody, PartState, FIRST_PREV,
+};
 use formica_protocol::envelope::{EnvelopeLimits, MessageId, MessageType, Payload};
-use formica_protocol::{Handle, JsonLimits, SignedEnvelope};
+use formica_protocol::{Handle, JsonLimits, RelayHost, SignedEnvelope};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The conversations this relay is home to.
@@ -40,6 +43,10 @@ pub struct ConvRecord {
     pub post_times: VecDeque<i64>,
     /// When it closed.
     pub closed_at: Option<i64>,
+    /// A replica (SPEC.md CONVO-12): the conversation's home relay, and the turn limit and
+    /// expiry in force there. `None`: homed here.
+    pub home: Option<RelayHost>,
+    pub terms: Option<(i64, i64)>,
 }
 
 impl ConvRecord {
@@ -48,6 +55,19 @@ impl ConvRecord {
         self.post_times.push_back(at);
         while self.post_times.len() > POSTS_PER_MIN_MAX {
             self.post_times.pop_front();
+        }
+    }
+
+    /// The limits the conversation is judged under: this relay's, or for a replica the terms
+    /// in force at its home relay.
+    pub fn limits(&self, here: ConvLimits) -> ConvLimits {
+        match self.terms {
+            Some((turns, expires)) => ConvLimits {
+                participants_max: here.participants_max.max(self.conv.participants.len()),
+                turns_max: turns,
+                ttl_max_ms: expires.saturating_sub(self.conv.created),
+            },
+            None => here,
         }
     }
 
@@ -61,12 +81,12 @@ impl ConvRecord {
     }
 }
 
-fn entry_key(id: &MessageId, seq: u64) -> Vec<u8> {
+pub(super) fn entry_key(id: &MessageId, seq: u64) -> Vec<u8> {
     codec::small_key("conve", &id.to_hex(), Some(&format!("{seq:010}")))
 }
 
 /// What entries read back from the store may hold: the relay wrote them after checking them.
-fn stored_limits() -> EnvelopeLimits {
+pub fn stored_limits() -> EnvelopeLimits {
     EnvelopeLimits {
         json: JsonLimits {
             bytes_max: 16 << 20,
@@ -77,7 +97,7 @@ fn stored_limits() -> EnvelopeLimits {
     }
 }
 
-fn is_post(se: &SignedEnvelope) -> bool {
+pub(super) fn is_post(se: &SignedEnvelope) -> bool {
     !matches!(
         se.envelope().payload,
         Payload::Call { .. } | Payload::ConvAction { .. }
@@ -85,14 +105,18 @@ fn is_post(se: &SignedEnvelope) -> bool {
 }
 
 impl Convs {
-    fn index(&mut self, c: &Conversation, from: usize) {
+    /// Indexes the participants of `c` from the `from`th, and its timers (a replica has none:
+    /// they run at its home relay, CONVO-15).
+    pub(super) fn index(&mut self, c: &Conversation, from: usize, replica: bool) {
         for p in &c.participants[from..] {
             self.by_agent
                 .entry(p.handle.clone())
                 .or_default()
                 .insert((c.created, c.id));
         }
-        self.timers(c);
+        if !replica {
+            self.timers(c);
+        }
     }
 
     /// Puts `c`'s timers in the indexes as its state now says.
@@ -117,17 +141,23 @@ impl Convs {
         }
     }
 
-    fn insert(&mut self, c: Conversation) {
-        self.index(&c, 0);
+    pub(super) fn insert(&mut self, c: Conversation, home: Option<(RelayHost, (i64, i64))>) {
+        self.index(&c, 0, home.is_some());
         if !c.is_closed() {
             self.open.insert(c.id);
         }
+        let (home, terms) = match home {
+            Some((h, t)) => (Some(h), Some(t)),
+            None => (None, None),
+        };
         self.map.insert(
             c.id,
             ConvRecord {
                 conv: c,
                 post_times: VecDeque::new(),
                 closed_at: None,
+                home,
+                terms,
             },
         );
     }
@@ -150,10 +180,14 @@ impl State {
                 body: EntryBody::Envelope(se.clone()),
             };
             self.db.put(Table::Small, entry_key(&c.id, 1), first.wire());
-            self.convs.insert(c);
+            self.convs.insert(c, None);
             return;
         }
-        if let Some(id) = env.conv {
+        // A replica's entries come only from its home relay (Event::ConvReplica).
+        if let Some(id) = env
+            .conv
+            .filter(|id| self.conv(id).is_some_and(|r| r.home.is_none()))
+        {
             self.append_entry(id, at, EntryBody::Envelope(se.clone()));
         }
     }
@@ -174,6 +208,9 @@ impl State {
                 };
                 for seq in 1..=r.conv.seq {
                     self.db.del(Table::Small, entry_key(id, seq));
+                }
+                if r.home.is_some() {
+                    self.db.del(Table::Small, replica_key(id));
                 }
                 for p in &r.conv.participants {
                     if let Some(set) = self.convs.by_agent.get_mut(&p.handle) {
@@ -209,7 +246,7 @@ impl State {
         }
         let c = r.conv.clone();
         self.db.put(Table::Small, entry_key(&id, e.seq), e.wire());
-        self.convs.index(&c, before);
+        self.convs.index(&c, before, false);
         if closed {
             self.convs.open.remove(&id);
         }
@@ -220,6 +257,7 @@ impl State {
     pub(super) fn load_convs(
         &mut self,
         rows: BTreeMap<(String, u64), Vec<u8>>,
+        replicas: BTreeMap<String, Vec<u8>>,
     ) -> Result<(), String> {
         let mut cur: Option<ConvRecord> = None;
         for ((id, seq), v) in rows {
@@ -238,10 +276,20 @@ impl State {
                     return Err(bad("is not a call"));
                 };
                 let c = Conversation::open(se, e.at).ok_or_else(|| bad("is not a call"))?;
+                let (home, terms) = match replicas.get(&id) {
+                    Some(v) => {
+                        let (h, t) = replica_meta(v)
+                            .ok_or_else(|| bad("has a replica row that does not decode"))?;
+                        (Some(h), Some(t))
+                    }
+                    None => (None, None),
+                };
                 cur = Some(ConvRecord {
                     conv: c,
                     post_times: VecDeque::new(),
                     closed_at: None,
+                    home,
+                    terms,
                 });
                 continue;
             }
@@ -268,7 +316,7 @@ impl State {
         if r.conv.is_closed() {
             r.post_times.clear();
         }
-        self.convs.index(&r.conv, 0);
+        self.convs.index(&r.conv, 0, r.home.is_some());
         if !r.conv.is_closed() {
             self.convs.open.insert(id);
         }
@@ -324,7 +372,7 @@ impl State {
                 MessageType::Call => Some(envelope.id()),
                 _ => envelope.envelope().conv,
             },
-            Event::Conv { conv, .. } => Some(*conv),
+            Event::Conv { conv, .. } | Event::ConvReplica { conv, .. } => Some(*conv),
             _ => None,
         };
         id.and_then(|id| self.convs.map.get(&id))

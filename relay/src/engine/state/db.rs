@@ -114,12 +114,36 @@ impl Db {
 
     /// The bytes of the envelope stored by log record `seq`, or an error (a record that is
     /// not an envelope event is damage).
-    pub fn envelope_bytes(&self, seq: u64) -> Result<Arc<Vec<u8>>, StoreError> {
+    ///
+    /// A record that replicated entries of a conversation homed elsewhere holds the envelope
+    /// `id` among them (SPEC.md CONVO-12).
+    pub fn envelope_bytes(
+        &self,
+        seq: u64,
+        id: &formica_protocol::envelope::MessageId,
+    ) -> Result<Arc<Vec<u8>>, StoreError> {
+        use crate::engine::events::Event;
         let mut out = None;
         self.log.scan(seq, seq, &mut |_, value| {
-            out = crate::store::log::payload(value)
-                .and_then(crate::engine::events::Event::envelope_bytes)
-                .map(|b| Arc::new(b.to_vec()));
+            let Some(p) = crate::store::log::payload(value) else {
+                return Ok(());
+            };
+            out = match Event::envelope_bytes(p) {
+                Some(b) => Some(Arc::new(b.to_vec())),
+                None => match Event::decode(p) {
+                    Ok(Event::ConvReplica { entries, .. }) => {
+                        entries.iter().find_map(|e| match &e.body {
+                            formica_protocol::conversation::EntryBody::Envelope(se)
+                                if se.id() == *id =>
+                            {
+                                Some(Arc::new(se.wire().to_vec()))
+                            }
+                            _ => None,
+                        })
+                    }
+                    _ => None,
+                },
+            };
             Ok(())
         })?;
         out.ok_or_else(|| StoreError::Corrupt {

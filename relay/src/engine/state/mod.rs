@@ -16,7 +16,9 @@
 
 use super::events::{Event, PeerStatus};
 use crate::store::{Store, Table};
-use formica_protocol::envelope::{AckStatus, DeliveryState, MessageId, Payload, SignedEnvelope};
+use formica_protocol::envelope::{
+    AckStatus, DeliveryState, MessageId, MessageType, Payload, SignedEnvelope,
+};
 use formica_protocol::keylog::KeyLog;
 use formica_protocol::{Handle, RelayHost};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -25,6 +27,8 @@ use std::sync::Arc;
 mod checkpoints;
 pub mod codec;
 mod conversations;
+mod replicas;
+pub use conversations::stored_limits as stored_entry_limits;
 mod db;
 mod persist;
 mod profiles;
@@ -294,6 +298,15 @@ impl State {
                 self.apply_conv_envelope(*at, envelope);
             }
             Event::Conv { at, conv, change } => self.apply_conv(*at, conv, change),
+            Event::ConvReplica {
+                at,
+                home,
+                conv,
+                turns,
+                expires,
+                entries,
+                declined,
+            } => self.apply_conv_replica(*at, home, *conv, (*turns, *expires), entries, declined),
             Event::Read { at, handle, upto } => {
                 let Some(a) = self.agents.get_mut_hot(handle) else {
                     return;
@@ -396,8 +409,9 @@ impl State {
                 self.dequeue(peer, id);
                 if let Some(mut m) = self.message(id) {
                     let mut changed = false;
+                    let all = m.via.as_ref() == Some(peer);
                     for r in m.recipients.iter_mut() {
-                        if r.handle.host() == peer && r.state == DeliveryState::Accepted {
+                        if (all || r.handle.host() == peer) && r.state == DeliveryState::Accepted {
                             r.state = DeliveryState::Forwarded;
                             r.updated = *at;
                             changed = true;
@@ -456,7 +470,18 @@ impl State {
         // delivery notices for remote senders (FED-11).
         let own_notice =
             env.from == Handle::relay(&self.host) && matches!(env.payload, Payload::Receipt { .. });
-        if self.is_local(&env.from) || own_notice {
+        // Conversation envelopes (CONVO-16): an agent's post or action in a conversation homed
+        // on a peer goes to that relay only, and reaches its recipients homed here when the
+        // entry comes back; those of conversations homed here travel as entries (CONVO-13).
+        let conv_env = env.conv.is_some() || env.msg_type == MessageType::Call;
+        let via = env
+            .conv
+            .and_then(|c| self.convs.map.get(&c))
+            .and_then(|r| r.home.clone())
+            .filter(|_| self.is_local(&env.from));
+        if let Some(home) = &via {
+            self.enqueue(home, self.events, &id, at);
+        } else if (self.is_local(&env.from) && !conv_env) || own_notice {
             let hosts: BTreeSet<RelayHost> = env
                 .to
                 .iter()
@@ -561,6 +586,7 @@ impl State {
                         at,
                         ack_by: env.ack_by,
                         recipients,
+                        via: via.clone(),
                     },
                 );
                 // Deadlines are the sender's home relay's to enforce (ACK-4, FED-11).
@@ -590,8 +616,10 @@ impl State {
                         }
                     }
                 }
-                for to in &env.to {
-                    self.push_inbox(to, id, at);
+                if via.is_none() {
+                    for to in &env.to {
+                        self.push_inbox(to, id, at);
+                    }
                 }
             }
         }

@@ -69,6 +69,7 @@ impl State {
         let mut index = super::ProfileIndex::default();
         let mut statuses = BTreeMap::new();
         let mut conv_rows = BTreeMap::new();
+        let mut conv_replicas = BTreeMap::new();
         let (mut peers, mut remote, mut vouches, mut reports) = (
             BTreeMap::new(),
             BTreeMap::new(),
@@ -119,6 +120,9 @@ impl State {
                     let r = codec::remote(&v).ok_or_else(|| bad(&k))?;
                     remote.insert(h(a).ok_or_else(|| bad(&k))?, r);
                 }
+                ("convr", None) => {
+                    conv_replicas.insert(a.to_owned(), v);
+                }
                 ("conve", Some(seq)) => {
                     let seq = seq.parse::<u64>().map_err(|_| bad(&k))?;
                     conv_rows.insert((a.to_owned(), seq), v);
@@ -156,7 +160,7 @@ impl State {
         st.vouches = Tracked::loaded(vouches);
         st.reports = Tracked::loaded(reports);
         st.checkpoints = super::checkpoints::load(&*store)?;
-        st.load_convs(conv_rows)
+        st.load_convs(conv_rows, conv_replicas)
             .map_err(|why| damaged(Table::Small, why))?;
         // Queue lengths: the id index has one short row per queued envelope.
         store.range(Table::OutboundIds, &[], None, &mut |k, _| {

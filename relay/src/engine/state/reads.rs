@@ -36,7 +36,7 @@ impl State {
     pub fn inbox_after(&self, h: &Handle, after: u64, max: usize) -> Vec<InboxItem> {
         let mut items = self.inbox_ids_after(h, after, max);
         for (i, item) in items.iter_mut().enumerate() {
-            match self.db.envelope_bytes(item.seq) {
+            match self.db.envelope_bytes(item.seq, &item.id) {
                 Ok(w) => item.wire = w,
                 Err(e) => {
                     tracing::error!(error = %e, handle = %h, cursor = item.cursor, "an inbox item's bytes cannot be read (run relay check)");
@@ -96,7 +96,7 @@ impl State {
     pub fn queued_with_wire(&self, peer: &RelayHost, max: usize) -> Vec<(u64, Queued)> {
         let mut q = self.queued(peer, max);
         for (i, (_, x)) in q.iter_mut().enumerate() {
-            match self.db.envelope_bytes(x.seq) {
+            match self.db.envelope_bytes(x.seq, &x.id) {
                 Ok(w) => x.wire = w,
                 Err(e) => {
                     tracing::error!(error = %e, peer = %peer, "a queued envelope's bytes cannot be read (run relay check)");

@@ -5,7 +5,7 @@
 use crate::engine::events::PeerStatus;
 use formica_protocol::envelope::{AckStatus, ContactLevel, DeliveryState, MessageId, MessageType};
 use formica_protocol::keylog::{KeyLog, SignedKeyLogEntry};
-use formica_protocol::{Handle, PublicKey};
+use formica_protocol::{Handle, PublicKey, RelayHost};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -87,6 +87,9 @@ pub struct MessageRecord {
     pub at: i64,
     pub ack_by: Option<i64>,
     pub recipients: Vec<RecipientStatus>,
+    /// A conversation post or action of an agent homed here, in a conversation homed on this
+    /// peer: it went to that relay for all its recipients (SPEC.md CONVO-16).
+    pub via: Option<RelayHost>,
 }
 
 /// A peer relay (SPEC.md 16.1).
