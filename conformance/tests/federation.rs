@@ -44,6 +44,7 @@ fn federation_cases_pass_between_two_peered_reference_relays() {
     opts.peer = Some(b.url.clone());
     opts.only = vec![
         "fed.".into(),
+        "conv.fed-".into(),
         "desc.peering".into(),
         "desc.units".into(),
         "vec.auth.relay_".into(),

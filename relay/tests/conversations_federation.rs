@@ -332,3 +332,355 @@ fn three_relays_end_with_one_sequence_while_a_participant_relay_restarts() {
         }
     }
 }
+
+// ---- a test double for the home relay: what a participant relay accepts from it ----
+
+use formica_protocol::auth::{Nonce, RelayAuth, RequestTarget};
+use formica_protocol::conversation::replica::Batch;
+use formica_protocol::conversation::{ConvEvent, Entry, EntryBody, FIRST_PREV};
+use formica_protocol::keylog::{KeyLogEntry, KeyOp};
+use formica_protocol::{canon, Domain, Object, RelayHost, SecretKey};
+use std::io::{BufRead, BufReader, Read, Write};
+
+/// A fake home relay: a relay key, a descriptor, its agent's key log, and an answer to every
+/// transfer that refuses each envelope with `conversation_closed`. Counts the transfers.
+struct Fake {
+    key: SecretKey,
+    host: RelayHost,
+    transfers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn descriptor(key: &SecretKey, host: &RelayHost) -> Value {
+    let mut o = Object::new();
+    o.insert("v", Value::Int(1));
+    o.insert("relay", host.as_str().into());
+    o.insert("key", key.public().to_hex().into());
+    o.insert("key_id", key.public().key_id().to_hex().into());
+    o.insert("versions", Value::Array(vec![Value::Int(1)]));
+    o.insert("ts", Value::Int(now_ms()));
+    let sig = key.sign(
+        Domain::Descriptor,
+        &canon::canonicalize(&Value::Object(o.clone())),
+    );
+    o.insert("sig", sig.to_hex().into());
+    Value::Object(o)
+}
+
+impl Fake {
+    fn start(agent_log: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>) -> Fake {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = RelayHost::parse(&l.local_addr().unwrap().to_string()).unwrap();
+        let key = SecretKey::from_seed(&[0x66; 32]);
+        let transfers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (k2, h2, t2) = (key.clone(), host.clone(), transfers.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = r.read_exact(&mut body);
+                let (status, v) = if path == "/.well-known/formica" {
+                    (200, descriptor(&k2, &h2))
+                } else if let Some(h) = path.strip_prefix("/v1/keys/") {
+                    match agent_log.lock().unwrap().iter().find(|(x, _)| x == h) {
+                        Some((_, v)) => (200, v.clone()),
+                        None => (404, Value::Null),
+                    }
+                } else if path == "/v1/federation/transfer" {
+                    t2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let v = formica_protocol::json::parse(&body, Default::default()).unwrap();
+                    let n = get(&v, "envelopes").as_array().unwrap().len();
+                    let results = (0..n)
+                        .map(|i| {
+                            obj(vec![
+                                ("index", Value::Int(i as i64)),
+                                (
+                                    "error",
+                                    obj(vec![
+                                        ("code", "conversation_closed".into()),
+                                        ("message", "closed".into()),
+                                        ("retry", "no".into()),
+                                    ]),
+                                ),
+                            ])
+                        })
+                        .collect();
+                    (
+                        200,
+                        obj(vec![
+                            ("txn", get(&v, "txn").clone()),
+                            ("results", Value::Array(results)),
+                        ]),
+                    )
+                } else {
+                    (404, Value::Null)
+                };
+                let b = canon::canonicalize(&v);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    b.len()
+                );
+                let _ = s.write_all(&b);
+            }
+        });
+        Fake {
+            key,
+            host,
+            transfers,
+        }
+    }
+
+    fn post(&self, r: &RelayProc, path: &str, body: &[u8]) -> (u16, Value) {
+        let mut n = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut n);
+        let h = RelayAuth::sign(
+            &self.key,
+            &self.host,
+            &r.host(),
+            now_ms(),
+            Nonce(n),
+            &RequestTarget {
+                method: "POST",
+                path,
+                body,
+            },
+        );
+        r.request("POST", path, &[("authorization", h)], body)
+            .unwrap()
+    }
+
+    fn batch(&self, r: &RelayProc, b: &Batch) -> (u16, Value) {
+        self.post(
+            r,
+            "/v1/federation/conversation",
+            &canon::canonicalize(&b.to_value()),
+        )
+    }
+}
+
+fn code_of(v: &Value) -> String {
+    v.as_object()
+        .and_then(|o| o.get("error"))
+        .and_then(|e| e.as_object())
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn next(prev: &Entry, body: EntryBody, at: i64) -> Entry {
+    Entry {
+        conv: prev.conv,
+        seq: prev.seq + 1,
+        at,
+        prev: prev.hash(),
+        body,
+    }
+}
+
+#[test]
+fn a_participant_relay_keeps_what_the_home_relay_sent_and_nothing_else() {
+    let root = tempdir("convfake");
+    // One replica per home relay here, so that the bound shows (CONVO-17).
+    let b = Node::start_with(
+        &root,
+        "b",
+        60_000,
+        "\n[conversations]\nremote_max = 4\nremote_per_peer_max = 1\n",
+    );
+    let bob = Peer::register(&b.proc_, "bob", 21);
+    let dave = Peer::register(&b.proc_, "dave", 22);
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fake = Fake::start(logs.clone());
+    // Hal, an agent of the fake relay, with a valid key log served there.
+    let hal_key = SecretKey::from_seed(&[0x71; 32]);
+    let hal_handle = Handle::parse(&format!("@hal@{}", fake.host)).unwrap();
+    let reg = KeyLogEntry {
+        handle: hal_handle.clone(),
+        seq: 0,
+        prev: None,
+        ts: now_ms() - 1000,
+        op: KeyOp::Register {
+            key: hal_key.public(),
+            recovery: None,
+        },
+        signer: hal_key.public().key_id(),
+    }
+    .sign(&hal_key, &[])
+    .unwrap();
+    logs.lock().unwrap().push((
+        hal_handle.as_str().to_owned(),
+        obj(vec![("entries", Value::Array(vec![reg.value().clone()]))]),
+    ));
+    let hal = Peer::offline(hal_handle.clone(), hal_key, fake.host.clone());
+    // Peering (b's policy is open).
+    let body = canon::canonicalize(&obj(vec![(
+        "descriptor",
+        descriptor(&fake.key, &fake.host),
+    )]));
+    let (st, v) = fake.post(&b.proc_, "/v1/federation/peers", &body);
+    assert_eq!(st, 201, "{v:?}");
+    bob.allow(&b.proc_, &hal.handle);
+
+    // Entry 1: hal calls bob (who granted him) and dave (who did not).
+    let cl = call(&hal, &[&bob.handle, &dave.handle], Some(10));
+    let conv = cl.id();
+    let t0 = now_ms();
+    let e1 = Entry {
+        conv,
+        seq: 1,
+        at: t0,
+        prev: FIRST_PREV,
+        body: EntryBody::Envelope(cl.clone()),
+    };
+    let batch = |entries: Vec<Entry>| Batch {
+        conv,
+        to: vec![bob.handle.clone(), dave.handle.clone()],
+        turns: 10,
+        expires: t0 + 3_600_000,
+        entries,
+    };
+    // A batch naming nobody registered here starts no replica.
+    let mut nobody = batch(vec![e1.clone()]);
+    nobody.to = vec![Handle::parse(&format!("@zed@{}", b.host())).unwrap()];
+    let (st, v) = fake.batch(&b.proc_, &nobody);
+    assert_eq!((st, code_of(&v).as_str()), (421, "wrong_relay"), "{v:?}");
+    // A turn limit above this relay's maximum starts none either.
+    let mut long = batch(vec![e1.clone()]);
+    long.turns = 1_000_000;
+    let (st, v) = fake.batch(&b.proc_, &long);
+    assert_eq!((st, code_of(&v).as_str()), (400, "invalid_field"), "{v:?}");
+    // A batch whose entry does not hash: refused with the path.
+    let mut bad = canon::canonicalize(&batch(vec![e1.clone()]).to_value());
+    let s = String::from_utf8(bad.clone()).unwrap();
+    let h = e1.hash();
+    let hex = formica_protocol::hex::encode(&h);
+    bad = s.replacen(&hex, &"f".repeat(64), 1).into_bytes();
+    let (st, v) = fake.post(&b.proc_, "/v1/federation/conversation", &bad);
+    assert_eq!((st, code_of(&v).as_str()), (400, "invalid_field"), "{v:?}");
+
+    // The call: bob gets it, dave is declined for (unavailable) and does not.
+    let (st, v) = fake.batch(&b.proc_, &batch(vec![e1.clone()]));
+    assert_eq!(st, 200, "{v:?}");
+    assert_eq!(get(&v, "seq").as_i64(), Some(1));
+    assert_eq!(
+        get(&v, "declined"),
+        &Value::Array(vec![obj(vec![
+            ("handle", dave.handle.as_str().into()),
+            ("reason", "unavailable".into())
+        ])])
+    );
+    assert!(inbox_ids(&b, &bob).contains(&conv.to_hex()));
+    assert!(!inbox_ids(&b, &dave).contains(&conv.to_hex()));
+    let s = summary(&b, &bob, &conv).unwrap();
+    assert_eq!(get(&s, "home").as_str(), Some(fake.host.as_str()));
+    assert_eq!(get(&s, "turns").as_i64(), Some(10));
+    // A second conversation from the same home relay is past remote_per_peer_max.
+    let cl2 = call(&hal, &[&bob.handle], None);
+    let e1b = Entry {
+        conv: cl2.id(),
+        seq: 1,
+        at: t0,
+        prev: FIRST_PREV,
+        body: EntryBody::Envelope(cl2.clone()),
+    };
+    let mut second = batch(vec![e1b]);
+    second.conv = cl2.id();
+    let (st, v) = fake.batch(&b.proc_, &second);
+    assert_eq!(
+        (st, code_of(&v).as_str()),
+        (409, "too_many_conversations"),
+        "{v:?}"
+    );
+    assert!(!inbox_ids(&b, &bob).contains(&cl2.id().to_hex()));
+    // The same batch again changes nothing.
+    let (st, v) = fake.batch(&b.proc_, &batch(vec![e1.clone()]));
+    assert_eq!((st, get(&v, "seq").as_i64()), (200, Some(1)), "{v:?}");
+    assert_eq!(inbox_ids(&b, &bob).len(), 1);
+    // Another entry at seq 1: equivocation, refused; the one held stays.
+    let mut other = e1.clone();
+    other.at += 1;
+    let (st, v) = fake.batch(&b.proc_, &batch(vec![other]));
+    assert_eq!(
+        (st, code_of(&v).as_str()),
+        (409, "conversation_fork"),
+        "{v:?}"
+    );
+    // A gap: nothing changes, the answer says where to resume.
+    let e2 = next(
+        &e1,
+        EntryBody::Event(ConvEvent::Declined {
+            handle: dave.handle.clone(),
+            reason: "unavailable".into(),
+        }),
+        t0 + 1,
+    );
+    let e3 = next(
+        &e2,
+        EntryBody::Event(ConvEvent::Missed {
+            handle: bob.handle.clone(),
+        }),
+        t0 + 2,
+    );
+    let (st, v) = fake.batch(&b.proc_, &batch(vec![e3.clone()]));
+    assert_eq!((st, get(&v, "seq").as_i64()), (200, Some(1)), "{v:?}");
+    let (st, v) = fake.batch(&b.proc_, &batch(vec![e2.clone(), e3.clone()]));
+    assert_eq!((st, get(&v, "seq").as_i64()), (200, Some(3)), "{v:?}");
+    assert_eq!(entries(&b, &bob, &conv).len(), 3);
+    assert_eq!(
+        get(&summary(&b, &bob, &conv).unwrap(), "head").as_str(),
+        Some(formica_protocol::hex::encode(&e3.hash()).as_str())
+    );
+    // An envelope whose signature does not verify: refused, nothing stored.
+    let mut forged = act(&bob, &hal.handle, conv, ConvActionKind::Accept);
+    forged = {
+        let mut v = forged.value().clone();
+        if let Value::Object(o) = &mut v {
+            o.insert("sig", "0".repeat(128).into());
+        }
+        SignedEnvelope::from_value(v, &Default::default()).unwrap_or(forged)
+    };
+    let e4 = next(&e3, EntryBody::Envelope(forged), t0 + 3);
+    let (st, v) = fake.batch(&b.proc_, &batch(vec![e4]));
+    assert_eq!((st, code_of(&v).as_str()), (400, "bad_signature"), "{v:?}");
+    assert_eq!(entries(&b, &bob, &conv).len(), 3);
+
+    // Bob accepts through his relay, which queues it for the home relay only; the home relay
+    // refuses it (the double says conversation_closed): dead-lettered, with a receipt.
+    let accept = act(&bob, &hal.handle, conv, ConvActionKind::Accept);
+    let v = send(&b, &accept);
+    assert!(v.as_object().unwrap().get("seq").is_none(), "{v:?}");
+    wait_until("the home relay's refusal", Duration::from_secs(20), || {
+        let (_, v) = bob.authed(
+            &b.proc_,
+            "GET",
+            &format!("/v1/messages/{}", accept.id()),
+            b"",
+        );
+        format!("{v:?}").contains("dead_lettered")
+    });
+    assert!(fake.transfers.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let (_, v) = bob.authed(
+        &b.proc_,
+        "GET",
+        &format!("/v1/messages/{}", accept.id()),
+        b"",
+    );
+    assert!(format!("{v:?}").contains("conversation_closed"), "{v:?}");
+}

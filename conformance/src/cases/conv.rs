@@ -20,7 +20,7 @@ pub fn cases() -> Vec<Case> {
         case("conv.descriptor", &["CONVO-11", "DESC-1"], "the descriptor's `conversations` has participants_max (at least 2), open_max, ring_ms, turns_max, ttl_max_ms, posts_per_min (positive integers) and closed_keep_ms (an integer >= 0); a relay that omits it refuses call and conv_action with tier_forbidden", descriptor),
         case("conv.call", &["CONVO-1", "CONVO-4", "CONVO-5", "CONVO-2", "API-24", "API-25", "CONVO-10", "TYPE-14"], "a call is 201 with conv = its id and seq 1, delivered to each invitee's inbox as sent, entry 1 (prev 64 zeros, hash per CONVO-4) that every participant reads; the summary has home, topic, mode, state ringing, the owner joined and the invitees ringing with their roles, seq and head, and the turn limit and expiry in force (the call's, else the relay's maxima)", call_case),
         case("conv.call-contact", &["CONVO-5", "TYPE-14", "CONTACT-4"], "a call needs the contact level message from every invitee: a stranger is not_contact, a read grant level_insufficient, one invitee without a grant refuses the whole call (no conversation, nothing delivered)", call_contact).codes(&[E::NotContact, E::LevelInsufficient, E::NotFound]),
-        case("conv.call-rules", &["CONVO-5", "CONVO-3", "ENV-7", "ENV-16"], "a call's turns above conversations.turns_max, expires beyond ts + ttl_max_ms or not after ts are invalid_field at the member; ack_by and conv on a call are invalid_field; an invitee homed on another relay is unknown_recipient; none of them creates a conversation", call_rules).codes(&[E::InvalidField, E::UnknownRecipient]),
+        case("conv.call-rules", &["CONVO-5", "CONVO-3", "ENV-7", "ENV-16"], "a call's turns above conversations.turns_max, expires beyond ts + ttl_max_ms or not after ts are invalid_field at the member; ack_by and conv on a call are invalid_field; an invitee homed on a relay that is not an active peer is unknown_recipient; none of them creates a conversation", call_rules).codes(&[E::InvalidField, E::UnknownRecipient]),
         case("conv.participants-max", &["CONVO-5", "CONVO-6", "CONVO-2", "CONVO-11"], "a conversation fills up to participants_max participants, owner included (a call, then invites, as the sender's tier allows recipients); one more is invalid_field at payload.participants, in an invite and, where the tier allows that many recipients, in a call; a participant that declined still counts", participants_max).codes(&[E::InvalidField]),
     ]
 }
@@ -273,7 +273,7 @@ fn call_rules(e: &Env<'_>) -> R {
         "conv",
         "a call with conv",
     )?;
-    // CONVO-3: every participant is registered on this relay.
+    // CONVO-3: every participant is registered on this relay or homed on an active peer.
     let elsewhere = Handle::parse(&format!(
         "@{}@other-relay.example",
         x.b.handle.name().as_str()
@@ -284,7 +284,7 @@ fn call_rules(e: &Env<'_>) -> R {
         &x.a.key,
     );
     at_step(
-        "an invitee homed on another relay",
+        "an invitee homed on a relay that is not a peer",
         refuse_conv(t, &sg, ErrorCode::UnknownRecipient, None).map(|_| ()),
     )?;
     refused.push(sg.id);

@@ -22,7 +22,7 @@ pub struct ConvLim {
 }
 
 /// The members of the descriptor's `conversations` (CONVO-11), in SPEC order.
-pub const LIMIT_MEMBERS: [&str; 7] = [
+pub const LIMIT_MEMBERS: [&str; 9] = [
     "participants_max",
     "open_max",
     "ring_ms",
@@ -30,6 +30,8 @@ pub const LIMIT_MEMBERS: [&str; 7] = [
     "ttl_max_ms",
     "posts_per_min",
     "closed_keep_ms",
+    "remote_max",
+    "remote_per_peer_max",
 ];
 
 /// The published limits; a skip when the relay does not publish `conversations` (a relay that

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod contacts;
 pub mod conv;
 pub mod conv_actions;
+pub mod conv_fed;
 pub mod conv_kit;
 pub mod conv_live;
 pub mod conv_posts;
@@ -67,6 +68,7 @@ pub fn all() -> Vec<Case> {
     v.extend(conv::cases());
     v.extend(conv_actions::cases());
     v.extend(conv_posts::cases());
+    v.extend(conv_fed::cases());
     v.extend(conv_read::cases());
     v.extend(conv_live::cases());
     v.extend(conv_vectors::cases());

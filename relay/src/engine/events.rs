@@ -399,12 +399,7 @@ impl Event {
                 o.insert("keep_from", Value::Int(cp.keep_from as i64));
             }
             Event::Conv { conv, change, .. } => {
-                o.insert("t", "conv".into());
-                o.insert("conv", conv.to_hex().into());
-                match change {
-                    ConvChange::Entry(ev) => o.insert("event", ev.to_value()),
-                    ConvChange::Removed => o.insert("removed", Value::Bool(true)),
-                };
+                super::events_conv::encode_conv(&mut o, conv, change)
             }
             Event::ConvReplica {
                 home,
@@ -414,31 +409,14 @@ impl Event {
                 entries,
                 declined,
                 ..
-            } => {
-                o.insert("t", "conv_replica".into());
-                o.insert("home", home.as_str().into());
-                o.insert("conv", conv.to_hex().into());
-                o.insert("turns", Value::Int(*turns));
-                o.insert("expires", Value::Int(*expires));
-                o.insert(
-                    "entries",
-                    Value::Array(entries.iter().map(|e| e.wire_value()).collect()),
-                );
-                o.insert(
-                    "declined",
-                    Value::Array(
-                        declined
-                            .iter()
-                            .map(|(h, r)| {
-                                let mut x = Object::new();
-                                x.insert("handle", h.as_str().into());
-                                x.insert("reason", r.as_str().into());
-                                Value::Object(x)
-                            })
-                            .collect(),
-                    ),
-                );
-            }
+            } => super::events_conv::encode_replica(
+                &mut o,
+                home,
+                conv,
+                (*turns, *expires),
+                entries,
+                declined,
+            ),
         }
         canon::canonicalize(&Value::Object(o))
     }
@@ -562,71 +540,8 @@ impl Event {
                 msg: msg_id(&mut f, "msg")?,
                 recipient: f.req_handle("recipient").map_err(e)?,
             },
-            "conv_replica" => {
-                let limits = EnvelopeLimits {
-                    json: log_limits(),
-                    recipients_max: usize::MAX,
-                    payload_bytes_max: usize::MAX,
-                };
-                let entries = f
-                    .req("entries")
-                    .map_err(e)?
-                    .as_array()
-                    .ok_or("bad conv_replica entries")?
-                    .iter()
-                    .map(|v| {
-                        formica_protocol::conversation::Entry::from_value(v, &limits)
-                            .map_err(|x| x.to_string())
-                    })
-                    .collect::<Result<Vec<_>, String>>()?;
-                let declined = f
-                    .req("declined")
-                    .map_err(e)?
-                    .as_array()
-                    .ok_or("bad conv_replica declined")?
-                    .iter()
-                    .map(|v| {
-                        let o = v.as_object().ok_or("bad declined")?;
-                        let h = o
-                            .get("handle")
-                            .and_then(Value::as_str)
-                            .and_then(|s| Handle::parse(s).ok())
-                            .ok_or("bad declined handle")?;
-                        let r = o
-                            .get("reason")
-                            .and_then(Value::as_str)
-                            .ok_or("bad declined reason")?;
-                        Ok((h, r.to_owned()))
-                    })
-                    .collect::<Result<Vec<_>, String>>()?;
-                Event::ConvReplica {
-                    at,
-                    home: host(&mut f, "home")?,
-                    conv: msg_id(&mut f, "conv")?,
-                    turns: f
-                        .req_int("turns", 1, formica_protocol::json::INT_ABS_MAX)
-                        .map_err(e)?,
-                    expires: f
-                        .req_int("expires", 0, formica_protocol::json::INT_ABS_MAX)
-                        .map_err(e)?,
-                    entries,
-                    declined,
-                }
-            }
-            "conv" => Event::Conv {
-                at,
-                conv: msg_id(&mut f, "conv")?,
-                change: match f.opt("event") {
-                    Some(v) => ConvChange::Entry(
-                        formica_protocol::conversation::ConvEvent::from_value(v)
-                            .map_err(|x| x.to_string())?,
-                    ),
-                    None => match f.req("removed").map_err(e)? {
-                        Value::Bool(true) => ConvChange::Removed,
-                        _ => return Err("bad conv change".into()),
-                    },
-                },
-            },
+            "conv_replica" => super::events_conv::decode_replica(&mut f, at, log_limits())?,
+            "conv" => super::events_conv::decode_conv(&mut f, at)?,
             "dead_lettered" => Event::DeadLettered {
                 at,
                 peer: host(&mut f, "peer")?,

@@ -19,6 +19,7 @@ pub mod descriptor;
 pub mod directory;
 pub mod error;
 pub mod events;
+mod events_conv;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -293,6 +293,17 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// An agent that is not registered through a relay process (for example one of a test
+    /// double's agents): its handle and key only.
+    pub fn offline(handle: Handle, key: SecretKey, host: RelayHost) -> Peer {
+        Peer {
+            handle,
+            key,
+            host,
+            nonce: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     pub fn register(r: &RelayProc, name: &str, seed: u8) -> Peer {
         let key = SecretKey::from_seed(&[seed; 32]);
         let host = r.host();
