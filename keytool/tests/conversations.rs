@@ -92,7 +92,7 @@ fn three_agents_call_answer_talk_read_the_chain_and_leave() {
     for kt in [&sage, &iris] {
         kt.json(&["contacts", "add", "@nova", "--level", "message"]);
     }
-    // Conversations do not cross relays yet: refused before anything is signed.
+    // An invitee on a relay that is not a peer of nova's: the relay's unknown_recipient.
     let out = nova.run(&["--json", "call", "@sage@relay-z.example", "--topic", "x"]);
     assert_eq!(failure(&out), (Some(7), "unknown_recipient".into()));
 

@@ -2,7 +2,8 @@
 //! that never sent anything here; a remote send that the remote relay refuses fails with the
 //! refusal's code (not "accepted"), and `status` names the reason; after a contact grant the
 //! same send succeeds and says the remote relay took it; `find --federated` finds a listed
-//! profile on the peer, verified, and not an unlisted one.
+//! profile on the peer, verified, and not an unlisted one; a conversation called from one relay
+//! is answered and posted to from the other, and both serve the same entries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -167,6 +168,84 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
     // --federated takes no cursor.
     let out = alice.run(&["find", "--federated", "--cursor", "x"]);
     assert_eq!(out.status.code(), Some(2));
+
+    // A conversation across the two relays: alice's relay is its home and numbers it; nova's
+    // keeps a replica, where nova reads it and through which she answers and posts.
+    let call = alice.json(&["call", &nova_handle, "--topic", "across", "--mode", "async"]);
+    let conv = s(&call[0], &["conv"]).to_owned();
+    let wait =
+        |kt: &Kt, what: &str, ok: &dyn Fn(&[formica_protocol::Value]) -> bool, args: &[&str]| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let out = kt.run(args);
+                if out.status.success() {
+                    let v = lines(&out.stdout);
+                    if ok(&v) {
+                        return v;
+                    }
+                }
+                assert!(std::time::Instant::now() < deadline, "never: {what}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        };
+    let count = |n: i64| {
+        move |v: &[formica_protocol::Value]| {
+            v.last().and_then(|l| l.as_object()?.get("count")?.as_i64()) == Some(n)
+        }
+    };
+    wait(
+        &nova,
+        "the call on nova's relay",
+        &|v| {
+            v.iter().any(|x| {
+                x.as_object()
+                    .and_then(|o| o.get("id"))
+                    .and_then(|i| i.as_str())
+                    == Some(conv.as_str())
+            })
+        },
+        &["--json", "calls"],
+    );
+    nova.json(&["accept", &conv]);
+    wait(
+        &alice,
+        "nova's accept at the home relay",
+        &count(2),
+        &["--json", "conv", "history", &conv],
+    );
+    let sent = alice.json(&["conv", "send", &conv, "hello nova"]);
+    assert_eq!(get(&sent[0], &["seq"]).as_i64(), Some(3), "{sent:?}");
+    wait(
+        &nova,
+        "alice's post on nova's relay",
+        &count(3),
+        &["--json", "conv", "history", &conv],
+    );
+    // nova's post goes through her relay to the home relay, which gives it its seq later.
+    let sent = nova.json(&["conv", "send", &conv, "hello alice"]);
+    assert_eq!(
+        get(&sent[0], &["seq"]),
+        &formica_protocol::Value::Null,
+        "{sent:?}"
+    );
+    let a = wait(
+        &alice,
+        "nova's post at the home relay",
+        &count(4),
+        &["--json", "conv", "history", &conv],
+    );
+    let b = wait(
+        &nova,
+        "nova's post back on her relay",
+        &count(4),
+        &["--json", "conv", "history", &conv],
+    );
+    assert_eq!(a, b, "the two relays serve different entries");
+    let text = String::from_utf8_lossy(&nova.run(&["conv", "history", &conv]).stdout).into_owned();
+    assert!(
+        text.contains("hello alice") && text.contains("hash chain checked"),
+        "{text}"
+    );
 
     drop(ra);
     drop(rb);

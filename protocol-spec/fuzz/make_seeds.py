@@ -140,6 +140,10 @@ def generate():
     for c in conversations["entries_invalid"]:
         write("parse_entry", raw(c))
 
+    # parse_batch: what a home relay sends a participant relay (CONVO-13), accepted and refused.
+    for c in conversations["batches"] + conversations["batches_invalid"]:
+        write("parse_batch", raw(c))
+
     # directory_query: query strings of GET /v1/directory, as clients and relays send them.
     for q in [
         "capability=code-review",

@@ -4191,6 +4191,182 @@ fn invalid_conv_entries(
     out
 }
 
+/// CONVO-13 batches: what a home relay sends a participant relay. Valid ones must read;
+/// invalid ones must be refused with `error` at `field`.
+fn conv_batches(
+    chain: &[(&'static str, u8, formica_protocol::conversation::Entry)],
+) -> (Vec<Value>, Vec<Value>) {
+    use formica_protocol::conversation::replica::Batch;
+    use formica_protocol::conversation::{ConvEvent, Entry, EntryBody};
+    use ErrorCode::*;
+    let conv = chain[0].2.conv;
+    let EntryBody::Envelope(call) = &chain[0].2.body else {
+        unreachable!()
+    };
+    let to: Vec<formica_protocol::Handle> = call.envelope().to.clone();
+    let batch = |from: usize, upto: usize| Batch {
+        conv,
+        to: to.clone(),
+        turns: 20,
+        expires: T0 + 3_600_000,
+        entries: chain[from..upto]
+            .iter()
+            .map(|(_, _, e)| e.clone())
+            .collect(),
+    };
+    let mut valid = Vec::new();
+    for (cm, b) in [
+        (
+            "the whole conversation in one batch, entries 1 to n",
+            batch(0, chain.len()),
+        ),
+        ("entries 3 to 5: a batch need not start at 1", batch(2, 5)),
+        (
+            "no entries: the home relay asks where the receiver stands",
+            batch(0, 0),
+        ),
+    ] {
+        let v = b.to_value();
+        let back = Batch::from_value(&v, &EnvelopeLimits::default())
+            .unwrap_or_else(|e| panic!("batch {cm:?}: {e}"));
+        assert_eq!(back, b, "{cm}");
+        valid.push(obj(&[("comment", s(cm)), ("input", s(&text(&v)))]));
+    }
+    let base = batch(0, 4).to_value();
+    let entries_of = |v: &Value| {
+        v.as_object()
+            .unwrap()
+            .get("entries")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .to_vec()
+    };
+    let mut cases: Vec<(&str, Value, ErrorCode, &str)> = Vec::new();
+    let es = entries_of(&base);
+    cases.push((
+        "entries not consecutive (entry 3 missing)",
+        with(
+            &base,
+            "entries",
+            arr(vec![es[0].clone(), es[1].clone(), es[3].clone()]),
+        ),
+        InvalidField,
+        "entries[2].seq",
+    ));
+    cases.push((
+        "entries out of order",
+        with(&base, "entries", arr(vec![es[1].clone(), es[0].clone()])),
+        InvalidField,
+        "entries[1].seq",
+    ));
+    // Entry 2 of another chain: consecutive, but its prev is not entry 1's hash.
+    let stranger = Entry {
+        conv,
+        seq: 2,
+        at: T0 + 1_011,
+        prev: [7; 32],
+        body: EntryBody::Event(ConvEvent::Missed {
+            handle: to[0].clone(),
+        }),
+    };
+    cases.push((
+        "entry 2 does not link to entry 1 (its prev is another hash)",
+        with(
+            &base,
+            "entries",
+            arr(vec![es[0].clone(), stranger.wire_value()]),
+        ),
+        InvalidField,
+        "entries[1].prev",
+    ));
+    let other = Entry {
+        conv: formica_protocol::envelope::MessageId([9; 32]),
+        seq: 2,
+        at: T0 + 1_011,
+        prev: chain[0].2.hash(),
+        body: EntryBody::Event(ConvEvent::Missed {
+            handle: to[0].clone(),
+        }),
+    };
+    cases.push((
+        "an entry of another conversation",
+        with(
+            &base,
+            "entries",
+            arr(vec![es[0].clone(), other.wire_value()]),
+        ),
+        InvalidField,
+        "entries[1].conv",
+    ));
+    cases.push((
+        "an entry whose hash is not its own",
+        with(
+            &base,
+            "entries",
+            arr(vec![with(&es[0], "hash", s(&"ab".repeat(32)))]),
+        ),
+        InvalidField,
+        "entries[0].hash",
+    ));
+    cases.push((
+        "no participant in to",
+        with(&base, "to", arr(vec![])),
+        InvalidField,
+        "to",
+    ));
+    cases.push((
+        "a relay address in to",
+        with(&base, "to", arr(vec![s("@relay@relay-b.example")])),
+        InvalidField,
+        "to[0]",
+    ));
+    cases.push(("turns 0", with(&base, "turns", i(0)), InvalidField, "turns"));
+    cases.push((
+        "expires missing",
+        without(&base, "expires"),
+        MissingField,
+        "expires",
+    ));
+    cases.push((
+        "entries not an array",
+        with(&base, "entries", obj(&[])),
+        InvalidField,
+        "entries",
+    ));
+    cases.push((
+        "an unknown member",
+        with(&base, "home", s("relay-a.example")),
+        UnknownField,
+        "home",
+    ));
+    cases.push((
+        "conv not 64 hex characters",
+        with(&base, "conv", s("abc")),
+        InvalidField,
+        "conv",
+    ));
+    let mut invalid = Vec::new();
+    for (cm, v, code, field) in cases {
+        let input = text(&v);
+        let parsed = json::parse_default(input.as_bytes()).unwrap();
+        match Batch::from_value(&parsed, &EnvelopeLimits::default()) {
+            Err(e) => {
+                assert_eq!(e.code, code, "batch case {cm:?}: {e}");
+                assert_eq!(e.field.as_deref(), Some(field), "batch case {cm:?}: {e}");
+            }
+            Ok(_) => panic!("batch case {cm:?} was accepted"),
+        }
+        invalid.push(obj(&[
+            ("comment", s(cm)),
+            ("input", s(&input)),
+            ("error", s(code.as_str())),
+            ("field", s(field)),
+        ]));
+    }
+    (valid, invalid)
+}
+
 fn gen_conversations() -> Value {
     let mut valid = Vec::new();
     for (comment, seed_start, env) in valid_conv_envelopes() {
@@ -4236,14 +4412,17 @@ fn gen_conversations() -> Value {
         }
         entries.push(case);
     }
+    let (batches, batches_invalid) = conv_batches(&chain);
     let mut summary = conv.summary(&CONV_VEC_LIMITS);
     summary = with(&summary, "head", s(&hex::encode(&conv.head)));
     obj(&[
-        ("comment", s("Conversations (SPEC.md section 19). `valid`: conversation envelopes (calls, every conv_action, posts with conv) as in envelopes_valid.json: the public key and key id follow from seed_hex; signing_input = the tag \"formica/v1/envelope\", one 0x00 byte, then the RFC 8785 form of `envelope`; id = BLAKE3(signing_input); sig = Ed25519(seed, signing_input); `wire` must parse and verify with public_key. `invalid`: `input` must be refused by parsing alone (ENV-16) with `error`, and `field`, when present, is the path the refusal names (HTTP-4). `entries`: one conversation as its home relay served it, entries 1 to n in order (CONVO-4): `entry` is the entry without `hash`; hash_input = the tag \"formica/v1/conversation\", one 0x00 byte, then the RFC 8785 form of `entry`; hash = BLAKE3(hash_input); `wire` is the canonical form of the entry with `hash`; each entry's `prev` is the hash of the one before (64 zeros for seq 1); `public_key` is the key of an envelope entry's sender. `state` is what the entries fold to (CONVO-1, CONVO-2, CONVO-9): the summary of API-23 without `home`, with `head` the last entry's hash. `entries_invalid`: served entries a reader must refuse with `error` (the hash is checked last, after the members, the body and the envelope's id).")),
+        ("comment", s("Conversations (SPEC.md section 19). `valid`: conversation envelopes (calls, every conv_action, posts with conv) as in envelopes_valid.json: the public key and key id follow from seed_hex; signing_input = the tag \"formica/v1/envelope\", one 0x00 byte, then the RFC 8785 form of `envelope`; id = BLAKE3(signing_input); sig = Ed25519(seed, signing_input); `wire` must parse and verify with public_key. `invalid`: `input` must be refused by parsing alone (ENV-16) with `error`, and `field`, when present, is the path the refusal names (HTTP-4). `entries`: one conversation as its home relay served it, entries 1 to n in order (CONVO-4): `entry` is the entry without `hash`; hash_input = the tag \"formica/v1/conversation\", one 0x00 byte, then the RFC 8785 form of `entry`; hash = BLAKE3(hash_input); `wire` is the canonical form of the entry with `hash`; each entry's `prev` is the hash of the one before (64 zeros for seq 1); `public_key` is the key of an envelope entry's sender. `state` is what the entries fold to (CONVO-1, CONVO-2, CONVO-9): the summary of API-23 without `home`, with `head` the last entry's hash. `entries_invalid`: served entries a reader must refuse with `error` (the hash is checked last, after the members, the body and the envelope's id). `batches`: bodies of POST /v1/federation/conversation (CONVO-13) that must read: members conv, to (1 to 256 global handles), turns (>= 1), expires (>= 0), entries (each read as an entry, naming conv, consecutive seqs, each prev the hash of the entry before). `batches_invalid`: bodies a reader must refuse with `error` at `field` (the members in the order conv, to, turns, expires, entries, then unknown members, then each entry in order).")),
         ("valid", arr(valid)),
         ("invalid", arr(invalid_conv_envelopes())),
         ("entries", arr(entries)),
         ("state", summary),
         ("entries_invalid", arr(invalid_conv_entries(&chain))),
+        ("batches", arr(batches)),
+        ("batches_invalid", arr(batches_invalid)),
     ])
 }

@@ -761,4 +761,35 @@ fn conversation_vectors() {
             .expect_err(comment);
         assert_eq!(err.code.as_str(), case.str_("error"), "{comment}: {err}");
     }
+
+    // CONVO-13 batches.
+    use formica_protocol::conversation::replica::Batch;
+    let good = file.list("batches");
+    assert!(good.len() >= 3);
+    for case in good {
+        let comment = case.str_("comment");
+        let parsed = json::parse(case.str_("input").as_bytes(), JsonLimits::default()).unwrap();
+        let b = Batch::from_value(&parsed, &EnvelopeLimits::default())
+            .unwrap_or_else(|e| panic!("{comment}: {e}"));
+        assert_eq!(
+            canonicalize(&b.to_value()),
+            case.str_("input").as_bytes(),
+            "{comment}"
+        );
+    }
+    let bad = file.list("batches_invalid");
+    assert!(bad.len() >= 5);
+    for case in bad {
+        let comment = case.str_("comment");
+        let parsed = json::parse(case.str_("input").as_bytes(), JsonLimits::default()).unwrap();
+        let err = Batch::from_value(&parsed, &EnvelopeLimits::default())
+            .map(|_| ())
+            .expect_err(comment);
+        assert_eq!(err.code.as_str(), case.str_("error"), "{comment}: {err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some(case.str_("field")),
+            "{comment}: {err}"
+        );
+    }
 }

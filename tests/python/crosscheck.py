@@ -45,7 +45,9 @@ h. Conversations (vectors/conversations.json): the valid conversation envelopes 
    its signature verified with the case's key, and `conv` of each later envelope; every entry of
    `entries_invalid` read by a reader written here from CONVO-4 (members in the protocol crate's
    order, envelope ids recomputed, the hash checked last) is refused with the vector's code, and
-   every valid entry is accepted by it.
+   every valid entry is accepted by it; every batch of POST /v1/federation/conversation
+   (CONVO-13) in `batches` is read by a batch reader written here, and every one in
+   `batches_invalid` refused with the vector's code at its field.
 
 Why it is independent
 ---------------------
@@ -869,8 +871,68 @@ def entry_error(doc) -> str | None:
     return None
 
 
+BATCH_MEMBERS = ("conv", "to", "turns", "expires", "entries")
+
+
+def plausible_agent_handle(x) -> bool:
+    """A global agent handle, loosely: `@name@host` with a name other than the relay's address.
+    (Handle syntax itself is checked by section b; here only the relay address matters.)"""
+    if not isinstance(x, str) or not x.startswith("@") or x.count("@") != 2:
+        return False
+    name, host = x[1:].split("@")
+    return bool(name) and bool(host) and name != "relay"
+
+
+def batch_error(doc) -> tuple[str, str] | None:
+    """What a participant relay's reader answers for a CONVO-13 batch, as (code, field): conv,
+    to, turns, expires, entries, unknown members, then each entry (CONVO-4, via entry_error),
+    naming the batch's conversation, consecutive and linked to the one before."""
+    if not isinstance(doc, dict):
+        return ("invalid_field", "")
+    if "conv" not in doc:
+        return ("missing_field", "conv")
+    if not is_hex64(doc["conv"]):
+        return ("invalid_field", "conv")
+    if "to" not in doc:
+        return ("missing_field", "to")
+    to = doc["to"]
+    if not isinstance(to, list) or len(to) > 256:
+        return ("invalid_field", "to")
+    for i, h in enumerate(to):
+        if not plausible_agent_handle(h):
+            return ("invalid_field", f"to[{i}]")
+    if not to:
+        return ("invalid_field", "to")
+    for m, lo in (("turns", 1), ("expires", 0)):
+        if m not in doc:
+            return ("missing_field", m)
+        if not is_int(doc[m], lo):
+            return ("invalid_field", m)
+    if "entries" not in doc:
+        return ("missing_field", "entries")
+    if not isinstance(doc["entries"], list):
+        return ("invalid_field", "entries")
+    for k in doc:
+        if k not in BATCH_MEMBERS:
+            return ("unknown_field", k)
+    before = None
+    for i, e in enumerate(doc["entries"]):
+        err = entry_error(e)
+        if err:
+            return (err, f"entries[{i}]")
+        if e["conv"] != doc["conv"]:
+            return ("invalid_field", f"entries[{i}].conv")
+        if before is not None:
+            if e["seq"] != before["seq"] + 1:
+                return ("invalid_field", f"entries[{i}].seq")
+            if e["prev"] != before["hash"]:
+                return ("invalid_field", f"entries[{i}].prev")
+        before = e
+    return None
+
+
 def check_conversations(res: Results, keytool: str | None) -> None:
-    print("== h. conversations.json (valid envelopes, the entry chain, entries_invalid)")
+    print("== h. conversations.json (valid envelopes, the entry chain, entries_invalid, batches)")
     vectors = load("conversations.json")
     for i, case in enumerate(vectors["valid"]):
         name = f"conversation envelope {i} ({case['comment'][:50]})"
@@ -924,6 +986,25 @@ def check_conversations(res: Results, keytool: str | None) -> None:
         res.equal(f"{name}: reader's verdict", entry_error(json.loads(case["input"])), case["error"])
         n_bad += 1
     res.check(n_bad >= 3, f"only {n_bad} invalid entries")
+    for i, case in enumerate(vectors["batches"]):
+        name = f"batch {i} ({case['comment'][:50]})"
+        res.equal(f"{name}: reader's verdict", batch_error(json.loads(case["input"])), None)
+        res.equal(f"{name}: RFC 8785 form", jcs(json.loads(case["input"])), case["input"].encode("utf-8"))
+    n_bad = 0
+    for i, case in enumerate(vectors["batches_invalid"]):
+        name = f"invalid batch {i} ({case['comment'][:50]})"
+        got = batch_error(json.loads(case["input"]))
+        res.check(got is not None, f"{name}: accepted")
+        if got is None:
+            continue
+        code, field = got
+        res.equal(f"{name}: code", code, case["error"])
+        # Inside an entry the reader here names the entry; the vector names the member too.
+        ok = field == case["field"] or (field.startswith("entries[") and "." not in field
+                                        and case["field"].startswith(field + "."))
+        res.check(ok, f"{name}: field {field!r}, vector {case['field']!r}")
+        n_bad += 1
+    res.check(n_bad >= 5, f"only {n_bad} invalid batches")
 
 
 # --------------------------------------------------------------------------------------------

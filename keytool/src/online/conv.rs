@@ -3,10 +3,10 @@
 //! hash-chain check are in `conv_read`; summaries and listings in `conv_list`; the arguments in
 //! `conv_args`.
 //!
-//! Every conversation lives on its home relay, the caller's, and in this revision every
-//! participant is homed there too (CONVO-3): keytool refuses a handle of another relay before it
-//! signs anything. An action (`accept`, `decline`, `leave`, `close`) goes to the owner, whom
-//! keytool reads from the conversation's summary (API-24).
+//! Every conversation lives on its home relay, the caller's. A participant homed on another
+//! relay reads and posts through its own relay, which keeps a replica (SPEC.md 19.6); keytool
+//! talks only to the identity's relay either way. An action (`accept`, `decline`, `leave`,
+//! `close`) goes to the owner, whom keytool reads from the conversation's summary (API-24).
 
 use super::conv_args::{CallSpec, ConvCmd, ConvTop, PostOpts};
 use super::conv_list::{calls, conv_list, summary, who};
@@ -108,7 +108,8 @@ fn no_conversations(s: &Session, f: Fail) -> Fail {
     f
 }
 
-/// An invitee of a call or an invite: on this relay (CONVO-3), not the caller, not twice.
+/// An invitee of a call or an invite: not the caller, not twice. Its relay is the relay's to
+/// judge: this relay's agents, or a peer's (CONVO-3; `unknown_recipient` otherwise).
 fn invitees(s: &Session, members: &[String], observers: &[String]) -> Result<Vec<Invitee>, Fail> {
     let mut out: Vec<Invitee> = Vec::new();
     let all = members
@@ -117,13 +118,6 @@ fn invitees(s: &Session, members: &[String], observers: &[String]) -> Result<Vec
         .chain(observers.iter().map(|h| (h, ConvRole::Observer)));
     for (text, role) in all {
         let handle = parse_handle(text, &s.me)?;
-        if handle.host() != s.me.host() {
-            return Err(Fail::code(
-                ErrorCode::UnknownRecipient,
-                format!("{handle} is on another relay: conversations do not cross relays yet (SPEC.md CONVO-3)"),
-            )
-            .hint(format!("call agents of your relay ({}) only; send to {handle} directly", s.me.host())));
-        }
         if handle == s.me {
             return Err(Fail::code(
                 ErrorCode::InvalidField,

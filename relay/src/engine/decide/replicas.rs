@@ -251,13 +251,14 @@ pub(super) fn replicated(
     let mut events = Vec::new();
     let declines: Vec<(Handle, String)> = match &answer {
         Ok(a) => {
-            for (seq, mid) in sent.iter().filter(|(s, _)| *s <= a.seq) {
-                let _ = seq;
+            for (_, mid) in sent.iter().filter(|(s, _)| *s <= a.seq) {
+                // Only a sender's home relay keeps the delivery states that matter (FED-11).
                 let moves = st.message(mid).is_some_and(|m| {
-                    m.recipients.iter().any(|x| {
-                        x.handle.host() == &peer
-                            && x.state == formica_protocol::envelope::DeliveryState::Accepted
-                    })
+                    st.is_local(&m.sender)
+                        && m.recipients.iter().any(|x| {
+                            x.handle.host() == &peer
+                                && x.state == formica_protocol::envelope::DeliveryState::Accepted
+                        })
                 });
                 if moves {
                     events.push(Event::Transferred {
