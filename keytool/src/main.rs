@@ -193,8 +193,9 @@ enum Cmd {
     },
     /// Serve this identity's messaging to an MCP client over stdin/stdout (tools: send, inbox,
     /// wait_for_messages, ack, status, resolve, contacts, contact requests, profile_set,
-    /// profile_show, find, presence_set, presence_show, who, call, calls, answer_call,
-    /// conv_send, conv_read, conv_leave, conv_close, conv_list; the resource formica://inbox,
+    /// profile_show, find, presence_set, presence_show, who, call, calls, accept, decline,
+    /// conversation_send, conversation_history, conversation_leave, conversation_close,
+    /// conversation_list; the resource formica://inbox,
     /// subscribable). Standard output carries only MCP messages.
     Mcp {
         #[command(flatten)]

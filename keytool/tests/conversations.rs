@@ -436,12 +436,13 @@ fn the_mcp_tools_call_answer_talk_wait_and_leave() {
     for want in [
         "call",
         "calls",
-        "answer_call",
-        "conv_send",
-        "conv_read",
-        "conv_leave",
-        "conv_close",
-        "conv_list",
+        "accept",
+        "decline",
+        "conversation_send",
+        "conversation_history",
+        "conversation_leave",
+        "conversation_close",
+        "conversation_list",
     ] {
         assert!(names.contains(&want), "{want} not in {names:?}");
     }
@@ -456,25 +457,44 @@ fn the_mcp_tools_call_answer_talk_wait_and_leave() {
     assert_eq!(calls["count"], 1);
     assert_eq!(calls["calls"][0]["id"], conv.as_str());
     let (e, err) = b.tool(
-        "answer_call",
-        serde_json::json!({"id": conv, "answer": "maybe"}),
+        "accept",
+        serde_json::json!({"id": conv, "reason": "a reason goes with decline only"}),
     );
     assert!(err && e["error"]["code"] == "keytool.input", "{e}");
-    let acc = b.ok(
-        "answer_call",
-        serde_json::json!({"id": conv, "answer": "accept"}),
-    );
+    let acc = b.ok("accept", serde_json::json!({"id": conv}));
     assert_eq!(
         (acc["seq"].as_i64(), acc["state"].as_str()),
         (Some(2), Some("active"))
     );
 
     let sent = a.ok(
-        "conv_send",
+        "conversation_send",
         serde_json::json!({"id": conv, "text": "first draft?"}),
     );
     assert_eq!(sent["seq"], 3);
-    let r = b.ok("conv_read", serde_json::json!({"id": conv}));
+    // The conversation is a resource too: each read returns what the previous did not.
+    let t = b.request("resources/templates/list", serde_json::json!({}));
+    assert_eq!(
+        t["resourceTemplates"][0]["uriTemplate"], "formica://conversations/{id}",
+        "{t}"
+    );
+    let uri = format!("formica://conversations/{conv}");
+    let read = |m: &mut Mcp| -> serde_json::Value {
+        let r = m.request("resources/read", serde_json::json!({"uri": uri}));
+        serde_json::from_str(r["contents"][0]["text"].as_str().unwrap()).unwrap()
+    };
+    let first = read(&mut b);
+    assert_eq!(first["entries"].as_array().unwrap().len(), 3, "{first}");
+    let again = read(&mut b);
+    assert_eq!(
+        (
+            again["entries"].as_array().unwrap().len(),
+            again["next"].as_i64()
+        ),
+        (0, Some(3)),
+        "{again}"
+    );
+    let r = b.ok("conversation_history", serde_json::json!({"id": conv}));
     assert_eq!(r["entries"].as_array().unwrap().len(), 3);
     assert_eq!(
         (r["next"].as_i64(), r["state"].as_str()),
@@ -485,7 +505,7 @@ fn the_mcp_tools_call_answer_talk_wait_and_leave() {
         "first draft?"
     );
     let r = b.ok(
-        "conv_read",
+        "conversation_history",
         serde_json::json!({"id": conv, "after": 3, "wait": 1}),
     );
     assert_eq!(
@@ -499,11 +519,11 @@ fn the_mcp_tools_call_answer_talk_wait_and_leave() {
     // A read that waits is woken by the next post.
     let waiting = b.start_request(
         "tools/call",
-        serde_json::json!({"name": "conv_read", "arguments": {"id": conv, "after": 3, "wait": 30}}),
+        serde_json::json!({"name": "conversation_history", "arguments": {"id": conv, "after": 3, "wait": 30}}),
     );
     std::thread::sleep(Duration::from_millis(500));
     a.ok(
-        "conv_send",
+        "conversation_send",
         serde_json::json!({"id": conv, "text": "here it is"}),
     );
     let r = b.answer(waiting)["structuredContent"].clone();
@@ -511,22 +531,22 @@ fn the_mcp_tools_call_answer_talk_wait_and_leave() {
     assert_eq!(r["entries"][0]["envelope"]["payload"]["text"], "here it is");
     assert_eq!(r["next"], 4);
 
-    let list = a.ok("conv_list", serde_json::json!({}));
+    let list = a.ok("conversation_list", serde_json::json!({}));
     assert_eq!(list["count"], 1);
     assert_eq!(list["conversations"][0]["id"], conv.as_str());
     let left = b.ok(
-        "conv_leave",
+        "conversation_leave",
         serde_json::json!({"id": conv, "reason": "done"}),
     );
     assert_eq!(
         (left["state"].as_str(), left["reason"].as_str()),
         (Some("closed"), Some("everyone_left"))
     );
-    let (e, err) = a.tool("conv_close", serde_json::json!({"id": conv}));
+    let (e, err) = a.tool("conversation_close", serde_json::json!({"id": conv}));
     assert!(err, "{e}");
     assert_eq!(e["error"]["code"], "conversation_closed");
     assert_eq!(e["exit"], 8);
-    let all = a.ok("conv_list", serde_json::json!({"all": true}));
+    let all = a.ok("conversation_list", serde_json::json!({"all": true}));
     assert_eq!(all["conversations"][0]["state"], "closed");
 
     drop((a, b));

@@ -15,6 +15,9 @@ session, and checks, as a client sees them:
   and refusals (offline, a duration above the relay's limit);
 - a subscription to `formica://inbox` and the `notifications/resources/updated` a new
   message brings, then reading the resource;
+- conversations: call, calls, accept, decline, conversation_send, conversation_history,
+  conversation_list, conversation_leave, conversation_close, and a conversation as the
+  resource `formica://conversations/{id}` (its template, reads, a subscription's update);
 - tool errors carrying the protocol's error code and keytool's hint for bad input (an unknown
   handle, a payload over the relay's limit, a malformed id), never an empty result.
 
@@ -45,8 +48,8 @@ EXPECTED_TOOLS = {
     "contacts_list", "contacts_add", "contacts_remove", "contact_request",
     "requests_list", "requests_accept", "requests_reject",
     "profile_set", "profile_show", "find", "presence_set", "presence_show", "who",
-    "call", "calls", "answer_call", "conv_send", "conv_read", "conv_leave", "conv_close",
-    "conv_list",
+    "call", "calls", "accept", "decline", "conversation_send", "conversation_history",
+    "conversation_leave", "conversation_close", "conversation_list",
 }
 
 
@@ -365,6 +368,60 @@ async def main(keytool, relay):
                               "presence_show after available")
                 check(seen.get("status") == "available" and seen.get("note") is None
                       and seen["signed"]["status"] == "available", f"available: {seen}")
+
+                # Conversations: alice calls, bob answers, follows it as a resource, reads,
+                # leaves; a second call is declined.
+                c1 = result(await a.call_tool("call", {"to": [bob], "topic": "plan the release",
+                                                       "mode": "async"}), "call")
+                conv = c1["conv"]
+                check(c1["seq"] == 1, f"call: {c1}")
+                calls = result(await b.call_tool("calls", {}), "calls")
+                check([x["id"] for x in calls["calls"]] == [conv], f"calls: {calls}")
+                acc = result(await b.call_tool("accept", {"id": conv}), "accept")
+                check(acc["seq"] == 2 and acc["state"] == "active", f"accept: {acc}")
+                uri = f"formica://conversations/{conv}"
+                tpl = await b.list_resource_templates()
+                check([t.uri_template for t in tpl.resource_templates]
+                      == ["formica://conversations/{id}"], f"templates: {tpl}")
+                first = json.loads((await b.read_resource(uri)).contents[0].text)
+                check([e["seq"] for e in first["entries"]] == [1, 2], f"conversation read: {first}")
+                await b.subscribe_resource(uri)
+                sent = result(await a.call_tool("conversation_send",
+                                                {"id": conv, "text": "first point"}),
+                              "conversation_send")
+                check(sent["seq"] == 3, f"conversation_send: {sent}")
+                deadline = time.monotonic() + 15
+                while True:
+                    left = deadline - time.monotonic()
+                    check(left > 0, "no update for the conversation resource")
+                    if await asyncio.wait_for(updates.get(), timeout=left) == uri:
+                        break
+                body = json.loads((await b.read_resource(uri)).contents[0].text)
+                check([e["seq"] for e in body["entries"]] == [3]
+                      and body["entries"][0]["envelope"]["payload"]["text"] == "first point",
+                      f"conversation read after the update: {body}")
+                hist = result(await b.call_tool("conversation_history",
+                                                {"id": conv, "after": 2, "wait": 5}),
+                              "conversation_history")
+                check([e["seq"] for e in hist["entries"]] == [3] and hist["next"] == 3,
+                      f"conversation_history: {hist}")
+                lst = result(await a.call_tool("conversation_list", {}), "conversation_list")
+                check([x["id"] for x in lst["conversations"]] == [conv], f"list: {lst}")
+                left = result(await b.call_tool("conversation_leave",
+                                                {"id": conv, "reason": "done"}),
+                              "conversation_leave")
+                check(left["state"] == "closed" and left["reason"] == "everyone_left",
+                      f"conversation_leave: {left}")
+                err = error(await a.call_tool("conversation_close", {"id": conv}),
+                            "closing a closed conversation")
+                check(err["code"] == "conversation_closed", f"conversation_close: {err}")
+                await b.unsubscribe_resource(uri)
+                c2 = result(await a.call_tool("call", {"to": [bob], "topic": "another",
+                                                       "mode": "async"}), "second call")
+                dec = result(await b.call_tool("decline", {"id": c2["conv"],
+                                                           "reason": "not today"}), "decline")
+                check(dec["action"] == "decline" and dec["state"] == "closed",
+                      f"decline: {dec}")
                 await b.unsubscribe_resource("formica://inbox")
 
         # The current revision (2026-07-28: discover, no initialize), through the SDK's
@@ -385,6 +442,21 @@ async def main(keytool, relay):
                 event = await asyncio.wait_for(sub.__anext__(), timeout=15)
                 check(type(event).__name__ == "ResourceUpdated"
                       and getattr(event, "uri", "") == "formica://inbox", f"listen event: {event!r}")
+            # A conversation as a listened resource: bob answers and posts from the command
+            # line; the stream names the conversation's resource.
+            c3 = result(await c.call_tool("call", {"to": [bob], "topic": "listen",
+                                                   "mode": "async"}), "call at 2026-07-28")
+            curi = f"formica://conversations/{c3['conv']}"
+            keytool_cli(keytool, bob_home, url, "accept", c3["conv"])
+            json.loads((await c.read_resource(curi)).contents[0].text)
+            async with c.listen(resource_subscriptions=[curi]) as sub:
+                keytool_cli(keytool, bob_home, url, "conv", "send", c3["conv"], "heard you")
+                event = await asyncio.wait_for(sub.__anext__(), timeout=15)
+                check(type(event).__name__ == "ResourceUpdated"
+                      and getattr(event, "uri", "") == curi, f"listen event: {event!r}")
+            body = json.loads((await c.read_resource(curi)).contents[0].text)
+            check([e["envelope"]["payload"]["text"] for e in body["entries"]] == ["heard you"],
+                  f"conversation read after listen: {body}")
             result(await c.call_tool("contacts_remove", {"handle": bob}), "contacts_remove")
         check(stray == [], f"lines on the servers' stdout that are not MCP: {stray}")
 
@@ -430,7 +502,7 @@ async def main(keytool, relay):
 
         print("mcp_e2e: ok: two identities over stdio at 2025-11-25 and 2026-07-28: tools, "
               "errors with codes, contacts, wait_for_messages, subscribe and listen updates, "
-              "ack, status, profiles and the directory, presence; an encrypted key through "
+              "ack, status, profiles and the directory, presence, conversations; an encrypted key through "
               "FORMICA_PASSPHRASE")
     finally:
         relay_proc.kill()

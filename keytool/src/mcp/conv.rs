@@ -1,7 +1,8 @@
-//! The MCP tools of conversations (SPEC.md section 19): `call`, `calls`, `answer_call`,
-//! `conv_send`, `conv_read`, `conv_leave`, `conv_close`, `conv_list`. Each runs keytool's own
-//! command (`call`, `calls`, `accept`/`decline`, `conv send|leave|close|list`; `conv_read` is
-//! `conv history` with a wait), so entries are checked against their hash chain as there.
+//! The MCP tools of conversations (SPEC.md section 19): `call`, `calls`, `accept`, `decline`,
+//! `conversation_send`, `conversation_history`, `conversation_leave`, `conversation_close`,
+//! `conversation_list`. Each runs keytool's own command (`call`, `calls`, `accept`, `decline`,
+//! `conv send|leave|close|list`; `conversation_history` is `conv history` with a wait), so
+//! entries are checked against their hash chain as there.
 
 use super::tools::{to_json, Args, ToolDef};
 use crate::online::{self, CallSpec, Ctx, PostOpts};
@@ -10,7 +11,7 @@ use formica_protocol::envelope::{ConvActionKind, ConvMode};
 use serde_json::{Map, Value as Json};
 use std::time::Duration;
 
-/// Longest `conv_read` may wait (MCP clients time tool calls out).
+/// Longest `conversation_history` may wait (MCP clients time tool calls out).
 pub const READ_WAIT_S_MAX: u64 = 60;
 
 const ID_ONLY: &str = r#"{"type":"object","properties":{"id":{"type":"string"},"reason":{"type":"string","maxLength":280}},"required":["id"],"additionalProperties":false}"#;
@@ -18,7 +19,7 @@ const ID_ONLY: &str = r#"{"type":"object","properties":{"id":{"type":"string"},"
 pub const TOOLS: &[ToolDef] = &[
     ToolDef {
         name: "call",
-        description: "Start a conversation: call agents of your relay (`to`: handles; each must have granted you contact level message) about `topic`. `mode`: live (default; an unanswered invitation rings about a minute, then shows missed but can still be accepted) or async (waits to be answered). Optional `observers` (they read, do not post), `turns` (most posts), `expires` (30m, 2h, 7d). Returns `conv`, the conversation id.",
+        description: "Start a conversation: call agents (`to`: handles, of your relay or of its peers; each must have granted you contact level message) about `topic`. `mode`: live (default; an unanswered invitation rings about a minute, then shows missed but can still be accepted) or async (waits to be answered). Optional `observers` (they read, do not post), `turns` (most posts), `expires` (30m, 2h, 7d). Returns `conv`, the conversation id.",
         schema: r#"{"type":"object","properties":{
             "to":{"type":"array","items":{"type":"string"},"minItems":1},
             "topic":{"type":"string","maxLength":280},
@@ -30,21 +31,22 @@ pub const TOOLS: &[ToolDef] = &[
     },
     ToolDef {
         name: "calls",
-        description: "Calls waiting for your answer (you are ringing or missed): `calls`, each a conversation summary (id, topic, mode, participants with role and state). Answer with answer_call.",
+        description: "Calls waiting for your answer (you are ringing or missed): `calls`, each a conversation summary (id, topic, mode, participants with role and state). Answer with accept or decline.",
         schema: r#"{"type":"object","properties":{},"additionalProperties":false}"#,
     },
     ToolDef {
-        name: "answer_call",
-        description: "Answer call `id`: `answer` accept (you join; then conv_read and conv_send) or decline, with an optional `reason` (decline only).",
-        schema: r#"{"type":"object","properties":{
-            "id":{"type":"string"},
-            "answer":{"type":"string","enum":["accept","decline"]},
-            "reason":{"type":"string","maxLength":280}},
-          "required":["id","answer"],"additionalProperties":false}"#,
+        name: "accept",
+        description: "Accept call `id`: you join the conversation; then conversation_history and conversation_send.",
+        schema: r#"{"type":"object","properties":{"id":{"type":"string"}},"required":["id"],"additionalProperties":false}"#,
     },
     ToolDef {
-        name: "conv_send",
-        description: "Post `text` to conversation `id` (one turn). It goes to every other joined participant, or to `to` (some of them). Optional `ack_deadline` (30s, 5m, ...) and `corr`. Returns `seq`, its place in the conversation.",
+        name: "decline",
+        description: "Decline call `id`, with an optional `reason` the other participants see.",
+        schema: ID_ONLY,
+    },
+    ToolDef {
+        name: "conversation_send",
+        description: "Post `text` to conversation `id` (one turn). It goes to every other joined participant, or to `to` (some of them). Optional `ack_deadline` (30s, 5m, ...) and `corr`. Returns `seq`, its place in the conversation (null when the conversation is homed on another relay, which numbers it: it then shows in conversation_history).",
         schema: r#"{"type":"object","properties":{
             "id":{"type":"string"},
             "text":{"type":"string"},
@@ -54,7 +56,7 @@ pub const TOOLS: &[ToolDef] = &[
           "required":["id","text"],"additionalProperties":false}"#,
     },
     ToolDef {
-        name: "conv_read",
+        name: "conversation_history",
         description: "Read conversation `id`: entries after `after` (a seq; default 0, the start), oldest first, each checked against the hash chain. An entry has `seq`, `at` and either `envelope` (the call, a post, an action: accept, decline, leave, close, invite) or `event` (missed, declined, closed). `wait` (seconds, at most 60) waits for a new entry when there is none. Returns `entries`, `next` (pass it as `after` next time), `state` (ringing, active, closed) and `reason`.",
         schema: r#"{"type":"object","properties":{
             "id":{"type":"string"},
@@ -64,17 +66,17 @@ pub const TOOLS: &[ToolDef] = &[
           "required":["id"],"additionalProperties":false}"#,
     },
     ToolDef {
-        name: "conv_leave",
+        name: "conversation_leave",
         description: "Leave conversation `id`, with an optional `reason`. When the owner leaves, the conversation closes.",
         schema: ID_ONLY,
     },
     ToolDef {
-        name: "conv_close",
+        name: "conversation_close",
         description: "Close conversation `id` that you own, with an optional `reason`: nobody can post in it any more.",
         schema: ID_ONLY,
     },
     ToolDef {
-        name: "conv_list",
+        name: "conversation_list",
         description: "Your open conversations (with `all` true, closed ones too): `conversations`, each a summary (id, topic, mode, state, reason, participants with role and state, seq, posts, turns, expires).",
         schema: r#"{"type":"object","properties":{"all":{"type":"boolean"}},"additionalProperties":false}"#,
     },
@@ -144,34 +146,29 @@ pub(super) fn call(ctx: &Ctx<'_>, id: &str, a: &Args<'_>) -> Result<Json, Fail> 
             online::calls(ctx, id)?;
             return Ok(listing(ctx, "calls"));
         }
-        "conv_list" => {
+        "conversation_list" => {
             a.only(&["all"])?;
             online::conv_list(ctx, id, a.bool_opt("all")?.unwrap_or(false))?;
             return Ok(listing(ctx, "conversations"));
         }
-        "answer_call" => {
-            a.only(&["id", "answer", "reason"])?;
-            let action = match a.str_req("answer")?.as_str() {
-                "accept" => ConvActionKind::Accept,
-                "decline" => ConvActionKind::Decline,
-                _ => return Err(a.input("`answer` is accept or decline".into())),
-            };
-            let reason = reason(a)?;
-            if action == ConvActionKind::Accept && reason.is_some() {
-                return Err(a.input("`reason` goes with decline only".into()));
-            }
-            online::act(ctx, id, &conv(a)?, action, reason)?;
+        "accept" => {
+            a.only(&["id"])?;
+            online::act(ctx, id, &conv(a)?, ConvActionKind::Accept, None)?;
         }
-        "conv_leave" | "conv_close" => {
+        "decline" => {
             a.only(&["id", "reason"])?;
-            let action = if a.tool == "conv_leave" {
+            online::act(ctx, id, &conv(a)?, ConvActionKind::Decline, reason(a)?)?;
+        }
+        "conversation_leave" | "conversation_close" => {
+            a.only(&["id", "reason"])?;
+            let action = if a.tool == "conversation_leave" {
                 ConvActionKind::Leave
             } else {
                 ConvActionKind::Close
             };
             online::act(ctx, id, &conv(a)?, action, reason(a)?)?;
         }
-        "conv_send" => {
+        "conversation_send" => {
             a.only(&["id", "text", "to", "ack_deadline", "corr"])?;
             let opts = PostOpts {
                 to: a.strs("to", a.m.get("to"))?,
@@ -180,7 +177,7 @@ pub(super) fn call(ctx: &Ctx<'_>, id: &str, a: &Args<'_>) -> Result<Json, Fail> 
             };
             online::conv_send(ctx, id, &conv(a)?, a.str_req("text")?, &opts)?;
         }
-        "conv_read" => {
+        "conversation_history" => {
             a.only(&["id", "after", "limit", "wait"])?;
             let wait = a.u64_opt("wait")?.unwrap_or(0);
             if wait > READ_WAIT_S_MAX {
@@ -228,12 +225,13 @@ mod tests {
             [
                 "call",
                 "calls",
-                "answer_call",
-                "conv_send",
-                "conv_read",
-                "conv_leave",
-                "conv_close",
-                "conv_list"
+                "accept",
+                "decline",
+                "conversation_send",
+                "conversation_history",
+                "conversation_leave",
+                "conversation_close",
+                "conversation_list"
             ]
         );
         for t in TOOLS {

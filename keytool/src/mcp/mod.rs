@@ -13,13 +13,15 @@
 //! `notifications/resources/updated` when a new item arrives: the server follows the relay's
 //! inbox stream (resuming after its last cursor across reconnects) and coalesces bursts into
 //! one notification. Reading the resource returns the items after what this session last read,
-//! so reads neither skip nor repeat items.
+//! so reads neither skip nor repeat items. Each conversation is a resource too,
+//! `formica://conversations/{id}` (`conv_res.rs`), read and followed the same way.
 //!
 //! Standard output carries only MCP messages; anything else goes to standard error. No secret
 //! is printed: the key stays in the identity file (encrypted with `FORMICA_PASSPHRASE` if it
 //! was written so).
 
 mod conv;
+mod conv_res;
 mod presence;
 mod profile;
 mod tools;
@@ -28,10 +30,10 @@ use crate::output::{Fail, Out};
 use crate::{identity, online, watch};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
-    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams,
-    SubscriptionFilter, Tool, UnsubscribeRequestParams,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig,
+    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
@@ -74,6 +76,10 @@ struct State {
     hub: Mutex<Option<Hub>>,
     /// The legacy subscription's forwarder, stopped by `resources/unsubscribe`.
     legacy: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// Per conversation resource: the seq after the last entry a read returned (held for the
+    /// whole read, as `read_cursor`), and the legacy subscription's stop.
+    conv_cursors: tokio::sync::Mutex<std::collections::HashMap<formica_protocol::MessageId, u64>>,
+    conv_legacy: Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     tool_calls: tokio::sync::Semaphore,
 }
 
@@ -83,6 +89,8 @@ impl Default for State {
             read_cursor: tokio::sync::Mutex::new(None),
             hub: Mutex::new(None),
             legacy: Mutex::new(None),
+            conv_cursors: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+            conv_legacy: Mutex::new(std::collections::HashMap::new()),
             tool_calls: tokio::sync::Semaphore::new(TOOL_CALLS_MAX),
         }
     }
@@ -157,18 +165,18 @@ fn for_tools(text: &str) -> String {
         ("--type T --payload FILE", "`type` and `payload`"),
         (
             "keytool conv list --all",
-            "the conv_list tool (`all`: true)",
+            "the conversation_list tool (`all`: true)",
         ),
         ("--after is beyond", "`after` is beyond"),
         ("(without --after)", "(`after` 0)"),
-        ("keytool conv list", "the conv_list tool"),
-        ("keytool conv watch", "the conv_read tool (`wait`) on"),
-        ("keytool conv send", "the conv_send tool:"),
-        ("keytool accept|decline", "the answer_call tool:"),
+        ("keytool conv list", "the conversation_list tool"),
         (
-            "keytool accept",
-            "the answer_call tool (`answer`: accept) for",
+            "keytool conv watch",
+            "the conversation_history tool (`wait`) on",
         ),
+        ("keytool conv send", "the conversation_send tool:"),
+        ("keytool accept|decline", "the accept or decline tool:"),
+        ("keytool accept", "the accept tool for"),
         ("keytool calls", "the calls tool"),
         ("(--turns sets the limit)", "(`turns` sets the limit)"),
         ("keytool call", "the call tool"),
@@ -312,7 +320,7 @@ impl ServerHandler for Server {
             env!("CARGO_PKG_VERSION"),
         ))
         .with_instructions(
-            "Formica messaging for this agent's identity. Use wait_for_messages (pass back `next`) or subscribe to formica://inbox to receive; send to reach other agents (a contact_request first for strangers); ack what asks for an ack. Conversations: call starts one, calls lists calls waiting for you, answer_call answers, conv_read (with `wait`) and conv_send talk, conv_leave ends your part.",
+            "Formica messaging for this agent's identity. Use wait_for_messages (pass back `next`) or subscribe to formica://inbox to receive; send to reach other agents (a contact_request first for strangers); ack what asks for an ack. Conversations: call starts one, calls lists calls waiting for you, accept or decline answers, conversation_history (with `wait`) and conversation_send talk, conversation_leave ends your part.",
         )
     }
 
@@ -371,16 +379,26 @@ impl ServerHandler for Server {
         Ok(ListResourcesResult::with_all_items(vec![r]))
     }
 
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            conv_res::template(),
+        ]))
+    }
+
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
+        if let Some(conv) = conv_res::conv_of(&request.uri) {
+            return self.read_conv(&request.uri, conv).await;
+        }
         if request.uri != INBOX_URI {
-            return Err(McpError::resource_not_found(
-                format!("no resource {}; this server has {INBOX_URI}", request.uri),
-                None,
-            ));
+            return Err(no_resource(&request.uri));
         }
         // Held for the whole read: concurrent reads go one after the other, each after the
         // items the previous one returned, and the cursor only moves forward.
@@ -446,29 +464,55 @@ impl ServerHandler for Server {
         )
     }
 
-    /// 2026-07-28 subscriptions (`subscriptions/listen`): the inbox resource's updates.
+    /// 2026-07-28 subscriptions (`subscriptions/listen`): the updates of the inbox resource
+    /// and of conversation resources.
     fn accepted_subscription_filter(
         &self,
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        let wants = requested
+        let ours: Vec<String> = requested
             .resource_subscriptions
             .as_ref()?
             .iter()
-            .any(|u| u == INBOX_URI);
-        wants.then(|| {
+            .filter(|u| *u == INBOX_URI || conv_res::conv_of(u).is_some())
+            .cloned()
+            .collect();
+        (!ours.is_empty()).then(|| {
             SubscriptionFilter::builder()
-                .resource_subscriptions([INBOX_URI])
+                .resource_subscriptions(ours)
                 .build()
         })
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
-        let mut rx = self.join().await;
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        let mut inbox = if uris.iter().any(|u| u == INBOX_URI) {
+            Some(self.join().await)
+        } else {
+            None
+        };
+        let (tx, mut convs) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let mut stops = Vec::new();
+        for u in &uris {
+            if let Some(c) = conv_res::conv_of(u) {
+                stops.push(self.follow_conv(u, c, tx.clone()).await);
+            }
+        }
+        drop(tx);
         loop {
+            let from_inbox = async {
+                match inbox.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = context.cancelled() => break,
-                got = rx.recv() => match got {
+                got = from_inbox => match got {
                     Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         if context.sink().notify_resource_updated(INBOX_URI).await.is_err() {
                             break;
@@ -476,9 +520,19 @@ impl ServerHandler for Server {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
+                Some(u) = convs.recv() => {
+                    if context.sink().notify_resource_updated(u).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
-        self.leave();
+        for s in stops {
+            s.store(true, Ordering::SeqCst);
+        }
+        if inbox.is_some() {
+            self.leave();
+        }
         Ok(())
     }
 
@@ -488,11 +542,13 @@ impl ServerHandler for Server {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
+        if let Some(conv) = conv_res::conv_of(&request.uri) {
+            self.subscribe_conv(&request.uri, conv, context.peer.clone())
+                .await;
+            return Ok(());
+        }
         if request.uri != INBOX_URI {
-            return Err(McpError::resource_not_found(
-                format!("no resource {}; this server has {INBOX_URI}", request.uri),
-                None,
-            ));
+            return Err(no_resource(&request.uri));
         }
         if self
             .state
@@ -545,6 +601,9 @@ impl ServerHandler for Server {
         request: UnsubscribeRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
+        if conv_res::conv_of(&request.uri).is_some() {
+            self.unsubscribe_conv(&request.uri);
+        }
         if request.uri == INBOX_URI {
             if let Some(done) = self
                 .state
@@ -558,4 +617,15 @@ impl ServerHandler for Server {
         }
         Ok(())
     }
+}
+
+/// The answer for a URI that names none of this server's resources.
+fn no_resource(uri: &str) -> McpError {
+    McpError::resource_not_found(
+        format!(
+            "no resource {uri}; this server has {INBOX_URI} and {}{{id}} (a conversation you take part in: its 64-hex id)",
+            conv_res::CONV_PREFIX
+        ),
+        None,
+    )
 }

@@ -476,7 +476,7 @@ pub fn follow(
     }
 }
 
-/// The MCP tool `conv_read`: the entries after `after` (at most `limit`), waiting up to
+/// The MCP tool `conversation_history`: the entries after `after` (at most `limit`), waiting up to
 /// `wait` for one when there is none yet; with the conversation's state.
 pub fn read_for_tool(
     ctx: &Ctx<'_>,
