@@ -82,6 +82,17 @@ fn federation_cases_pass_between_two_peered_reference_relays() {
         .filter(|r| r.id.starts_with("vec.auth.relay_"))
         .count();
     assert_eq!(relay_cases, relay_vectors, "one case per relay vector");
+    let conv_fed: Vec<&str> = rep
+        .results
+        .iter()
+        .filter(|r| r.id.starts_with("conv.fed-"))
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(
+        conv_fed,
+        ["conv.fed-home", "conv.fed-replica", "conv.fed-decline"],
+        "the conversation cases across relays ran"
+    );
     assert!(
         rep.results.len() >= 11 + relay_vectors,
         "{} cases ran",

@@ -311,6 +311,18 @@ fn three_relays_end_with_one_sequence_while_a_participant_relay_restarts() {
     let head = |r: &Node, p: &Peer| get(&summary(r, p, &conv).unwrap(), "head").clone();
     assert_eq!(head(&a, &alice), head(&b, &bob));
     assert_eq!(head(&a, &alice), head(&c, &carol));
+    // Each sender's relay shows where its posts stand: the seq the home relay gave them.
+    for (id, from) in &posted {
+        let (r, p) = [(&a, &alice), (&b, &bob), (&c, &carol)]
+            .into_iter()
+            .find(|(_, p)| &p.handle == from)
+            .unwrap();
+        let (st, v) = p.authed(&r.proc_, "GET", &format!("/v1/messages/{id}"), b"");
+        assert_eq!(st, 200, "{v:?}");
+        let want = ea.iter().find(|e| &e.3 == id).unwrap().0;
+        assert_eq!(get(&v, "seq").as_i64(), Some(want), "{v:?}");
+        assert_eq!(get(&v, "conv").as_str(), Some(conv.to_hex().as_str()));
+    }
     // Every post reached every other participant's inbox, once.
     for (r, p) in [(&a, &alice), (&b, &bob), (&c, &carol)] {
         let ids = inbox_ids(r, p);

@@ -13,8 +13,8 @@ const FED_WAIT_MS: u64 = 20_000;
 
 pub fn cases() -> Vec<Case> {
     vec![
-        case("conv.fed-home", &["CONVO-3", "CONVO-12", "CONVO-13", "CONVO-15", "CONVO-16", "FED-4"], "a call from an agent of the relay to an agent of its peer: the peer keeps a replica naming the relay as home, the peer's agent accepts and posts through the peer (201 with conv and no seq), and both relays serve the same entries, byte for byte", fed_home).peer(),
-        case("conv.fed-replica", &["CONVO-10", "CONVO-12", "CONVO-13", "CONVO-16"], "a call from an agent of the peer to an agent of the relay: the relay keeps a replica of the peer's entries byte for byte, delivers the call to its agent's inbox, and forwards its agent's accept and posts to the home relay, which sequences them", fed_replica).peer(),
+        case("conv.fed-home", &["CONVO-3", "CONVO-12", "CONVO-13", "CONVO-15", "CONVO-16", "FED-4", "API-13"], "a call from an agent of the relay to an agent of its peer: the peer keeps a replica naming the relay as home, the peer's agent accepts and posts through the peer (201 with conv and no seq), and both relays serve the same entries, byte for byte; the message status of a post names its conversation and seq", fed_home).peer(),
+        case("conv.fed-replica", &["CONVO-10", "CONVO-12", "CONVO-13", "CONVO-16", "API-13"], "a call from an agent of the peer to an agent of the relay: the relay keeps a replica of the peer's entries byte for byte, delivers the call to its agent's inbox, and forwards its agent's accept and posts to the home relay, which sequences them; the post's message status shows the seq the home relay gave it", fed_replica).peer(),
         case("conv.fed-decline", &["CONVO-14", "CONVO-4"], "an agent of the relay invited by a peer's agent it has not granted the contact level message is declined for with reason unavailable (an event entry at the home relay), and the call never reaches its inbox", fed_decline).peer(),
     ]
 }
@@ -127,7 +127,9 @@ fn fed_home(e: &Env<'_>) -> R {
         }
         sleep_ms(100);
     }
-    send_at(t, &post(t, &a, id, &[&b.handle]), id, 3)?;
+    let pa = post(t, &a, id, &[&b.handle]);
+    send_at(t, &pa, id, 3)?;
+    expect_status_seq(t, &a, &pa.id, id, Some(3))?;
     let pb = post(p, &b, id, &[&a.handle]);
     send_remote(p, &pb, id)?;
     t.wait_inbox(&a, FED_WAIT_MS, "the peer's agent's post", |v| {
@@ -182,7 +184,24 @@ fn fed_replica(e: &Env<'_>) -> R {
         crate::target::env_str(v, "id") == Some(pa.id.as_str())
     })?;
     same_entries(t, &a, p, &b, id, 4)?;
+    // The entry came back numbered: the post's status shows where it stands.
+    expect_status_seq(t, &a, &pa.id, id, Some(4))?;
     expect_part(t, &a, id, &a.handle, "joined", None).map(|_| ())
+}
+
+/// API-13 of a conversation envelope names its conversation and seq.
+fn expect_status_seq(t: &Target, a: &Agent, msg: &str, conv: &str, want: Option<i64>) -> R {
+    let r = get(t, a, &format!("/v1/messages/{msg}"))?;
+    let v = r.expect_json(200)?;
+    let got_conv = at(v, &["conv"]).and_then(Value::as_str);
+    let got_seq = at(v, &["seq"]).and_then(Value::as_i64);
+    ensure!(
+        got_conv == Some(conv) && got_seq == want,
+        "{}: conv {got_conv:?} and seq {got_seq:?}, expected {conv} and {want:?} (API-13, CONVO-16): {}",
+        r.what,
+        r.brief()
+    );
+    Ok(())
 }
 
 fn fed_decline(e: &Env<'_>) -> R {

@@ -40,16 +40,23 @@ pub(crate) async fn message_status(
                 Value::Object(o)
             })
             .collect();
-        Ok(ok(
-            200,
-            obj(vec![
-                ("id", mid.to_hex().into()),
-                ("type", m.msg_type.as_str().into()),
-                ("ts", Value::Int(m.ts)),
-                ("ack_by", m.ack_by.map(Value::Int).unwrap_or(Value::Null)),
-                ("recipients", Value::Array(recipients)),
-            ]),
-        ))
+        let mut members = vec![
+            ("id", mid.to_hex().into()),
+            ("type", m.msg_type.as_str().into()),
+            ("ts", Value::Int(m.ts)),
+            ("ack_by", m.ack_by.map(Value::Int).unwrap_or(Value::Null)),
+            ("recipients", Value::Array(recipients)),
+        ];
+        // A conversation envelope: its conversation and entry (null until its home relay
+        // numbered it, SPEC.md CONVO-16).
+        if let Some((c, seq)) = m.conv {
+            members.push(("conv", c.to_hex().into()));
+            members.push((
+                "seq",
+                seq.map(|n| Value::Int(n as i64)).unwrap_or(Value::Null),
+            ));
+        }
+        Ok(ok(200, obj(members)))
     }
     .await;
     res.unwrap_or_else(|e: ApiError| e.into_response())

@@ -207,6 +207,12 @@ pub fn message_value(m: &MessageRecord) -> Vec<u8> {
     if let Some(h) = &m.via {
         o.insert("via", h.as_str().into());
     }
+    if let Some((c, seq)) = &m.conv {
+        o.insert("conv", c.to_hex().into());
+        if let Some(n) = seq {
+            o.insert("conv_seq", Value::Int(*n as i64));
+        }
+    }
     json_bytes(o)
 }
 
@@ -243,6 +249,13 @@ pub fn message_record(v: &[u8]) -> Option<MessageRecord> {
         recipients,
         via: match string(&o, "via") {
             Some(h) => Some(RelayHost::parse(h).ok()?),
+            None => None,
+        },
+        conv: match string(&o, "conv") {
+            Some(c) => Some((
+                MessageId::parse_hex(c)?,
+                int(&o, "conv_seq").and_then(|n| u64::try_from(n).ok()),
+            )),
             None => None,
         },
     })

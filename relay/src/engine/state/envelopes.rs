@@ -5,7 +5,9 @@
 use super::records::{MessageRecord, PendingRequest, RecipientStatus};
 use super::{codec, State};
 use crate::store::Table;
-use formica_protocol::envelope::{AckStatus, DeliveryState, MessageType, Payload, SignedEnvelope};
+use formica_protocol::envelope::{
+    AckStatus, DeliveryState, MessageId, MessageType, Payload, SignedEnvelope,
+};
 use formica_protocol::{Handle, RelayHost};
 use std::collections::BTreeSet;
 
@@ -136,6 +138,7 @@ impl State {
                         ack_by: env.ack_by,
                         recipients,
                         via: via.clone(),
+                        conv: self.conv_place(&id, env, via.is_some()),
                     },
                 );
                 // Deadlines are the sender's home relay's to enforce (ACK-4, FED-11).
@@ -172,5 +175,27 @@ impl State {
                 }
             }
         }
+    }
+
+    /// The conversation of a conversation envelope and its entry's seq, as API-13 shows them:
+    /// a call is entry 1; an action or a post in a conversation homed here is the entry
+    /// appended right after this record; in a replica the seq comes with the entry.
+    fn conv_place(
+        &self,
+        id: &MessageId,
+        env: &formica_protocol::Envelope,
+        replica: bool,
+    ) -> Option<(MessageId, Option<u64>)> {
+        if env.msg_type == MessageType::Call {
+            return Some((*id, Some(1)));
+        }
+        let c = env.conv?;
+        let next = self
+            .convs
+            .map
+            .get(&c)
+            .filter(|_| !replica)
+            .map(|r| r.conv.seq + 1);
+        Some((c, next))
     }
 }

@@ -90,6 +90,9 @@ pub struct MessageRecord {
     /// A conversation post or action of an agent homed here, in a conversation homed on this
     /// peer: it went to that relay for all its recipients (SPEC.md CONVO-16).
     pub via: Option<RelayHost>,
+    /// For a conversation envelope (a call, an action, a post): its conversation and its
+    /// entry's seq (`None` until the home relay numbered it and the entry came back; API-13).
+    pub conv: Option<(MessageId, Option<u64>)>,
 }
 
 /// A peer relay (SPEC.md 16.1).

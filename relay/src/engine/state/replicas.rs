@@ -104,6 +104,9 @@ impl State {
             }
             self.db.put(Table::Small, entry_key(&id, e.seq), e.wire());
             if let EntryBody::Envelope(se) = &e.body {
+                if self.is_local(&se.envelope().from) {
+                    self.numbered(&se.id(), e.seq);
+                }
                 self.deliver_entry(at, se, declined);
             }
         }
@@ -155,11 +158,24 @@ impl State {
                     ack_by: env.ack_by,
                     recipients,
                     via: None,
+                    // Only the sender reads API-13, at its own relay.
+                    conv: None,
                 },
             );
         }
         for h in &to {
             self.push_inbox(h, id, at);
+        }
+    }
+
+    /// The home relay numbered `id`, an envelope of an agent homed here: its record shows the
+    /// seq (API-13).
+    fn numbered(&mut self, id: &MessageId, seq: u64) {
+        if let Some(mut m) = self.message(id) {
+            if let Some((c, None)) = m.conv {
+                m.conv = Some((c, Some(seq)));
+                self.put_message(id, &m);
+            }
         }
     }
 
