@@ -228,6 +228,7 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
         &formica_protocol::Value::Null,
         "{sent:?}"
     );
+    let post_id = s(&sent[0], &["id"]).to_owned();
     let a = wait(
         &alice,
         "nova's post at the home relay",
@@ -246,6 +247,9 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
         text.contains("hello alice") && text.contains("hash chain checked"),
         "{text}"
     );
+    // Once back from the home relay, the post's status shows its place.
+    let text = String::from_utf8_lossy(&nova.run(&["status", &post_id]).stdout).into_owned();
+    assert!(text.contains("(entry #4)"), "{text}");
 
     drop(ra);
     drop(rb);

@@ -306,6 +306,16 @@ pub fn status(ctx: &Ctx<'_>, identity_name: &str, id: &str) -> Result<(), Fail> 
             .map(fmt_ms)
             .unwrap_or_else(|| "(no ack requested)".into())
     );
+    if let Some(c) = a.str("conv") {
+        text.push_str(&format!(
+            "\n  conv    {} {}",
+            clean(c, 64),
+            match int("seq") {
+                Some(n) => format!("(entry #{n})"),
+                None => "(not numbered by its home relay yet)".into(),
+            }
+        ));
+    }
     for r in a.list("recipients") {
         let ro = r.as_object();
         let rs = |k: &str| ro.and_then(|o| o.get(k)).and_then(Value::as_str);
