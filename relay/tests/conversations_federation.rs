@@ -621,10 +621,44 @@ fn a_participant_relay_keeps_what_the_home_relay_sent_and_nothing_else() {
         "{v:?}"
     );
     assert!(!inbox_ids(&b, &bob).contains(&cl2.id().to_hex()));
-    // The same batch again changes nothing.
+    // The same batch again changes nothing, and repeats the decline (dave still rings in the
+    // replica): an answer the home relay lost loses no decline.
     let (st, v) = fake.batch(&b.proc_, &batch(vec![e1.clone()]));
     assert_eq!((st, get(&v, "seq").as_i64()), (200, Some(1)), "{v:?}");
     assert_eq!(inbox_ids(&b, &bob).len(), 1);
+    let (_, v) = fake.batch(&b.proc_, &batch(vec![]));
+    assert_eq!(
+        get(&v, "declined"),
+        &Value::Array(vec![obj(vec![
+            ("handle", dave.handle.as_str().into()),
+            ("reason", "unavailable".into())
+        ])]),
+        "{v:?}"
+    );
+    // A post to bob, who has not joined: no home relay could accept it, refused.
+    let early = say(&hal, &[&bob.handle], conv, "you did not accept");
+    let bad_post = next(&e1, EntryBody::Envelope(early), t0 + 1);
+    let (st, v) = fake.batch(&b.proc_, &batch(vec![bad_post]));
+    assert_eq!((st, code_of(&v).as_str()), (400, "invalid_field"), "{v:?}");
+    assert_eq!(
+        get(get(&v, "error"), "field").as_str(),
+        Some("entries[0].envelope")
+    );
+    // Entry 2 that does not link to the entry held: equivocation too.
+    let mut unlinked = next(
+        &e1,
+        EntryBody::Event(ConvEvent::Missed {
+            handle: bob.handle.clone(),
+        }),
+        t0 + 1,
+    );
+    unlinked.prev = [5; 32];
+    let (st, v) = fake.batch(&b.proc_, &batch(vec![unlinked]));
+    assert_eq!(
+        (st, code_of(&v).as_str()),
+        (409, "conversation_fork"),
+        "{v:?}"
+    );
     // Another entry at seq 1: equivocation, refused; the one held stays.
     let mut other = e1.clone();
     other.at += 1;

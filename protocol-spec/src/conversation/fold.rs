@@ -49,6 +49,9 @@ pub struct Participant {
     pub invited_at: i64,
     /// For a participant that declined or left: the last entry it may read (CONVO-10).
     pub end: Option<u64>,
+    /// Declined by a relay (an event entry: `busy`, or `unavailable` from its own relay,
+    /// CONVO-7, CONVO-14), not by its own `decline`.
+    pub declined_by_relay: bool,
 }
 
 /// The conversation's state (CONVO-1).
@@ -152,6 +155,7 @@ impl Conversation {
             invited_seq: 1,
             invited_at: at,
             end: None,
+            declined_by_relay: false,
         }];
         ps.extend(participants.iter().map(|p| invited(p, 1, at)));
         let mut c = Conversation {
@@ -217,7 +221,7 @@ impl Conversation {
 
     /// The refusal for an envelope in a closed conversation: a post after the turn limit is
     /// `turn_limit_reached`, anything else `conversation_closed` with the reason.
-    fn closed_error(&self, post: bool) -> Option<ConvError> {
+    pub(super) fn closed_error(&self, post: bool) -> Option<ConvError> {
         let ConvState::Closed(reason) = self.state else {
             return None;
         };
@@ -455,6 +459,7 @@ impl Conversation {
                         p.state = PartState::Declined;
                         p.reason = Some(reason.clone());
                         p.end = Some(e.seq);
+                        p.declined_by_relay = true;
                     }
                 }
                 ConvEvent::Closed { reason } => {
@@ -512,5 +517,6 @@ fn invited(p: &Invitee, seq: u64, at: i64) -> Participant {
         invited_seq: seq,
         invited_at: at,
         end: None,
+        declined_by_relay: false,
     }
 }

@@ -1,8 +1,12 @@
 //! What a conversation's state says besides the fold itself: the timers the home relay runs
 //! (CONVO-7, CONVO-9) and the summary readers see (API-23).
 
-use super::{CloseReason, ConvEvent, ConvLimits, ConvState, Conversation, PartState};
+use super::{
+    CloseReason, ConvError, ConvEvent, ConvLimits, ConvState, Conversation, Entry, EntryBody,
+    PartState,
+};
 use crate::envelope::ConvMode;
+use crate::error::ErrorCode;
 use crate::json::{Object, Value};
 
 impl Conversation {
@@ -102,5 +106,63 @@ impl Conversation {
             ),
         );
         Value::Object(o)
+    }
+
+    /// What a replica checks of entry `e` that the conversation's home relay sent to follow
+    /// this state (SPEC.md CONVO-13 step 6): the conversation is not closed yet; an envelope
+    /// is one the home relay could have accepted at the entry's `at` (`judge` under `limits`,
+    /// the terms in force there and the replica relay's `participants_max`; a call only as
+    /// entry 1); a `missed` or `declined` event names an invitee that is ringing (or, declined,
+    /// missed). So a replica holds at most what the rules allow: its turn limit in posts and a
+    /// few entries per participant. Links and hashes are the caller's (`Entry::from_value`).
+    pub fn check_next(&self, e: &Entry, limits: &ConvLimits) -> Result<(), ConvError> {
+        if let Some(err) = self.closed_error(false) {
+            return Err(ConvError::new(
+                ErrorCode::InvalidField,
+                format!("an entry after the close: {}", err.message),
+            )
+            .field("seq"));
+        }
+        match &e.body {
+            EntryBody::Envelope(se) => {
+                let env = se.envelope();
+                if env.msg_type == crate::envelope::MessageType::Call {
+                    return Err(
+                        ConvError::new(ErrorCode::InvalidField, "a call after entry 1")
+                            .field("envelope"),
+                    );
+                }
+                self.judge(env, e.at, limits).map_err(|x| {
+                    ConvError::new(
+                        ErrorCode::InvalidField,
+                        format!("not an envelope the home relay could accept here: {x}"),
+                    )
+                    .field("envelope")
+                })
+            }
+            EntryBody::Event(ConvEvent::Missed { handle }) => self
+                .participant(handle)
+                .filter(|p| p.state == PartState::Ringing)
+                .map(|_| ())
+                .ok_or_else(|| {
+                    ConvError::new(
+                        ErrorCode::InvalidField,
+                        format!("{handle} is not ringing: it cannot miss the call"),
+                    )
+                    .field("event.handle")
+                }),
+            EntryBody::Event(ConvEvent::Declined { handle, .. }) => self
+                .participant(handle)
+                .filter(|p| matches!(p.state, PartState::Ringing | PartState::Missed))
+                .map(|_| ())
+                .ok_or_else(|| {
+                    ConvError::new(
+                        ErrorCode::InvalidField,
+                        format!("{handle} has no invitation to decline"),
+                    )
+                    .field("event.handle")
+                }),
+            EntryBody::Event(ConvEvent::Closed { .. }) => Ok(()),
+        }
     }
 }

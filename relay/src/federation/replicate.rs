@@ -14,7 +14,7 @@ use crate::engine::decide::Command;
 use formica_protocol::conversation::replica::Answer;
 use formica_protocol::conversation::{Conversation, EntryBody, PartState};
 use formica_protocol::envelope::MessageId;
-use formica_protocol::RelayHost;
+use formica_protocol::{ErrorCode, RelayHost};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ fn readable_on(c: &Conversation, peer: &RelayHost) -> Option<(u64, Vec<formica_p
     let mut to = Vec::new();
     for p in c.participants.iter().filter(|p| p.handle.host() == peer) {
         if p.state == PartState::Declined
+            && p.declined_by_relay
             && p.reason.as_deref() == Some(crate::engine::decide::UNAVAILABLE)
         {
             continue;
@@ -49,11 +50,26 @@ fn readable_on(c: &Conversation, peer: &RelayHost) -> Option<(u64, Vec<formica_p
     upto.map(|u| (u, to))
 }
 
+/// Why a batch did not go through.
+enum Failure {
+    /// The peer could not be reached (or answered no JSON): the whole worker backs off.
+    Transport(String),
+    /// The peer answered this conversation's batch with a refusal that may pass (or the
+    /// answer could not be recorded): this conversation backs off, the others go on.
+    Conv(String),
+}
+
+/// Per conversation: when to try again after a `Conv` failure, and how many in a row.
+type Waits = HashMap<MessageId, (std::time::Instant, u32)>;
+
 impl Federation {
     /// The worker for one peer: runs while the peer is active.
     pub(super) async fn replicate_to(self, peer: RelayHost) {
         let fed = self.engine.policy.federation.clone();
         let mut sent: HashMap<MessageId, Sent> = HashMap::new();
+        let mut waits: Waits = HashMap::new();
+        // Entries per batch, halved for a conversation the peer found too large.
+        let mut sizes: HashMap<MessageId, usize> = HashMap::new();
         let mut failures: u32 = 0;
         loop {
             if *self.engine.stopping.borrow() {
@@ -62,17 +78,21 @@ impl Federation {
             let woken = self.engine.notifier.outbound_grew();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            // What to send: (conversation, from seq, up to seq, `to`), and the entries' bytes.
+            let now = std::time::Instant::now();
+            // What to send: (conversation, from seq, up to seq, `to`).
             let work: Vec<(MessageId, Option<u64>, u64, Vec<formica_protocol::Handle>)> = {
                 let st = self.engine.read();
                 if st.active_peer(&peer).is_none() {
                     return;
                 }
                 sent.retain(|id, _| st.conv(id).is_some());
+                waits.retain(|id, _| st.conv(id).is_some());
+                sizes.retain(|id, _| st.conv(id).is_some());
                 st.convs
                     .map
                     .values()
                     .filter(|r| r.home.is_none())
+                    .filter(|r| waits.get(&r.conv.id).is_none_or(|(t, _)| *t <= now))
                     .filter_map(|r| {
                         let (upto, to) = readable_on(&r.conv, &peer)?;
                         match sent.get(&r.conv.id) {
@@ -93,19 +113,39 @@ impl Federation {
                 }
                 continue;
             }
-            let mut failed = None;
+            let mut unreachable = None;
             for (id, from, upto, to) in work {
-                match self.send_batch(&peer, id, from, upto, to).await {
-                    Ok(s) => {
+                let size = sizes.get(&id).copied();
+                match self.send_batch(&peer, id, from, upto, to, size).await {
+                    Ok(Some(s)) => {
+                        waits.remove(&id);
                         sent.insert(id, s);
                     }
-                    Err(why) => {
-                        failed = Some(why);
+                    Ok(None) => {
+                        // Too large for the peer: fewer entries next time.
+                        let n = size.unwrap_or(self.engine.policy.limits.batch_envelopes_max);
+                        sizes.insert(id, (n / 2).max(1));
+                    }
+                    Err(Failure::Conv(why)) => {
+                        let n = waits.get(&id).map_or(0, |(_, n)| *n).saturating_add(1);
+                        if n == 1 {
+                            tracing::warn!(peer = %peer, conv = %id, "a conversation's entries are refused by the peer for now, retrying with backoff: {why}");
+                        }
+                        waits.insert(
+                            id,
+                            (
+                                std::time::Instant::now() + super::forward::backoff(&fed, n),
+                                n,
+                            ),
+                        );
+                    }
+                    Err(Failure::Transport(why)) => {
+                        unreachable = Some(why);
                         break;
                     }
                 }
             }
-            match failed {
+            match unreachable {
                 None => {
                     if failures > 0 {
                         tracing::info!(peer = %peer, "peer reachable again; conversation entries flow again");
@@ -123,8 +163,9 @@ impl Federation {
         }
     }
 
-    /// Sends one batch of conversation `id` (entries after `from` up to `upto`; none when
-    /// `from` is unknown) and submits the answer to the writer. `Err`: try again later.
+    /// Sends one batch of conversation `id` (entries after `from` up to `upto`, at most `size`
+    /// of them; none when `from` is unknown) and submits the answer to the writer. `Ok(None)`:
+    /// the peer found it too large (send fewer).
     async fn send_batch(
         &self,
         peer: &RelayHost,
@@ -132,17 +173,21 @@ impl Federation {
         from: Option<u64>,
         upto: u64,
         to: Vec<formica_protocol::Handle>,
-    ) -> Result<Sent, String> {
+        size: Option<usize>,
+    ) -> Result<Option<Sent>, Failure> {
         let budget = self
             .engine
             .policy
             .limits
             .batch_bytes_max
             .saturating_sub(4096);
+        let most = size
+            .unwrap_or(self.engine.policy.limits.batch_envelopes_max)
+            .max(1);
         let (rows, terms) = {
             let st = self.engine.read();
             let Some(r) = st.conv(&id) else {
-                return Ok(Sent::Refused);
+                return Ok(Some(Sent::Refused));
             };
             let limits = self.engine.policy.conversations.limits();
             let terms = (r.conv.turn_limit(&limits), r.conv.expiry(&limits));
@@ -152,11 +197,7 @@ impl Federation {
                     let n = usize::try_from(upto - after).unwrap_or(usize::MAX);
                     let mut bytes = 0usize;
                     let mut rows: Vec<Vec<u8>> = st
-                        .conv_entries(
-                            &id,
-                            after,
-                            n.min(self.engine.policy.limits.batch_envelopes_max.max(1)),
-                        )
+                        .conv_entries(&id, after, n.min(most))
                         .into_iter()
                         .take_while(|w| {
                             bytes += w.len() + 1;
@@ -177,9 +218,10 @@ impl Federation {
         let mut entries = Vec::with_capacity(rows.len());
         let mut ids = Vec::new();
         for w in &rows {
-            let v = formica_protocol::json::parse(w, limits.json).map_err(|e| e.to_string())?;
+            let v = formica_protocol::json::parse(w, limits.json)
+                .map_err(|e| Failure::Conv(e.to_string()))?;
             let e = formica_protocol::conversation::Entry::from_value(&v, &limits)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Failure::Conv(e.to_string()))?;
             if let EntryBody::Envelope(se) = &e.body {
                 ids.push((e.seq, se.id()));
             }
@@ -199,28 +241,40 @@ impl Federation {
         {
             Ok((200, v)) => match Answer::from_value(&v) {
                 Ok(a) if a.conv == id => Ok(a),
-                _ => return Err("the answer to a conversation batch is malformed".into()),
-            },
-            Ok((status, v)) => match answer_code(&v) {
-                Some(code) if code.retry() == formica_protocol::error::Retry::No => Err(code),
-                code => {
-                    return Err(format!(
-                        "{peer} answered {status} {}",
-                        code.map(|c| c.as_str()).unwrap_or("")
+                _ => {
+                    return Err(Failure::Transport(
+                        "the answer to a conversation batch is malformed".into(),
                     ))
                 }
             },
-            Err(u) => return Err(u.0),
+            Ok((status, v)) => match answer_code(&v) {
+                Some(ErrorCode::TooLarge) if most > 1 && rows.len() > 1 => return Ok(None),
+                // A refusal that will not change ends what this relay sends only to a relay
+                // that holds nothing of the conversation: its invitees are then declined. A
+                // relay that holds part of it keeps getting it, with backoff (CONVO-15).
+                Some(code)
+                    if code.retry() == formica_protocol::error::Retry::No
+                        && from.unwrap_or(0) == 0 =>
+                {
+                    Err(code)
+                }
+                code => {
+                    return Err(Failure::Conv(format!(
+                        "{peer} answered {status} {}",
+                        code.map(|c| c.as_str()).unwrap_or("")
+                    )))
+                }
+            },
+            Err(u) => return Err(Failure::Transport(u.0)),
         };
         let next = match &answer {
             Ok(a) => Sent::Holds(a.seq),
             Err(code) => {
-                tracing::warn!(peer = %peer, conv = %id, code = %code, "the peer refused a conversation batch; nothing more of it is sent there");
+                tracing::warn!(peer = %peer, conv = %id, code = %code, "the peer refused a conversation; its invitees there are declined and nothing more is sent");
                 Sent::Refused
             }
         };
-        let _ = self
-            .engine
+        self.engine
             .writer
             .submit(Command::ConvReplicated {
                 peer: peer.clone(),
@@ -228,7 +282,8 @@ impl Federation {
                 sent: ids,
                 answer,
             })
-            .await;
-        Ok(next)
+            .await
+            .map_err(|e| Failure::Conv(format!("recording the answer: {}", e.message)))?;
+        Ok(Some(next))
     }
 }

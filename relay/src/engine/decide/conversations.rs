@@ -274,9 +274,18 @@ pub(super) fn removals(st: &State, ctx: &Ctx<'_>, max: usize) -> Vec<Event> {
         .filter(|(_, r)| {
             // A replica whose home relay stopped sending goes at its expiry + keep, by this
             // relay's clock (CONVO-17).
+            // Its expiry as its home relay said, but never later than this relay's own
+            // ttl_max_ms after it started the replica.
             let end = match (r.closed_at, r.home.is_some()) {
                 (Some(t), _) => Some(t),
-                (None, true) => Some(r.conv.expiry(&r.limits(ctx.policy.conversations.limits()))),
+                (None, true) => Some(
+                    r.conv
+                        .expiry(&r.limits(ctx.policy.conversations.limits()))
+                        .min(
+                            r.replica_since
+                                .saturating_add(ctx.policy.conversations.ttl_max_ms),
+                        ),
+                ),
                 (None, false) => None,
             };
             end.is_some_and(|t| ctx.now > t.saturating_add(keep))

@@ -6,9 +6,11 @@ use super::conversations::{events_of, then};
 use super::{Ctx, Decision, Outcome};
 use crate::engine::error::ApiError;
 use crate::engine::events::Event;
-use crate::engine::state::State;
+use crate::engine::state::{ConvRecord, State};
 use formica_protocol::conversation::replica::{Answer, Batch};
-use formica_protocol::conversation::{ConvEvent, EntryBody, PartState, FIRST_PREV};
+use formica_protocol::conversation::{
+    ConvEvent, ConvLimits, Conversation, EntryBody, PartState, FIRST_PREV,
+};
 use formica_protocol::envelope::{ConvActionKind, ConvMode, MessageId, Payload};
 use formica_protocol::keylog::KeyLog;
 use formica_protocol::presence::Availability;
@@ -57,7 +59,7 @@ pub(super) fn batch(
 ) -> Decision {
     let pol = &ctx.policy.conversations;
     let held = st.conv(&b.conv);
-    let (mut seq, mut head) = match held {
+    let (seq, head) = match held {
         Some(r) => match &r.home {
             None => {
                 return Err(refuse(
@@ -75,52 +77,48 @@ pub(super) fn batch(
         },
         None => (0, FIRST_PREV),
     };
-    let answer = |seq: u64, head: [u8; 32], declined: Vec<(Handle, String)>| {
-        Outcome::Done(
-            Answer {
-                conv: b.conv,
-                seq,
-                head,
-                declined,
-            }
-            .to_value(),
+    // Entries held already must be the same ones (a home relay that sends another entry at a
+    // seq held, or one that does not link to the entry held before it, equivocates: refused,
+    // nothing changes).
+    let fork = |seq: u64| {
+        tracing::warn!(conv = %b.conv, seq, peer = %origin, "a conversation's home relay sent an entry that conflicts with the ones held (kept: the ones held)");
+        refuse(
+            ErrorCode::ConversationFork,
+            format!(
+                "entry {seq} of conversation {} conflicts with the entries this relay holds",
+                b.conv
+            ),
         )
     };
-    // Entries held already must be the same ones (a home relay that sends another entry at a
-    // seq held is equivocating: refused, nothing changes).
     let mut fresh = Vec::with_capacity(b.entries.len());
-    for e in b.entries {
+    for (i, e) in b.entries.into_iter().enumerate() {
         if e.seq <= seq {
             let same = st
                 .conv_entries(&b.conv, e.seq - 1, 1)
                 .first()
                 .is_some_and(|w| *w == e.wire());
             if !same {
-                tracing::warn!(conv = %b.conv, seq = e.seq, peer = %origin, "a conversation's home relay sent an entry that differs from the one held (kept: the one held)");
-                return Err(refuse(
-                    ErrorCode::ConversationFork,
-                    format!(
-                        "entry {} of conversation {} differs from the one this relay holds",
-                        e.seq, b.conv
-                    ),
-                ));
+                return Err(fork(e.seq));
             }
             continue;
         }
-        fresh.push(e);
+        fresh.push((i, e));
     }
-    let follows = fresh
-        .first()
-        .is_some_and(|e| e.seq == seq + 1 && e.prev == head);
-    if !follows {
+    match fresh.first() {
+        Some((_, e)) if e.seq == seq + 1 && e.prev != head => return Err(fork(e.seq)),
+        Some((_, e)) if e.seq == seq + 1 => {}
         // Nothing new, or a gap: the answer says where to resume.
-        return Ok((vec![], answer(seq, head, vec![])));
+        _ => {
+            let again = held.map(repeated_declines).unwrap_or_default();
+            return Ok((vec![], answer(b.conv, seq, head, again)));
+        }
     }
-    let mut c = match held {
-        Some(r) => r.conv.clone(),
+    let (mut c, limits) = match held {
+        Some(r) => (r.conv.clone(), r.limits(pol.limits())),
         None => {
-            let EntryBody::Envelope(se) = &fresh[0].body else {
-                return Err(refuse(ErrorCode::InvalidField, "entry 1 is a call".into()));
+            let EntryBody::Envelope(se) = &fresh[0].1.body else {
+                return Err(refuse(ErrorCode::InvalidField, "entry 1 is a call".into())
+                    .with("field", "entries[0]".into()));
             };
             if se.envelope().from.host() != &origin {
                 return Err(refuse(
@@ -154,32 +152,49 @@ pub(super) fn batch(
                     ),
                 ));
             }
-            let Some(c) = formica_protocol::conversation::Conversation::open(se, fresh[0].at)
-            else {
-                return Err(refuse(ErrorCode::InvalidField, "entry 1 is a call".into()));
+            let Some(c) = Conversation::open(se, fresh[0].1.at) else {
+                return Err(refuse(ErrorCode::InvalidField, "entry 1 is a call".into())
+                    .with("field", "entries[0]".into()));
             };
-            seq = 1;
-            head = c.head;
-            c
+            let limits = ConvLimits {
+                participants_max: pol.participants_max,
+                turns_max: b.turns,
+                ttl_max_ms: b.expires.saturating_sub(c.created),
+            };
+            Conversation::check_call(se.envelope(), &limits).map_err(|e| entry_error(0, e))?;
+            (c, limits)
         }
     };
+    let limits = ConvLimits {
+        participants_max: pol.participants_max,
+        ..limits
+    };
     let mut declined = Vec::new();
-    for (i, e) in fresh.iter().enumerate() {
-        if i > 0 || held.is_some() {
-            if e.seq != c.seq + 1 || e.prev != c.head {
-                return Err(refuse(
-                    ErrorCode::InvalidField,
-                    "entries do not follow".into(),
-                ));
-            }
+    let mut ids = std::collections::HashSet::new();
+    for (k, (i, e)) in fresh.iter().enumerate() {
+        if k > 0 || held.is_some() {
+            c.check_next(e, &limits).map_err(|x| entry_error(*i, x))?;
             c.apply(e);
-            seq = c.seq;
-            head = c.head;
         }
         let EntryBody::Envelope(se) = &e.body else {
             continue;
         };
+        // An envelope is in a conversation once: a home relay cannot deliver it twice here.
         let env = se.envelope();
+        let again = !ids.insert(se.id())
+            || if st.is_local(&env.from) {
+                st.message(&se.id())
+                    .is_some_and(|m| matches!(m.conv, Some((_, Some(_)))))
+            } else {
+                st.seen(&se.id(), env.ts)
+            };
+        if again {
+            return Err(refuse(
+                ErrorCode::InvalidField,
+                format!("envelope {} is already in a conversation here", se.id()),
+            )
+            .with("field", format!("entries[{i}].envelope").into()));
+        }
         let invitation = matches!(
             env.payload,
             Payload::Call { .. }
@@ -197,6 +212,19 @@ pub(super) fn batch(
             }
         }
     }
+    let mut answered = declined.clone();
+    if let Some(r) = held {
+        for (h, why) in repeated_declines(r) {
+            if !answered.iter().any(|(x, _)| *x == h) {
+                answered.push((h, why));
+            }
+        }
+    }
+    // Only those still waiting for an answer in the replica as it now stands.
+    answered.retain(|(h, _)| {
+        c.participant(h)
+            .is_some_and(|p| matches!(p.state, PartState::Ringing | PartState::Missed))
+    });
     let mut events = Vec::new();
     for log in fetched {
         if !st.remote_logs.contains_key(log.handle()) {
@@ -204,16 +232,52 @@ pub(super) fn batch(
             events.extend(ev);
         }
     }
+    let (last, last_head) = (c.seq, c.head);
     events.push(Event::ConvReplica {
         at: ctx.now,
         home: origin,
         conv: b.conv,
         turns: b.turns,
         expires: b.expires,
-        entries: fresh,
-        declined: declined.clone(),
+        entries: fresh.into_iter().map(|(_, e)| e).collect(),
+        declined,
     });
-    Ok((events, answer(seq, head, declined)))
+    Ok((events, answer(b.conv, last, last_head, answered)))
+}
+
+fn answer(conv: MessageId, seq: u64, head: [u8; 32], declined: Vec<(Handle, String)>) -> Outcome {
+    Outcome::Done(
+        Answer {
+            conv,
+            seq,
+            head,
+            declined,
+        }
+        .to_value(),
+    )
+}
+
+/// A refusal of entry `i` of a batch, with its path.
+fn entry_error(i: usize, e: formica_protocol::conversation::ConvError) -> ApiError {
+    let field = match e.field {
+        Some(f) => format!("entries[{i}].{f}"),
+        None => format!("entries[{i}]"),
+    };
+    ApiError::new(e.code, e.message).with("field", field.into())
+}
+
+/// The declines this relay made earlier for invitees that still ring in the replica: repeated
+/// in every answer, so that a lost answer loses none (CONVO-14).
+fn repeated_declines(r: &ConvRecord) -> Vec<(Handle, String)> {
+    r.declined_here
+        .iter()
+        .filter(|(h, _)| {
+            r.conv
+                .participant(h)
+                .is_some_and(|p| matches!(p.state, PartState::Ringing | PartState::Missed))
+        })
+        .map(|(h, why)| (h.clone(), why.clone()))
+        .collect()
 }
 
 /// The participants of `id` homed on `peer` that may still answer an invitation.

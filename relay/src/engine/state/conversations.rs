@@ -47,6 +47,11 @@ pub struct ConvRecord {
     /// expiry in force there. `None`: homed here.
     pub home: Option<RelayHost>,
     pub terms: Option<(i64, i64)>,
+    /// For a replica: when this relay started it (its own clock, CONVO-17), and the invitees
+    /// homed here it declined for (CONVO-14: repeated in every answer while they still ring
+    /// in the replica, so that a lost answer loses no decline).
+    pub replica_since: i64,
+    pub declined_here: BTreeMap<Handle, String>,
 }
 
 impl ConvRecord {
@@ -158,6 +163,8 @@ impl Convs {
                 closed_at: None,
                 home,
                 terms,
+                replica_since: 0,
+                declined_here: BTreeMap::new(),
             },
         );
     }
@@ -276,13 +283,13 @@ impl State {
                     return Err(bad("is not a call"));
                 };
                 let c = Conversation::open(se, e.at).ok_or_else(|| bad("is not a call"))?;
-                let (home, terms) = match replicas.get(&id) {
+                let (home, terms, since, declined) = match replicas.get(&id) {
                     Some(v) => {
-                        let (h, t) = replica_meta(v)
+                        let m = replica_meta(v)
                             .ok_or_else(|| bad("has a replica row that does not decode"))?;
-                        (Some(h), Some(t))
+                        (Some(m.home), Some(m.terms), m.since, m.declined)
                     }
-                    None => (None, None),
+                    None => (None, None, 0, BTreeMap::new()),
                 };
                 cur = Some(ConvRecord {
                     conv: c,
@@ -290,7 +297,15 @@ impl State {
                     closed_at: None,
                     home,
                     terms,
+                    replica_since: since,
+                    declined_here: declined,
                 });
+                // A replica's close is timed by this relay's clock (CONVO-17).
+                if let Some(t) = replicas.get(&id).and_then(|v| replica_meta(v)?.closed) {
+                    if let Some(r) = cur.as_mut() {
+                        r.closed_at = Some(t);
+                    }
+                }
                 continue;
             }
             let r = cur

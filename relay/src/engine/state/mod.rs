@@ -28,6 +28,7 @@ mod conversations;
 mod envelopes;
 mod replicas;
 pub use conversations::stored_limits as stored_entry_limits;
+pub use conversations::ConvRecord;
 mod db;
 mod persist;
 mod profiles;

@@ -10,35 +10,67 @@ use crate::store::Table;
 use formica_protocol::conversation::{Conversation, Entry, EntryBody};
 use formica_protocol::envelope::{ConvActionKind, DeliveryState, MessageId, Payload};
 use formica_protocol::{canon, Handle, Object, RelayHost, Value};
+use std::collections::BTreeMap;
 
 pub(super) fn replica_key(id: &MessageId) -> Vec<u8> {
     codec::small_key("convr", &id.to_hex(), None)
 }
 
-fn replica_value(home: &RelayHost, terms: (i64, i64)) -> Vec<u8> {
+/// What the `convr` row of a replica holds.
+pub(super) struct ReplicaMeta {
+    pub home: RelayHost,
+    /// The turn limit and expiry in force at the home relay, as its first batch said.
+    pub terms: (i64, i64),
+    /// When this relay started the replica, and when it saw it close (its own clock).
+    pub since: i64,
+    pub closed: Option<i64>,
+    /// The invitees homed here that this relay declined for, and why (CONVO-14).
+    pub declined: BTreeMap<Handle, String>,
+}
+
+fn replica_value(m: &ReplicaMeta) -> Vec<u8> {
     let mut o = Object::new();
-    o.insert("home", home.as_str().into());
-    o.insert("turns", Value::Int(terms.0));
-    o.insert("expires", Value::Int(terms.1));
+    o.insert("home", m.home.as_str().into());
+    o.insert("turns", Value::Int(m.terms.0));
+    o.insert("expires", Value::Int(m.terms.1));
+    o.insert("since", Value::Int(m.since));
+    if let Some(t) = m.closed {
+        o.insert("closed", Value::Int(t));
+    }
+    let mut d = Object::new();
+    for (h, why) in &m.declined {
+        d.insert(h.as_str(), why.as_str().into());
+    }
+    o.insert("declined", Value::Object(d));
     canon::canonicalize(&Value::Object(o))
 }
 
-/// The home relay and terms of a `convr` row.
-pub(super) fn replica_meta(v: &[u8]) -> Option<(RelayHost, (i64, i64))> {
+/// A `convr` row.
+pub(super) fn replica_meta(v: &[u8]) -> Option<ReplicaMeta> {
     let v = formica_protocol::json::parse(v, super::conversations::stored_limits().json).ok()?;
     let o = v.as_object()?;
-    let home = RelayHost::parse(o.get("home")?.as_str()?).ok()?;
-    Some((
-        home,
-        (o.get("turns")?.as_i64()?, o.get("expires")?.as_i64()?),
-    ))
+    let int = |k: &str| o.get(k).and_then(Value::as_i64);
+    Some(ReplicaMeta {
+        home: RelayHost::parse(o.get("home")?.as_str()?).ok()?,
+        terms: (int("turns")?, int("expires")?),
+        since: int("since")?,
+        closed: int("closed"),
+        declined: o
+            .get("declined")?
+            .as_object()?
+            .iter()
+            .map(|(h, why)| Some((Handle::parse(h).ok()?, why.as_str()?.to_owned())))
+            .collect::<Option<BTreeMap<Handle, String>>>()?,
+    })
 }
 
 /// The handles of `env.to` homed here that an envelope entry is delivered to: a call's or an
-/// invite's invitees (less those this relay declined for), a post's recipients; the other
-/// actions go to the owner, who is homed on the home relay.
+/// invite's invitees (less those this relay declined for), a post's recipients that are joined
+/// in the replica (a home relay cannot make a post reach anyone else here); the other actions
+/// go to the owner, who is homed on the home relay.
 fn local_recipients(
     st: &State,
+    c: &Conversation,
     se: &formica_protocol::SignedEnvelope,
     declined: &[(Handle, String)],
 ) -> Vec<Handle> {
@@ -58,6 +90,11 @@ fn local_recipients(
         .iter()
         .filter(|h| st.agents.contains_key(*h))
         .filter(|h| !(invitation && declined.iter().any(|(d, _)| d == *h)))
+        .filter(|h| {
+            invitation
+                || c.participant(h)
+                    .is_some_and(|p| p.state == formica_protocol::conversation::PartState::Joined)
+        })
         .cloned()
         .collect()
 }
@@ -74,8 +111,6 @@ impl State {
         entries: &[Entry],
         declined: &[(Handle, String)],
     ) {
-        self.db
-            .put(Table::Small, replica_key(&id), replica_value(home, terms));
         for e in entries {
             match self.convs.map.get_mut(&id) {
                 None => {
@@ -86,16 +121,19 @@ impl State {
                         return;
                     };
                     self.convs.insert(c, Some((home.clone(), terms)));
+                    if let Some(r) = self.convs.map.get_mut(&id) {
+                        r.replica_since = at;
+                    }
                 }
                 Some(r) => {
-                    r.terms = Some(terms);
                     if e.seq != r.conv.seq + 1 || e.prev != r.conv.head {
                         return;
                     }
                     let before = r.conv.participants.len();
                     r.conv.apply(e);
                     if r.conv.is_closed() && r.closed_at.is_none() {
-                        r.closed_at = Some(e.at);
+                        // This relay's clock, not the home relay's `at` (CONVO-17).
+                        r.closed_at = Some(at);
                         self.convs.open.remove(&id);
                     }
                     let c = r.conv.clone();
@@ -110,6 +148,19 @@ impl State {
                 self.deliver_entry(at, se, declined);
             }
         }
+        let Some(r) = self.convs.map.get_mut(&id) else {
+            return;
+        };
+        r.declined_here.extend(declined.iter().cloned());
+        let meta = ReplicaMeta {
+            home: home.clone(),
+            terms: r.terms.unwrap_or(terms),
+            since: r.replica_since,
+            closed: r.closed_at,
+            declined: r.declined_here.clone(),
+        };
+        self.db
+            .put(Table::Small, replica_key(&id), replica_value(&meta));
     }
 
     /// Delivers an envelope entry to its recipients homed here, as a forwarded envelope is
@@ -121,7 +172,16 @@ impl State {
         se: &formica_protocol::SignedEnvelope,
         declined: &[(Handle, String)],
     ) {
-        let to = local_recipients(self, se, declined);
+        let Some(c) = se
+            .envelope()
+            .conv
+            .or(Some(se.id()))
+            .and_then(|c| self.convs.map.get(&c))
+            .map(|r| r.conv.clone())
+        else {
+            return;
+        };
+        let to = local_recipients(self, &c, se, declined);
         if to.is_empty() {
             return;
         }
