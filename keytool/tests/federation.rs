@@ -206,7 +206,10 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
         },
         &["--json", "calls"],
     );
-    nova.json(&["accept", &conv]);
+    // The accept goes to the home relay; keytool waits for it to come back to nova's replica,
+    // so that nova can post at once.
+    let acc = nova.json(&["accept", &conv]);
+    assert_eq!(s(&acc[0], &["state"]), "active", "{acc:?}");
     wait(
         &alice,
         "nova's accept at the home relay",

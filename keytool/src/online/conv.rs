@@ -318,6 +318,10 @@ pub fn act(
     Ok(())
 }
 
+/// How long an action in a replica waits to come back from the home relay before it is
+/// printed (the answer then says it has not come back yet).
+const BACK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Prints an accepted action, with the conversation's state read after it.
 fn emit_action(
     ctx: &Ctx<'_>,
@@ -328,7 +332,31 @@ fn emit_action(
     reason: Option<&str>,
     mut extra: Vec<(&'static str, Value)>,
 ) {
-    let after = summary(s, conv).ok();
+    let mut after = summary(s, conv).ok();
+    // On a relay that keeps a replica, the home relay numbers the action (no seq in the
+    // answer) and the replica shows it when the entry comes back, usually within
+    // milliseconds: wait for it a little, so that an accept is followed by posts that the
+    // replica already allows (SPEC.md CONVO-16).
+    if p.seq.is_none() && p.result == "accepted" {
+        let want = match action {
+            ConvActionKind::Accept => Some("joined"),
+            ConvActionKind::Decline => Some("declined"),
+            ConvActionKind::Leave => Some("left"),
+            _ => None,
+        };
+        let end = std::time::Instant::now() + BACK_WAIT;
+        while let Some(w) = want {
+            let mine = after
+                .as_ref()
+                .and_then(|a| a.part(&s.me))
+                .map(|x| x.state.clone());
+            if mine.as_deref() == Some(w) || std::time::Instant::now() >= end {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            after = summary(s, conv).ok().or(after);
+        }
+    }
     let (state, why) = match &after {
         Some(a) => (Some(a.state.clone()), a.reason.clone()),
         None => (None, None),
