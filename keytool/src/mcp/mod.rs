@@ -22,12 +22,13 @@
 
 mod conv;
 mod conv_res;
+mod inbox_res;
 mod presence;
 mod profile;
 mod tools;
 
 use crate::output::{Fail, Out};
-use crate::{identity, online, watch};
+use crate::{identity, online};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
@@ -235,7 +236,7 @@ impl Server {
         let (tx, rx) = tokio::sync::broadcast::channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let (cfg, s2, t2) = (self.cfg.clone(), stop.clone(), tx.clone());
-        std::thread::spawn(move || follow_inbox(&cfg, from, &s2, &t2));
+        std::thread::spawn(move || inbox_res::follow_inbox(&cfg, from, &s2, &t2));
         *hub = Some(Hub {
             stop,
             subscribers: 1,
@@ -252,55 +253,6 @@ impl Server {
             if h.subscribers == 0 {
                 h.stop.store(true, Ordering::SeqCst);
                 *hub = None;
-            }
-        }
-    }
-}
-
-/// Follows the inbox after `from` until `stop`, waking the subscribers per new item (a burst
-/// while a wake-up is pending adds none); reconnects with backoff after failures that can pass,
-/// resuming after the last item seen; after `cursor_too_old` it starts again from the oldest
-/// item kept, and says so with a wake-up.
-fn follow_inbox(
-    cfg: &Config,
-    from: Option<String>,
-    stop: &AtomicBool,
-    tx: &tokio::sync::broadcast::Sender<()>,
-) {
-    let out = Out::capturing();
-    let ctx = online::Ctx {
-        out: &out,
-        home: &cfg.home,
-        relay: cfg.relay.as_deref(),
-    };
-    let mut last = from;
-    let mut pause = Duration::from_secs(1);
-    while !stop.load(Ordering::SeqCst) {
-        let res = online::session(&ctx, &cfg.identity).and_then(|s| {
-            pause = Duration::from_secs(1);
-            watch::follow(&s, last.clone(), None, false, Some(stop), |cursor, _| {
-                last = Some(cursor);
-                let _ = tx.send(());
-                Ok(true)
-            })
-        });
-        match res {
-            Ok(()) => {}
-            Err(f) if f.code == Some(formica_protocol::ErrorCode::CursorTooOld) => {
-                last = None;
-                let _ = tx.send(());
-            }
-            Err(f) => {
-                eprintln!(
-                    "keytool mcp: following the inbox: {}; again in {} s",
-                    f.message,
-                    pause.as_secs()
-                );
-                let until = std::time::Instant::now() + pause;
-                while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                pause = (pause * 2).min(Duration::from_secs(60));
             }
         }
     }

@@ -110,37 +110,9 @@ impl State {
                 }
             }
             _ => {
-                let recipients: Vec<RecipientStatus> = env
-                    .to
-                    .iter()
-                    .map(|h| RecipientStatus {
-                        handle: h.clone(),
-                        state: DeliveryState::Accepted,
-                        updated: at,
-                        ack: None,
-                        reason: None,
-                    })
-                    .collect();
                 // A new id (see `mark_new`): its record and deadline are new too.
-                self.messages_len += 1;
-                self.db.put(
-                    Table::MessagesByTime,
-                    codec::time_id_key(at, &id),
-                    Vec::new(),
-                );
-                self.put_message(
-                    &id,
-                    &MessageRecord {
-                        sender: env.from.clone(),
-                        msg_type: env.msg_type.clone(),
-                        ts: env.ts,
-                        at,
-                        ack_by: env.ack_by,
-                        recipients,
-                        via: via.clone(),
-                        conv: self.conv_place(&id, env, via.is_some()),
-                    },
-                );
+                let conv = self.conv_place(&id, env, via.is_some());
+                self.new_message(at, &id, env, via.clone(), conv);
                 // Deadlines are the sender's home relay's to enforce (ACK-4, FED-11).
                 if let (Some(by), true) = (env.ack_by, self.is_local(&env.from)) {
                     self.db
@@ -197,5 +169,47 @@ impl State {
             .filter(|_| !replica)
             .map(|r| r.conv.seq + 1);
         Some((c, next))
+    }
+
+    /// The record of a message accepted at `at`, every recipient's delivery `accepted`
+    /// (DELIV-1), and its place in the by-time index.
+    pub(super) fn new_message(
+        &mut self,
+        at: i64,
+        id: &MessageId,
+        env: &formica_protocol::Envelope,
+        via: Option<RelayHost>,
+        conv: Option<(MessageId, Option<u64>)>,
+    ) {
+        let recipients: Vec<RecipientStatus> = env
+            .to
+            .iter()
+            .map(|h| RecipientStatus {
+                handle: h.clone(),
+                state: DeliveryState::Accepted,
+                updated: at,
+                ack: None,
+                reason: None,
+            })
+            .collect();
+        self.messages_len += 1;
+        self.db.put(
+            Table::MessagesByTime,
+            codec::time_id_key(at, id),
+            Vec::new(),
+        );
+        self.put_message(
+            id,
+            &MessageRecord {
+                sender: env.from.clone(),
+                msg_type: env.msg_type.clone(),
+                ts: env.ts,
+                at,
+                ack_by: env.ack_by,
+                recipients,
+                via,
+                conv,
+            },
+        );
     }
 }

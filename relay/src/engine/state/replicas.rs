@@ -4,11 +4,10 @@
 //! to their recipients homed here, and their inbox items point at the record that added them.
 
 use super::conversations::{entry_key, is_post};
-use super::records::{MessageRecord, RecipientStatus};
 use super::{codec, State};
 use crate::store::Table;
 use formica_protocol::conversation::{Conversation, Entry, EntryBody};
-use formica_protocol::envelope::{ConvActionKind, DeliveryState, MessageId, Payload};
+use formica_protocol::envelope::{ConvActionKind, MessageId, Payload};
 use formica_protocol::{canon, Handle, Object, RelayHost, Value};
 use std::collections::BTreeMap;
 
@@ -191,37 +190,8 @@ impl State {
         // made when this relay accepted it.
         if !self.is_local(&env.from) && self.db.get(Table::Messages, &id.0).is_none() {
             self.mark_new(&id, env.ts);
-            self.messages_len += 1;
-            self.db.put(
-                Table::MessagesByTime,
-                codec::time_id_key(at, &id),
-                Vec::new(),
-            );
-            let recipients = env
-                .to
-                .iter()
-                .map(|h| RecipientStatus {
-                    handle: h.clone(),
-                    state: DeliveryState::Accepted,
-                    updated: at,
-                    ack: None,
-                    reason: None,
-                })
-                .collect();
-            self.put_message(
-                &id,
-                &MessageRecord {
-                    sender: env.from.clone(),
-                    msg_type: env.msg_type.clone(),
-                    ts: env.ts,
-                    at,
-                    ack_by: env.ack_by,
-                    recipients,
-                    via: None,
-                    // Only the sender reads API-13, at its own relay.
-                    conv: None,
-                },
-            );
+            // Only the sender reads API-13, at its own relay: no conversation place here.
+            self.new_message(at, &id, env, None, None);
         }
         for h in &to {
             self.push_inbox(h, id, at);
