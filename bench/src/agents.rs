@@ -163,10 +163,16 @@ async fn register_one(conn: &mut Conn, addr: &str, a: &Agent, ts: i64) -> Result
     Ok(())
 }
 
-/// `owner` lets `contact` send it messages.
-async fn allow_one(conn: &mut Conn, addr: &str, owner: &Agent, contact: &Handle) -> Result<()> {
+/// `owner` grants `contact` the contact level `level` (`read`, `message` or `task`).
+async fn allow_one(
+    conn: &mut Conn,
+    addr: &str,
+    owner: &Agent,
+    contact: &Handle,
+    level: &str,
+) -> Result<()> {
     let path = format!("/v1/contacts/{contact}");
-    let body = canon::canonicalize(&obj(vec![("level", "task".into())]));
+    let body = canon::canonicalize(&obj(vec![("level", level.into())]));
     let auth = owner.auth("PUT", &path, &body);
     let r = conn
         .send(&http::request(
@@ -249,11 +255,22 @@ pub async fn register_all_at(
     .await
 }
 
-/// Contact grants `(owner index, contact index)`.
+/// Contact grants `(owner index, contact index)`, level `task` (the owner lets the contact
+/// send it messages and tasks).
 pub async fn allow_all(
     addr: &str,
     agents: Arc<Vec<Agent>>,
     pairs: Vec<(usize, usize)>,
+) -> Result<()> {
+    allow_all_level(addr, agents, pairs, "task").await
+}
+
+/// Contact grants `(owner index, contact index)` of the level `level`.
+pub async fn allow_all_level(
+    addr: &str,
+    agents: Arc<Vec<Agent>>,
+    pairs: Vec<(usize, usize)>,
+    level: &'static str,
 ) -> Result<()> {
     let pairs = Arc::new(pairs);
     let addr2 = addr.to_owned();
@@ -261,7 +278,14 @@ pub async fn allow_all(
         let (agents, pairs, addr) = (agents.clone(), pairs.clone(), addr2.clone());
         async move {
             let (owner, contact) = pairs[i];
-            allow_one(&mut conn, &addr, &agents[owner], &agents[contact].handle).await?;
+            allow_one(
+                &mut conn,
+                &addr,
+                &agents[owner],
+                &agents[contact].handle,
+                level,
+            )
+            .await?;
             Ok(conn)
         }
     })

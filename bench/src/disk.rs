@@ -306,7 +306,7 @@ pub struct RelayLog {
 }
 
 impl RelayLog {
-    fn read(relay: &RelayProc) -> RelayLog {
+    pub fn read(relay: &RelayProc) -> RelayLog {
         let text = std::fs::read_to_string(relay.dir.join("relay.stderr.log")).unwrap_or_default();
         let mut l = RelayLog::default();
         let keep = |v: &mut Vec<String>, line: &str, max: usize| {

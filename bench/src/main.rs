@@ -7,6 +7,7 @@
 //! prepared bytes over keep-alive connections.
 
 mod agents;
+mod conv;
 mod directory;
 mod disk;
 mod http;
@@ -62,15 +63,15 @@ struct Cli {
     #[arg(long)]
     keep: bool,
     /// Run only these items (comma-separated: bound,ingest,latency,memory,startup,pow,disk,
-    /// directory,presence). `disk` (10-20 minutes), `directory` and `presence` run only when
-    /// named here.
+    /// directory,presence,conv). `disk` (10-20 minutes), `directory`, `presence` and `conv` run
+    /// only when named here.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Envelopes per ingest run [default: 100000; quick 10000].
     #[arg(long)]
     ingest_envelopes: Option<usize>,
-    /// Rounds of the ingest runs (four configurations) and of the latency runs (durable and
-    /// relaxed); the median round counts [default: 3; quick 1].
+    /// Rounds of the ingest runs (four configurations), of the latency runs (durable and
+    /// relaxed) and of the conversation item; the median round counts [default: 3; quick 1].
     #[arg(long)]
     rounds: Option<usize>,
     /// Registered senders in the ingest runs [default: 1000; quick 100].
@@ -143,6 +144,20 @@ struct Cli {
     /// Changes of presence the presence item makes [default: 20; quick 5].
     #[arg(long)]
     presence_rounds: Option<usize>,
+    /// Relays of the conversation item: 2 (three participants on each, peered) or 1 (all six
+    /// on one relay).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    conv_relays: u8,
+    /// Posts per second of the conversation item, all participants together.
+    #[arg(long, default_value_t = 200.0)]
+    conv_rate: f64,
+    /// Timed seconds of the conversation item [default: 10; quick 3].
+    #[arg(long)]
+    conv_seconds: Option<f64>,
+    /// Timed posts per conversation in the conversation item (a relay takes at most 600 posts
+    /// a minute in one conversation, so the run uses one conversation after another).
+    #[arg(long, default_value_t = 500)]
+    conv_posts_per_conversation: usize,
 }
 
 /// Targets of the issue (ratios hold on any machine; absolute figures are for 2 cores).
@@ -151,6 +166,9 @@ const TARGET_SINGLE_RATIO: f64 = 0.5;
 const TARGET_DURABLE_VS_RELAXED: f64 = 0.8;
 const TARGET_P99_ONE_RELAY_MS: f64 = 5.0;
 const TARGET_P99_TWO_RELAYS_MS: f64 = 10.0;
+/// Conversation fan-out: six parties over two relays at 200 posts/s, post to the entry on every
+/// other participant's stream.
+const TARGET_P99_CONV_MS: f64 = 15.0;
 const TARGET_SUBSCRIBERS: usize = 10_000;
 const TARGET_SUBSCRIBERS_RSS_BYTES: f64 = 300e6;
 const TARGET_LOG_ENTRIES: u64 = 1_000_000;
@@ -1536,6 +1554,123 @@ fn run() -> Result<()> {
         doc.set("presence", p);
     }
 
+    if cli.only.iter().any(|o| o == "conv") {
+        let cp = conv::ConvPlan {
+            relays: cli.conv_relays.into(),
+            rate_per_s: cli.conv_rate,
+            seconds: cli
+                .conv_seconds
+                .unwrap_or(if cli.quick { 3.0 } else { 10.0 }),
+            per_conversation: cli.conv_posts_per_conversation,
+            text_bytes: cli.text_bytes,
+        };
+        progress(&format!(
+            "conv: six parties on {} relay(s), {} posts/s for {} s",
+            cp.relays, cp.rate_per_s, cp.seconds
+        ));
+        let rounds = cli.rounds.unwrap_or(if cli.quick { 1 } else { 3 }).max(1);
+        let c = conv::run(&launcher, &cp, rounds)?;
+        let g = |path: &[&str]| c.get(path).unwrap_or(f64::NAN);
+        let three = |k: &str| {
+            format!(
+                "{:.2} / {:.2} / {:.2} ms",
+                g(&[k, "p50_ms"]),
+                g(&[k, "p99_ms"]),
+                g(&[k, "max_ms"])
+            )
+        };
+        let head = format!("{} relay(s), 6 parties @ {}/s", cp.relays, cp.rate_per_s);
+        let missing = g(&["events_missing"]);
+        let refused = g(&["posts_refused"]);
+        table.info(
+            "conv",
+            &format!("{head}: post->event p50 / p99 / max (median round of {rounds})"),
+            three("post_to_event"),
+        );
+        let p99 = g(&["post_to_event", "p99_ms"]);
+        let target = format!("< {TARGET_P99_CONV_MS} ms, 2 relays");
+        table.add(
+            "conv",
+            &format!("{head}: p99 post->event, every other participant"),
+            format!("{p99:.2} ms"),
+            &target,
+            if cp.relays == 2 {
+                Verdict::check(p99 < TARGET_P99_CONV_MS && missing == 0.0 && refused == 0.0)
+            } else {
+                Verdict::Info
+            },
+        );
+        table.info(
+            "conv",
+            "  same relay: p50 / p99 / max",
+            three("post_to_event_same_relay"),
+        );
+        if cp.relays == 2 {
+            table.info(
+                "conv",
+                "  cross relay: p50 / p99 / max",
+                three("post_to_event_cross_relay"),
+            );
+        }
+        table.info(
+            "conv",
+            "  POST->201 p50 / p99",
+            format!(
+                "{:.2} / {:.2} ms",
+                g(&["post_to_201", "p50_ms"]),
+                g(&["post_to_201", "p99_ms"])
+            ),
+        );
+        if let Some(report::J::Arr(rs)) = c_rounds(&c) {
+            let p: Vec<String> = rs
+                .iter()
+                .map(|r| format!("{:.1}", r.get(&["p99_ms"]).unwrap_or(f64::NAN)))
+                .collect();
+            table.info(
+                "conv",
+                "  p99 of each round",
+                format!("{} ms", p.join(" / ")),
+            );
+        }
+        table.info(
+            "conv",
+            "  counted round: others on relay / loadgen core, steal; others' disk writes, I/O stall",
+            format!(
+                "{:.2} / {:.2} / {:.2}; {:.0} MB/s, {:.2}",
+                g(&["interference", "other_tasks_on_relay_cores"]),
+                g(&["interference", "other_tasks_on_loadgen_cores"]),
+                g(&["interference", "steal_on_relay_cores"]),
+                g(&["interference", "others_disk_write_mb_per_s"]),
+                g(&["interference", "io_pressure_some_share"])
+            ),
+        );
+        table.info(
+            "conv",
+            "  relaxed fsync (diagnostic): p50 / p99 / max",
+            format!(
+                "{:.2} / {:.2} / {:.2} ms",
+                g(&["relaxed_fsync_diagnostic", "post_to_event", "p50_ms"]),
+                g(&["relaxed_fsync_diagnostic", "post_to_event", "p99_ms"]),
+                g(&["relaxed_fsync_diagnostic", "post_to_event", "max_ms"])
+            ),
+        );
+        table.add(
+            "conv",
+            "  events missing / posts refused",
+            format!(
+                "{missing} of {} / {refused} of {}",
+                g(&["events_expected"]),
+                g(&["posts"])
+            ),
+            "0 / 0",
+            Verdict::check(missing == 0.0 && refused == 0.0),
+        );
+        doc.set(
+            "conv",
+            c.with("target_p99_ms_two_relays", TARGET_P99_CONV_MS),
+        );
+    }
+
     machine.set("loadavg_at_end", sys::loadavg());
     doc.set("machine", machine);
     doc.set("seconds", started.elapsed().as_secs_f64());
@@ -1545,6 +1680,14 @@ fn run() -> Result<()> {
     println!("{}", table.render());
     println!("results: {}", cli.out.display());
     Ok(())
+}
+
+/// The `rounds` member of the conversation item's JSON.
+fn c_rounds(c: &report::J) -> Option<&report::J> {
+    match c {
+        report::J::Obj(m) => m.iter().find(|(k, _)| k == "rounds").map(|(_, v)| v),
+        _ => None,
+    }
 }
 
 /// Removes the scratch directory when the run ends, also on an error (relays are stopped by

@@ -130,16 +130,27 @@ impl Launcher {
     /// public host (peers reach each other by their host), with open peering over plain HTTP on
     /// loopback. Returns the relay and its host.
     pub fn start_federated(&self, name: &str) -> Result<(RelayProc, RelayHost)> {
+        self.start_federated_with(name, &config_text(), false)
+    }
+
+    /// [`Launcher::start_federated`] with a configuration of the caller's own (the federation
+    /// section is appended to it), and relaxed fsync if asked.
+    pub fn start_federated_with(
+        &self,
+        name: &str,
+        config: &str,
+        relaxed_fsync: bool,
+    ) -> Result<(RelayProc, RelayHost)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let hp = format!("127.0.0.1:{port}");
         let host = RelayHost::parse(&hp).map_err(|e| anyhow::anyhow!("{hp}: {e:?}"))?;
         let fed = "\n[federation]\nenabled = true\nscheme = \"http\"\npeering = \"open\"\nallow_private_peers = true\n";
-        let config = config_text() + fed;
+        let config = config.to_owned() + fed;
         let relay = self.spawn(
             &self.work_dir.join(name),
-            false,
+            relaxed_fsync,
             &hp,
             &hp,
             &config,
