@@ -1614,11 +1614,12 @@ fn run() -> Result<()> {
         }
         table.info(
             "conv",
-            "  POST->201 p50 / p99",
+            "  POST->201 p50 / p99; send lag behind schedule p99",
             format!(
-                "{:.2} / {:.2} ms",
+                "{:.2} / {:.2} ms; {:.2} ms",
                 g(&["post_to_201", "p50_ms"]),
-                g(&["post_to_201", "p99_ms"])
+                g(&["post_to_201", "p99_ms"]),
+                g(&["send_lag_behind_schedule", "p99_ms"])
             ),
         );
         if let Some(report::J::Arr(rs)) = c_rounds(&c) {
