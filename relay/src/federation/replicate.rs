@@ -274,16 +274,32 @@ impl Federation {
                 Sent::Refused
             }
         };
-        self.engine
-            .writer
-            .submit(Command::ConvReplicated {
-                peer: peer.clone(),
-                conv: id,
-                sent: ids,
-                answer,
-            })
-            .await
-            .map_err(|e| Failure::Conv(format!("recording the answer: {}", e.message)))?;
+        let cmd = Command::ConvReplicated {
+            peer: peer.clone(),
+            conv: id,
+            sent: ids,
+            answer,
+        };
+        // An answer with declines or a refusal is recorded before the pointer moves. One
+        // without is only deliveries moving to `forwarded`: recorded in the background, so that
+        // the next batch does not wait for this relay's commit (a lost record leaves them
+        // `accepted` until the delivery notices come).
+        let must = matches!(&cmd, Command::ConvReplicated { answer: Ok(a), .. } if !a.declined.is_empty())
+            || matches!(&cmd, Command::ConvReplicated { answer: Err(_), .. });
+        if must {
+            self.engine
+                .writer
+                .submit(cmd)
+                .await
+                .map_err(|e| Failure::Conv(format!("recording the answer: {}", e.message)))?;
+        } else {
+            let engine = self.engine.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine.writer.submit(cmd).await {
+                    tracing::debug!("recording a conversation batch's deliveries: {}", e.message);
+                }
+            });
+        }
         Ok(Some(next))
     }
 }
