@@ -6,7 +6,8 @@
 
 use super::answer::{obj, ok};
 use super::request::{
-    authenticate_relay, federation_enabled, ip_limit, path_of, peer, read_body, take_envelopes,
+    authenticate_relay, federation_enabled, ip_limit, path_of, peer, read_body, relay_request,
+    take_envelopes,
 };
 use super::{App, Shared};
 use crate::engine::decide::{Command, Outcome};
@@ -164,12 +165,8 @@ fn app_limits(app: &App) -> JsonLimits {
 /// `POST /v1/federation/transfer`: a peer forwards envelopes from its agents.
 pub(crate) async fn transfer(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
-        federation_enabled(&app)?;
         let l = &app.engine.policy.limits;
-        let path = path_of(&req);
-        let (parts, body) = req.into_parts();
-        let body = read_body(body, l.batch_bytes_max).await?;
-        let origin = authenticate_relay(&app, &parts.method, &path, &parts.headers, &body, None)?;
+        let (origin, _, body) = relay_request(&app, req, l.batch_bytes_max).await?;
         let v = json::parse(
             &body,
             JsonLimits {
@@ -335,14 +332,7 @@ async fn judge_remote(
             ),
         ));
     }
-    let limits = formica_protocol::envelope::EnvelopeLimits {
-        json: JsonLimits {
-            bytes_max: l.envelope_bytes_max,
-            depth_max: l.json_depth_max,
-        },
-        recipients_max: l.recipients_max,
-        payload_bytes_max: l.envelope_bytes_max,
-    };
+    let limits = app.peer_envelope_limits();
     let se = SignedEnvelope::from_value(item, &limits)?;
     let env = se.envelope();
     if env.from.is_relay() {
@@ -403,11 +393,8 @@ async fn judge_remote(
 /// cached log (LOG-10 step 3) or are kept as fork evidence (`keylog_fork`).
 pub(crate) async fn keylog_push(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
-        federation_enabled(&app)?;
-        let path = path_of(&req);
-        let (parts, body) = req.into_parts();
-        let body = read_body(body, app.engine.policy.limits.body_bytes_max).await?;
-        let origin = authenticate_relay(&app, &parts.method, &path, &parts.headers, &body, None)?;
+        let (origin, _, body) =
+            relay_request(&app, req, app.engine.policy.limits.body_bytes_max).await?;
         let v = json::parse(&body, app_limits(&app))?;
         let mut f = Fields::new(&v, "")?;
         let items = f
@@ -474,11 +461,7 @@ pub(crate) async fn keylog_push(AxState(app): AxState<Shared>, req: Request) -> 
 /// PROF-9 page.
 pub(crate) async fn directory(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
-        federation_enabled(&app)?;
-        let path = path_of(&req);
-        let (parts, body) = req.into_parts();
-        let body = read_body(body, 0).await?;
-        let origin = authenticate_relay(&app, &parts.method, &path, &parts.headers, &body, None)?;
+        let (origin, parts, _) = relay_request(&app, req, 0).await?;
         let policy = &app.engine.policy;
         // FED-18: a relay never forwards a peer's search, and a peer gets one page.
         for name in ["federated", "cursor"] {

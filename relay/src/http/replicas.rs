@@ -5,7 +5,7 @@
 //! it is not cached, FED-8); the writer decides the rest.
 
 use super::answer::ok;
-use super::request::{authenticate_relay, federation_enabled, path_of, read_body};
+use super::request::relay_request;
 use super::{App, Shared};
 use crate::engine::decide::{local_sender, Command, Outcome};
 use crate::engine::error::ApiError;
@@ -14,7 +14,6 @@ use axum::extract::{Request, State as AxState};
 use axum::response::{IntoResponse, Response};
 use formica_protocol::conversation::replica::Batch;
 use formica_protocol::conversation::EntryBody;
-use formica_protocol::envelope::EnvelopeLimits;
 use formica_protocol::json::{self, JsonLimits};
 use formica_protocol::keylog::KeyLog;
 use formica_protocol::ErrorCode;
@@ -24,12 +23,8 @@ const BATCH_DEPTH: usize = 3;
 
 pub(crate) async fn conversation(AxState(app): AxState<Shared>, req: Request) -> Response {
     let res = async {
-        federation_enabled(&app)?;
         let l = &app.engine.policy.limits;
-        let path = path_of(&req);
-        let (parts, body) = req.into_parts();
-        let body = read_body(body, l.batch_bytes_max).await?;
-        let origin = authenticate_relay(&app, &parts.method, &path, &parts.headers, &body, None)?;
+        let (origin, _, body) = relay_request(&app, req, l.batch_bytes_max).await?;
         let v = json::parse(
             &body,
             JsonLimits {
@@ -37,15 +32,7 @@ pub(crate) async fn conversation(AxState(app): AxState<Shared>, req: Request) ->
                 depth_max: l.json_depth_max + BATCH_DEPTH,
             },
         )?;
-        let limits = EnvelopeLimits {
-            json: JsonLimits {
-                bytes_max: l.envelope_bytes_max,
-                depth_max: l.json_depth_max,
-            },
-            recipients_max: l.recipients_max,
-            payload_bytes_max: l.envelope_bytes_max,
-        };
-        let batch = Batch::from_value(&v, &limits).map_err(|e| {
+        let batch = Batch::from_value(&v, &app.peer_envelope_limits()).map_err(|e| {
             let mut a = ApiError::new(e.code, e.message);
             if let Some(f) = e.field {
                 a = a.with("field", f.into());

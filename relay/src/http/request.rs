@@ -23,6 +23,18 @@ impl App {
         }
     }
 
+    /// The limits envelopes another relay sends are parsed under (a forwarded envelope, one in
+    /// a conversation entry): the size limit, without a tier's payload cap, which is the
+    /// sender's relay's to apply (FED-6).
+    pub(crate) fn peer_envelope_limits(&self) -> EnvelopeLimits {
+        let l = &self.engine.policy.limits;
+        EnvelopeLimits {
+            json: self.json_limits(l.envelope_bytes_max),
+            recipients_max: l.recipients_max,
+            payload_bytes_max: l.envelope_bytes_max,
+        }
+    }
+
     /// The limits envelopes from this relay's agents are parsed under.
     pub(crate) fn envelope_limits(&self) -> EnvelopeLimits {
         let policy = &self.engine.policy;
@@ -341,6 +353,22 @@ pub(crate) fn authenticate_relay(
         "relay request",
     )?;
     Ok(auth.origin)
+}
+
+/// A relay request to a federation endpoint (RELAY-REQ-1..3): federation on, the body (at
+/// most `max` bytes), and its `Formica-Relay` signature by an active peer. Returns the origin,
+/// the request's parts and the body.
+pub(crate) async fn relay_request(
+    app: &App,
+    req: Request,
+    max: usize,
+) -> Result<(RelayHost, axum::http::request::Parts, Bytes), ApiError> {
+    federation_enabled(app)?;
+    let path = path_of(&req);
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, max).await?;
+    let origin = authenticate_relay(app, &parts.method, &path, &parts.headers, &body, None)?;
+    Ok((origin, parts, body))
 }
 
 /// Federation endpoints answer `peer_unknown` on a relay that does not federate.
