@@ -41,11 +41,15 @@ pub enum Domain {
     Presence,
     /// A conversation entry's hash link (CONVO-4; hashed, not signed).
     Conversation,
+    /// An encryption key's id (LOG-16; hashed, not signed).
+    EncKeyId,
+    /// The routing header a sealed payload is bound to (SEAL-5; hashed, not signed).
+    Sealed,
 }
 
 impl Domain {
     /// Every domain, for tests that check the tags are prefix-free.
-    pub const ALL: [Domain; 12] = [
+    pub const ALL: [Domain; 14] = [
         Domain::Envelope,
         Domain::Receipt,
         Domain::KeyLog,
@@ -58,6 +62,8 @@ impl Domain {
         Domain::Profile,
         Domain::Presence,
         Domain::Conversation,
+        Domain::EncKeyId,
+        Domain::Sealed,
     ];
 
     /// The tag bytes that start every input of this purpose.
@@ -75,6 +81,8 @@ impl Domain {
             Domain::Profile => b"formica/v1/profile\0",
             Domain::Presence => b"formica/v1/presence\0",
             Domain::Conversation => b"formica/v1/conversation\0",
+            Domain::EncKeyId => b"formica/v1/enc-key-id\0",
+            Domain::Sealed => b"formica/v1/sealed\0",
         }
     }
 

@@ -20,6 +20,7 @@ pub mod pow;
 pub mod presence;
 pub mod profile;
 pub mod schema;
+pub mod seal;
 pub mod time;
 
 pub use envelope::{

@@ -362,7 +362,8 @@ impl Conversation {
             Payload::Message { .. }
             | Payload::TaskRequest { .. }
             | Payload::TaskResult { .. }
-            | Payload::Extension(_) => {
+            | Payload::Extension(_)
+            | Payload::Sealed(_) => {
                 if me.state != PartState::Joined || me.role == ConvRole::Observer {
                     return Err(ConvError::new(
                         ErrorCode::NotParticipant,

@@ -349,10 +349,14 @@ impl Envelope {
             Payload::Ack { .. } | Payload::Receipt { .. } if self.to.len() != 1 => Err(
                 SchemaError::invalid("to", "acks and receipts have exactly one recipient").into(),
             ),
-            Payload::TaskResult { .. } if self.corr.is_none() => Err(SchemaError::MissingField {
-                path: "corr".into(),
+            _ if self.msg_type == MessageType::TaskResult && self.corr.is_none() => {
+                Err(SchemaError::MissingField {
+                    path: "corr".into(),
+                }
+                .into())
             }
-            .into()),
+            // SEAL-4: one sealed key per recipient, in the order of `to` (then the sender's).
+            Payload::Sealed(s) => Ok(s.check_addressing(&self.from, &self.to)?),
             Payload::Vouch { subject, .. } | Payload::Report { subject, .. } => {
                 if self.to.len() != 1 || self.to[0] != Handle::relay(subject.host()) {
                     return Err(SchemaError::invalid(

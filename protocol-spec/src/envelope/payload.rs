@@ -68,6 +68,9 @@ pub enum Payload {
     },
     /// The payload of an `x-` type: any object, not interpreted.
     Extension(Object),
+    /// A sealed payload (SEAL-1) of a `message`, `task_request`, `task_result` or `x-` type:
+    /// relays see its structure only; recipients open it with [`crate::seal::open`].
+    Sealed(crate::seal::Sealed),
 }
 
 /// An invited participant of a call or an invite (CONVO-5): its handle and role, `member` or
@@ -186,6 +189,17 @@ fn check_name(path: &str, s: &str) -> Result<(), SchemaError> {
 impl Payload {
     /// Reads the payload of an envelope of type `ty`.
     pub fn from_value(ty: &MessageType, v: &Value) -> Result<Payload, SchemaError> {
+        // SEAL-1, SEAL-2: a payload object with a `sealed` member is in the sealed form, which
+        // only the types relays never read may take.
+        if crate::seal::Sealed::is_sealed_value(v) {
+            if !crate::seal::sealable(ty) {
+                return Err(SchemaError::invalid(
+                    "payload.sealed",
+                    format!("a {ty} payload cannot be sealed: relays read it (SEAL-2)"),
+                ));
+            }
+            return crate::seal::Sealed::from_payload(v).map(Payload::Sealed);
+        }
         if let MessageType::Extension(_) = ty {
             return match v {
                 Value::Object(o) => Ok(Payload::Extension(o.clone())),
@@ -411,6 +425,7 @@ impl Payload {
                 );
             }
             Payload::Extension(obj) => return Value::Object(obj.clone()),
+            Payload::Sealed(s) => return s.to_payload_value(),
         }
         Value::Object(o)
     }

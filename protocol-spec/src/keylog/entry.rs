@@ -9,6 +9,7 @@ use crate::hex;
 use crate::json::{self, JsonError, JsonLimits, Object, Value, INT_ABS_MAX};
 use crate::keys::{Domain, KeyId, PublicKey, SecretKey, Signature};
 use crate::schema::{Fields, SchemaError};
+use crate::seal::{EncPublicKey, ENC_KEY_LIFETIME_MAX_MS};
 use std::fmt;
 
 /// The hash of a key log entry: BLAKE3 of its signing input (LOG-4).
@@ -51,6 +52,10 @@ pub enum KeyOp {
     },
     /// Closes the log: the agent now lives at `to`. Signed by the current key.
     Move { to: Handle },
+    /// Publishes an encryption key (LOG-16): `enc` is the handle's encryption key from `ts`
+    /// until `expires`, or until the next `enc`, `revoke`, `recover` or `move`. Signed by the
+    /// current key.
+    Enc { enc: EncPublicKey, expires: i64 },
 }
 
 impl KeyOp {
@@ -61,6 +66,7 @@ impl KeyOp {
             KeyOp::Revoke => "revoke",
             KeyOp::Recover { .. } => "recover",
             KeyOp::Move { .. } => "move",
+            KeyOp::Enc { .. } => "enc",
         }
     }
 }
@@ -197,7 +203,7 @@ impl KeyLogEntry {
             KeyOp::Recover { key, recovery } => std::iter::once((Proved::Key, *key))
                 .chain(recovery.iter().map(|r| (Proved::Recovery, *r)))
                 .collect(),
-            KeyOp::Revoke | KeyOp::Move { .. } => vec![],
+            KeyOp::Revoke | KeyOp::Move { .. } | KeyOp::Enc { .. } => vec![],
         }
     }
 
@@ -295,6 +301,10 @@ impl KeyLogEntry {
             KeyOp::Move { to } => {
                 o.insert("to", to.as_str().into());
             }
+            KeyOp::Enc { enc, expires } => {
+                o.insert("enc", enc.to_hex().into());
+                o.insert("expires", Value::Int(*expires));
+            }
         }
         o.insert("signer", self.signer.to_hex().into());
         Value::Object(o)
@@ -346,10 +356,28 @@ impl KeyLogEntry {
             "move" => KeyOp::Move {
                 to: f.req_handle("to")?,
             },
+            "enc" => {
+                let s = f.req_str("enc")?;
+                let enc = EncPublicKey::parse_hex(s).map_err(|source| SchemaError::InvalidKey {
+                    path: f.path("enc"),
+                    source,
+                })?;
+                let expires = f.req_int("expires", 0, INT_ABS_MAX)?;
+                if expires <= ts || expires - ts > ENC_KEY_LIFETIME_MAX_MS {
+                    return Err(SchemaError::invalid(
+                        "expires",
+                        format!(
+                            "an encryption key expires after the entry's ts and at most {ENC_KEY_LIFETIME_MAX_MS} ms (366 days) after it"
+                        ),
+                    )
+                    .into());
+                }
+                KeyOp::Enc { enc, expires }
+            }
             _ => {
                 return Err(SchemaError::invalid(
                     "op",
-                    "expected one of register, rotate, revoke, recover, move",
+                    "expected one of register, rotate, revoke, recover, move, enc",
                 )
                 .into())
             }

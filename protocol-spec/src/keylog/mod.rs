@@ -10,6 +10,7 @@ use crate::error::ErrorCode;
 use crate::handle::Handle;
 use crate::keys::{KeyError, KeyId, PublicKey};
 use crate::schema::SchemaError;
+use crate::seal::EncPublicKey;
 use std::collections::BTreeMap;
 
 mod entry;
@@ -53,6 +54,40 @@ impl KeyLookupError {
     }
 }
 
+/// One encryption key's validity (LOG-16): from the `ts` of its `enc` entry until `expires`, or
+/// until `until`, the `ts` of the entry that ended it (the next `enc`, a `revoke`, `recover` or
+/// `move`), whichever comes first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncPeriod {
+    pub key: EncPublicKey,
+    pub from: i64,
+    pub expires: i64,
+    pub until: Option<i64>,
+}
+
+impl EncPeriod {
+    /// True if the key was the handle's encryption key at `ts`.
+    pub fn valid_at(&self, ts: i64) -> bool {
+        ts >= self.from && ts < self.expires && self.until.is_none_or(|u| ts < u)
+    }
+}
+
+/// Why [`KeyLog::enc_key_at`] found no encryption key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncKeyLookupError {
+    #[error("key {0} is not an encryption key of this handle")]
+    Unknown(KeyId),
+    #[error("encryption key {kid} expired at {expires}, before {ts}")]
+    Expired { kid: KeyId, expires: i64, ts: i64 },
+    #[error("encryption key {kid} was not valid at {ts} (valid from {from}{})", until.map(|u| format!(" until {u}")).unwrap_or_default())]
+    NotValid {
+        kid: KeyId,
+        ts: i64,
+        from: i64,
+        until: Option<i64>,
+    },
+}
+
 /// A key log that has been checked from its first entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLog {
@@ -65,6 +100,8 @@ pub struct KeyLog {
     /// twice (LOG-9), and an entry offered at a taken position is checked against these.
     named: BTreeMap<KeyId, PublicKey>,
     moved_to: Option<Handle>,
+    /// Encryption keys (LOG-16), in the order published; at most the last one is open.
+    enc: Vec<EncPeriod>,
 }
 
 impl KeyLog {
@@ -133,6 +170,7 @@ impl KeyLog {
             }],
             named,
             moved_to: None,
+            enc: Vec::new(),
             entries: vec![first],
         })
     }
@@ -250,7 +288,7 @@ impl KeyLog {
                     "a move names another handle than the log's own",
                 )))
             }
-            KeyOp::Rotate { .. } | KeyOp::Move { .. } => {
+            KeyOp::Rotate { .. } | KeyOp::Move { .. } | KeyOp::Enc { .. } => {
                 self.current.filter(|_| current_id == Some(e.signer))
             }
             KeyOp::Revoke => {
@@ -289,6 +327,11 @@ impl KeyLog {
                 return Err(KeyLogError::KeyReused { seq });
             }
         }
+        if let KeyOp::Enc { enc, .. } = &e.op {
+            if self.enc.iter().any(|p| p.key == *enc) {
+                return Err(KeyLogError::KeyReused { seq });
+            }
+        }
         Ok(new_keys)
     }
 
@@ -303,6 +346,14 @@ impl KeyLog {
                 }
             }
         };
+        // LOG-16: every entry but a `rotate` ends the open encryption key.
+        if !matches!(e.op, KeyOp::Rotate { .. }) {
+            if let Some(p) = self.enc.last_mut() {
+                if p.until.is_none() {
+                    p.until = Some(ts);
+                }
+            }
+        }
         match &e.op {
             KeyOp::Register { .. } => {}
             KeyOp::Rotate { key } => {
@@ -334,6 +385,12 @@ impl KeyLog {
                 end_current(&mut self.periods);
                 self.moved_to = Some(to.clone());
             }
+            KeyOp::Enc { enc, expires } => self.enc.push(EncPeriod {
+                key: *enc,
+                from: ts,
+                expires: *expires,
+                until: None,
+            }),
         }
         self.named.extend(new_keys.iter().map(|k| (k.key_id(), *k)));
         self.entries.push(next);
@@ -356,6 +413,42 @@ impl KeyLog {
                 until: p.until,
             })
         }
+    }
+
+    /// LOG-16: the encryption key with id `kid` if it was the handle's encryption key at `ts`
+    /// (what a recipient checks before it opens a payload sealed to it, SEAL-10).
+    pub fn enc_key_at(&self, kid: &KeyId, ts: i64) -> Result<&EncPublicKey, EncKeyLookupError> {
+        let p = self
+            .enc
+            .iter()
+            .find(|p| p.key.key_id() == *kid)
+            .ok_or(EncKeyLookupError::Unknown(*kid))?;
+        if p.valid_at(ts) {
+            Ok(&p.key)
+        } else if ts >= p.expires && p.until.is_none_or(|u| u > p.expires) {
+            Err(EncKeyLookupError::Expired {
+                kid: *kid,
+                expires: p.expires,
+                ts,
+            })
+        } else {
+            Err(EncKeyLookupError::NotValid {
+                kid: *kid,
+                ts,
+                from: p.from,
+                until: p.until,
+            })
+        }
+    }
+
+    /// LOG-16: the handle's encryption key at `ts`, the one a sender seals to (SEAL-7), if any.
+    pub fn enc_key_current(&self, ts: i64) -> Option<&EncPeriod> {
+        self.enc.iter().rev().find(|p| p.valid_at(ts))
+    }
+
+    /// Every encryption key the log has published, oldest first.
+    pub fn enc_periods(&self) -> &[EncPeriod] {
+        &self.enc
     }
 
     pub fn handle(&self) -> &Handle {

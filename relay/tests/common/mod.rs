@@ -330,6 +330,7 @@ impl Agent {
             Payload::Call { .. } => MessageType::Call,
             Payload::ConvAction { .. } => MessageType::ConvAction,
             Payload::Extension(_) => MessageType::Extension("x-test".into()),
+            Payload::Sealed(_) => panic!("build a sealed envelope with formica_protocol::seal"),
         };
         Envelope {
             msg_type,

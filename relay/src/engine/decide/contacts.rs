@@ -7,7 +7,7 @@ use crate::engine::error::ApiError;
 use crate::engine::events::Event;
 use crate::engine::policy::Tier;
 use crate::engine::state::{Agent, State};
-use formica_protocol::envelope::{ContactLevel, Envelope, MessageId, MessageType, Payload};
+use formica_protocol::envelope::{ContactLevel, Envelope, MessageId, MessageType};
 use formica_protocol::{ErrorCode, Handle, Object, Value};
 
 /// `PUT /v1/contacts/{handle}`: `owner` grants `contact` `level`.
@@ -164,7 +164,7 @@ pub(super) fn grant_at(
             continue;
         }
         let Some(r) = st.agents.get(to) else { continue };
-        let is_reply = matches!(env.payload, Payload::TaskResult { .. })
+        let is_reply = env.msg_type == MessageType::TaskResult
             && env
                 .corr
                 .as_deref()

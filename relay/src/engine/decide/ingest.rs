@@ -8,7 +8,7 @@ use crate::engine::error::ApiError;
 use crate::engine::events::Event;
 use crate::engine::policy::Tier;
 use crate::engine::state::{Agent, State};
-use formica_protocol::envelope::{Envelope, Payload, VerifiedEnvelope, VouchAction};
+use formica_protocol::envelope::{Envelope, MessageType, Payload, VerifiedEnvelope, VouchAction};
 use formica_protocol::keylog::KeyLog;
 use formica_protocol::{ErrorCode, Handle, RelayHost, Value};
 
@@ -206,7 +206,8 @@ pub(super) fn envelope(
         // Section 19: a call opens a conversation, an action or a post is its next entry.
         Payload::Call { .. } => conv = Some(conversations::call(st, ctx, v.signed(), &mut events)?),
         _ if env.conv.is_some() => {
-            if matches!(env.payload, Payload::TaskRequest { .. }) && origin.is_none() {
+            // By type, not payload: a sealed task request (SEAL-2) is one too.
+            if env.msg_type == MessageType::TaskRequest && origin.is_none() {
                 within_parent_deadline(st, env)?;
             }
             conv = Some(conversations::entry(st, ctx, v.signed(), &mut events)?)
@@ -217,7 +218,7 @@ pub(super) fn envelope(
         Payload::ContactRequest { .. } => contacts::request_allowed(st, ctx, env, sender, tier)?,
         Payload::Vouch { subject, action } => vouch_allowed(st, ctx, env, subject, *action, tier)?,
         Payload::Report { subject, .. } => report_allowed(st, ctx, subject, sender, tier)?,
-        Payload::TaskRequest { .. } => {
+        _ if env.msg_type == MessageType::TaskRequest => {
             if origin.is_none() {
                 within_parent_deadline(st, env)?;
             }
