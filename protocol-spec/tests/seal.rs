@@ -867,7 +867,7 @@ fn gen_sealed() -> Value {
 
     obj(&[
         (
-            "description",
+            "comment",
             s("Sealed payloads (SPEC.md section 20) and encryption keys in key logs (LOG-16). `agents`: each agent's key log (with its enc entries) and its encryption secret keys. `valid`: envelopes relays accept and each listed recipient opens to `payload` (`aad` is the SEAL-5 routing hash, `padded_bytes` the SEAL-6 bucket). `unopenable`: envelopes relays accept (the structure is valid) that `recipient` cannot open, with the SEAL-11 reason. `invalid`: envelopes relays refuse, with the code and field. `keylogs_valid` / `keylogs_invalid`: logs with enc entries, their encryption keys' validity, and the refusals."),
         ),
         ("suite", s(seal::SUITE)),

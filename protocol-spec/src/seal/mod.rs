@@ -116,7 +116,7 @@ impl Sealed {
         let ct = decode_b64(f.req_str("ct")?).ok_or_else(|| {
             SchemaError::invalid(&ct_path, "expected base64url without padding (ENC-6)")
         })?;
-        let body = ct.len().checked_sub(16).unwrap_or(0);
+        let body = ct.len().saturating_sub(16);
         if ct.len() < 16 || body < PADDED_MIN || padded_len(body) != body {
             return Err(SchemaError::invalid(
                 &ct_path,
