@@ -3,7 +3,8 @@
 
 The vectors hold the inputs a fuzzer is least likely to find on its own: envelopes with valid
 signatures, key logs whose chains and signatures check, request authentication headers, signed
-profiles and presence statuses, conversation entries whose hashes link. Seeds
+profiles and presence statuses, conversation entries whose hashes link, sealed payloads and key
+logs with encryption keys. Seeds
 are named by the SHA-1 of their content, as libFuzzer names corpus files, so running this again
 writes the same files. It also writes seeds/protocol.dict, a libFuzzer dictionary (`-dict=`) of
 the protocol's words: the lower-case string literals of the protocol crate's sources (field
@@ -101,6 +102,7 @@ def generate():
     profiles = load("profiles.json")
     presence = load("presence.json")
     conversations = load("conversations.json")
+    sealed = load("sealed.json")
 
     # parse_envelope: JSON documents and envelopes, accepted and refused.
     for c in canon:
@@ -109,10 +111,32 @@ def generate():
         write("parse_envelope", c["wire"].encode("utf-8"))
     for c in invalid:
         write("parse_envelope", raw(c))
+    for c in sealed["valid"] + sealed["unopenable"] + sealed["invalid"]:
+        write("parse_envelope", raw(c))
 
-    # keylog: one entry per line.
-    for c in keylogs["valid"] + keylogs["invalid"]:
+    # keylog: one entry per line; with the key logs of sealed.json, whose `enc` entries publish
+    # encryption keys (LOG-16).
+    for c in keylogs["valid"] + keylogs["invalid"] + sealed["keylogs_valid"] + sealed["keylogs_invalid"]:
         write("keylog", b"\n".join(compact(e) for e in c["entries"]))
+    for a in sealed["agents"]:
+        write("keylog", b"\n".join(compact(e) for e in a["log"]))
+
+    # parse_sealed: sealed envelopes that open, that do not (each reason of SEAL-11) and that
+    # relays refuse; the payload objects and sealed objects alone; and the valid ones with their
+    # plaintext payload in place of the sealed one (without `id`, which would no longer match),
+    # which the target seals and opens again.
+    for c in sealed["valid"] + sealed["unopenable"] + sealed["invalid"]:
+        write("parse_sealed", raw(c))
+    for c in sealed["valid"] + sealed["invalid"]:
+        payload = json.loads(raw(c))["payload"]
+        write("parse_sealed", compact(payload))
+        if isinstance(payload.get("sealed"), dict):
+            write("parse_sealed", compact(payload["sealed"]))
+    for c in sealed["valid"]:
+        env = json.loads(raw(c))
+        env.pop("id", None)
+        env["payload"] = c["opens"][0]["payload"]
+        write("parse_sealed", compact(env))
 
     # request_auth: header values, agent and relay. The vectors give no valid agent header as
     # text (only its signing input, and the standard library cannot sign), but several invalid

@@ -26,8 +26,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = str(HERE.parents[1]) + "/"
 LOGS = HERE / "logs"
 OWN = ("protocol-spec/src/", "relay/src/")
-TARGETS = ["parse_envelope", "keylog", "request_auth", "parse_profile", "parse_status", "parse_entry", "directory_query", "relay_http",
-           "relay_federation"]
+TARGETS = ["parse_envelope", "keylog", "request_auth", "parse_profile", "parse_status", "parse_entry", "parse_batch",
+           "parse_sealed", "directory_query", "relay_http", "relay_federation"]
 
 
 def main():

@@ -48,6 +48,26 @@ h. Conversations (vectors/conversations.json): the valid conversation envelopes 
    every valid entry is accepted by it; every batch of POST /v1/federation/conversation
    (CONVO-13) in `batches` is read by a batch reader written here, and every one in
    `batches_invalid` refused with the vector's code at its field.
+i. Sealed payloads (vectors/sealed.json, SPEC.md section 20 and LOG-16) and RFC 9180's test
+   vector for the suite (vectors/external/rfc9180, A.2.1) through pyhpke: the RFC's key pairs
+   from ikmR and ikmE, Encap with the fixed ephemeral key, the six encryptions sealed by the sender
+   context and opened by the recipient context, their nonces, and the exports. Every key log of
+   sealed.json is verified by a key log verifier written here from LOG-10 (which also accepts
+   every valid log of keylogs.json) with the `enc` op: members `enc` and `expires` (ts < expires
+   <= ts + 366 days), signed by the current key, ending the previous encryption key, as revoke,
+   recover and move do and rotate does not; encryption key ids (BLAKE3 of the enc-key-id tag and
+   the key), and each agent's public keys from its secrets. For `valid`: the routing aad computed
+   here, the padded length (Padmé with a minimum of 256, also against the `padding` table), every
+   sealed key opened with pyhpke (base mode, the sealed-key info, the aad) to one content key, the
+   content ciphertext decrypted with ChaCha20-Poly1305 (cryptography) and unpadded to JCS of the
+   payload, and re-encrypted to the same bytes; the sender's signature. For `unopenable`: the
+   reason found by opening here (no sealed key for the recipient, key id unknown, expired or not
+   valid at the envelope's ts, a tag that fails, padding, a plaintext that is not the canonical
+   form of a valid payload of the type). For `invalid`: the code and field of a reader of the
+   sealed structure written here (SEAL-2, SEAL-4, SEAL-6: suite, keys, hex lengths, canonical
+   base64url, ct a size bucket and a tag, addressing in the order of `to`). `keylogs_valid`: heads,
+   each encryption key's validity at the queried times and the current key; `keylogs_invalid`:
+   the code of the verifier written here.
 
 Why it is independent
 ---------------------
@@ -55,7 +75,9 @@ Nothing here is shared with the project's Rust code: JSON parsing is Python's js
 RFC 8785 form comes from Trail of Bits' `rfc8785` package (pure Python), Ed25519 from
 `cryptography` (OpenSSL), BLAKE3 from the `blake3` package (the BLAKE3 authors' bindings; they
 compile the upstream BLAKE3 implementation, which is independent of this project's code but is
-the same upstream the Rust side depends on). Signing inputs, ids, key ids and hashes are rebuilt
+the same upstream the Rust side depends on), HPKE from `pyhpke` (pure Python over
+`cryptography`; the Rust side uses the `hpke` crate), ChaCha20-Poly1305 and X25519 from
+`cryptography`. Signing inputs, ids, key ids and hashes are rebuilt
 here from the specification's description, never taken from Rust output. The only contact with
 the Rust code is the keytool binary, treated as a black box whose answers are compared with ours.
 
@@ -69,6 +91,7 @@ MIN_CANON_COMPARISONS canonicalization comparisons ran.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -78,9 +101,12 @@ from pathlib import Path
 
 import blake3
 import rfc8785
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pyhpke import AEADId, CipherSuite, KDFId, KEMId
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS = REPO / "protocol-spec" / "vectors"
@@ -1008,6 +1034,664 @@ def check_conversations(res: Results, keytool: str | None) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# i. Sealed payloads and encryption keys in key logs
+
+SEAL_SUITE = "x25519-hkdf-sha256-chacha20poly1305"
+SEAL_INFO = b"formica/v1/sealed-key"
+TAG_SEALED = b"formica/v1/sealed\x00"
+TAG_ENC_KEY_ID = b"formica/v1/enc-key-id\x00"
+PADDED_MIN = 256
+ENC_LIFETIME_MAX_MS = 366 * 24 * 3600 * 1000
+SEALABLE_REGISTERED = ("message", "task_request", "task_result")
+REGISTERED_TYPES = ("message", "task_request", "task_result", "ack", "receipt", "contact_request", "vouch",
+                    "report", "call", "conv_action")
+OPEN_REASONS = ("not_a_recipient", "unknown_key_id", "key_expired", "key_not_valid", "bad_tag", "bad_padding",
+                "bad_plaintext")
+# RFC 7748: the u-coordinates (mod p) of the points of order 1, 2, 4 and 8 on Curve25519 and its
+# twist; X25519 with any (clamped) scalar maps them to the all-zero shared secret.
+P25519 = 2**255 - 19
+SMALL_ORDER_U = {0, 1, P25519 - 1,
+                 325606250916557431795983626356110631294008115727848805560023387167927233504,
+                 39382357235489614581723060781553021112529911719440698176882885853963445705823}
+
+
+def hpke_suite():
+    return CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
+
+
+def enc_key_id(public: bytes) -> str:
+    """LOG-16: the first 16 bytes of BLAKE3("formica/v1/enc-key-id" 0x00 || key), in hex."""
+    return blake3.blake3(TAG_ENC_KEY_ID + public).digest()[:16].hex()
+
+
+def x25519_small_order(public: bytes) -> bool:
+    """True if the X25519 public key (RFC 7748 decoding: top bit masked, reduced mod p) is of small order."""
+    return (int.from_bytes(public, "little") & ((1 << 255) - 1)) % P25519 in SMALL_ORDER_U
+
+
+def padme(n: int) -> int:
+    """SEAL-6: the padded length of n bytes (plaintext and 0x80 marker): at least 256, then Padmé
+    (Nikitin et al. 2019): with E = floor(log2 n) and S = floor(log2 E) + 1, the low E - S bits
+    of n are rounded up."""
+    if n <= PADDED_MIN:
+        return PADDED_MIN
+    e = n.bit_length() - 1
+    s = e.bit_length()
+    mask = (1 << (e - s)) - 1
+    return (n + mask) & ~mask
+
+
+B64URL = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def b64url_decode(s: str) -> bytes | None:
+    """ENC-6: base64url without padding, canonical (no '=', only the url alphabet, zero bits after
+    the last byte); None otherwise."""
+    if not isinstance(s, str) or any(c not in B64URL for c in s) or len(s) % 4 == 1:
+        return None
+    try:
+        b = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    except ValueError:
+        return None
+    return b if base64.urlsafe_b64encode(b).decode().rstrip("=") == s else None
+
+
+def is_lower_hex(x, n_chars: int) -> bool:
+    return isinstance(x, str) and len(x) == n_chars and all(c in "0123456789abcdef" for c in x)
+
+
+# ---- key logs (LOG-1..LOG-12, LOG-16), written here from SPEC.md section 8 and the enc op
+
+class EncPeriodPy:
+    def __init__(self, key: bytes, start: int, expires: int):
+        self.key, self.start, self.expires, self.until = key, start, expires, None
+
+    def valid_at(self, t: int) -> bool:
+        return self.start <= t < self.expires and (self.until is None or t < self.until)
+
+
+class KeyLogState:
+    def __init__(self):
+        self.handle = None
+        self.current = None       # public key bytes
+        self.recovery = None
+        self.used: set[bytes] = set()
+        self.periods: list[list] = []  # [key, from, until]
+        self.enc: list[EncPeriodPy] = []
+        self.closed = False
+        self.head = None
+
+    def key_at(self, kid: str, t: int) -> bytes | None:
+        for key, start, until in self.periods:
+            if key_id(key) == kid:
+                return key if start <= t and (until is None or t < until) else None
+        return None
+
+    def enc_lookup(self, kid: str, t: int) -> str:
+        """What a recipient concludes about its encryption key kid at t: valid, unknown_key_id,
+        key_expired (it reached its `expires` while still the published key), key_not_valid."""
+        for p in self.enc:
+            if enc_key_id(p.key) == kid:
+                if p.valid_at(t):
+                    return "valid"
+                if t >= p.expires and (p.until is None or p.until > p.expires):
+                    return "key_expired"
+                return "key_not_valid"
+        return "unknown_key_id"
+
+    def enc_current(self, t: int) -> str | None:
+        now = [p for p in self.enc if p.valid_at(t)]
+        return enc_key_id(now[-1].key) if now else None
+
+
+ENTRY_OP_MEMBERS = {
+    "register": (("key", True), ("recovery", False)),
+    "rotate": (("key", True), ("key_sig", True)),
+    "revoke": (),
+    "recover": (("key", True), ("key_sig", True), ("recovery", False)),
+    "move": (("to", True),),
+    "enc": (("enc", True), ("expires", True)),
+}
+
+
+def keylog_entry_error(e) -> str | None:
+    """LOG-1, LOG-3 and LOG-16: the schema of one entry, members in the order LOG-3 gives."""
+    if not isinstance(e, dict):
+        return "invalid_field"
+    if "v" not in e:
+        return "missing_field"
+    if not is_int(e["v"], 0):
+        return "invalid_field"
+    if e["v"] != 1:
+        return "unsupported_version"
+    if "handle" not in e:
+        return "missing_field"
+    if not isinstance(e["handle"], str):
+        return "invalid_field"
+    if not plausible_agent_handle(e["handle"]):
+        return "invalid_handle"
+    if "seq" not in e:
+        return "missing_field"
+    if not is_int(e["seq"], 0):
+        return "invalid_field"
+    if "prev" in e and not is_hex64(e["prev"]):
+        return "invalid_field"
+    if ("prev" in e) != (e["seq"] > 0):
+        return "keylog_broken_chain"
+    for m in ("ts", "op"):
+        if m not in e:
+            return "missing_field"
+    if not is_int(e["ts"], 0):
+        return "invalid_field"
+    op = e["op"]
+    if not isinstance(op, str) or op not in ENTRY_OP_MEMBERS:
+        return "invalid_field"
+    members = list(ENTRY_OP_MEMBERS[op])
+    if "recovery" in e and op in ("register", "recover"):
+        members.append(("recovery_sig", True))
+    for m, required in members:
+        if m not in e:
+            if required:
+                return "missing_field"
+            continue
+        x = e[m]
+        if m in ("key", "recovery"):
+            if not isinstance(x, str):
+                return "invalid_field"
+            if not is_lower_hex(x, 64):
+                return "invalid_key"
+        elif m in ("key_sig", "recovery_sig"):
+            if not is_lower_hex(x, 128):
+                return "invalid_field"
+        elif m == "to":
+            if not isinstance(x, str):
+                return "invalid_field"
+            if not plausible_agent_handle(x):
+                return "invalid_handle"
+        elif m == "enc":
+            if not isinstance(x, str):
+                return "invalid_field"
+            if not is_lower_hex(x, 64):
+                return "invalid_key"
+            if x25519_small_order(bytes.fromhex(x)):
+                return "weak_key"
+        elif m == "expires":
+            if not is_int(x, 0) or not (e["ts"] < x <= e["ts"] + ENC_LIFETIME_MAX_MS):
+                return "invalid_field"
+    for m in ("signer", "sig"):
+        if m not in e:
+            return "missing_field"
+    if not is_lower_hex(e["signer"], 32) or not is_lower_hex(e["sig"], 128):
+        return "invalid_field"
+    allowed = {"v", "handle", "seq", "prev", "ts", "op", "signer", "sig"} | {m for m, _ in members}
+    if any(k not in allowed for k in e):
+        return "unknown_field"
+    return None
+
+
+def verify_keylog(entries: list) -> KeyLogState | str:
+    """LOG-10 with LOG-16: the log's state, or the code of the first failing check."""
+    for e in entries:
+        err = keylog_entry_error(e)
+        if err:
+            return err
+    if not entries:
+        return "keylog_broken_chain"
+    st = KeyLogState()
+    e0 = entries[0]
+    if e0["seq"] != 0 or "prev" in e0 or e0["op"] != "register":
+        return "keylog_broken_chain"
+    key = bytes.fromhex(e0["key"])
+    if e0["signer"] != key_id(key):
+        return "keylog_unauthorized_signer"
+    body = {k: v for k, v in e0.items() if k != "sig"}
+    if not verifies(key, bytes.fromhex(e0["sig"]), TAG_KEYLOG + jcs(body)):
+        return "bad_signature"
+    if "recovery" in e0:
+        if not verifies(bytes.fromhex(e0["recovery"]), bytes.fromhex(e0["recovery_sig"]), proof_input(e0)):
+            return "bad_signature"
+        if e0["recovery"] == e0["key"]:
+            return "keylog_key_reused"
+        st.recovery = bytes.fromhex(e0["recovery"])
+        st.used.add(st.recovery)
+    st.handle, st.current = e0["handle"], key
+    st.used.add(key)
+    st.periods.append([key, e0["ts"], None])
+    st.head = blake3.blake3(TAG_KEYLOG + jcs(body)).hexdigest()
+    before = e0
+    for e in entries[1:]:
+        if e["handle"] != st.handle:
+            return "keylog_handle_mismatch"
+        if st.closed:
+            return "keylog_closed"
+        if e["seq"] != before["seq"] + 1 or e.get("prev") != st.head:
+            return "keylog_broken_chain"
+        if e["ts"] <= before["ts"]:
+            return "keylog_time_order"
+        op = e["op"]
+        if op == "register":
+            return "keylog_broken_chain"
+        if op == "move" and e["to"] == st.handle:
+            return "invalid_field"
+        signer = None
+        if op in ("rotate", "move", "enc"):
+            if st.current is not None and e["signer"] == key_id(st.current):
+                signer = st.current
+        elif op == "revoke":
+            for k in (st.current, st.recovery):
+                if st.current is not None and k is not None and e["signer"] == key_id(k):
+                    signer = k
+                    break
+        elif op == "recover":
+            if st.recovery is not None and e["signer"] == key_id(st.recovery):
+                signer = st.recovery
+        if signer is None:
+            return "keylog_unauthorized_signer"
+        body = {k: v for k, v in e.items() if k != "sig"}
+        if not verifies(signer, bytes.fromhex(e["sig"]), TAG_KEYLOG + jcs(body)):
+            return "bad_signature"
+        for proof, member in proofs_needed(e).items():
+            if not verifies(bytes.fromhex(e[member]), bytes.fromhex(e[proof]), proof_input(e)):
+                return "bad_signature"
+        new = [bytes.fromhex(e[m]) for m in ("key", "recovery") if m in e and op in ("rotate", "recover")]
+        if any(k in st.used for k in new) or len(set(new)) != len(new):
+            return "keylog_key_reused"
+        if op == "enc" and any(p.key == bytes.fromhex(e["enc"]) for p in st.enc):
+            return "keylog_key_reused"
+        t = e["ts"]
+        if op in ("rotate", "revoke", "recover", "move") and st.periods and st.periods[-1][2] is None:
+            st.periods[-1][2] = t
+        if op in ("enc", "revoke", "recover", "move") and st.enc and st.enc[-1].until is None:
+            st.enc[-1].until = t  # LOG-16: every op but rotate ends the encryption key
+        if op in ("rotate", "recover"):
+            st.current = bytes.fromhex(e["key"])
+            st.periods.append([st.current, t, None])
+            if op == "recover" and "recovery" in e:
+                st.recovery = bytes.fromhex(e["recovery"])
+        elif op in ("revoke", "move"):
+            st.current = None
+            st.closed = op == "move"
+        elif op == "enc":
+            st.enc.append(EncPeriodPy(bytes.fromhex(e["enc"]), t, e["expires"]))
+        st.used.update(new)
+        st.head = blake3.blake3(TAG_KEYLOG + jcs(body)).hexdigest()
+        before = e
+    return st
+
+
+# ---- the sealed structure, as relays read it (SEAL-1..SEAL-4, SEAL-6)
+
+def sealed_object_error(s, path: str) -> tuple[str, str] | None:
+    """The `sealed` object, members read in the order suite, keys (each: to, kid, enc, wrapped,
+    then unknown members), ct, then unknown members."""
+    if not isinstance(s, dict):
+        return ("invalid_field", path)
+    if "suite" not in s:
+        return ("missing_field", f"{path}.suite")
+    if s["suite"] != SEAL_SUITE:
+        return ("invalid_field", f"{path}.suite")
+    if "keys" not in s:
+        return ("missing_field", f"{path}.keys")
+    keys = s["keys"]
+    if not isinstance(keys, list) or not keys:
+        return ("invalid_field", f"{path}.keys")
+    for i, k in enumerate(keys):
+        kp = f"{path}.keys[{i}]"
+        if not isinstance(k, dict):
+            return ("invalid_field", kp)
+        for m, n in (("to", None), ("kid", 32), ("enc", 64), ("wrapped", 96)):
+            if m not in k:
+                return ("missing_field", f"{kp}.{m}")
+            if m == "to":
+                if not isinstance(k[m], str):
+                    return ("invalid_field", f"{kp}.to")
+                if not plausible_agent_handle(k[m]):
+                    return ("invalid_handle", f"{kp}.to")
+            elif not is_lower_hex(k[m], n):
+                return ("invalid_field", f"{kp}.{m}")
+        for m in k:
+            if m not in ("to", "kid", "enc", "wrapped"):
+                return ("unknown_field", f"{kp}.{m}")
+    if "ct" not in s:
+        return ("missing_field", f"{path}.ct")
+    ct = b64url_decode(s["ct"])
+    if ct is None or len(ct) < 16 + PADDED_MIN or padme(len(ct) - 16) != len(ct) - 16:
+        return ("invalid_field", f"{path}.ct")
+    for m in s:
+        if m not in ("suite", "keys", "ct"):
+            return ("unknown_field", f"{path}.{m}")
+    return None
+
+
+def sealable_type(t) -> bool:
+    return t in SEALABLE_REGISTERED or (isinstance(t, str) and t.startswith("x-"))
+
+
+def sealed_envelope_error(env: dict) -> tuple[str, str] | None:
+    """What a relay answers for the sealed parts of an envelope (the rest of the envelope schema,
+    checked by section b's vectors, is assumed): SEAL-2 (sealable types), the sealed object, no
+    other payload member, then the envelope rules in the order the protocol crate checks them
+    (a task_result's corr, TYPE-6) and SEAL-4's addressing: one key per recipient of `to` in its
+    order, then at most one for `from`."""
+    payload = env.get("payload")
+    if not (isinstance(payload, dict) and "sealed" in payload):
+        return ("not_sealed", "payload")
+    if not sealable_type(env.get("type")):
+        return ("invalid_field", "payload.sealed")
+    err = sealed_object_error(payload["sealed"], "payload.sealed")
+    if err:
+        return err
+    for m in payload:
+        if m != "sealed":
+            return ("unknown_field", f"payload.{m}")
+    if env.get("type") == "task_result" and "corr" not in env:
+        return ("missing_field", "corr")
+    keys, to = payload["sealed"]["keys"], env["to"]
+    if len(keys) not in (len(to), len(to) + 1):
+        return ("invalid_field", "payload.sealed.keys")
+    for i, k in enumerate(keys):
+        if k["to"] != (to[i] if i < len(to) else env["from"]):
+            return ("invalid_field", f"payload.sealed.keys[{i}].to")
+    return None
+
+
+def routing_aad(env: dict) -> bytes:
+    """SEAL-5: BLAKE3("formica/v1/sealed" 0x00 || JCS of from, to, type, type_version, ts, and
+    corr and conv when present)."""
+    header = {k: env[k] for k in ("from", "to", "type", "type_version", "ts", "corr", "conv") if k in env}
+    return blake3.blake3(TAG_SEALED + jcs(header)).digest()
+
+
+# ---- opening, as a recipient (SEAL-10, SEAL-11)
+
+class NotStrict(ValueError):
+    pass
+
+
+def strict_json(b: bytes):
+    """The strict profile where it matters for a plaintext: UTF-8, no duplicate keys, no floats,
+    integers within +/-(2^53-1), no lone surrogates."""
+    def pairs(items):
+        d = {}
+        for k, v in items:
+            if k in d:
+                raise NotStrict("duplicate key")
+            d[k] = v
+        return d
+
+    def no_float(_):
+        raise NotStrict("float")
+
+    def check(v):
+        if isinstance(v, bool) or v is None:
+            return
+        if isinstance(v, int):
+            if abs(v) > SAFE_MAX:
+                raise NotStrict("integer out of range")
+        elif isinstance(v, str):
+            v.encode("utf-8")  # raises on a lone surrogate
+        elif isinstance(v, list):
+            for x in v:
+                check(x)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                check(k)
+                check(x)
+
+    v = json.loads(b.decode("utf-8"), object_pairs_hook=pairs, parse_float=no_float, parse_constant=no_float)
+    check(v)
+    return v
+
+
+def task_name_ok(x) -> bool:
+    return (isinstance(x, str) and 1 <= len(x.encode("utf-8")) <= 64 and x[0] in "abcdefghijklmnopqrstuvwxyz0123456789"
+            and all(c in "abcdefghijklmnopqrstuvwxyz0123456789._-" for c in x))
+
+
+def plain_payload_error(t: str, p) -> str | None:
+    """TYPE-4, TYPE-5, TYPE-6, TYPE-12, TYPE-13 for the sealable types."""
+    if not isinstance(p, dict):
+        return "not an object"
+    if "sealed" in p:
+        return "a sealed payload inside"
+    if t.startswith("x-"):
+        return None
+    schema = {"message": {"text": True, "data": False}, "task_request": {"task": True, "input": False},
+              "task_result": {"status": True, "output": False, "error": False}}[t]
+    for m, required in schema.items():
+        if required and m not in p:
+            return f"no {m}"
+    for m in p:
+        if m not in schema:
+            return f"unknown member {m}"
+    if t == "message" and not isinstance(p["text"], str):
+        return "text is not a string"
+    if t == "task_request" and not task_name_ok(p["task"]):
+        return "task is not a name"
+    if t == "task_result":
+        if p["status"] not in ("ok", "error"):
+            return "status"
+        if "error" in p and (p["status"] != "error" or not isinstance(p["error"], str) or len(p["error"]) > 280):
+            return "error"
+    return None
+
+
+def open_sealed(env: dict, me: str, state: KeyLogState, secrets: dict[str, bytes]) -> tuple[str | None, object, bytes]:
+    """Opens env's sealed payload as `me` with its verified key log and encryption secrets (key id
+    -> secret): (None, payload, content key) or (reason, None, content key if it was unwrapped)."""
+    sealed = env["payload"]["sealed"]
+    mine = [k for k in sealed["keys"] if k["to"] == me]
+    if not mine:
+        return ("not_a_recipient", None, b"")
+    k = mine[0]
+    lookup = state.enc_lookup(k["kid"], env["ts"])
+    if lookup != "valid":
+        return (lookup, None, b"")
+    if k["kid"] not in secrets:
+        return ("unknown_key_id", None, b"")
+    aad = routing_aad(env)
+    suite = hpke_suite()
+    try:
+        skr = suite.kem.deserialize_private_key(secrets[k["kid"]])
+        ctx = suite.create_recipient_context(bytes.fromhex(k["enc"]), skr, info=SEAL_INFO)
+        content_key = ctx.open(bytes.fromhex(k["wrapped"]), aad=aad)
+    except Exception:  # pyhpke's OpenError, or an all-zero X25519 output refused by OpenSSL
+        return ("bad_tag", None, b"")
+    if len(content_key) != 32:
+        return ("bad_tag", None, content_key)
+    try:
+        padded = ChaCha20Poly1305(content_key).decrypt(b"\x00" * 12, b64url_decode(sealed["ct"]), aad)
+    except InvalidTag:
+        return ("bad_tag", None, content_key)
+    body = padded.rstrip(b"\x00")
+    if not body or body[-1] != 0x80 or padme(len(body)) != len(padded):
+        return ("bad_padding", None, content_key)
+    plain = body[:-1]
+    try:
+        value = strict_json(plain)
+    except (ValueError, UnicodeError, RecursionError):
+        return ("bad_plaintext", None, content_key)
+    if jcs(value) != plain or plain_payload_error(env["type"], value) is not None:
+        return ("bad_plaintext", None, content_key)
+    return (None, value, content_key)
+
+
+def check_rfc9180(res: Results) -> None:
+    """RFC 9180 A.2.1 through pyhpke: keys from ikm, deterministic Encap with ikmE, the six
+    encryptions sealed by the sender context (all 257 sequence numbers up to 256) and opened by
+    the recipient context, their nonces, and the exports on both sides."""
+    v = json.loads((VECTORS / "external" / "rfc9180" / "x25519-sha256-chacha20poly1305-base.json").read_text())
+    name = "RFC 9180 A.2.1"
+    res.equal(f"{name}: suite ids", (v["mode"], v["kem_id"], v["kdf_id"], v["aead_id"]),
+              (0, KEMId.DHKEM_X25519_HKDF_SHA256.value, KDFId.HKDF_SHA256.value, AEADId.CHACHA20_POLY1305.value))
+    suite = hpke_suite()
+    kp_e = suite.kem.derive_key_pair(bytes.fromhex(v["ikmE"]))
+    kp_r = suite.kem.derive_key_pair(bytes.fromhex(v["ikmR"]))
+    res.equal(f"{name}: skEm from ikmE", kp_e.private_key.to_private_bytes().hex(), v["skEm"])
+    res.equal(f"{name}: pkEm from ikmE", kp_e.public_key.to_public_bytes().hex(), v["pkEm"])
+    res.equal(f"{name}: skRm from ikmR", kp_r.private_key.to_private_bytes().hex(), v["skRm"])
+    res.equal(f"{name}: pkRm from ikmR", kp_r.public_key.to_public_bytes().hex(), v["pkRm"])
+    shared, enc = suite.kem.encap(kp_r.public_key, None, kp_e)
+    res.equal(f"{name}: Encap enc", enc.hex(), v["enc"])
+    res.equal(f"{name}: Encap shared_secret", shared.hex(), v["shared_secret"])
+    skr = suite.kem.deserialize_private_key(bytes.fromhex(v["skRm"]))
+    res.equal(f"{name}: Decap shared_secret", suite.kem.decap(bytes.fromhex(v["enc"]), skr).hex(), v["shared_secret"])
+    info = bytes.fromhex(v["info"])
+    enc2, sender = suite.create_sender_context(suite.kem.deserialize_public_key(bytes.fromhex(v["pkRm"])), info,
+                                               eks=kp_e)
+    res.equal(f"{name}: SetupBaseS enc", enc2.hex(), v["enc"])
+    recipient = suite.create_recipient_context(bytes.fromhex(v["enc"]), skr, info)
+    listed = {x["seq"]: x for x in v["encryptions"]}
+    res.equal(f"{name}: encryption seqs", sorted(listed), [0, 1, 2, 4, 255, 256])
+    base_nonce = bytes.fromhex(v["base_nonce"])
+    for seq in range(max(listed) + 1):
+        x = listed.get(seq)
+        pt = bytes.fromhex(x["pt"]) if x else bytes.fromhex(v["encryptions"][0]["pt"])
+        aad = bytes.fromhex(x["aad"]) if x else f"Count-{seq}".encode()
+        ct = sender.seal(pt, aad)
+        if x:
+            res.equal(f"{name}: aad of seq {seq}", aad, f"Count-{seq}".encode())
+            res.equal(f"{name}: nonce of seq {seq}", x["nonce"],
+                      bytes(a ^ b for a, b in zip(base_nonce, seq.to_bytes(12, "big"))).hex())
+            res.equal(f"{name}: sender's ct of seq {seq}", ct.hex(), x["ct"])
+            ct = bytes.fromhex(x["ct"])
+        try:
+            got = recipient.open(ct, aad)
+        except Exception as e:
+            got = f"<{type(e).__name__}>"
+        if x:
+            res.equal(f"{name}: recipient opens seq {seq}", got, pt)
+        elif got != pt:
+            res.check(False, f"{name}: recipient does not open the sender's seq {seq}")
+    for i, x in enumerate(v["exports"]):
+        ctx_bytes = bytes.fromhex(x["exporter_context"])
+        res.equal(f"{name}: sender export {i}", sender.export(ctx_bytes, x["L"]).hex(), x["exported_value"])
+        res.equal(f"{name}: recipient export {i}", recipient.export(ctx_bytes, x["L"]).hex(), x["exported_value"])
+    res.check(len(v["exports"]) >= 3, f"{name}: only {len(v['exports'])} exports")
+
+
+def check_sealed(res: Results) -> None:
+    print("== i. sealed.json and RFC 9180 A.2.1 (pyhpke; key logs with enc, valid, unopenable, invalid)")
+    check_rfc9180(res)
+    vec = load("sealed.json")
+    res.equal("sealed.json: suite", vec["suite"], SEAL_SUITE)
+    res.equal("sealed.json: hpke_info_hex", vec["hpke_info_hex"], SEAL_INFO.hex())
+
+    # SEAL-6 padding table, and properties of the buckets.
+    for n, want in vec["padding"]:
+        res.equal(f"padding of {n}", padme(n), want)
+    res.check(all(padme(padme(n)) == padme(n) and padme(n) >= n for n in range(1, 70000)), "Padmé: not a bucket")
+    res.check(all((padme(n) - n) * 100 <= n * 12 for n in range(PADDED_MIN + 1, 70000)), "Padmé: overhead > 12 %")
+
+    # The key log verifier written here accepts every valid log of keylogs.json.
+    for li, log in enumerate(load("keylogs.json")["valid"]):
+        st = verify_keylog(log["entries"])
+        res.check(isinstance(st, KeyLogState), f"keylogs.json valid {li}: refused here with {st}")
+        if isinstance(st, KeyLogState):
+            res.equal(f"keylogs.json valid {li}: head", st.head, log["head"])
+
+    # Agents: their logs with enc entries, enc key ids, public keys from the secrets.
+    agents: dict[str, tuple[KeyLogState, dict[str, bytes]]] = {}
+    for a in vec["agents"]:
+        name = f"agent {a['handle']}"
+        st = verify_keylog(a["log"])
+        if not res.check(isinstance(st, KeyLogState), f"{name}: key log refused here with {st}"):
+            continue
+        res.equal(f"{name}: log handle", st.handle, a["handle"])
+        published = {enc_key_id(p.key): p.key for p in st.enc}
+        res.check(len(published) >= 1, f"{name}: no enc entry")
+        secrets = {}
+        for s in a["enc_secrets"]:
+            sk = X25519PrivateKey.from_private_bytes(bytes.fromhex(s["secret"]))
+            public = sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            res.equal(f"{name}: public from secret", public.hex(), s["public"])
+            suite = hpke_suite()
+            enc, sender = suite.create_sender_context(suite.kem.deserialize_public_key(public), SEAL_INFO)
+            receiver = suite.create_recipient_context(
+                enc, suite.kem.deserialize_private_key(bytes.fromhex(s["secret"])), SEAL_INFO)
+            res.equal(f"{name}: kid", enc_key_id(public), s["kid"])
+            res.equal(f"{name}: the key {s['kid']} is published in the log", published.get(s["kid"]), public)
+            res.equal(f"{name}: pyhpke seals to the public key, the secret opens", receiver.open(sender.seal(b"k")), b"k")
+            secrets[s["kid"]] = bytes.fromhex(s["secret"])
+        res.equal(f"{name}: a secret for every published key", sorted(secrets), sorted(published))
+        agents[a["handle"]] = (st, secrets)
+
+    def sender_verifies(env: dict) -> bool:
+        st = agents.get(env["from"], (None,))[0]
+        key = st.key_at(env["key"], env["ts"]) if st else None
+        body = {k: v for k, v in env.items() if k not in ("id", "sig")}
+        return key is not None and verifies(key, bytes.fromhex(env["sig"]), TAG_ENVELOPE + jcs(body))
+
+    # valid: relays accept; every sealed key opens to the same content key and the payload.
+    for i, case in enumerate(vec["valid"]):
+        name = f"sealed valid {i} ({case['comment'][:50]})"
+        env = json.loads(case["input"])
+        res.equal(f"{name}: wire is canonical", jcs(env), case["input"].encode("utf-8"))
+        res.equal(f"{name}: id", env.get("id"), envelope_id(env))
+        res.check(sender_verifies(env), f"{name}: the sender's signature does not verify")
+        res.equal(f"{name}: relay's verdict", sealed_envelope_error(env), None)
+        aad = routing_aad(env)
+        res.equal(f"{name}: aad", aad.hex(), case["aad"])
+        ct = b64url_decode(env["payload"]["sealed"]["ct"])
+        res.equal(f"{name}: padded bytes", len(ct) - 16, case["padded_bytes"])
+        keys = env["payload"]["sealed"]["keys"]
+        res.equal(f"{name}: opens lists every sealed key", sorted(o["recipient"] for o in case["opens"]),
+                  sorted(k["to"] for k in keys))
+        content_keys = set()
+        for o in case["opens"]:
+            st, secrets = agents[o["recipient"]]
+            reason, value, content_key = open_sealed(env, o["recipient"], st, secrets)
+            if not res.equal(f"{name}: {o['recipient']} opens", reason, None):
+                continue
+            res.equal(f"{name}: {o['recipient']}'s payload", value, o["payload"])
+            content_keys.add(content_key)
+            plain = jcs(o["payload"])
+            res.equal(f"{name}: bucket of the plaintext", padme(len(plain) + 1), case["padded_bytes"])
+            padded = plain + b"\x80" + b"\x00" * (case["padded_bytes"] - len(plain) - 1)
+            res.equal(f"{name}: ct = ChaCha20-Poly1305(content key, 0^12, aad, padded)",
+                      ChaCha20Poly1305(content_key).encrypt(b"\x00" * 12, padded, aad), ct)
+        res.equal(f"{name}: one content key for all", len(content_keys), 1)
+        for stranger in sorted(set(agents) - {k["to"] for k in keys}):
+            res.equal(f"{name}: {stranger} cannot open", open_sealed(env, stranger, *agents[stranger])[0],
+                      "not_a_recipient")
+
+    # unopenable: relays accept; the recipient refuses with the reason found here.
+    reasons = set()
+    for i, case in enumerate(vec["unopenable"]):
+        name = f"sealed unopenable {i} ({case['comment'][:50]})"
+        env = json.loads(case["input"])
+        res.equal(f"{name}: id", env.get("id"), envelope_id(env))
+        res.check(sender_verifies(env), f"{name}: the sender's signature does not verify")
+        res.equal(f"{name}: relay's verdict", sealed_envelope_error(env), None)
+        reason = open_sealed(env, case["recipient"], *agents[case["recipient"]])[0]
+        res.equal(f"{name}: reason", reason, case["reason"])
+        reasons.add(case["reason"])
+    res.equal("sealed unopenable: every reason", sorted(reasons), sorted(OPEN_REASONS))
+
+    # invalid: relays refuse with the code and field found here.
+    for i, case in enumerate(vec["invalid"]):
+        name = f"sealed invalid {i} ({case['comment'][:50]})"
+        env = json.loads(case["input"])
+        res.equal(f"{name}: code and field", sealed_envelope_error(env), (case["error"], case["field"]))
+        res.check(sender_verifies(env), f"{name}: the sender's signature does not verify (so it is not the structure alone)")
+
+    # keylogs_valid: validity of each encryption key at the queried times, the current key.
+    for i, case in enumerate(vec["keylogs_valid"]):
+        name = f"sealed keylog valid {i} ({case['comment'][:50]})"
+        st = verify_keylog(case["entries"])
+        if not res.check(isinstance(st, KeyLogState), f"{name}: refused here with {st}"):
+            continue
+        res.equal(f"{name}: head", st.head, case["head"])
+        for q in case["enc"]["queries"]:
+            res.equal(f"{name}: {q['kid']} at {q['ts']}", st.enc_lookup(q["kid"], q["ts"]),
+                      "valid" if q["result"] == "valid" else q["result"])
+        for q in case["enc"]["current"]:
+            res.equal(f"{name}: current at {q['ts']}", st.enc_current(q["ts"]), q["kid"])
+    for i, case in enumerate(vec["keylogs_invalid"]):
+        name = f"sealed keylog invalid {i} ({case['comment'][:50]})"
+        res.equal(f"{name}: code", verify_keylog(case["entries"]), case["error"])
+
+# --------------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -1034,7 +1718,8 @@ def main() -> int:
                     lambda: check_auth(res),
                     lambda: check_profiles(res),
                     lambda: check_presence(res),
-                    lambda: check_conversations(res, keytool)):
+                    lambda: check_conversations(res, keytool),
+                    lambda: check_sealed(res)):
         try:
             section()
         except Exception as e:  # a crash in one section is a failure, not the end of the run
