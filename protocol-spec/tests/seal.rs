@@ -978,6 +978,54 @@ fn keylogs_valid(w: &World) -> Value {
     dan.sk = k2;
     dan.push(T0 - DAY, KeyOp::Revoke);
     add("a rotate keeps the encryption key, a revoke ends it", &dan);
+    // A recover ends the encryption key; the recovered key publishes the next one. A key that a
+    // later entry ends exactly at its `expires` still expired (LOG-16); a move ends the last.
+    let mut fay = Agent::new("@fay@relay-a.example", 0x18);
+    let rec = SecretKey::from_seed(&seed(0x19));
+    let reg = KeyLogEntry {
+        handle: fay.handle.clone(),
+        seq: 0,
+        prev: None,
+        ts: T0 - 10 * DAY,
+        op: KeyOp::Register {
+            key: fay.sk.public(),
+            recovery: Some(rec.public()),
+        },
+        signer: fay.sk.public().key_id(),
+    }
+    .sign(&fay.sk, &[&rec])
+    .unwrap();
+    fay.entries = vec![reg];
+    fay.publish(0x1a, T0 - 9 * DAY, T0 + 90 * DAY);
+    let new_key = SecretKey::from_seed(&seed(0x1b));
+    let head = fay.entries.last().unwrap();
+    let recover = KeyLogEntry {
+        handle: fay.handle.clone(),
+        seq: 2,
+        prev: Some(head.hash()),
+        ts: T0 - 5 * DAY,
+        op: KeyOp::Recover {
+            key: new_key.public(),
+            recovery: None,
+        },
+        signer: rec.public().key_id(),
+    }
+    .sign(&rec, &[&new_key])
+    .unwrap();
+    fay.entries.push(recover);
+    fay.sk = new_key;
+    fay.publish(0x1c, T0 - 2 * DAY, T0);
+    fay.publish(0x1d, T0, T0 + 90 * DAY);
+    fay.push(
+        T0 + 5 * DAY,
+        KeyOp::Move {
+            to: h("@fay@relay-b.example"),
+        },
+    );
+    add(
+        "a recover ends the encryption key, the next ends at the very expires of its key (still key_expired), a move ends the last",
+        &fay,
+    );
     arr(out)
 }
 
@@ -1039,6 +1087,15 @@ fn keylogs_invalid() -> Value {
         "the encryption key u = 1 (small order)",
         raw(&sk, &|o| {
             o.insert("enc", s(&hex::encode(&one)));
+        }),
+        "weak_key",
+    );
+    let mut top = [0u8; 32];
+    top[31] = 0x80;
+    add(
+        "the all-zero key with the top bit set (X25519 ignores that bit: small order)",
+        raw(&sk, &|o| {
+            o.insert("enc", s(&hex::encode(&top)));
         }),
         "weak_key",
     );
@@ -1130,6 +1187,30 @@ fn keylogs_invalid() -> Value {
         entries,
         "keylog_unauthorized_signer",
     );
+    let mut moved = Agent::new("@erin@relay-a.example", 0x15);
+    moved.push(
+        T0,
+        KeyOp::Move {
+            to: h("@erin@relay-b.example"),
+        },
+    );
+    let head = moved.entries.last().unwrap();
+    let after = KeyLogEntry {
+        handle: moved.handle.clone(),
+        seq: 2,
+        prev: Some(head.hash()),
+        ts: T0 + 1,
+        op: KeyOp::Enc {
+            enc: enc_ok,
+            expires: T0 + DAY,
+        },
+        signer: moved.sk.public().key_id(),
+    }
+    .sign(&moved.sk, &[])
+    .unwrap();
+    let mut entries: Vec<Value> = moved.entries.iter().map(|e| e.value().clone()).collect();
+    entries.push(after.value().clone());
+    add("an enc entry after a move", entries, "keylog_closed");
     arr(out)
 }
 

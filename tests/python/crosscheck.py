@@ -1134,7 +1134,7 @@ class KeyLogState:
             if enc_key_id(p.key) == kid:
                 if p.valid_at(t):
                     return "valid"
-                if t >= p.expires and (p.until is None or p.until > p.expires):
+                if t >= p.expires and (p.until is None or p.until >= p.expires):
                     return "key_expired"
                 return "key_not_valid"
         return "unknown_key_id"

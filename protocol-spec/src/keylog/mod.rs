@@ -425,7 +425,9 @@ impl KeyLog {
             .ok_or(EncKeyLookupError::Unknown(*kid))?;
         if p.valid_at(ts) {
             Ok(&p.key)
-        } else if ts >= p.expires && p.until.is_none_or(|u| u > p.expires) {
+        } else if ts >= p.expires && p.until.is_none_or(|u| u >= p.expires) {
+            // Expired: nothing ended it before its `expires` (an entry at that very time
+            // did not end it early).
             Err(EncKeyLookupError::Expired {
                 kid: *kid,
                 expires: p.expires,
