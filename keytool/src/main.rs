@@ -3,6 +3,8 @@
 //! HTTP API by `client`; the commands by `offline`, `online`, `watch` and `keyops`.
 
 mod client;
+mod enc;
+mod enckeys;
 mod identity;
 mod keyops;
 mod mcp;
@@ -137,6 +139,10 @@ enum Cmd {
         /// `<identity>.recovery.json`, if the identity has none).
         #[arg(long)]
         recovery: bool,
+        /// Do not publish an encryption key after registering (then messages to you are sent
+        /// unsealed until `keytool enc-key rotate`).
+        #[arg(long)]
+        no_enc: bool,
     },
     /// Look a handle up: fetch its key log, verify it from the first entry and print the
     /// current key (never trusting the relay's summary).
@@ -146,7 +152,10 @@ enum Cmd {
         #[command(flatten)]
         id: IdentityArg,
     },
-    /// Send a signed envelope: `keytool send @nova "hello" [@more ...]`.
+    /// Send a signed envelope: `keytool send @nova "hello" [@more ...]`. A message,
+    /// task_request, task_result or x- type is sealed (end-to-end encrypted: relays carry it but
+    /// cannot read it) when every recipient's key log has a current encryption key, else sent
+    /// unsealed, and the output says so (`sealed`, `unsealed_reason`, `no_enc_key`).
     Send {
         /// First recipient, `@name` (on your relay) or `@name@host`.
         to: String,
@@ -177,6 +186,10 @@ enum Cmd {
         /// so; with --no-shorten it fails with deadline_after_parent instead.
         #[arg(long)]
         no_shorten: bool,
+        /// Do not seal the payload, even when every recipient publishes an encryption key:
+        /// relays (and anyone who reads their disks) can read it.
+        #[arg(long)]
+        plain: bool,
         #[command(flatten)]
         id: IdentityArg,
     },
@@ -299,6 +312,9 @@ enum Cmd {
         #[command(flatten)]
         id: IdentityArg,
     },
+    /// Publish (`rotate`) or list your encryption keys, to which others seal messages for you.
+    #[command(subcommand)]
+    EncKey(enc::EncKeyCmd),
     /// Install a new signing key, signed by the recovery key (`<identity>.recovery.json`).
     Recover {
         /// Also replace the recovery key (the old file is kept as `.old-<key id>`).
@@ -402,7 +418,7 @@ fn report_reason(s: &str) -> Result<ReportReason, String> {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => return usage_error(e),
+        Err(e) => return output::usage_error(e),
     };
     // `keytool mcp` speaks MCP on standard output: its own failures (a key that does not load)
     // go to standard error even with --json.
@@ -462,44 +478,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A command line clap refused (or `--help`/`--version`). Under `--json` (anywhere before a
-/// `--`) a refusal is one JSON failure line like every other failure, with code
-/// `keytool.usage`; help and version print as usual.
-fn usage_error(e: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    let json = std::env::args_os()
-        .skip(1)
-        .take_while(|a| a != "--")
-        .any(|a| a == "--json");
-    if !json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        e.exit();
-    }
-    let text = e.render().to_string();
-    // The first paragraph is the error (with the arguments it names on the following lines).
-    let message = text
-        .trim_start()
-        .split("\n\n")
-        .next()
-        .unwrap_or("invalid command line")
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ")
-        .trim_start_matches("error: ")
-        .to_owned();
-    let hint = text
-        .lines()
-        .filter(|l| l.trim_start().starts_with("Usage:") || l.contains("tip:"))
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join("; ");
-    let mut f = Fail::new(output::Exit::Usage, message);
-    if !hint.is_empty() {
-        f = f.hint(format!("{hint}; keytool --help lists the commands"));
-    }
-    Out::new(true).fail(f)
-}
-
 fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
     match cmd {
         Cmd::Mcp { id } => mcp::serve(mcp::Config {
@@ -511,7 +489,8 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
             handle,
             id,
             recovery,
-        } => online::register(ctx, &handle, &id.identity, recovery),
+            no_enc,
+        } => online::register(ctx, &handle, &id.identity, recovery, !no_enc),
         Cmd::Resolve { handle, id } => online::resolve(ctx, &handle, &id.identity),
         Cmd::Send {
             to,
@@ -523,6 +502,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
             wait,
             no_wait,
             no_shorten,
+            plain,
             id,
         } => online::send(
             ctx,
@@ -535,6 +515,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
                 ack_deadline,
                 corr,
                 no_shorten,
+                plain,
                 payload_doc: None,
                 wait: if no_wait { Duration::ZERO } else { wait },
             },
@@ -585,6 +566,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
             id,
         } => online::report(ctx, &id.identity, &handle, reason, msg.as_deref(), note),
         Cmd::Rotate { id } => keyops::rotate(ctx, &id.identity),
+        Cmd::EncKey(cmd) => enc::enc_key(ctx, cmd),
         Cmd::Revoke { with_recovery, id } => keyops::revoke(ctx, &id.identity, with_recovery),
         Cmd::Recover { new_recovery, id } => keyops::recover(ctx, &id.identity, new_recovery),
         Cmd::Keygen { .. }

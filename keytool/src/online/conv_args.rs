@@ -183,6 +183,11 @@ pub struct PostOpts {
     /// Correlation id (1-128 printable ASCII characters, no spaces).
     #[arg(long, value_name = "ID")]
     pub corr: Option<String>,
+    /// Do not seal the post. By default it is sealed (end-to-end encrypted) to its recipients
+    /// and to you when every recipient publishes an encryption key, else sent unsealed and
+    /// the output says so.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// A conversation id: the call's message id, 64 lower-case hex characters.
