@@ -104,36 +104,52 @@ pub struct Sealer {
     recipients: Vec<(Handle, KeyLog)>,
     /// The sender's own log, for its own copy.
     own: Option<KeyLog>,
+    /// The payload limit of the sender's tier, when the relay reports the tier and publishes
+    /// its limits (a sealed payload is larger than the plain one: it must fit this too).
+    tier_payload_max: Option<usize>,
     home: PathBuf,
     identity: String,
 }
 
 impl Sealer {
-    /// Fetches and verifies the logs of `to` and of the sender. A log that cannot be fetched or
-    /// does not verify fails the post (sending unsealed silently would be a downgrade).
+    /// Fetches and verifies the logs of `to` and of the sender. A log that cannot be fetched
+    /// (other than not found) or does not verify fails the post: sending unsealed silently
+    /// would be a downgrade. A recipient without a log counts as one without a key.
     pub fn prepare(s: &Session, home: &std::path::Path, to: &[Handle]) -> Result<Sealer, Fail> {
         let mut recipients = Vec::with_capacity(to.len());
         for h in to {
-            let (log, _) = fetch_log(&s.client, h).map_err(|f| {
-                let hint = match &f.hint {
-                    Some(h) => format!("{h}; "),
-                    None => String::new(),
-                };
-                let why = format!(
-                    "{hint}keytool fetches each recipient's key log to seal the message to its encryption key; --plain sends it unsealed"
-                );
-                f.hint(why)
-            })?;
-            recipients.push((h.clone(), log));
+            match fetch_log(&s.client, h) {
+                Ok((log, _)) => recipients.push((h.clone(), log)),
+                // No log: no key to seal to. The relay refuses an unknown recipient itself
+                // (unknown_recipient), as it does for a plain post.
+                Err(f) if f.code == Some(ErrorCode::NotFound) => {}
+                Err(f) => {
+                    let hint = match &f.hint {
+                        Some(h) => format!("{h}; "),
+                        None => String::new(),
+                    };
+                    let why = format!(
+                        "{hint}keytool fetches each recipient's key log to seal the message to its encryption key; --plain sends it unsealed"
+                    );
+                    return Err(f.hint(why));
+                }
+            }
         }
-        let own = if to.contains(&s.me) {
-            None
-        } else {
-            Some(fetch_log(&s.client, &s.me)?.0)
-        };
+        let (own_log, a) = fetch_log(&s.client, &s.me)?;
+        let tier_payload_max = a.str("tier").and_then(|t| {
+            let tiers = s.desc.value.as_object()?.get("tiers")?.as_array()?;
+            tiers
+                .iter()
+                .filter_map(Value::as_object)
+                .find(|o| o.get("name").and_then(Value::as_str) == Some(t))?
+                .get("payload_bytes_max")?
+                .as_i64()
+                .and_then(|n| usize::try_from(n).ok())
+        });
         Ok(Sealer {
             recipients,
-            own,
+            own: (!to.contains(&s.me)).then_some(own_log),
+            tier_payload_max,
             home: home.to_owned(),
             identity: s.id.name.clone(),
         })
@@ -146,6 +162,7 @@ impl Sealer {
         env: &mut formica_protocol::Envelope,
         payload_bytes_max: usize,
     ) -> Result<Sealing, Fail> {
+        let payload_bytes_max = payload_bytes_max.min(self.tier_payload_max.unwrap_or(usize::MAX));
         if !seal::sealable(&env.msg_type) {
             return Ok(Sealing::Plain(Unsealed::Type));
         }
@@ -397,4 +414,147 @@ pub fn sealer_for(
         return Ok(Err(Unsealed::Type));
     }
     Sealer::prepare(s, home, to).map(Ok)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use formica_protocol::keylog::{KeyLogEntry, KeyOp};
+    use formica_protocol::{Envelope, SecretKey};
+
+    fn h(name: &str) -> Handle {
+        Handle::parse(&format!("@{name}@relay.example")).unwrap()
+    }
+
+    /// `name`'s verified log: registered, then an encryption key from `ts` 2 000 for a day.
+    fn agent(name: &str, seed: u8) -> (SecretKey, KeyLog, EncSecretKey) {
+        let sk = SecretKey::from_seed(&[seed; 32]);
+        let reg = KeyLogEntry {
+            handle: h(name),
+            seq: 0,
+            prev: None,
+            ts: 1_000,
+            op: KeyOp::Register {
+                key: sk.public(),
+                recovery: None,
+            },
+            signer: sk.public().key_id(),
+        }
+        .sign(&sk, &[])
+        .unwrap();
+        let mut log = KeyLog::verify(vec![reg]).unwrap();
+        let enc = EncSecretKey::derive(&[seed ^ 0x55; 32]);
+        let (seq, prev) = log.next_position();
+        let e = KeyLogEntry {
+            handle: h(name),
+            seq,
+            prev: Some(prev),
+            ts: 2_000,
+            op: KeyOp::Enc {
+                enc: enc.public().unwrap(),
+                expires: 2_000 + 86_400_000,
+            },
+            signer: sk.public().key_id(),
+        }
+        .sign(&sk, &[])
+        .unwrap();
+        log.append(e).unwrap();
+        (sk, log, enc)
+    }
+
+    /// What the opener shows for a sealed message from alice to bob: opened, tampered with,
+    /// and read by someone it was not sealed to.
+    #[test]
+    fn an_unopenable_sealed_message_is_shown_with_its_reason_never_empty() {
+        let (alice, _, _) = agent("alice", 1);
+        let (_, bob_log, bob_enc) = agent("bob", 2);
+        let (_, carol_log, carol_enc) = agent("carol", 3);
+        let mut env = Envelope {
+            msg_type: MessageType::Message,
+            type_version: 1,
+            from: h("alice"),
+            key: alice.public().key_id(),
+            to: vec![h("bob")],
+            ts: 5_000,
+            corr: None,
+            ack_by: None,
+            conv: None,
+            payload: Payload::Message {
+                text: "meet at noon".into(),
+                data: None,
+            },
+        };
+        let bob_key = bob_log.enc_key_current(env.ts).unwrap().key;
+        let sealed = seal::seal(&env, &[recipient(&h("bob"), bob_key)], [9; 32]).unwrap();
+        env.payload = Payload::Sealed(sealed);
+        let open_as = |env: &Envelope, me: &str, log: &KeyLog, k: &EncSecretKey| -> Opened {
+            let k = k.clone();
+            Some(seal::open(env, &h(me), log, |_| Some(k.clone())).map_err(|e| (&e).into()))
+        };
+        let show = |env: &Envelope, o: &Opened| {
+            let v = env.sign(&alice).unwrap().value().clone();
+            let item = super::super::obj(vec![("cursor", "7".into()), ("envelope", v.clone())]);
+            (
+                super::super::inbox::shown_line("7", &v, None, o),
+                with_members(&item, opened_members(o)),
+            )
+        };
+
+        let ok = open_as(&env, "bob", &bob_log, &bob_enc);
+        let (line, v) = show(&env, &ok);
+        assert!(line.contains("\"meet at noon\"  [sealed]"), "{line}");
+        let o = v.as_object().unwrap();
+        assert_eq!(o.get("sealed"), Some(&Value::Bool(true)));
+        assert_eq!(
+            o.get("payload")
+                .and_then(|p| p.as_object()?.get("text")?.as_str()),
+            Some("meet at noon")
+        );
+
+        // A relay that changes one byte of the ciphertext: bad_tag, shown as such.
+        let mut tampered = env.clone();
+        if let Payload::Sealed(s) = &mut tampered.payload {
+            s.ct[0] ^= 1;
+        }
+        let bad = open_as(&tampered, "bob", &bob_log, &bob_enc);
+        assert_eq!(
+            bad.as_ref().unwrap().as_ref().unwrap_err().reason,
+            "bad_tag"
+        );
+        let (line, v) = show(&tampered, &bad);
+        assert!(line.ends_with("[sealed: cannot open: bad_tag]"), "{line}");
+        assert!(!line.contains("noon"), "{line}");
+        let o = v.as_object().unwrap();
+        assert_eq!(o.get("sealed"), Some(&Value::Bool(true)));
+        assert!(o.get("payload").is_none());
+        let err = o.get("open_error").and_then(Value::as_object).unwrap();
+        assert_eq!(err.get("reason").and_then(Value::as_str), Some("bad_tag"));
+        assert!(err
+            .get("message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| !m.is_empty()));
+
+        // Someone it was not sealed to.
+        let other = open_as(&env, "carol", &carol_log, &carol_enc);
+        let (line, _) = show(&env, &other);
+        assert!(
+            line.ends_with("[sealed: cannot open: not_a_recipient]"),
+            "{line}"
+        );
+
+        // The marks and members of a payload that was not sealed: none.
+        assert_eq!(mark(&None), "");
+        assert!(opened_members(&None).is_empty());
+    }
+
+    #[test]
+    fn unsealed_posts_say_why() {
+        let p = Sealing::Plain(Unsealed::NoEncKey(vec![h("carol")]));
+        let m = p.members();
+        assert_eq!(m[0], ("sealed", Value::Bool(false)));
+        assert_eq!(m[1], ("unsealed_reason", "no_enc_key".into()));
+        assert!(p.note().contains("NOT sealed: @carol@relay.example"));
+        assert_eq!(Unsealed::Asked.word(), "plain_requested");
+    }
 }

@@ -67,7 +67,13 @@ pub fn post_sealed(
         Ok(sealer) => sealer.seal(&mut env, s.desc.envelope_limits().payload_bytes_max)?,
         Err(why) => Sealing::Plain(why.clone()),
     };
-    let (id, a) = post_built(s, env)?;
+    let (id, a) = post_built(s, env).map_err(|f| match (&sealing, f.code) {
+        // The relay's limit (of the sender's tier) that keytool could not know beforehand.
+        (Sealing::Sealed { .. }, Some(ErrorCode::PayloadTooLarge)) if f.hint.is_none() => f.hint(
+            "sealing makes a payload larger (padding, base64, a key per recipient): --plain sends it unsealed (relays can read it), or send less",
+        ),
+        _ => f,
+    })?;
     Ok((id, a, sealing))
 }
 
