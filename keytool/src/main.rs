@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Formica agent tool: keys, registration, signed messages, inbox, acks, contacts, profiles,
-/// presence and conversations.
+/// Formica agent tool: keys, registration, signed messages (sealed end to end by default),
+/// inbox, acks, contacts, profiles, presence and conversations.
 ///
 /// Exit codes: 0 ok (also `watch` ending at --count or --timeout); 1 unexpected failure;
 /// 2 usage error; 3 input refused (bad JSON or schema, policy refusals such as not_contact,
@@ -145,7 +145,7 @@ enum Cmd {
         no_enc: bool,
     },
     /// Look a handle up: fetch its key log, verify it from the first entry and print the
-    /// current key (never trusting the relay's summary).
+    /// current key and encryption key (never trusting the relay's summary).
     Resolve {
         /// `@name` (on your relay) or `@name@host`.
         handle: String,
@@ -193,7 +193,11 @@ enum Cmd {
         #[command(flatten)]
         id: IdentityArg,
     },
-    /// Read one page of the inbox. With --json: one line {"cursor","envelope"} per item.
+    /// Read one page of the inbox. With --json: one line {"cursor","envelope"} per item. A
+    /// sealed item is opened with your keys: it also has "sealed":true and "payload" (the
+    /// opened payload), or "open_error" {"reason","message"} when it cannot be opened
+    /// (unknown_key_id, key_expired, key_not_valid, bad_tag, not_a_recipient, bad_padding,
+    /// bad_plaintext); readable lines say [sealed] or [sealed: cannot open: REASON].
     Inbox {
         /// Start after this cursor (as printed by inbox or watch); default: the oldest item.
         #[arg(long)]
@@ -209,13 +213,15 @@ enum Cmd {
     /// profile_show, find, presence_set, presence_show, who, call, calls, accept, decline,
     /// conversation_send, conversation_history, conversation_leave, conversation_close,
     /// conversation_list; the resource formica://inbox,
-    /// subscribable). Standard output carries only MCP messages.
+    /// subscribable). `send` and `conversation_send` seal as `send` does (`plain` opts out);
+    /// the reads open sealed items. Standard output carries only MCP messages.
     Mcp {
         #[command(flatten)]
         id: IdentityArg,
     },
     /// Follow the inbox live (Server-Sent Events), printing one JSON line {"cursor","envelope"}
-    /// per item, with or without --json (and with --presence, {"presence"} lines). Reconnects
+    /// per item, with or without --json (and with --presence, {"presence"} lines); sealed items
+    /// are opened as `inbox` opens them ("sealed", "payload" or "open_error"). Reconnects
     /// with backoff and resumes after the last printed cursor. An open stream shows you as
     /// connected to your contacts (presence).
     Watch(watch::WatchArgs),

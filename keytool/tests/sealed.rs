@@ -128,9 +128,14 @@ fn sealed_messages_round_trip_survive_rotation_and_fall_back_when_a_key_is_missi
         text.contains("NOT sealed") && text.contains(&carol_handle),
         "{text}"
     );
+    // resolve shows whether an agent publishes an encryption key.
+    let r = alice.json(&["resolve", &carol_handle]);
+    assert_eq!(get(&r[0], &["enc_key_id"]), &Value::Null);
     // Once carol publishes a key, messages to her are sealed.
     let rot = carol.json(&["enc-key", "rotate", "--days", "7"]);
     assert_eq!(get(&rot[0], &["replaced"]), &Value::Null);
+    let r = alice.json(&["resolve", &carol_handle]);
+    assert_eq!(s(&r[0], &["enc_key_id"]), s(&rot[0], &["enc_key_id"]));
     let sent = alice.json(&["send", "@carol", "now sealed"]);
     assert_eq!(flag(&sent[0], "sealed"), Some(true), "{sent:?}");
     let inbox = carol.json(&["inbox"]);

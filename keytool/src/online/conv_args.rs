@@ -92,7 +92,8 @@ pub enum ConvCmd {
         id: crate::IdentityArg,
     },
     /// Read a conversation's entries, oldest first, each checked against the hash chain. With
-    /// --json: one line per entry as served, then {"ok","conv","count","next","head"}.
+    /// --json: one line per entry as served, then {"ok","conv","count","next","head"}. A sealed
+    /// post also has "sealed":true and "payload" (opened), or "open_error" {"reason","message"}.
     History {
         /// The conversation id (64 hex, as `call` printed it).
         #[arg(value_name = "ID", value_parser = conv_id)]

@@ -317,10 +317,13 @@ pub fn resolve(ctx: &Ctx<'_>, handle_arg: &str, identity_name: &str) -> Result<(
     let conflicts = a.list("conflicts").len();
     let served = a.str("current_key").map(str::to_owned);
     let mismatch = served.as_deref() != current.map(|k| k.to_hex()).as_deref();
+    let enc = log.enc_key_current(now_ms());
     let mut text = format!(
-        "{handle}\n  current key  {}\n  key id       {}\n  recovery     {}\n  tier         {} (as the relay reports it)\n  moved to     {}\n  log          {} entries, verified from the first; head {}\n  conflicts    {conflicts}",
+        "{handle}\n  current key  {}\n  key id       {}\n  enc key      {}\n  recovery     {}\n  tier         {} (as the relay reports it)\n  moved to     {}\n  log          {} entries, verified from the first; head {}\n  conflicts    {conflicts}",
         current.map(|k| k.to_hex()).unwrap_or_else(|| "none (revoked or moved)".into()),
         current.map(|k| k.key_id().to_hex()).unwrap_or_else(|| "-".into()),
+        enc.map(|p| format!("key id {} until {}", p.key.key_id(), crate::output::fmt_ms(p.expires)))
+            .unwrap_or_else(|| "none (messages to it are sent unsealed)".into()),
         log.recovery_key().map(|k| format!("key id {}", k.key_id())).unwrap_or_else(|| "none".into()),
         tier.as_deref().unwrap_or("-"),
         log.moved_to().map(Handle::as_str).unwrap_or("-"),
@@ -341,6 +344,9 @@ pub fn resolve(ctx: &Ctx<'_>, handle_arg: &str, identity_name: &str) -> Result<(
             ("handle", handle.as_str().into()),
             ("current_key", opt(current.map(|k| k.to_hex()))),
             ("key_id", opt(current.map(|k| k.key_id().to_hex()))),
+            ("enc_key", opt(enc.map(|p| p.key.to_hex()))),
+            ("enc_key_id", opt(enc.map(|p| p.key.key_id().to_hex()))),
+            ("enc_expires", opt(enc.map(|p| Value::Int(p.expires)))),
             ("recovery_key", opt(log.recovery_key().map(|k| k.to_hex()))),
             ("tier", opt(tier)),
             (

@@ -298,7 +298,6 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
         .iter()
         .map(|h| parse_handle(h, &s.me))
         .collect::<Result<Vec<_>, _>>()?;
-    let sealer = sealer_for(&s, ctx.home, &msg_type, &to, a.plain)?;
     let ts_now = now_ms();
     let ack_by = match a.ack_deadline {
         None => None,
@@ -313,6 +312,7 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
             Some(ts_now + ms)
         }
     };
+    let sealer = sealer_for(&s, ctx.home, &msg_type, &to, a.plain)?;
     let mut ack_by = ack_by;
     let mut shortened_from = None;
     let posted = match post_envelope_sealed(
