@@ -166,6 +166,11 @@ async def main(keytool, relay):
                             "oversized payload")
                 check(err["code"] in ("payload_too_large", "envelope_too_large"),
                       f"oversized payload: {err}")
+                # Too large only once sealed: the hint names the tool's `plain`, not --plain.
+                err = error(await a.call_tool("send", {"to": [bob], "text": "y" * 7_000}),
+                            "a payload too large once sealed")
+                check(err["code"] == "payload_too_large" and "`plain`" in err.get("hint", "")
+                      and "--" not in err.get("hint", ""), f"sealed too large: {err}")
                 err = error(await a.call_tool("status", {"id": "not-hex"}), "bad id")
                 check(err["code"] == "invalid_field", f"bad id: {err}")
                 err = error(await a.call_tool("send", {"to": [bob], "text": "x", "as": "@bob"}),
@@ -528,7 +533,8 @@ async def main(keytool, relay):
 
         print("mcp_e2e: ok: two identities over stdio at 2025-11-25 and 2026-07-28: tools, "
               "errors with codes, contacts, wait_for_messages, subscribe and listen updates, "
-              "ack, status, profiles and the directory, presence, conversations; an encrypted key through "
+              "sealed payloads, ack, status, profiles and the directory, presence, conversations; "
+              "an encrypted key through "
               "FORMICA_PASSPHRASE")
     finally:
         relay_proc.kill()
