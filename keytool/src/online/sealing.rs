@@ -193,8 +193,11 @@ impl Sealer {
         let plain_len = canon::canonical_len(&env.payload.to_value());
         let mut content_key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut content_key);
-        let sealed = seal::seal(env, &rs, content_key)
-            .map_err(|e| Fail::new(Exit::Failure, format!("sealing failed: {e}")))?;
+        let sealed = seal::seal(env, &rs, content_key).map_err(|e| match e {
+            // A recipient named twice, for example: the envelope is refused either way.
+            seal::SealError::Addressing(_) => Fail::code(ErrorCode::InvalidField, e.to_string()),
+            _ => Fail::new(Exit::Failure, format!("sealing failed: {e}")),
+        })?;
         let sealed_len = canon::canonical_len(&sealed.to_payload_value());
         if sealed_len > payload_bytes_max {
             let mut f = Fail::code(
