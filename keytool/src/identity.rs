@@ -40,7 +40,7 @@ pub struct Identity {
     pub relay: Option<String>,
 }
 
-fn check_name(name: &str) -> Result<(), Fail> {
+pub(crate) fn check_name(name: &str) -> Result<(), Fail> {
     let b = name.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 64
@@ -57,7 +57,7 @@ fn check_name(name: &str) -> Result<(), Fail> {
     }
 }
 
-fn dir(home: &Path) -> PathBuf {
+pub(crate) fn dir(home: &Path) -> PathBuf {
     home.join("identities")
 }
 
@@ -70,7 +70,7 @@ pub fn recovery_path(home: &Path, name: &str) -> PathBuf {
 }
 
 /// Refuses a path that group or others may access.
-fn check_private(path: &Path, want: u32) -> Result<(), Fail> {
+pub(crate) fn check_private(path: &Path, want: u32) -> Result<(), Fail> {
     let meta = fs::metadata(path)
         .map_err(|e| Fail::new(Exit::Storage, format!("{}: {e}", path.display())))?;
     let mode = meta.permissions().mode() & 0o777;
@@ -84,7 +84,7 @@ fn check_private(path: &Path, want: u32) -> Result<(), Fail> {
     Ok(())
 }
 
-fn ensure_dir(home: &Path) -> Result<PathBuf, Fail> {
+pub(crate) fn ensure_dir(home: &Path) -> Result<PathBuf, Fail> {
     let d = dir(home);
     let storage = |e: std::io::Error| Fail::new(Exit::Storage, format!("{}: {e}", d.display()));
     if !d.exists() {
@@ -105,7 +105,7 @@ fn ensure_dir(home: &Path) -> Result<PathBuf, Fail> {
     Ok(d)
 }
 
-fn write_private(path: &Path, v: &Value, force: bool) -> Result<(), Fail> {
+pub(crate) fn write_private(path: &Path, v: &Value, force: bool) -> Result<(), Fail> {
     let storage = |e: std::io::Error| Fail::new(Exit::Storage, format!("{}: {e}", path.display()));
     if path.exists() && !force {
         return Err(
@@ -163,7 +163,10 @@ fn key_value(
             o.insert("seed", hex::encode(&key.seed()).into());
         }
         Some(pass) => {
-            o.insert("seed_enc", seal(&pass, key)?);
+            o.insert(
+                "seed_enc",
+                seal_secret(&pass, &key.seed(), &key.public().to_hex())?,
+            );
         }
     }
     o.insert("handle", handle.map(Value::from).unwrap_or(Value::Null));
@@ -172,7 +175,7 @@ fn key_value(
 }
 
 /// The passphrase for key files, from `FORMICA_PASSPHRASE` (empty means none).
-fn passphrase() -> Option<String> {
+pub(crate) fn passphrase() -> Option<String> {
     std::env::var("FORMICA_PASSPHRASE")
         .ok()
         .filter(|p| !p.is_empty())
@@ -197,9 +200,10 @@ fn derive(pass: &str, salt: &[u8], log_n: u8, r: u32, p: u32) -> Result<[u8; 32]
     Ok(out)
 }
 
-/// Encrypts the seed: scrypt(passphrase, salt) as a ChaCha20-Poly1305 key, the public key as
-/// associated data (so a sealed seed cannot be moved to another key's file).
-fn seal(pass: &str, key: &SecretKey) -> Result<Value, Fail> {
+/// Encrypts a 32-byte secret (a signing key's seed, an encryption key): scrypt(passphrase,
+/// salt) as a ChaCha20-Poly1305 key, the public key's hex as associated data (so a sealed secret
+/// cannot be moved to another key's file).
+pub(crate) fn seal_secret(pass: &str, secret: &[u8; 32], public_hex: &str) -> Result<Value, Fail> {
     use chacha20poly1305::aead::{Aead, KeyInit, Payload};
     let mut salt = [0u8; 16];
     let mut nonce = [0u8; 12];
@@ -207,13 +211,12 @@ fn seal(pass: &str, key: &SecretKey) -> Result<Value, Fail> {
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
     let k = derive(pass, &salt, SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P)?;
     let cipher = chacha20poly1305::ChaCha20Poly1305::new((&k).into());
-    let aad = key.public().to_hex();
     let ct = cipher
         .encrypt(
             (&nonce).into(),
             Payload {
-                msg: &key.seed(),
-                aad: aad.as_bytes(),
+                msg: secret,
+                aad: public_hex.as_bytes(),
             },
         )
         .map_err(|_| Fail::new(Exit::Storage, "encrypting the key failed"))?;
@@ -229,7 +232,8 @@ fn seal(pass: &str, key: &SecretKey) -> Result<Value, Fail> {
     Ok(Value::Object(o))
 }
 
-fn open_sealed(path: &Path, v: &Value, public_key: &str) -> Result<[u8; 32], Fail> {
+/// Opens what [`seal_secret`] made, with `FORMICA_PASSPHRASE`.
+pub(crate) fn open_sealed(path: &Path, v: &Value, public_key: &str) -> Result<[u8; 32], Fail> {
     use chacha20poly1305::aead::{Aead, KeyInit, Payload};
     let bad = |why: &str| {
         Fail::new(

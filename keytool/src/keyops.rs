@@ -18,7 +18,7 @@ use formica_protocol::{ErrorCode, Handle, KeyLog, SecretKey, Value};
 /// The next entry of `log`: its seq and prev follow the head, and its time is now (or just after
 /// the head's, should this clock be behind it; LOG time order). `holders` are the secret keys of
 /// the keys `op` introduces, for their proofs of possession.
-fn next_entry(
+pub(crate) fn next_entry(
     log: &KeyLog,
     op: KeyOp,
     signer: &SecretKey,
@@ -39,7 +39,7 @@ fn next_entry(
 }
 
 /// Checks that `entry` extends `log`, as the relay will.
-fn check_extends(log: &KeyLog, entry: &SignedKeyLogEntry) -> Result<(), Fail> {
+pub(crate) fn check_extends(log: &KeyLog, entry: &SignedKeyLogEntry) -> Result<(), Fail> {
     log.clone().append(entry.clone()).map_err(|e| {
         Fail::code(
             e.code(),
@@ -49,7 +49,11 @@ fn check_extends(log: &KeyLog, entry: &SignedKeyLogEntry) -> Result<(), Fail> {
 }
 
 /// Posts an entry; `Ok(true)` if appended, `Ok(false)` if the relay already had it.
-fn post_entry(client: &Client, handle: &Handle, entry: &SignedKeyLogEntry) -> Result<bool, Fail> {
+pub(crate) fn post_entry(
+    client: &Client,
+    handle: &Handle,
+    entry: &SignedKeyLogEntry,
+) -> Result<bool, Fail> {
     let a = client.call(
         "POST",
         &format!("/v1/keys/{handle}"),
@@ -96,7 +100,7 @@ fn post_and_commit(
     }
 }
 
-fn not_current(handle: &Handle, log: &KeyLog, what: &str) -> Fail {
+pub(crate) fn not_current(handle: &Handle, log: &KeyLog, what: &str) -> Fail {
     Fail::code(
         ErrorCode::KeylogUnauthorizedSigner,
         format!(

@@ -3,6 +3,8 @@
 //! HTTP API by `client`; the commands by `offline`, `online`, `watch` and `keyops`.
 
 mod client;
+mod enc;
+mod enckeys;
 mod identity;
 mod keyops;
 mod mcp;
@@ -20,8 +22,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Formica agent tool: keys, registration, signed messages, inbox, acks, contacts, profiles,
-/// presence and conversations.
+/// Formica agent tool: keys, registration, signed messages (sealed end to end by default),
+/// inbox, acks, contacts, profiles, presence and conversations.
 ///
 /// Exit codes: 0 ok (also `watch` ending at --count or --timeout); 1 unexpected failure;
 /// 2 usage error; 3 input refused (bad JSON or schema, policy refusals such as not_contact,
@@ -137,16 +139,23 @@ enum Cmd {
         /// `<identity>.recovery.json`, if the identity has none).
         #[arg(long)]
         recovery: bool,
+        /// Do not publish an encryption key after registering (then messages to you are sent
+        /// unsealed until `keytool enc-key rotate`).
+        #[arg(long)]
+        no_enc: bool,
     },
     /// Look a handle up: fetch its key log, verify it from the first entry and print the
-    /// current key (never trusting the relay's summary).
+    /// current key and encryption key (never trusting the relay's summary).
     Resolve {
         /// `@name` (on your relay) or `@name@host`.
         handle: String,
         #[command(flatten)]
         id: IdentityArg,
     },
-    /// Send a signed envelope: `keytool send @nova "hello" [@more ...]`.
+    /// Send a signed envelope: `keytool send @nova "hello" [@more ...]`. A message,
+    /// task_request, task_result or x- type is sealed (end-to-end encrypted: relays carry it but
+    /// cannot read it) when every recipient's key log has a current encryption key, else sent
+    /// unsealed, and the output says so (`sealed`, `unsealed_reason`, `no_enc_key`).
     Send {
         /// First recipient, `@name` (on your relay) or `@name@host`.
         to: String,
@@ -177,10 +186,18 @@ enum Cmd {
         /// so; with --no-shorten it fails with deadline_after_parent instead.
         #[arg(long)]
         no_shorten: bool,
+        /// Do not seal the payload, even when every recipient publishes an encryption key:
+        /// relays (and anyone who reads their disks) can read it.
+        #[arg(long)]
+        plain: bool,
         #[command(flatten)]
         id: IdentityArg,
     },
-    /// Read one page of the inbox. With --json: one line {"cursor","envelope"} per item.
+    /// Read one page of the inbox. With --json: one line {"cursor","envelope"} per item. A
+    /// sealed item is opened with your keys: it also has "sealed":true and "payload" (the
+    /// opened payload), or "open_error" {"reason","message"} when it cannot be opened
+    /// (unknown_key_id, key_expired, key_not_valid, bad_tag, not_a_recipient, bad_padding,
+    /// bad_plaintext); readable lines say [sealed] or [sealed: cannot open: REASON].
     Inbox {
         /// Start after this cursor (as printed by inbox or watch); default: the oldest item.
         #[arg(long)]
@@ -196,13 +213,15 @@ enum Cmd {
     /// profile_show, find, presence_set, presence_show, who, call, calls, accept, decline,
     /// conversation_send, conversation_history, conversation_leave, conversation_close,
     /// conversation_list; the resource formica://inbox,
-    /// subscribable). Standard output carries only MCP messages.
+    /// subscribable). `send` and `conversation_send` seal as `send` does (`plain` opts out);
+    /// the reads open sealed items. Standard output carries only MCP messages.
     Mcp {
         #[command(flatten)]
         id: IdentityArg,
     },
     /// Follow the inbox live (Server-Sent Events), printing one JSON line {"cursor","envelope"}
-    /// per item, with or without --json (and with --presence, {"presence"} lines). Reconnects
+    /// per item, with or without --json (and with --presence, {"presence"} lines); sealed items
+    /// are opened as `inbox` opens them ("sealed", "payload" or "open_error"). Reconnects
     /// with backoff and resumes after the last printed cursor. An open stream shows you as
     /// connected to your contacts (presence).
     Watch(watch::WatchArgs),
@@ -299,6 +318,9 @@ enum Cmd {
         #[command(flatten)]
         id: IdentityArg,
     },
+    /// Publish (`rotate`) or list your encryption keys, to which others seal messages for you.
+    #[command(subcommand)]
+    EncKey(enc::EncKeyCmd),
     /// Install a new signing key, signed by the recovery key (`<identity>.recovery.json`).
     Recover {
         /// Also replace the recovery key (the old file is kept as `.old-<key id>`).
@@ -402,7 +424,7 @@ fn report_reason(s: &str) -> Result<ReportReason, String> {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => return usage_error(e),
+        Err(e) => return output::usage_error(e),
     };
     // `keytool mcp` speaks MCP on standard output: its own failures (a key that does not load)
     // go to standard error even with --json.
@@ -462,44 +484,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A command line clap refused (or `--help`/`--version`). Under `--json` (anywhere before a
-/// `--`) a refusal is one JSON failure line like every other failure, with code
-/// `keytool.usage`; help and version print as usual.
-fn usage_error(e: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    let json = std::env::args_os()
-        .skip(1)
-        .take_while(|a| a != "--")
-        .any(|a| a == "--json");
-    if !json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        e.exit();
-    }
-    let text = e.render().to_string();
-    // The first paragraph is the error (with the arguments it names on the following lines).
-    let message = text
-        .trim_start()
-        .split("\n\n")
-        .next()
-        .unwrap_or("invalid command line")
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ")
-        .trim_start_matches("error: ")
-        .to_owned();
-    let hint = text
-        .lines()
-        .filter(|l| l.trim_start().starts_with("Usage:") || l.contains("tip:"))
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join("; ");
-    let mut f = Fail::new(output::Exit::Usage, message);
-    if !hint.is_empty() {
-        f = f.hint(format!("{hint}; keytool --help lists the commands"));
-    }
-    Out::new(true).fail(f)
-}
-
 fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
     match cmd {
         Cmd::Mcp { id } => mcp::serve(mcp::Config {
@@ -511,7 +495,8 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
             handle,
             id,
             recovery,
-        } => online::register(ctx, &handle, &id.identity, recovery),
+            no_enc,
+        } => online::register(ctx, &handle, &id.identity, recovery, !no_enc),
         Cmd::Resolve { handle, id } => online::resolve(ctx, &handle, &id.identity),
         Cmd::Send {
             to,
@@ -523,6 +508,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
             wait,
             no_wait,
             no_shorten,
+            plain,
             id,
         } => online::send(
             ctx,
@@ -535,6 +521,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
                 ack_deadline,
                 corr,
                 no_shorten,
+                plain,
                 payload_doc: None,
                 wait: if no_wait { Duration::ZERO } else { wait },
             },
@@ -585,6 +572,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
             id,
         } => online::report(ctx, &id.identity, &handle, reason, msg.as_deref(), note),
         Cmd::Rotate { id } => keyops::rotate(ctx, &id.identity),
+        Cmd::EncKey(cmd) => enc::enc_key(ctx, cmd),
         Cmd::Revoke { with_recovery, id } => keyops::revoke(ctx, &id.identity, with_recovery),
         Cmd::Recover { new_recovery, id } => keyops::recover(ctx, &id.identity, new_recovery),
         Cmd::Keygen { .. }

@@ -191,6 +191,44 @@ impl Out {
     }
 }
 
+/// A command line clap refused (or `--help`/`--version`). Under `--json` (anywhere before a
+/// `--`) a refusal is one JSON failure line like every other failure, with code
+/// `keytool.usage`; help and version print as usual.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if !json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    // The first paragraph is the error (with the arguments it names on the following lines).
+    let message = text
+        .trim_start()
+        .split("\n\n")
+        .next()
+        .unwrap_or("invalid command line")
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned();
+    let hint = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Usage:") || l.contains("tip:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut f = Fail::new(Exit::Usage, message);
+    if !hint.is_empty() {
+        f = f.hint(format!("{hint}; keytool --help lists the commands"));
+    }
+    Out::new(true).fail(f)
+}
+
 /// A timestamp in milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS.mmmZ` (UTC), for
 /// people; JSON output keeps the integer.
 pub fn fmt_ms(ms: i64) -> String {

@@ -166,13 +166,17 @@ pub fn watch(ctx: &Ctx<'_>, args: WatchArgs) -> Result<(), Fail> {
     let s = online::session(ctx, &id.identity)?;
     let mut printed = 0u64;
     let mut logs = online::Logs::default();
+    let mut opener = online::Opener::new(&s, ctx.home);
     let mut stdout = std::io::stdout().lock();
     follow_events(&s, after, timeout, true, None, presence, |ev| {
         let (v, item) = match ev {
-            Event::Item { cursor, envelope } => (
-                online::obj(vec![("cursor", cursor.into()), ("envelope", envelope)]),
-                true,
-            ),
+            Event::Item { cursor, envelope } => {
+                // A sealed payload is opened: `sealed`, and `payload` or `open_error`.
+                let opened = opener.open_value(&s, &envelope)?;
+                let mut m = vec![("cursor", cursor.into()), ("envelope", envelope)];
+                m.extend(online::opened_members(&opened));
+                (online::obj(m), true)
+            }
             Event::Presence(p) => {
                 let e = online::verify_entry(&s.client, &mut logs, &p, None)?;
                 (online::obj(vec![("presence", e.to_value())]), false)

@@ -194,14 +194,16 @@ fn three_agents_call_answer_talk_read_the_chain_and_leave() {
     assert_eq!(int(last, &["next"]), 5);
     assert_eq!(s(last, &["head"]), s(&es[4], &["hash"]));
     assert_eq!(s(&es[0], &["envelope", "type"]), "call");
-    assert_eq!(s(&es[3], &["envelope", "payload", "text"]), "hello sage");
+    // Posts are sealed (every agent here published an encryption key) and read opened.
+    assert_eq!(s(&es[3], &["payload", "text"]), "hello sage");
+    assert_eq!(get(&es[3], &["sealed"]).as_bool(), Some(true));
     let readable = text(&nova.run(&["conv", "history", &conv]));
     for want in [
         "#1 @nova called @sage, @iris: \"review PR 42\" [async]",
         "#2 @sage accepted",
         "#3 @iris declined: busy elsewhere",
-        "#4 @nova: hello sage",
-        "#5 @sage: hi nova  [ack by",
+        "#4 @nova: hello sage  [sealed]",
+        "#5 @sage: hi nova  [sealed]  [ack by",
         "(5 entries, hash chain checked from entry #1)",
     ] {
         assert!(readable.contains(want), "{want:?} not in {readable}");
@@ -500,10 +502,8 @@ fn the_mcp_tools_call_answer_talk_wait_and_leave() {
         (r["next"].as_i64(), r["state"].as_str()),
         (Some(3), Some("active"))
     );
-    assert_eq!(
-        r["entries"][2]["envelope"]["payload"]["text"],
-        "first draft?"
-    );
+    assert_eq!(r["entries"][2]["payload"]["text"], "first draft?");
+    assert_eq!(r["entries"][2]["sealed"], true);
     let r = b.ok(
         "conversation_history",
         serde_json::json!({"id": conv, "after": 3, "wait": 1}),
@@ -528,7 +528,7 @@ fn the_mcp_tools_call_answer_talk_wait_and_leave() {
     );
     let r = b.answer(waiting)["structuredContent"].clone();
     assert_eq!(r["entries"][0]["seq"], 4, "{r}");
-    assert_eq!(r["entries"][0]["envelope"]["payload"]["text"], "here it is");
+    assert_eq!(r["entries"][0]["payload"]["text"], "here it is");
     assert_eq!(r["next"], 4);
 
     let list = a.ok("conversation_list", serde_json::json!({}));

@@ -59,10 +59,9 @@ fn two_agents_make_contact_exchange_an_acked_message_and_see_a_timeout() {
     assert_eq!(watched.len(), 2);
     assert_eq!(s(&watched[0], &["cursor"]), "1");
     assert_eq!(s(&watched[1], &["envelope", "id"]), msg_id);
-    assert_eq!(
-        s(&watched[1], &["envelope", "payload", "text"]),
-        "please ack"
-    );
+    // Sealed by default (both published encryption keys at registration), opened by watch.
+    assert_eq!(s(&watched[1], &["payload", "text"]), "please ack");
+    assert_eq!(get(&watched[1], &["sealed"]).as_bool(), Some(true));
 
     bob.json(&["ack", &msg_id, "--status", "processed"]);
     assert_eq!(status_of(&alice, &msg_id), "acked");
@@ -135,20 +134,21 @@ fn register_rotate_revoke_and_recover_carry_their_proofs_of_possession() {
         home: dir.join("carol"),
         relay: &relay,
     };
+    // Entry 1 is the encryption key register publishes; then rotate, revoke, recover, rotate.
     let reg = carol.json(&["register", "@carol", "--recovery"]);
     let first_recovery = s(&reg[0], &["recovery_key_id"]).to_owned();
     let rotated = carol.json(&["rotate"]);
-    assert_eq!(get(&rotated[0], &["seq"]).as_i64(), Some(1));
+    assert_eq!(get(&rotated[0], &["seq"]).as_i64(), Some(2));
     carol.json(&["revoke", "--with-recovery"]);
     let recovered = carol.json(&["recover", "--new-recovery"]);
     let new_recovery = s(&recovered[0], &["recovery_key_id"]).to_owned();
     assert_ne!(new_recovery, first_recovery);
     let rotated = carol.json(&["rotate"]);
-    assert_eq!(get(&rotated[0], &["seq"]).as_i64(), Some(4));
+    assert_eq!(get(&rotated[0], &["seq"]).as_i64(), Some(5));
 
     let handle = s(&reg[0], &["handle"]).to_owned();
     let resolved = carol.json(&["resolve", &handle]);
-    assert_eq!(get(&resolved[0], &["entries"]).as_i64(), Some(5));
+    assert_eq!(get(&resolved[0], &["entries"]).as_i64(), Some(6));
     let me = carol.json(&["whoami"]);
     assert_eq!(
         s(&resolved[0], &["current_key"]),

@@ -1,9 +1,11 @@
 //! keytool across two peered relays (real processes on loopback): resolving a remote handle
 //! that never sent anything here; a remote send that the remote relay refuses fails with the
 //! refusal's code (not "accepted"), and `status` names the reason; after a contact grant the
-//! same send succeeds and says the remote relay took it; `find --federated` finds a listed
+//! same send succeeds, sealed to the remote agent's encryption key, and says the remote relay
+//! took it; `find --federated` finds a listed
 //! profile on the peer, verified, and not an unlisted one; a conversation called from one relay
-//! is answered and posted to from the other, and both serve the same entries.
+//! is answered and posted to from the other (sealed posts, opened on both sides), and both serve
+//! the same entries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -64,8 +66,9 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
     let nova_handle = s(&nova.json(&["register", "@nova"])[0], &["handle"]).to_owned();
 
     // Resolving a remote handle works before any traffic: relay A fetches the log from B.
+    // Two entries: the register entry and the encryption key register publishes.
     let resolved = alice.json(&["resolve", &nova_handle]);
-    assert_eq!(get(&resolved[0], &["entries"]).as_i64(), Some(1));
+    assert_eq!(get(&resolved[0], &["entries"]).as_i64(), Some(2));
     let nova_key = s(&nova.json(&["whoami"])[0], &["public_key"]).to_owned();
     assert_eq!(s(&resolved[0], &["current_key"]), nova_key);
 
@@ -126,6 +129,20 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
         ["forwarded", "delivered"].contains(&s(&remote[0], &["status"])),
         "{remote:?}"
     );
+    // Sealed across relays: alice's relay fetched nova's key log (with her encryption key)
+    // from B, and nova's inbox on B opens it.
+    assert_eq!(get(&sent[0], &["sealed"]).as_bool(), Some(true), "{sent:?}");
+    let sealed_id = s(&sent[0], &["id"]).to_owned();
+    let inbox = nova.json(&["inbox"]);
+    let it = inbox
+        .iter()
+        .find(|i| s(i, &["envelope", "id"]) == sealed_id)
+        .unwrap_or_else(|| panic!("{sealed_id} not in {inbox:?}"));
+    assert_eq!(get(it, &["sealed"]).as_bool(), Some(true), "{it:?}");
+    assert_eq!(s(it, &["payload", "text"]), "hello again");
+    assert!(get(it, &["envelope", "payload", "sealed"])
+        .as_object()
+        .is_some());
     // --no-wait returns at once, without the remote outcome.
     let quick = alice.json(&["send", &nova_handle, "no wait", "--no-wait"]);
     assert_eq!(s(&quick[0], &["result"]), "accepted");
@@ -218,6 +235,7 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
     );
     let sent = alice.json(&["conv", "send", &conv, "hello nova"]);
     assert_eq!(get(&sent[0], &["seq"]).as_i64(), Some(3), "{sent:?}");
+    assert_eq!(get(&sent[0], &["sealed"]).as_bool(), Some(true), "{sent:?}");
     wait(
         &nova,
         "alice's post on nova's relay",
@@ -232,6 +250,7 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
         "{sent:?}"
     );
     let post_id = s(&sent[0], &["id"]).to_owned();
+    assert_eq!(get(&sent[0], &["sealed"]).as_bool(), Some(true), "{sent:?}");
     let a = wait(
         &alice,
         "nova's post at the home relay",
@@ -247,7 +266,14 @@ fn a_refused_remote_send_fails_with_its_code_and_resolve_fetches_remote_logs() {
     assert_eq!(a, b, "the two relays serve different entries");
     let text = String::from_utf8_lossy(&nova.run(&["conv", "history", &conv]).stdout).into_owned();
     assert!(
-        text.contains("hello alice") && text.contains("hash chain checked"),
+        text.contains("hello alice  [sealed]")
+            && text.contains("hello nova  [sealed]")
+            && text.contains("hash chain checked"),
+        "{text}"
+    );
+    let text = String::from_utf8_lossy(&alice.run(&["conv", "history", &conv]).stdout).into_owned();
+    assert!(
+        text.contains("hello alice  [sealed]") && text.contains("hello nova  [sealed]"),
         "{text}"
     );
     // Once back from the home relay, the post's status shows its place.

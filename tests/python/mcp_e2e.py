@@ -15,6 +15,9 @@ session, and checks, as a client sees them:
   and refusals (offline, a duration above the relay's limit);
 - a subscription to `formica://inbox` and the `notifications/resources/updated` a new
   message brings, then reading the resource;
+- sealed payloads: send seals by default (both agents published an encryption key at
+  registration), the reads (the inbox resource, wait_for_messages, conversation reads) open
+  them (`sealed`, `payload`) and the envelope holds no plaintext; `plain` opts out;
 - conversations: call, calls, accept, decline, conversation_send, conversation_history,
   conversation_list, conversation_leave, conversation_close, and a conversation as the
   resource `formica://conversations/{id}` (its template, reads, a subscription's update);
@@ -163,6 +166,11 @@ async def main(keytool, relay):
                             "oversized payload")
                 check(err["code"] in ("payload_too_large", "envelope_too_large"),
                       f"oversized payload: {err}")
+                # Too large only once sealed: the hint names the tool's `plain`, not --plain.
+                err = error(await a.call_tool("send", {"to": [bob], "text": "y" * 7_000}),
+                            "a payload too large once sealed")
+                check(err["code"] == "payload_too_large" and "`plain`" in err.get("hint", "")
+                      and "--" not in err.get("hint", ""), f"sealed too large: {err}")
                 err = error(await a.call_tool("status", {"id": "not-hex"}), "bad id")
                 check(err["code"] == "invalid_field", f"bad id: {err}")
                 err = error(await a.call_tool("send", {"to": [bob], "text": "x", "as": "@bob"}),
@@ -223,6 +231,8 @@ async def main(keytool, relay):
                 # A new message: an update, and reads return exactly it, once.
                 sent = result(await a.call_tool("send", {"to": [bob], "text": "please ack",
                                                          "ack_deadline": "60s"}), "send")
+                check(sent.get("sealed") is True and sent.get("own_copy") is True,
+                      f"send did not seal: {sent}")
                 msg_id = sent["id"]
                 seen = []
                 deadline = time.monotonic() + 15
@@ -231,7 +241,12 @@ async def main(keytool, relay):
                     check(left > 0, f"no update brought {msg_id}; read {seen}")
                     check(await asyncio.wait_for(updates.get(), timeout=left) == "formica://inbox",
                           "an update for another resource")
-                    seen += [i["envelope"]["id"] for i in (await read_inbox(b))["items"]]
+                    got = (await read_inbox(b))["items"]
+                    for i in got:
+                        check(i.get("sealed") is True and i["payload"]["text"] == "please ack"
+                              and "please ack" not in json.dumps(i["envelope"]),
+                              f"the inbox resource did not open the sealed message: {i}")
+                    seen += [i["envelope"]["id"] for i in got]
                 check(seen == [msg_id], f"reads after the update returned {seen}")
                 check((await read_inbox(b))["items"] == [], "the message was read twice")
 
@@ -241,6 +256,10 @@ async def main(keytool, relay):
                 ids = [i["envelope"]["id"] for i in w2["items"]]
                 check(ids == [msg_id], f"wait 2 returned {ids}, not [{msg_id}]")
                 check(w2["items"][0].get("ack") == "pending", f"ack state: {w2['items'][0]}")
+                check(w2["items"][0].get("sealed") is True
+                      and w2["items"][0]["payload"]["text"] == "please ack"
+                      and "sealed" in w2["items"][0]["envelope"]["payload"],
+                      f"wait_for_messages did not open the sealed message: {w2['items'][0]}")
                 # A wait that blocks: it returns the message sent while it waits, promptly.
                 t0 = time.monotonic()
                 waiting = asyncio.create_task(
@@ -259,6 +278,16 @@ async def main(keytool, relay):
                                               {"after": w3["next"], "timeout_s": 1}), "wait 4")
                 check(w4["items"] == [] and w4["timed_out"], f"wait 4: {w4}")
                 check(time.monotonic() - t0 < 10, "wait 4 did not return after its timeout")
+                # `plain` sends it unsealed, on purpose, and says so; the reader gets it plain.
+                p = result(await a.call_tool("send", {"to": [bob], "text": "in the clear",
+                                                      "plain": True}), "send plain")
+                check(p.get("sealed") is False and p.get("unsealed_reason") == "plain_requested",
+                      f"send plain: {p}")
+                w5 = result(await b.call_tool("wait_for_messages",
+                                              {"after": w4["next"], "timeout_s": 10}), "wait 5")
+                check(len(w5["items"]) == 1 and "sealed" not in w5["items"][0]
+                      and w5["items"][0]["envelope"]["payload"]["text"] == "in the clear",
+                      f"wait 5 (plain): {w5}")
 
                 result(await b.call_tool("ack", {"id": msg_id, "status": "processed"}), "ack")
                 st = result(await a.call_tool("status", {"id": msg_id}), "status")
@@ -389,7 +418,7 @@ async def main(keytool, relay):
                 sent = result(await a.call_tool("conversation_send",
                                                 {"id": conv, "text": "first point"}),
                               "conversation_send")
-                check(sent["seq"] == 3, f"conversation_send: {sent}")
+                check(sent["seq"] == 3 and sent.get("sealed") is True, f"conversation_send: {sent}")
                 deadline = time.monotonic() + 15
                 while True:
                     left = deadline - time.monotonic()
@@ -398,7 +427,8 @@ async def main(keytool, relay):
                         break
                 body = json.loads((await b.read_resource(uri)).contents[0].text)
                 check([e["seq"] for e in body["entries"]] == [3]
-                      and body["entries"][0]["envelope"]["payload"]["text"] == "first point",
+                      and body["entries"][0].get("sealed") is True
+                      and body["entries"][0]["payload"]["text"] == "first point",
                       f"conversation read after the update: {body}")
                 hist = result(await b.call_tool("conversation_history",
                                                 {"id": conv, "after": 2, "wait": 5}),
@@ -455,7 +485,8 @@ async def main(keytool, relay):
                 check(type(event).__name__ == "ResourceUpdated"
                       and getattr(event, "uri", "") == curi, f"listen event: {event!r}")
             body = json.loads((await c.read_resource(curi)).contents[0].text)
-            check([e["envelope"]["payload"]["text"] for e in body["entries"]] == ["heard you"],
+            check([e["payload"]["text"] for e in body["entries"]] == ["heard you"]
+                  and all(e.get("sealed") is True for e in body["entries"]),
                   f"conversation read after listen: {body}")
             result(await c.call_tool("contacts_remove", {"handle": bob}), "contacts_remove")
         check(stray == [], f"lines on the servers' stdout that are not MCP: {stray}")
@@ -502,7 +533,8 @@ async def main(keytool, relay):
 
         print("mcp_e2e: ok: two identities over stdio at 2025-11-25 and 2026-07-28: tools, "
               "errors with codes, contacts, wait_for_messages, subscribe and listen updates, "
-              "ack, status, profiles and the directory, presence, conversations; an encrypted key through "
+              "sealed payloads, ack, status, profiles and the directory, presence, conversations; "
+              "an encrypted key through "
               "FORMICA_PASSPHRASE")
     finally:
         relay_proc.kill()

@@ -46,18 +46,19 @@ pub const TOOLS: &[ToolDef] = &[
     },
     ToolDef {
         name: "conversation_send",
-        description: "Post `text` to conversation `id` (one turn). It goes to every other joined participant, or to `to` (some of them). Optional `ack_deadline` (30s, 5m, ...) and `corr`. Returns `seq`, its place in the conversation (null when the conversation is homed on another relay, which numbers it: it then shows in conversation_history).",
+        description: "Post `text` to conversation `id` (one turn). It goes to every other joined participant, or to `to` (some of them). Optional `ack_deadline` (30s, 5m, ...) and `corr`. Sealed (end-to-end encrypted) when every recipient publishes an encryption key (`sealed` in the result; `plain`: true sends it unsealed). Returns `seq`, its place in the conversation (null when the conversation is homed on another relay, which numbers it: it then shows in conversation_history).",
         schema: r#"{"type":"object","properties":{
             "id":{"type":"string"},
             "text":{"type":"string"},
             "to":{"type":"array","items":{"type":"string"}},
             "ack_deadline":{"type":"string"},
-            "corr":{"type":"string"}},
+            "corr":{"type":"string"},
+            "plain":{"type":"boolean"}},
           "required":["id","text"],"additionalProperties":false}"#,
     },
     ToolDef {
         name: "conversation_history",
-        description: "Read conversation `id`: entries after `after` (a seq; default 0, the start), oldest first, each checked against the hash chain. An entry has `seq`, `at` and either `envelope` (the call, a post, an action: accept, decline, leave, close, invite) or `event` (missed, declined, closed). `wait` (seconds, at most 60) waits for a new entry when there is none. Returns `entries`, `next` (pass it as `after` next time), `state` (ringing, active, closed) and `reason`.",
+        description: "Read conversation `id`: entries after `after` (a seq; default 0, the start), oldest first, each checked against the hash chain. An entry has `seq`, `at` and either `envelope` (the call, a post, an action: accept, decline, leave, close, invite) or `event` (missed, declined, closed); a sealed post also has `sealed`: true and `payload` (opened) or `open_error` (`reason`). `wait` (seconds, at most 60) waits for a new entry when there is none. Returns `entries`, `next` (pass it as `after` next time), `state` (ringing, active, closed) and `reason`.",
         schema: r#"{"type":"object","properties":{
             "id":{"type":"string"},
             "after":{"type":"integer","minimum":0},
@@ -169,11 +170,12 @@ pub(super) fn call(ctx: &Ctx<'_>, id: &str, a: &Args<'_>) -> Result<Json, Fail> 
             online::act(ctx, id, &conv(a)?, action, reason(a)?)?;
         }
         "conversation_send" => {
-            a.only(&["id", "text", "to", "ack_deadline", "corr"])?;
+            a.only(&["id", "text", "to", "ack_deadline", "corr", "plain"])?;
             let opts = PostOpts {
                 to: a.strs("to", a.m.get("to"))?,
                 ack_deadline: duration(a, "ack_deadline")?,
                 corr: a.str_opt("corr")?,
+                plain: a.bool_opt("plain")?.unwrap_or(false),
             };
             online::conv_send(ctx, id, &conv(a)?, a.str_req("text")?, &opts)?;
         }

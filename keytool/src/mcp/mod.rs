@@ -163,6 +163,7 @@ fn for_tools(text: &str) -> String {
         ),
         ("`--ack-deadline`", "`ack_deadline`"),
         ("--ack-deadline", "`ack_deadline`"),
+        ("--plain sends", "`plain`: true sends"),
         ("--type T --payload FILE", "`type` and `payload`"),
         (
             "keytool conv list --all",

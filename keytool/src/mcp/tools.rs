@@ -35,7 +35,7 @@ pub const TOOLS: &[ToolDef] = &[
     },
     ToolDef {
         name: "send",
-        description: "Sign and send a message. `to`: one or more handles (@name for your relay, @name@host elsewhere). Either `text` (type message) or `type` with `payload` (a JSON object of that type's schema). Optional `ack_deadline` (500ms, 30s, 5m, 1h, 2d; at most 7d) asks the recipients to ack; `corr` links replies; a task_request whose `corr` is a request you received gets at most that request's ack deadline (shortened automatically; the answer then has `ack_by_asked`). For recipients on other relays it waits (`wait`, default 5s) for their relay's answer and fails with its error code if it refused (for not_contact: send a contact_request first).",
+        description: "Sign and send a message. `to`: one or more handles (@name for your relay, @name@host elsewhere). Either `text` (type message) or `type` with `payload` (a JSON object of that type's schema). Optional `ack_deadline` (500ms, 30s, 5m, 1h, 2d; at most 7d) asks the recipients to ack; `corr` links replies; a task_request whose `corr` is a request you received gets at most that request's ack deadline (shortened automatically; the answer then has `ack_by_asked`). For recipients on other relays it waits (`wait`, default 5s) for their relay's answer and fails with its error code if it refused (for not_contact: send a contact_request first). The payload is sealed (end-to-end encrypted; relays cannot read it) when every recipient publishes an encryption key: the result says `sealed`; when false, `unsealed_reason` and `no_enc_key` (who has no key) say why. `plain`: true sends it unsealed on purpose.",
         schema: r#"{"type":"object","properties":{
             "to":{"type":"array","items":{"type":"string"},"minItems":1},
             "text":{"type":"string"},
@@ -43,12 +43,13 @@ pub const TOOLS: &[ToolDef] = &[
             "payload":{"type":"object"},
             "ack_deadline":{"type":"string"},
             "corr":{"type":"string"},
-            "wait":{"type":"string"}},
+            "wait":{"type":"string"},
+            "plain":{"type":"boolean","description":"Send unsealed (relays can read it); default false"}},
           "required":["to"],"additionalProperties":false}"#,
     },
     ToolDef {
         name: "inbox",
-        description: "One page of the inbox, oldest first, after `after` (a cursor from an earlier page; default: the start). Returns items (cursor, envelope, ack: pending/acked/timed_out for messages that asked you for an ack) and `next`, the cursor to pass next time.",
+        description: "One page of the inbox, oldest first, after `after` (a cursor from an earlier page; default: the start). Returns items (cursor, envelope, ack: pending/acked/timed_out for messages that asked you for an ack) and `next`, the cursor to pass next time. A sealed (end-to-end encrypted) item has `sealed`: true and `payload`, the opened payload to read instead of the envelope's; one that cannot be opened has `open_error` (`reason`: unknown_key_id, key_expired, key_not_valid, bad_tag, not_a_recipient, bad_padding, bad_plaintext).",
         schema: r#"{"type":"object","properties":{
             "after":{"type":"string"},
             "limit":{"type":"integer","minimum":1}},
@@ -56,7 +57,7 @@ pub const TOOLS: &[ToolDef] = &[
     },
     ToolDef {
         name: "wait_for_messages",
-        description: "Wait until the inbox has items after `after` (default: the start), at most `timeout_s` seconds (default 25, at most 60), and return them with `next`. Pass `next` to the following call: across calls no item is lost or repeated. `timed_out` is true when nothing came.",
+        description: "Wait until the inbox has items after `after` (default: the start), at most `timeout_s` seconds (default 25, at most 60), and return them with `next`. Pass `next` to the following call: across calls no item is lost or repeated. `timed_out` is true when nothing came. Items are as the inbox tool returns them (sealed ones opened: `sealed`, `payload` or `open_error`).",
         schema: r#"{"type":"object","properties":{
             "after":{"type":"string"},
             "timeout_s":{"type":"integer","minimum":1,"maximum":60},
@@ -295,6 +296,7 @@ pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, 
                 "ack_deadline",
                 "corr",
                 "wait",
+                "plain",
             ])?;
             let to: Vec<String> = match args.get("to") {
                 Some(Json::Array(v)) if !v.is_empty() => v
@@ -355,6 +357,7 @@ pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, 
                     corr: a.str_opt("corr")?,
                     no_shorten: false,
                     wait,
+                    plain: a.bool_opt("plain")?.unwrap_or(false),
                 },
             )?;
         }

@@ -10,7 +10,8 @@
 
 use super::conv_args::{CallSpec, ConvCmd, ConvTop, PostOpts};
 use super::conv_list::{calls, conv_list, summary, who};
-use super::send::post_built;
+use super::sealing::{sealer_for, Sealer, Sealing, Unsealed};
+use super::send::post_sealed;
 use super::{clean, obj, ok_obj, opt, parse_handle, session, Ctx, Session};
 use crate::offline::now_ms;
 use crate::output::{fmt_ms, Exit, Fail};
@@ -25,6 +26,7 @@ struct Posted {
     result: String,
     conv: Option<String>,
     seq: Option<i64>,
+    sealing: Sealing,
 }
 
 impl Posted {
@@ -43,7 +45,11 @@ impl Posted {
     }
 }
 
-/// Signs and posts a conversation envelope from this session's identity.
+/// Not sealed: actions and calls are read by relays (SEAL-2).
+const UNSEALABLE: Result<Sealer, Unsealed> = Err(Unsealed::Type);
+
+/// Signs and posts a conversation envelope from this session's identity, sealed with `sealer`
+/// when it is one (see `sealing`).
 #[allow(clippy::too_many_arguments)]
 fn post(
     s: &Session,
@@ -54,6 +60,7 @@ fn post(
     ts: i64,
     corr: Option<String>,
     ack_by: Option<i64>,
+    sealer: &Result<Sealer, Unsealed>,
 ) -> Result<Posted, Fail> {
     let env = Envelope {
         msg_type,
@@ -67,7 +74,7 @@ fn post(
         conv,
         payload,
     };
-    let (id, a) = post_built(s, env).map_err(|f| no_conversations(s, f))?;
+    let (id, a, sealing) = post_sealed(s, env, sealer).map_err(|f| no_conversations(s, f))?;
     // The conversation is the call's own id for a call, else the one the envelope names.
     let want = conv.unwrap_or(id).to_hex();
     if a.str("conv").is_some_and(|c| c != want) {
@@ -84,6 +91,7 @@ fn post(
         result: a.str("result").unwrap_or("accepted").to_owned(),
         conv: a.str("conv").map(str::to_owned),
         seq: a.body.as_object().and_then(|o| o.get("seq")?.as_i64()),
+        sealing,
     })
 }
 
@@ -209,7 +217,17 @@ pub fn call(ctx: &Ctx<'_>, identity: &str, spec: &CallSpec) -> Result<(), Fail> 
         expires,
     };
     let to = ps.iter().map(|p| p.handle.clone()).collect();
-    let p = post(&s, MessageType::Call, to, None, payload, ts, None, None)?;
+    let p = post(
+        &s,
+        MessageType::Call,
+        to,
+        None,
+        payload,
+        ts,
+        None,
+        None,
+        &UNSEALABLE,
+    )?;
     let text = format!(
         "call {}: {}\n  conversation {}{}: {:?}, {}, calling {}\n  they answer with keytool accept|decline {}; follow it: keytool conv watch {}",
         p.id,
@@ -313,6 +331,7 @@ pub fn act(
         now_ms(),
         None,
         None,
+        &UNSEALABLE,
     )?;
     emit_action(ctx, &s, conv, action, &p, reason.as_deref(), Vec::new());
     Ok(())
@@ -427,6 +446,7 @@ pub fn invite(
         now_ms(),
         None,
         None,
+        &UNSEALABLE,
     )?;
     let extra = vec![("participants", invitees_value(&ps))];
     emit_action(ctx, &s, conv, ConvActionKind::Invite, &p, None, extra);
@@ -501,6 +521,7 @@ pub fn conv_send(
         )));
     }
     let payload = Payload::Message { text, data: None };
+    let sealer = sealer_for(&s, ctx.home, &MessageType::Message, &to, opts.plain)?;
     let p = post(
         &s,
         MessageType::Message,
@@ -510,6 +531,7 @@ pub fn conv_send(
         ts,
         opts.corr.clone(),
         ack_by,
+        &sealer,
     )?;
     let names: Vec<String> = to.iter().map(|h| who(h, &s.me)).collect();
     let mut line = format!(
@@ -519,6 +541,7 @@ pub fn conv_send(
         p.at(),
         names.join(", ")
     );
+    line.push_str(&p.sealing.note());
     if let Some(t) = ack_by {
         line.push_str(&format!("\n  ack requested by {}", fmt_ms(t)));
     }
@@ -531,6 +554,7 @@ pub fn conv_send(
         ),
         ("ack_by", opt(ack_by.map(Value::Int))),
     ]);
+    m.extend(p.sealing.members());
     ctx.out.emit(&line, ok_obj(m));
     Ok(())
 }

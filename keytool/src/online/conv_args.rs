@@ -92,7 +92,8 @@ pub enum ConvCmd {
         id: crate::IdentityArg,
     },
     /// Read a conversation's entries, oldest first, each checked against the hash chain. With
-    /// --json: one line per entry as served, then {"ok","conv","count","next","head"}.
+    /// --json: one line per entry as served, then {"ok","conv","count","next","head"}. A sealed
+    /// post also has "sealed":true and "payload" (opened), or "open_error" {"reason","message"}.
     History {
         /// The conversation id (64 hex, as `call` printed it).
         #[arg(value_name = "ID", value_parser = conv_id)]
@@ -183,6 +184,11 @@ pub struct PostOpts {
     /// Correlation id (1-128 printable ASCII characters, no spaces).
     #[arg(long, value_name = "ID")]
     pub corr: Option<String>,
+    /// Do not seal the post. By default it is sealed (end-to-end encrypted) to its recipients
+    /// and to you when every recipient publishes an encryption key, else sent unsealed and
+    /// the output says so.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// A conversation id: the call's message id, 64 lower-case hex characters.

@@ -9,9 +9,11 @@
 //! - entry 1 is the call whose id is the conversation's, later envelopes name the conversation.
 //!
 //! A check that fails is an error (exit 4), never a printed entry. Envelope signatures are not
-//! checked here, as `inbox` and `watch` do not check them.
+//! checked here, as `inbox` and `watch` do not check them. Sealed posts are opened (`sealing`)
+//! and shown with their mark, or with the reason they did not open.
 
 use super::conv_list::{not_yours, summary, who};
+use super::sealing::{mark, opened_members, with_members, Opened, Opener};
 use super::{clean, ok_obj, session, Ctx, Session};
 use crate::client::{Auth, Client, RESPONSE_DEPTH_MAX};
 use crate::output::{fmt_ms, Exit, Fail};
@@ -163,9 +165,24 @@ pub fn read_page(
     Ok(out)
 }
 
+/// Opens the entry's envelope if its payload is sealed; with the entry as JSON, its sealed
+/// payload shown (`sealed`, and `payload` or `open_error`).
+fn opened(op: &mut Opener, s: &Session, e: &Entry, v: &Value) -> Result<(Opened, Value), Fail> {
+    let o = match &e.body {
+        EntryBody::Envelope(se) => op.open(s, se.envelope())?,
+        EntryBody::Event(_) => None,
+    };
+    let shown = match &o {
+        None => v.clone(),
+        Some(_) => with_members(v, opened_members(&o)),
+    };
+    Ok((o, shown))
+}
+
 /// One readable line for an entry: `#3 @nova: text`, `#2 @sage accepted`,
-/// `#4 (event) @sage missed the call`.
-pub fn line(e: &Entry, me: &Handle) -> String {
+/// `#4 (event) @sage missed the call`; a sealed post shows its opened payload and `[sealed]`, or
+/// `[sealed: cannot open: reason]`.
+pub fn line(e: &Entry, me: &Handle, opened: &Opened) -> String {
     let n = e.seq;
     let env = match &e.body {
         EntryBody::Event(ev) => {
@@ -200,7 +217,12 @@ pub fn line(e: &Entry, me: &Handle) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let body = match &env.payload {
+    let payload = match opened {
+        Some(Ok(p)) => p,
+        _ => &env.payload,
+    };
+    let body = match payload {
+        _ if matches!(opened, Some(Err(_))) => format!(": {}", env.msg_type),
         Payload::Call {
             topic,
             mode,
@@ -240,7 +262,7 @@ pub fn line(e: &Entry, me: &Handle) -> String {
         .ack_by
         .map(|t| format!("  [ack by {}]", fmt_ms(t)))
         .unwrap_or_default();
-    format!("#{n} {from}{body}{ack}")
+    format!("#{n} {from}{body}{}{ack}", mark(opened))
 }
 
 /// `keytool conv history ID [--after SEQ] [--limit N]`.
@@ -255,10 +277,12 @@ pub fn history(
     let start = after.unwrap_or(0);
     let mut ch = chain(&s, conv, start);
     let mut count = 0usize;
+    let mut op = Opener::new(&s, ctx.home);
     for _ in 0..HISTORY_PAGES_MAX {
         let page = read_page(&s, &mut ch, limit)?;
         for (e, v) in &page {
-            ctx.out.emit(&line(e, &s.me), v.clone());
+            let (o, shown) = opened(&mut op, &s, e, v)?;
+            ctx.out.emit(&line(e, &s.me, &o), shown);
         }
         count += page.len();
         if page.is_empty() || limit.is_some() {
@@ -315,11 +339,13 @@ pub fn watch(
     let mut printed = 0u64;
     let mut stdout = std::io::stdout().lock();
     let json = ctx.out.json;
+    let mut op = Opener::new(&s, ctx.home);
     follow(&s, &mut ch, timeout, |e, v| {
+        let (o, shown) = opened(&mut op, &s, e, v)?;
         let mut text = if json {
-            canon::canonicalize(v)
+            canon::canonicalize(&shown)
         } else {
-            line(e, &s.me).into_bytes()
+            line(e, &s.me, &o).into_bytes()
         };
         text.push(b'\n');
         stdout
@@ -488,22 +514,26 @@ pub fn read_for_tool(
 ) -> Result<Value, Fail> {
     let s = session(ctx, identity)?;
     let mut ch = chain(&s, conv, after);
-    let mut got: Vec<Value> =
-        read_page(&s, &mut ch, limit).map(|p| p.into_iter().map(|(_, v)| v).collect())?;
+    let mut got: Vec<(Entry, Value)> = read_page(&s, &mut ch, limit)?;
     let mut timed_out = false;
     if got.is_empty() && wait.is_some_and(|w| !w.is_zero()) {
-        let ended = follow(&s, &mut ch, wait, |_, v| {
-            got.push(v.clone());
+        let ended = follow(&s, &mut ch, wait, |e, v| {
+            got.push((e.clone(), v.clone()));
             Ok(false)
         })?;
         timed_out = ended == Ended::TimedOut;
         if !got.is_empty() {
             let room = limit.map(|l| l.saturating_sub(got.len() as u32));
             if room != Some(0) {
-                got.extend(read_page(&s, &mut ch, room)?.into_iter().map(|(_, v)| v));
+                got.extend(read_page(&s, &mut ch, room)?);
             }
         }
     }
+    let mut op = Opener::new(&s, ctx.home);
+    let got = got
+        .iter()
+        .map(|(e, v)| opened(&mut op, &s, e, v).map(|(_, shown)| shown))
+        .collect::<Result<Vec<_>, _>>()?;
     let sum = summary(&s, conv)?;
     Ok(ok_obj(vec![
         ("conv", conv.to_hex().into()),
@@ -638,7 +668,7 @@ mod tests {
         }
         assert!(ch.check(&served(&es[4])).unwrap().is_none());
         assert_eq!(ch.after, 5);
-        let lines: Vec<String> = es.iter().map(|e| line(e, &h("sage"))).collect();
+        let lines: Vec<String> = es.iter().map(|e| line(e, &h("sage"), &None)).collect();
         assert_eq!(
             lines,
             [

@@ -1,5 +1,6 @@
 //! The inbox page, `ack` and `status` (per-recipient delivery state).
 
+use super::sealing::{self, mark, opened_members, Opened, Opener};
 use super::send::{emit_posted, post_envelope};
 use super::{
     clean, obj, parse_handle, session, Ctx, Session, ACK_LOOKUP_PAGES_MAX, SUMMARY_CHARS_MAX,
@@ -42,8 +43,8 @@ pub fn check_cursor(c: &str) -> Result<(), Fail> {
 }
 
 /// One readable line for an inbox item; `ack` is the page's word for whether the reader still
-/// owes an ack (API-9: pending, acked, timed_out).
-pub fn item_line(cursor: &str, env: &Value, ack: Option<&str>) -> String {
+/// owes an ack (API-9: pending, acked, timed_out); `sealed` the mark of a sealed payload.
+pub fn item_line(cursor: &str, env: &Value, ack: Option<&str>, sealed: &str) -> String {
     let o = env.as_object();
     let s = |k: &str| {
         o.and_then(|o| o.get(k))
@@ -107,10 +108,23 @@ pub fn item_line(cursor: &str, env: &Value, ack: Option<&str>) -> String {
         (None, _) => String::new(),
     };
     format!(
-        "{cursor:>6}  {ty:<15}  {}  {}  {summary}{ack}",
+        "{cursor:>6}  {ty:<15}  {}  {}  {summary}{sealed}{ack}",
         clean(s("from"), 80),
         clean(s("id"), 64)
     )
+}
+
+/// [`item_line`] for an item whose payload may be sealed: the opened payload is shown (nothing
+/// for one that did not open), with the item's mark (`[sealed]`, or the reason it did not open).
+pub fn shown_line(cursor: &str, env: &Value, ack: Option<&str>, opened: &Opened) -> String {
+    match opened {
+        None => item_line(cursor, env, ack, ""),
+        Some(r) => {
+            let p = r.as_ref().map(|p| p.to_value()).unwrap_or(Value::Null);
+            let shown = sealing::with_members(env, vec![("payload", p)]);
+            item_line(cursor, &shown, ack, &mark(opened))
+        }
+    }
 }
 
 /// The `{"cursor","envelope"}` of an inbox item, or a failure for a malformed page.
@@ -153,13 +167,16 @@ pub fn inbox(
         .iter()
         .map(page_item_ack)
         .collect::<Result<Vec<_>, _>>()?;
+    let mut opener = Opener::new(&s, ctx.home);
     for (cursor, env, ack) in &items {
+        let opened = opener.open_value(&s, env)?;
         let mut m = vec![("cursor", cursor.clone().into()), ("envelope", env.clone())];
         if let Some(a) = ack {
             m.push(("ack", a.clone().into()));
         }
+        m.extend(opened_members(&opened));
         ctx.out
-            .emit(&item_line(cursor, env, ack.as_deref()), obj(m));
+            .emit(&shown_line(cursor, env, ack.as_deref(), &opened), obj(m));
     }
     if !ctx.out.json {
         let next = a.str("next").unwrap_or("");

@@ -32,6 +32,7 @@ mod presence_args;
 mod profile;
 mod profile_args;
 mod register;
+mod sealing;
 mod send;
 
 pub use contacts::{contacts_add, contacts_list, contacts_remove, requests_answer, requests_list};
@@ -48,6 +49,7 @@ pub use profile_args::{
     TTL_DEFAULT,
 };
 pub use register::{fetch_log, register, resolve};
+pub use sealing::{opened_members, Opener};
 pub use send::{contact_request, report, send, vouch, SendArgs};
 
 /// Highest proof-of-work difficulty keytool will mine: 2^40 hashes is days on a laptop, so a

@@ -20,6 +20,7 @@ pub fn register(
     name_arg: &str,
     identity_name: &str,
     want_recovery: bool,
+    publish_enc: bool,
 ) -> Result<(), Fail> {
     let out = ctx.out;
     // 1. The name is checked before anything touches the network or the disk.
@@ -189,7 +190,11 @@ pub fn register(
     let a = client.call("POST", "/v1/register", Some(&body), None)?;
     // 9. Remember where we live.
     identity::update(ctx.home, identity_name, handle.as_str(), &relay_url)?;
-    let head = a.str("head").unwrap_or("").to_owned();
+    let mut head = a.str("head").unwrap_or("").to_owned();
+    // 10. The first encryption key (LOG-16), so that others can seal to this handle. The
+    // handle is registered either way: a failure here is reported, not returned.
+    let enc = publish_enc
+        .then(|| crate::enc::publish_first(ctx.home, identity_name, &client, &handle, &key));
     let kid = key.public().key_id().to_hex();
     let mut text = format!(
         "registered {handle}\n  identity   {identity_name}\n  key id     {kid}\n  relay      {relay_url} (relay key id {})\n  proof      difficulty {difficulty}, about {} hashes in {:.2} s",
@@ -204,11 +209,36 @@ pub fn register(
             identity::recovery_path(ctx.home, identity_name).display()
         ));
     }
+    let (enc_kid, enc_error) = match &enc {
+        None => {
+            text.push_str("\n  enc key    none (--no-enc: messages to you are sent unsealed until keytool enc-key rotate)");
+            (Value::Null, Value::Null)
+        }
+        Some(Ok(p)) => {
+            head = p.entry.hash().to_hex();
+            text.push_str(&format!(
+                "\n  enc key    {} (others seal messages to you with it; keytool enc-key list)",
+                p.key.key_id()
+            ));
+            (p.key.key_id().to_hex().into(), Value::Null)
+        }
+        Some(Err(f)) => {
+            text.push_str(&format!(
+                "\n  enc key    not published: {} (publish one with keytool enc-key rotate)",
+                f.message
+            ));
+            let err = f.to_value();
+            let err = err.as_object().and_then(|o| o.get("error")).cloned();
+            (Value::Null, err.unwrap_or(Value::Null))
+        }
+    };
     out.emit(
         &text,
         ok_obj(vec![
             ("handle", handle.as_str().into()),
             ("identity", identity_name.into()),
+            ("enc_key_id", enc_kid),
+            ("enc_error", enc_error),
             ("key_id", kid.into()),
             (
                 "recovery_key_id",
@@ -287,10 +317,13 @@ pub fn resolve(ctx: &Ctx<'_>, handle_arg: &str, identity_name: &str) -> Result<(
     let conflicts = a.list("conflicts").len();
     let served = a.str("current_key").map(str::to_owned);
     let mismatch = served.as_deref() != current.map(|k| k.to_hex()).as_deref();
+    let enc = log.enc_key_current(now_ms());
     let mut text = format!(
-        "{handle}\n  current key  {}\n  key id       {}\n  recovery     {}\n  tier         {} (as the relay reports it)\n  moved to     {}\n  log          {} entries, verified from the first; head {}\n  conflicts    {conflicts}",
+        "{handle}\n  current key  {}\n  key id       {}\n  enc key      {}\n  recovery     {}\n  tier         {} (as the relay reports it)\n  moved to     {}\n  log          {} entries, verified from the first; head {}\n  conflicts    {conflicts}",
         current.map(|k| k.to_hex()).unwrap_or_else(|| "none (revoked or moved)".into()),
         current.map(|k| k.key_id().to_hex()).unwrap_or_else(|| "-".into()),
+        enc.map(|p| format!("key id {} until {}", p.key.key_id(), crate::output::fmt_ms(p.expires)))
+            .unwrap_or_else(|| "none (messages to it are sent unsealed)".into()),
         log.recovery_key().map(|k| format!("key id {}", k.key_id())).unwrap_or_else(|| "none".into()),
         tier.as_deref().unwrap_or("-"),
         log.moved_to().map(Handle::as_str).unwrap_or("-"),
@@ -311,6 +344,9 @@ pub fn resolve(ctx: &Ctx<'_>, handle_arg: &str, identity_name: &str) -> Result<(
             ("handle", handle.as_str().into()),
             ("current_key", opt(current.map(|k| k.to_hex()))),
             ("key_id", opt(current.map(|k| k.key_id().to_hex()))),
+            ("enc_key", opt(enc.map(|p| p.key.to_hex()))),
+            ("enc_key_id", opt(enc.map(|p| p.key.key_id().to_hex()))),
+            ("enc_expires", opt(enc.map(|p| Value::Int(p.expires)))),
             ("recovery_key", opt(log.recovery_key().map(|k| k.to_hex()))),
             ("tier", opt(tier)),
             (

@@ -1,5 +1,6 @@
 //! Posting signed envelopes: `send`, `contact-request`, `vouch` and `report`.
 
+use super::sealing::{sealer_for, Sealer, Sealing, Unsealed};
 use super::{obj, ok_obj, opt, parse_handle, session, Ctx, Session};
 use crate::client::Answer;
 use crate::offline::{now_ms, parse_doc, read_input};
@@ -21,6 +22,21 @@ pub fn post_envelope(
     corr: Option<String>,
     ack_by: Option<i64>,
 ) -> Result<(MessageId, String), Fail> {
+    let sealing = Err(Unsealed::Type);
+    post_envelope_sealed(s, to, msg_type, payload, corr, ack_by, &sealing).map(|(id, r, _)| (id, r))
+}
+
+/// [`post_envelope`], sealing the payload with `sealer` when it is one and every recipient has
+/// a current encryption key at the envelope's time (see `sealing`).
+pub fn post_envelope_sealed(
+    s: &Session,
+    to: Vec<Handle>,
+    msg_type: MessageType,
+    payload: Payload,
+    corr: Option<String>,
+    ack_by: Option<i64>,
+    sealer: &Result<Sealer, Unsealed>,
+) -> Result<(MessageId, String, Sealing), Fail> {
     let env = Envelope {
         msg_type,
         type_version: 1,
@@ -33,8 +49,32 @@ pub fn post_envelope(
         conv: None,
         payload,
     };
-    let (id, a) = post_built(s, env)?;
-    Ok((id, a.str("result").unwrap_or("accepted").to_owned()))
+    let (id, a, sealing) = post_sealed(s, env, sealer)?;
+    Ok((
+        id,
+        a.str("result").unwrap_or("accepted").to_owned(),
+        sealing,
+    ))
+}
+
+/// Seals `env`'s payload (see [`post_envelope_sealed`]), then [`post_built`].
+pub fn post_sealed(
+    s: &Session,
+    mut env: Envelope,
+    sealer: &Result<Sealer, Unsealed>,
+) -> Result<(MessageId, Answer, Sealing), Fail> {
+    let sealing = match sealer {
+        Ok(sealer) => sealer.seal(&mut env, s.desc.envelope_limits().payload_bytes_max)?,
+        Err(why) => Sealing::Plain(why.clone()),
+    };
+    let (id, a) = post_built(s, env).map_err(|f| match (&sealing, f.code) {
+        // The relay's limit (of the sender's tier) that keytool could not know beforehand.
+        (Sealing::Sealed { .. }, Some(ErrorCode::PayloadTooLarge)) if f.hint.is_none() => f.hint(
+            "sealing makes a payload larger (padding, base64, a key per recipient): --plain sends it unsealed (relays can read it), or send less",
+        ),
+        _ => f,
+    })?;
+    Ok((id, a, sealing))
 }
 
 /// Signs `env` with this session's key, checks it as the relay would, and posts it: its id
@@ -105,6 +145,8 @@ pub struct SendArgs {
     pub no_shorten: bool,
     /// How long to wait for the remote relays' outcome of remote recipients (zero: not at all).
     pub wait: Duration,
+    /// Send unsealed even when every recipient publishes an encryption key.
+    pub plain: bool,
 }
 
 /// First pause between `send`'s reads of the delivery state while it waits for remote relays;
@@ -270,15 +312,17 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
             Some(ts_now + ms)
         }
     };
+    let sealer = sealer_for(&s, ctx.home, &msg_type, &to, a.plain)?;
     let mut ack_by = ack_by;
     let mut shortened_from = None;
-    let posted = match post_envelope(
+    let posted = match post_envelope_sealed(
         &s,
         to.clone(),
         msg_type.clone(),
         payload.clone(),
         a.corr.clone(),
         ack_by,
+        &sealer,
     ) {
         Err(f) if f.code == Some(ErrorCode::DeadlineAfterParent) && !a.no_shorten => {
             // ACK-5: a request answering a request gets at most the parent's deadline. Sign it
@@ -292,7 +336,15 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
                 Some(max) if max > now_ms() => {
                     shortened_from = ack_by;
                     ack_by = Some(max);
-                    post_envelope(&s, to.clone(), msg_type.clone(), payload, a.corr, ack_by)
+                    post_envelope_sealed(
+                        &s,
+                        to.clone(),
+                        msg_type.clone(),
+                        payload,
+                        a.corr,
+                        ack_by,
+                        &sealer,
+                    )
                 }
                 Some(max) => Err(f.hint(format!(
                     "the request it answers had to be acked by {}, which has passed; send it without --ack-deadline",
@@ -303,10 +355,13 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
         }
         r => r,
     };
-    let (id, result) = posted?;
-    let mut note = ack_by
-        .map(|t| format!("\n  ack requested by {}", fmt_ms(t)))
-        .unwrap_or_default();
+    let (id, result, sealing) = posted?;
+    let mut note = sealing.note();
+    note.push_str(
+        &ack_by
+            .map(|t| format!("\n  ack requested by {}", fmt_ms(t)))
+            .unwrap_or_default(),
+    );
     if shortened_from.is_some() {
         note.push_str(
             "\n  (shortened to the deadline of the request it answers; --no-shorten fails instead)",
@@ -314,6 +369,7 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
     }
     let to_v = Value::Array(to.iter().map(|h| h.as_str().into()).collect());
     let mut extra = vec![("to", to_v), ("ack_by", opt(ack_by.map(Value::Int)))];
+    extra.extend(sealing.members());
     if let Some(old) = shortened_from {
         extra.push(("ack_by_asked", Value::Int(old)));
     }
