@@ -169,7 +169,7 @@ pub fn read_page(
 /// payload shown (`sealed`, and `payload` or `open_error`).
 fn opened(op: &mut Opener, s: &Session, e: &Entry, v: &Value) -> Result<(Opened, Value), Fail> {
     let o = match &e.body {
-        EntryBody::Envelope(se) => op.open(s, se.envelope())?,
+        EntryBody::Envelope(se) => op.open(s, se)?,
         EntryBody::Event(_) => None,
     };
     let shown = match &o {

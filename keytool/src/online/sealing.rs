@@ -263,6 +263,8 @@ pub struct Opener {
     limits: EnvelopeLimits,
     log: Option<(KeyLog, Instant)>,
     keys: BTreeMap<KeyId, Result<EncSecretKey, String>>,
+    /// The senders' key logs, for the signature check before a payload is shown as theirs.
+    senders: super::Logs,
 }
 
 impl Opener {
@@ -274,6 +276,7 @@ impl Opener {
             limits: s.desc.envelope_limits(),
             log: None,
             keys: BTreeMap::new(),
+            senders: super::Logs::default(),
         }
     }
 
@@ -287,7 +290,7 @@ impl Opener {
             return Ok(None);
         }
         match SignedEnvelope::from_value(env.clone(), &self.limits) {
-            Ok(se) => self.open(s, se.envelope()),
+            Ok(se) => self.open(s, &se),
             Err(e) => Ok(Some(Err(OpenFailure {
                 reason: e.code().as_str().to_owned(),
                 message: format!("the sealed envelope is malformed: {e}"),
@@ -295,12 +298,18 @@ impl Opener {
         }
     }
 
-    /// Opens `env`'s payload, if it is sealed. Fails only when the agent's own key log cannot
-    /// be fetched or does not verify.
-    pub fn open(&mut self, s: &Session, env: &formica_protocol::Envelope) -> Result<Opened, Fail> {
+    /// Opens `se`'s payload, if it is sealed. Fails only when the agent's own key log cannot
+    /// be fetched or does not verify. The envelope must verify with its sender's key valid at
+    /// its `ts` first (SEAL-10): otherwise the item is shown with the word `bad_sender` and
+    /// nothing of its payload, since a relay can seal anything to a public key.
+    pub fn open(&mut self, s: &Session, se: &SignedEnvelope) -> Result<Opened, Fail> {
+        let env = se.envelope();
         let Payload::Sealed(sealed) = &env.payload else {
             return Ok(None);
         };
+        if let Err(f) = self.check_sender(s, se) {
+            return Ok(Some(Err(f)));
+        }
         let kid = sealed.keys.iter().find(|k| k.to == self.me).map(|k| k.kid);
         if let Some(kid) = kid {
             self.load_key(&kid);
@@ -325,6 +334,40 @@ impl Opener {
             }
             f
         })))
+    }
+
+    /// ENV-17 with the sender's key valid at the envelope's `ts` (LOG-12), from its key log
+    /// verified from the first entry (fetched again once if the cached one is older than a
+    /// rotation could be).
+    fn check_sender(&mut self, s: &Session, se: &SignedEnvelope) -> Result<(), OpenFailure> {
+        let env = se.envelope();
+        let bad = |message: String| OpenFailure {
+            reason: "bad_sender".into(),
+            message,
+        };
+        let mut retried = false;
+        loop {
+            let log = self.senders.get(&s.client, &env.from).map_err(|f| {
+                bad(format!(
+                    "the key log of the sender {} could not be checked: {}",
+                    env.from, f.message
+                ))
+            })?;
+            let checked = log
+                .key_at(&env.key, env.ts)
+                .map_err(|e| e.to_string())
+                .and_then(|k| se.clone().verify(k).map_err(|e| e.to_string()));
+            match checked {
+                Ok(_) => return Ok(()),
+                Err(_) if !retried && self.senders.forget_old(&env.from) => retried = true,
+                Err(why) => {
+                    return Err(bad(format!(
+                        "the envelope does not verify as {}'s: {why}",
+                        env.from
+                    )))
+                }
+            }
+        }
     }
 
     fn try_open(

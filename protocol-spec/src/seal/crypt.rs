@@ -200,7 +200,8 @@ impl OpenError {
     }
 }
 
-/// Opens a sealed envelope addressed to `me` (SEAL-10): `my_log` is `me`'s verified key log (the
+/// Opens a sealed envelope addressed to `me` (SEAL-10 steps 1 to 6; step 0, the envelope's
+/// signature by its sender, is the caller's: [`crate::SignedEnvelope::verify`]): `my_log` is `me`'s verified key log (the
 /// encryption key must have been valid at the envelope's `ts`), `secret` gives the private key of
 /// one of `me`'s encryption keys by id. Returns the payload of the envelope's type, checked
 /// against that type's schema.
