@@ -749,3 +749,37 @@ async fn the_relay_data_never_holds_the_plaintext_of_a_sealed_payload() {
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn sealed_envelopes_and_enc_entries_survive_a_restart_unchanged() {
+    let store = Arc::new(formica_relay::store::MemStore::default());
+    let r = TestRelay::with(config(4), store.clone());
+    let alice = r.agent("alice").await;
+    let nova = r.agent("nova").await;
+    nova.put_contact(&r, &alice.handle, "message")
+        .await
+        .expect(200, "");
+    publish(&r, &alice, 1).await;
+    let n_sk = publish(&r, &nova, 2).await;
+    r.advance(1);
+    let env = alice.envelope(&r, &[&nova.handle], text("kept across a restart"));
+    let se = seal_sign(&r, &alice, env, true, 1).await;
+    alice.send(&r, &se).await.expect(201, "");
+    let log_before = r.get(&format!("/v1/keys/{}", nova.handle)).await.raw;
+    let now = r.now();
+    drop(r);
+    // The state is rebuilt from the stored events.
+    let r2 = TestRelay::with(config(4), store);
+    r2.now.store(now + 1, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        r2.get(&format!("/v1/keys/{}", nova.handle)).await.raw,
+        log_before
+    );
+    let items = nova.inbox(&r2, 0).await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(canon::canonicalize(item_env(&items[0])), se.wire_bytes());
+    assert_eq!(
+        open_item(&r2, &nova, &n_sk, item_env(&items[0])).await,
+        text("kept across a restart")
+    );
+}
