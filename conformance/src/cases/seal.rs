@@ -31,6 +31,7 @@ pub fn cases() -> Vec<Case> {
         case("seal.task-reply", &["SEAL-2", "CONTACT-4", "CONTACT-6", "TYPE-5", "TYPE-6", "ENV-18"], "contact rules apply to the outer envelope: a sealed task_request needs the level task; a sealed task_result whose corr names that request is a reply that needs no grant, one with another corr is not_contact; both are delivered unchanged and open", task_reply).codes(&[E::LevelInsufficient, E::NotContact]),
         case("seal.extension", &["SEAL-2", "TYPE-12", "ENV-18"], "a sealed payload of an x- type is accepted, delivered unchanged and opens to the extension's object", extension),
         case("seal.conv", &["SEAL-1", "SEAL-2", "CONVO-8", "CONVO-4", "ENV-18"], "a sealed post in a conversation (sealed to the participants and the poster) is the next entry, served unchanged in the entries and the inbox, and opens for the participant", conv_post),
+        case("seal.fed-deliver", &["SEAL-1", "SEAL-4", "LOG-16", "API-5", "FED-4", "ENV-18"], "with --peer: an agent seals to a peer's agent with the key of its log as the relay under test serves it (fetched from the peer), the peer delivers the envelope byte for byte and its agent opens it; the sealed answer comes back the same way", fed_deliver).peer(),
         case("seal.not-sealable", &["SEAL-2", "INGEST-1"], "an ack and a contact_request with a sealed payload are invalid_field payload.sealed; nothing of them is stored", not_sealable).codes(&[E::InvalidField, E::NotFound]),
     ];
     for (i, c) in vectors::list(vectors::sealed(), "keylogs_invalid")
@@ -226,8 +227,13 @@ fn refuse_field_patiently(t: &Target, sg: &Signed, code: ErrorCode, field: &str)
 
 /// The served envelope with id `id` in `a`'s inbox (waiting up to 3 s).
 fn served(t: &Target, a: &Agent, sg: &Signed) -> R<Value> {
+    served_within(t, a, sg, 3000)
+}
+
+/// Like [`served`], waiting up to `ms`.
+fn served_within(t: &Target, a: &Agent, sg: &Signed, ms: u64) -> R<Value> {
     let id = sg.id.clone();
-    t.wait_inbox(a, 3000, &format!("envelope {id}"), |e| {
+    t.wait_inbox(a, ms, &format!("envelope {id}"), |e| {
         env_str(e, "id") == Some(id.as_str())
     })?;
     let items = t.inbox(a)?;
@@ -378,6 +384,33 @@ fn conv_post(e: &Env<'_>) -> R {
         .cloned()
         .unwrap_or(Value::Null);
     expect_opens_to(&open_as(t, owner, &e3, "entry 3")?, &o, &x.a.handle)?;
+    Ok(())
+}
+
+fn fed_deliver(e: &Env<'_>) -> R {
+    const FED_WAIT_MS: u64 = 20_000;
+    let t = e.t;
+    let p = e
+        .peer
+        .ok_or_else(|| Stop::Skip("federation: needs --peer".into()))?;
+    if !t.published.federation_enabled || !p.published.federation_enabled {
+        skip!("the relay or its peer publishes federation.enabled = false");
+    }
+    let a = sealer(t, "slfa")?;
+    let b = sealer(p, "slfb")?;
+    p.grant(&b.a, &a.a.handle, "message")?;
+    t.grant(&a.a, &b.a.handle, "message")?;
+    // `b`'s key as the relay under test serves `b`'s log (API-5: fetched from its home).
+    let o = t.envelope(&a.a, "message", &[&b.a.handle], text(t));
+    let sg = seal_obj(t, &a, &o, &[&b], true)?;
+    t.send_ok(&sg)?;
+    let env = served_within(p, &b.a, &sg, FED_WAIT_MS)?;
+    expect_opens_to(&open_as(p, &b, &env, "at the peer")?, &o, &b.a.handle)?;
+    let o = p.envelope(&b.a, "message", &[&a.a.handle], text(p));
+    let back = seal_obj(p, &b, &o, &[&a], true)?;
+    p.send_ok(&back)?;
+    let env = served_within(t, &a.a, &back, FED_WAIT_MS)?;
+    expect_opens_to(&open_as(t, &a, &env, "the answer")?, &o, &a.a.handle)?;
     Ok(())
 }
 
