@@ -27,11 +27,12 @@ pub fn cases() -> Vec<Case> {
     use ErrorCode as E;
     let mut v = vec![
         case("seal.enc-key", &["LOG-16", "API-5", "API-6", "LOG-4", "LOG-10"], "an enc entry signed by the current key is appended (201, seq, head), a re-post is a duplicate, and the served log holds it as posted and verifies with it as the current encryption key", enc_key),
-        case("seal.deliver", &["SEAL-1", "SEAL-4", "LOG-16", "ENV-15", "ENV-18", "API-9"], "a sealed message to two recipients with the sender's own copy is accepted and served to each recipient byte for byte; each recipient, and the sender, opens it with the keys of the served logs", deliver),
-        case("seal.task-reply", &["SEAL-2", "CONTACT-4", "CONTACT-6", "TYPE-5", "TYPE-6", "ENV-18"], "contact rules apply to the outer envelope: a sealed task_request needs the level task; a sealed task_result whose corr names that request is a reply that needs no grant, one with another corr is not_contact; both are delivered unchanged and open", task_reply).codes(&[E::LevelInsufficient, E::NotContact]),
-        case("seal.extension", &["SEAL-2", "TYPE-12", "ENV-18"], "a sealed payload of an x- type is accepted, delivered unchanged and opens to the extension's object", extension),
-        case("seal.conv", &["SEAL-1", "SEAL-2", "CONVO-8", "CONVO-4", "ENV-18"], "a sealed post in a conversation (sealed to the participants and the poster) is the next entry, served unchanged in the entries and the inbox, and opens for the participant", conv_post),
-        case("seal.fed-deliver", &["SEAL-1", "SEAL-4", "LOG-16", "API-5", "FED-4", "ENV-18"], "with --peer: an agent seals to a peer's agent with the key of its log as the relay under test serves it (fetched from the peer), the peer delivers the envelope byte for byte and its agent opens it; the sealed answer comes back the same way", fed_deliver).peer(),
+        case("seal.deliver", &["SEAL-1", "SEAL-4", "SEAL-8", "SEAL-9", "LOG-16", "ENV-15", "ENV-18", "API-9", "ACK-3"], "a sealed message to two recipients with the sender's own copy is accepted and served to each recipient byte for byte; each recipient, and the sender, opens it with the keys of the served logs; a recipient's ack settles its delivery as for any message", deliver),
+        case("seal.task-reply", &["SEAL-2", "SEAL-8", "SEAL-9", "CONTACT-4", "CONTACT-6", "TYPE-5", "TYPE-6", "TYPE-14", "ENV-18"], "contact rules apply to the outer envelope: a sealed task_request needs the level task; a sealed task_result whose corr names that request is a reply that needs no grant, one with another corr is not_contact; both are delivered unchanged and open", task_reply).codes(&[E::LevelInsufficient, E::NotContact]),
+        case("seal.extension", &["SEAL-1", "SEAL-2", "SEAL-8", "TYPE-12", "ENV-18"], "a sealed payload of an x- type is accepted, delivered unchanged and opens to the extension's object", extension),
+        case("seal.conv", &["SEAL-2", "SEAL-8", "SEAL-9", "SEAL-13", "CONVO-8", "CONVO-4", "ENV-18"], "a sealed post in a conversation (sealed to the participants and the poster) is the next entry, served unchanged in the entries and the inbox, and opens for the participant", conv_post),
+        case("seal.fed-deliver", &["SEAL-8", "LOG-16", "API-5", "FED-4", "ENV-18"], "with --peer: an agent seals to a peer's agent with the key of its log as the relay under test serves it (fetched from the peer), the peer delivers the envelope byte for byte and its agent opens it; the sealed answer comes back the same way", fed_deliver).peer(),
+        case("seal.payload-cap", &["SEAL-8", "ENV-8"], "the tier's payload limit applies to the canonical size of the sealed payload: a plaintext just under the limit is payload_too_large once sealed", payload_cap).codes(&[E::PayloadTooLarge]),
         case("seal.not-sealable", &["SEAL-2", "INGEST-1"], "an ack and a contact_request with a sealed payload are invalid_field payload.sealed; nothing of them is stored", not_sealable).codes(&[E::InvalidField, E::NotFound]),
     ];
     for (i, c) in vectors::list(vectors::sealed(), "keylogs_invalid")
@@ -289,6 +290,10 @@ fn deliver(e: &Env<'_>) -> R {
             expect_opens_to(&mine, &o, &x.a.a.handle)?;
         }
     }
+    // SEAL-9: an ack of the sealed message settles its delivery, by id.
+    let k = ack(t, &x.b.a, &x.a.a.handle, &sg.id, "processed");
+    t.send_ok(&k)?;
+    t.wait_delivery(&x.a.a, &sg.id, &x.b.a.handle, "acked", 3000)?;
     Ok(())
 }
 
@@ -414,6 +419,25 @@ fn fed_deliver(e: &Env<'_>) -> R {
     Ok(())
 }
 
+fn payload_cap(e: &Env<'_>) -> R {
+    let t = e.t;
+    let x = four(e)?;
+    let max = t.published.tier0().payload_bytes_max;
+    if max <= 64 || max > 1 << 20 {
+        skip!("the first tier publishes payload_bytes_max {max}");
+    }
+    // {"text":"..."} is 11 bytes more than the text: this plaintext is under the limit.
+    let plain = obj(vec![("text", s(&"a".repeat((max - 64) as usize)))]);
+    ensure!(
+        (canon::canonicalize(&plain).len() as i64) < max,
+        "suite bug: the plaintext is not under the limit"
+    );
+    let o = t.envelope(&x.a.a, "message", &[&x.b.a.handle], plain);
+    let sg = seal_obj(t, &x.a, &o, &[&x.b], false)?;
+    super::conv_kit::post_patiently(t, &sg)?.expect_error(ErrorCode::PayloadTooLarge)?;
+    Ok(())
+}
+
 fn not_sealable(e: &Env<'_>) -> R {
     let t = e.t;
     let x = four(e)?;
@@ -489,11 +513,11 @@ fn field_reqs(field: &str, code: &str, comment: &str) -> &'static [&'static str]
     match (code, field) {
         (_, "corr") => &["SEAL-2", "TYPE-6", "INGEST-1", "VEC-2"],
         (_, "payload.sealed") => &["SEAL-2", "INGEST-1", "VEC-2"],
-        (_, "payload.sealed.suite") => &["SEAL-3", "INGEST-1", "VEC-2"],
+        (_, "payload.sealed.suite") => &["SEAL-3", "SEAL-4", "INGEST-1", "VEC-2"],
         (_, "payload.sealed.ct") if l.contains("base64") => {
-            &["SEAL-6", "ENC-6", "INGEST-1", "VEC-2"]
+            &["SEAL-4", "SEAL-6", "ENC-6", "INGEST-1", "VEC-2"]
         }
-        (_, "payload.sealed.ct") => &["SEAL-6", "INGEST-1", "VEC-2"],
+        (_, "payload.sealed.ct") => &["SEAL-4", "SEAL-6", "INGEST-1", "VEC-2"],
         ("unknown_field", f) if !f.starts_with("payload.sealed") => {
             &["SEAL-1", "ENV-9", "INGEST-1", "VEC-2"]
         }
@@ -539,7 +563,7 @@ fn envelope_relayed(i: usize, c: &Value) -> Option<Case> {
     }
     Some(case(
         format!("vec.sealed.relayed.{i}"),
-        &["SEAL-1", "SEAL-4", "SEAL-6", "ENV-18", "VEC-2"],
+        &["SEAL-4", "SEAL-6", "SEAL-8", "ENV-18", "VEC-2"],
         format!("sealed.json: {cm}: accepted and delivered byte for byte (relays do not open sealed payloads)"),
         move |e| {
             let t = e.t;
