@@ -28,7 +28,8 @@ pub fn cases() -> Vec<Case> {
     let mut v = vec![
         case("seal.enc-key", &["LOG-16", "API-5", "API-6", "LOG-4", "LOG-10"], "an enc entry signed by the current key is appended (201, seq, head), a re-post is a duplicate, and the served log holds it as posted and verifies with it as the current encryption key", enc_key),
         case("seal.deliver", &["SEAL-1", "SEAL-4", "SEAL-8", "SEAL-9", "LOG-16", "ENV-15", "ENV-18", "API-9", "ACK-3"], "a sealed message to two recipients with the sender's own copy is accepted and served to each recipient byte for byte; each recipient, and the sender, opens it with the keys of the served logs; a recipient's ack settles its delivery as for any message", deliver),
-        case("seal.task-reply", &["SEAL-2", "SEAL-8", "SEAL-9", "CONTACT-4", "CONTACT-6", "TYPE-5", "TYPE-6", "TYPE-14", "ENV-18"], "contact rules apply to the outer envelope: a sealed task_request needs the level task; a sealed task_result whose corr names that request is a reply that needs no grant, one with another corr is not_contact; both are delivered unchanged and open", task_reply).codes(&[E::LevelInsufficient, E::NotContact]),
+        case("seal.contacts", &["SEAL-2", "CONTACT-4", "TYPE-14"], "contact rules apply to a sealed envelope by its type: a sealed task_request to an agent that granted the level message is level_insufficient; a sealed message, and a sealed task_result whose corr names no task_request of its recipient, from an agent granted nothing are not_contact", contacts).codes(&[E::LevelInsufficient, E::NotContact]),
+        case("seal.task-reply", &["SEAL-2", "SEAL-8", "SEAL-9", "CONTACT-6", "TYPE-5", "TYPE-6", "ENV-18"], "a sealed task_request is delivered unchanged and opens; the sealed task_result whose corr names it is a reply that needs no grant (CONTACT-6, by type and corr, never the payload), delivered unchanged, and opens", task_reply),
         case("seal.extension", &["SEAL-1", "SEAL-2", "SEAL-8", "TYPE-12", "ENV-18"], "a sealed payload of an x- type is accepted, delivered unchanged and opens to the extension's object", extension),
         case("seal.conv", &["SEAL-2", "SEAL-8", "SEAL-9", "SEAL-13", "CONVO-8", "CONVO-4", "ENV-18"], "a sealed post in a conversation (sealed to the participants and the poster) is the next entry, served unchanged in the entries and the inbox, and opens for the participant", conv_post),
         case("seal.fed-deliver", &["SEAL-8", "LOG-16", "API-5", "FED-4", "ENV-18"], "with --peer: an agent seals to a peer's agent with the key of its log as the relay under test serves it (fetched from the peer), the peer delivers the envelope byte for byte and its agent opens it; the sealed answer comes back the same way", fed_deliver).peer(),
@@ -297,20 +298,37 @@ fn deliver(e: &Env<'_>) -> R {
     Ok(())
 }
 
+fn contacts(e: &Env<'_>) -> R {
+    let t = e.t;
+    let a = sealer(t, "slca")?;
+    let b = sealer(t, "slcb")?;
+    t.grant(&b.a, &a.a.handle, "message")?;
+    // At level message a task request, sealed or not, is level_insufficient (TYPE-14).
+    let task = obj(vec![("task", s("summarize"))]);
+    let o = t.envelope(&a.a, "task_request", &[&b.a.handle], task);
+    let low = seal_obj(t, &a, &o, &[&b], false)?;
+    refuse(t, &low.wire, ErrorCode::LevelInsufficient)?;
+    // `a` granted `b` nothing.
+    let o = t.envelope(&b.a, "message", &[&a.a.handle], text(t));
+    let m = seal_obj(t, &b, &o, &[&a], false)?;
+    refuse(t, &m.wire, ErrorCode::NotContact)?;
+    let result = obj(vec![("status", s("ok")), ("output", s(&t.uniq("lines")))]);
+    let mut stray = t.envelope(&b.a, "task_result", &[&a.a.handle], result);
+    stray.insert("corr", s(&"f".repeat(64)));
+    let stray = seal_obj(t, &b, &stray, &[&a], false)?;
+    refuse(t, &stray.wire, ErrorCode::NotContact)?;
+    Ok(())
+}
+
 fn task_reply(e: &Env<'_>) -> R {
     let t = e.t;
     let a = sealer(t, "slta")?;
     let b = sealer(t, "sltb")?;
+    t.grant(&b.a, &a.a.handle, "task")?;
     let task = obj(vec![
         ("task", s("summarize")),
         ("input", s(&t.uniq("secret"))),
     ]);
-    // At level message a task request, sealed or not, is level_insufficient (CONTACT-4).
-    t.grant(&b.a, &a.a.handle, "message")?;
-    let o = t.envelope(&a.a, "task_request", &[&b.a.handle], task.clone());
-    let low = seal_obj(t, &a, &o, &[&b], false)?;
-    refuse(t, &low.wire, ErrorCode::LevelInsufficient)?;
-    t.grant(&b.a, &a.a.handle, "task")?;
     let o = t.envelope(&a.a, "task_request", &[&b.a.handle], task);
     let req = seal_obj(t, &a, &o, &[&b], true)?;
     t.send_ok(&req)?;
@@ -318,10 +336,6 @@ fn task_reply(e: &Env<'_>) -> R {
     expect_opens_to(&open_as(t, &b, &env, "the task request")?, &o, &b.a.handle)?;
     // `a` granted `b` nothing: the sealed result is a reply by its corr (CONTACT-6).
     let result = obj(vec![("status", s("ok")), ("output", s(&t.uniq("lines")))]);
-    let mut stray = t.envelope(&b.a, "task_result", &[&a.a.handle], result.clone());
-    stray.insert("corr", s(&"f".repeat(64)));
-    let stray = seal_obj(t, &b, &stray, &[&a], false)?;
-    refuse(t, &stray.wire, ErrorCode::NotContact)?;
     let mut o = t.envelope(&b.a, "task_result", &[&a.a.handle], result);
     o.insert("corr", s(&req.id));
     let reply = seal_obj(t, &b, &o, &[&a], true)?;
