@@ -17,6 +17,7 @@ pub const ED25519: &str = include_str!("../../protocol-spec/vectors/ed25519.json
 pub const PROFILES: &str = include_str!("../../protocol-spec/vectors/profiles.json");
 pub const PRESENCE: &str = include_str!("../../protocol-spec/vectors/presence.json");
 pub const CONVERSATIONS: &str = include_str!("../../protocol-spec/vectors/conversations.json");
+pub const SEALED: &str = include_str!("../../protocol-spec/vectors/sealed.json");
 
 fn parse(text: &str) -> Value {
     // The vector files are strict-JSON documents (JSON-12); a file that is not is a bug in the
@@ -51,6 +52,7 @@ file!(ed25519, ED25519);
 file!(profiles, PROFILES);
 file!(presence, PRESENCE);
 file!(conversations, CONVERSATIONS);
+file!(sealed, SEALED);
 
 /// The array `key` of a vector file.
 pub fn list(file: &'static Value, key: &str) -> &'static [Value] {

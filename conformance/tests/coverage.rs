@@ -70,6 +70,7 @@ fn every_vector_file_drives_cases() {
         "vec.profiles.",
         "vec.presence.",
         "vec.conversations.",
+        "vec.sealed.",
     ] {
         assert!(
             ids.iter().any(|i| i.starts_with(prefix)),

@@ -45,6 +45,7 @@ fn federation_cases_pass_between_two_peered_reference_relays() {
     opts.only = vec![
         "fed.".into(),
         "conv.fed-".into(),
+        "seal.fed-".into(),
         "desc.peering".into(),
         "desc.units".into(),
         "vec.auth.relay_".into(),
@@ -94,7 +95,13 @@ fn federation_cases_pass_between_two_peered_reference_relays() {
         "the conversation cases across relays ran"
     );
     assert!(
-        rep.results.len() >= 11 + relay_vectors,
+        rep.results
+            .iter()
+            .any(|r| r.id == "seal.fed-deliver" && r.status == Status::Pass),
+        "the sealed delivery across relays ran and passed"
+    );
+    assert!(
+        rep.results.len() >= 12 + relay_vectors,
         "{} cases ran",
         rep.results.len()
     );

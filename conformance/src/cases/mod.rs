@@ -37,6 +37,7 @@ pub mod profile_vectors;
 pub mod profiles;
 pub mod proofs;
 pub mod registration;
+pub mod seal;
 pub mod signatures;
 pub mod tiers;
 pub mod vectors;
@@ -72,6 +73,7 @@ pub fn all() -> Vec<Case> {
     v.extend(conv_read::cases());
     v.extend(conv_live::cases());
     v.extend(conv_vectors::cases());
+    v.extend(seal::cases());
     v.extend(federation::cases());
     v
 }
