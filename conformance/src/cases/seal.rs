@@ -639,6 +639,7 @@ fn keylog_invalid(i: usize, c: &Value) -> Case {
         ErrorCode::KeylogKeyReused => reqs.push("LOG-13"),
         ErrorCode::UnknownField => reqs.push("LOG-3"),
         ErrorCode::KeylogUnauthorizedSigner => reqs.push("LOG-7"),
+        ErrorCode::KeylogClosed => reqs.push("LOG-9"),
         _ => {}
     }
     let reqs: &'static [&'static str] = Box::leak(reqs.into_boxed_slice());
