@@ -150,7 +150,7 @@ pub fn list(ctx: &Ctx<'_>, identity_name: &str) -> Result<(), Fail> {
         let held = enckeys::held(ctx.home, identity_name, &kid);
         let is_current = current == Some(kid);
         let end = match p.until {
-            Some(u) if u < p.expires => format!("replaced {}", fmt_ms(u)),
+            Some(u) if u < p.expires => format!("ended {}", fmt_ms(u)),
             _ if p.expires <= now => format!("expired {}", fmt_ms(p.expires)),
             _ => format!("expires {}", fmt_ms(p.expires)),
         };

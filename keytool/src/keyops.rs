@@ -292,11 +292,29 @@ pub fn recover(ctx: &Ctx<'_>, identity_name: &str, new_recovery: bool) -> Result
     if !kept.is_empty() {
         text.push_str(&format!("\n  old files kept as {}", kept.join(", ")));
     }
+    // LOG-16: the recover ended the encryption key; the recovered key publishes the next, so
+    // that messages to this handle are sealed again. The recovery stands either way.
+    let enc = crate::enc::publish_first(ctx.home, identity_name, &client, &me, &new);
+    let (enc_kid, enc_error) = match &enc {
+        Ok(p) => {
+            text.push_str(&format!("\n  new enc key {}", p.key.key_id()));
+            (Value::from(p.key.key_id().to_hex()), Value::Null)
+        }
+        Err(f) => {
+            text.push_str(&format!(
+                "\n  enc key not published: {} (publish one with keytool enc-key rotate; until then messages to you are sent unsealed)",
+                f.message
+            ));
+            (Value::Null, Value::from(f.message.as_str()))
+        }
+    };
     ctx.out.emit(
         &text,
         obj(vec![
             ("ok", Value::Bool(true)),
             ("handle", me.as_str().into()),
+            ("enc_key_id", enc_kid),
+            ("enc_error", enc_error),
             ("key_id", new_id.into()),
             (
                 "recovery_key_id",

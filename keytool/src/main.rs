@@ -190,14 +190,19 @@ enum Cmd {
         /// relays (and anyone who reads their disks) can read it.
         #[arg(long)]
         plain: bool,
+        /// Fail (exit 3) instead of sending unsealed when a recipient publishes no
+        /// encryption key (or the type cannot be sealed).
+        #[arg(long, conflicts_with = "plain")]
+        sealed: bool,
         #[command(flatten)]
         id: IdentityArg,
     },
     /// Read one page of the inbox. With --json: one line {"cursor","envelope"} per item. A
     /// sealed item is opened with your keys: it also has "sealed":true and "payload" (the
     /// opened payload), or "open_error" {"reason","message"} when it cannot be opened
-    /// (unknown_key_id, key_expired, key_not_valid, bad_tag, not_a_recipient, bad_padding,
-    /// bad_plaintext); readable lines say [sealed] or [sealed: cannot open: REASON].
+    /// (bad_sender, not_a_recipient, unknown_key_id, key_expired, key_not_valid, bad_tag,
+    /// bad_padding, bad_plaintext, malformed); readable lines say [sealed] or
+    /// [sealed: cannot open: REASON].
     Inbox {
         /// Start after this cursor (as printed by inbox or watch); default: the oldest item.
         #[arg(long)]
@@ -509,6 +514,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
             no_wait,
             no_shorten,
             plain,
+            sealed,
             id,
         } => online::send(
             ctx,
@@ -522,6 +528,7 @@ fn run_online(ctx: &online::Ctx<'_>, cmd: Cmd) -> Result<(), Fail> {
                 corr,
                 no_shorten,
                 plain,
+                sealed,
                 payload_doc: None,
                 wait: if no_wait { Duration::ZERO } else { wait },
             },

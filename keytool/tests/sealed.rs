@@ -128,6 +128,16 @@ fn sealed_messages_round_trip_survive_rotation_and_fall_back_when_a_key_is_missi
         text.contains("NOT sealed") && text.contains(&carol_handle),
         "{text}"
     );
+    // --sealed refuses to send in the clear (exit 3), and nothing reaches carol.
+    let out = alice.run(&["--json", "send", "@carol", "never in the clear", "--sealed"]);
+    let v = lines(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{v:?}");
+    assert!(
+        s(&v[0], &["error", "message"]).contains(&carol_handle),
+        "{v:?}"
+    );
+    let out = alice.run(&["--json", "send", "@carol", "x", "--sealed", "--plain"]);
+    assert_eq!(out.status.code(), Some(2), "--sealed and --plain conflict");
     // resolve shows whether an agent publishes an encryption key.
     let r = alice.json(&["resolve", &carol_handle]);
     assert_eq!(get(&r[0], &["enc_key_id"]), &Value::Null);
@@ -142,6 +152,13 @@ fn sealed_messages_round_trip_survive_rotation_and_fall_back_when_a_key_is_missi
     assert_eq!(
         s(item(&inbox, s(&sent[0], &["id"])), &["payload", "text"]),
         "now sealed"
+    );
+    assert!(
+        !inbox.iter().any(|v| contains(
+            &formica_protocol::canon::canonicalize(v),
+            "never in the clear"
+        )),
+        "--sealed sent nothing: {inbox:?}"
     );
 
     // 4. Rotation: a message sealed to bob's first key still opens after he publishes another.

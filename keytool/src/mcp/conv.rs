@@ -53,7 +53,8 @@ pub const TOOLS: &[ToolDef] = &[
             "to":{"type":"array","items":{"type":"string"}},
             "ack_deadline":{"type":"string"},
             "corr":{"type":"string"},
-            "plain":{"type":"boolean"}},
+            "plain":{"type":"boolean"},
+            "sealed":{"type":"boolean"}},
           "required":["id","text"],"additionalProperties":false}"#,
     },
     ToolDef {
@@ -170,12 +171,21 @@ pub(super) fn call(ctx: &Ctx<'_>, id: &str, a: &Args<'_>) -> Result<Json, Fail> 
             online::act(ctx, id, &conv(a)?, action, reason(a)?)?;
         }
         "conversation_send" => {
-            a.only(&["id", "text", "to", "ack_deadline", "corr", "plain"])?;
+            a.only(&[
+                "id",
+                "text",
+                "to",
+                "ack_deadline",
+                "corr",
+                "plain",
+                "sealed",
+            ])?;
             let opts = PostOpts {
                 to: a.strs("to", a.m.get("to"))?,
                 ack_deadline: duration(a, "ack_deadline")?,
                 corr: a.str_opt("corr")?,
                 plain: a.bool_opt("plain")?.unwrap_or(false),
+                sealed: a.bool_opt("sealed")?.unwrap_or(false),
             };
             online::conv_send(ctx, id, &conv(a)?, a.str_req("text")?, &opts)?;
         }

@@ -44,12 +44,13 @@ pub const TOOLS: &[ToolDef] = &[
             "ack_deadline":{"type":"string"},
             "corr":{"type":"string"},
             "wait":{"type":"string"},
-            "plain":{"type":"boolean","description":"Send unsealed (relays can read it); default false"}},
+            "plain":{"type":"boolean","description":"Send unsealed (relays can read it); default false"},
+            "sealed":{"type":"boolean","description":"Fail instead of sending unsealed when a recipient publishes no encryption key; default false"}},
           "required":["to"],"additionalProperties":false}"#,
     },
     ToolDef {
         name: "inbox",
-        description: "One page of the inbox, oldest first, after `after` (a cursor from an earlier page; default: the start). Returns items (cursor, envelope, ack: pending/acked/timed_out for messages that asked you for an ack) and `next`, the cursor to pass next time. A sealed (end-to-end encrypted) item has `sealed`: true and `payload`, the opened payload to read instead of the envelope's; one that cannot be opened has `open_error` (`reason`: unknown_key_id, key_expired, key_not_valid, bad_tag, not_a_recipient, bad_padding, bad_plaintext).",
+        description: "One page of the inbox, oldest first, after `after` (a cursor from an earlier page; default: the start). Returns items (cursor, envelope, ack: pending/acked/timed_out for messages that asked you for an ack) and `next`, the cursor to pass next time. A sealed (end-to-end encrypted) item has `sealed`: true and `payload`, the opened payload to read instead of the envelope's; one that cannot be opened has `open_error` (`reason`: bad_sender, not_a_recipient, unknown_key_id, key_expired, key_not_valid, bad_tag, bad_padding, bad_plaintext, malformed).",
         schema: r#"{"type":"object","properties":{
             "after":{"type":"string"},
             "limit":{"type":"integer","minimum":1}},
@@ -297,6 +298,7 @@ pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, 
                 "corr",
                 "wait",
                 "plain",
+                "sealed",
             ])?;
             let to: Vec<String> = match args.get("to") {
                 Some(Json::Array(v)) if !v.is_empty() => v
@@ -358,6 +360,7 @@ pub fn call(cfg: &Config, name: &str, args: &Map<String, Json>) -> Result<Json, 
                     no_shorten: false,
                     wait,
                     plain: a.bool_opt("plain")?.unwrap_or(false),
+                    sealed: a.bool_opt("sealed")?.unwrap_or(false),
                 },
             )?;
         }

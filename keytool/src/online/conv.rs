@@ -521,7 +521,14 @@ pub fn conv_send(
         )));
     }
     let payload = Payload::Message { text, data: None };
-    let sealer = sealer_for(&s, ctx.home, &MessageType::Message, &to, opts.plain)?;
+    let sealer = sealer_for(
+        &s,
+        ctx.home,
+        &MessageType::Message,
+        &to,
+        opts.plain,
+        opts.sealed,
+    )?;
     let p = post(
         &s,
         MessageType::Message,

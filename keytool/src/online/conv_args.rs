@@ -189,6 +189,9 @@ pub struct PostOpts {
     /// the output says so.
     #[arg(long)]
     pub plain: bool,
+    /// Fail instead of posting unsealed when a recipient publishes no encryption key.
+    #[arg(long, conflicts_with = "plain")]
+    pub sealed: bool,
 }
 
 /// A conversation id: the call's message id, 64 lower-case hex characters.

@@ -109,6 +109,8 @@ pub struct Sealer {
     tier_payload_max: Option<usize>,
     home: PathBuf,
     identity: String,
+    /// `--sealed`: fail rather than send unsealed.
+    require: bool,
 }
 
 impl Sealer {
@@ -152,6 +154,7 @@ impl Sealer {
             tier_payload_max,
             home: home.to_owned(),
             identity: s.id.name.clone(),
+            require: false,
         })
     }
 
@@ -178,6 +181,18 @@ impl Sealer {
                 Some(p) => rs.push(recipient(h, p.key)),
                 None => lacking.push(h.clone()),
             }
+        }
+        if !lacking.is_empty() && self.require {
+            let who = lacking
+                .iter()
+                .map(Handle::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Fail::new(
+                Exit::Input,
+                format!("not sent: {who} publish no current encryption key, and --sealed refuses to send unsealed"),
+            )
+            .hint("they publish one with keytool enc-key rotate; without --sealed it is sent readable by relays"));
         }
         if !lacking.is_empty() {
             return Ok(Sealing::Plain(Unsealed::NoEncKey(lacking)));
@@ -292,14 +307,15 @@ impl Opener {
         match SignedEnvelope::from_value(env.clone(), &self.limits) {
             Ok(se) => self.open(s, &se),
             Err(e) => Ok(Some(Err(OpenFailure {
-                reason: e.code().as_str().to_owned(),
+                reason: "malformed".into(),
                 message: format!("the sealed envelope is malformed: {e}"),
             }))),
         }
     }
 
-    /// Opens `se`'s payload, if it is sealed. Fails only when the agent's own key log cannot
-    /// be fetched or does not verify. The envelope must verify with its sender's key valid at
+    /// Opens `se`'s payload, if it is sealed. What keeps it from opening, even the agent's own
+    /// key log out of reach, is the item's `open_error`, never a failure of the whole read
+    /// (SEAL-11). The envelope must verify with its sender's key valid at
     /// its `ts` first (SEAL-10): otherwise the item is shown with the word `bad_sender` and
     /// nothing of its payload, since a relay can seal anything to a public key.
     pub fn open(&mut self, s: &Session, se: &SignedEnvelope) -> Result<Opened, Fail> {
@@ -314,7 +330,17 @@ impl Opener {
         if let Some(kid) = kid {
             self.load_key(&kid);
         }
-        let first = self.try_open(s, env)?;
+        // The agent's own key log is needed to open: when it cannot be had, this item says so
+        // and the others are still shown (SEAL-11).
+        let first = match self.try_open(s, env) {
+            Ok(r) => r,
+            Err(f) => {
+                return Ok(Some(Err(OpenFailure {
+                    reason: "unknown_key_id".into(),
+                    message: format!("your own key log could not be checked: {}", f.message),
+                })))
+            }
+        };
         // A key this log does not know yet: the log may be older than a rotation.
         let stale = self
             .log
@@ -323,7 +349,18 @@ impl Opener {
         let result = match first {
             Err(OpenError::UnknownKeyId { .. } | OpenError::KeyNotValid { .. }) if stale => {
                 self.log = None;
-                self.try_open(s, env)?
+                match self.try_open(s, env) {
+                    Ok(r) => r,
+                    Err(f) => {
+                        return Ok(Some(Err(OpenFailure {
+                            reason: "unknown_key_id".into(),
+                            message: format!(
+                                "your own key log could not be checked again: {}",
+                                f.message
+                            ),
+                        })))
+                    }
+                }
             }
             r => r,
         };
@@ -452,14 +489,29 @@ pub fn sealer_for(
     t: &MessageType,
     to: &[Handle],
     plain: bool,
+    require: bool,
 ) -> Result<Result<Sealer, Unsealed>, Fail> {
+    if plain && require {
+        return Err(Fail::new(
+            Exit::Usage,
+            "plain and sealed together: choose one",
+        ));
+    }
     if plain {
         return Ok(Err(Unsealed::Asked));
     }
     if !seal::sealable(t) {
+        if require {
+            return Err(Fail::new(
+                Exit::Input,
+                format!("a {t} cannot be sealed (relays read it, SEAL-2), and --sealed refuses to send unsealed"),
+            ));
+        }
         return Ok(Err(Unsealed::Type));
     }
-    Sealer::prepare(s, home, to).map(Ok)
+    let mut sealer = Sealer::prepare(s, home, to)?;
+    sealer.require = require;
+    Ok(Ok(sealer))
 }
 
 #[cfg(test)]

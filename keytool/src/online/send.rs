@@ -147,6 +147,8 @@ pub struct SendArgs {
     pub wait: Duration,
     /// Send unsealed even when every recipient publishes an encryption key.
     pub plain: bool,
+    /// Fail instead of sending unsealed when a recipient publishes no encryption key.
+    pub sealed: bool,
 }
 
 /// First pause between `send`'s reads of the delivery state while it waits for remote relays;
@@ -312,7 +314,7 @@ pub fn send(ctx: &Ctx<'_>, identity_name: &str, a: SendArgs) -> Result<(), Fail>
             Some(ts_now + ms)
         }
     };
-    let sealer = sealer_for(&s, ctx.home, &msg_type, &to, a.plain)?;
+    let sealer = sealer_for(&s, ctx.home, &msg_type, &to, a.plain, a.sealed)?;
     let mut ack_by = ack_by;
     let mut shortened_from = None;
     let posted = match post_envelope_sealed(
