@@ -203,6 +203,8 @@ pub struct CryptoCost {
     pub sealed_payload_bytes: usize,
     pub sealed_wire_bytes: usize,
     pub unsealed_wire_bytes: usize,
+    /// This process and the other tasks on the core during the measurement.
+    pub cpu: Option<CpuUse>,
 }
 
 impl CryptoCost {
@@ -251,6 +253,15 @@ impl CryptoCost {
             .with("sealed_payload_bytes", self.sealed_payload_bytes)
             .with("unsealed_envelope_bytes", self.unsealed_wire_bytes)
             .with("sealed_envelope_bytes", self.sealed_wire_bytes)
+            .with(
+                "other_tasks_on_its_core",
+                self.cpu.map(|c| c.others_on_relay_cores),
+            )
+            .with(
+                "steal_on_its_core",
+                self.cpu.map(|c| c.steal_on_relay_cores),
+            )
+            .with("cpu", self.cpu.map(CpuUse::to_json))
     }
 }
 
@@ -641,9 +652,19 @@ pub fn run(launcher: &Launcher, host: &RelayHost, p: &SealPlan) -> Result<J> {
             if let Some(c) = &cpu {
                 crate::sys::pin_current_thread(c)?;
             }
+            let cpus = match &cpu {
+                Some(c) => crate::sys::cpu_list(c)?,
+                None => Vec::new(),
+            };
             RECIPIENT_COUNTS
                 .iter()
-                .map(|&n| crypto_cost(&agents, n, iters, text))
+                .map(|&n| {
+                    // What else ran on this core meanwhile (this process is the "relay" here).
+                    let meter = CpuMeter::start(std::process::id(), &cpus);
+                    let mut c = crypto_cost(&agents, n, iters, text)?;
+                    c.cpu = Some(meter.stop());
+                    Ok(c)
+                })
                 .collect()
         })
         .join()
@@ -831,6 +852,21 @@ pub fn run(launcher: &Launcher, host: &RelayHost, p: &SealPlan) -> Result<J> {
                 .collect(),
         )
     };
+    let phases = || {
+        runs.iter()
+            .flat_map(|r| [r.latency.cpu, r.single.cpu, r.batch.cpu])
+    };
+    let worst = |f: &dyn Fn(&CpuUse) -> f64| phases().map(|c| f(&c)).fold(0.0, f64::max);
+    let interference = J::obj()
+        .with(
+            "other_tasks_on_relay_cores",
+            worst(&|c| c.others_on_relay_cores),
+        )
+        .with(
+            "other_tasks_on_loadgen_cores",
+            worst(&|c| c.others_on_loadgen_cores),
+        )
+        .with("steal_on_relay_cores", worst(&|c| c.steal_on_relay_cores));
     let refused_all: u64 = runs
         .iter()
         .map(|r| r.latency.refused as u64 + r.single.rejected + r.batch.rejected)
@@ -935,6 +971,7 @@ pub fn run(launcher: &Launcher, host: &RelayHost, p: &SealPlan) -> Result<J> {
                 .with("target_ratio_throughput_at_least", TARGET_RATIO)
                 .with("target_ratio_latency_at_most", TARGET_LATENCY_RATIO)
                 .with("refused_or_rejected_all_runs", refused_all)
+                .with("interference_worst_phase", interference)
                 .with("per_round_ratios", J::Arr(per_round))
                 .with("runs", J::Arr(runs_json)),
         ))
