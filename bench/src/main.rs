@@ -18,6 +18,7 @@ mod memory;
 mod presence;
 mod relay_proc;
 mod report;
+mod seal;
 mod startup;
 mod sys;
 
@@ -63,15 +64,16 @@ struct Cli {
     #[arg(long)]
     keep: bool,
     /// Run only these items (comma-separated: bound,ingest,latency,memory,startup,pow,disk,
-    /// directory,presence,conv). `disk` (10-20 minutes), `directory`, `presence` and `conv` run
-    /// only when named here.
+    /// directory,presence,conv,seal). `disk` (10-20 minutes), `directory`, `presence`, `conv`
+    /// and `seal` run only when named here.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Envelopes per ingest run [default: 100000; quick 10000].
     #[arg(long)]
     ingest_envelopes: Option<usize>,
     /// Rounds of the ingest runs (four configurations), of the latency runs (durable and
-    /// relaxed) and of the conversation item; the median round counts [default: 3; quick 1].
+    /// relaxed) and of the conversation item; the median round counts [default: 3; quick 1;
+    /// the seal item: 5].
     #[arg(long)]
     rounds: Option<usize>,
     /// Registered senders in the ingest runs [default: 1000; quick 100].
@@ -158,6 +160,24 @@ struct Cli {
     /// a minute in one conversation, so the run uses one conversation after another).
     #[arg(long, default_value_t = 500)]
     conv_posts_per_conversation: usize,
+    /// Timed iterations of each operation (seal, sign, open) per recipient count (1 and 16) in
+    /// the seal item [default: 2000; quick 300].
+    #[arg(long)]
+    seal_iterations: Option<usize>,
+    /// Bytes of message text before sealing in the seal item.
+    #[arg(long, default_value_t = 1024)]
+    seal_text_bytes: usize,
+    /// Envelopes per closed-loop ingest run (single, batch) of the seal item, per kind
+    /// [default: 10000; quick 3000].
+    #[arg(long)]
+    seal_envelopes: Option<usize>,
+    /// Registered senders of the seal item's ingest runs.
+    #[arg(long, default_value_t = 200)]
+    seal_senders: usize,
+    /// Measured seconds of the seal item's POST->201 phase, at --latency-rate [default: 2;
+    /// quick 1].
+    #[arg(long)]
+    seal_latency_seconds: Option<f64>,
 }
 
 /// Targets of the issue (ratios hold on any machine; absolute figures are for 2 cores).
@@ -1672,6 +1692,34 @@ fn run() -> Result<()> {
         );
     }
 
+    if cli.only.iter().any(|o| o == "seal") {
+        let q = cli.quick;
+        let sp_ = seal::SealPlan {
+            iterations: cli.seal_iterations.unwrap_or(if q { 300 } else { 2000 }),
+            text_bytes: cli.seal_text_bytes,
+            senders: cli.seal_senders.max(2),
+            envelopes: cli.seal_envelopes.unwrap_or(if q { 3000 } else { 10_000 }),
+            // Five rounds: the figures are ratios of two runs, and a spell of other work on
+            // the shared machine moves one run of a round by 10-20 %.
+            rounds: cli.rounds.unwrap_or(if q { 1 } else { 5 }).max(1),
+            single_conns: cli.single_conns,
+            batch_conns: cli.batch_conns,
+            batch_size: cli.batch_size,
+            latency_rate: cli.latency_rate,
+            latency_seconds: cli
+                .seal_latency_seconds
+                .unwrap_or(if q { 1.0 } else { 2.0 }),
+            latency_warmup_seconds: 0.5,
+            latency_conns: 64,
+            sign_threads,
+            sign_cpus: sign_cpus.map(str::to_owned),
+            bench_cpu: bench_cpu.clone(),
+        };
+        let r = seal::run(&launcher, &host, &sp_)?;
+        seal_table(&mut table, &r, &sp_);
+        doc.set("seal", r);
+    }
+
     machine.set("loadavg_at_end", sys::loadavg());
     doc.set("machine", machine);
     doc.set("seconds", started.elapsed().as_secs_f64());
@@ -1681,6 +1729,164 @@ fn run() -> Result<()> {
     println!("{}", table.render());
     println!("results: {}", cli.out.display());
     Ok(())
+}
+
+/// The seal item's rows of the table, read from its JSON.
+fn seal_table(table: &mut Table, r: &report::J, p: &seal::SealPlan) {
+    let g = |path: &[&str]| r.get(path).unwrap_or(f64::NAN);
+    if let Some(report::J::Arr(by)) = member(r, &["cost", "by_recipients"]) {
+        for c in by {
+            let f = |op: &str, q: &str| c.get(&[op, q]).unwrap_or(f64::NAN);
+            let n = c.get(&["recipients"]).unwrap_or(f64::NAN);
+            let head = format!("{n} rcpt, {} B text", p.text_bytes);
+            for (label, op) in [
+                ("seal", "seal"),
+                ("open", "open"),
+                ("sign the sealed envelope", "sign_sealed_envelope"),
+                ("  of which Ed25519 alone", "ed25519_sign_only"),
+            ] {
+                table.info(
+                    "seal cost",
+                    &format!("{head}: {label}, median / p99"),
+                    format!("{:.1} / {:.1} us", f(op, "median_us"), f(op, "p99_us")),
+                );
+            }
+            table.info(
+                "seal cost",
+                &format!("{head}: seal / sign, open / sign (medians)"),
+                format!(
+                    "{:.2}, {:.2}",
+                    c.get(&["seal_over_sign_median"]).unwrap_or(f64::NAN),
+                    c.get(&["open_over_sign_median"]).unwrap_or(f64::NAN)
+                ),
+            );
+            table.info(
+                "seal cost",
+                &format!("{head}: meanwhile on its core: other tasks / steal"),
+                format!(
+                    "{:.2} / {:.2}",
+                    c.get(&["other_tasks_on_its_core"]).unwrap_or(f64::NAN),
+                    c.get(&["steal_on_its_core"]).unwrap_or(f64::NAN)
+                ),
+            );
+            table.info(
+                "seal cost",
+                &format!("{head}: relay parse+verify, sealed / same-size plain (median)"),
+                format!(
+                    "{:.1} / {:.1} us ({} B envelope)",
+                    f("relay_parse_verify_sealed", "median_us"),
+                    f("relay_parse_verify_plain_same_size", "median_us"),
+                    c.get(&["sealed_envelope_bytes"]).unwrap_or(f64::NAN)
+                ),
+            );
+        }
+    }
+    let m = |k: &str, kind: &str| g(&["ingest", "medians", k, kind]);
+    let ratio = |k: &str| g(&["ingest", "ratios", &format!("{k}_sealed_over_plain")]);
+    let rounds = p.rounds;
+    let bytes = g(&["ingest", "envelope_bytes_sealed_max"]);
+    for (ep, k) in [
+        ("single", "single_accepted_per_s"),
+        ("batch", "batch_accepted_per_s"),
+    ] {
+        table.info(
+            "seal ingest",
+            &format!("{ep}: plain / sealed accepted (median of {rounds}, {bytes} B envelopes)"),
+            format!("{} / {}", rate(m(k, "plain")), rate(m(k, "sealed"))),
+        );
+        let x = ratio(k);
+        table.add(
+            "seal ingest",
+            &format!("{ep}: sealed / plain"),
+            format!("{x:.3}"),
+            &format!(">= {}", seal::TARGET_RATIO),
+            Verdict::check(x >= seal::TARGET_RATIO),
+        );
+        let cpu = format!("{ep}_relay_cpu_us_per_envelope");
+        table.info(
+            "seal ingest",
+            &format!("  {ep}: relay CPU per envelope, plain / sealed"),
+            format!("{:.1} / {:.1} us", m(&cpu, "plain"), m(&cpu, "sealed")),
+        );
+    }
+    let rate_s = p.latency_rate;
+    for (q, k) in [("p50", "post_to_201_p50_ms"), ("p99", "post_to_201_p99_ms")] {
+        table.info(
+            "seal ingest",
+            &format!("POST->201 @ {rate_s}/s {q}: plain / sealed (median of {rounds})"),
+            format!("{:.2} / {:.2} ms", m(k, "plain"), m(k, "sealed")),
+        );
+        let x = ratio(k);
+        if q == "p50" {
+            table.add(
+                "seal ingest",
+                &format!("POST->201 {q}: sealed / plain"),
+                format!("{x:.3}"),
+                &format!("<= {}", seal::TARGET_LATENCY_RATIO),
+                Verdict::check(x <= seal::TARGET_LATENCY_RATIO),
+            );
+        } else {
+            table.info(
+                "seal ingest",
+                &format!("POST->201 {q}: sealed / plain"),
+                format!("{x:.3}"),
+            );
+        }
+    }
+    if let Some(report::J::Arr(pr)) = member(r, &["ingest", "per_round_ratios"]) {
+        let each = |k: &str| {
+            pr.iter()
+                .map(|x| format!("{:.3}", x.get(&[k]).unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        table.info(
+            "seal ingest",
+            "  each round, sealed / plain: single; batch; POST->201 p50",
+            format!(
+                "{}; {}; {}",
+                each("single_sealed_over_plain"),
+                each("batch_sealed_over_plain"),
+                each("post_to_201_p50_sealed_over_plain")
+            ),
+        );
+    }
+    table.info(
+        "seal ingest",
+        "  interference, worst phase: other tasks on relay / loadgen core, steal",
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            g(&[
+                "ingest",
+                "interference_worst_phase",
+                "other_tasks_on_relay_cores"
+            ]),
+            g(&[
+                "ingest",
+                "interference_worst_phase",
+                "other_tasks_on_loadgen_cores"
+            ]),
+            g(&["ingest", "interference_worst_phase", "steal_on_relay_cores"])
+        ),
+    );
+    let bad = g(&["ingest", "refused_or_rejected_all_runs"]);
+    table.add(
+        "seal ingest",
+        "  envelopes refused or rejected, all runs",
+        format!("{bad}"),
+        "0",
+        Verdict::check(bad == 0.0),
+    );
+}
+
+/// The member at `path` (object members, in order) of a results document.
+fn member<'a>(j: &'a report::J, path: &[&str]) -> Option<&'a report::J> {
+    let mut cur = j;
+    for k in path {
+        let report::J::Obj(m) = cur else { return None };
+        cur = &m.iter().find(|(n, _)| n == k)?.1;
+    }
+    Some(cur)
 }
 
 /// The `rounds` member of the conversation item's JSON.
