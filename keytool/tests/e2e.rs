@@ -134,7 +134,8 @@ fn register_rotate_revoke_and_recover_carry_their_proofs_of_possession() {
         home: dir.join("carol"),
         relay: &relay,
     };
-    // Entry 1 is the encryption key register publishes; then rotate, revoke, recover, rotate.
+    // Entry 1 is the encryption key register publishes; then rotate, revoke, recover (which
+    // publishes the next encryption key, entry 5), rotate.
     let reg = carol.json(&["register", "@carol", "--recovery"]);
     let first_recovery = s(&reg[0], &["recovery_key_id"]).to_owned();
     let rotated = carol.json(&["rotate"]);
@@ -143,12 +144,16 @@ fn register_rotate_revoke_and_recover_carry_their_proofs_of_possession() {
     let recovered = carol.json(&["recover", "--new-recovery"]);
     let new_recovery = s(&recovered[0], &["recovery_key_id"]).to_owned();
     assert_ne!(new_recovery, first_recovery);
+    assert!(
+        get(&recovered[0], &["enc_key_id"]).as_str().is_some(),
+        "recover publishes a new encryption key: {recovered:?}"
+    );
     let rotated = carol.json(&["rotate"]);
-    assert_eq!(get(&rotated[0], &["seq"]).as_i64(), Some(5));
+    assert_eq!(get(&rotated[0], &["seq"]).as_i64(), Some(6));
 
     let handle = s(&reg[0], &["handle"]).to_owned();
     let resolved = carol.json(&["resolve", &handle]);
-    assert_eq!(get(&resolved[0], &["entries"]).as_i64(), Some(6));
+    assert_eq!(get(&resolved[0], &["entries"]).as_i64(), Some(7));
     let me = carol.json(&["whoami"]);
     assert_eq!(
         s(&resolved[0], &["current_key"]),
