@@ -38,6 +38,17 @@ impl SchemaError {
         }
     }
 
+    /// The path of the offending member (the `field` of an HTTP-4 answer).
+    pub fn path(&self) -> &str {
+        match self {
+            SchemaError::UnknownField { path }
+            | SchemaError::MissingField { path }
+            | SchemaError::InvalidField { path, .. }
+            | SchemaError::InvalidHandle { path, .. }
+            | SchemaError::InvalidKey { path, .. } => path,
+        }
+    }
+
     pub fn invalid(path: &str, reason: impl Into<String>) -> SchemaError {
         SchemaError::InvalidField {
             path: path.to_owned(),

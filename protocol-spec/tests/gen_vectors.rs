@@ -3595,20 +3595,6 @@ fn valid_conv_envelopes() -> Vec<(&'static str, u8, Envelope)> {
     v
 }
 
-/// The path an envelope's schema error names (the `field` of its HTTP-4 answer).
-fn envelope_error_field(e: &EnvelopeError) -> Option<String> {
-    match e {
-        EnvelopeError::Schema(
-            SchemaError::UnknownField { path }
-            | SchemaError::MissingField { path }
-            | SchemaError::InvalidField { path, .. }
-            | SchemaError::InvalidHandle { path, .. }
-            | SchemaError::InvalidKey { path, .. },
-        ) => Some(path.clone()),
-        _ => None,
-    }
-}
-
 /// Conversation envelopes that parsing alone (ENV-16) refuses: (comment, value, code, field).
 fn invalid_conv_envelopes() -> Vec<Value> {
     use ErrorCode::*;
@@ -3915,7 +3901,7 @@ fn invalid_conv_envelopes() -> Vec<Value> {
             Err(e) => {
                 assert_eq!(e.code(), code, "conversation case {comment:?}: {e}");
                 assert_eq!(
-                    envelope_error_field(&e).as_deref(),
+                    common::envelope_error_field(&e),
                     field,
                     "conversation case {comment:?}: {e}"
                 );

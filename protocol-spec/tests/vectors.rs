@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{load, Get};
+use common::{envelope_error_field, load, Get};
 use formica_protocol::auth::{body_digest, RelayAuth, RequestAuth, RequestTarget};
 use formica_protocol::canon::canonicalize;
 use formica_protocol::envelope::{EnvelopeLimits, SignedEnvelope};
@@ -568,20 +568,6 @@ fn presence_vectors() {
             case.opt("field").and_then(Value::as_str),
             "{comment}: {err}"
         );
-    }
-}
-
-/// The path an envelope's schema error names (the `field` of its HTTP-4 answer).
-fn envelope_error_field(e: &formica_protocol::envelope::EnvelopeError) -> Option<&str> {
-    match e {
-        formica_protocol::envelope::EnvelopeError::Schema(
-            SchemaError::UnknownField { path }
-            | SchemaError::MissingField { path }
-            | SchemaError::InvalidField { path, .. }
-            | SchemaError::InvalidHandle { path, .. }
-            | SchemaError::InvalidKey { path, .. },
-        ) => Some(path),
-        _ => None,
     }
 }
 

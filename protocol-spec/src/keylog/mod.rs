@@ -88,6 +88,17 @@ pub enum EncKeyLookupError {
     },
 }
 
+impl EncKeyLookupError {
+    /// The word of LOG-16 and SEAL-11: `unknown_key_id`, `key_expired` or `key_not_valid`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            EncKeyLookupError::Unknown(_) => "unknown_key_id",
+            EncKeyLookupError::Expired { .. } => "key_expired",
+            EncKeyLookupError::NotValid { .. } => "key_not_valid",
+        }
+    }
+}
+
 /// A key log that has been checked from its first entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLog {

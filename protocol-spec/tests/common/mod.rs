@@ -23,6 +23,14 @@ pub fn load(name: &str) -> Value {
     .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The path an envelope's schema error names (the `field` of its HTTP-4 answer).
+pub fn envelope_error_field(e: &formica_protocol::envelope::EnvelopeError) -> Option<&str> {
+    match e {
+        formica_protocol::envelope::EnvelopeError::Schema(s) => Some(s.path()),
+        _ => None,
+    }
+}
+
 pub fn s(x: &str) -> Value {
     Value::String(x.to_owned())
 }

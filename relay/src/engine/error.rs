@@ -144,12 +144,5 @@ impl From<StoreError> for ApiError {
 }
 
 fn schema_field(e: &formica_protocol::schema::SchemaError) -> String {
-    use formica_protocol::schema::SchemaError::*;
-    match e {
-        UnknownField { path }
-        | MissingField { path }
-        | InvalidField { path, .. }
-        | InvalidHandle { path, .. }
-        | InvalidKey { path, .. } => path.clone(),
-    }
+    e.path().to_owned()
 }
