@@ -138,6 +138,14 @@ impl From<StoreError> for ApiError {
                 )
                 .with("retry_after_s", Value::Int(60))
             }
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "the database cannot be reached");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the relay cannot reach its database now; nothing was accepted",
+                )
+                .with("retry_after_s", Value::Int(5))
+            }
             other => ApiError::internal(other),
         }
     }

@@ -95,6 +95,11 @@ pub enum StoreError {
     Full(String),
     #[error("storage I/O error: {0}")]
     Io(String),
+    /// The database a shared store lives in cannot be reached now (PostgreSQL down or
+    /// restarting, the connection lost): nothing was written, or, for a commit whose answer was
+    /// lost, the next turn finds out (see [`Store::begin_turn`]). Answered as `unavailable`.
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
     /// `seq` 0 means the damage is in the file as a whole, not in one record.
     #[error("{}", if *seq == 0 { format!("the event log is damaged: {reason}") } else { format!("the event log is damaged at record {seq}: {reason}") })]
     Corrupt { seq: u64, reason: String },
@@ -168,6 +173,39 @@ pub trait Store: Send + Sync + 'static {
     /// Syncs to disk made so far, when the engine counts them.
     fn syncs(&self) -> Option<u64> {
         None
+    }
+
+    // ---- several relay processes on one store (PostgreSQL; ARCHITECTURE.md "Nodes") ----
+
+    /// Whether other relay processes (nodes of the same relay) may write to this store. The
+    /// methods below matter only then; a store of one process keeps their defaults.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Waits for this process's turn to write, which no other node holds at the same time, and
+    /// returns the number of the last record then. The turn lasts until the next
+    /// [`commit`](Self::commit) (which ends it, committed or not) or [`end_turn`](Self::end_turn).
+    /// When the number is past what this process appended, another node wrote in between: the
+    /// writer loads its state again before it decides anything. Only the writer thread calls it.
+    fn begin_turn(&self) -> Result<u64, StoreError> {
+        self.len()
+    }
+    /// Ends a turn that commits nothing.
+    fn end_turn(&self) {}
+    /// Inserts a row of [`Table::Admission`] (a request nonce, a proof-of-work challenge) unless
+    /// one with that key is there, durably, before it returns: `Ok(false)` when it was there.
+    /// `expires_ms` is when the row may go (a shared store removes expired rows itself). Only
+    /// shared stores are asked: the others keep admission rows through the writer's commits.
+    fn claim(&self, key: &[u8], value: &[u8], expires_ms: i64) -> Result<bool, StoreError> {
+        let _ = (key, value, expires_ms);
+        Err(StoreError::Io("this store is not shared".into()))
+    }
+    /// Whether this process holds the lead among the nodes: the one that runs the duties that
+    /// must run once (forwarding to peers, replication, checkpoints), taken when no other node
+    /// holds it and kept while this process's connection lives. A store of one process always
+    /// leads.
+    fn lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
     }
 }
 
