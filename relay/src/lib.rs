@@ -416,5 +416,6 @@ impl Relay {
         tokio::spawn(run_deadlines(self.app.engine.clone()));
         tokio::spawn(engine::presence::run_presence(self.app.engine.clone()));
         tokio::spawn(self.app.fed.clone().run_forwarding());
+        tokio::spawn(engine::nodes::run_follow(self.app.engine.clone()));
     }
 }

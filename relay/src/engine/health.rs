@@ -34,6 +34,18 @@ pub struct StoreHealth {
     /// ([`StoreHealth::hold_drops`]).
     /// A mutex, so that a hold cannot be taken while a drop is under way.
     drop_holds: std::sync::Mutex<u64>,
+    /// A shared store (several nodes on PostgreSQL): its database could not be reached at the
+    /// last attempt, or this node's state must be loaded again (a commit failed after its
+    /// batch was applied in memory). Every request but the operational ones is answered
+    /// `unavailable` meanwhile.
+    db_down: AtomicBool,
+    /// A shared store: this node holds the lead (forwarding, replication, checkpoints).
+    leading: AtomicBool,
+    /// A shared store: times this node loaded its state again because another node had
+    /// appended to the log.
+    pub catch_ups: AtomicU64,
+    /// The number of the last record this node's writer knows durable (appended or caught up).
+    pub log_len: AtomicU64,
 }
 
 /// Keeps the log's records and snapshots from being dropped while it lives.
@@ -63,6 +75,10 @@ impl Default for StoreHealth {
             checkpoints: AtomicU64::new(0),
             checkpoint_len: AtomicU64::new(0),
             drop_holds: std::sync::Mutex::new(0),
+            db_down: AtomicBool::new(false),
+            leading: AtomicBool::new(true),
+            catch_ups: AtomicU64::new(0),
+            log_len: AtomicU64::new(0),
         }
     }
 }
@@ -105,6 +121,26 @@ impl StoreHealth {
     pub fn drops_free(&self) -> Option<std::sync::MutexGuard<'_, u64>> {
         let g = self.drop_holds.lock().unwrap_or_else(|p| p.into_inner());
         (*g == 0).then_some(g)
+    }
+
+    /// True while a shared store's database cannot be reached, or this node's state waits to
+    /// be loaded again from it (see `db_down`).
+    pub fn db_down(&self) -> bool {
+        self.db_down.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn set_db_down(&self, v: bool) {
+        self.db_down.store(v, Ordering::SeqCst);
+    }
+
+    /// True while this node runs the duties that must run once (always, on a store of one
+    /// process).
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn set_leading(&self, v: bool) {
+        self.leading.store(v, Ordering::SeqCst);
     }
 
     pub(super) fn set_writable(&self, v: bool) {

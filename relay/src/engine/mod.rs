@@ -23,6 +23,7 @@ mod events_conv;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod nodes;
 pub mod notable;
 pub mod notifier;
 pub mod policy;
@@ -161,6 +162,12 @@ impl Engine {
     /// Hands the changes of a nonce or challenge table (`limits`) to the writer, which commits
     /// them with its next batch.
     pub fn journal(&self, j: &mut limits::Journal) {
+        if self.store.shared() {
+            // Several nodes: claimed in the store when they were seen (`nodes`), and removed
+            // by the store once expired.
+            j.clear();
+            return;
+        }
         if !j.is_empty() {
             let mut a = self.admission.lock().unwrap_or_else(|p| p.into_inner());
             a.append(j);

@@ -41,6 +41,16 @@ impl Notifier {
         }
     }
 
+    /// Wakes every stream (after this node loaded what other nodes of the relay committed:
+    /// which inboxes grew is not known).
+    pub(super) fn notify_all(&self) {
+        let mut m = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, s| {
+            s.send_modify(|v| *v += 1);
+            s.receiver_count() > 0
+        });
+    }
+
     /// Wakes the federation workers (after a durable batch that stored envelopes).
     pub(super) fn wake_outbound(&self) {
         self.outbound.notify_waiters();

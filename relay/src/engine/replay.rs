@@ -62,6 +62,12 @@ pub fn open(
     store: Arc<dyn Store>,
     host: &formica_protocol::RelayHost,
 ) -> Result<(EventLog, State, Opened), StoreError> {
+    if store.shared() {
+        store.begin_turn()?;
+        let r = open_shared(store.clone(), host);
+        store.end_turn();
+        return r;
+    }
     let log = EventLog::open_head(store.clone())?;
     match loadable(&store, host, log.position()) {
         Ok(st) => Ok((log, st, Opened::Loaded)),
@@ -72,6 +78,41 @@ pub fn open(
             let (log, st) = rebuild(store, host)?;
             Ok((log, st, Opened::Rebuilt(why)))
         }
+    }
+}
+
+/// Set to 1 to let a node rebuild the tables of a shared store whose log is not empty (after
+/// an upgrade that changed their format): only while no other node of the relay runs.
+pub const SHARED_REBUILD_ENV: &str = "FORMICA_STORE_REBUILD";
+
+/// [`open`] on a store shared by several nodes, in a turn (no node appends between the reading
+/// of the head and the loading of the tables). Tables that are not the replay of a log that
+/// holds records are not rebuilt, since other nodes may be serving from them, unless the
+/// operator says no other node runs ([`SHARED_REBUILD_ENV`]).
+fn open_shared(
+    store: Arc<dyn Store>,
+    host: &formica_protocol::RelayHost,
+) -> Result<(EventLog, State, Opened), StoreError> {
+    let log = EventLog::open_head(store.clone())?;
+    match loadable(&store, host, log.position()) {
+        Ok(st) => Ok((log, st, Opened::Loaded)),
+        Err(why)
+            if log.is_empty() || std::env::var(SHARED_REBUILD_ENV).is_ok_and(|v| v == "1") =>
+        {
+            if !log.is_empty() {
+                tracing::warn!(reason = %why, "rebuilding the projection tables of the shared store ({SHARED_REBUILD_ENV}=1): no other node may run meanwhile");
+            }
+            // The rebuild's commits each take the store's write lock.
+            store.end_turn();
+            let (log, st) = rebuild(store, host)?;
+            Ok((log, st, Opened::Rebuilt(why)))
+        }
+        Err(why) => Err(StoreError::Corrupt {
+            seq: 0,
+            reason: format!(
+                "the projection tables are not the replay of the log ({why}); other nodes may be serving from them, so this node does not rebuild them: stop every node of the relay, start one with {SHARED_REBUILD_ENV}=1, then the others"
+            ),
+        }),
     }
 }
 

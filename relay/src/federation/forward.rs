@@ -40,6 +40,19 @@ impl Federation {
                     .collect()
             };
             workers.retain(|_, j| !j.is_finished());
+            if !self.engine.store_health.leading() {
+                // Several nodes on one store: the node that leads forwards (`engine::nodes`).
+                // A transfer cut here is sent again by the node that leads next; peers take
+                // it once (their dedup by id).
+                for (_, j) in workers.drain() {
+                    j.abort();
+                }
+            }
+            let active = if self.engine.store_health.leading() {
+                active
+            } else {
+                Vec::new()
+            };
             for h in active {
                 // Two workers per peer: its envelope queue, and the conversations homed here
                 // that it holds replicas of (CONVO-15).

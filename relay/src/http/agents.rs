@@ -12,7 +12,7 @@ use formica_protocol::{ErrorCode, Value};
 use std::sync::atomic::Ordering;
 
 use super::App;
-use crate::engine::limits::ChallengeState;
+use crate::engine::limits::{challenge_key, ChallengeState};
 use crate::engine::state::{Agent, RemoteLog, State};
 use formica_protocol::json;
 use formica_protocol::keylog::{KeyLog, KeyOp, SignedKeyLogEntry};
@@ -38,11 +38,20 @@ pub(crate) async fn challenge(AxState(app): AxState<Shared>, req: Request) -> Re
     let issued = {
         let mut t = app.challenges.lock().unwrap_or_else(|p| p.into_inner());
         let r = t.issue(c, expires, difficulty, client, app.engine.now());
+        // Several nodes: the row goes to the shared store, so a registration sent to another
+        // node finds it.
+        let row = t.journal.get(&challenge_key(&c)).cloned().flatten();
         app.engine.journal(&mut t.journal);
-        r
+        r.map(|()| row)
     };
-    if let Err(r) = issued {
-        return r.to_error().into_response();
+    let row = match issued {
+        Ok(row) => row,
+        Err(r) => return r.to_error().into_response(),
+    };
+    if let (true, Some(row)) = (app.engine.shared(), row) {
+        if let Err(e) = app.engine.claim(&challenge_key(&c), &row, expires) {
+            return e.into_response();
+        }
     }
     ok(
         201,
@@ -85,6 +94,9 @@ pub(crate) async fn register(AxState(app): AxState<Shared>, req: Request) -> Res
         let key = *log.current_key().ok_or_else(|| ApiError::internal("register without key"))?;
         let pow_v = pow_v.ok_or_else(|| ApiError::new(ErrorCode::PowMissing, "registration needs a proof-of-work (`pow`)"))?;
         let proof = PowProof::from_value(&pow_v, "pow")?;
+        if app.engine.shared() {
+            shared_challenge(&app, &proof.challenge, now)?;
+        }
         let difficulty = match app.challenges.lock().unwrap_or_else(|p| p.into_inner()).check(&proof.challenge, now) {
             ChallengeState::Open { difficulty } => difficulty,
             ChallengeState::Expired => return Err(ApiError::new(ErrorCode::ChallengeExpired, "the challenge expired; fetch a new one")),
@@ -115,6 +127,28 @@ pub(crate) async fn register(AxState(app): AxState<Shared>, req: Request) -> Res
     }
     .await;
     res.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Several nodes: a challenge this node does not hold may have been issued by another one; its
+/// row in the shared store is taken into this node's table (checked there like its own).
+fn shared_challenge(app: &App, c: &Challenge, now: i64) -> Result<(), ApiError> {
+    let known = !matches!(
+        app.challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(c, now),
+        ChallengeState::Unknown
+    );
+    if known {
+        return Ok(());
+    }
+    if let Some(row) = app.engine.shared_admission(&challenge_key(c))? {
+        let mut t = app.challenges.lock().unwrap_or_else(|p| p.into_inner());
+        t.restore(*c, &row, now);
+        t.restored();
+        t.journal.clear();
+    }
+    Ok(())
 }
 
 /// The key log answer (API-5): what every log has, plus the members that differ between a log

@@ -6,9 +6,10 @@
 //! fixed list (or `OTHER`), statuses three digits, codes the error registry.
 
 use super::Shared;
+use crate::engine::error::ApiError;
 use axum::extract::{MatchedPath, Request, State as AxState};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use formica_protocol::ErrorCode;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -213,12 +214,37 @@ impl HttpMetrics {
 
 /// Middleware: counts every request by route, method and status, its error code if refused,
 /// and its latency; logs a refusal at debug with its code.
+/// The endpoints answered while the database is out of reach: they read no table.
+fn operational(path: &str) -> bool {
+    matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/v1/openapi.json" | "/.well-known/formica"
+    )
+}
+
 pub(crate) async fn observe(AxState(app): AxState<Shared>, req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     // An Arc inside: cloning it does not copy the text.
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let method = method_label(req.method());
-    let resp = next.run(req).await;
+    let resp = if app.engine.store_health.db_down() && !operational(req.uri().path()) {
+        // Several nodes on PostgreSQL, the database out of reach (or this node's state to be
+        // loaded again): nothing is answered from a state that may not be what is durable.
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the relay cannot reach its database now; nothing was accepted",
+        )
+        .with("retry_after_s", formica_protocol::Value::Int(5))
+        .into_response()
+    } else if operational(req.uri().path()) {
+        next.run(req).await
+    } else {
+        // Several nodes: first what other nodes acknowledged before this request arrived.
+        match app.engine.sync_with_nodes().await {
+            Ok(()) => next.run(req).await,
+            Err(e) => e.into_response(),
+        }
+    };
     let route = matched
         .as_ref()
         .map(MatchedPath::as_str)

@@ -27,6 +27,8 @@ pub(crate) async fn ready(AxState(app): AxState<Shared>) -> Response {
     let health = &app.engine.store_health;
     let why = if !app.engine.ready.load(Ordering::Relaxed) {
         Some("the relay is starting or shutting down")
+    } else if health.db_down() {
+        Some("the relay cannot reach its database (PostgreSQL), or is loading its state again from it; it answers unavailable until then")
     } else if !health.writable() {
         Some("the relay's store refuses writes (disk full?); reads are served, writes resume once it can be written")
     } else if health.low_space() {

@@ -449,10 +449,25 @@ fn remember_nonce(
     now: i64,
     what: &str,
 ) -> Result<(), ApiError> {
-    let mut nonces = app.nonces.lock().unwrap_or_else(|p| p.into_inner());
-    let r = nonces.insert(h, n, now, app.engine.policy.time.retention_ms());
-    app.engine.journal(&mut nonces.journal);
-    r.map_err(|r| r.to_error(what))
+    let retention = app.engine.policy.time.retention_ms();
+    {
+        let mut nonces = app.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let r = nonces.insert(h, n, now, retention);
+        app.engine.journal(&mut nonces.journal);
+        r.map_err(|r| r.to_error(what))?;
+    }
+    // Several nodes: the nonce is claimed in the shared store, which refuses it when another
+    // node saw it first.
+    if app.engine.shared() {
+        let key = crate::engine::limits::nonce_key(h, &n);
+        if !app
+            .engine
+            .claim(&key, &now.to_be_bytes(), now + retention)?
+        {
+            return Err(crate::engine::limits::NonceRefused::Reused.to_error(what));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

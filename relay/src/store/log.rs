@@ -420,6 +420,57 @@ impl EventLog {
         Ok(())
     }
 
+    /// Moves this log to the store's last record, `stored`, after other nodes of the relay
+    /// appended to a shared store (the writer's turn: nothing else appends meanwhile). The
+    /// records after this log's head are read and their chain checked from it, so a gap, a
+    /// changed record or a fork between nodes stops here with the record's number.
+    pub fn follow(&mut self, stored: u64) -> Result<(), StoreError> {
+        if stored < self.len {
+            return Err(StoreError::Corrupt {
+                seq: stored + 1,
+                reason: format!(
+                    "the store holds {stored} records, fewer than the {} this node saw",
+                    self.len
+                ),
+            });
+        }
+        if stored == self.len {
+            return Ok(());
+        }
+        let mut head = self.head;
+        let mut next = self.len + 1;
+        self.store.scan(next, stored, &mut |seq, value| {
+            let bad = |reason: &str| StoreError::Corrupt {
+                seq,
+                reason: reason.into(),
+            };
+            if seq != next {
+                return Err(bad("a record is missing"));
+            }
+            let (stored_hash, payload) = (value.get(..32), value.get(32..));
+            let (Some(h), Some(p)) = (stored_hash, payload) else {
+                return Err(bad("the record is shorter than its chain hash"));
+            };
+            let want = chain(&head, seq, p);
+            if h != want {
+                return Err(bad("the record's chain hash does not continue the log"));
+            }
+            head = want;
+            next += 1;
+            Ok(())
+        })?;
+        if next != stored + 1 {
+            return Err(StoreError::Corrupt {
+                seq: next,
+                reason: "a record is missing".into(),
+            });
+        }
+        self.len = stored;
+        self.attempted = self.attempted.max(stored);
+        self.head = head;
+        Ok(())
+    }
+
     /// Appends payloads durably; returns the number of the first.
     pub fn append(&mut self, payloads: &[Vec<u8>]) -> Result<u64, StoreError> {
         self.append_inner(payloads, None)

@@ -26,6 +26,7 @@ mod mem;
 mod redb;
 mod redb_damage;
 mod redb_upgrade;
+mod shared_mem;
 pub mod snapshot;
 pub mod tables;
 
@@ -33,6 +34,7 @@ pub use self::backend::StoreFaults;
 pub use self::log::{EventLog, LogPosition};
 pub use self::mem::MemStore;
 pub use self::redb::RedbStore;
+pub use self::shared_mem::SharedMem;
 pub use self::tables::{Changes, Row, Rows, Table};
 
 /// What `scan` calls for each record: its number and bytes.

@@ -11,6 +11,9 @@
 //! first). If the append fails (disk full, I/O error), the state is rebuilt from the log on disk
 //! and every command in the batch is answered with the error: nothing partial is acknowledged.
 
+mod recover;
+mod turn;
+
 use super::cell::StateCell;
 use super::decide::{self, decide, Command, Ctx, Outcome};
 use super::error::ApiError;
@@ -21,7 +24,7 @@ use super::notifier::Notifier;
 use super::policy::Policy;
 use super::state::State;
 use super::Clock;
-use crate::store::{EventLog, LogPosition, StoreError};
+use crate::store::EventLog;
 use formica_protocol::SecretKey;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,7 +154,11 @@ pub fn spawn(setup: Setup) -> (Writer, std::thread::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_COMMANDS_MAX);
     let stats = Arc::new(WriterStats::default());
     let st2 = stats.clone();
+    let shared = log.store().shared();
+    health.log_len.store(log.len(), Ordering::SeqCst);
     let mut core = WriterCore {
+        shared,
+        stale: false,
         admission,
         log,
         state,
@@ -211,6 +218,12 @@ pub fn spawn(setup: Setup) -> (Writer, std::thread::JoinHandle<()>) {
 
 /// What the writer thread owns.
 struct WriterCore {
+    /// The store is shared with other nodes of the relay: each batch runs in a turn
+    /// ([`Store::begin_turn`](crate::store::Store::begin_turn)).
+    shared: bool,
+    /// A shared store: a commit failed after its batch was applied in memory, so the state
+    /// must be loaded again before anything is decided or served.
+    stale: bool,
     /// Nonce and challenge rows to commit with the next batch.
     admission: Arc<std::sync::Mutex<super::limits::Journal>>,
     log: EventLog,
@@ -255,7 +268,12 @@ impl WriterCore {
     /// against `limits.store_free_bytes_min`: while either fails, every command is refused with
     /// `storage_full` and nothing changes. Returns the number of events made durable.
     fn run_batch(&mut self, batch: Vec<Job>) -> usize {
-        if !self.health.writable() && !self.try_reopen() {
+        if self.shared {
+            if let Err(e) = self.take_turn() {
+                refuse(batch, &ApiError::from(e));
+                return 0;
+            }
+        } else if !self.health.writable() && !self.try_reopen() {
             refuse(batch, &store_down());
             return 0;
         }
@@ -352,7 +370,14 @@ impl WriterCore {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "a projection table could not be read; the batch is refused");
-                self.reload_state();
+                if self.shared {
+                    // Loaded again at the next turn (the database may be out of reach now).
+                    self.log.store().end_turn();
+                    self.stale = true;
+                    self.health.set_db_down(true);
+                } else {
+                    self.reload_state();
+                }
                 let err = ApiError::from(e);
                 for (reply, res) in replies {
                     let _ = reply.send(res.and(Err(err.clone())));
@@ -368,6 +393,8 @@ impl WriterCore {
                     self.give_back(admission);
                     self.failed_append(&e);
                 }
+            } else if self.shared {
+                self.log.store().end_turn();
             }
         } else {
             if let Err(e) = self.log.append_with(&records, &[&changes, &admission]) {
@@ -381,6 +408,7 @@ impl WriterCore {
             }
             // The rows are in the store now; reads stop looking at the batch's copy.
             self.state.read_unsettled().committed();
+            self.health.log_len.store(self.log.len(), Ordering::SeqCst);
             if let Some(n) = self.log.store().syncs() {
                 self.health.syncs.store(n, Ordering::Relaxed);
             }
@@ -414,6 +442,11 @@ impl WriterCore {
     /// The nonce and challenge rows waiting for a commit.
     fn take_admission(&self) -> crate::store::Changes {
         let j = std::mem::take(&mut *self.admission.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.shared {
+            // Claimed in the shared store when they were seen (`Engine::claim`); the store
+            // removes them once expired.
+            return crate::store::Changes::new();
+        }
         j.into_iter()
             .map(|(k, v)| ((crate::store::Table::Admission, k), v))
             .collect()
@@ -424,167 +457,6 @@ impl WriterCore {
         let mut a = self.admission.lock().unwrap_or_else(|p| p.into_inner());
         for ((_, k), v) in rows {
             a.entry(k).or_insert(v);
-        }
-    }
-
-    /// The batch's events are applied in memory but not on disk: the state goes back to what
-    /// the store holds (read through a read-only view while the store refuses I/O after a
-    /// failed write), and writes are refused until the store is reopened. If that fails (the
-    /// file cannot be read back, or its tables are not the replay of the durable log), the
-    /// process ends with [`EXIT_STATE_LOST`]: open streams and forwarding workers read the
-    /// state, and it holds events that are not durable; a restart loads or rebuilds what is.
-    fn failed_append(&mut self, e: &StoreError) {
-        tracing::error!(error = %e, "append failed; nothing of the batch is kept, writes are refused until the store can be written again");
-        self.health.failures.fetch_add(1, Ordering::Relaxed);
-        self.health.set_writable(false);
-        // The first attempt may come with the next batch (it is cheap while free space is
-        // short: nothing is opened); after failures in a row, the wait doubles.
-        self.retry_at = match self.failures_in_a_row {
-            0 => None,
-            n => Some(Instant::now() + Self::backoff(n)),
-        };
-        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
-        self.reload_state();
-    }
-
-    /// Loads the state again from the store's committed tables, which must be the replay of
-    /// the durable log (see [`failed_append`](Self::failed_append)).
-    fn reload_state(&mut self) {
-        let mut st = self.state.write();
-        st.discard_changes();
-        let host = st.host.clone();
-        let store = self.log.store().clone();
-        let at = self.log.position();
-        let loaded = LogPosition::projected(&*store).and_then(|p| {
-            if p == Some(at) {
-                return super::state::State::load(host, store);
-            }
-            // The failed commit reached the file (its sync failed): the tables hold it. Until
-            // the store is reopened (and its tables rebuilt), the state is the replay of the
-            // durable records, held in memory.
-            tracing::warn!(records = at.len, "the failed commit reached the file; serving the replay of the durable log from memory until the store is reopened");
-            let mem: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemStore::default());
-            super::replay::replay_into(store, &host, Some(at.len), mem).map(|(_, s)| s)
-        });
-        match loaded {
-            Ok(s) => *st = s,
-            Err(e2) => {
-                tracing::error!(error = %e2, code = EXIT_STATE_LOST, "the state cannot be loaded from the store after a failed write; stopping (a restart loads or rebuilds what is durable)");
-                std::process::exit(EXIT_STATE_LOST);
-            }
-        }
-    }
-
-    /// When the relay stops with its store down after a failed write: one last attempt to
-    /// reopen it, so that records a failed commit left in the file (its bytes written, its sync
-    /// failed) are removed and the next start finds exactly what was acknowledged. If the store
-    /// still cannot be written, they stay, and the next start serves them (their senders were
-    /// answered 507; a retry is answered `duplicate`).
-    fn close(&mut self) {
-        if self.health.writable() {
-            // Nonces and challenges of the last moments, so that a clean stop keeps them all.
-            let admission = self.take_admission();
-            if !admission.is_empty() {
-                if let Err(e) = self.log.store().commit(0, &[], &[&admission]) {
-                    tracing::warn!(error = %e, "the last request nonces could not be stored");
-                }
-            }
-            return;
-        }
-        let reopened = self
-            .log
-            .store()
-            .reopen()
-            .and_then(|()| self.log.resync())
-            .and_then(|()| self.tables_match_log());
-        match reopened {
-            Ok(()) => tracing::info!(
-                records = self.log.len(),
-                "store reopened at shutdown: it holds exactly what was acknowledged"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "the store could not be reopened at shutdown; a failed write may have left records in it that the next start will serve")
-            }
-        }
-    }
-
-    /// After a reopen: a failed commit whose bytes reached the file took its table rows with
-    /// it, and `resync` removed only its records. Tables that are not the replay of the log
-    /// are rebuilt from it before anything is written.
-    fn tables_match_log(&mut self) -> Result<(), StoreError> {
-        let store = self.log.store().clone();
-        if LogPosition::projected(&*store)? == Some(self.log.position()) {
-            // The state may be a replay held in memory (see `reload_state`): it reads the
-            // store's tables again.
-            let mut st = self.state.write();
-            let host = st.host.clone();
-            *st = super::state::State::load(host, store)?;
-            return Ok(());
-        }
-        tracing::warn!("the projection tables are not the replay of the durable log after a failed write; rebuilding them");
-        let mut st = self.state.write();
-        let host = st.host.clone();
-        let (log, s) = super::replay::rebuild(store, &host)?;
-        *st = s;
-        self.log = log;
-        Ok(())
-    }
-
-    /// The wait before the next reopen after `n` failed appends in a row.
-    fn backoff(n: u32) -> Duration {
-        STORE_REOPEN_RETRY
-            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-            .min(STORE_REOPEN_RETRY_MAX)
-    }
-
-    /// Tries to reopen a store that refused a write, at most every [`STORE_REOPEN_RETRY`]:
-    /// reopened, it must hold exactly the durable log (what a failed write left beyond it is
-    /// removed). True once it takes writes again.
-    fn try_reopen(&mut self) -> bool {
-        let now = Instant::now();
-        if self.retry_at.is_some_and(|t| now < t) {
-            return false;
-        }
-        self.retry_at = Some(now + STORE_REOPEN_RETRY.max(Self::backoff(self.failures_in_a_row)));
-        let min = self
-            .policy
-            .limits
-            .store_free_bytes_min
-            .saturating_add(REOPEN_FREE_BYTES_MARGIN);
-        if let Some(free) = self.log.store().free_bytes() {
-            self.health.free_bytes.store(free, Ordering::Relaxed);
-            if free < min {
-                return false;
-            }
-        }
-        let reopened = self
-            .log
-            .store()
-            .reopen()
-            .and_then(|()| self.log.resync())
-            .and_then(|()| self.tables_match_log());
-        match reopened {
-            Ok(()) => {
-                self.health.set_writable(true);
-                self.health.reopens.fetch_add(1, Ordering::Relaxed);
-                self.retry_at = None;
-                self.damage_reported = false;
-                tracing::info!(
-                    records = self.log.len(),
-                    "store reopened; writes are accepted again"
-                );
-                true
-            }
-            Err(e @ StoreError::Corrupt { .. }) => {
-                if !std::mem::replace(&mut self.damage_reported, true) {
-                    tracing::error!(error = %e, "the reopened store does not hold the log this relay wrote; writes stay refused (stop the relay and run relay check)");
-                }
-                false
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "the store cannot be reopened yet");
-                false
-            }
         }
     }
 }

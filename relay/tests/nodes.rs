@@ -1,0 +1,165 @@
+//! Several nodes of one relay on one shared store (`engine::nodes`), in process, on the
+//! in-memory double of a shared store (`SharedMem`, which serialises turns and claims as
+//! PostgreSQL does). The same behaviour on PostgreSQL with real processes is in
+//! `pg_nodes.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use formica_relay::store::{SharedMem, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn two_nodes() -> (TestRelay, TestRelay, Arc<SharedMem>) {
+    let first = Arc::new(SharedMem::new());
+    let second = Arc::new(first.node());
+    let a = TestRelay::on_store(config(4), first.clone() as Arc<dyn Store>);
+    let b = TestRelay::on_store(config(4), second as Arc<dyn Store>);
+    (a, b, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_what_another_node_acknowledged() {
+    let (n1, n2, _) = two_nodes();
+    // Registered through the first node, known at once to the second (the request waits for
+    // the second node to catch up with the log).
+    let alice = n1.agent("alice").await;
+    let bob = n2.agent("bob").await;
+    bob.put_contact(&n1, &alice.handle, "task")
+        .await
+        .expect(200, "");
+    let sent = alice
+        .send(
+            &n2,
+            &alice.text(&n2, &bob.handle, "through the second node"),
+        )
+        .await;
+    sent.expect(201, "");
+    // Read through the first node: the inbox is in the shared tables.
+    let items = bob.inbox(&n1, 0).await;
+    assert_eq!(items.len(), 1);
+    // Both nodes extended one chain: each one's log is the whole log.
+    let len1 = n1.relay.app.engine.store().len().unwrap();
+    assert_eq!(
+        n2.relay
+            .app
+            .engine
+            .store_health
+            .log_len
+            .load(std::sync::atomic::Ordering::SeqCst),
+        len1
+    );
+    // More writes on both, interleaved: every one lands, in one unbroken chain (each
+    // node checks the other's records from its own head before it writes: `EventLog::follow`).
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &n1 } else { &n2 };
+        alice
+            .send(node, &alice.text(node, &bob.handle, &format!("m{i}")))
+            .await
+            .expect(201, "");
+    }
+    assert_eq!(bob.inbox(&n2, 0).await.len(), 11);
+    let caught = |n: &TestRelay| {
+        n.relay
+            .app
+            .engine
+            .store_health
+            .catch_ups
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert!(caught(&n1) >= 5 && caught(&n2) >= 5);
+    assert_eq!(bob.inbox(&n1, 0).await.len(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_replayed_to_another_node_is_refused() {
+    let (n1, n2, _) = two_nodes();
+    let alice = n1.agent("alice").await;
+    let path = "/v1/inbox?after=0";
+    let h = alice.auth(&n1, "GET", path, b"");
+    let first = n1.call("GET", path, b"", &[(h.0, h.1.clone())]).await;
+    first.expect(200, "");
+    let replay = n2.call("GET", path, b"", &[(h.0, h.1)]).await;
+    replay.expect(401, "nonce_reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_issued_by_one_node_registers_on_another_once() {
+    let (n1, n2, _) = two_nodes();
+    let key = n1.fresh_key();
+    let body = n1.register_body("carol", &key, None).await;
+    n2.post("/v1/register", &body).await.expect(201, "");
+    // The same proof again, on either node: the challenge is used.
+    let again = n1.post("/v1/register", &body).await;
+    assert_eq!(again.status, 409, "{}", String::from_utf8_lossy(&again.raw));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_out_of_reach_is_unavailable_and_the_nodes_recover_by_themselves() {
+    let (n1, n2, store) = two_nodes();
+    n1.relay.spawn_background();
+    n2.relay.spawn_background();
+    let (alice, bob) = n1.pair().await;
+    store.set_down(true);
+    let refused = alice
+        .send(&n2, &alice.text(&n2, &bob.handle, "while down"))
+        .await;
+    refused.expect(503, "unavailable");
+    // Both nodes notice within the follower's poll; operational endpoints still answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in [&n1, &n2] {
+        n.get("/ready").await.expect(503, "unavailable");
+        assert_eq!(n.get("/health").await.status, 200);
+        n.get("/v1/inbox").await.expect(503, "unavailable");
+    }
+    store.set_down(false);
+    let mut back = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if n1.get("/ready").await.status == 200 && n2.get("/ready").await.status == 200 {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the nodes did not take requests again within 5 s");
+    alice
+        .send(&n2, &alice.text(&n2, &bob.handle, "after"))
+        .await
+        .expect(201, "");
+    let items = bob.inbox(&n1, 0).await;
+    let texts: Vec<String> = items
+        .iter()
+        .map(|i| String::from_utf8_lossy(&formica_protocol::canon::canonicalize(i)).into_owned())
+        .collect();
+    assert_eq!(items.len(), 1, "{texts:?}");
+    assert!(texts[0].contains("after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_leads_and_another_takes_over_when_it_goes() {
+    let (n1, n2, _) = two_nodes();
+    n1.relay.spawn_background();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    n2.relay.spawn_background();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leads = |n: &TestRelay| n.relay.app.engine.store_health.leading();
+    assert!(leads(&n1));
+    assert!(!leads(&n2));
+    // The first node stops: its tasks end and its handle on the store goes (a closed
+    // connection, on PostgreSQL).
+    n1.relay.app.engine.stopping.send_replace(true);
+    drop(n1);
+    let mut took = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if leads(&n2) {
+            took = true;
+            break;
+        }
+    }
+    assert!(
+        took,
+        "the second node did not lead within 3 s of the first going"
+    );
+}
