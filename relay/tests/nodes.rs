@@ -163,3 +163,172 @@ async fn one_node_leads_and_another_takes_over_when_it_goes() {
         "the second node did not lead within 3 s of the first going"
     );
 }
+
+mod memory {
+    //! What each node holds in memory after the other nodes' commits equals what a fresh load
+    //! of the shared store gives: the journal names every row held in memory that a commit
+    //! changed (`state::refresh`), for every kind of row.
+    use super::*;
+    use formica_protocol::envelope::*;
+    use formica_protocol::profile::{Capability, Profile};
+    use formica_protocol::{Availability, Handle, MessageType, Status};
+    use formica_relay::engine::state::State;
+    use std::sync::atomic::Ordering;
+
+    fn profile(r: &TestRelay, a: &Agent, seq: i64, caps: &[&str]) -> Vec<u8> {
+        Profile {
+            handle: a.handle.clone(),
+            key: a.key.public().key_id(),
+            seq,
+            ts: r.now(),
+            expires: r.now() + 3_600_000,
+            name: "An agent".into(),
+            description: None,
+            capabilities: caps
+                .iter()
+                .map(|c| Capability {
+                    id: (*c).into(),
+                    version: None,
+                    tags: vec![],
+                })
+                .collect(),
+            accepts: vec![MessageType::Message],
+            platform: None,
+            model: None,
+            listed: true,
+        }
+        .sign(&a.key)
+        .unwrap()
+        .wire()
+        .to_vec()
+    }
+
+    fn call(r: &TestRelay, from: &Agent, to: &[&Agent]) -> SignedEnvelope {
+        let mut e = from.envelope(
+            r,
+            &to.iter().map(|a| &a.handle).collect::<Vec<_>>(),
+            Payload::Call {
+                topic: "shared".into(),
+                mode: ConvMode::Live,
+                participants: to
+                    .iter()
+                    .map(|a| Invitee {
+                        handle: a.handle.clone(),
+                        role: ConvRole::Member,
+                    })
+                    .collect(),
+                turns: Some(5),
+                expires: None,
+            },
+        );
+        e.conv = None;
+        e.sign(&from.key).unwrap()
+    }
+
+    fn in_conv(
+        r: &TestRelay,
+        from: &Agent,
+        to: &Handle,
+        conv: MessageId,
+        p: Payload,
+    ) -> SignedEnvelope {
+        let mut e = from.envelope(r, &[to], p);
+        e.conv = Some(conv);
+        e.sign(&from.key).unwrap()
+    }
+
+    fn same_as_a_fresh_load(n: &TestRelay) {
+        let store = n.relay.app.engine.store().clone();
+        let fresh = State::load(n.host(), store).unwrap();
+        let st = n.relay.app.engine.read();
+        assert!(
+            st.memory_eq(&fresh),
+            "a node's memory differs from a fresh load"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_node_holds_what_a_fresh_load_gives_after_the_others_commits() {
+        let (n1, n2, _) = two_nodes();
+        let alice = n1.agent("alice").await;
+        let bob = n2.agent("bob").await;
+        let carol = n1.agent("carol").await;
+        bob.put_contact(&n1, &alice.handle, "task")
+            .await
+            .expect(200, "");
+        carol
+            .put_contact(&n2, &alice.handle, "message")
+            .await
+            .expect(200, "");
+        alice
+            .authed(
+                &n2,
+                "PUT",
+                "/v1/profile",
+                &profile(&n2, &alice, 1, &["code.review"]),
+            )
+            .await
+            .expect(200, "");
+        alice
+            .authed(
+                &n1,
+                "PUT",
+                "/v1/profile",
+                &profile(&n1, &alice, 2, &["code.write"]),
+            )
+            .await
+            .expect(200, "");
+        let status = Status {
+            handle: alice.handle.clone(),
+            key: alice.key.public().key_id(),
+            ts: n1.now(),
+            expires: n1.now() + 600_000,
+            status: Availability::Busy,
+            note: None,
+        }
+        .sign(&alice.key)
+        .unwrap();
+        alice
+            .authed(&n1, "PUT", "/v1/presence", status.wire())
+            .await
+            .expect(200, "");
+        let c = call(&n2, &alice, &[&bob, &carol]);
+        alice.send(&n2, &c).await.expect(201, "");
+        let id = c.id();
+        let accept = Payload::ConvAction {
+            action: ConvActionKind::Accept,
+            reason: None,
+            participants: None,
+        };
+        bob.send(&n1, &in_conv(&n1, &bob, &alice.handle, id, accept))
+            .await
+            .expect(201, "");
+        let post = Payload::Message {
+            text: "hello both".into(),
+            data: None,
+        };
+        alice
+            .send(&n2, &in_conv(&n2, &alice, &bob.handle, id, post))
+            .await
+            .expect(201, "");
+        alice
+            .send(&n1, &alice.text(&n1, &bob.handle, "plain"))
+            .await
+            .expect(201, "");
+        // Bob reads through the second node (its cursors, the hot row), then each node
+        // catches up once more.
+        assert_eq!(bob.inbox(&n2, 0).await.len(), 3);
+        let _ = carol.inbox(&n1, 0).await;
+        let _ = carol.inbox(&n2, 0).await;
+        same_as_a_fresh_load(&n1);
+        same_as_a_fresh_load(&n2);
+        for n in [&n1, &n2] {
+            let h = &n.relay.app.engine.store_health;
+            let (all, full) = (
+                h.catch_ups.load(Ordering::SeqCst),
+                h.full_loads.load(Ordering::SeqCst),
+            );
+            assert!(all >= 4 && full == 0, "catch-ups {all}, whole loads {full}");
+        }
+    }
+}

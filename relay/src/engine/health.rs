@@ -44,6 +44,8 @@ pub struct StoreHealth {
     /// A shared store: times this node loaded its state again because another node had
     /// appended to the log.
     pub catch_ups: AtomicU64,
+    /// Of those, the ones that loaded the whole state (the journal did not cover the records).
+    pub full_loads: AtomicU64,
     /// The number of the last record this node's writer knows durable (appended or caught up).
     pub log_len: AtomicU64,
 }
@@ -78,6 +80,7 @@ impl Default for StoreHealth {
             db_down: AtomicBool::new(false),
             leading: AtomicBool::new(true),
             catch_ups: AtomicU64::new(0),
+            full_loads: AtomicU64::new(0),
             log_len: AtomicU64::new(0),
         }
     }

@@ -6,7 +6,7 @@ use super::State;
 use crate::engine::events::CheckpointMark;
 use crate::store::{Store, StoreError, Table};
 
-const ROW: &[u8] = b"checkpoints";
+pub(super) const ROW: &[u8] = b"checkpoints";
 /// Checkpoints remembered: the newest, and the one before, behind which records are dropped
 /// (so that a damaged newest snapshot still leaves one to rebuild from).
 const KEPT: usize = 2;

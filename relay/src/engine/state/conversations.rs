@@ -124,6 +124,25 @@ impl Convs {
         }
     }
 
+    /// Forgets conversation `id` and every index entry of it (before it is read again from
+    /// its rows: `State::refresh`).
+    pub(super) fn forget(&mut self, id: &MessageId) {
+        if let Some(r) = self.map.remove(id) {
+            for p in &r.conv.participants {
+                if let Some(s) = self.by_agent.get_mut(&p.handle) {
+                    s.remove(&(r.conv.created, *id));
+                    if s.is_empty() {
+                        self.by_agent.remove(&p.handle);
+                    }
+                }
+            }
+        }
+        self.open.remove(id);
+        self.ringing.retain(|(_, i, _)| i != id);
+        self.expiring.retain(|(_, i)| i != id);
+        self.aging.retain(|(_, i)| i != id);
+    }
+
     /// Puts `c`'s timers in the indexes as its state now says.
     fn timers(&mut self, c: &Conversation) {
         let live = c.mode == formica_protocol::envelope::ConvMode::Live && !c.is_closed();

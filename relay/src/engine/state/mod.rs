@@ -34,6 +34,7 @@ mod persist;
 mod profiles;
 mod reads;
 mod records;
+pub mod refresh;
 pub mod retention;
 mod tracked;
 mod trust;

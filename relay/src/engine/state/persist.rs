@@ -8,7 +8,7 @@ use formica_protocol::{Handle, RelayHost};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const COUNTERS: &[u8] = b"counters";
+pub(super) const COUNTERS: &[u8] = b"counters";
 
 /// The `meta` row that says how the tables are laid out: [`FORMAT_VERSION`]. Tables of
 /// another format are rebuilt from the log at start (once). Format 2: dedup ids of envelopes
@@ -43,6 +43,20 @@ fn rows(store: &dyn Store, t: Table) -> Result<Vec<Row>, StoreError> {
 }
 
 impl State {
+    /// The counters from their row.
+    pub(super) fn read_counters(&mut self, v: &[u8]) -> Option<()> {
+        let n = |i: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(
+                v.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        self.events = n(0)?;
+        self.dead_letters = n(1)?;
+        self.messages_len = n(2)?;
+        self.deadlines_len = n(3)?;
+        Some(())
+    }
+
     /// Whether a registration consumed this challenge.
     pub fn challenge_used(&self, c: &Challenge) -> bool {
         self.db
@@ -84,15 +98,7 @@ impl State {
         };
         for (k, v) in rows(&*store, Table::Small)? {
             if k == COUNTERS {
-                let n = |i: usize| -> Option<u64> {
-                    Some(u64::from_be_bytes(
-                        v.get(i * 8..i * 8 + 8)?.try_into().ok()?,
-                    ))
-                };
-                st.events = n(0).ok_or_else(|| bad(&k))?;
-                st.dead_letters = n(1).ok_or_else(|| bad(&k))?;
-                st.messages_len = n(2).ok_or_else(|| bad(&k))?;
-                st.deadlines_len = n(3).ok_or_else(|| bad(&k))?;
+                st.read_counters(&v).ok_or_else(|| bad(&k))?;
                 continue;
             }
             let (kind, a, b) = codec::small_parts(&k).ok_or_else(|| bad(&k))?;

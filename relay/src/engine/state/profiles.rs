@@ -103,7 +103,7 @@ impl ProfileIndex {
         }
     }
 
-    fn remove(&mut self, h: &Handle, p: &Profile) {
+    pub(super) fn remove(&mut self, h: &Handle, p: &Profile) {
         self.listed.remove(h);
         for c in &p.capabilities {
             if let Some(set) = self.by_capability.get_mut(&c.id) {

@@ -41,6 +41,19 @@ impl<K: Ord + Clone, V> Tracked<K, V> {
             hot: BTreeSet::new(),
         }
     }
+    /// A row read again from the store, where another node of the relay changed it: the map
+    /// takes it (`None`: removes the key) without marking it changed.
+    pub fn reload(&mut self, k: K, v: Option<V>) {
+        match v {
+            Some(v) => {
+                self.map.insert(k, v);
+            }
+            None => {
+                self.map.remove(&k);
+            }
+        }
+    }
+
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
         let v = self.map.get_mut(k)?;
         self.dirty.insert(k.clone());

@@ -159,6 +159,8 @@ pub fn spawn(setup: Setup) -> (Writer, std::thread::JoinHandle<()>) {
     let mut core = WriterCore {
         shared,
         stale: false,
+        journal_keys: std::collections::VecDeque::new(),
+        prune: crate::store::Changes::new(),
         admission,
         log,
         state,
@@ -224,6 +226,11 @@ struct WriterCore {
     /// A shared store: a commit failed after its batch was applied in memory, so the state
     /// must be loaded again before anything is decided or served.
     stale: bool,
+    /// A shared store: the first records of this node's commits whose journal rows are still
+    /// kept (`state::refresh`), oldest first.
+    journal_keys: std::collections::VecDeque<u64>,
+    /// A shared store: journal rows to remove with the next commit.
+    prune: crate::store::Changes,
     /// Nonce and challenge rows to commit with the next batch.
     admission: Arc<std::sync::Mutex<super::limits::Journal>>,
     log: EventLog,
@@ -397,7 +404,15 @@ impl WriterCore {
                 self.log.store().end_turn();
             }
         } else {
-            if let Err(e) = self.log.append_with(&records, &[&changes, &admission]) {
+            let journal = if self.shared {
+                self.journal(records.len() as u64, &changes)
+            } else {
+                crate::store::Changes::new()
+            };
+            if let Err(e) = self
+                .log
+                .append_with(&records, &[&changes, &admission, &journal])
+            {
                 self.give_back(admission);
                 self.failed_append(&e);
                 let err = ApiError::from(e);
