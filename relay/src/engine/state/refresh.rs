@@ -58,7 +58,10 @@ pub fn journal_row(first: u64, last: u64, changes: &[&Changes]) -> (Vec<u8>, Vec
     (journal_key(first), v)
 }
 
-fn decode(v: &[u8]) -> Option<(u64, Vec<(Table, Vec<u8>)>)> {
+/// A journal row read back: the commit's last record and the rows it names.
+type Named = (u64, Vec<(Table, Vec<u8>)>);
+
+fn decode(v: &[u8]) -> Option<Named> {
     let last = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
     let mut keys = Vec::new();
     let mut rest = &v[8..];
