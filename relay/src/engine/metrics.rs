@@ -148,6 +148,30 @@ impl Metrics {
             i64::from(h.writable()),
         );
         line(
+            "formica_store_db_down",
+            "gauge",
+            "Several nodes on PostgreSQL: 1 while the database cannot be reached or this node loads its state again (requests are answered unavailable).",
+            i64::from(h.db_down()),
+        );
+        line(
+            "formica_node_leading",
+            "gauge",
+            "1 while this node leads (forwards to peers, replicates conversations); always 1 on a store of one process.",
+            i64::from(h.leading()),
+        );
+        line(
+            "formica_node_catch_ups_total",
+            "counter",
+            "Times this node caught up with records other nodes of the relay appended.",
+            h.catch_ups.load(Ordering::Relaxed) as i64,
+        );
+        line(
+            "formica_node_full_loads_total",
+            "counter",
+            "Of those, the ones that loaded the whole state (the journal did not cover the records).",
+            h.full_loads.load(Ordering::Relaxed) as i64,
+        );
+        line(
             "formica_store_low_space",
             "gauge",
             "1 while free space is below limits.store_free_bytes_min (writes refused early).",
