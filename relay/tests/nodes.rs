@@ -12,10 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn two_nodes() -> (TestRelay, TestRelay, Arc<SharedMem>) {
+    two_nodes_with(config(4))
+}
+
+fn two_nodes_with(
+    cfg: formica_relay::config::RelayConfig,
+) -> (TestRelay, TestRelay, Arc<SharedMem>) {
     let first = Arc::new(SharedMem::new());
     let second = Arc::new(first.node());
-    let a = TestRelay::on_store(config(4), first.clone() as Arc<dyn Store>);
-    let b = TestRelay::on_store(config(4), second as Arc<dyn Store>);
+    let a = TestRelay::on_store(cfg.clone(), first.clone() as Arc<dyn Store>);
+    let b = TestRelay::on_store(cfg, second as Arc<dyn Store>);
     (a, b, first)
 }
 
@@ -93,6 +99,19 @@ async fn a_challenge_issued_by_one_node_registers_on_another_once() {
     // The same proof again, on either node: the challenge is used.
     let again = n1.post("/v1/register", &body).await;
     assert_eq!(again.status, 409, "{}", String::from_utf8_lossy(&again.raw));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_of_another_node_that_expired_is_expired_not_unknown() {
+    let mut cfg = config(4);
+    cfg.policy.limits.challenge_ttl_ms = 1000;
+    let (n1, n2, _) = two_nodes_with(cfg);
+    let key = n1.fresh_key();
+    let body = n1.register_body("dave", &key, None).await;
+    n2.advance(1500);
+    n2.post("/v1/register", &body)
+        .await
+        .expect(400, "challenge_expired");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

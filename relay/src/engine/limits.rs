@@ -313,17 +313,7 @@ impl Challenges {
     /// A challenge loaded from the store at start-up (`row` as [`issue`](Self::issue) wrote
     /// it). One that has expired by `now`, or does not read back, is removed instead.
     pub fn restore(&mut self, c: Challenge, row: &[u8], now: i64) {
-        let parsed = std::str::from_utf8(row).ok().and_then(|s| {
-            let mut it = s.split(' ');
-            let expires: i64 = it.next()?.parse().ok()?;
-            let difficulty: u32 = it.next()?.parse().ok()?;
-            let ip = match it.next()? {
-                "-" => None,
-                a => Some(a.parse::<IpAddr>().ok()?),
-            };
-            Some((expires, difficulty, ip))
-        });
-        match parsed {
+        match Self::parse_row(row) {
             Some((expires, difficulty, ip)) if expires > now && !self.open.contains_key(&c) => {
                 if let Some(ip) = ip {
                     *self.per.entry(ip).or_insert(0) += 1;
@@ -333,6 +323,35 @@ impl Challenges {
             }
             _ => {
                 self.journal.insert(challenge_key(&c), None);
+            }
+        }
+    }
+
+    /// A challenge's row: expiry, difficulty, client address.
+    fn parse_row(row: &[u8]) -> Option<(i64, u32, Option<IpAddr>)> {
+        let s = std::str::from_utf8(row).ok()?;
+        let mut it = s.split(' ');
+        let expires: i64 = it.next()?.parse().ok()?;
+        let difficulty: u32 = it.next()?.parse().ok()?;
+        let ip = match it.next()? {
+            "-" => None,
+            a => Some(a.parse::<IpAddr>().ok()?),
+        };
+        Some((expires, difficulty, ip))
+    }
+
+    /// Several nodes: a challenge another node issued, read from the shared store (`row` as
+    /// [`issue`](Self::issue) wrote it): open here until it expires, then expired for as long
+    /// as one of this node's own would be. Nothing is journalled (the row is the other
+    /// node's).
+    pub fn learn(&mut self, c: Challenge, row: &[u8], now: i64) {
+        self.restore(c, row, now);
+        self.journal.remove(&challenge_key(&c));
+        self.restored();
+        if let Some((exp, _, _)) = Self::parse_row(row) {
+            if !self.open.contains_key(&c) && exp + EXPIRED_KEPT_MS > now {
+                self.recent.insert(c, exp);
+                self.recent_order.push_back((exp, c));
             }
         }
     }

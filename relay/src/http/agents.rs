@@ -144,9 +144,7 @@ fn shared_challenge(app: &App, c: &Challenge, now: i64) -> Result<(), ApiError> 
     }
     if let Some(row) = app.engine.shared_admission(&challenge_key(c))? {
         let mut t = app.challenges.lock().unwrap_or_else(|p| p.into_inner());
-        t.restore(*c, &row, now);
-        t.restored();
-        t.journal.clear();
+        t.learn(*c, &row, now);
     }
     Ok(())
 }
