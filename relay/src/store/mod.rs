@@ -23,6 +23,7 @@ mod backend;
 pub mod datadir;
 pub mod log;
 mod mem;
+pub mod postgres;
 mod redb;
 mod redb_damage;
 mod redb_upgrade;
@@ -32,6 +33,7 @@ pub mod tables;
 pub use self::backend::StoreFaults;
 pub use self::log::{EventLog, LogPosition};
 pub use self::mem::MemStore;
+pub use self::postgres::{PgConfig, PgStore};
 pub use self::redb::RedbStore;
 pub use self::tables::{Changes, Row, Rows, Table};
 
