@@ -196,7 +196,10 @@ fn store_config(
             let set: Vec<&str> = [
                 ("store.url", url.is_some()),
                 ("store.pool", f.pool.is_some()),
-                ("store.allow_weak_durability", f.allow_weak_durability.is_some()),
+                (
+                    "store.allow_weak_durability",
+                    f.allow_weak_durability.is_some(),
+                ),
             ]
             .iter()
             .filter(|(_, s)| *s)

@@ -48,13 +48,29 @@ const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
     ("store", &["axum", "hyper", "ureq", "tokio"]),
     (
         "engine",
-        &["axum", "hyper", "ureq", "redb", "tokio_postgres", "tokio_postgres_rustls"],
+        &[
+            "axum",
+            "hyper",
+            "ureq",
+            "redb",
+            "tokio_postgres",
+            "tokio_postgres_rustls",
+        ],
     ),
     (
         "federation",
-        &["axum", "hyper", "redb", "tokio_postgres", "tokio_postgres_rustls"],
+        &[
+            "axum",
+            "hyper",
+            "redb",
+            "tokio_postgres",
+            "tokio_postgres_rustls",
+        ],
     ),
-    ("http", &["redb", "ureq", "tokio_postgres", "tokio_postgres_rustls"]),
+    (
+        "http",
+        &["redb", "ureq", "tokio_postgres", "tokio_postgres_rustls"],
+    ),
 ];
 
 /// Exceptions to [`FORBIDDEN_CRATES`]: a folder under `relay/src` and a crate it may name. The

@@ -43,7 +43,10 @@ async fn pg_relay_serves_and_keeps_messages_across_a_restart() {
     assert_eq!(ids(&b.inbox(&r, 0).await), vec![sent.id().to_hex()]);
     let TestRelay { relay, router, .. } = r;
     drop(router);
-    assert!(relay.stop(Duration::from_secs(10)), "the writer did not stop");
+    assert!(
+        relay.stop(Duration::from_secs(10)),
+        "the writer did not stop"
+    );
 
     // The same database, a new store and relay: the log is replayed from PostgreSQL.
     let store: Arc<dyn Store> = Arc::new(PgStore::open(&db.config()).unwrap());
@@ -84,14 +87,18 @@ fn load(toml: &str) -> Result<formica_relay::config::RelayConfig, String> {
 fn store_settings_are_checked_at_start() {
     use formica_relay::config::StoreConfig;
     assert_eq!(load("").unwrap().store, StoreConfig::Redb);
-    assert_eq!(load("[store]\nkind = \"redb\"\n").unwrap().store, StoreConfig::Redb);
+    assert_eq!(
+        load("[store]\nkind = \"redb\"\n").unwrap().store,
+        StoreConfig::Redb
+    );
     let e = load("[store]\nkind = \"postgres\"\n").unwrap_err();
     assert!(e.contains("store.url"), "{e}");
     let e = load("[store]\nurl = \"postgres://x@h/db\"\n").unwrap_err();
     assert!(e.contains("store.url") && e.contains("store.kind"), "{e}");
     let e = load("[store]\nkind = \"sqlite\"\n").unwrap_err();
     assert!(e.contains("store.kind"), "{e}");
-    let e = load("[store]\nkind = \"postgres\"\nurl = \"postgres://x@h/db\"\npool = 0\n").unwrap_err();
+    let e =
+        load("[store]\nkind = \"postgres\"\nurl = \"postgres://x@h/db\"\npool = 0\n").unwrap_err();
     assert!(e.contains("store.pool"), "{e}");
     match load("[store]\nkind = \"postgres\"\nurl = \"postgres://x@h/db\"\npool = 2\nallow_weak_durability = true\n")
         .unwrap()
@@ -108,7 +115,11 @@ fn store_settings_are_checked_at_start() {
     let dir = tempdir("flags");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("relay.toml");
-    std::fs::write(&file, "[store]\npool = 3\nkind = \"postgres\"\nurl = \"postgres://file@h/db\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[store]\npool = 3\nkind = \"postgres\"\nurl = \"postgres://file@h/db\"\n",
+    )
+    .unwrap();
     let cfg = formica_relay::config::RelayConfig::load(
         Some(&file),
         formica_relay::config::Overrides {
@@ -145,7 +156,10 @@ fn pg_relay_open_uses_the_database_and_the_data_directory() {
     assert!(!dir.join(formica_relay::LOG_FILE).exists());
     assert!(relay.stop(Duration::from_secs(10)));
     let relay = formica_relay::Relay::open(&cfg, &host, clock).unwrap();
-    assert_eq!(std::fs::read(dir.join(formica_relay::KEY_FILE)).unwrap(), key);
+    assert_eq!(
+        std::fs::read(dir.join(formica_relay::KEY_FILE)).unwrap(),
+        key
+    );
     assert!(relay.stop(Duration::from_secs(10)));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,7 +21,10 @@ fn rec(i: u64) -> Vec<u8> {
     v
 }
 
-fn changes(rows: &[(Table, &[u8], Option<&[u8]>)]) -> Changes {
+/// A row to put (`Some`) or remove (`None`).
+type Change<'a> = (Table, &'a [u8], Option<&'a [u8]>);
+
+fn changes(rows: &[Change<'_>]) -> Changes {
     rows.iter()
         .map(|(t, k, v)| ((*t, k.to_vec()), v.map(<[u8]>::to_vec)))
         .collect()
@@ -135,7 +138,12 @@ fn rows_in_key_order(s: &dyn Store) {
     ];
     let mut c = Changes::new();
     for k in &keys {
-        for t in [Table::Inbox, Table::InboxByTime, Table::Messages, Table::Admission] {
+        for t in [
+            Table::Inbox,
+            Table::InboxByTime,
+            Table::Messages,
+            Table::Admission,
+        ] {
             c.insert((t, k.clone()), Some([b"v:".as_slice(), k].concat()));
         }
     }
@@ -334,7 +342,12 @@ fn read_only_view(s: &dyn Store, refuses: bool) {
         assert!(v.append(3, &[rec(3)]).is_err());
         assert!(v.truncate(1).is_err());
         assert!(v.clear_projections().is_err());
-        assert!(v.drop_before(LogBase { first: 2, prev: [0; 32] }).is_err());
+        assert!(v
+            .drop_before(LogBase {
+                first: 2,
+                prev: [0; 32]
+            })
+            .is_err());
         assert_eq!(v.len().unwrap(), 2);
     }
     drop(v);
@@ -510,7 +523,10 @@ fn pg_lead_is_held_by_one_and_moves_when_it_goes() {
     // The server releases the lock when A's session ends; B takes it on its next ask.
     let bound = Duration::from_secs(5);
     while !b.lead().unwrap() {
-        assert!(t0.elapsed() < bound, "the lead did not move within {bound:?}");
+        assert!(
+            t0.elapsed() < bound,
+            "the lead did not move within {bound:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!(
@@ -578,7 +594,8 @@ fn pg_weak_durability_is_refused_unless_allowed() {
 fn pg_commit_cost_against_redb() {
     const COMMITS: u64 = 1000;
     const PER: u64 = 10;
-    let batch = |from: u64| -> Vec<Vec<u8>> { (from..from + PER).map(|_| vec![0x5a; 500]).collect() };
+    let batch =
+        |from: u64| -> Vec<Vec<u8>> { (from..from + PER).map(|_| vec![0x5a; 500]).collect() };
     let run = |s: &dyn Store| {
         let t0 = Instant::now();
         for i in 0..COMMITS {

@@ -206,7 +206,12 @@ impl PgStore {
                 }
                 let (mut c, r) = f(c).await;
                 let r = match r {
-                    Ok(v) => c.client.batch_execute("COMMIT").await.map_err(conn::pg).map(|()| v),
+                    Ok(v) => c
+                        .client
+                        .batch_execute("COMMIT")
+                        .await
+                        .map_err(conn::pg)
+                        .map(|()| v),
                     Err(e) => Err(e),
                 };
                 c.in_turn = false;
@@ -236,8 +241,7 @@ impl PgStore {
 
 fn lost_turn() -> StoreError {
     StoreError::Unavailable(
-        "the writer's connection was lost during its turn (the server rolled the turn back)"
-            .into(),
+        "the writer's connection was lost during its turn (the server rolled the turn back)".into(),
     )
 }
 
@@ -528,9 +532,9 @@ impl Store for PgStore {
         self.read(move |mut c| async move {
             let r = ops::claim(&mut c, key, value, expires_ms, now).await;
             let r = match r {
-                Ok(inserted) if sweep => ops::sweep(&mut c, now, SWEEP_ROWS)
-                    .await
-                    .map(|_| inserted),
+                Ok(inserted) if sweep => {
+                    ops::sweep(&mut c, now, SWEEP_ROWS).await.map(|_| inserted)
+                }
                 r => r,
             };
             (c, r)

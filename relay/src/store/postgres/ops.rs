@@ -189,9 +189,7 @@ pub async fn get(c: &mut Conn, t: Table, key: Vec<u8>) -> Result<Option<Vec<u8>>
         c.client.query_opt(&st, &[&key]).await
     } else {
         let st = c.prep(GET_ROW).await?;
-        c.client
-            .query_opt(&st, &[&i16::from(t.code()), &key])
-            .await
+        c.client.query_opt(&st, &[&i16::from(t.code()), &key]).await
     }
     .map_err(pg)?;
     Ok(row.map(|r| r.get(0)))
@@ -203,8 +201,7 @@ const RANGE_ALL: &str =
     "SELECT k, v FROM formica_rows WHERE t = $1 AND k >= $2 ORDER BY k LIMIT $3";
 const ADMISSION_TO: &str =
     "SELECT k, v FROM formica_admission WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3";
-const ADMISSION_ALL: &str =
-    "SELECT k, v FROM formica_admission WHERE k >= $1 ORDER BY k LIMIT $2";
+const ADMISSION_ALL: &str = "SELECT k, v FROM formica_admission WHERE k >= $1 ORDER BY k LIMIT $2";
 
 /// At most `limit` rows of `t` from `from` (included) to `to` (excluded), in key order.
 pub async fn range_page(
