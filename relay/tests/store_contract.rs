@@ -620,3 +620,58 @@ fn pg_commit_cost_against_redb() {
         redb_t.as_secs_f64() * 1000.0 / COMMITS as f64
     );
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run starts one and runs them with --ignored"]
+fn pg_a_lost_connection_is_made_again() {
+    let db = TestDb::new();
+    let s = pg_open(&db);
+    append(&s, 1, 2);
+    let kill = || {
+        db.admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name
+        ))
+    };
+    // Every session of the store ended by the server (as in a restart): the first use of each
+    // connection may fail as unavailable, the next one connects again.
+    kill();
+    let mut answers = Vec::new();
+    // (At most one failure per connection of the read pool.)
+    for _ in 0..PgConfig::POOL_DEFAULT {
+        answers.push(s.len());
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(2) | Err(StoreError::Unavailable(_)))),
+        "{answers:?}"
+    );
+    assert_eq!(s.len().unwrap(), 2);
+    // A turn whose connection is lost: its commit is unavailable, never written outside it.
+    assert_eq!(s.begin_turn().unwrap(), 2);
+    kill();
+    let e = s.commit(3, &[rec(3)], &[]).unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    assert_eq!(s.len().unwrap(), 2);
+    // The next turn connects again and commits.
+    assert_eq!(s.begin_turn().unwrap(), 2);
+    s.commit(3, &[rec(3)], &[]).unwrap();
+    assert_eq!(s.len().unwrap(), 3);
+    // The lead is lost with its session, and taken again.
+    assert!(s.lead().unwrap());
+    kill();
+    let mut led = false;
+    for _ in 0..3 {
+        led = s.lead().unwrap();
+        if led {
+            break;
+        }
+    }
+    assert!(led);
+    // reopen() makes the connections again.
+    kill();
+    s.reopen().unwrap();
+    append(&s, 4, 1);
+}

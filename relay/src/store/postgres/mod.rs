@@ -178,7 +178,9 @@ impl PgStore {
 
     /// Runs `f` in a write transaction on the writer's connection: the open turn's, or one
     /// begun now under the write lock; commits it (which ends the turn) when `f` succeeds. On
-    /// an error the connection is dropped, and the server rolls the transaction back.
+    /// an error the connection is dropped, and the server rolls the transaction back. Every
+    /// write (`drop_before`, `truncate`, `clear_projections` too) joins an open turn and ends
+    /// it: only the writer thread writes, so a turn is always its own.
     fn write<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
