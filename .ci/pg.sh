@@ -12,6 +12,8 @@
 # synchronous_commit on: the store refuses to open on weaker settings, and the tests check that.
 set -euo pipefail
 
+# PostgreSQL 15 (what the store is tested on); another installed major version only when 15 is
+# missing and cannot be installed (a distribution that packages another one).
 PGBIN=/usr/lib/postgresql/15/bin
 
 as_postgres() {
@@ -26,7 +28,13 @@ install_if_missing() {
     if [ ! -x "$PGBIN/initdb" ]; then
         echo "pg.sh: installing postgresql-15" >&2
         apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >&2 \
+            || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >&2
+    fi
+    if [ ! -x "$PGBIN/initdb" ]; then
+        PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+        [ -x "$PGBIN/initdb" ] || { echo "pg.sh: no PostgreSQL server could be installed" >&2; exit 1; }
+        echo "pg.sh: PostgreSQL 15 is not available here; using $PGBIN" >&2
     fi
 }
 
@@ -61,6 +69,7 @@ export FORMICA_PG_DIR='$dir'"
 
 stop() {
     local dir=${1:-${FORMICA_PG_DIR:-}}
+    [ -x "$PGBIN/pg_ctl" ] || PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
     if [ -z "$dir" ] || [ ! -d "$dir" ]; then
         echo "pg.sh stop: no cluster directory (give it or set FORMICA_PG_DIR)" >&2
         exit 1
