@@ -229,7 +229,9 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("relay: refusing to start: {e}");
-                if matches!(e, formica_relay::OpenError::Store(_)) {
+                if matches!(e, formica_relay::OpenError::Store(_))
+                    && cfg.store == formica_relay::config::StoreConfig::Redb
+                {
                     eprintln!(
                         "relay: the store was only read, not changed; `relay check --data-dir {}` names what is wrong",
                         cfg.data_dir.display()

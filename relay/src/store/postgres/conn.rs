@@ -136,6 +136,15 @@ impl Settings {
     }
 }
 
+/// `e` with its cause: the client's own text for a failed connect is only "error connecting
+/// to server", and the cause says why (refused, timed out, a name not resolved, TLS).
+fn with_cause(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(c) => format!("{e}: {c}"),
+        None => e.to_string(),
+    }
+}
+
 fn unreachable_db(e: &tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         // The server answered and refused (authentication, no such database): a setting to fix,
@@ -145,7 +154,7 @@ fn unreachable_db(e: &tokio_postgres::Error) -> StoreError {
             db.message(),
             db.code().code()
         )),
-        None => StoreError::Unavailable(format!("connecting to PostgreSQL: {e}")),
+        None => StoreError::Unavailable(format!("connecting to PostgreSQL: {}", with_cause(e))),
     }
 }
 
@@ -182,11 +191,14 @@ impl Conn {
 /// and errors are rare enough that a reconnect is the simple, safe answer.
 pub fn pg(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
-        return StoreError::Unavailable(format!("the connection to PostgreSQL was lost: {e}"));
+        return StoreError::Unavailable(format!(
+            "the connection to PostgreSQL was lost: {}",
+            with_cause(&e)
+        ));
     }
     let Some(db) = e.as_db_error() else {
         // No answer from the server: an I/O error or a timeout on the socket.
-        return StoreError::Unavailable(format!("PostgreSQL: {e}"));
+        return StoreError::Unavailable(format!("PostgreSQL: {}", with_cause(&e)));
     };
     let code = db.code().code();
     let text = format!("PostgreSQL: {} ({code})", db.message());
