@@ -30,6 +30,22 @@ pub struct FileConfig {
     pub directory: Option<crate::engine::directory::DirectoryPolicy>,
     pub presence: Option<crate::engine::presence::PresencePolicy>,
     pub conversations: Option<crate::engine::conversations::ConversationPolicy>,
+    pub store: Option<StoreFile>,
+}
+
+/// `[store]`: where the log and the tables live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `redb` (the embedded file in the data directory, the default) or `postgres`.
+    pub kind: Option<String>,
+    /// PostgreSQL only: the connection URL (`postgres://user@host:port/db?sslmode=require`).
+    pub url: Option<String>,
+    /// PostgreSQL only: connections for reads and claims [default: 4].
+    pub pool: Option<usize>,
+    /// PostgreSQL only: serve although `synchronous_commit` or `fsync` allow answered commits
+    /// to be lost (warned at start instead of refused) [default: false].
+    pub allow_weak_durability: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +63,19 @@ pub struct Overrides {
     pub public_host: Option<String>,
     pub pow_difficulty: Option<u32>,
     pub log_format: Option<String>,
+    pub store_kind: Option<String>,
+    pub store_url: Option<String>,
+}
+
+/// Where the relay keeps its log and tables.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreConfig {
+    /// `log.redb` in the data directory: one relay process.
+    #[default]
+    Redb,
+    /// A PostgreSQL database that several relay processes (nodes) may share; each node still
+    /// has its own data directory (relay key, host, admin token, lock).
+    Postgres(crate::store::PgConfig),
 }
 
 /// The resolved configuration.
@@ -62,6 +91,8 @@ pub struct RelayConfig {
     pub policy: Policy,
     /// Benchmarks only: commit without waiting for fsync. Breaks "2xx means on disk".
     pub unsafe_relaxed_fsync_benchmark_only: bool,
+    /// `[store]`, `--store-kind`, `--store-url`.
+    pub store: StoreConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +168,7 @@ impl RelayConfig {
             policy.presence = p;
         }
         policy.validate()?;
+        let store = store_config(fc.store.unwrap_or_default(), o.store_kind, o.store_url)?;
         Ok(RelayConfig {
             listen,
             data_dir,
@@ -145,6 +177,56 @@ impl RelayConfig {
             trusted_proxies: fc.trusted_proxies.unwrap_or_default(),
             policy,
             unsafe_relaxed_fsync_benchmark_only: false,
+            store,
         })
+    }
+}
+
+/// `[store]` with the flags' (or environment's) kind and URL over the file's. The PostgreSQL
+/// settings are refused with a redb store, and a PostgreSQL store without a URL, naming the
+/// setting: a half-configured store is a mistake, not a default.
+fn store_config(
+    f: StoreFile,
+    kind: Option<String>,
+    url: Option<String>,
+) -> Result<StoreConfig, String> {
+    let url = url.or(f.url);
+    match kind.or(f.kind).as_deref() {
+        None | Some("redb") => {
+            let set: Vec<&str> = [
+                ("store.url", url.is_some()),
+                ("store.pool", f.pool.is_some()),
+                (
+                    "store.allow_weak_durability",
+                    f.allow_weak_durability.is_some(),
+                ),
+            ]
+            .iter()
+            .filter(|(_, s)| *s)
+            .map(|(n, _)| *n)
+            .collect();
+            if !set.is_empty() {
+                return Err(format!(
+                    "{} set but store.kind is redb: set store.kind = \"postgres\" (or remove them)",
+                    set.join(", ")
+                ));
+            }
+            Ok(StoreConfig::Redb)
+        }
+        Some("postgres") => {
+            let url = url.filter(|u| !u.trim().is_empty()).ok_or(
+                "store.kind is postgres but store.url is not set (--store-url, FORMICA_STORE_URL)",
+            )?;
+            let pool = f.pool.unwrap_or(crate::store::PgConfig::POOL_DEFAULT);
+            if pool == 0 {
+                return Err("store.pool must be at least 1".into());
+            }
+            Ok(StoreConfig::Postgres(crate::store::PgConfig {
+                url,
+                pool,
+                allow_weak_durability: f.allow_weak_durability.unwrap_or(false),
+            }))
+        }
+        Some(other) => Err(format!("store.kind {other:?}: expected redb or postgres")),
     }
 }

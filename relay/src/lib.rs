@@ -217,6 +217,13 @@ impl Relay {
         // Checked before the store is opened, so a bad token file stops the start cleanly.
         let token = http::admin::load_or_create_token(&dir.join(ADMIN_TOKEN_FILE))
             .map_err(OpenError::AdminToken)?;
+        if let config::StoreConfig::Postgres(pg) = &cfg.store {
+            let mut relay = Relay::open_postgres(cfg, pg, host, key, clock)?;
+            relay.lock = Some(lock);
+            let _ = relay.app.admin_token.set(token);
+            let _ = relay.app.data_dir.set(dir.clone());
+            return Ok(relay);
+        }
         let relaxed = cfg.unsafe_relaxed_fsync_benchmark_only;
         if relaxed {
             tracing::warn!(
@@ -301,6 +308,39 @@ impl Relay {
         let _ = relay.app.admin_token.set(token);
         let _ = relay.app.data_dir.set(dir.clone());
         Ok(relay)
+    }
+
+    /// The store part of [`open`](Self::open) for `store.kind = "postgres"`: the data directory
+    /// (opened and locked by the caller) keeps the key, host, admin token and lock of this node;
+    /// the log and tables are in the database, and start-up replays them as
+    /// [`with_store`](Self::with_store) does.
+    fn open_postgres(
+        cfg: &RelayConfig,
+        pg: &store::PgConfig,
+        host: &RelayHost,
+        key: SecretKey,
+        clock: Clock,
+    ) -> Result<Relay, OpenError> {
+        if cfg.unsafe_relaxed_fsync_benchmark_only {
+            return Err(StoreError::Io(
+                "the relaxed-fsync benchmark mode applies to the redb store only".into(),
+            )
+            .into());
+        }
+        let store = store::PgStore::open(pg)?;
+        for w in store.warnings() {
+            tracing::warn!("{w}; served anyway: store.allow_weak_durability = true");
+        }
+        let (log, state, _) = engine::replay::open(Arc::new(store), host)?;
+        Ok(Relay::start(
+            cfg,
+            host,
+            log,
+            state,
+            key,
+            clock,
+            Arc::new(StoreHealth::default()),
+        ))
     }
 
     /// Opens a relay over any store (tests use `MemStore` and fault-injecting stores).

@@ -49,6 +49,14 @@ enum Cmd {
         /// Log format: text or json [default: text].
         #[arg(long, env = "FORMICA_LOG_FORMAT")]
         log_format: Option<String>,
+        /// Where the log and tables live: redb (a file in the data directory) or postgres
+        /// [default: redb].
+        #[arg(long, env = "FORMICA_STORE_KIND")]
+        store_kind: Option<String>,
+        /// PostgreSQL connection URL (store kind postgres); the environment keeps a password
+        /// out of the process list.
+        #[arg(long, env = "FORMICA_STORE_URL", hide_env_values = true)]
+        store_url: Option<String>,
         /// BENCHMARKS ONLY: do not wait for fsync before answering. A 2xx then no longer means
         /// the data is on disk. Used to measure the price of durability.
         #[arg(long, hide = true)]
@@ -125,6 +133,8 @@ fn main() -> ExitCode {
             listen,
             pow_difficulty,
             log_format,
+            store_kind,
+            store_url,
             unsafe_relaxed_fsync_benchmark_only,
         } => {
             let o = Overrides {
@@ -133,6 +143,8 @@ fn main() -> ExitCode {
                 public_host: common.public_host,
                 pow_difficulty,
                 log_format,
+                store_kind,
+                store_url,
             };
             let cfg = match RelayConfig::load(common.config.as_deref(), o) {
                 Ok(mut c) => {
@@ -162,6 +174,14 @@ fn main() -> ExitCode {
                 ..Overrides::default()
             };
             match RelayConfig::load(common.config.as_deref(), o) {
+                Ok(cfg) if cfg.store != formica_relay::config::StoreConfig::Redb => {
+                    eprintln!(
+                        "relay check: the store is PostgreSQL (store.kind = \"postgres\"); `relay \
+                         check` reads only the redb store for now: use the database's own tools \
+                         (pg_dump for a copy, amcheck for its indexes)"
+                    );
+                    ExitCode::from(2)
+                }
                 Ok(cfg) => {
                     formica_relay::operator::check(&cfg.data_dir, cfg.public_host.as_ref(), rebuild)
                 }
@@ -209,7 +229,9 @@ fn serve(cfg: RelayConfig) -> ExitCode {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("relay: refusing to start: {e}");
-                if matches!(e, formica_relay::OpenError::Store(_)) {
+                if matches!(e, formica_relay::OpenError::Store(_))
+                    && cfg.store == formica_relay::config::StoreConfig::Redb
+                {
                     eprintln!(
                         "relay: the store was only read, not changed; `relay check --data-dir {}` names what is wrong",
                         cfg.data_dir.display()

@@ -20,6 +20,12 @@ use std::sync::Arc;
 pub const EXIT_IN_USE: u8 = 3;
 
 /// Whether a relay serves `dir`: `Ok(None)` if one does, else the reader's lock.
+/// What `check` and `backup` add when a data directory holds no `log.redb`: a relay on
+/// PostgreSQL keeps its log in the database, which these commands do not read yet.
+const POSTGRES_HINT: &str = " (a relay with store.kind = \"postgres\" keeps its log in the \
+                             database: copy it with pg_dump; relay check and backup read only \
+                             the redb store for now)";
+
 fn served(dir: &Path) -> Result<Option<DirLock>, String> {
     if !dir.is_dir() {
         return Err(format!("{}: no such data directory", dir.display()));
@@ -178,7 +184,11 @@ pub fn check(data_dir: &Path, public_host: Option<&RelayHost>, rebuild: bool) ->
     };
     let path = data_dir.join(LOG_FILE);
     if !path.exists() {
-        eprintln!("relay check: no store at {}", path.display());
+        eprintln!(
+            "relay check: no store at {}{}",
+            path.display(),
+            POSTGRES_HINT
+        );
         return ExitCode::FAILURE;
     }
     let host = match crate::recorded_host(data_dir) {
@@ -399,6 +409,14 @@ pub fn backup(data_dir: &Path, to: &Path) -> ExitCode {
         };
     };
     let path = data_dir.join(LOG_FILE);
+    if !path.exists() {
+        eprintln!(
+            "relay backup: no store at {}{}",
+            path.display(),
+            POSTGRES_HINT
+        );
+        return ExitCode::FAILURE;
+    }
     let host = crate::recorded_host(data_dir).ok().flatten();
     let project = move |s: Arc<dyn crate::store::Store>| match &host {
         Some(h) => replay::rebuild(s, h).map(|_| ()),
