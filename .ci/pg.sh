@@ -3,7 +3,8 @@
 #
 #   .ci/pg.sh start [ENV_FILE]   initdb into a fresh temporary directory, start the server on a
 #                                free loopback port, print `export FORMICA_TEST_PG_URL=...` (and
-#                                `export FORMICA_PG_DIR=...`), and write the same lines to ENV_FILE
+#                                `export FORMICA_PG_DIR=...`, and `FORMICA_PG_BIN`, where PostgreSQL's
+#                                programs are: tests that start a cluster of their own use them), and write the same lines to ENV_FILE
 #                                when one is given.
 #   .ci/pg.sh stop [DIR]         stop the cluster in DIR (default $FORMICA_PG_DIR) and remove DIR.
 #
@@ -62,7 +63,8 @@ EOF
     as_postgres "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >&2 \
         || { cat "$dir/server.log" >&2; exit 1; }
     local lines="export FORMICA_TEST_PG_URL='postgres://postgres@127.0.0.1:$port/postgres'
-export FORMICA_PG_DIR='$dir'"
+export FORMICA_PG_DIR='$dir'
+export FORMICA_PG_BIN='$PGBIN'"
     echo "$lines"
     if [ -n "${1:-}" ]; then echo "$lines" >"$1"; fi
 }
