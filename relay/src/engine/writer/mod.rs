@@ -156,6 +156,10 @@ pub fn spawn(setup: Setup) -> (Writer, std::thread::JoinHandle<()>) {
     let st2 = stats.clone();
     let shared = log.store().shared();
     health.log_len.store(log.len(), Ordering::SeqCst);
+    if shared {
+        // Several nodes: the lead is this node's only once the store says so (`nodes`).
+        health.set_leading(false);
+    }
     let mut core = WriterCore {
         shared,
         stale: false,

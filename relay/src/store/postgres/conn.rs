@@ -154,7 +154,18 @@ fn unreachable_db(e: &tokio_postgres::Error) -> StoreError {
             db.message(),
             db.code().code()
         )),
-        None => StoreError::Unavailable(format!("connecting to PostgreSQL: {}", with_cause(e))),
+        None => {
+            let why = with_cause(e);
+            let hint = if why.contains("certificate") {
+                " (the server's certificate must verify against the public webpki roots and name \
+                 the host; a self-signed one, such as Debian's default, does not: use a \
+                 certificate from a public CA, or sslmode=disable on loopback or a network you \
+                 trust)"
+            } else {
+                ""
+            };
+            StoreError::Unavailable(format!("connecting to PostgreSQL: {why}{hint}"))
+        }
     }
 }
 

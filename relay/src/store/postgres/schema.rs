@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS formica_meta (k text PRIMARY KEY, v bytea NOT NULL);
 pub async fn create(c: &mut Conn) -> Result<(), StoreError> {
     c.client
         .batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {LOCK_SCHEMA}); {CREATE}"
+            "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {LOCK_SCHEMA}); {CREATE}"
         ))
         .await
         .map_err(pg)?;
