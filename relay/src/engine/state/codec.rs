@@ -61,10 +61,26 @@ fn read_entries(o: &Object, k: &str) -> Option<Vec<SignedKeyLogEntry>> {
 }
 /// A key log from its entries, each checked against the one before (as when it was built).
 fn read_log(o: &Object, k: &str) -> Option<KeyLog> {
-    let mut es = read_entries(o, k)?.into_iter();
-    let mut log = KeyLog::start(es.next()?).ok()?;
-    for e in es {
-        log.append(e).ok()?;
+    read_log_after(o, k, None)
+}
+
+/// Like [`read_log`], starting from `known`, a log checked before, when its entries are the
+/// first ones read: only the entries after them are checked (their signatures verified).
+/// A node that loads its state again after another node's commit (`writer::turn`) checks only
+/// what changed, not every entry of every log again: that made each catch-up cost a
+/// signature check per key log entry the relay holds.
+fn read_log_after(o: &Object, k: &str, known: Option<&KeyLog>) -> Option<KeyLog> {
+    let read = read_entries(o, k)?;
+    let mut rest = read.iter();
+    let mut log = match known {
+        Some(l) if l.entries().len() <= read.len() && l.entries() == &read[..l.entries().len()] => {
+            rest = read[l.entries().len()..].iter();
+            l.clone()
+        }
+        _ => KeyLog::start(rest.next()?.clone()).ok()?,
+    };
+    for e in rest {
+        log.append(e.clone()).ok()?;
     }
     Some(log)
 }
@@ -293,7 +309,14 @@ pub fn agent_value(a: &Agent) -> Vec<u8> {
 }
 
 pub fn agent(v: &[u8]) -> Option<Agent> {
+    agent_after(v, |_| None)
+}
+
+/// Like [`agent`], with the agent's key log as checked before (`known`, by handle), which
+/// [`read_log_after`] checks only from where it ends.
+pub fn agent_after<'a>(v: &[u8], known: impl Fn(&Handle) -> Option<&'a KeyLog>) -> Option<Agent> {
     let o = parse(v)?;
+    let h = handle(&o, "handle")?;
     let mut contacts = BTreeMap::new();
     for (h, x) in o.get("contacts")?.as_object()?.iter() {
         let x = x.as_array()?;
@@ -319,8 +342,8 @@ pub fn agent(v: &[u8]) -> Option<Agent> {
         );
     }
     Some(Agent {
-        handle: handle(&o, "handle")?,
-        keylog: read_log(&o, "keylog")?,
+        keylog: read_log_after(&o, "keylog", known(&h))?,
+        handle: h,
         registered_at: int(&o, "registered_at")?,
         conflicts: read_entries(&o, "conflicts")?,
         contacts,

@@ -67,10 +67,22 @@ impl State {
     /// The projections committed in `store`, with the agent-level ones loaded into memory.
     /// Rows that do not decode are damage (a rebuild repairs them).
     pub fn load(host: RelayHost, store: Arc<dyn Store>) -> Result<State, StoreError> {
+        State::load_after(host, store, None)
+    }
+
+    /// Like [`load`](Self::load), reusing the key logs of `before` (this node's state before
+    /// other nodes appended, `writer::turn`) as far as the stored ones begin with them, so
+    /// that only their new entries are checked.
+    pub fn load_after(
+        host: RelayHost,
+        store: Arc<dyn Store>,
+        before: Option<&State>,
+    ) -> Result<State, StoreError> {
         let mut st = State::new(host, store.clone());
         let mut agents = BTreeMap::new();
+        let known = |h: &Handle| before.and_then(|b| b.agents.get(h)).map(|a| &a.keylog);
         for (k, v) in rows(&*store, Table::Agents)? {
-            let a = codec::agent(&v).ok_or_else(|| {
+            let a = codec::agent_after(&v, known).ok_or_else(|| {
                 damaged(
                     Table::Agents,
                     format!("the row of {} does not decode", String::from_utf8_lossy(&k)),

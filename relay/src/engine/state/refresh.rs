@@ -179,7 +179,10 @@ impl State {
         let a = match store.get(Table::Agents, k)? {
             None => None,
             Some(v) => {
-                let mut a = codec::agent(&v).ok_or_else(|| bad("does not decode"))?;
+                // Only the key log entries after those this node checked are checked again.
+                let known = self.agents.get(&h).map(|a| &a.keylog);
+                let mut a =
+                    codec::agent_after(&v, |_| known).ok_or_else(|| bad("does not decode"))?;
                 if let Some(hot) =
                     store.get(Table::Small, &codec::small_key("hot", h.as_str(), None))?
                 {

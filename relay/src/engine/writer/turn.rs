@@ -43,7 +43,8 @@ impl WriterCore {
         self.log.follow(stored)?;
         let refreshed = !self.stale && st.refresh(&*store, from, stored)?;
         if !refreshed {
-            let loaded = crate::engine::state::State::load(st.host.clone(), store.clone())?;
+            let loaded =
+                crate::engine::state::State::load_after(st.host.clone(), store.clone(), Some(&st))?;
             *st = loaded;
             self.prune.extend(refresh::stale_journal(&*store, stored)?);
             self.health.full_loads.fetch_add(1, Ordering::Relaxed);
