@@ -88,6 +88,9 @@ pub struct Engine {
     pub checkpointing: AtomicBool,
     /// Who is connected, and the presence feeds of open streams (SPEC.md 18.4).
     pub presence: Arc<presence::Hub>,
+    /// Several nodes: the last record the store held at the last probe, shared by the requests
+    /// that arrived before it began (`nodes::Engine::sync_with_nodes`).
+    probe: tokio::sync::Mutex<nodes::Probe>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -155,6 +158,7 @@ impl Engine {
             verify: std::sync::Mutex::new(None),
             checkpointing: AtomicBool::new(false),
             presence: Arc::default(),
+            probe: Default::default(),
         });
         (engine, writer_thread)
     }

@@ -25,6 +25,13 @@ pub const FOLLOW_POLL: Duration = Duration::from_millis(50);
 /// bound on how long forwarding to peers pauses when the leading node dies.
 pub const LEAD_POLL: Duration = Duration::from_secs(1);
 
+/// The last probe of the store's last record (`Engine::sync_with_nodes`).
+#[derive(Debug, Default)]
+pub struct Probe {
+    began: Option<Instant>,
+    stored: u64,
+}
+
 impl Engine {
     /// Whether this relay's store is shared with other nodes.
     pub fn shared(&self) -> bool {
@@ -48,7 +55,29 @@ impl Engine {
         if !self.store.shared() {
             return Ok(());
         }
-        let stored = self.store.len().map_err(ApiError::from)?;
+        let arrived = Instant::now();
+        let stored = {
+            // One query at a time, off the runtime's threads; it answers every request that
+            // arrived before it began (those waiting here meanwhile), so that requests share
+            // one round trip to the database instead of each holding a runtime thread for one.
+            let mut p = self.probe.lock().await;
+            match p.began {
+                Some(began) if began >= arrived => p.stored,
+                _ => {
+                    let began = Instant::now();
+                    let store = self.store.clone();
+                    let n = tokio::task::spawn_blocking(move || store.len())
+                        .await
+                        .map_err(ApiError::internal)?
+                        .map_err(ApiError::from)?;
+                    *p = Probe {
+                        began: Some(began),
+                        stored: n,
+                    };
+                    n
+                }
+            }
+        };
         if stored > self.store_health.log_len.load(Ordering::SeqCst) {
             self.writer.submit(super::decide::Command::Tick).await?;
         }
