@@ -55,7 +55,8 @@ impl Front {
         assert!(!nodes.is_empty(), "a front needs at least one node");
         let addr = listener.local_addr().expect("front address");
         let stop = Arc::new(AtomicBool::new(false));
-        let sent: Arc<Vec<AtomicUsize>> = Arc::new(nodes.iter().map(|_| AtomicUsize::new(0)).collect());
+        let sent: Arc<Vec<AtomicUsize>> =
+            Arc::new(nodes.iter().map(|_| AtomicUsize::new(0)).collect());
         let ctx = Arc::new(Ctx {
             nodes,
             next: AtomicUsize::new(0),
@@ -71,11 +72,12 @@ impl Front {
                     }
                     let Ok(conn) = conn else { continue };
                     let ctx = ctx.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("front-conn".into())
-                        .spawn(move || {
-                            let _ = serve(&ctx, conn);
-                        });
+                    let _ =
+                        std::thread::Builder::new()
+                            .name("front-conn".into())
+                            .spawn(move || {
+                                let _ = serve(&ctx, conn);
+                            });
                 }
             })
             .expect("front thread");
@@ -126,7 +128,12 @@ struct Patient {
 }
 
 impl Patient {
-    fn new(sock: &TcpStream, ctx: &Ctx, done: &Arc<AtomicBool>, limit: Duration) -> io::Result<Patient> {
+    fn new(
+        sock: &TcpStream,
+        ctx: &Ctx,
+        done: &Arc<AtomicBool>,
+        limit: Duration,
+    ) -> io::Result<Patient> {
         let sock = sock.try_clone()?;
         sock.set_read_timeout(Some(POLL))?;
         Ok(Patient {
@@ -143,10 +150,18 @@ impl Read for Patient {
         let since = Instant::now();
         loop {
             match self.sock.read(buf) {
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     if self.stop.load(Ordering::SeqCst) || self.done.load(Ordering::SeqCst) {
                         // Not `Interrupted`, which `io::copy` and `read_line` would retry.
-                        return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "exchange over"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "exchange over",
+                        ));
                     }
                     if since.elapsed() >= self.limit {
                         return Err(io::ErrorKind::TimedOut.into());
@@ -310,7 +325,11 @@ fn exchange(ctx: &Ctx, client: &TcpStream, reader: &mut BufReader<Patient>) -> i
     let Some(req) = read_head(reader)? else {
         return Ok(false);
     };
-    let method = req.first().and_then(|l| l.split_whitespace().next()).unwrap_or("").to_owned();
+    let method = req
+        .first()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("")
+        .to_owned();
     let http10 = req.first().is_some_and(|l| l.ends_with("HTTP/1.0"));
     let upgrade = header(&req, "upgrade").is_some();
     // The client's wish for its own connection; the node's connection always closes.
@@ -325,7 +344,12 @@ fn exchange(ctx: &Ctx, client: &TcpStream, reader: &mut BufReader<Patient>) -> i
     let req_framing = framing(&req, false);
     // Set when the answer is complete or failed: the body copy stops waiting for the client.
     let answered = Arc::new(AtomicBool::new(false));
-    let mut up_r = BufReader::new(Patient::new(&up, ctx, &Arc::new(AtomicBool::new(false)), IDLE_MAX)?);
+    let mut up_r = BufReader::new(Patient::new(
+        &up,
+        ctx,
+        &Arc::new(AtomicBool::new(false)),
+        IDLE_MAX,
+    )?);
     let (body_done, answer) = std::thread::scope(|s| {
         let body = s.spawn(|| {
             // The body goes to the node as it arrives; the node may answer before it is whole
@@ -341,9 +365,11 @@ fn exchange(ctx: &Ctx, client: &TcpStream, reader: &mut BufReader<Patient>) -> i
     });
     let kind = answer?;
     match kind {
-        Answer::Done { keep } => Ok(keep && body_done && client_keeps && !ctx.stop.load(Ordering::SeqCst)),
+        Answer::Done { keep } => {
+            Ok(keep && body_done && client_keeps && !ctx.stop.load(Ordering::SeqCst))
+        }
         Answer::Stream => {
-            tunnel(ctx, client, reader, &up);
+            tunnel(ctx, client, reader, &mut up_r);
             Ok(false)
         }
     }
@@ -358,7 +384,12 @@ enum Answer {
 }
 
 /// Reads the node's answer (after any interim 1xx) and passes it on to the client.
-fn forward_answer(up: &mut BufReader<Patient>, client: &TcpStream, method: &str, keep: bool) -> io::Result<Answer> {
+fn forward_answer(
+    up: &mut BufReader<Patient>,
+    client: &TcpStream,
+    method: &str,
+    keep: bool,
+) -> io::Result<Answer> {
     let mut cw = client.try_clone()?;
     loop {
         let head = read_head(up)?.ok_or(io::ErrorKind::UnexpectedEof)?;
@@ -375,7 +406,8 @@ fn forward_answer(up: &mut BufReader<Patient>, client: &TcpStream, method: &str,
             write_head(&mut cw, &head, None)?;
             continue;
         }
-        let sse = header(&head, "content-type").is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+        let sse = header(&head, "content-type")
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
         if sse {
             write_head(&mut cw, &head, Some("close"))?;
             return Ok(Answer::Stream);
@@ -387,7 +419,11 @@ fn forward_answer(up: &mut BufReader<Patient>, client: &TcpStream, method: &str,
         };
         // An answer delimited by the end of the connection ends the client's too.
         let keep = keep && !matches!(how, Framing::Close);
-        write_head(&mut cw, &head, Some(if keep { "keep-alive" } else { "close" }))?;
+        write_head(
+            &mut cw,
+            &head,
+            Some(if keep { "keep-alive" } else { "close" }),
+        )?;
         copy_body(up, &mut cw, how)?;
         return Ok(Answer::Done { keep });
     }
@@ -396,9 +432,18 @@ fn forward_answer(up: &mut BufReader<Patient>, client: &TcpStream, method: &str,
 /// Passes bytes both ways between the client and the node until either side ends (or
 /// [`STREAM_MAX`]), then closes both: a client that closes its stream closes the node's too,
 /// which is what ends an agent's presence there.
-fn tunnel(ctx: &Ctx, client: &TcpStream, reader: &mut BufReader<Patient>, up: &TcpStream) {
+fn tunnel(
+    ctx: &Ctx,
+    client: &TcpStream,
+    reader: &mut BufReader<Patient>,
+    up_r: &mut BufReader<Patient>,
+) {
     let ended = Arc::new(AtomicBool::new(false));
+    // What either side sent after its head and the front already read (a client's first
+    // WebSocket frames, a node's first events) goes first.
     let pending = reader.buffer().to_vec();
+    let pending_up = up_r.buffer().to_vec();
+    let up = &up_r.get_ref().sock;
     let (Ok(mut up_w), Ok(mut cw)) = (up.try_clone(), client.try_clone()) else {
         return;
     };
@@ -415,7 +460,9 @@ fn tunnel(ctx: &Ctx, client: &TcpStream, reader: &mut BufReader<Patient>, up: &T
             }
             ended.store(true, Ordering::SeqCst);
         });
-        let _ = copy_flushing(&mut from_up, &mut cw);
+        if cw.write_all(&pending_up).is_ok() {
+            let _ = copy_flushing(&mut from_up, &mut cw);
+        }
         ended.store(true, Ordering::SeqCst);
     });
     let _ = up.shutdown(Shutdown::Both);

@@ -66,10 +66,7 @@ impl NodesRelay {
 
     /// Like [`start`](Self::start), with the configuration adjusted by `tweak` (the same for
     /// every node: nodes of one relay share one configuration).
-    pub fn start_with(
-        stores: Vec<Arc<dyn Store>>,
-        tweak: impl Fn(&mut RelayConfig),
-    ) -> NodesRelay {
+    pub fn start_with(stores: Vec<Arc<dyn Store>>, tweak: impl Fn(&mut RelayConfig)) -> NodesRelay {
         assert!(!stores.is_empty(), "a relay needs at least one node");
         // The front's port first: it is the host every node puts in handles and descriptors.
         let listener = reserve_listener();
@@ -126,8 +123,7 @@ impl Node {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let relay =
-            Relay::with_store(cfg, host, store, key, system_clock()).expect("open a node");
+        let relay = Relay::with_store(cfg, host, store, key, system_clock()).expect("open a node");
         let app = relay.app.clone();
         {
             let _in_runtime = rt.enter();
