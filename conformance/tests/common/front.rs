@@ -224,6 +224,9 @@ enum Framing {
     Close,
 }
 
+/// The longest answer body the front reads whole before it passes it on with its head.
+const SMALL_BODY_MAX: u64 = 1 << 20;
+
 fn framing(lines: &[String], answer: bool) -> Framing {
     if has_token(lines, "transfer-encoding", "chunked") {
         Framing::Chunked
@@ -284,6 +287,12 @@ fn copy_body(r: &mut impl BufRead, w: &mut impl Write, how: Framing) -> io::Resu
 
 /// Writes a head, its `Connection` header replaced by `connection` (none when `None`).
 fn write_head(w: &mut impl Write, lines: &[String], connection: Option<&str>) -> io::Result<()> {
+    w.write_all(&head_bytes(lines, connection))?;
+    w.flush()
+}
+
+/// A head's bytes, its `Connection` header replaced by `connection` (none when `None`).
+fn head_bytes(lines: &[String], connection: Option<&str>) -> Vec<u8> {
     let mut out = String::new();
     for (i, l) in lines.iter().enumerate() {
         let is_conn = i > 0
@@ -299,8 +308,7 @@ fn write_head(w: &mut impl Write, lines: &[String], connection: Option<&str>) ->
         out.push_str(&format!("Connection: {c}\r\n"));
     }
     out.push_str("\r\n");
-    w.write_all(out.as_bytes())?;
-    w.flush()
+    out.into_bytes()
 }
 
 /// Serves one client connection: its requests, one after another, each to the next node.
@@ -419,11 +427,22 @@ fn forward_answer(
         };
         // An answer delimited by the end of the connection ends the client's too.
         let keep = keep && !matches!(how, Framing::Close);
-        write_head(
-            &mut cw,
-            &head,
-            Some(if keep { "keep-alive" } else { "close" }),
-        )?;
+        let connection = Some(if keep { "keep-alive" } else { "close" });
+        if let Framing::Length(n) = how {
+            if n <= SMALL_BODY_MAX {
+                // Head and body in one write, as the node wrote them: a client that takes the
+                // body of a refused WebSocket upgrade only from the read that brought the head
+                // (tungstenite) must find it there through the front too.
+                let mut out = head_bytes(&head, connection);
+                let start = out.len();
+                out.resize(start + n as usize, 0);
+                up.read_exact(&mut out[start..])?;
+                cw.write_all(&out)?;
+                cw.flush()?;
+                return Ok(Answer::Done { keep });
+            }
+        }
+        write_head(&mut cw, &head, connection)?;
         copy_body(up, &mut cw, how)?;
         return Ok(Answer::Done { keep });
     }
