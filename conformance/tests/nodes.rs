@@ -105,3 +105,52 @@ fn two_nodes_on_one_shared_store_pass_every_must_case() {
     let relay = NodesRelay::shared_mem();
     suite_passes(&relay);
 }
+
+/// The front itself: two requests on one keep-alive connection are answered in order, each by
+/// the other node (the suite's client opens a connection per request, so it never shows this).
+#[test]
+fn the_front_alternates_the_requests_of_one_keep_alive_connection() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let relay = NodesRelay::shared_mem();
+    let before: Vec<usize> = relay
+        .front
+        .sent
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect();
+    let mut sock = std::net::TcpStream::connect(relay.front.addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let req = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", relay.host);
+    sock.write_all(format!("{req}{req}").as_bytes()).unwrap();
+    let mut r = BufReader::new(sock);
+    for _ in 0..2 {
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+        let mut len = 0;
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            let l = l.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+    }
+    let after: Vec<usize> = relay
+        .front
+        .sent
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect();
+    let spread: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(spread, vec![1, 1], "each node took one of the two requests");
+}
