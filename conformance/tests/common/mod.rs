@@ -1,9 +1,12 @@
 //! Test fixtures: the reference relay started in-process on 127.0.0.1 with an OS-chosen port
 //! (the same wiring as `relay/src/main.rs`: `Relay::open`, `Relay::spawn_background`,
 //! `http::router`, `http::server::serve`), and a tampering HTTP proxy that simulates a wrong relay by rewriting the
-//! answers of a real one. Nothing here switches a check off inside the relay.
+//! answers of a real one; and a relay of several nodes on one shared store behind a round-robin
+//! front (`nodes`, `front`). Nothing here switches a check off inside the relay.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod front;
+pub mod nodes;
 pub mod proxy;
 
 use formica_relay::config::{Overrides, RelayConfig};
