@@ -49,7 +49,10 @@ pub(crate) async fn challenge(AxState(app): AxState<Shared>, req: Request) -> Re
         Err(r) => return r.to_error().into_response(),
     };
     if let (true, Some(row)) = (app.engine.shared(), row) {
-        if let Err(e) = app.engine.claim(&challenge_key(&c), &row, expires) {
+        // Kept as long as an expired challenge is remembered as expired, so that another node
+        // answers challenge_expired for it, not challenge_unknown, as this one does.
+        let keep_until = expires + crate::engine::limits::EXPIRED_KEPT_MS;
+        if let Err(e) = app.engine.claim(&challenge_key(&c), &row, keep_until) {
             return e.into_response();
         }
     }
