@@ -21,6 +21,7 @@ mod presence;
 mod relay_proc;
 mod report;
 mod seal;
+mod spread;
 mod startup;
 mod sys;
 

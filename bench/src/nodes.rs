@@ -15,11 +15,11 @@ use crate::ingest::{self, Endpoint};
 use crate::pg::{self, Cluster};
 use crate::relay_proc::{self, Launcher, RelayProc};
 use crate::report::J;
+use crate::spread::{self, Target};
 use crate::sys::{CpuMeter, CpuUse};
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the item runs.
@@ -133,17 +133,6 @@ impl Run {
         }
         j
     }
-}
-
-/// Splits pre-signed envelopes between `nodes` nodes, request by request (`per` envelopes a
-/// request): request `j` goes to node `j % nodes`, so each node gets every `nodes`-th request.
-pub fn split_wires(wires: &[Vec<u8>], per: usize, nodes: usize) -> Vec<Vec<Vec<u8>>> {
-    let (per, nodes) = (per.max(1), nodes.max(1));
-    let mut out = vec![Vec::new(); nodes];
-    for (j, chunk) in wires.chunks(per).enumerate() {
-        out[j % nodes].extend(chunk.iter().cloned());
-    }
-    out
 }
 
 /// The whole item: starts the cluster, signs, runs the rounds, returns the JSON (with the
@@ -400,7 +389,7 @@ fn one_run(
             Endpoint::Single => (1, p.single_conns),
             Endpoint::Batch => (p.batch_size, p.batch_conns),
         };
-        let parts = split_wires(wires, per, nodes.len());
+        let parts = spread::split_wires(wires, per, nodes.len());
         let targets: Vec<Target> = nodes
             .iter()
             .zip(parts)
@@ -436,7 +425,7 @@ fn one_run(
             .map(|n| CpuMeter::start(n.pid, &n.cpus))
             .collect();
         let t0 = Instant::now();
-        let d = rt.block_on(drive(targets, per))?;
+        let d = rt.block_on(spread::drive(targets, per))?;
         let elapsed = t0.elapsed();
         let cpu: Vec<CpuUse> = meters.iter().map(CpuMeter::stop).collect();
         let pg_cores_busy = match (postmaster, pg0) {
@@ -521,102 +510,4 @@ fn restart(
     };
     *node = fresh;
     Ok(r)
-}
-
-/// One node's share of a run: its requests, sent on its own connections.
-#[derive(Debug)]
-struct Target {
-    addr: String,
-    requests: Arc<Vec<Vec<u8>>>,
-    envelopes: usize,
-    conns: usize,
-}
-
-/// What the closed loop counted.
-#[derive(Debug, Default)]
-struct Driven {
-    accepted: u64,
-    rejected: u64,
-    first_rejection: Option<String>,
-}
-
-/// Closed-loop ingest on every target at once: each connection sends its node's next request
-/// when the previous answer arrived; returns when every node's requests were answered. Every
-/// connection is opened before the first request.
-async fn drive(targets: Vec<Target>, per: usize) -> Result<Driven> {
-    let accepted = Arc::new(AtomicU64::new(0));
-    let rejected = Arc::new(AtomicU64::new(0));
-    let first: Arc<Mutex<Option<String>>> = Arc::default();
-    let mut opened = Vec::new();
-    for t in &targets {
-        let next = Arc::new(AtomicUsize::new(0));
-        for _ in 0..t.conns {
-            opened.push((Conn::connect(&t.addr).await?, t, next.clone()));
-        }
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    for (mut c, t, next) in opened {
-        let (requests, envelopes) = (t.requests.clone(), t.envelopes);
-        let (accepted, rejected, first) = (accepted.clone(), rejected.clone(), first.clone());
-        tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(req) = requests.get(i) else {
-                    return Ok::<_, anyhow::Error>(());
-                };
-                let r = c.send(req).await?;
-                let ok = if r.status == 201 || r.status == 200 {
-                    ingest::count_accepted(&r.body)
-                } else {
-                    0
-                };
-                accepted.fetch_add(ok, Ordering::Relaxed);
-                let expected = per.min(envelopes.saturating_sub(i * per)) as u64;
-                let bad = expected.saturating_sub(ok);
-                if bad > 0 {
-                    rejected.fetch_add(bad, Ordering::Relaxed);
-                    let mut f = first.lock().unwrap_or_else(|p| p.into_inner());
-                    if f.is_none() {
-                        *f = Some(format!(
-                            "{} {}",
-                            r.status,
-                            r.text().chars().take(400).collect::<String>()
-                        ));
-                    }
-                }
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.context("ingest task")??;
-    }
-    let first_rejection = first.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok(Driven {
-        accepted: accepted.load(Ordering::Relaxed),
-        rejected: rejected.load(Ordering::Relaxed),
-        first_rejection,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_wires;
-
-    fn wires(n: usize) -> Vec<Vec<u8>> {
-        (0..n).map(|i| vec![i as u8]).collect()
-    }
-
-    #[test]
-    fn split_is_even_and_keeps_every_envelope_once() {
-        let w = wires(10);
-        let s = split_wires(&w, 1, 2);
-        assert_eq!(s[0], vec![vec![0], vec![2], vec![4], vec![6], vec![8]]);
-        assert_eq!(s[1].len(), 5);
-        // Batches of 3: requests [0..3) [3..6) [6..9) [9]; node 0 gets the first and third.
-        let b = split_wires(&w, 3, 2);
-        assert_eq!(b[0], vec![vec![0], vec![1], vec![2], vec![6], vec![7], vec![8]]);
-        assert_eq!(b[1], vec![vec![3], vec![4], vec![5], vec![9]]);
-        let one = split_wires(&w, 100, 1);
-        assert_eq!(one, vec![w]);
-    }
 }
