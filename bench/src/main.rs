@@ -15,10 +15,13 @@ mod ingest;
 mod inproc;
 mod latency;
 mod memory;
+mod nodes;
+mod pg;
 mod presence;
 mod relay_proc;
 mod report;
 mod seal;
+mod spread;
 mod startup;
 mod sys;
 
@@ -64,8 +67,8 @@ struct Cli {
     #[arg(long)]
     keep: bool,
     /// Run only these items (comma-separated: bound,ingest,latency,memory,startup,pow,disk,
-    /// directory,presence,conv,seal). `disk` (10-20 minutes), `directory`, `presence`, `conv`
-    /// and `seal` run only when named here.
+    /// directory,presence,conv,seal,nodes). `disk` (10-20 minutes), `directory`, `presence`,
+    /// `conv`, `seal` and `nodes` run only when named here.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Envelopes per ingest run [default: 100000; quick 10000].
@@ -178,6 +181,13 @@ struct Cli {
     /// quick 1].
     #[arg(long)]
     seal_latency_seconds: Option<f64>,
+    /// Envelopes per ingest run of the nodes item (redb, PostgreSQL with one node and with two)
+    /// [default: 20000; quick 6000].
+    #[arg(long)]
+    nodes_envelopes: Option<usize>,
+    /// Registered senders of the nodes item's runs [default: 200; quick 100].
+    #[arg(long)]
+    nodes_senders: Option<usize>,
 }
 
 /// Targets of the issue (ratios hold on any machine; absolute figures are for 2 cores).
@@ -1720,6 +1730,44 @@ fn run() -> Result<()> {
         doc.set("seal", r);
     }
 
+    if cli.only.iter().any(|o| o == "nodes") {
+        let q = cli.quick;
+        // Two nodes, one core each when pinned: the relay's first two cores, or, with only one
+        // relay core (2-core machines), the relay's core and the load generator's first.
+        let two_node_cpus = match (&sp.relay_cpus, &sp.loadgen_cpus) {
+            (Some(r), Some(g)) => {
+                let mut pool = sys::cpu_list(r)?;
+                pool.extend(sys::cpu_list(g)?);
+                [
+                    pool.first().map(|c| c.to_string()),
+                    pool.get(1).map(|c| c.to_string()),
+                ]
+            }
+            _ => [None, None],
+        };
+        let np = nodes::NodesPlan {
+            envelopes: cli.nodes_envelopes.unwrap_or(if q { 6000 } else { 20_000 }),
+            senders: cli.nodes_senders.unwrap_or(if q { 100 } else { 200 }).max(2),
+            rounds: cli.rounds.unwrap_or(if q { 1 } else { 3 }).max(1),
+            single_conns: cli.single_conns,
+            batch_conns: cli.batch_conns,
+            batch_size: cli.batch_size,
+            text_bytes: cli.text_bytes,
+            sign_threads,
+            sign_cpus: sign_cpus.map(str::to_owned),
+            one_node_cpus: sp.relay_cpus.clone(),
+            two_node_cpus,
+            pg_cpus: sp.all_cpus.clone(),
+        };
+        progress(&format!(
+            "nodes: {} envelopes from {} senders, {} round(s): redb, PostgreSQL one node, two nodes",
+            np.envelopes, np.senders, np.rounds
+        ));
+        let r = nodes::run(&launcher, &rt, &np)?;
+        nodes_table(&mut table, &r, &np);
+        doc.set("nodes", r);
+    }
+
     machine.set("loadavg_at_end", sys::loadavg());
     doc.set("machine", machine);
     doc.set("seconds", started.elapsed().as_secs_f64());
@@ -1872,6 +1920,112 @@ fn seal_table(table: &mut Table, r: &report::J, p: &seal::SealPlan) {
     let bad = g(&["ingest", "refused_or_rejected_all_runs"]);
     table.add(
         "seal ingest",
+        "  envelopes refused or rejected, all runs",
+        format!("{bad}"),
+        "0",
+        Verdict::check(bad == 0.0),
+    );
+}
+
+/// The nodes item's rows of the table, read from its JSON.
+fn nodes_table(table: &mut Table, r: &report::J, p: &nodes::NodesPlan) {
+    let m = |k: &str| r.get(&["medians", k]).unwrap_or(f64::NAN);
+    let rounds = p.rounds;
+    let cpus = |c: &Option<String>| c.clone().unwrap_or_else(|| "unpinned".into());
+    table.info(
+        "nodes",
+        "cpus: one node / two nodes / PostgreSQL",
+        format!(
+            "{} / {} + {} / {}",
+            cpus(&p.one_node_cpus),
+            cpus(&p.two_node_cpus[0]),
+            cpus(&p.two_node_cpus[1]),
+            cpus(&p.pg_cpus)
+        ),
+    );
+    for ep in ["single", "batch"] {
+        table.info(
+            "nodes",
+            &format!(
+                "{ep}, durable: redb / PG 1 node / PG 2 nodes, accepted (median of {rounds})"
+            ),
+            format!(
+                "{} / {} / {}",
+                rate(m(&format!("{ep}_redb_one_node_accepted_per_s"))),
+                rate(m(&format!("{ep}_postgres_one_node_accepted_per_s"))),
+                rate(m(&format!("{ep}_postgres_two_nodes_accepted_per_s")))
+            ),
+        );
+        table.info(
+            "nodes",
+            &format!("  {ep}: PG / redb; PG 2 nodes / 1 node"),
+            format!(
+                "{:.3}; {:.3}",
+                m(&format!("{ep}_postgres_over_redb")),
+                m(&format!("{ep}_two_nodes_over_one_node"))
+            ),
+        );
+        table.info(
+            "nodes",
+            &format!("  {ep}: relay CPU per envelope, redb / PG 1 / PG 2 (all nodes)"),
+            format!(
+                "{:.1} / {:.1} / {:.1} us",
+                m(&format!("{ep}_redb_one_node_relay_cpu_us_per_envelope")),
+                m(&format!("{ep}_postgres_one_node_relay_cpu_us_per_envelope")),
+                m(&format!("{ep}_postgres_two_nodes_relay_cpu_us_per_envelope"))
+            ),
+        );
+        table.info(
+            "nodes",
+            &format!("  {ep}: cores busy, relay(s) + PostgreSQL: PG 1 / PG 2"),
+            format!(
+                "{:.2} + {:.2} / {:.2} + {:.2}",
+                m(&format!("{ep}_postgres_one_node_relay_cores_busy")),
+                m(&format!("{ep}_postgres_one_node_postgres_cores_busy")),
+                m(&format!("{ep}_postgres_two_nodes_relay_cores_busy")),
+                m(&format!("{ep}_postgres_two_nodes_postgres_cores_busy"))
+            ),
+        );
+        table.info(
+            "nodes",
+            &format!("  {ep}: envelopes per log commit, redb / PG 1 / PG 2"),
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                m(&format!("{ep}_redb_one_node_accepted_per_commit")),
+                m(&format!("{ep}_postgres_one_node_accepted_per_commit")),
+                m(&format!("{ep}_postgres_two_nodes_accepted_per_commit"))
+            ),
+        );
+        table.info(
+            "nodes",
+            &format!("  {ep}, 2 nodes: catch-ups / full loads / commits (both nodes)"),
+            format!(
+                "{} / {} / {}",
+                m(&format!("{ep}_postgres_two_nodes_catch_ups")),
+                m(&format!("{ep}_postgres_two_nodes_full_loads")),
+                m(&format!("{ep}_postgres_two_nodes_log_commits"))
+            ),
+        );
+    }
+    table.info(
+        "nodes",
+        &format!(
+            "restart -> /ready 200, {} agents + {} envelopes: redb / PG (median)",
+            p.senders, p.envelopes
+        ),
+        format!(
+            "{:.3} / {:.3} s (PG / redb {:.2})",
+            m("restart_redb_one_node_to_ready_s"),
+            m("restart_postgres_one_node_to_ready_s"),
+            m("restart_postgres_over_redb")
+        ),
+    );
+    let bad: f64 = match member(r, &["runs"]) {
+        Some(report::J::Arr(rs)) => rs.iter().filter_map(|x| x.get(&["rejected"])).sum(),
+        _ => f64::NAN,
+    };
+    table.add(
+        "nodes",
         "  envelopes refused or rejected, all runs",
         format!("{bad}"),
         "0",
