@@ -154,3 +154,49 @@ fn the_front_alternates_the_requests_of_one_keep_alive_connection() {
     let spread: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(spread, vec![1, 1], "each node took one of the two requests");
 }
+
+/// The same suite against two nodes on PostgreSQL (each node a `PgStore` of its own on one
+/// fresh database). Needs a server: `.ci/run` starts one and runs the `pg_` tests with
+/// `--ignored`.
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run starts one (FORMICA_TEST_PG_URL) and runs it with --ignored"]
+fn pg_two_nodes_on_postgresql_pass_every_must_case() {
+    use formica_relay::store::{PgConfig, PgStore, Store};
+    use std::sync::Arc;
+    let url = std::env::var("FORMICA_TEST_PG_URL")
+        .expect("FORMICA_TEST_PG_URL (a PostgreSQL server for the pg_ tests: .ci/pg.sh start)");
+    let db = format!(
+        "formica_conf_nodes_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql (PostgreSQL's client)");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql(&format!("CREATE DATABASE {db}"));
+    let db_url = match url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{db}"),
+        None => panic!("FORMICA_TEST_PG_URL is not a postgres:// URL ending in a database: {url}"),
+    };
+    let cfg = PgConfig::new(db_url);
+    let stores: Vec<Arc<dyn Store>> = (0..2)
+        .map(|_| {
+            Arc::new(PgStore::open(&cfg).expect("open the PostgreSQL store")) as Arc<dyn Store>
+        })
+        .collect();
+    {
+        let relay = NodesRelay::start(stores);
+        suite_passes(&relay);
+    }
+    psql(&format!("DROP DATABASE {db} WITH (FORCE)"));
+}

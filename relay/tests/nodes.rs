@@ -67,6 +67,38 @@ async fn any_node_serves_what_another_node_acknowledged() {
     assert_eq!(bob.inbox(&n1, 0).await.len(), 11);
 }
 
+/// Regression (review): a catch-up that failed after moving the log left the node believing
+/// it had caught up; it then decided on a state without the other node's commits (a second
+/// registration of a taken handle was accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_that_fails_is_done_again_before_anything_is_decided() {
+    let first = Arc::new(SharedMem::new());
+    let second = Arc::new(first.node());
+    let n1 = TestRelay::on_store(config(4), first.clone() as Arc<dyn Store>);
+    let n2 = TestRelay::on_store(config(4), second.clone() as Arc<dyn Store>);
+    let _alice = n1.agent("alice").await;
+    // The next read of a range on the second node fails: its catch-up (the journal's rows).
+    second.fail_ranges(1);
+    let ch = n2.post("/v1/challenges", &obj(vec![])).await;
+    ch.expect(503, "unavailable");
+    // The follower has the writer catch up again (the node answers unavailable meanwhile).
+    n2.relay.spawn_background();
+    let mut up = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if n2.get("/ready").await.status == 200 {
+            up = true;
+            break;
+        }
+    }
+    assert!(up, "the node did not recover within 2.5 s");
+    // Then: the second node knows alice, and refuses her handle to another key.
+    let key = n2.fresh_key();
+    let body = n2.register_body("alice", &key, None).await;
+    let again = n2.post("/v1/register", &body).await;
+    assert_eq!(again.status, 409, "{}", String::from_utf8_lossy(&again.raw));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_replayed_to_another_node_is_refused() {
     let (n1, n2, _) = two_nodes();

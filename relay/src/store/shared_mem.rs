@@ -19,11 +19,18 @@ struct Shared {
     down: std::sync::atomic::AtomicBool,
 }
 
+/// Per handle: reads of ranges still to fail (as a lost connection would).
+#[derive(Debug, Default)]
+struct Faults {
+    ranges: std::sync::atomic::AtomicU32,
+}
+
 /// One node's handle on a store in memory shared by several nodes.
 #[derive(Debug)]
 pub struct SharedMem {
     shared: Arc<Shared>,
     node: u64,
+    faults: Faults,
 }
 
 impl SharedMem {
@@ -31,7 +38,11 @@ impl SharedMem {
     pub fn new() -> SharedMem {
         let shared = Arc::new(Shared::default());
         *shared.nodes.lock().unwrap_or_else(|p| p.into_inner()) = 1;
-        SharedMem { shared, node: 1 }
+        SharedMem {
+            shared,
+            node: 1,
+            faults: Faults::default(),
+        }
     }
 
     /// Another node's handle on the same store.
@@ -41,6 +52,7 @@ impl SharedMem {
         SharedMem {
             shared: self.shared.clone(),
             node: *n,
+            faults: Faults::default(),
         }
     }
 
@@ -49,6 +61,13 @@ impl SharedMem {
         self.shared
             .down
             .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes this handle's next `n` reads of a range fail as if the database were out of reach.
+    pub fn fail_ranges(&self, n: u32) {
+        self.faults
+            .ranges
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn up(&self) -> Result<(), StoreError> {
@@ -134,6 +153,14 @@ impl Store for SharedMem {
         f: &mut RowVisit<'_>,
     ) -> Result<(), StoreError> {
         self.up()?;
+        let failing = self.faults.ranges.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        if failing.is_ok() {
+            return Err(StoreError::Unavailable("a read failed (test)".into()));
+        }
         self.shared.store.range(table, from, to, f)
     }
     fn clear_projections(&self) -> Result<(), StoreError> {

@@ -164,6 +164,7 @@ pub fn spawn(setup: Setup) -> (Writer, std::thread::JoinHandle<()>) {
         shared,
         stale: false,
         journal_keys: std::collections::VecDeque::new(),
+        journal_commits: 0,
         prune: crate::store::Changes::new(),
         admission,
         log,
@@ -233,6 +234,8 @@ struct WriterCore {
     /// A shared store: the first records of this node's commits whose journal rows are still
     /// kept (`state::refresh`), oldest first.
     journal_keys: std::collections::VecDeque<u64>,
+    /// A shared store: commits with a journal row this node made since it started.
+    journal_commits: u64,
     /// A shared store: journal rows to remove with the next commit.
     prune: crate::store::Changes,
     /// Nonce and challenge rows to commit with the next batch.

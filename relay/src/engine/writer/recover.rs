@@ -25,6 +25,10 @@ impl WriterCore {
             self.health.failures.fetch_add(1, Ordering::Relaxed);
             self.health.set_db_down(true);
             self.stale = true;
+            // Table reads stop seeing the batch's rows now; what it changed in memory goes
+            // with the load before the next turn (a reader already past the `unavailable`
+            // gate of `http::observe` may still see it meanwhile).
+            self.state.write().discard_changes();
             return;
         }
         tracing::error!(error = %e, "append failed; nothing of the batch is kept, writes are refused until the store can be written again");

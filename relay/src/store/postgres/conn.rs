@@ -54,6 +54,8 @@ pub enum Role {
 pub struct Settings {
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// `synchronous_commit` as checked at open, set on every session opened after it.
+    synchronous_commit: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -84,7 +86,20 @@ impl Settings {
             tokio_postgres::config::SslMode::Disable => None,
             _ => Some(tokio_postgres_rustls::MakeRustlsConnect::with_webpki_roots()),
         };
-        Ok(Settings { config, tls })
+        Ok(Settings {
+            config,
+            tls,
+            synchronous_commit: None,
+        })
+    }
+
+    /// These settings, with every session opened from now on committing as `value` (`on` or
+    /// `remote_apply`, what the open checked).
+    pub fn pin_synchronous_commit(mut self, value: &str) -> Settings {
+        if value == "on" || value == "remote_apply" {
+            self.synchronous_commit = Some(value.to_owned());
+        }
+        self
     }
 
     /// A new session in `role`, its timeouts set through the startup options (no extra round
@@ -97,6 +112,9 @@ impl Settings {
             STATEMENT_TIMEOUT.as_millis(),
             LOCK_TIMEOUT.as_millis()
         ));
+        if let Some(v) = &self.synchronous_commit {
+            options.push_str(&format!(" -c synchronous_commit={v}"));
+        }
         if role == Role::Writer {
             options.push_str(&format!(
                 " -c idle_in_transaction_session_timeout={}",

@@ -111,7 +111,7 @@ impl PgStore {
         let bridge = Bridge::new()?;
         let mut writer = None;
         let allow = cfg.allow_weak_durability;
-        let warnings = with_conn(
+        let (warnings, sync) = with_conn(
             &bridge,
             &settings,
             Role::Writer,
@@ -124,6 +124,12 @@ impl PgStore {
                 (c, r)
             },
         )?;
+        // Every later session commits as the checked one did.
+        let settings = if allow {
+            settings
+        } else {
+            settings.pin_synchronous_commit(&sync)
+        };
         Ok(PgStore {
             inner: Arc::new(Inner {
                 settings,

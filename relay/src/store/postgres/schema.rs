@@ -87,9 +87,14 @@ pub async fn create(c: &mut Conn) -> Result<(), StoreError> {
 /// disk but not for a standby to have the commit on its disk (`remote_write`: only in its
 /// memory), so a fail-over to that standby can lose commits; only `on` (with synchronous
 /// standbys: on their disk) and `remote_apply` keep them. Returns the warnings to log when
-/// `allow_weak` lets a weak setting through.
-pub async fn check_durability(c: &mut Conn, allow_weak: bool) -> Result<Vec<String>, StoreError> {
+/// `allow_weak` lets a weak setting through, and `synchronous_commit`'s value, which the store
+/// then sets on every session it opens (a later `ALTER ROLE ... SET` does not weaken them).
+pub async fn check_durability(
+    c: &mut Conn,
+    allow_weak: bool,
+) -> Result<(Vec<String>, String), StoreError> {
     let mut weak = Vec::new();
+    let mut sync = String::new();
     for (name, ok) in [
         ("synchronous_commit", &["on", "remote_apply"][..]),
         ("fsync", &["on"][..]),
@@ -100,6 +105,9 @@ pub async fn check_durability(c: &mut Conn, allow_weak: bool) -> Result<Vec<Stri
             .await
             .map_err(pg)?;
         let value: String = row.get(0);
+        if name == "synchronous_commit" {
+            sync = value.clone();
+        }
         if !ok.contains(&value.as_str()) {
             weak.push(format!(
                 "PostgreSQL's {name} is {value:?}: a commit the relay answered may be lost \
@@ -114,5 +122,5 @@ pub async fn check_durability(c: &mut Conn, allow_weak: bool) -> Result<Vec<Stri
             weak.join("; ")
         )));
     }
-    Ok(weak)
+    Ok((weak, sync))
 }
