@@ -1747,7 +1747,10 @@ fn run() -> Result<()> {
         };
         let np = nodes::NodesPlan {
             envelopes: cli.nodes_envelopes.unwrap_or(if q { 6000 } else { 20_000 }),
-            senders: cli.nodes_senders.unwrap_or(if q { 100 } else { 200 }).max(2),
+            senders: cli
+                .nodes_senders
+                .unwrap_or(if q { 100 } else { 200 })
+                .max(2),
             rounds: cli.rounds.unwrap_or(if q { 1 } else { 3 }).max(1),
             single_conns: cli.single_conns,
             batch_conns: cli.batch_conns,
@@ -1946,9 +1949,7 @@ fn nodes_table(table: &mut Table, r: &report::J, p: &nodes::NodesPlan) {
     for ep in ["single", "batch"] {
         table.info(
             "nodes",
-            &format!(
-                "{ep}, durable: redb / PG 1 node / PG 2 nodes, accepted (median of {rounds})"
-            ),
+            &format!("{ep}, durable: redb / PG 1 node / PG 2 nodes, accepted (median of {rounds})"),
             format!(
                 "{} / {} / {}",
                 rate(m(&format!("{ep}_redb_one_node_accepted_per_s"))),
@@ -1972,7 +1973,9 @@ fn nodes_table(table: &mut Table, r: &report::J, p: &nodes::NodesPlan) {
                 "{:.1} / {:.1} / {:.1} us",
                 m(&format!("{ep}_redb_one_node_relay_cpu_us_per_envelope")),
                 m(&format!("{ep}_postgres_one_node_relay_cpu_us_per_envelope")),
-                m(&format!("{ep}_postgres_two_nodes_relay_cpu_us_per_envelope"))
+                m(&format!(
+                    "{ep}_postgres_two_nodes_relay_cpu_us_per_envelope"
+                ))
             ),
         );
         table.info(

@@ -375,7 +375,13 @@ fn one_run(
     let mut nodes: Vec<RelayProc> = Vec::new();
     let result = (|| -> Result<Run> {
         for (k, c) in cpus.iter().enumerate() {
-            let n = start_node(launcher, c, &format!("{base}-n{}", k + 1), nodes.first(), &config)?;
+            let n = start_node(
+                launcher,
+                c,
+                &format!("{base}-n{}", k + 1),
+                nodes.first(),
+                &config,
+            )?;
             nodes.push(n);
         }
         let addr1 = nodes[0].addr.clone();
@@ -438,7 +444,14 @@ fn one_run(
         let full_loads = delta(full0, counter("formica_node_full_loads_total"));
         let commits = delta(commits0, counter("formica_log_commits_total"));
         let restart = if endpoint == Endpoint::Batch && setup != Setup::PgTwo {
-            Some(restart(launcher, rt, &mut nodes[0], &cpus[0], &base, &config)?)
+            Some(restart(
+                launcher,
+                rt,
+                &mut nodes[0],
+                &cpus[0],
+                &base,
+                &config,
+            )?)
         } else {
             None
         };

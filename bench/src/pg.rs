@@ -107,7 +107,12 @@ impl Cluster {
             argv.extend(["taskset".into(), "-c".into(), c.clone()]);
         }
         if self.as_postgres {
-            argv.extend(["runuser".into(), "-u".into(), "postgres".into(), "--".into()]);
+            argv.extend([
+                "runuser".into(),
+                "-u".into(),
+                "postgres".into(),
+                "--".into(),
+            ]);
         }
         argv.push(path.display().to_string());
         argv.extend(args.iter().map(|a| (*a).to_owned()));

@@ -110,7 +110,10 @@ mod tests {
         assert_eq!(s[1].len(), 5);
         // Batches of 3: requests [0..3) [3..6) [6..9) [9]; node 0 gets the first and third.
         let b = split_wires(&w, 3, 2);
-        assert_eq!(b[0], vec![vec![0], vec![1], vec![2], vec![6], vec![7], vec![8]]);
+        assert_eq!(
+            b[0],
+            vec![vec![0], vec![1], vec![2], vec![6], vec![7], vec![8]]
+        );
         assert_eq!(b[1], vec![vec![3], vec![4], vec![5], vec![9]]);
         let one = split_wires(&w, 100, 1);
         assert_eq!(one, vec![w]);
