@@ -212,8 +212,6 @@ impl HttpMetrics {
     }
 }
 
-/// Middleware: counts every request by route, method and status, its error code if refused,
-/// and its latency; logs a refusal at debug with its code.
 /// The endpoints answered while the database is out of reach: they read no table.
 fn operational(path: &str) -> bool {
     matches!(
@@ -222,6 +220,10 @@ fn operational(path: &str) -> bool {
     )
 }
 
+/// Middleware: counts every request by route, method and status, its error code if refused,
+/// and its latency; logs a refusal at debug with its code. Several nodes on one store: answers
+/// `unavailable` while the database is out of reach, and first catches up with what other
+/// nodes acknowledged (`Engine::sync_with_nodes`), except for the operational endpoints.
 pub(crate) async fn observe(AxState(app): AxState<Shared>, req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     // An Arc inside: cloning it does not copy the text.
