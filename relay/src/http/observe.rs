@@ -229,7 +229,8 @@ pub(crate) async fn observe(AxState(app): AxState<Shared>, req: Request, next: N
     // An Arc inside: cloning it does not copy the text.
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let method = method_label(req.method());
-    let resp = if app.engine.store_health.db_down() && !operational(req.uri().path()) {
+    let operational = operational(req.uri().path());
+    let resp = if app.engine.store_health.db_down() && !operational {
         // Several nodes on PostgreSQL, the database out of reach (or this node's state to be
         // loaded again): nothing is answered from a state that may not be what is durable.
         ApiError::new(
@@ -238,7 +239,7 @@ pub(crate) async fn observe(AxState(app): AxState<Shared>, req: Request, next: N
         )
         .with("retry_after_s", formica_protocol::Value::Int(5))
         .into_response()
-    } else if operational(req.uri().path()) {
+    } else if operational {
         next.run(req).await
     } else {
         // Several nodes: first what other nodes acknowledged before this request arrived.

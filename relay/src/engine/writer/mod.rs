@@ -463,12 +463,8 @@ impl WriterCore {
 
     /// The nonce and challenge rows waiting for a commit.
     fn take_admission(&self) -> crate::store::Changes {
+        // Empty on a shared store: `Engine::journal` adds nothing there (claimed instead).
         let j = std::mem::take(&mut *self.admission.lock().unwrap_or_else(|p| p.into_inner()));
-        if self.shared {
-            // Claimed in the shared store when they were seen (`Engine::claim`); the store
-            // removes them once expired.
-            return crate::store::Changes::new();
-        }
         j.into_iter()
             .map(|(k, v)| ((crate::store::Table::Admission, k), v))
             .collect()
